@@ -1,0 +1,310 @@
+"""Artifacts: self-describing folders that stages write and later stages read.
+
+Every artifact is a folder with a `manifest.json` (CONTRACT §2). Folders are written atomically: a
+stage builds its output under a hidden sibling (`.<name>.tmp-<pid>`) and renames it into place
+when complete, so a later stage never sees half of one. A lock file beside the output stops two
+commands from writing the same folder at once. Resumable training builds under a fixed sibling
+(`.<name>.partial`) that survives interruption and is picked up again by `--resume`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from kadapter_cli import __version__
+from kadapter_cli.errors import BadInput, OutputExists
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+# ---------------------------------------------------------------- hashing
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_inputs(paths: Iterable[str | Path]) -> list[dict[str, str]]:
+    """`[{"path", "sha256"}]` for every file under the given files and folders (sorted, stable)."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in files:
+            out.append({"path": str(f), "sha256": sha256_file(f)})
+    return out
+
+
+# ---------------------------------------------------------------- JSON and JSON Lines
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise BadInput("file not found", path) from None
+    except UnicodeDecodeError as e:
+        raise BadInput(f"not valid UTF-8 ({e.reason} at byte {e.start})", path) from None
+    except json.JSONDecodeError as e:
+        raise BadInput(f"malformed JSON: {e.msg}", path, f"line {e.lineno} column {e.colno}") from None
+    except OSError as e:
+        raise BadInput(f"cannot read: {e.strerror}", path) from None
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False))
+            f.write("\n")
+            n += 1
+    return n
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yields `(line_number, record)`; a malformed line is `BadInput` naming the file and line."""
+    path = Path(path)
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput("file not found", path) from None
+    except OSError as e:
+        raise BadInput(f"cannot read: {e.strerror}", path) from None
+    with f:
+        lineno = 0
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                raise BadInput(f"not valid UTF-8 ({e.reason})", path, f"line {lineno + 1}") from None
+            if not line:
+                break
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BadInput(f"malformed JSON: {e.msg}", path, f"line {lineno}") from None
+            if not isinstance(rec, dict):
+                raise BadInput(f"expected a JSON object, got {type(rec).__name__}", path, f"line {lineno}")
+            yield lineno, rec
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [r for _, r in iter_jsonl(path)]
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def write_manifest(
+    folder: str | Path,
+    kind: str,
+    config: dict | None = None,
+    inputs: list[dict] | None = None,
+    stats: dict | None = None,
+    command: list[str] | None = None,
+) -> dict:
+    """Writes `manifest.json` listing the sha256 of every file in `folder` (checkpoints excluded)."""
+    folder = Path(folder)
+    files = {}
+    for f in sorted(folder.rglob("*")):
+        rel = f.relative_to(folder).as_posix()
+        if f.is_file() and rel != MANIFEST and not rel.startswith("checkpoints/"):
+            files[rel] = sha256_file(f)
+    manifest = {
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "kadapter_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": list(sys.argv if command is None else command),
+        "config": config or {},
+        "inputs": inputs or [],
+        "files": files,
+        "stats": stats or {},
+    }
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInput("no such artifact folder", folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise BadInput("not a kadapter artifact (no manifest.json)", folder)
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or "kind" not in manifest:
+        raise BadInput("manifest.json has no 'kind'", path)
+    if manifest.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise BadInput(
+            f"format_version {manifest['format_version']} is newer than this kadapter understands "
+            f"({FORMAT_VERSION}); upgrade kadapter",
+            path,
+        )
+    return manifest
+
+
+def verify_files(folder: str | Path, manifest: dict | None = None) -> None:
+    """Checks every file listed in the manifest against its sha256; `BadInput` names the first that differs."""
+    folder = Path(folder)
+    manifest = manifest or read_manifest(folder)
+    for name, digest in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise BadInput("listed in manifest.json but missing", path)
+        if sha256_file(path) != digest:
+            raise BadInput("sha256 differs from manifest.json (file changed or corrupted)", path)
+
+
+# ---------------------------------------------------------------- atomic output folders
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(final: Path) -> Iterator[None]:
+    """Exclusive lock on writing `final`; a second writer gets a clear `BadInput`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.parent / f".{final.name}.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _pid_alive(pid) and pid != os.getpid():
+                raise BadInput(
+                    f"another kadapter command (pid {pid}) is writing this output; wait for it or "
+                    f"remove {lock} if it is gone",
+                    final,
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: its writer died
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def partial_dir(final: str | Path) -> Path:
+    """Where a resumable stage builds `final` until it completes."""
+    final = Path(final)
+    return final.parent / f".{final.name}.partial"
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    if final.exists():
+        trash = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def atomic_output(
+    final: str | Path,
+    overwrite: bool = False,
+    resume: bool = False,
+    resumable: bool = False,
+) -> Iterator[Path]:
+    """Yields a scratch folder that becomes `final` when the block completes.
+
+    - `final` exists and neither `overwrite` nor `resume`: `OutputExists`.
+    - On any exception (or kill) `final` is untouched. A non-resumable scratch folder is removed;
+      a resumable one (`.<name>.partial`) is kept for `--resume`.
+    - `resume` with a finished `final` and no partial folder: the stage is already complete, and
+      the caller sees `final` itself reopened for a fresh build only if `overwrite` is also given.
+    """
+    final = Path(final)
+    if final.exists() and not (overwrite or resume):
+        raise OutputExists("already exists; pass --overwrite to replace it" + (
+            " or --resume to continue it" if resumable else ""), final)
+    with output_lock(final):
+        if resumable:
+            tmp = partial_dir(final)
+            if tmp.exists() and not resume:
+                shutil.rmtree(tmp)
+        else:
+            tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            yield tmp
+        except BaseException:
+            if not resumable:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_tree(tmp)
+        _replace(tmp, final)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flushes files to disk before the rename, so a power loss cannot leave a renamed-but-empty file."""
+    for f in folder.rglob("*"):
+        if f.is_file():
+            try:
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:  # pragma: no cover - platform dependent
+                if e.errno not in (errno.EINVAL, errno.EBADF):
+                    raise
+
+
+# ---------------------------------------------------------------- workdir layout
+
+
+def workdir_path(workdir: str | Path, *parts: str) -> Path:
+    return Path(workdir).joinpath(*parts)
+
+
+def resolve_artifact(name_or_path: str | Path, workdir: str | Path, subdir: str) -> Path:
+    """A bare name (`fac`) resolves to `<workdir>/<subdir>/<name>`; anything path-like to itself."""
+    s = str(name_or_path)
+    p = Path(s)
+    if os.sep in s or s.startswith(".") or p.is_absolute() or (p.exists() and not (Path(workdir) / subdir / s).exists()):
+        return p
+    return Path(workdir) / subdir / s

@@ -1,0 +1,17 @@
+"""Console entry point: `kadapter`. Importing the command modules registers their commands."""
+
+from __future__ import annotations
+
+from kadapter_cli.commands import app
+from kadapter_cli.commands import data as _data  # noqa: F401  prepare-trex, parse, convert
+from kadapter_cli.commands import model as _model  # noqa: F401  import-original, tiny-backbone, inspect
+from kadapter_cli.commands import train as _train  # noqa: F401  train-adapter, compose, finetune, evaluate, predict
+from kadapter_cli.commands import pipeline as _pipeline  # noqa: F401  run, demo
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The typer app. Each `commands/<area>.py` adds its commands to `app`; they only parse options and
+call plain library functions. Library modules never import from here."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from kadapter_cli import __version__
+from kadapter_cli.errors import KadapterError
+
+# Global options that may also be given after the command name (CONTRACT §1).
+_GLOBAL_WITH_VALUE = ("--workdir",)
+_GLOBAL_FLAGS = ("--debug",)
+
+
+def _hoist_global_options(args: list[str]) -> list[str]:
+    """Moves `--workdir W` / `--debug` found after the command name to the front."""
+    front, rest, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest.extend(args[i:])
+            break
+        if a in _GLOBAL_WITH_VALUE and i + 1 < len(args):
+            front += [a, args[i + 1]]
+            i += 2
+            continue
+        if any(a.startswith(g + "=") for g in _GLOBAL_WITH_VALUE) or a in _GLOBAL_FLAGS:
+            front.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
+def debug_enabled(ctx: click.Context | None = None) -> bool:
+    if os.environ.get("KADAPTER_DEBUG", "") not in ("", "0", "false"):
+        return True
+    ctx = ctx or click.get_current_context(silent=True)
+    while ctx is not None:
+        if isinstance(ctx.obj, dict) and ctx.obj.get("debug"):
+            return True
+        ctx = ctx.parent
+    return False
+
+
+class KadapterGroup(TyperGroup):
+    """Turns errors into exit codes: `BadInput` → 2 with one line, anything else → 1."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _hoist_global_options(list(args)))
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except KadapterError as e:
+            if debug_enabled(ctx):
+                traceback.print_exc()
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:  # noqa: BLE001 - the last line of defence
+            if debug_enabled(ctx):
+                traceback.print_exc()
+            else:
+                click.echo(
+                    f"internal error: {type(e).__name__}: {e}\n"
+                    "(this is a bug in kadapter; rerun with --debug for the traceback)",
+                    err=True,
+                )
+            sys.exit(1)
+
+
+app = typer.Typer(
+    cls=KadapterGroup,
+    name="kadapter",
+    help="K-Adapter: train knowledge adapters on a frozen encoder, compose them, fine-tune and evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"kadapter {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    workdir: Path = typer.Option(
+        Path("kadapter-work"), "--workdir", envvar="KADAPTER_WORKDIR",
+        help="Where stages write their outputs and find their inputs by default.",
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also KADAPTER_DEBUG=1)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    ctx.obj = {"workdir": workdir, "debug": debug}

