@@ -8,9 +8,10 @@ import sys
 import traceback
 from pathlib import Path
 
-import click
 import typer
 from typer.core import TyperGroup
+
+from kadapter_cli.commands._click import ClickException, Context, get_current_context
 
 from kadapter_cli import __version__
 from kadapter_cli.errors import KadapterError
@@ -40,10 +41,10 @@ def _hoist_global_options(args: list[str]) -> list[str]:
     return front + rest
 
 
-def debug_enabled(ctx: click.Context | None = None) -> bool:
+def debug_enabled(ctx: Context | None = None) -> bool:
     if os.environ.get("KADAPTER_DEBUG", "") not in ("", "0", "false"):
         return True
-    ctx = ctx or click.get_current_context(silent=True)
+    ctx = ctx or get_current_context(silent=True)
     while ctx is not None:
         if isinstance(ctx.obj, dict) and ctx.obj.get("debug"):
             return True
@@ -54,27 +55,27 @@ def debug_enabled(ctx: click.Context | None = None) -> bool:
 class KadapterGroup(TyperGroup):
     """Turns errors into exit codes: `BadInput` → 2 with one line, anything else → 1."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, _hoist_global_options(list(args)))
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+        except (typer.Exit, typer.Abort, ClickException, SystemExit):
             raise
         except KadapterError as e:
             if debug_enabled(ctx):
                 traceback.print_exc()
-            click.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            typer.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as e:  # noqa: BLE001 - the last line of defence
             if debug_enabled(ctx):
                 traceback.print_exc()
             else:
-                click.echo(
+                typer.echo(
                     f"internal error: {type(e).__name__}: {e}\n"
                     "(this is a bug in kadapter; rerun with --debug for the traceback)",
                     err=True,

@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 import yaml
-from click.core import ParameterSource
+
+from kadapter_cli.commands._click import BadParameter, Context, ParameterSource
 
 from kadapter_cli.errors import BadInput
 
 
-def get_workdir(ctx: click.Context) -> Path:
+def get_workdir(ctx: Context) -> Path:
     while ctx is not None:
         if isinstance(ctx.obj, dict) and "workdir" in ctx.obj:
             return Path(ctx.obj["workdir"])
@@ -43,7 +43,7 @@ def load_yaml_mapping(path: str | Path) -> dict:
     return data
 
 
-def merged_config(ctx: click.Context, config_file: Path | None, exclude: tuple[str, ...] = ("config",)) -> dict[str, Any]:
+def merged_config(ctx: Context, config_file: Path | None, exclude: tuple[str, ...] = ("config",)) -> dict[str, Any]:
     """The command's options with `--config FILE.yaml` applied under them.
 
     Keys of the file are long option names with `_` (`-` is accepted too). A flag given on the
@@ -62,8 +62,8 @@ def merged_config(ctx: click.Context, config_file: Path | None, exclude: tuple[s
         if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             continue
         try:
-            params[name] = by_name[name].type_cast_value(ctx, value)
-        except click.BadParameter as e:
+            params[name] = _convert(by_name[name], ctx, value)
+        except BadParameter as e:
             raise BadInput(f"option '{key}': {e.message}", config_file) from None
     return params
 
@@ -83,3 +83,10 @@ def jsonable(obj: Any) -> Any:
 
 def echo_json(obj: Any) -> None:
     typer.echo(json.dumps(jsonable(obj), indent=2, ensure_ascii=False))
+
+
+def _convert(param, ctx: Context, value: Any) -> Any:
+    """Converts a YAML value with the option's own type (a list for repeatable options)."""
+    if value is not None and getattr(param, "multiple", False) and not isinstance(value, (list, tuple)):
+        value = [value]
+    return param.process_value(ctx, value)
