@@ -117,6 +117,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [r for _, r in iter_jsonl(path)]
 
 
+# ---------------------------------------------------------------- train/dev split
+
+
+def in_dev_split(record_id: str, seed: int, dev_ratio: float) -> bool:
+    """Whether the record with this id goes to dev: a seeded sha256 of the id, so the split is
+    reproducible and independent of input order, workers and shards (Python's `hash` is salted)."""
+    digest = hashlib.sha256(f"{seed}:{record_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < dev_ratio * 2.0**64
+
+
 # ---------------------------------------------------------------- manifests
 
 

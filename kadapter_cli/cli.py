@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from kadapter_cli.commands import app
-from kadapter_cli.commands import data as _data  # noqa: F401  prepare-trex, parse, convert
+from kadapter_cli.commands import convert as _convert  # noqa: F401  convert figer-raw
+from kadapter_cli.commands import data as _data  # noqa: F401  prepare-trex, parse
 from kadapter_cli.commands import model as _model  # noqa: F401  import-original, tiny-backbone, inspect
 from kadapter_cli.commands import train as _train  # noqa: F401  train-adapter, compose, finetune, evaluate, predict
 from kadapter_cli.commands import pipeline as _pipeline  # noqa: F401  run, demo

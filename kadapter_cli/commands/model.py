@@ -1,3 +1,131 @@
-"""Commands (being written)."""
+"""Model commands: `tiny-backbone`, `import-original`, `inspect`.
 
-from kadapter_cli.commands import app  # noqa: F401
+Each is a thin typer function: it parses options and calls a plain library function. torch and
+transformers are imported inside the functions so that `kadapter --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from kadapter_cli.commands import app
+from kadapter_cli.progress import info
+
+
+@app.command("tiny-backbone")
+def tiny_backbone_cli(
+    folder: Path = typer.Argument(..., help="Folder to write the tiny RoBERTa and its tokenizer to."),
+    hidden_size: int = typer.Option(64, "--hidden-size", help="Hidden size of the model."),
+    layers: int = typer.Option(4, "--layers", help="Number of transformer layers."),
+    heads: int = typer.Option(4, "--heads", help="Number of attention heads (must divide the hidden size)."),
+    vocab_size: int = typer.Option(1000, "--vocab-size", help="Most entries of the byte-level BPE vocabulary."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights (same seed → identical files)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the folder if it exists."),
+) -> None:
+    """Write a tiny randomly initialised RoBERTa + byte-level BPE tokenizer, for smoke tests.
+
+    The folder loads with AutoModel/AutoTokenizer and can be given to any `--backbone` option.
+    """
+    from kadapter_cli.artifacts import atomic_output, write_manifest
+    from kadapter_cli.tiny_backbone import make_tiny_backbone
+
+    config = {"hidden_size": hidden_size, "num_layers": layers, "num_heads": heads, "vocab_size": vocab_size, "seed": seed}
+    with atomic_output(folder, overwrite=overwrite) as tmp:
+        make_tiny_backbone(tmp, hidden_size=hidden_size, num_layers=layers, num_heads=heads,
+                           vocab_size=vocab_size, seed=seed)
+        write_manifest(tmp, "backbone", config=config)
+    info(f"wrote a tiny RoBERTa ({hidden_size} wide, {layers} layers, {heads} heads) to {folder}")
+
+
+def _parse_taps(text: str) -> list[int]:
+    from kadapter_cli.errors import BadInput
+
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise BadInput(f"--taps must be comma-separated layer indices, got '{text}'") from None
+
+
+@app.command("import-original")
+def import_original_cli(
+    ctx: typer.Context,
+    fac: Optional[Path] = typer.Option(None, "--fac", help="The original fac-adapter pytorch_model.bin."),
+    lin: Optional[Path] = typer.Option(None, "--lin", help="The original lin-adapter pytorch_model.bin."),
+    name_fac: str = typer.Option("fac", "--name-fac", help="Adapter name for the fac checkpoint (<workdir>/adapters/<name>)."),
+    name_lin: str = typer.Option("lin", "--name-lin", help="Adapter name for the lin checkpoint (<workdir>/adapters/<name>)."),
+    relations: Optional[Path] = typer.Option(
+        None, "--relations",
+        help="Relation ids of the fac head in label order (JSON list, e.g. trex-rc/relations.json, or one per line); "
+        "default rel_0..rel_{n-1}.",
+    ),
+    taps: str = typer.Option(
+        "0,11,22", "--taps",
+        help="Backbone layers the adapter layers read (not stored in the checkpoints; the released scripts used 0,11,22).",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing adapter folders."),
+) -> None:
+    """Import microsoft/K-Adapter checkpoints (pytorch_model.bin) as adapter artifacts.
+
+    The files are loaded with torch.load(weights_only=True): a pickle that would run code is refused.
+    """
+    import sys
+
+    from kadapter_cli.commands.common import get_workdir
+    from kadapter_cli.import_original import import_original
+
+    written = import_original(
+        fac, lin, get_workdir(ctx) / "adapters", overwrite,
+        name_fac=name_fac, name_lin=name_lin, relations=relations, tap_layers=_parse_taps(taps), command=sys.argv,
+    )
+    for path in written:
+        info(f"imported {path}")
+
+
+@app.command("inspect")
+def inspect_cli(
+    ctx: typer.Context,
+    folder: Path = typer.Argument(..., help="Artifact folder (or an adapter name, resolved under <workdir>/adapters)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Show an artifact's manifest summary and its parameter table."""
+    from kadapter_cli.artifacts import resolve_artifact
+    from kadapter_cli.commands.common import echo_json, get_workdir
+    from kadapter_cli.inspect_artifact import inspect
+
+    report = inspect(resolve_artifact(folder, get_workdir(ctx), "adapters"))
+    if as_json:
+        echo_json(report)
+        return
+    _print_report(report)
+
+
+def _print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)
+    summary = Table(show_header=False, box=None, pad_edge=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("path", report["path"])
+    summary.add_row("kind", str(report["kind"]))
+    summary.add_row("created", f"{report['created']} (kadapter {report['kadapter_version']})")
+    summary.add_row("command", " ".join(map(str, report["command"])) or "-")
+    summary.add_row("inputs", str(len(report["inputs"])))
+    summary.add_row("files", ", ".join(report["files"]) or "-")
+    for key, value in report["stats"].items():
+        summary.add_row(f"stats.{key}", str(value))
+    console.print(summary)
+    if report["parameters"]:
+        table = Table(title="parameters")
+        table.add_column("component")
+        table.add_column("total", justify="right")
+        table.add_column("trainable", justify="right")
+        for row in report["parameters"]:
+            table.add_row(row["component"], f"{row['total']:,}", "?" if row["trainable"] is None else f"{row['trainable']:,}")
+        trainable = report["trainable_parameters"]
+        table.add_row("all", f"{report['total_parameters']:,}", "?" if trainable is None else f"{trainable:,}", style="bold")
+        console.print(table)

@@ -1,0 +1,172 @@
+"""The frozen encoder under the adapters: load any Hugging Face encoder, know its shape, tap it.
+
+Nothing here knows a model by name or size: RoBERTa, BERT/MiniLM and DeBERTa all work, as does any
+encoder whose forward accepts `output_hidden_states=True`. Hidden state index 0 is the embedding
+output and index k the output of layer k (the convention of transformers and of the original code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from kadapter_cli.errors import BadInput
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class BackboneShape:
+    """What an adapter must know about the encoder it was built on."""
+
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    name_or_path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _truthy_env(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    return _truthy_env("HF_HUB_OFFLINE") or _truthy_env("TRANSFORMERS_OFFLINE")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silences transformers' load reports and progress bars; our own `info()` lines say what happened."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
+    """`loader(name_or_path)` from a local folder, the hub cache, or (when online) the hub.
+
+    The cache is tried first so that an offline machine fails fast instead of retrying the network.
+    Every failure to find the files is a `BadInput` naming the id or folder; a `ValueError` from the
+    loader (an option the architecture does not support) propagates for the caller to handle.
+    """
+    local = Path(name_or_path).expanduser()
+    with _quiet_transformers():
+        if local.exists() or name_or_path.startswith((".", "/", "~")):
+            if not local.is_dir():
+                raise BadInput(f"{what} folder not found", local)
+            if what == "backbone" and not (local / "config.json").is_file():
+                raise BadInput("not a Hugging Face model folder (no config.json)", local)
+            try:
+                return loader(str(local), **kwargs)
+            except OSError as e:
+                raise BadInput(f"cannot load the {what}: {str(e).splitlines()[0]}", local) from None
+        try:
+            return loader(name_or_path, local_files_only=True, **kwargs)
+        except OSError:
+            if hub_offline():
+                raise BadInput(
+                    f"{what} '{name_or_path}' could not be found offline: it is not a local folder and not in "
+                    "the Hugging Face cache (download it first, or pass a local folder)"
+                ) from None
+        try:
+            return loader(name_or_path, **kwargs)
+        except OSError as e:
+            raise BadInput(
+                f"{what} '{name_or_path}' could not be found: not a local folder, not in the Hugging Face cache, "
+                f"and not downloadable ({str(e).splitlines()[0]})"
+            ) from None
+
+
+def load_backbone(name_or_path: str | Path, dtype: "torch.dtype | None" = None) -> "PreTrainedModel":
+    """The encoder (`AutoModel`) for a hub id or local folder, with SDPA attention where supported.
+
+    Architectures without an SDPA implementation fall back to their default attention. A missing
+    id or folder is `BadInput`, never a traceback.
+    """
+    from transformers import AutoModel
+
+    name = str(name_or_path)
+    kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
+    try:
+        return _from_pretrained(AutoModel.from_pretrained, name, "backbone", attn_implementation="sdpa", **kwargs)
+    except ValueError:
+        pass  # transformers refuses attn_implementation="sdpa" for architectures that lack it
+    try:
+        return _from_pretrained(AutoModel.from_pretrained, name, "backbone", **kwargs)
+    except ValueError as e:
+        raise BadInput(f"cannot load the backbone '{name}': {e}") from None
+
+
+def load_tokenizer(name_or_path: str | Path) -> "PreTrainedTokenizerBase":
+    """The fast tokenizer of a backbone; byte-level BPE ones (RoBERTa, GPT-2) get `add_prefix_space=True`.
+
+    Without it, byte-level BPE refuses `is_split_into_words=True`, and a word at the start of a
+    segment would be encoded differently from the same word inside a sentence.
+    """
+    from transformers import AutoTokenizer
+
+    name = str(name_or_path)
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
+    if is_byte_level(tokenizer) and not getattr(tokenizer, "add_prefix_space", False):
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer", add_prefix_space=True)
+    return tokenizer
+
+
+def is_byte_level(tokenizer: "PreTrainedTokenizerBase") -> bool:
+    """Whether the tokenizer pre-tokenizes with byte-level BPE (RoBERTa/GPT-2 style)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    pre_tokenizer = json.loads(backend.to_str()).get("pre_tokenizer")
+    return "ByteLevel" in json.dumps(pre_tokenizer)
+
+
+def backbone_shape(model: "PreTrainedModel") -> BackboneShape:
+    """The encoder's type, hidden size, depth and head count, read from its config."""
+    config = model.config
+    name = getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or ""
+    return BackboneShape(
+        model_type=str(config.model_type),
+        hidden_size=int(config.hidden_size),
+        num_layers=int(config.num_hidden_layers),
+        num_heads=int(config.num_attention_heads),
+        name_or_path=str(name),
+    )
+
+
+def tapped_states(
+    backbone: "PreTrainedModel",
+    input_ids: "torch.Tensor",
+    attention_mask: "torch.Tensor | None",
+    taps: Sequence[int],
+) -> "tuple[list[torch.Tensor], torch.Tensor]":
+    """Runs the encoder once; returns `([hidden_states[t] for t in taps], last_hidden_state)`.
+
+    `taps` index the encoder's hidden states: 0 = embedding output, k = output of layer k.
+    """
+    num_layers = int(backbone.config.num_hidden_layers)
+    bad = [t for t in taps if not 0 <= int(t) <= num_layers]
+    if bad:
+        raise BadInput(f"tap layers {bad} are outside 0..{num_layers} (the backbone has {num_layers} layers)")
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
+    hidden = out.hidden_states
+    return [hidden[int(t)] for t in taps], out.last_hidden_state

@@ -1,0 +1,110 @@
+"""Length-bucketed batch orders: seeded, resumable, shardable across processes.
+
+Padding every example to `max_length` (what the original code does) wastes most of the compute on
+pad tokens when sentences average 23 words. Instead each epoch's order is:
+
+1. a permutation of all examples seeded by `(seed, epoch)`;
+2. cut into pools of `bucket_size × batch_size` examples, each pool sorted by length and cut into
+   batches (so a batch holds examples of similar length and pads little);
+3. the batch order shuffled with the same generator, so long and short batches alternate.
+
+The order is a pure function of `(lengths, batch_size, bucket_size, seed, epoch)`: a resumed run
+recomputes it and skips the batches it already did. Under several processes each process takes
+every `world_size`-th batch (`shard`). Evaluation uses `sequential_batches`: sorted by length, not
+shuffled, with the indices to put outputs back in input order.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+Batch = list[int]  # indices into the example list
+
+
+def epoch_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    bucket_size: int = 100,
+) -> list[Batch]:
+    """The batches (lists of example indices) of one training epoch, deterministic in `(seed, epoch)`.
+
+    `bucket_size` is the number of batches whose examples are sorted together; 1 gives plain
+    shuffled batches, a huge value sorts the whole epoch (least padding, least randomness).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if bucket_size < 1:
+        raise ValueError(f"bucket_size must be at least 1, got {bucket_size}")
+    generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    pool = bucket_size * batch_size
+    batches: list[Batch] = []
+    for start in range(0, len(order), pool):
+        # Stable sort: ties keep the permutation's order, so equal lengths still mix.
+        bucket = sorted(order[start:start + pool], key=lambda i: lengths[i])
+        batches.extend(bucket[i:i + batch_size] for i in range(0, len(bucket), batch_size))
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
+
+
+def sequential_batches(lengths: Sequence[int], batch_size: int) -> list[Batch]:
+    """Evaluation order: all examples sorted by length (stable), cut into batches; no randomness.
+
+    Concatenating the batches gives a permutation of `range(len(lengths))`; an output computed for
+    `batches[b][j]` belongs to example `batches[b][j]` (see `restore_order`).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def shard(batches: Sequence[Batch], rank: int, world_size: int, pad: bool = True) -> list[Batch]:
+    """This process's share: batches `rank, rank + world_size, ...`.
+
+    With `pad=True` (training) every process gets the same number of batches, as collective
+    operations need: the last round is completed by wrapping around to the first batches, as
+    `torch.utils.data.DistributedSampler` does. Evaluation uses `pad=False` so nothing is counted
+    twice.
+    """
+    if world_size == 1:
+        return list(batches)
+    if not batches:
+        return []
+    count = len(batches)
+    if pad:
+        rounds = -(-count // world_size)
+        return [batches[(r * world_size + rank) % count] for r in range(rounds)]
+    return list(batches[rank::world_size])
+
+
+def groups(batches: Sequence[Batch], size: int) -> list[list[Batch]]:
+    """Consecutive micro-batches that make one optimizer step (gradient accumulation)."""
+    if size < 1:
+        raise ValueError(f"grad_accum must be at least 1, got {size}")
+    return [list(batches[i:i + size]) for i in range(0, len(batches), size)]
+
+
+def restore_order(indices: Sequence[int], outputs: Sequence, n: int) -> list:
+    """Outputs listed in batch order → a list in input order (`indices[k]` is the input of `outputs[k]`)."""
+    if len(indices) != len(outputs):
+        raise ValueError(f"{len(indices)} indices for {len(outputs)} outputs")
+    ordered: list = [None] * n
+    seen = [False] * n
+    for i, out in zip(indices, outputs):
+        if seen[i]:
+            raise ValueError(f"example {i} has two outputs")
+        ordered[i] = out
+        seen[i] = True
+    if not all(seen):
+        raise ValueError(f"{seen.count(False)} of {n} examples have no output")
+    return ordered
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # A fixed affine mix keeps (seed, epoch) pairs apart without Python's salted hash().
+    return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2**63 - 1)

@@ -1,0 +1,155 @@
+"""Every metric of CONTRACT §4, exactly, in plain Python.
+
+Inputs are per-example gold and predicted labels in the same order. Each function checks that the
+two lists have the same length, counts every example exactly once (the original FIGER evaluation
+re-counted earlier batches, reference §8.6), and returns plain floats in [0, 1].
+
+Division by zero is defined, never an exception: a ratio with an empty denominator is 0.0, with
+one documented exception, `relation_metrics`'s precision, which follows the official TACRED scorer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Hashable, Sequence
+
+Label = Hashable
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else 0.0
+
+
+def _f1(precision: float, recall: float) -> float:
+    return _ratio(2 * precision * recall, precision + recall)
+
+
+def _same_length(gold: Sequence, pred: Sequence) -> None:
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold examples but {len(pred)} predictions")
+
+
+def entity_typing_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Entity typing (OpenEntity, FIGER): gold and predicted label sets per mention.
+
+    - `precision`, `recall`, `f1` (= `micro_f1`): loose micro, P = Σ|p∩g| / Σ|p|, R = Σ|p∩g| / Σ|g|.
+    - `macro_precision`: mean over all examples of |p∩g| / |p|; an empty prediction counts 0
+      (abstaining is not free; this is also the original code's choice).
+    - `macro_recall`: mean of |p∩g| / |g| over the examples that have gold labels (an example
+      with no gold labels has nothing to recall).
+    - `macro_f1`: F1 of the two macro means (Ling & Weld's loose macro).
+    - `strict_acc`: share of examples whose predicted set equals the gold set exactly (two empty
+      sets are equal).
+
+    Labels are compared as sets (duplicates in one list count once). With no examples, or an empty
+    denominator, a value is 0.0.
+    """
+    _same_length(gold, pred)
+    n = len(gold)
+    overlap_sum = pred_sum = gold_sum = 0
+    exact = 0
+    macro_p = macro_r = 0.0
+    with_gold = 0
+    for g_labels, p_labels in zip(gold, pred):
+        g, p = set(g_labels), set(p_labels)
+        overlap = len(g & p)
+        overlap_sum += overlap
+        pred_sum += len(p)
+        gold_sum += len(g)
+        exact += g == p
+        if p:
+            macro_p += overlap / len(p)
+        if g:
+            macro_r += overlap / len(g)
+            with_gold += 1
+    precision, recall = _ratio(overlap_sum, pred_sum), _ratio(overlap_sum, gold_sum)
+    macro_precision, macro_recall = _ratio(macro_p, n), _ratio(macro_r, with_gold)
+    f1 = _f1(precision, recall)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "micro_f1": f1,
+        "strict_acc": _ratio(exact, n),
+        "macro_precision": macro_precision,
+        "macro_recall": macro_recall,
+        "macro_f1": _f1(macro_precision, macro_recall),
+    }
+
+
+def _single(label: Label | Sequence[Label]) -> Label:
+    """A relation/class label, also accepted as the one-element list a predictions file holds."""
+    if isinstance(label, (list, tuple)):
+        if len(label) != 1:
+            raise ValueError(f"expected exactly one label, got {list(label)}")
+        return label[0]
+    return label
+
+
+def relation_metrics(
+    gold: Sequence[Label | Sequence[Label]],
+    pred: Sequence[Label | Sequence[Label]],
+    negative: Label = "no_relation",
+) -> dict[str, float]:
+    """Relation classification (TACRED), micro-averaged as the official TACRED scorer does.
+
+    A prediction other than `negative` counts in the precision denominator, a gold other than
+    `negative` in the recall denominator, and a prediction is correct when it equals a gold that is
+    not `negative`. As in the official scorer, precision is 1.0 when nothing but `negative` was
+    predicted (recall, and so F1, is then 0 whenever there was something to find). `accuracy` is
+    plain agreement over all examples, `negative` included.
+    """
+    _same_length(gold, pred)
+    correct = guessed = relevant = agree = 0
+    for g, p in zip(gold, pred):
+        g, p = _single(g), _single(p)
+        agree += g == p
+        guessed += p != negative
+        relevant += g != negative
+        correct += p == g and g != negative
+    precision = correct / guessed if guessed else 1.0
+    recall = _ratio(correct, relevant)
+    return {"precision": precision, "recall": recall, "f1": _f1(precision, recall), "accuracy": _ratio(agree, len(gold))}
+
+
+def classification_metrics(gold: Sequence[Label | Sequence[Label]], pred: Sequence[Label | Sequence[Label]]) -> dict[str, float]:
+    """Single-label classification (fac pretraining): `accuracy` and `macro_f1`.
+
+    `macro_f1` is the unweighted mean of per-label F1 = 2·TP / (2·TP + FP + FN) over the labels
+    that occur in gold or predictions (a label absent from both has no F1 to average; one only
+    predicted, or only gold, scores 0).
+    """
+    _same_length(gold, pred)
+    tp: Counter = Counter()
+    fp: Counter = Counter()
+    fn: Counter = Counter()
+    for g, p in zip(gold, pred):
+        g, p = _single(g), _single(p)
+        if g == p:
+            tp[g] += 1
+        else:
+            fp[p] += 1
+            fn[g] += 1
+    labels = set(tp) | set(fp) | set(fn)
+    per_label = [_ratio(2 * tp[label], 2 * tp[label] + fp[label] + fn[label]) for label in labels]
+    return {"accuracy": _ratio(sum(tp.values()), len(gold)), "macro_f1": _ratio(sum(per_label), len(per_label))}
+
+
+def uas(gold_heads: Sequence[Sequence[int]], pred_heads: Sequence[Sequence[int]], ignore: int = -100) -> float:
+    """Unlabelled attachment score: the share of words whose predicted head is the gold head.
+
+    Both arguments hold one list of heads per sentence (word indices or sub-token positions, as
+    long as both use the same). Entries whose gold is `ignore` are not words (padding, non-first
+    sub-tokens, truncated heads: the `head_targets` of `encoding.encode_dependency`) and are not
+    counted. No words: 0.0.
+    """
+    _same_length(gold_heads, pred_heads)
+    words = correct = 0
+    for i, (g_sent, p_sent) in enumerate(zip(gold_heads, pred_heads)):
+        if len(g_sent) != len(p_sent):
+            raise ValueError(f"sentence {i}: {len(g_sent)} gold heads but {len(p_sent)} predicted")
+        for g, p in zip(g_sent, p_sent):
+            if g != ignore:
+                words += 1
+                correct += g == p
+    return _ratio(correct, words)

