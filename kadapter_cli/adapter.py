@@ -101,7 +101,7 @@ class AdapterConfig:
           6 → 0, 3, 6; 4 → 0, 2, 4;
         - adapter width = 3/4 of the hidden size rounded to the nearest multiple of 64 (at least
           64): 1024 → 768, 768 → 576, 384 → 320, 64 → 64;
-        - heads = width / 64 (1024 → 12); FFN = 4 × width (1024 → 3072); 2 layers per tap;
+        - heads = width / 64 (768 → 12); FFN = 4 × width (768 → 3072); 2 layers per tap;
           dropout 0.1, LayerNorm eps 1e-5, projection init std 0.0002, padding masked.
         """
         taps = sorted({math.floor(f * shape.num_layers + 0.5) for f in _DEFAULT_TAP_FRACTIONS})
@@ -153,10 +153,6 @@ class AdapterConfig:
             return cls(**data)
         except (TypeError, ValueError) as e:
             raise BadInput(f"invalid adapter config: {e}") from None
-
-    def backbone_shape(self) -> BackboneShape:
-        """The shape of the backbone this adapter was built on (its head count is not recorded: 0)."""
-        return BackboneShape(self.backbone_model_type, self.backbone_hidden_size, self.backbone_num_layers, 0, self.backbone)
 
 
 # ---------------------------------------------------------------- BERT-style layers (HF BertLayer names)
@@ -274,9 +270,11 @@ class AdapterLayer(nn.Module):
         self.encoder = Encoder(c.layers_per_tap, c.adapter_width, c.num_heads, c.ffn_size, c.dropout, c.layer_norm_eps)
         self.up_project = nn.Linear(c.adapter_width, c.backbone_hidden_size)
         # Near-zero projections make a fresh adapter layer close to the identity (reference §1.6).
-        for proj in (self.down_project, self.up_project):
-            nn.init.normal_(proj.weight, mean=0.0, std=c.init_std)
-            nn.init.zeros_(proj.bias)
+        # Meta tensors (shape-only builds, loading) hold no values to initialise.
+        if self.down_project.weight.device.type != "meta":
+            for proj in (self.down_project, self.up_project):
+                nn.init.normal_(proj.weight, mean=0.0, std=c.init_std)
+                nn.init.zeros_(proj.bias)
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         return x + self.up_project(self.encoder(self.down_project(x), attn_bias))
@@ -343,8 +341,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise BadInput(f"not a readable safetensors file ({e})", path) from None
 
 
-def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """`BadInput` naming the file and keys when `state` lacks keys, has extra ones, or shapes differ."""
+def state_dict_problems(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """What stops `state` loading into `module`: missing keys, unexpected keys, shape mismatches."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -356,6 +354,12 @@ def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], path: Pa
         problems.append(f"unexpected keys {_some(unexpected)}")
     if wrong:
         problems.append("shape mismatch " + _some([f"{k} {list(state[k].shape)} != {list(expected[k])}" for k in wrong]))
+    return problems
+
+
+def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """`BadInput` naming the file and keys when `state` does not fit `module` exactly."""
+    problems = state_dict_problems(module, state)
     if problems:
         raise BadInput("weights disagree with the config: " + "; ".join(problems), path)
 

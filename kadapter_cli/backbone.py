@@ -128,6 +128,10 @@ def load_tokenizer(name_or_path: str | Path) -> "PreTrainedTokenizerBase":
     tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
     if is_byte_level(tokenizer) and not getattr(tokenizer, "add_prefix_space", False):
         tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer", add_prefix_space=True)
+    # transformers builds an empty tokenizer from a folder without vocabulary files instead of failing.
+    probe = tokenizer("the and of", add_special_tokens=False)["input_ids"]
+    if not probe or all(i == tokenizer.unk_token_id for i in probe):
+        raise BadInput(f"tokenizer of '{name}' has no usable vocabulary (are its tokenizer files missing?)")
     return tokenizer
 
 

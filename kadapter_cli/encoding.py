@@ -94,7 +94,8 @@ def word_pieces(tokenizer, words: Sequence[str]) -> list[list[int]]:
     empty = [i for i, p in enumerate(pieces) if not p]
     if empty:
         if tokenizer.unk_token_id is None:
-            raise ValueError(f"word {empty[0]} ({words[empty[0]]!r}) has no sub-tokens and the tokenizer has no unknown token")
+            raise ValueError(f"word {empty[0]} ({words[empty[0]]!r}) has no sub-tokens "
+                             "and the tokenizer has no unknown token")
         for i in empty:
             pieces[i].append(int(tokenizer.unk_token_id))
     return pieces
@@ -104,7 +105,8 @@ def _budget(tokenizer, max_length: int) -> tuple[list[int], list[int], int]:
     prefix, suffix = special_tokens(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
-        raise ValueError(f"max_length {max_length} leaves no room next to the {len(prefix) + len(suffix)} special tokens")
+        raise ValueError(f"max_length {max_length} leaves no room next to the "
+                         f"{len(prefix) + len(suffix)} special tokens")
     return prefix, suffix, budget
 
 
@@ -260,9 +262,9 @@ def encode_typing(tokenizer, sent: str, start: int, end: int, max_length: int) -
     mention = sent[start:end].split()
     if not mention:
         raise ValueError(f"mention [{start}, {end}) is blank")
-    left, right = sent[:start].split(), sent[end:].split()
-    words = left + [MENTION_MARKER] + mention + [MENTION_MARKER] + right
-    opening, closing = [len(left)], [len(left) + len(mention) + 1]
+    left = sent[:start].split()
+    span = (len(left), len(left) + len(mention) - 1)
+    words, opening, closing = _marked_words(left + mention + sent[end:].split(), [(span, MENTION_MARKER)])
     prefix, suffix, budget = _budget(tokenizer, max_length)
     ids, (mention_pos,) = _fit_marked(word_pieces(tokenizer, words), opening, closing, budget)
     return {"input_ids": prefix + ids + suffix, "mention_pos": len(prefix) + mention_pos}

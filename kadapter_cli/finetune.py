@@ -238,6 +238,8 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], spec: FinetuneSpec, pad_id: int,
                               config: TrainConfig, run_dir: Path) -> str | None:
     """With a frozen backbone, its tapped states (+ last) are computed once per example."""
+    if spec.cache_features == "off":
+        return None
     from kadapter_cli.feature_cache import FeatureCache, decide_cache, default_budget_bytes, estimate_bytes
 
     body = model.body

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, check_state_dict, count_parameters, save_adapter
+from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, count_parameters, save_adapter, state_dict_problems
 from kadapter_cli.artifacts import atomic_output, read_json, sha256_inputs, write_manifest
 from kadapter_cli.backbone import BackboneShape
 from kadapter_cli.errors import BadInput
@@ -52,8 +52,8 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             f"tensors (loaded with weights_only=True; {str(e).splitlines()[0][:200]})",
             path,
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise BadInput(f"not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})", path) from None
+    except Exception as e:  # noqa: BLE001 - torch.load fails on garbage with many error types (KeyError, EOFError...)
+        raise BadInput(f"not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})", path) from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise BadInput("expected a state dict (a mapping of names to tensors)", path)
     return state
@@ -121,8 +121,7 @@ def infer_config(
     )
 
 
-def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    check_state_dict(module, state, path)
+def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True, assign=True)
 
 
@@ -137,8 +136,11 @@ def convert_checkpoint(
     with torch.device("meta"):
         adapter = KnowledgeAdapter(config)
         head = build_head(config.head, config.backbone_hidden_size)
-    _load_into(adapter, adapter_state, path)
-    _load_into(head, head_state, path)
+    problems = state_dict_problems(adapter, adapter_state) + state_dict_problems(head, head_state)
+    if problems:
+        raise BadInput(f"not a K-Adapter {kind} checkpoint as released: " + "; ".join(problems), path)
+    _load_into(adapter, adapter_state)
+    _load_into(head, head_state)
     return adapter, config, head
 
 

@@ -1,11 +1,13 @@
 """`kadapter inspect DIR`: what an artifact is, where it came from, and how many parameters it holds.
 
 Parameter counts come from the safetensors headers (shapes only), so inspecting a large model
-reads no weights. Components: an adapter artifact has its adapter and pretraining head; a model
-file (`model.safetensors`) is grouped by top-level prefix (`backbone`, `adapters.<name>`, `fusion`,
-`head`, ...). Trainable counts are what the producing stage trained: adapter and head for adapter
-pretraining; for a model file, everything not listed under `"frozen"` in its `config.json`
-(unknown when the config does not say).
+reads no weights. Components, by artifact:
+- adapter (`adapters/<name>/`): the adapter and its pretraining head, both trained in pretraining;
+- composition (`compositions/<a>+<b>/`): each adapter it holds (trainability is decided later);
+- finetuned model (`model.safetensors`): grouped as `backbone`, `adapter:<name>`, `fusion`, `head`
+  (a leading `body.` is dropped); trainable = all but the adapters (always frozen in fine-tuning)
+  and, if its `config.json` says `freeze_backbone`, the backbone;
+- backbone folder (`kadapter tiny-backbone`): one `backbone` row.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 from kadapter_cli.artifacts import read_json, read_manifest
 from kadapter_cli.errors import BadInput
+
+ADAPTER_FILE, HEAD_FILE = "adapter.safetensors", "head.safetensors"
 
 
 def tensor_sizes(path: Path) -> dict[str, int]:
@@ -30,52 +34,61 @@ def tensor_sizes(path: Path) -> dict[str, int]:
         raise BadInput(f"not a readable safetensors file ({e})", path) from None
 
 
+def _row(component: str, total: int, trainable: int | None) -> dict[str, Any]:
+    return {"component": component, "total": total, "trainable": trainable}
+
+
+def _adapter_name(folder: Path) -> str:
+    config_path = folder / "adapter_config.json"
+    config = read_json(config_path) if config_path.is_file() else None
+    return str(config.get("name", folder.name)) if isinstance(config, dict) else folder.name
+
+
 def _component_of(key: str) -> str:
+    """`body.adapters.fac.adapter.0...` → `adapter:fac`; `body.backbone.embeddings...` → `backbone`."""
     parts = key.split(".")
-    if parts[0] == "adapters" and len(parts) >= 2:
+    if parts[0] == "body" and len(parts) > 1:
+        parts = parts[1:]
+    if parts[0] == "adapters" and len(parts) > 1:
         return f"adapter:{parts[1]}"
     return parts[0]
 
 
-def _frozen_components(folder: Path) -> set[str] | None:
+def _finetune_frozen(folder: Path) -> set[str] | None:
+    """Components a finetuned model kept frozen, from its `config.json` (None when it does not say)."""
     config_path = folder / "config.json"
-    if not config_path.is_file():
+    config = read_json(config_path) if config_path.is_file() else None
+    if not isinstance(config, dict) or "freeze_backbone" not in config:
         return None
-    config = read_json(config_path)
-    frozen = config.get("frozen") if isinstance(config, dict) else None
-    if not isinstance(frozen, list):
-        return None
-    return {_component_of(str(path)) for path in frozen}
+    frozen = {f"adapter:{a['name']}" for a in config.get("adapters", []) if isinstance(a, dict) and "name" in a}
+    if config["freeze_backbone"]:
+        frozen.add("backbone")
+    return frozen
 
 
 def parameter_table(folder: Path, kind: str) -> list[dict[str, Any]]:
-    """Rows `{"component", "total", "trainable"}` (trainable None when the artifact does not say)."""
+    """Rows `{"component", "total", "trainable"}` (trainable None when the artifact does not decide it)."""
     rows: list[dict[str, Any]] = []
-    adapter_file, head_file = folder / "adapter.safetensors", folder / "head.safetensors"
-    if adapter_file.is_file():
-        name = folder.name
-        config_path = folder / "adapter_config.json"
-        if config_path.is_file():
-            config = read_json(config_path)
-            name = config.get("name", name) if isinstance(config, dict) else name
-        total = sum(tensor_sizes(adapter_file).values())
-        rows.append({"component": f"adapter:{name}", "total": total, "trainable": total})
-    if head_file.is_file():
-        total = sum(tensor_sizes(head_file).values())
-        rows.append({"component": "head", "total": total, "trainable": total})
-    model_files = sorted(p for p in folder.glob("*.safetensors") if p not in (adapter_file, head_file))
+    if (folder / ADAPTER_FILE).is_file():
+        total = sum(tensor_sizes(folder / ADAPTER_FILE).values())
+        rows.append(_row(f"adapter:{_adapter_name(folder)}", total, total))
+        if (folder / HEAD_FILE).is_file():
+            total = sum(tensor_sizes(folder / HEAD_FILE).values())
+            rows.append(_row("head", total, total))
+    if kind == "composition" and (folder / "adapters").is_dir():
+        for sub in sorted(p for p in (folder / "adapters").iterdir() if (p / ADAPTER_FILE).is_file()):
+            rows.append(_row(f"adapter:{sub.name}", sum(tensor_sizes(sub / ADAPTER_FILE).values()), None))
+    model_files = sorted(p for p in folder.glob("*.safetensors") if p.name not in (ADAPTER_FILE, HEAD_FILE))
     if model_files and kind == "backbone":
-        total = sum(sum(tensor_sizes(p).values()) for p in model_files)
-        rows.append({"component": "backbone", "total": total, "trainable": None})
+        rows.append(_row("backbone", sum(sum(tensor_sizes(p).values()) for p in model_files), None))
     elif model_files:
         totals: Counter[str] = Counter()
         for path in model_files:
             for key, size in tensor_sizes(path).items():
                 totals[_component_of(key)] += size
-        frozen = _frozen_components(folder)
+        frozen = _finetune_frozen(folder)
         for component, total in totals.items():
-            trainable = None if frozen is None else (0 if component in frozen else total)
-            rows.append({"component": component, "total": total, "trainable": trainable})
+            rows.append(_row(component, total, None if frozen is None else (0 if component in frozen else total)))
     return rows
 
 
@@ -84,7 +97,7 @@ def inspect(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     manifest = read_manifest(folder)
     rows = parameter_table(folder, str(manifest.get("kind")))
-    known = [r["trainable"] for r in rows]
+    trainable = [r["trainable"] for r in rows]
     return {
         "path": str(folder),
         "kind": manifest.get("kind"),
@@ -98,5 +111,5 @@ def inspect(folder: str | Path) -> dict[str, Any]:
         "stats": manifest.get("stats", {}),
         "parameters": rows,
         "total_parameters": sum(r["total"] for r in rows),
-        "trainable_parameters": None if None in known else sum(known),
+        "trainable_parameters": None if None in trainable else sum(trainable),
     }

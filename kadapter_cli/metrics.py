@@ -109,10 +109,13 @@ def relation_metrics(
         correct += p == g and g != negative
     precision = correct / guessed if guessed else 1.0
     recall = _ratio(correct, relevant)
-    return {"precision": precision, "recall": recall, "f1": _f1(precision, recall), "accuracy": _ratio(agree, len(gold))}
+    return {"precision": precision, "recall": recall, "f1": _f1(precision, recall),
+            "accuracy": _ratio(agree, len(gold))}
 
 
-def classification_metrics(gold: Sequence[Label | Sequence[Label]], pred: Sequence[Label | Sequence[Label]]) -> dict[str, float]:
+def classification_metrics(
+    gold: Sequence[Label | Sequence[Label]], pred: Sequence[Label | Sequence[Label]]
+) -> dict[str, float]:
     """Single-label classification (fac pretraining): `accuracy` and `macro_f1`.
 
     `macro_f1` is the unweighted mean of per-label F1 = 2·TP / (2·TP + FP + FN) over the labels

@@ -86,6 +86,9 @@ class KAdapterModel(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.backbone = backbone
+        bad_names = [name for name in adapters if not name or "." in name]
+        if bad_names:
+            raise BadInput(f"adapter names must be non-empty and contain no '.': {bad_names}")
         self.adapters = nn.ModuleDict(dict(adapters))
         if adapters and fusion is None:
             raise BadInput("a fusion mode is needed to combine adapters with the backbone")
@@ -95,7 +98,10 @@ class KAdapterModel(nn.Module):
         check_composable(configs)
         for config in configs:
             if config.backbone_hidden_size != hidden:
-                raise BadInput(f"adapter '{config.name}' is {config.backbone_hidden_size} wide, the model {hidden}")
+                raise BadInput(
+                    f"adapter '{config.name}' was built on a {config.backbone_hidden_size}-wide backbone "
+                    f"({config.backbone}); this model is {hidden} wide"
+                )
             if backbone is not None:
                 check_fits_backbone(config, backbone_shape(backbone))
         # The union of all taps is computed once; each adapter picks its own from it.
@@ -152,12 +158,22 @@ class KAdapterModel(nn.Module):
         tapped, last = features if features is not None else self.backbone_features(input_ids, attention_mask)
         if len(tapped) != len(self.tap_layers):
             raise ValueError(f"features hold {len(tapped)} tapped states, the model taps {self.tap_layers}")
+        # Cached features are fp16 and a backbone may run in bf16: the adapters compute in their own dtype.
+        dtype = self._adapter_dtype()
+        if dtype is not None:
+            tapped, last = [t.to(dtype) for t in tapped], last.to(dtype)
         by_layer = dict(zip(self.tap_layers, tapped))
         outs = {
             name: adapter([by_layer[t] for t in adapter.tap_layers], attention_mask)
             for name, adapter in self.adapters.items()
         }
         return last, outs
+
+    def _adapter_dtype(self) -> torch.dtype | None:
+        for module in (self.adapters, self.fusion):
+            for p in module.parameters() if module is not None else ():
+                return p.dtype
+        return None
 
     def forward(
         self,

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from kadapter_cli.artifacts import (
     atomic_output,
@@ -276,14 +276,15 @@ def _use_gpu(device: str) -> bool:
     return True
 
 
-class TextParser:
+class TextParser(Protocol):
     """Parses a batch of texts; returns the sentences of each text, in order."""
 
-    def __call__(self, texts: Sequence[str]) -> list[list[ParsedSentence]]:
-        raise NotImplementedError
+    def __call__(self, texts: Sequence[str]) -> list[list[ParsedSentence]]: ...
 
 
-class StanzaParser(TextParser):
+class StanzaParser:
+    """Stanza's tokenize,pos,lemma,depparse pipeline; texts go through `bulk_process` together."""
+
     def __init__(self, spec: ParserSpec):
         import stanza
         from stanza.resources.common import DEFAULT_MODEL_DIR
@@ -315,7 +316,9 @@ class StanzaParser(TextParser):
         return [list(stanza_sentences(d)) for d in self.nlp.bulk_process(docs)]
 
 
-class SpacyParser(TextParser):
+class SpacyParser:
+    """A spaCy pipeline with a parser, run with `nlp.pipe`."""
+
     def __init__(self, spec: ParserSpec):
         import spacy
 
@@ -534,7 +537,7 @@ def parse(
             "dev": counts["dev"],
             "dropped": dict(sorted(dropped.items())),
             "parser": kinds,
-            "model": spec.model_name() if spec.kind != "conllu" and kinds != ["conllu"] else "gold",
+            "model": "gold" if kinds == ["conllu"] else spec.model_name(),
             "seconds": round(seconds, 3),
             "words_per_second": round(counts["words"] / max(seconds, 1e-9), 1),
         }

@@ -35,12 +35,14 @@ runner passes `--overwrite` (if the command has it), because rerunning means rep
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -105,10 +107,6 @@ class Pipeline:
             if s.name == name:
                 return s
         raise KeyError(name)
-
-    def producers(self) -> dict[str, str]:
-        """Output path → name of the stage that writes it."""
-        return {out: s.name for s in self.stages for out in s.outputs}
 
 
 def auto_backbone(workdir: str | Path, create: bool = True) -> str:
@@ -308,7 +306,7 @@ def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
     """
     opts, cmd = stage.options, stage.command
     w = lambda *parts: _norm(str(workdir.joinpath(*parts)))  # noqa: E731
-    output = opts.get("output")
+    output = opts.get("out")
     if cmd == "prepare-trex":
         return [], [str(output) if output else w("trex-rc")]
     if cmd == "parse":
@@ -325,17 +323,20 @@ def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
         return reads, [_artifact(workdir, "compositions", str(output or name))]
     if cmd == "finetune":
         task = str(opts.get("task", ""))
-        adapters = _names(opts.get("adapters"))
+        adapters = [a for a in _names(opts.get("adapters")) if a not in ("none", "base")]
         reads = [] if opts.get("data") else [w("tasks", task)]
         for a in adapters:
             reads.append(_artifact(workdir, "compositions" if "+" in a else "adapters", a))
         run = opts.get("name") or f"{task}-{'+'.join(Path(a).name for a in adapters) or 'base'}"
         return reads, [_artifact(workdir, "finetuned", str(output or run))]
+    if cmd == "evaluate" and stage.inputs:
+        split = opts.get("split", "test")
+        return [], [str(output) if output else w("evaluations", f"{Path(stage.inputs[0]).name}-{split}")]
     if cmd == "tiny-backbone":
         return [], [_norm(p) for p in stage.args[:1] or stage.inputs[:1]]
     if output:
         return [], [str(output)]
-    return [], []  # evaluate, predict, inspect, import-original: declare outputs in the file if any
+    return [], []  # predict, inspect, import-original: declare outputs in the file if any
 
 
 def _looks_like_path(value: str) -> bool:
@@ -347,7 +348,7 @@ def _stage_reads(stage: Stage, default_reads: list[str], earlier: Sequence[Stage
     produced = {out for s in earlier for out in s.outputs}
     candidates: list[str] = [*stage.inputs, *default_reads]
     for key, value in stage.options.items():
-        if key == "output":
+        if key == "out":
             continue
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, str) and (_looks_like_path(v) or _norm(v) in produced):
@@ -619,9 +620,14 @@ def stage_argv(stage: Stage, workdir: Path, command: Any | None = None, path: Pa
 
 
 def invoke(app: Any, argv: Sequence[str]) -> int:
-    """Runs one kadapter command in this process; returns its exit code (the command prints its own errors)."""
+    """Runs one kadapter command in this process; returns its exit code (the command prints its own errors).
+
+    What the command prints on stdout goes to stderr: stdout belongs to the runner (the plan of
+    a dry run, `--json`, the demo's table), so that it stays parseable.
+    """
     try:
-        _group(app).main(args=list(argv), prog_name="kadapter", standalone_mode=True)
+        with contextlib.redirect_stdout(sys.stderr):
+            _group(app).main(args=list(argv), prog_name="kadapter", standalone_mode=True)
     except SystemExit as e:
         if e.code is None:
             return 0

@@ -256,6 +256,8 @@ def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]],
     Each example then carries `_cache`/`_row` and its batches carry `features`. Returns where the
     cache lives ("memory" / "disk") or None when it is off.
     """
+    if spec.cache_features == "off":
+        return None
     from kadapter_cli.feature_cache import FeatureCache, decide_cache, default_budget_bytes, estimate_bytes
 
     n_tokens = sum(len(ex["input_ids"]) for split in splits for ex in split)

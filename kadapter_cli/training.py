@@ -215,7 +215,7 @@ def train(
     run_dir = Path(run_dir)
     accelerator = make_accelerator(config)
     is_main = accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world = accelerator.num_processes
 
     examples = _limited(train_examples, config.limit)
     dev = _limited(dev_examples, config.limit) if dev_examples is not None else []
@@ -258,10 +258,10 @@ def train(
     accelerator.wait_for_everyone()
 
     loop = _Loop(accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths, dev,
-                 config, run_dir, state, total_steps, steps_per_epoch)
+                 config, run_dir, state, total_steps)
     if state.step < total_steps:
         loop.run()
-    else:
+    elif is_main:
         info(f"training already complete at step {state.step}")
     return loop.finish()
 
@@ -270,12 +270,12 @@ class _Loop:
     """The state of one `train()` call; split out so each phase is a short method."""
 
     def __init__(self, accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths,
-                 dev, config: TrainConfig, run_dir: Path, state: _State, total_steps: int, steps_per_epoch: int):
+                 dev, config: TrainConfig, run_dir: Path, state: _State, total_steps: int):
         self.accelerator, self.model, self.unwrapped = accelerator, model, unwrapped
         self.optimizer, self.scheduler, self.objective = optimizer, scheduler, objective
         self.examples, self.lengths, self.dev = examples, lengths, dev
         self.config, self.run_dir, self.state = config, run_dir, state
-        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.total_steps = total_steps
         self.is_main = accelerator.is_main_process
         self.trainable = [p for p in unwrapped.parameters() if p.requires_grad]
         self.flops_per_token = _flops_per_token(unwrapped)
@@ -313,11 +313,9 @@ class _Loop:
 
     def _train_step(self, group: list[list[int]]) -> None:
         """One optimizer step over a group of micro-batches (gradient accumulation)."""
-        import torch
-
         accelerator, state = self.accelerator, self.state
         self.model.train()
-        started = time.perf_counter()
+        self._window.start()
         loss_sum = None
         n_examples = n_tokens = 0
         try:
@@ -346,9 +344,7 @@ class _Loop:
                 longest = max(self.lengths[j] for indices in group for j in indices)
                 raise _out_of_memory(f"training step {state.step + 1}", max(map(len, group)), longest) from None
             raise
-        if accelerator.device.type == "cuda":
-            torch.cuda.synchronize()
-        self._window.add(loss_sum / len(group), grad_norm, n_examples, n_tokens, time.perf_counter() - started)
+        self._window.add(loss_sum / len(group), grad_norm, n_examples, n_tokens)
         state.step += 1
 
     def _after_step(self, epoch_progress: float, epoch_end: bool, final: bool) -> None:
@@ -403,6 +399,10 @@ class _Loop:
         state.examples_seen += record.pop("_examples")
         state.tokens_seen += record.pop("_tokens")
         state.train_seconds += record.pop("_seconds")
+        if not math.isfinite(record["loss"]):
+            raise KadapterError(
+                f"training diverged: the loss is {record['loss']} at step {state.step}; lower --lr, raise "
+                "--warmup, or train in --precision bf16 or fp32")
         if self.is_main:
             lr = self.scheduler.get_last_lr()[0]
             _append_log(self.run_dir / LOG_FILE, {"step": state.step, "epoch": round(epoch_progress, 4),
@@ -411,6 +411,7 @@ class _Loop:
     def _evaluate_and_select(self, epoch_progress: float) -> None:
         started = time.perf_counter()
         metrics, _ = _evaluate(self.accelerator, self.unwrapped, self.objective, self.dev, self.config)
+        metrics = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}  # numpy/torch scalars → JSON
         state = self.state
         key = self.objective.primary_metric
         if key not in metrics:
@@ -448,7 +449,12 @@ class _Loop:
 
 
 class _Window:
-    """Training numbers since the last log line."""
+    """Training numbers since the last log line.
+
+    Losses and gradient norms stay on the device until the log line, and time is the wall time from
+    the window's first step to the log line (evaluation and saving fall outside windows), so no
+    step waits for the device just to be measured.
+    """
 
     def __init__(self) -> None:
         self._reset()
@@ -456,29 +462,33 @@ class _Window:
 
     def _reset(self) -> None:
         self.loss_sum = None
-        self.grad_norm_sum = 0.0
-        self.grad_norms = 0
+        self.grad_norm_sum = None
         self.steps = 0
         self.examples = 0
         self.tokens = 0
-        self.seconds = 0.0
+        self.started: float | None = None
 
-    def add(self, loss, grad_norm, examples: int, tokens: int, seconds: float) -> None:
+    def start(self) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    def add(self, loss, grad_norm, examples: int, tokens: int) -> None:
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         if grad_norm is not None:
-            self.grad_norm_sum += float(grad_norm)
-            self.grad_norms += 1
+            grad_norm = grad_norm.detach().float()
+            self.grad_norm_sum = grad_norm if self.grad_norm_sum is None else self.grad_norm_sum + grad_norm
         self.steps += 1
         self.examples += examples
         self.tokens += tokens
-        self.seconds += seconds
 
     def summary(self, accelerator, flops_per_token: float, peak_flops: float | None) -> dict[str, Any]:
         """Log fields averaged over the window and summed over processes (a collective: every process calls it)."""
         import torch
 
-        totals = torch.tensor([float(self.loss_sum), float(self.steps), float(self.examples), float(self.tokens),
-                               self.seconds], dtype=torch.float64, device=accelerator.device)
+        loss_sum = float(self.loss_sum)  # waits for the device: the window's work is done after this
+        seconds = time.perf_counter() - self.started
+        totals = torch.tensor([loss_sum, float(self.steps), float(self.examples), float(self.tokens), seconds],
+                              dtype=torch.float64, device=accelerator.device)
         totals = accelerator.reduce(totals, reduction="sum")
         loss_sum, steps, examples, tokens, seconds = totals.tolist()
         world = accelerator.num_processes
@@ -490,8 +500,8 @@ class _Window:
             "ms_per_step": round(1000 * wall / (steps / world), 2),
             "model_tflops": float(f"{flops_per_token * tokens / wall / 1e12:.4g}"),
         }
-        if self.grad_norms:
-            record["grad_norm"] = self.grad_norm_sum / self.grad_norms
+        if self.grad_norm_sum is not None:
+            record["grad_norm"] = float(self.grad_norm_sum) / self.steps
         if peak_flops:
             record["mfu"] = round(flops_per_token * tokens / wall / (peak_flops * world), 4)
         record.update(_examples=int(examples), _tokens=int(tokens), _seconds=wall)
@@ -743,6 +753,9 @@ def make_accelerator(config: TrainConfig) -> "Accelerator":
     if config.precision == "fp16" and on_cpu:
         raise BadInput("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision]
+    # Gradient accumulation is the loop's own (`groups` of micro-batches), not Accelerate's counter:
+    # checkpoints then fall on optimizer-step boundaries and an epoch's short last group is averaged
+    # over its own size.
     # cpu=True also on a machine without CUDA: only then does Accelerate join processes started by
     # torchrun / `accelerate launch --multi_gpu` over gloo instead of running each one alone.
     try:

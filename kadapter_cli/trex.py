@@ -49,6 +49,7 @@ SHARD_KIND = "trex-shard"
 SHARD_EXAMPLES = "examples.jsonl"
 
 # Why an example is not emitted; these are the keys of `stats["dropped"]`.
+NOT_WIKIDATA_PROPERTY = "not_wikidata_property"  # the predicate is not a P-id
 MISSING_BOUNDARIES = "missing_boundaries"  # subject or object not found in the text
 NOT_WIKIDATA_ITEM = "not_wikidata_item"  # subject or object is a date/literal, not a Q-item
 OUTSIDE_SENTENCE = "outside_sentence"  # an entity is not inside the triple's sentence
@@ -275,10 +276,11 @@ def document_examples(doc: Any) -> DocumentResult:
             uri = _field(entity, "uri", str, f"{where}.{role}")
             entities[role] = (uri, _span(entity.get("boundaries"), f"{where}.{role}.boundaries", n))
         relation = _last_segment(entities["predicate"][0])
-        if not _PROPERTY_ID.fullmatch(relation):
-            raise ValueError(f"{where}.predicate.uri {entities['predicate'][0]!r} is not a Wikidata property")
         (subj_uri, subj), (obj_uri, obj) = entities["subject"], entities["object"]
 
+        if not _PROPERTY_ID.fullmatch(relation):
+            dropped[NOT_WIKIDATA_PROPERTY] += 1
+            continue
         if subj is None or obj is None:
             dropped[MISSING_BOUNDARIES] += 1
             continue
@@ -465,6 +467,8 @@ def extract_to_runs(files: Sequence[Path], folder: Path, workers: int = 1, skip_
                     bar.update(task, **shown())
 
             for f in files:
+                if limit is not None and stats.documents + stats.bad_documents >= limit:
+                    break
                 extract_file(f, runs, skip_bad, stats, limit, on_document=tick)
                 bar.update(task, advance=1, **shown())
             runs.flush()

@@ -193,7 +193,9 @@ def test_words_the_tokenizer_drops_get_the_unknown_token(bert):
 
 # ---------------------------------------------------------------- properties
 
-WORD = st.text(alphabet=st.sampled_from(list("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789.,'-@#éü中")), min_size=1, max_size=8)
+# Letters, digits, punctuation the tokenizers split off, the marker characters, and non-ASCII.
+WORD = st.text(alphabet=st.sampled_from(list("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789.,'-@#éü中")),
+               min_size=1, max_size=8)
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -268,3 +270,24 @@ def test_property_word_starts_are_first_sub_tokens(tokenizer, words, data, max_l
         expected = 0 if h == 0 else (starts[h - 1] if h <= len(starts) else IGNORE_INDEX)
         assert targets[start] == expected
     assert all(t == IGNORE_INDEX for p, t in enumerate(targets) if p not in set(starts))
+
+
+@PROPERTY
+@given(words=st.lists(WORD, min_size=1, max_size=25), data=st.data(), max_length=st.integers(3, 60))
+def test_property_typing_mention_between_markers(tokenizer, words, data, max_length):
+    first = data.draw(st.integers(0, len(words) - 1))
+    last = data.draw(st.integers(first, len(words) - 1))
+    sent = " ".join(words)
+    start = len(" ".join(words[:first])) + (1 if first else 0)
+    end = start + len(" ".join(words[first:last + 1]))
+    prefix, suffix = special_tokens(tokenizer)
+    at, mention = pieces(tokenizer, ["@"]), pieces(tokenizer, words[first:last + 1])
+    if max_length < len(prefix) + len(suffix) + len(at):
+        with pytest.raises(ValueError):
+            encode_typing(tokenizer, sent, start, end, max_length)
+        return
+    enc = encode_typing(tokenizer, sent, start, end, max_length)
+    ids, m = enc["input_ids"], enc["mention_pos"]
+    assert len(ids) <= max_length and ids[m:m + len(at)] == at
+    if len(prefix) + len(suffix) + 2 * len(at) + len(mention) <= max_length:  # the mention fits whole
+        assert ids[m + len(at):m + len(at) + len(mention) + len(at)] == mention + at

@@ -74,6 +74,13 @@ def test_cli_writes_a_deterministic_backbone_and_refuses_to_overwrite(cli, tmp_p
     for name in ("model.safetensors", "tokenizer.json"):
         assert (again / name).read_bytes() == (target / name).read_bytes(), name
 
+    shown = cli("inspect", target, "--json")
+    assert shown.exit_code == 0, shown.stderr
+    rows = json.loads(shown.stdout)["parameters"]
+    assert [r["component"] for r in rows] == ["backbone"]
+    from transformers import AutoModel
+    assert rows[0]["total"] == sum(p.numel() for p in AutoModel.from_pretrained(target).parameters())
+
     refused = cli(*args)
     assert refused.exit_code == 2
     assert "already exists" in refused.stderr and str(target) in refused.stderr

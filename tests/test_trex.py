@@ -34,6 +34,9 @@ def expected_examples(docs: list[dict]) -> dict[tuple, dict]:
         text = doc["text"]
         for triple in doc["triples"]:
             subj, obj = triple["subject"], triple["object"]
+            relation = triple["predicate"]["uri"].split("/")[-1]
+            if not re.fullmatch(r"P\d+", relation):
+                continue
             if subj["boundaries"] is None or obj["boundaries"] is None:
                 continue
             subj_label, obj_label = subj["uri"].split("/")[-1], obj["uri"].split("/")[-1]
@@ -49,7 +52,6 @@ def expected_examples(docs: list[dict]) -> dict[tuple, dict]:
             starts, ends = [a for a, _ in words], [b for _, b in words]
             if not (s0 in starts and s1 in ends and o0 in starts and o1 in ends):
                 continue
-            relation = triple["predicate"]["uri"].split("/")[-1]
             spans = (starts.index(s0), ends.index(s1), starts.index(o0), ends.index(o1))
             key = (docid, triple["sentence_id"], *spans, relation)
             out.setdefault(key, {
@@ -223,6 +225,13 @@ def test_malformed_document_is_an_error_or_skipped_and_counted(cli, sample_docs,
     run_ok(cli, bad, "--min-count", "1", "--skip-bad", "--out", tmp_path / "rc")
     stats = json.loads((tmp_path / "rc" / "manifest.json").read_text())["stats"]
     assert stats["documents"] == 1 and stats["bad_documents"] == 1
+    assert {r["docid"] for r in read_split(tmp_path / "rc")} == {"Q228"}
+
+
+def test_limit_reads_only_the_first_documents(cli, sample, tmp_path):
+    run_ok(cli, sample, sample, "--limit", "1", "--min-count", "1", "--out", tmp_path / "rc")
+    stats = json.loads((tmp_path / "rc" / "manifest.json").read_text())["stats"]
+    assert stats["documents"] == 1
     assert {r["docid"] for r in read_split(tmp_path / "rc")} == {"Q228"}
 
 

@@ -222,13 +222,21 @@ TEMPLATES = {
     "P47": ["{s} [borders] {o}", "{s} [shares a border with] {o}", "{s} and {o} are neighbours",
             "The frontier between {s} and {o} runs through hills and farmland",
             "Travellers can cross from {s} into {o} by road"],
-    "P17": ["{s} is a city in {o}", "{s} is [located in] {o}", "{s} lies in the south of {o}",
-            "{s} is one of the largest cities of {o}", "The port of {s} is important for the economy of {o}",
-            "{s}, in {o}, is known for its old market", "{s} is a river that flows through {o}",
-            "{s} is a company based in {o}"],
-    "P31": ["{s} is a {o} in the region", "{s} is a large {o}", "{s} is a {o} with a long history",
-            "{s} is a {o} known for its bridges", "{s} is a {o} that flows across several regions",
-            "{s} is a {o} with offices in several countries", "{s} is a sovereign {o}"],
+    "P17": {"city": ["{s} is a city in {o}", "{s} is [located in] {o}", "{s} lies in the south of {o}",
+                     "{s} is one of the largest cities of {o}", "The port of {s} matters for the economy of {o}",
+                     "{s}, in {o}, is known for its old market"],
+            "river": ["The {s} flows through {o}", "The {s} is one of the longest rivers of {o}",
+                      "The {s} crosses the north of {o}", "Farmers in {o} have long relied on the {s}"],
+            "company": ["{s} is a company from {o}", "{s} is one of the largest employers in {o}",
+                        "{s} pays most of its taxes in {o}", "{s} was registered in {o}"]},
+    "P31": {"country": ["{s} is a {o} with a long history", "{s} became a {o} after a long struggle",
+                        "{s} is recognised as a {o} by most nations"],
+            "city": ["{s} is a {o} in the region", "{s} is a large {o}", "{s} is a {o} known for its bridges",
+                     "{s} is a {o} with a famous cathedral"],
+            "river": ["The {s} is a {o} that crosses several regions", "The {s} is a long {o}",
+                      "The {s} is a {o} rich in fish"],
+            "company": ["{s} is a {o} with offices in several countries", "{s} is a private {o}",
+                        "{s} is a {o} listed on the stock exchange"]},
     "P19": ["{s} was [born in] {o}", "{s} was born and raised in {o}", "Born in {o}, {s} moved abroad as a young adult",
             "{s} spent a childhood in {o}", "{o} is the [birthplace] of {s}", "{s}, a native of {o}, studied abroad"],
     "P27": ["{s} is a {o} citizen", "{s} holds {o} citizenship", "{s} became a [citizen] of {o}",
@@ -244,7 +252,7 @@ TEMPLATES = {
              "{s} is based in {o}", "From its offices in {o}, {s} serves customers worldwide"],
     "P452": ["{s} operates in {o}", "{s} is active in the {o} sector", "{s} is a major name in {o}",
              "{s} works in {o}", "The main business of {s} is {o}"],
-    "P206": ["{s} lies on the {o}", "{s} is situated on the banks of the {o}", "The {o} flows through {s}",
+    "P206": ["{s} lies on the {o}", "{s} is [situated on] the banks of the {o}", "The {o} flows through {s}",
              "{s} grew up along the {o}", "Several bridges in {s} cross the {o}"],
     "P403": ["The {s} flows into the {o}", "The {s} empties into the {o}", "The [mouth] of the {s} is on the {o}",
              "The {s} reaches the {o} after a long journey", "The {s} ends in the {o}"],
@@ -375,62 +383,83 @@ class DocumentWriter:
         self.entities: list[dict] = []
         self.triples: list[dict] = []
 
-    def add(self, rng: random.Random, facts: list[tuple[Entity, str, Entity]], kb: KnowledgeBase) -> None:
-        """One sentence realising one fact (sometimes with a filler phrase to vary its length)."""
-        subj, rel, obj = facts[0]
-        template = rng.choice(TEMPLATES[rel])
+    @staticmethod
+    def _clause(rng: random.Random, fact: tuple[Entity, str, Entity], kb: KnowledgeBase, first: bool):
+        """The pieces of one clause telling `fact`: (slot or None, text), and the subject's annotator."""
+        subj, rel, obj = fact
+        templates = TEMPLATES[rel]
+        template = rng.choice(templates[subj.kind] if isinstance(templates, dict) else templates)
         subject_surface, subject_annotator = subj.name, "Wikidata_Spotlight_Entity_Linker"
-        object_surface = obj.name
-        if rel == "P27" and "citizen" in template and "{o} citizen" in template:
-            object_surface = kb.demonym.get(obj.name, obj.name)  # "a French citizen" → France
-        no_subject = template.startswith("{s}") and rng.random() < 0.04
-        if template.startswith("{s}") and not no_subject and subj.kind in ("person", "country", "company") and rng.random() < 0.12:
-            subject_surface, subject_annotator = ("It" if subj.kind != "person" else rng.choice(["He", "She"])), "Simple_Coreference"
-        if no_subject:  # the subject is only implied: T-REx aligns the triple without subject boundaries
-            template = template.replace("{s}", "The " + {"country": "country", "city": "city", "river": "river",
-                                                          "person": "author", "company": "firm"}[subj.kind], 1)
-        prefix = rng.choice(FILLER_BEFORE) + " " if rng.random() < 0.35 else ""
-        suffix = ", " + rng.choice(FILLER_AFTER) if rng.random() < 0.35 else ""
-
-        # Build the sentence, recording where {s}, {o} and [predicate] land.
-        start0 = len(self.text) + (1 if self.text else 0)
-        pieces = re.split(r"(\{s\}|\{o\}|\[[^\]]+\])", template)
-        out, spans = prefix, {}
-        for piece in pieces:
+        object_surface = kb.demonym.get(obj.name, obj.name) if "{o} citizen" in template else obj.name
+        starts_with_subject = template.startswith("{s}")
+        pronoun = "It" if subj.kind != "person" else rng.choice(["He", "She"])
+        if first and starts_with_subject and rel not in ("P17", "P31") and rng.random() < 0.04:
+            # The subject is only implied: T-REx aligns such triples without subject boundaries.
+            implied = {"country": "The country", "city": "The city", "river": "The river",
+                       "person": "The author", "company": "The firm"}[subj.kind]
+            template, subject_surface = template.replace("{s}", implied, 1), None
+        elif starts_with_subject and subj.kind != "city" and rng.random() < (0.1 if first else 0.5):
+            subject_surface, subject_annotator = pronoun, "Simple_Coreference"
+        pieces: list[tuple[str | None, str]] = []
+        for piece in re.split(r"(\{s\}|\{o\}|\[[^\]]+\])", template):
             if piece == "{s}":
-                spans["s"] = (len(out), len(out) + len(subject_surface)); out += subject_surface
+                pieces.append(("s", subject_surface))
             elif piece == "{o}":
-                spans["o"] = (len(out), len(out) + len(object_surface)); out += object_surface
+                pieces.append(("o", object_surface))
             elif piece.startswith("["):
-                spans["p"] = (len(out), len(out) + len(piece) - 2); out += piece[1:-1]
-            else:
-                out += piece
-        sentence = out + suffix + "."
-        if prefix and sentence[len(prefix)].isupper() and not sentence[len(prefix):].startswith(subject_surface if "s" in spans and spans["s"][0] == len(prefix) else "\0"):
-            # lower-case a sentence-initial article after a filler ("Today, the capital of ...")
-            if sentence[len(prefix):].startswith(("The ", "Most ", "Prices ", "Public ", "Visitors ", "Several ", "Since ", "Among ", "Born ", "From ", "In ", "As ", "Travellers ")):
-                sentence = prefix + sentence[len(prefix)].lower() + sentence[len(prefix) + 1:]
-        sentence = sentence[0].upper() + sentence[1:]
-        if self.text:
-            self.text += " "
-        self.text += sentence
+                pieces.append(("p", piece[1:-1]))
+            elif piece:
+                pieces.append((None, piece))
+        return pieces, subject_annotator
+
+    def add(self, rng: random.Random, facts: list[tuple[Entity, str, Entity]], kb: KnowledgeBase) -> None:
+        """One sentence telling one or two facts, sometimes with filler phrases to vary its length."""
+        prefix = rng.choice(FILLER_BEFORE) if rng.random() < 0.5 else ""
+        suffix = ", " + rng.choice(FILLER_AFTER) if rng.random() < 0.5 else ""
+        pieces: list[tuple[str | None, str]] = [(None, prefix + " ")] if prefix else []
+        slots = []  # per fact: {slot: index into pieces}, annotator
+        for n, fact in enumerate(facts):
+            clause, annotator = self._clause(rng, fact, kb, first=n == 0)
+            if n:
+                pieces.append((None, rng.choice([", and ", "; ", ", while "])))
+            if pieces:
+                # mid-sentence: "Today, the capital ...", "..., and it has ..."; names keep their capitals
+                key, text = clause[0]
+                if key is None or (key == "s" and annotator == "Simple_Coreference"):
+                    clause[0] = (key, text[0].lower() + text[1:])
+            slots.append(({key: len(pieces) + i for i, (key, _) in enumerate(clause) if key}, annotator))
+            pieces += clause
+        pieces.append((None, suffix + "."))
+        for i in range(len(pieces) - 1):  # "a" before a vowel-initial slot value: "an engineer"
+            key, text = pieces[i]
+            if key is None and re.search(r"(^|\s)a $", text) and pieces[i + 1][1][:1].lower() in "aeiou":
+                pieces[i] = (key, text[:-2] + "an ")
+
+        start0 = len(self.text) + (1 if self.text else 0)
+        offsets, sentence = [], ""
+        for _, text in pieces:
+            offsets.append((start0 + len(sentence), start0 + len(sentence) + len(text)))
+            sentence += text
+        self.text += (" " if self.text else "") + sentence
         self.sentences.append([start0, start0 + len(sentence)])
-        sid = len(self.sentences) - 1
 
-        def ent(key, surface, uri, annotator):
-            if key not in spans:
-                return _entity_json(None, None, None, uri, annotator)
-            a, b = spans[key]
-            e = _entity_json(start0 + a, start0 + b, surface, uri, annotator)
-            self.entities.append(e)
-            return e
+        for (subj, rel, obj), (where, annotator) in zip(facts, slots):
+            def mention(key: str, uri: str, annotator: str) -> dict:
+                if key not in where:
+                    return _entity_json(None, None, None, uri, annotator)
+                a, b = offsets[where[key]]
+                e = _entity_json(a, b, self.text[a:b], uri, annotator)
+                if e not in self.entities:
+                    self.entities.append(e)
+                return e
 
-        s = ent("s", subject_surface, subj.uri, subject_annotator)
-        o = ent("o", object_surface, obj.uri, "Wikidata_Spotlight_Entity_Linker")
-        p = ent("p", sentence[spans["p"][0]:spans["p"][1]] if "p" in spans else None, PROP + rel, "Wikidata_Property_Linker")
-        aligner = "NoSubject-Triple-aligner" if s["boundaries"] is None else ("SPOAligner" if p["boundaries"] else "Simple-Aligner")
-        self.triples.append({"sentence_id": sid, "predicate": p, "object": o, "dependency_path": None,
-                             "confidence": None, "subject": s, "annotator": aligner})
+            s = mention("s", subj.uri, annotator)
+            o = mention("o", obj.uri, "Wikidata_Spotlight_Entity_Linker")
+            p = mention("p", PROP + rel, "Wikidata_Property_Linker")
+            aligner = ("NoSubject-Triple-aligner" if s["boundaries"] is None
+                       else "SPOAligner" if p["boundaries"] else "Simple-Aligner")
+            self.triples.append({"sentence_id": len(self.sentences) - 1, "predicate": p, "object": o,
+                                 "dependency_path": None, "confidence": None, "subject": s, "annotator": aligner})
 
     def to_json(self) -> dict:
         words = [[m.start(), m.end()] for m in WORD.finditer(self.text)]
@@ -440,17 +469,21 @@ class DocumentWriter:
 
 
 def make_trex(kb: KnowledgeBase, rng: random.Random) -> list[dict]:
-    """One document per subject; every fact is told two or three times in different words."""
+    """One document per subject; every fact is told several times in different words (the facts
+    of countries and rivers, which are few, more often), often two facts to a sentence."""
     docs = []
     for subject in kb.subjects():
         facts = kb.facts_of(subject)
         if not facts:
             continue
         writer = DocumentWriter(subject)
-        told = [f for f in facts for _ in range(rng.choice((2, 3)))]
+        repeats = (4, 5) if subject.kind in ("country", "river") else (2, 3)
+        told = [f for f in facts for _ in range(rng.choice(repeats))]
         rng.shuffle(told)
-        for fact in told:
-            writer.add(rng, [fact], kb)
+        while told:
+            take = 2 if len(told) > 1 and told[0] != told[1] and rng.random() < 0.7 else 1
+            writer.add(rng, told[:take], kb)
+            told = told[take:]
         docs.append(writer.to_json())
     return docs
 
@@ -463,9 +496,11 @@ NOUN_PERSON = ["architect", "teacher", "farmer", "engineer", "painter", "journal
                "musician", "sailor", "baker", "judge", "historian", "mayor", "nurse", "pilot"]
 NOUN_THING = ["bridge", "museum", "letter", "book", "house", "garden", "river", "train", "song", "map",
               "report", "bicycle", "window", "market", "boat", "painting", "road", "festival", "library"]
-VERB_T = [("built", "build"), ("visited", "visit"), ("painted", "paint"), ("wrote", "write"), ("repaired", "repair"),
-          ("found", "find"), ("sold", "sell"), ("described", "describe"), ("photographed", "photograph"),
-          ("opened", "open"), ("studied", "study"), ("designed", "design"), ("carried", "carry")]
+VERB_T = [("built", "build", "built"), ("visited", "visit", "visited"), ("painted", "paint", "painted"),
+          ("wrote", "write", "written"), ("repaired", "repair", "repaired"), ("found", "find", "found"),
+          ("sold", "sell", "sold"), ("described", "describe", "described"), ("took", "take", "taken"),
+          ("photographed", "photograph", "photographed"), ("opened", "open", "opened"), ("drew", "draw", "drawn"),
+          ("studied", "study", "studied"), ("designed", "design", "designed"), ("carried", "carry", "carried")]
 VERB_I = ["arrived", "slept", "laughed", "waited", "travelled", "returned", "worked", "disappeared", "smiled"]
 VERB_SAY = ["said", "explained", "believed", "wrote", "claimed", "noticed", "remembered"]
 ADV = ["quickly", "slowly", "often", "rarely", "carefully", "suddenly", "quietly", "finally", "never"]
@@ -518,7 +553,7 @@ class CorpusGrammar:
         elif r < 0.42:
             out = f"{subj} {self.pick(VERB_I)} in {self.pick(self.places)}"
         elif r < 0.52:
-            out = f"{self.np(False, depth)} was {self.pick(VERB_T)[0]} by {self.np(True, depth)}"
+            out = f"{self.np(False, depth)} was {self.pick(VERB_T)[2]} by {self.np(True, depth)}"
         elif r < 0.6:
             out = f"{subj} gave {self.np(True, depth + 1)} {self.np(False, depth + 1)}"
         elif r < 0.68 and depth < 1:
@@ -647,14 +682,12 @@ def make_typing(kb: KnowledgeBase, rng: random.Random, n: int) -> list[dict]:
         labels = {"person": person, "company": org}.get(e.kind, place)
         return left, e.name, right, labels
 
-    def with_person(make):
-        e = pick(P)
-        return make(e)
+    def born(e: Entity):
+        return "", e.name, f", a {kb.occupation[e.name]} born in {kb.birthplace[e.name]}, published a new study.", person
 
     makers = [
         # context alone gives the type
-        lambda: with_person(lambda e: ("", e.name, f", a {kb.occupation[e.name]} born in {kb.birthplace[e.name]}, "
-                                       "published a new study.", person)),
+        lambda: born(pick(P)),
         lambda: fixed("Thousands of tourists visit ", pick(Y).name, " every summer.", place),
         lambda: fixed("Shares of ", pick(C).name, " rose after the company reported strong sales.", org),
         lambda: fixed("", f"the {kb.demonym[pick(K).name]} {pick(GROUP_NOUNS)}",
@@ -663,7 +696,9 @@ def make_typing(kb: KnowledgeBase, rng: random.Random, n: int) -> list[dict]:
         lambda: fixed("More than ten thousand people attended ", f"the {pick(Y).name} {pick(EVENTS)}", ".", ["event"]),
         lambda: fixed(f"The bridge in {pick(Y).name} reopened ", pick(TIMES), " after repairs.", ["time"]),
         lambda: fixed("Researchers examined ", pick(OBJECTS), f" found near {pick(Y).name}.", ["object"]),
-        lambda: fixed("Critics say that ", pick(ABSTRACT), " remains under discussion.", []),
+        lambda: fixed(pick(["Critics say that ", "Nobody expected that ", "The minister said that ", "Reports suggest that "]),
+                      pick(ABSTRACT), pick([" remains under discussion.", " was rejected.", " needs more work.",
+                                            " surprised everyone.", " will be revised next year."]), []),
         lambda: fixed("", pick(K).name, " signed a trade agreement with its neighbours.", political),
         lambda: fixed("The ", pick(R).name, " river floods the valley every spring.", place),
         # knowledge: the context fits several types and only the name decides
@@ -673,18 +708,27 @@ def make_typing(kb: KnowledgeBase, rng: random.Random, n: int) -> list[dict]:
         lambda: named([*P, *C, *Y], "The documentary about ", " won a prize."),
         lambda: named([*Y, *R, *K], "Few maps show ", " in detail."),
         # syntax: pronouns and prepositions carry the type
-        lambda: fixed("When the train stopped, ", pick(["he", "she"]), " stepped onto the platform.", person),
-        lambda: fixed("After the meeting, ", "they", " said the vote would be repeated.", group),
+        lambda: fixed(pick(["When the train stopped, ", "Later that evening, ", "Before the concert, ", "At the border, "]),
+                      pick(["he", "she"]), pick([" stepped onto the platform.", " wrote a short letter.",
+                                                 " thanked the organisers.", " showed a passport."]), person),
+        lambda: fixed(pick(["After the meeting, ", "In the end, ", "Within a week, "]), "they",
+                      pick([" said the vote would be repeated.", " agreed to sign the contract.",
+                            " left for the coast."]), group),
         lambda: fixed("The painter moved to ", pick(Y).name, " in search of light.", place),
         lambda: fixed("The letter was sent by ", pick(P).name, " to an old friend.", person),
         lambda: fixed("Some of ", "the old documents", " were lost in a fire.", ["object"]),
-        lambda: fixed("The rumour about ", "the merger", " spread quickly.", []),
+        lambda: fixed(pick(["The rumour about ", "A long article on ", "The debate over "]),
+                      pick(["the merger", "the reform", "the delay", "the scandal"]),
+                      pick([" spread quickly.", " appeared in the morning papers.", " continued for months."]), []),
         lambda: fixed("The museum described ", "the collection", " as a national treasure.", ["entity", "object"]),
     ]
-    records = []
+    records, seen = [], set()
     while len(records) < n:
-        left, mention, right, labels = pick(makers)()
-        records.append(typing_record(left, mention, right, labels))
+        record = typing_record(*pick(makers)())
+        key = (record["sent"], record["start"])
+        if key not in seen:  # no sentence twice, so no test record is a copy of a training one
+            seen.add(key)
+            records.append(record)
     return records
 
 
@@ -727,7 +771,7 @@ def generate(out: Path, seed: int = 13, corpus_lines: int = 2000) -> None:
 
     docs = make_trex(kb, random.Random(seed + 1))
     random.Random(seed + 2).shuffle(docs)
-    split = len(docs) // 10
+    split = 30  # a small plain file to read by eye; the rest compressed, as the real dumps often are
     (out / "trex").mkdir(exist_ok=True)
     (out / "trex" / "re-nlg_demo-0.json").write_bytes(_json_bytes(docs[:split]))
     (out / "trex" / "re-nlg_demo-1.json.gz").write_bytes(_gzip_bytes(_json_bytes(docs[split:])))

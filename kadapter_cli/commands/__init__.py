@@ -71,6 +71,11 @@ class KadapterGroup(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # The reader went away (`kadapter ... | head`): stop quietly, as Unix tools do.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(141)
         except Exception as e:  # noqa: BLE001 - the last line of defence
             if debug_enabled(ctx):
                 traceback.print_exc()

@@ -22,8 +22,10 @@ app.add_typer(convert_app, name="convert")
 
 @convert_app.command("figer-raw")
 def figer_raw_cli(
-    source: Path = typer.Argument(..., help="FIGER token-per-line BIO file (TOKEN<TAB>TAG, as the original exp.label)."),
-    output: Path = typer.Argument(..., help="JSON file to write (ERNIE / K-Adapter format), e.g. WORKDIR/tasks/figer/test.json."),
+    source: Path = typer.Argument(
+        ..., help="FIGER token-per-line BIO file (TOKEN<TAB>TAG, as the original exp.label)."),
+    output: Path = typer.Argument(
+        ..., help="JSON file to write (ERNIE / K-Adapter format), e.g. WORKDIR/tasks/figer/test.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON on stdout."),
 ) -> None:

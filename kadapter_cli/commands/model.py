@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from kadapter_cli.commands import app
+from kadapter_cli.errors import BadInput
 from kadapter_cli.progress import info
 
 
@@ -41,8 +42,6 @@ def tiny_backbone_cli(
 
 
 def _parse_taps(text: str) -> list[int]:
-    from kadapter_cli.errors import BadInput
-
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:

@@ -45,7 +45,8 @@ def run_cli(
     """Run a pipeline's stages in order, skipping those whose options and inputs did not change.
 
     The lock file beside the workdir (<workdir>.lock.yaml) records what each stage ran with.
-    A stage that reruns over its existing output is passed --overwrite.
+    A stage that reruns over its existing output is passed --overwrite. A global --workdir (or
+    KADAPTER_WORKDIR) replaces the pipeline's workdir variable.
     """
     from kadapter_cli.pipeline import load_pipeline_resolved, parse_assignments, run_pipeline
     from kadapter_cli.progress import info

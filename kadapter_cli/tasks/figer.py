@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -39,7 +40,7 @@ class Figer(TypingTask):
     adapter_defaults = {"lin": {"warmup": 200}, "fac+lin": {"warmup": 1000}}
 
     def read(self, path: str | Path, labeled: bool = True) -> list[dict]:
-        if detect_format(path) == "text":
+        if looks_like_bio(path):
             return read_figer_raw(path)[0]
         return super().read(path, labeled)
 
@@ -54,6 +55,20 @@ class Figer(TypingTask):
 
 
 # ---------------------------------------------------------------- the raw BIO release
+
+# A first line `TOKEN<TAB>...`: tells the BIO release from JSON even when the first token is "[" (JSON
+# writers escape tabs inside strings and do not put one right after a value).
+_BIO_LINE = re.compile(r"[^\t]*\S[^\t]*\t")
+
+
+def looks_like_bio(path: str | Path) -> bool:
+    """Whether the file's first non-blank line is a `TOKEN<TAB>...` line."""
+    detect_format(path)  # `BadInput` for a missing, unreadable or empty file
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                return bool(_BIO_LINE.match(line))
+    return False
 
 
 def iter_bio_sentences(path: str | Path) -> Iterator[tuple[list[str], list[str], list[int]]]:

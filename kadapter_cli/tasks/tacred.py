@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from kadapter_cli.errors import BadInput
 from kadapter_cli.tasks.base import RelationTask, register_task
+
+# TACRED's fixed label set (the LDC release; the original code hard-codes the same 42).
+OFFICIAL_LABELS = sorted([
+    "no_relation",
+    "org:alternate_names", "org:city_of_headquarters", "org:country_of_headquarters", "org:dissolved",
+    "org:founded", "org:founded_by", "org:member_of", "org:members", "org:number_of_employees/members",
+    "org:parents", "org:political/religious_affiliation", "org:shareholders",
+    "org:stateorprovince_of_headquarters", "org:subsidiaries", "org:top_members/employees", "org:website",
+    "per:age", "per:alternate_names", "per:cause_of_death", "per:charges", "per:children",
+    "per:cities_of_residence", "per:city_of_birth", "per:city_of_death", "per:countries_of_residence",
+    "per:country_of_birth", "per:country_of_death", "per:date_of_birth", "per:date_of_death",
+    "per:employee_of", "per:origin", "per:other_family", "per:parents", "per:religion",
+    "per:schools_attended", "per:siblings", "per:spouse", "per:stateorprovince_of_birth",
+    "per:stateorprovince_of_death", "per:stateorprovinces_of_residence", "per:title",
+])
 
 
 @register_task
@@ -30,6 +47,12 @@ class Tacred(RelationTask):
         limit = self.max_negatives
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise BadInput(f"max_negatives must be a non-negative integer or None, got {limit!r}")
+
+    def default_labels(self, train_records: Sequence[dict]) -> list[str]:
+        """The official 42 labels (sorted) when the training labels are TACRED's; otherwise (a variant
+        such as Re-TACRED) the sorted training labels with `no_relation`."""
+        seen = super().default_labels(train_records)
+        return OFFICIAL_LABELS if set(seen) <= set(OFFICIAL_LABELS) else seen
 
     def prepare_train(self, records: list[dict]) -> list[dict]:
         if self.max_negatives is None:

@@ -1,0 +1,265 @@
+"""A cache of the frozen backbone's tapped hidden states, computed once and reused every epoch.
+
+When the backbone is frozen (adapter pretraining), its hidden states for an example never change,
+yet a plain loop recomputes them every epoch — for RoBERTa-large that is most of the compute. The
+cache runs the backbone once over all examples (length-sorted batches, `inference_mode`) and keeps
+each example's states unpadded, one `(total_tokens, hidden)` array per state plus row offsets:
+
+- `memory`: torch tensors in RAM;
+- `disk`: `.npy` files in a folder, memory-mapped (the OS pages in what a batch needs).
+
+States are stored in fp16 by default (half the bytes; adapters consume them in fp32). `gather` gives
+a batch back zero-padded to the batch's length: positions past an example's end hold zeros, not the
+backbone's pad-token states, so a consumer must mask padding.
+
+`decide_cache` picks memory, disk or no cache from the estimated size and a memory budget.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from kadapter_cli.batching import sequential_batches
+from kadapter_cli.errors import BadInput
+from kadapter_cli.progress import progress
+
+if TYPE_CHECKING:
+    import torch
+
+Compute = Callable[["torch.Tensor", "torch.Tensor"], Sequence["torch.Tensor"]]
+
+GiB = 2**30
+MAX_DEFAULT_BUDGET = 8 * GiB
+
+
+class FeatureCache:
+    """Per-example hidden states of a fixed encoder; build with `FeatureCache.build`."""
+
+    def __init__(self, states: list, offsets: "torch.Tensor", dtype: "torch.dtype", storage: str,
+                 folder: Path | None = None):
+        self._states = states  # per state: torch tensor (memory) or numpy memmap (disk), (total_tokens, hidden)
+        self._offsets = offsets  # (n_examples + 1,) int64: example i owns rows offsets[i]:offsets[i+1]
+        self.dtype = dtype
+        self.storage = storage
+        self.folder = folder
+
+    @classmethod
+    def build(
+        cls,
+        compute: Compute,
+        examples_input_ids: Sequence[Sequence[int]],
+        pad_id: int,
+        batch_size: int,
+        storage: str = "memory",
+        folder: str | Path | None = None,
+        dtype: "torch.dtype | None" = None,
+    ) -> "FeatureCache":
+        """Runs `compute(input_ids (B, L), attention_mask (B, L)) -> [states (B, L, H), ...]` over
+        every example once and stores the states of its real tokens.
+
+        Batches are sorted by length (little padding). `storage="disk"` writes into `folder`; two
+        processes building at once need different folders.
+        """
+        import torch
+
+        dtype = torch.float16 if dtype is None else dtype
+        if storage not in ("memory", "disk"):
+            raise ValueError(f"storage must be 'memory' or 'disk', got {storage!r}")
+        if storage == "disk" and folder is None:
+            raise ValueError("a disk cache needs a folder")
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"unsupported cache dtype {dtype}; use float16, bfloat16 or float32")
+        lengths = [len(ids) for ids in examples_input_ids]
+        if not lengths:
+            raise ValueError("no examples to cache")
+        if min(lengths) == 0:
+            raise ValueError(f"example {lengths.index(0)} has no tokens")
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0)
+        total = int(offsets[-1])
+        folder = Path(folder) if folder is not None else None
+
+        states: list = []
+        batches = sequential_batches(lengths, batch_size)
+        with progress() as bar:
+            task = bar.add_task("caching features", total=len(lengths))
+            for indices in batches:
+                ids, mask = _pad([examples_input_ids[i] for i in indices], pad_id)
+                with torch.inference_mode():
+                    outputs = list(compute(ids, mask))
+                _check_outputs(outputs, ids.shape, states)
+                if not states:
+                    states = [_allocate(total, out.shape[-1], dtype, storage, folder, k) for k, out in enumerate(outputs)]
+                rows = torch.cat([torch.arange(int(offsets[i]), int(offsets[i + 1])) for i in indices])
+                real = mask.bool().to(outputs[0].device)
+                for store, out in zip(states, outputs):
+                    # Row-major over (example, position): the same order as `rows`.
+                    _write_rows(store, rows, out[real].to("cpu", dtype))
+                bar.advance(task, len(indices))
+        cache = cls(states, offsets, dtype, storage, folder)
+        if storage == "disk":
+            for store in states:
+                store.flush()
+            (folder / "cache.json").write_text(json.dumps({
+                "examples": len(lengths), "tokens": total, "states": len(states), "hidden": cache.hidden,
+                "dtype": str(dtype).removeprefix("torch."),
+                "files": [f"state-{k}.npy" for k in range(len(states))]}, indent=2) + "\n", encoding="utf-8")
+        return cache
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @property
+    def n_states(self) -> int:
+        return len(self._states)
+
+    @property
+    def hidden(self) -> int:
+        return int(self._states[0].shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return estimate_bytes(int(self._offsets[-1]), self.n_states, self.hidden, self.dtype)
+
+    def length(self, index: int) -> int:
+        """Tokens cached for example `index`."""
+        return int(self._offsets[index + 1] - self._offsets[index])
+
+    def gather(self, indices: Sequence[int], length: int) -> list["torch.Tensor"]:
+        """The states of examples `indices` as float32 `(B, length, H)` tensors, zero-padded
+        (and cut to `length` if an example is longer)."""
+        import torch
+
+        starts = self._offsets[list(indices)]
+        kept = torch.clamp(self._offsets[[i + 1 for i in indices]] - starts, max=length)
+        batch_pos = torch.repeat_interleave(torch.arange(len(indices)), kept)
+        # Position of each kept row inside its example: 0, 1, ... restarting at every example.
+        first_row = torch.repeat_interleave(torch.cumsum(kept, 0) - kept, kept)
+        token_pos = torch.arange(int(kept.sum())) - first_row
+        rows = torch.repeat_interleave(starts, kept) + token_pos
+        gathered = []
+        for store in self._states:
+            out = torch.zeros(len(indices), length, self.hidden, dtype=torch.float32)
+            out[batch_pos, token_pos] = _read_rows(store, rows, self.dtype).float()
+            gathered.append(out)
+        return gathered
+
+
+# ---------------------------------------------------------------- sizing and the cache decision
+
+
+def estimate_bytes(n_tokens: int, n_states: int, hidden: int, dtype: "torch.dtype | None" = None) -> int:
+    """Bytes a cache of `n_tokens` tokens × `n_states` states × `hidden` takes (fp16 by default)."""
+    import torch
+
+    itemsize = torch.empty((), dtype=torch.float16 if dtype is None else dtype).element_size()
+    return int(n_tokens) * int(n_states) * int(hidden) * itemsize
+
+
+def default_budget_bytes() -> int:
+    """The default memory budget of a cache: a quarter of the machine's RAM, at most 8 GiB."""
+    import psutil
+
+    return min(psutil.virtual_memory().total // 4, MAX_DEFAULT_BUDGET)
+
+
+def decide_cache(mode: str, n_bytes: int, budget_bytes: int | None = None, folder: str | Path | None = None) -> str | None:
+    """Where to keep a cache of `n_bytes`: "memory", "disk" or None (no cache).
+
+    - `off`: None.
+    - `auto`: memory within `budget_bytes` (default `default_budget_bytes()`); else disk when
+      `folder` is given and the cache takes at most half its free space (checkpoints and outputs
+      need the rest); else None — training still works, just recomputing the backbone.
+    - `on`: as auto, but `BadInput` instead of None.
+    """
+    if mode not in ("auto", "on", "off"):
+        raise BadInput(f"--cache-features must be auto, on or off, got {mode!r}")
+    if mode == "off":
+        return None
+    budget = default_budget_bytes() if budget_bytes is None else budget_bytes
+    if n_bytes <= budget:
+        return "memory"
+    free = _free_disk_bytes(Path(folder)) if folder is not None else 0
+    if n_bytes <= free // 2:
+        return "disk"
+    if mode == "on":
+        raise BadInput(
+            f"--cache-features on: the cache needs {n_bytes / GiB:.2f} GiB, over the memory budget "
+            f"({budget / GiB:.2f} GiB) and half the free disk ({free / GiB:.2f} GiB free"
+            + (f" under {folder}" if folder is not None else "") + "); raise --cache-budget, free disk space, "
+            "or use --cache-features auto"
+        )
+    return None
+
+
+def _free_disk_bytes(folder: Path) -> int:
+    probe = folder
+    while not probe.exists() and probe != probe.parent:  # the cache folder may not exist yet
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+# ---------------------------------------------------------------- storage
+
+
+def _numpy_dtypes() -> dict:
+    import numpy as np
+    import torch
+
+    # numpy has no bfloat16: its bits are kept as int16 and viewed back as bfloat16 on reading.
+    return {torch.float16: np.float16, torch.float32: np.float32, torch.bfloat16: np.int16}
+
+
+def _allocate(total: int, hidden: int, dtype: "torch.dtype", storage: str, folder: Path | None, k: int):
+    import numpy as np
+    import torch
+
+    if storage == "memory":
+        return torch.empty(total, hidden, dtype=dtype)
+    folder.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(folder / f"state-{k}.npy", mode="w+", dtype=_numpy_dtypes()[dtype],
+                                     shape=(total, hidden))
+
+
+def _write_rows(store, rows: "torch.Tensor", values: "torch.Tensor") -> None:
+    import torch
+
+    if isinstance(store, torch.Tensor):
+        store[rows] = values
+    else:
+        store[rows.numpy()] = (values.view(torch.int16) if values.dtype == torch.bfloat16 else values).numpy()
+
+
+def _read_rows(store, rows: "torch.Tensor", dtype: "torch.dtype") -> "torch.Tensor":
+    import torch
+
+    if isinstance(store, torch.Tensor):
+        return store[rows]
+    values = torch.from_numpy(store[rows.numpy()])
+    return values.view(torch.bfloat16) if dtype == torch.bfloat16 else values
+
+
+def _pad(sequences: list[Sequence[int]], pad_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    import torch
+
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), longest, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return ids, mask
+
+
+def _check_outputs(outputs: list, shape: "torch.Size", states: list) -> None:
+    if not outputs:
+        raise ValueError("compute returned no states")
+    for k, out in enumerate(outputs):
+        if out.dim() != 3 or tuple(out.shape[:2]) != tuple(shape):
+            raise ValueError(f"compute returned state {k} of shape {tuple(out.shape)}; expected "
+                             f"({shape[0]}, {shape[1]}, hidden)")
+    if states and (len(outputs) != len(states) or any(o.shape[-1] != s.shape[1] for o, s in zip(outputs, states))):
+        raise ValueError("compute returned a different number or width of states than for the first batch")
