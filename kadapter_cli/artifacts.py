@@ -86,31 +86,41 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yields `(line_number, record)`; a malformed line is `BadInput` naming the file and line."""
     path = Path(path)
+    for lineno, line in iter_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadInput(f"malformed JSON: {e.msg}", path, f"line {lineno}") from None
+        if not isinstance(rec, dict):
+            raise BadInput(f"expected a JSON object, got {type(rec).__name__}", path, f"line {lineno}")
+        yield lineno, rec
+
+
+def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yields `(line_number, line)` of a UTF-8 text file, newline kept; unreadable files and
+    invalid UTF-8 are `BadInput` naming the file and the line that holds the bad bytes.
+
+    Lines are decoded one at a time: a text-mode reader decodes whole chunks ahead of the line it
+    returns, so its error would point at the wrong line.
+    """
+    path = Path(path)
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except FileNotFoundError:
         raise BadInput("file not found", path) from None
+    except IsADirectoryError:
+        raise BadInput("is a folder, expected a file", path) from None
     except OSError as e:
         raise BadInput(f"cannot read: {e.strerror}", path) from None
     with f:
-        lineno = 0
-        while True:
+        for lineno, raw in enumerate(f, start=1):
             try:
-                line = f.readline()
+                yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise BadInput(f"not valid UTF-8 ({e.reason})", path, f"line {lineno + 1}") from None
-            if not line:
-                break
-            lineno += 1
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadInput(f"malformed JSON: {e.msg}", path, f"line {lineno}") from None
-            if not isinstance(rec, dict):
-                raise BadInput(f"expected a JSON object, got {type(rec).__name__}", path, f"line {lineno}")
-            yield lineno, rec
+                raise BadInput(f"not valid UTF-8 ({e.reason} at byte {e.start} of the line)", path,
+                               f"line {lineno}") from None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -270,6 +280,7 @@ def atomic_output(
         raise OutputExists("already exists; pass --overwrite to replace it" + (
             " or --resume to continue it" if resumable else ""), final)
     with output_lock(final):
+        _remove_abandoned_scratch(final)
         if resumable:
             tmp = partial_dir(final)
             if tmp.exists() and not resume:
@@ -278,15 +289,36 @@ def atomic_output(
             tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
             if tmp.exists():
                 shutil.rmtree(tmp)
-        tmp.mkdir(parents=True, exist_ok=True)
         try:
+            tmp.mkdir(parents=True, exist_ok=True)
             yield tmp
-        except BaseException:
+            _fsync_tree(tmp)
+        except BaseException as e:
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(e):
+                kept = (f"what was done so far is kept in {tmp}: free some space and rerun with --resume"
+                        if resumable else "nothing was written there: free some space and rerun")
+                raise BadInput(f"no space left on device while writing it ({kept})", final) from None
             raise
-        _fsync_tree(tmp)
         _replace(tmp, final)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` is the file system running out of space or quota."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _remove_abandoned_scratch(final: Path) -> None:
+    """Deletes scratch folders (`.<name>.tmp-<pid>`) that a killed writer of `final` left behind.
+
+    Called under the output lock, so no live writer owns a scratch folder of this output unless
+    its pid is still running (a writer's own pid names its folder).
+    """
+    for scratch in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = scratch.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -44,12 +44,17 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The state dict in a `pytorch_model.bin`, loaded without executing any pickled code."""
     if not path.is_file():
         raise BadInput("file not found", path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (PyTorch >= 1.6) or, in the legacy format, a pickle (protocol 2+).
+    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":
+        raise BadInput("not a PyTorch checkpoint (neither a zip archive nor a pickle; a failed download?)", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise BadInput(
             "refused to load: the file is a pickle that would run code or build objects other than "
-            f"tensors (loaded with weights_only=True; {str(e).splitlines()[0][:200]})",
+            f"tensors ({_unpickler_reason(e)}); a K-Adapter checkpoint holds only tensors",
             path,
         ) from None
     except Exception as e:  # noqa: BLE001 - torch.load fails on garbage with many error types (KeyError, EOFError...)
@@ -57,6 +62,14 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise BadInput("expected a state dict (a mapping of names to tensors)", path)
     return state
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The one line of torch's weights-only error that says what was refused (not its advice to
+    load the file unsafely)."""
+    text = str(error)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s+Please|\n\n|$)", text, re.S)
+    return " ".join((match.group(1) if match else text.strip().splitlines()[-1]).split())[:200]
 
 
 def _require(state: dict[str, torch.Tensor], key: str, path: Path) -> torch.Tensor:

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 from kadapter_cli.artifacts import (
     atomic_output,
     in_dev_split,
+    iter_text_lines,
     read_manifest,
     sha256_inputs,
     verify_files,
@@ -42,6 +43,7 @@ UNITS_PER_CHUNK = 256  # lines handed to a parser (and to a worker) at a time
 TOO_LONG = "too_long"  # more words than --max-words
 EMPTY = "empty"  # a parser returned a sentence without words
 BAD_SENTENCE = "bad_sentence"  # malformed CoNLL-U sentence skipped with --skip-bad
+DUPLICATE_ID = "duplicate_id"  # a CoNLL-U sent_id seen earlier in the same file, skipped with --skip-bad
 
 
 @dataclass
@@ -116,6 +118,10 @@ class ConlluError(ValueError):
         self.line = line
 
 
+class DuplicateSentenceId(ConlluError):
+    """A CoNLL-U `sent_id` that an earlier sentence of the same file already has."""
+
+
 def _conllu_text(surface: list[tuple[str, bool]]) -> str:
     """Text rebuilt from surface tokens and their SpaceAfter=No flags."""
     return "".join(form + ("" if no_space else " ") for form, no_space in surface).rstrip()
@@ -179,21 +185,27 @@ def read_conllu(path: str | Path, skip_bad: bool = False, dropped: Counter | Non
 
     Multi-word token ranges (`N-M`) and empty nodes (`N.M`) are skipped; the text is `# text =`
     or rebuilt from the forms and `SpaceAfter=No`. The id is `# sent_id =` or `<file name>-<n>`.
-    A malformed sentence is `BadInput` naming the file and line, or with `skip_bad` skipped and
-    counted in `dropped[BAD_SENTENCE]`.
+    A malformed sentence, or one whose `sent_id` repeats an earlier one of the file (record ids
+    must be unique), is `BadInput` naming the file and line, or with `skip_bad` skipped and counted
+    in `dropped[BAD_SENTENCE]` / `dropped[DUPLICATE_ID]`.
     """
     path = Path(path)
     ordinal = 0
+    first_line: dict[str, int] = {}  # sent_id → line of its sentence (ids are short; one file's worth)
     for block in _conllu_blocks(path):
         ordinal += 1
         try:
             sent_id, sentence = _conllu_sentence(block)
+            if sent_id is not None and sent_id in first_line:
+                raise DuplicateSentenceId(f"sent_id {sent_id!r} repeats that of line {first_line[sent_id]}", block[0][0])
         except ConlluError as e:
             if not skip_bad:
                 raise BadInput(str(e), path, f"line {e.line}") from None
             if dropped is not None:
-                dropped[BAD_SENTENCE] += 1
+                dropped[DUPLICATE_ID if isinstance(e, DuplicateSentenceId) else BAD_SENTENCE] += 1
             continue
+        if sent_id is not None:
+            first_line[sent_id] = block[0][0]
         yield sent_id or f"{path.name}-{ordinal}", sentence
 
 
@@ -210,24 +222,9 @@ def _conllu_blocks(path: Path) -> Iterator[list[tuple[int, str]]]:
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """`(line number, line without its newline)`; unreadable files are `BadInput`."""
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput("file not found", path) from None
-    except OSError as e:
-        raise BadInput(f"cannot read: {e.strerror}", path) from None
-    with f:
-        number = 0
-        while True:
-            try:
-                line = f.readline()
-            except UnicodeDecodeError as e:
-                raise BadInput(f"not valid UTF-8 ({e.reason})", path, f"line {number + 1}") from None
-            if not line:
-                return
-            number += 1
-            yield number, line.rstrip("\r\n")
+    """`(line number, line without its newline)`; unreadable files and bad UTF-8 are `BadInput`."""
+    for number, line in iter_text_lines(path):
+        yield number, line.rstrip("\r\n")
 
 
 # ---------------------------------------------------------------- parsers for raw text
@@ -527,6 +524,10 @@ def parse(
                     counts["words"] += len(sentence.words)
             bar.update(task, **shown())
         seconds = time.monotonic() - started
+        if counts["sentences"] == 0 and shard is None:  # (a shard of few inputs may rightly be empty)
+            raise BadInput(f"no sentences in the input ({counts['units']} non-blank lines or CoNLL-U sentences read"
+                           + (f"; dropped: {dict(dropped)}" if dropped else "") + ")",
+                           files[0] if len(files) == 1 else ", ".join(map(str, inputs)))
         train.close()
         dev.close()
         stats = {

@@ -206,8 +206,10 @@ def load_pipeline(
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise BadInput("pipeline file not found", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"cannot read pipeline file: {e}", path) from None
+    except UnicodeDecodeError as e:
+        raise BadInput(f"not valid UTF-8 ({e.reason} at byte {e.start})", path) from None
+    except OSError as e:
+        raise BadInput(f"cannot read pipeline file: {e.strerror or e}", path) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

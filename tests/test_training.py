@@ -311,6 +311,19 @@ def test_fresh_start_discards_earlier_checkpoints(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-1", "step-2"]
 
 
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp16_on_gpu_checkpoints_the_grad_scaler_and_resumes(tmp_path):
+    config = _config(epochs=2, precision="fp16", device="cuda", save_every=3)
+    with pytest.raises(Interrupted):
+        _run(48, config, tmp_path / "run", objective=InterruptingObjective(at=8))
+    optim = torch.load(latest_checkpoint(tmp_path / "run") / "optimizer.pt", weights_only=True)
+    assert optim["scaler"]["scale"] > 0
+    model, result = _run(48, config, tmp_path / "run", resume=True)
+    assert result.steps == 12
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
 # ---------------------------------------------------------------- real processes: kill -9, accelerate launch
 
 

@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 from kadapter_cli.commands._click import ClickException, Context, get_current_context
 
 from kadapter_cli import __version__
+from kadapter_cli.artifacts import is_disk_full
 from kadapter_cli.errors import KadapterError
 
 # Global options that may also be given after the command name (CONTRACT §1).
@@ -79,7 +80,13 @@ class KadapterGroup(TyperGroup):
         except Exception as e:  # noqa: BLE001 - the last line of defence
             if debug_enabled(ctx):
                 traceback.print_exc()
-            else:
+            if is_disk_full(e):
+                # A full disk is the user's to fix, not a bug; outputs are written atomically, so
+                # nothing half-written is left where a later stage would read it.
+                where = f" while writing {e.filename}" if getattr(e, "filename", None) else ""
+                typer.echo(f"error: no space left on device{where}; free some space and rerun", err=True)
+                sys.exit(2)
+            if not debug_enabled(ctx):
                 typer.echo(
                     f"internal error: {type(e).__name__}: {e}\n"
                     "(this is a bug in kadapter; rerun with --debug for the traceback)",

@@ -279,7 +279,9 @@ def detect_format(path: str | Path) -> str:
     for a missing, unreadable or empty file."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        # Undecodable bytes only matter to the reader, which names their line; the format is in
+        # the first character.
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
             while chunk := f.read(4096):
                 stripped = chunk.lstrip()
                 if stripped:
@@ -288,8 +290,6 @@ def detect_format(path: str | Path) -> str:
         raise BadInput("file not found", path) from None
     except IsADirectoryError:
         raise BadInput("is a folder, expected a file", path) from None
-    except UnicodeDecodeError as e:
-        raise BadInput(f"not valid UTF-8 ({e.reason})", path) from None
     except OSError as e:
         raise BadInput(f"cannot read: {e.strerror}", path) from None
     raise BadInput("empty file", path)
@@ -299,8 +299,13 @@ def iter_raw_records(path: str | Path) -> Iterator[tuple[Where, Any]]:
     """`(where, record)` from a JSON list (where = index) or JSON Lines (where = "line N")."""
     kind = detect_format(path)
     if kind == "jsonl":
-        for lineno, record in iter_jsonl(path):
-            yield f"line {lineno}", record
+        try:
+            for lineno, record in iter_jsonl(path):
+                yield f"line {lineno}", record
+        except BadInput as e:
+            if e.record == "line 1" and isinstance(_whole_json(path), dict):
+                raise BadInput("expected a JSON list of records or JSON Lines, got one JSON object", path) from None
+            raise
     elif kind == "json":
         data = read_json(path)
         if not isinstance(data, list):
@@ -308,6 +313,14 @@ def iter_raw_records(path: str | Path) -> Iterator[tuple[Where, Any]]:
         yield from enumerate(data)
     else:
         raise BadInput("expected a JSON list of records or JSON Lines", path)
+
+
+def _whole_json(path: str | Path) -> Any:
+    """The file parsed as one JSON value, or None when it is not one."""
+    try:
+        return read_json(path)
+    except BadInput:
+        return None
 
 
 def read_label_file(path: Path) -> list[str]:

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from kadapter_cli.artifacts import iter_text_lines
 from kadapter_cli.errors import BadInput, OutputExists
 from kadapter_cli.tasks.base import TypingTask, argmax, detect_format, register_task
 
@@ -77,30 +78,24 @@ def iter_bio_sentences(path: str | Path) -> Iterator[tuple[list[str], list[str],
     tokens: list[str] = []
     tags: list[str] = []
     lines: list[int] = []
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    if tokens:
-                        yield tokens, tags, lines
-                    tokens, tags, lines = [], [], []
-                    continue
-                fields = line.rstrip("\r\n").split("\t")
-                if len(fields) < 2:
-                    raise BadInput("expected TOKEN<TAB>TAG", path, f"line {lineno}")
-                token, tag = fields[0].strip(), fields[1].strip()
-                if not token:
-                    raise BadInput("empty token", path, f"line {lineno}")
-                _check_tag(tag, path, lineno)
-                tokens.append(token)
-                tags.append(tag)
-                lines.append(lineno)
-    except FileNotFoundError:
-        raise BadInput("file not found", path) from None
-    except UnicodeDecodeError as e:
-        raise BadInput(f"not valid UTF-8 ({e.reason})", path) from None
-    except OSError as e:
-        raise BadInput(f"cannot read: {e.strerror}", path) from None
+    for lineno, line in iter_text_lines(path):
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark
+        if not line.strip():
+            if tokens:
+                yield tokens, tags, lines
+            tokens, tags, lines = [], [], []
+            continue
+        fields = line.rstrip("\r\n").split("\t")
+        if len(fields) < 2:
+            raise BadInput("expected TOKEN<TAB>TAG", path, f"line {lineno}")
+        token, tag = fields[0].strip(), fields[1].strip()
+        if not token:
+            raise BadInput("empty token", path, f"line {lineno}")
+        _check_tag(tag, path, lineno)
+        tokens.append(token)
+        tags.append(tag)
+        lines.append(lineno)
     if tokens:
         yield tokens, tags, lines
 

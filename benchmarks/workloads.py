@@ -1,0 +1,199 @@
+"""The benchmark's model and data: a RoBERTa-large-deep, narrow backbone, the paper's adapter scaled
+to it, T-REx-like examples, the product's training step, and the FLOP formulas.
+
+Shape: RoBERTa-large's depth (24 layers, taps 0, 11, 22) at a width that fits a 2-core CPU
+(hidden 256, 4 heads, FFN 1024), RoBERTa's vocabulary (50,265) and max_length 64 (fac pretraining).
+The adapter follows `AdapterConfig.for_backbone`, the product's rule that gives the paper's adapter
+on RoBERTa-large: width 3/4 of the backbone's (192), 64-wide heads (3), FFN 4× (768), 2 layers per
+tap. The backbone is built in-process from a `RobertaConfig` with random weights: speed does not
+depend on the values, and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+PAD_ID, BOS_ID, EOS_ID = 1, 0, 2  # RoBERTa's <pad>, <s>, </s>
+TREX_MEAN_TOKENS = 22.8  # paper §3.3: average T-REx-rc sentence length
+NUM_RELATIONS = 410  # the original code's relation list (reference §2)
+
+
+@dataclass(frozen=True)
+class BenchShape:
+    """Backbone and batch shape of the benchmark (reported under "shape")."""
+
+    layers: int = 24
+    hidden: int = 256
+    heads: int = 4
+    ffn: int = 1024
+    vocab: int = 50265
+    max_length: int = 64
+    batch_size: int = 16
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_backbone(shape: BenchShape, seed: int = 0) -> nn.Module:
+    """A randomly initialised `RobertaModel` of `shape`, SDPA attention, in eval mode."""
+    from transformers import RobertaConfig, RobertaModel
+
+    torch.manual_seed(seed)
+    config = RobertaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                           num_attention_heads=shape.heads, intermediate_size=shape.ffn,
+                           max_position_embeddings=shape.max_length + 2, pad_token_id=PAD_ID,
+                           bos_token_id=BOS_ID, eos_token_id=EOS_ID, attn_implementation="sdpa")
+    return RobertaModel(config, add_pooling_layer=False).eval()
+
+
+def adapter_config(backbone: nn.Module, kind: str = "fac"):
+    """The product's default adapter for this backbone (fac: a relation head over 410 labels)."""
+    from kadapter_cli.adapter import AdapterConfig
+    from kadapter_cli.backbone import backbone_shape
+
+    if kind == "fac":
+        labels = [f"P{i}" for i in range(NUM_RELATIONS)]
+        head = {"type": "relation", "num_labels": NUM_RELATIONS, "com_dense": True}
+    else:
+        labels, head = [], {"type": "lin_pointer", "com_dense": True}
+    shape = backbone_shape(backbone)
+    return AdapterConfig.for_backbone(shape, kind, name=kind, labels=labels, head=head, max_length=64)
+
+
+def trex_like_lengths(n: int, max_length: int, seed: int) -> list[int]:
+    """`n` sequence lengths in sub-tokens shaped like T-REx-rc: a gamma distribution (k = 4) with
+    mean 22.8, kept within [8, max_length] (8 = shortest sentence with its four markers and <s>, </s>)."""
+    rng = random.Random(seed)
+    lengths: list[int] = []
+    while len(lengths) < n:
+        length = round(rng.gammavariate(4.0, TREX_MEAN_TOKENS / 4.0))
+        if 8 <= length <= max_length:
+            lengths.append(length)
+    return lengths
+
+
+def fac_examples(lengths: Sequence[int], vocab: int, seed: int) -> list[dict]:
+    """Encoded fac examples (what `encoding.encode_relation` yields, plus `label`) of these lengths."""
+    rng = random.Random(seed)
+    examples = []
+    for length in lengths:
+        body = [rng.randrange(3, vocab) for _ in range(length - 2)]
+        subj, obj = sorted(rng.sample(range(1, length - 1), 2))
+        examples.append({"input_ids": [BOS_ID, *body, EOS_ID], "subj_pos": subj, "obj_pos": obj,
+                         "label": rng.randrange(NUM_RELATIONS)})
+    return examples
+
+
+def padded_to(examples: Sequence[dict], length: int) -> list[dict]:
+    """The same examples padded with <pad> to `length` tokens (the original code's pad-to-max-length)."""
+    return [{**ex, "input_ids": ex["input_ids"] + [PAD_ID] * (length - len(ex["input_ids"]))} for ex in examples]
+
+
+# ---------------------------------------------------------------- models
+
+
+def adapter_pretrainer(backbone: nn.Module | None, config) -> nn.Module:
+    """The product's fac pretraining model: frozen backbone + `KnowledgeAdapter` + relation head."""
+    from kadapter_cli.adapter import KnowledgeAdapter
+    from kadapter_cli.heads import build_head
+    from kadapter_cli.pretrain import AdapterPretrainer
+
+    torch.manual_seed(1)
+    return AdapterPretrainer(backbone, KnowledgeAdapter(config), build_head(config.head, config.backbone_hidden_size),
+                             "relation")
+
+
+class FullFinetune(nn.Module):
+    """The baseline: every backbone weight trains (dropout on), with a relation head on its last state."""
+
+    def __init__(self, backbone: nn.Module, num_labels: int):
+        from kadapter_cli.heads import RelationHead
+
+        super().__init__()
+        self.backbone = backbone
+        self.backbone.requires_grad_(True)
+        self.head = RelationHead(backbone.config.hidden_size, num_labels)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        last = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return self.head(last, batch["subj_pos"], batch["obj_pos"])
+
+
+class TrainStep:
+    """One optimizer step as `kadapter_cli.training` takes it: Accelerate's autocast and backward,
+    AdamW over the parameters that require grad (the loop's own `_adamw`), gradient clipping at 1.0,
+    `zero_grad(set_to_none=True)`. The learning-rate schedule (one multiply) is left out."""
+
+    def __init__(self, model: nn.Module, objective, lr: float = 2e-5):
+        from kadapter_cli.training import TrainConfig, _adamw, make_accelerator
+
+        config = TrainConfig(device="cpu", lr=lr)
+        self.accelerator = make_accelerator(config)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        optimizer = _adamw(named, config)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.trainable = [p for _, p in named]
+        self.objective = objective
+
+    def __call__(self, batch: dict[str, Any]) -> float:
+        self.model.train()
+        with self.accelerator.autocast():
+            loss = self.objective.loss(self.model, batch)
+        self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(self.trainable, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def epoch(self, examples: Sequence[dict], batches: Sequence[Sequence[int]]) -> Callable[[], None]:
+        """A callable that runs one epoch over `batches` (collation, the cache's gather included).
+
+        One step on the first batch runs here, as warm-up: a whole untimed epoch would double the cost.
+        """
+        self(self.objective.collate([examples[i] for i in batches[0]]))
+
+        def run() -> None:
+            for indices in batches:
+                self(self.objective.collate([examples[i] for i in indices]))
+        return run
+
+
+# ---------------------------------------------------------------- FLOPs
+
+
+def layer_flops(tokens: int, seq_len: int, width: int, ffn: int) -> float:
+    """Forward matmul FLOPs of one post-LN transformer layer over `tokens` = batch × seq_len:
+    Q, K, V, output projections 4·2·d², FFN 2·2·d·f per token, and QKᵀ plus attention·V 2·2·n·d."""
+    return tokens * (8.0 * width**2 + 4.0 * width * ffn + 4.0 * seq_len * width)
+
+
+def adapter_step_flops(shape: BenchShape, config, batch: int, seq_len: int) -> dict[str, float]:
+    """FLOPs of one fac adapter-pretraining step on a (batch, seq_len) padded batch.
+
+    backbone (frozen): forward only = Σ_layers layer_flops;
+    adapter (trains): 3 × forward (forward + input and weight gradients), forward per tap =
+        down (2·H·W) + up (2·W·H) per token + layers_per_tap × layer_flops(W, FFN);
+    head (trains): 3 × forward, com_dense 2·2H·H per token + dense 2·2H·H and out_proj 2·H·C per example.
+    Embeddings (a lookup), LayerNorm, GELU and softmax are left out: they are not matmuls.
+    """
+    tokens = batch * seq_len
+    h, w = shape.hidden, config.adapter_width
+    backbone = shape.layers * layer_flops(tokens, seq_len, h, shape.ffn)
+    per_tap = tokens * 4.0 * h * w + config.layers_per_tap * layer_flops(tokens, seq_len, w, config.ffn_size)
+    adapter = 3.0 * len(config.tap_layers) * per_tap
+    head = 3.0 * (tokens * 4.0 * h * h + batch * (4.0 * h * h + 2.0 * h * NUM_RELATIONS))
+    return {"backbone_forward": backbone, "adapter_train": adapter, "head_train": head,
+            "total": backbone + adapter + head}
+
+
+def full_finetune_flops(shape: BenchShape, batch: int, seq_len: int) -> float:
+    """FLOPs of one full fine-tuning step: 3 × the backbone's forward, plus the relation head's."""
+    tokens = batch * seq_len
+    backbone = shape.layers * layer_flops(tokens, seq_len, shape.hidden, shape.ffn)
+    head = batch * (4.0 * shape.hidden**2 + 2.0 * shape.hidden * NUM_RELATIONS)
+    return 3.0 * (backbone + head)
