@@ -263,3 +263,46 @@ def _check_outputs(outputs: list, shape: "torch.Size", states: list) -> None:
                              f"({shape[0]}, {shape[1]}, hidden)")
     if states and (len(outputs) != len(states) or any(o.shape[-1] != s.shape[1] for o, s in zip(outputs, states))):
         raise ValueError("compute returned a different number or width of states than for the first batch")
+
+
+# ---------------------------------------------------------------- attaching a cache to examples
+
+
+def attach_cache(
+    splits: Sequence[list[dict]],
+    compute: Compute,
+    *,
+    n_states: int,
+    hidden: int,
+    pad_id: int,
+    batch_size: int,
+    mode: str,
+    budget_gib: float | None,
+    folder: Path,
+) -> str | None:
+    """Caches the frozen backbone's states of every example of every split, when the budget allows.
+
+    Each example (a dict with `input_ids`) then carries `_cache` (its split's `FeatureCache`) and
+    `_row`, so collate functions can gather `features` for a batch. Returns where the cache lives
+    ("memory" / "disk") or None when it is off. Disk caches go under `folder/<rank>/<split>`: each
+    process of a multi-process run builds its own.
+    """
+    import os
+
+    if mode == "off":
+        return None
+    n_tokens = sum(len(ex["input_ids"]) for split in splits for ex in split)
+    budget = None if budget_gib is None else int(budget_gib * GiB)
+    storage = decide_cache(mode, estimate_bytes(n_tokens, n_states, hidden), budget, folder)
+    if storage is None:
+        return None
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    for i, examples in enumerate(splits):
+        if not examples:
+            continue
+        cache = FeatureCache.build(compute, [ex["input_ids"] for ex in examples], pad_id=pad_id,
+                                   batch_size=batch_size, storage=storage,
+                                   folder=folder / rank / str(i) if storage == "disk" else None)
+        for row, ex in enumerate(examples):
+            ex["_cache"], ex["_row"] = cache, row
+    return storage

@@ -238,33 +238,21 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], spec: FinetuneSpec, pad_id: int,
                               config: TrainConfig, run_dir: Path) -> str | None:
     """With a frozen backbone, its tapped states (+ last) are computed once per example."""
-    if spec.cache_features == "off":
-        return None
-    from kadapter_cli.feature_cache import FeatureCache, decide_cache, default_budget_bytes, estimate_bytes
+    from kadapter_cli.feature_cache import attach_cache
 
     body = model.body
-    n_tokens = sum(len(ex["input_ids"]) for split in splits for ex in split)
-    hidden = body.hidden
-    budget = default_budget_bytes() if spec.cache_budget_gb is None else int(spec.cache_budget_gb * 2**30)
-    storage = decide_cache(spec.cache_features, estimate_bytes(n_tokens, len(body.tap_layers) + 1, hidden,
-                                                               torch.float16), budget, run_dir)
-    if storage is None:
-        return None
     device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
-    body.backbone.to(device)
+    if spec.cache_features != "off":
+        body.backbone.to(device)
 
     def compute(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         with torch.inference_mode():
             tapped, last = body.backbone_features(input_ids.to(device), attention_mask.to(device))
             return [t.clone() for t in (*tapped, last)]
 
-    for i, examples in enumerate(splits):
-        cache = FeatureCache.build(compute, [ex["input_ids"] for ex in examples], pad_id=pad_id,
-                                   batch_size=max(config.batch_size, 32), storage=storage,
-                                   folder=run_dir / "feature-cache" / str(i) if storage == "disk" else None)
-        for row, ex in enumerate(examples):
-            ex["_cache"], ex["_row"] = cache, row
-    return storage
+    return attach_cache(splits, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
+                        batch_size=max(config.batch_size, 32), mode=spec.cache_features,
+                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
 
 
 def write_predictions(path: Path, examples: Sequence[dict], outputs: Sequence[list[str]]) -> None:

@@ -251,35 +251,17 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
 
 def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]], spec: AdapterTrainingSpec,
                          pad_id: int, config: TrainConfig, run_dir: Path) -> str | None:
-    """Computes the frozen backbone's states once per example when the cache budget allows.
+    """Computes the frozen backbone's states (taps + last) once per example when the budget allows."""
+    from kadapter_cli.feature_cache import attach_cache
 
-    Each example then carries `_cache`/`_row` and its batches carry `features`. Returns where the
-    cache lives ("memory" / "disk") or None when it is off.
-    """
-    if spec.cache_features == "off":
-        return None
-    from kadapter_cli.feature_cache import FeatureCache, decide_cache, default_budget_bytes, estimate_bytes
-
-    n_tokens = sum(len(ex["input_ids"]) for split in splits for ex in split)
-    n_states = len(model.adapter.tap_layers) + 1
-    hidden = model.adapter.config.backbone_hidden_size
-    budget = default_budget_bytes() if spec.cache_budget_gb is None else int(spec.cache_budget_gb * 2**30)
-    storage = decide_cache(spec.cache_features, estimate_bytes(n_tokens, n_states, hidden, torch.float16), budget,
-                           run_dir)
-    if storage is None:
-        return None
     device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
-    model.backbone.to(device)
+    if spec.cache_features != "off":
+        model.backbone.to(device)
 
     def compute(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         return model.backbone_features(input_ids.to(device), attention_mask.to(device))
 
-    for i, examples in enumerate(splits):
-        if not examples:
-            continue
-        cache = FeatureCache.build(compute, [ex["input_ids"] for ex in examples], pad_id=pad_id,
-                                   batch_size=max(config.batch_size, 32), storage=storage,
-                                   folder=run_dir / "feature-cache" / str(i) if storage == "disk" else None)
-        for row, ex in enumerate(examples):
-            ex["_cache"], ex["_row"] = cache, row
-    return storage
+    return attach_cache(splits, compute, n_states=len(model.adapter.tap_layers) + 1,
+                        hidden=model.adapter.config.backbone_hidden_size, pad_id=pad_id,
+                        batch_size=max(config.batch_size, 32), mode=spec.cache_features,
+                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")

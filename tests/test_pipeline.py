@@ -496,7 +496,7 @@ def test_real_prepare_trex_and_parse_on_the_demo_data(tmp_path):
     results = run_pipeline(load_pipeline(path, {"seed": "42"}), echo=lines.append)
     assert [r.exit_code for r in results] == [0, 0]
     trex = read_manifest(tmp_path / "w" / "trex-rc")["stats"]
-    assert trex["relations"] >= 8 and trex["train"] > 3000 and trex["dev"] > 300
+    assert trex["relations"] >= 8 and trex["train"] > 3000 and trex["dev"] > 200
     relations = json.loads((tmp_path / "w" / "trex-rc" / "relations.json").read_text())
     assert "P31" not in relations
     parsed = read_manifest(tmp_path / "w" / "parsed")["stats"]
