@@ -6,7 +6,9 @@ files. This runs the command in a fresh subprocess per size and reads that proce
 
     python benchmarks/prepare_trex_rss.py DUMP.json [--copies 1 10] [--json]
 
-`measure()` is what `benchmarks/run.py` calls.
+Measure from a small process: on Linux a child's peak RSS starts at its parent's size when it is
+forked, so calling `measure()` from a process that has loaded torch reports torch's 200+ MiB for
+every run. `benchmarks/run.py` therefore runs this script in its own process.
 """
 
 from __future__ import annotations

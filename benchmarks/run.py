@@ -34,19 +34,23 @@ class Sizes:
 
     repeats: int  # timed rounds per ratio (the median is reported)
     warmup: int  # untimed rounds before them
-    epoch_examples: int  # examples in an epoch (cache, bucketing)
+    epoch_examples: int  # examples in an epoch of the cache benchmark
+    batches_timed: int  # batches per order sampled from the bucketing benchmark's epoch
     inference_examples: int
+    inference_batch_size: int  # evaluation batches are larger than training ones: no gradients to hold
     parse_sentences: int
     batch_size: int
     trex_copies: int = 10
     matmul_n: int = 2048
 
 
-QUICK = Sizes(repeats=3, warmup=1, epoch_examples=32, inference_examples=32, parse_sentences=300, batch_size=8)
-FULL = Sizes(repeats=7, warmup=2, epoch_examples=256, inference_examples=256, parse_sentences=1006, batch_size=16)
+QUICK = Sizes(repeats=5, warmup=1, epoch_examples=32, batches_timed=4, inference_examples=32, parse_sentences=300,
+              batch_size=8, inference_batch_size=16)
+FULL = Sizes(repeats=7, warmup=2, epoch_examples=128, batches_timed=8, inference_examples=128, parse_sentences=1006,
+             batch_size=16, inference_batch_size=32)
 # For tests: a shallow, narrow backbone and a handful of examples; the numbers mean nothing.
-TOY = Sizes(repeats=1, warmup=0, epoch_examples=4, inference_examples=4, parse_sentences=5, batch_size=2,
-            trex_copies=2, matmul_n=64)
+TOY = Sizes(repeats=1, warmup=0, epoch_examples=4, batches_timed=2, inference_examples=4, parse_sentences=5, batch_size=2,
+            inference_batch_size=2, trex_copies=2, matmul_n=64)
 TOY_SHAPE = BenchShape(layers=4, hidden=64, heads=2, ffn=128, vocab=1000, max_length=32)
 
 # The groups of entries, in the order they run; `--only` picks groups by any of their entry names.
@@ -65,9 +69,9 @@ def _runners(shape: BenchShape, sizes: Sizes, trex_dump: Path) -> dict[str, Call
     return {
         "adapter_step": lambda: training_bench.adapter_step(shape, r, w, sizes.matmul_n),
         "cache": lambda: {"cached_epoch_vs_uncached": training_bench.cached_epoch(shape, sizes.epoch_examples, r)},
-        "buckets": lambda: {"bucketed_vs_padded": training_bench.bucketed_epoch(shape, sizes.epoch_examples, r)},
+        "buckets": lambda: {"bucketed_vs_padded": training_bench.bucketed_epoch(shape, sizes.batches_timed, r)},
         "inference": lambda: {"composed_inference_vs_backbone": training_bench.composed_inference(
-            shape, sizes.inference_examples, max(r, 5), w)},
+            dataclasses.replace(shape, batch_size=sizes.inference_batch_size), sizes.inference_examples, r, w)},
         "prepare_trex": lambda: data_bench.prepare_trex_memory(trex_dump, sizes.trex_copies),
         "parse": lambda: data_bench.parse_speed(sizes.parse_sentences),
     }
@@ -94,7 +98,11 @@ def run_benchmarks(shape: BenchShape, sizes: Sizes, threads: int, only: set[str]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer examples and repeats (under 3 minutes)")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="fewer examples and repeats (under 3 minutes)")
+    sizes.add_argument("--toy", action="store_true",
+                       help="a seconds-long smoke run on a 4-layer, 64-wide backbone: checks the benchmarks "
+                            "run and report; its numbers mean nothing")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a CPU shared with other jobs, 2 OpenMP threads stall "
                              "each other at every barrier and time the load, not the code)")
@@ -110,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         unknown = sorted(only - known)
         if unknown:
             parser.error(f"unknown --only name(s): {', '.join(unknown)}")
-    report = run_benchmarks(BenchShape(), QUICK if args.quick else FULL, args.threads, only, args.trex_dump)
+    shape, chosen = (TOY_SHAPE, TOY) if args.toy else (BenchShape(), QUICK if args.quick else FULL)
+    report = run_benchmarks(shape, chosen, args.threads, only, args.trex_dump)
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")

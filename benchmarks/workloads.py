@@ -21,6 +21,7 @@ from torch import nn
 PAD_ID, BOS_ID, EOS_ID = 1, 0, 2  # RoBERTa's <pad>, <s>, </s>
 TREX_MEAN_TOKENS = 22.8  # paper §3.3: average T-REx-rc sentence length
 NUM_RELATIONS = 410  # the original code's relation list (reference §2)
+_TREX_GAMMA_SCALE = 5.53  # with k = 4 and the cut to [8, 64]: mean 22.8
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,21 @@ def adapter_config(backbone: nn.Module, kind: str = "fac"):
 
 
 def trex_like_lengths(n: int, max_length: int, seed: int) -> list[int]:
-    """`n` sequence lengths in sub-tokens shaped like T-REx-rc: a gamma distribution (k = 4) with
-    mean 22.8, kept within [8, max_length] (8 = shortest sentence with its four markers and <s>, </s>)."""
+    """`n` sequence lengths in sub-tokens shaped like T-REx-rc, in a seeded random order.
+
+    A gamma distribution (k = 4, θ = 5.53) cut to [8, max_length] has mean 22.8 at max_length 64
+    (8 = a shortest sentence with its four markers, <s> and </s>). The `n` lengths are its
+    quantiles (i + ½)/n, read off a large sample, so even a small `n` has the distribution's mean.
+    """
     rng = random.Random(seed)
-    lengths: list[int] = []
-    while len(lengths) < n:
-        length = round(rng.gammavariate(4.0, TREX_MEAN_TOKENS / 4.0))
+    pool: list[int] = []
+    while len(pool) < 20_000:
+        length = round(rng.gammavariate(4.0, _TREX_GAMMA_SCALE))
         if 8 <= length <= max_length:
-            lengths.append(length)
+            pool.append(length)
+    pool.sort()
+    lengths = [pool[int((i + 0.5) * len(pool) / n)] for i in range(n)]
+    rng.shuffle(lengths)
     return lengths
 
 

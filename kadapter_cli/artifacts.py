@@ -287,8 +287,6 @@ def atomic_output(
                 shutil.rmtree(tmp)
         else:
             tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
         try:
             tmp.mkdir(parents=True, exist_ok=True)
             yield tmp
@@ -310,15 +308,17 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def _remove_abandoned_scratch(final: Path) -> None:
-    """Deletes scratch folders (`.<name>.tmp-<pid>`) that a killed writer of `final` left behind.
+    """Deletes what a killed writer of `final` left behind: its scratch folder (`.<name>.tmp-<pid>`)
+    or the old output it was replacing (`.<name>.old-<pid>`).
 
-    Called under the output lock, so no live writer owns a scratch folder of this output unless
-    its pid is still running (a writer's own pid names its folder).
+    Called under the output lock, so no live writer owns such a folder unless its pid is still
+    running (a writer's pid names its folders).
     """
-    for scratch in final.parent.glob(f".{final.name}.tmp-*"):
-        pid = scratch.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
-            shutil.rmtree(scratch, ignore_errors=True)
+    for kind in ("tmp", "old"):
+        for scratch in final.parent.glob(f".{final.name}.{kind}-*"):
+            pid = scratch.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -196,11 +196,11 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     for config_ in adapter_configs:
         check_fits_backbone(config_, backbone_shape(backbone))
 
-    encoded = {split: encode_split(task, tokenizer, recs if split != "train" else train_records, labels,
-                                   spec.max_length, files[split], f"encoding {split}")
+    splits["train"] = train_records
+    if config.limit:  # the first N of every split, before the work of encoding them
+        splits = {k: v[: config.limit] for k, v in splits.items()}
+    encoded = {split: encode_split(task, tokenizer, recs, labels, spec.max_length, files[split], f"encoding {split}")
                for split, recs in splits.items()}
-    if config.limit:
-        encoded = {k: v[: config.limit] for k, v in encoded.items()}
 
     torch.manual_seed(config.seed)  # fusion and head initial weights follow the seed
     model = build_task_model(task, labels, adapters, spec.adapters.fusion, backbone)

@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -434,6 +435,7 @@ class StageState:
 
     input_digests: Mapping[str, str | None]  # path → digest, None if missing
     outputs_exist: bool
+    input_fingerprints: Mapping[str, str | None] = dataclasses.field(default_factory=dict)  # size + mtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -520,29 +522,55 @@ def check_only(pipeline: Pipeline, only: Iterable[str]) -> None:
             raise BadInput(f"--only names '{name}', which is not a stage (stages: {', '.join(names)})", pipeline.path)
 
 
+def path_fingerprint(path: str | Path) -> str | None:
+    """Size and modification time of a file, or of every file under a folder: cheap to take."""
+    path = Path(path)
+    if path.is_file():
+        st = path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    if not path.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(q for q in path.rglob("*") if q.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(path).as_posix()}\0{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return "tree:" + h.hexdigest()
+
+
 class Hasher:
-    """Digests of stage inputs; paths no stage writes (data, backbones) are hashed once per run."""
+    """Digests of stage inputs, without re-reading what did not change.
 
-    def __init__(self, pipeline: Pipeline):
-        self._written = [out for s in pipeline.stages for out in s.outputs]
-        self._cache: dict[str, str | None] = {}
+    An input whose size and modification times equal those recorded in the lock gets the digest
+    recorded with them (as make and DVC do), so multi-gigabyte dumps and backbones are hashed
+    once, not on every run; anything else is hashed, once per run.
+    """
 
-    def _stable(self, path: str) -> bool:
-        return not any(path == out or path.startswith(out.rstrip(os.sep) + os.sep) for out in self._written)
+    def __init__(self, lock: Mapping[str, Mapping[str, Any]]):
+        self._known: dict[tuple[str, str], str] = {}
+        for entry in lock.values():
+            digests, stats = entry.get("inputs") or {}, entry.get("input_stats") or {}
+            for path, fingerprint in stats.items():
+                if digests.get(path) and fingerprint:
+                    self._known[(path, fingerprint)] = digests[path]
 
-    def digest(self, path: str) -> str | None:
-        if path in self._cache:
-            return self._cache[path]
-        d = path_digest(path)
-        if self._stable(path) and d is not None:
-            self._cache[path] = d
-        return d
+    def digest(self, path: str) -> tuple[str | None, str | None]:
+        """(digest, fingerprint) of what is at `path`; (None, None) when nothing is."""
+        fingerprint = path_fingerprint(path)
+        if fingerprint is None:
+            return None, None
+        key = (path, fingerprint)
+        if key not in self._known:
+            digest = path_digest(path)
+            if digest is None:
+                return None, None
+            self._known[key] = digest
+        return self._known[key], fingerprint
 
     def state(self, stage: Stage) -> StageState:
-        return StageState(
-            input_digests={p: self.digest(p) for p in stage.reads},
-            outputs_exist=all(Path(o).exists() for o in stage.outputs),
-        )
+        digests, fingerprints = {}, {}
+        for path in stage.reads:
+            digests[path], fingerprints[path] = self.digest(path)
+        return StageState(digests, all(Path(o).exists() for o in stage.outputs), fingerprints)
 
 
 # ---------------------------------------------------------------- running
@@ -637,8 +665,8 @@ def invoke(app: Any, argv: Sequence[str]) -> int:
     return 0
 
 
-def _has_overwrite(command: Any | None) -> bool:
-    return command is None or any("--overwrite" in getattr(p, "opts", ()) for p in command.params)
+def _has_overwrite(command: Any) -> bool:
+    return any("--overwrite" in getattr(p, "opts", ()) for p in command.params)
 
 
 def validate(pipeline: Pipeline, app: Any) -> None:
@@ -676,7 +704,7 @@ def run_pipeline(
     check_only(pipeline, only)
     validate(pipeline, app)
     lock = read_lock(pipeline.lock_path)
-    hasher = Hasher(pipeline)
+    hasher = Hasher(lock)
     available = app_commands(app)
     commands = {s.name: available[s.command] for s in pipeline.stages}
     argvs = {s.name: stage_argv(s, pipeline.workdir, commands[s.name], pipeline.path) for s in pipeline.stages}
@@ -687,7 +715,7 @@ def run_pipeline(
         for d in plan(pipeline, lock, states, force=force, only=only):
             echo(d.line(dry_run=True))
             if d.run:
-                echo("    kadapter " + " ".join(_quote(a) for a in argvs[d.stage]))
+                echo("    kadapter " + shlex.join(argvs[d.stage]))
             results.append(StageResult(d.stage, d.run, d.reason, argvs[d.stage]))
         return results
 
@@ -708,12 +736,11 @@ def run_pipeline(
         if any(Path(o).exists() for o in stage.outputs) and "--overwrite" not in argv and _has_overwrite(commands[stage.name]):
             argv = [*argv, "--overwrite"]
         echo(d.line(dry_run=False))
-        echo("    kadapter " + " ".join(_quote(a) for a in argv))
+        echo("    kadapter " + shlex.join(argv))
         started = time.perf_counter()
         code = invoke(app, argv)
         seconds = round(time.perf_counter() - started, 2)
         if code != 0:
-            results.append(StageResult(stage.name, True, d.reason, argv, seconds, code))
             raise StageFailed(stage.name, code, pipeline.lock_path)
         missing = [o for o in stage.outputs if not Path(o).exists()]
         if missing:
@@ -724,6 +751,7 @@ def run_pipeline(
             "options_hash": options_hash(stage),
             "kadapter_version": __version__,
             "inputs": dict(state.input_digests),
+            "input_stats": dict(state.input_fingerprints),
             "outputs": list(stage.outputs),
             "seconds": seconds,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -732,12 +760,6 @@ def run_pipeline(
         echo(f"{stage.name}: done in {seconds:.1f}s")
         results.append(StageResult(stage.name, True, d.reason, argv, seconds, 0))
     return results
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def parse_assignments(items: Iterable[str]) -> dict[str, str]:
@@ -780,10 +802,13 @@ def demo_summary(pipeline: Pipeline) -> dict[str, Any]:
         seconds = (lock.get(stage.name) or {}).get("seconds")
         if stage.command == "finetune" and stage.outputs:
             metrics = _metrics(stage.outputs[0])
-            summary["task"] = summary["task"] or stage.options.get("task")
+            task = str(stage.options.get("task"))
+            summary["task"] = summary["task"] or task
+            name = Path(stage.outputs[0]).name
+            adapters = [Path(a).name for a in _names(stage.options.get("adapters")) if a not in ("none", "base")]
             summary["finetuned"].append({
-                "name": Path(stage.outputs[0]).name, "stage": stage.name,
-                "adapters": ",".join(_names(stage.options.get("adapters"))),
+                "name": name, "variant": name.removeprefix(f"{task}-"), "stage": stage.name,
+                "adapters": ",".join(adapters),
                 "dev": _numbers(metrics.get("dev")), "test": _numbers(metrics.get("test")), "seconds": seconds,
             })
         elif stage.command == "train-adapter" and stage.outputs:

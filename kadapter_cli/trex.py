@@ -259,6 +259,16 @@ def document_examples(doc: Any) -> DocumentResult:
              for i, w in enumerate(_field(doc, "words_boundaries", list, "document"))]
     if None in sentences or None in words:
         raise ValueError("sentences_boundaries and words_boundaries must not hold null")
+    # Word spans are mapped back to words by their start and end offsets, which is only sound for
+    # non-empty words in text order (as T-REx has them); anything else would give spans whose
+    # words differ from the entity.
+    previous_end = 0
+    for i, (start, end) in enumerate(words):
+        if start == end:
+            raise ValueError(f"words_boundaries[{i}] [{start}, {end}] is empty")
+        if start < previous_end:
+            raise ValueError(f"words_boundaries[{i}] [{start}, {end}] overlaps or precedes the word before it")
+        previous_end = end
     triples = _field(doc, "triples", list, "document")
 
     sentence_words: dict[int, tuple[list[tuple[int, int]], dict[int, int], dict[int, int]]] = {}

@@ -233,6 +233,18 @@ def test_prepare_trex_skip_bad_skips_and_counts_bad_documents(cli, tmp_path):
     assert train[0]["tokens"][train[0]["subj_start"]] == "Paris"
 
 
+def test_prepare_trex_counts_a_duplicated_document_once(cli, tmp_path):
+    """The same document twice (a dump concatenated with itself) gives each example once, counted."""
+    inputs = tmp_path / "dumps"
+    inputs.mkdir()
+    for name in ("a.json", "b.json"):
+        shutil.copy(CORPUS / "trex" / "good.json", inputs / name)
+    result = cli("prepare-trex", inputs, "--min-count", "1", "--dev-ratio", "0")
+    assert result.exit_code == 0, result.stderr
+    stats = json.loads((cli.workdir / "trex-rc" / "manifest.json").read_text())["stats"]
+    assert (stats["documents"], stats["examples"], stats["dropped"]["duplicate"]) == (2, 1, 1)
+
+
 def test_parse_conllu_skip_bad_skips_and_counts_bad_sentences(cli, tmp_path):
     inputs = tmp_path / "trees"
     inputs.mkdir()

