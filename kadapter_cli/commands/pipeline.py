@@ -44,9 +44,9 @@ def run_cli(
 ) -> None:
     """Run a pipeline's stages in order, skipping those whose options and inputs did not change.
 
-    The lock file beside the workdir (<workdir>.lock.yaml) records what each stage ran with.
-    A stage that reruns over its existing output is passed --overwrite. A global --workdir (or
-    KADAPTER_WORKDIR) replaces the pipeline's workdir variable.
+    The lock file beside the workdir (<workdir>.lock.yaml) records what each stage ran with. A stage that reruns over its existing output is passed --overwrite.
+
+    A global --workdir (or KADAPTER_WORKDIR) replaces the pipeline's workdir variable.
     """
     from kadapter_cli.pipeline import load_pipeline_resolved, parse_assignments, run_pipeline
     from kadapter_cli.progress import info
@@ -71,9 +71,9 @@ def demo_cli(
 ) -> None:
     """Run the bundled demo (pipelines/demo.yaml on the bundled data) and print a results table.
 
-    Stages: prepare-trex, parse, train the fac and lin adapters, compose them, fine-tune entity
-    typing with no adapter, fac, lin and fac+lin, evaluate. Minutes on a laptop CPU. The backbone
-    is the packaged MiniLM when installed, otherwise a tiny random one made on the fly.
+    Stages: prepare-trex, parse, train the fac and lin adapters, compose them, fine-tune entity typing with no adapter, fac, lin and fac+lin, evaluate. Minutes on a laptop CPU.
+
+    The backbone is the packaged MiniLM when installed, otherwise a tiny random one made on the fly. The workdir is kadapter-work-demo unless --workdir is given; a second run only prints the table.
     """
     from kadapter_cli.pipeline import DEMO_PIPELINE, demo_summary, load_pipeline_resolved, run_pipeline
     from kadapter_cli.progress import info
