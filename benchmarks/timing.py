@@ -31,6 +31,12 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of numerator[i] / denominator[i]: each pair ran back to back, so a load
+    burst that slows one round slows both members, and the ratio of the round survives it."""
+    return median([n / d for n, d in zip(numerator, denominator, strict=True)])
+
+
 def summary(times: list[float]) -> dict[str, float]:
     """Median, min and max of a list of seconds, rounded for the report."""
     return {"median_s": round(median(times), 4), "min_s": round(min(times), 4), "max_s": round(max(times), 4),

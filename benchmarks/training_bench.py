@@ -1,6 +1,7 @@
 """Benchmarks of the model side: adapter step vs full fine-tuning, MFU, the feature cache, length
 bucketing, composed inference. Each returns report entries (`entry`), every ratio's members timed
-interleaved in one loop (`timing.interleaved`)."""
+interleaved in one loop (`timing.interleaved`); a ratio is the median of its per-round ratios
+(`timing.paired_ratio`), the details give each member's median, min and max."""
 
 from __future__ import annotations
 
@@ -53,21 +54,24 @@ def adapter_step(shape: BenchShape, repeats: int, warmup: int = 1, matmul_n: int
     times = timing.interleaved({"adapter_step": lambda: adapter_step_fn(batch),
                                 "full_finetune_step": lambda: full_step_fn(batch),
                                 "matmul": matmul}, repeats, warmup)
-    adapter_s, full_s, matmul_s = (timing.median(times[k]) for k in ("adapter_step", "full_finetune_step", "matmul"))
+    adapter_s, matmul_s = timing.median(times["adapter_step"]), timing.median(times["matmul"])
     flops = adapter_step_flops(shape, config, shape.batch_size, seq_len)
     full_flops = full_finetune_flops(shape, shape.batch_size, seq_len)
     achieved, peak = flops["total"] / adapter_s, matmul_flops / matmul_s
+    # MFU = (F / t_step) / (F_mm / t_mm) = (F / F_mm) × (t_mm / t_step), paired round by round.
+    mfu = flops["total"] / matmul_flops * timing.paired_ratio(times["matmul"], times["adapter_step"])
+    step_ratio = timing.paired_ratio(times["adapter_step"], times["full_finetune_step"])
     batch_detail = {"batch_size": shape.batch_size, "padded_length": seq_len,
                     "real_tokens": int(batch["attention_mask"].sum())}
     return {
-        "adapter_step_vs_full_finetune": entry(adapter_s / full_s, "<=", 0.50, {
+        "adapter_step_vs_full_finetune": entry(step_ratio, "<=", 0.50, {
             **batch_detail,
             "adapter_step": timing.summary(times["adapter_step"]),
             "full_finetune_step": timing.summary(times["full_finetune_step"]),
             "flop_ratio": round(flops["total"] / full_flops, 4),
             "trainable_parameters": {"adapter_step": _trainable(pretrainer), "full_finetune": _trainable(full)},
         }),
-        "mfu": entry(achieved / peak, ">=", 0.50, {
+        "mfu": entry(mfu, ">=", 0.50, {
             **batch_detail,
             "step_flops": {k: round(v / 1e9, 3) for k, v in flops.items()},
             "step_flops_unit": "GFLOP",
@@ -75,7 +79,8 @@ def adapter_step(shape: BenchShape, repeats: int, warmup: int = 1, matmul_n: int
             "matmul_gflops": round(peak / 1e9, 2),
             "matmul": {"n": matmul_n, "dtype": "float32", **timing.summary(times["matmul"])},
             "formula": "adapter step = backbone forward + 3 x (adapter + head forward); a layer's forward = "
-                       "tokens x (8 d^2 + 4 d f + 4 n d); adapter tap adds 4 H W per token; matmul = 2 n^3",
+                       "tokens x (8 d^2 + 4 d f + 4 n d); an adapter tap adds 4 H W per token; head per example "
+                       "12 H^2 + 2 H C; matmul = 2 n^3 (benchmarks/workloads.py)",
         }),
     }
 
@@ -114,7 +119,7 @@ def cached_epoch(shape: BenchShape, n_examples: int, repeats: int, seed: int = 0
         "cached_epoch": TrainStep(cached, objective).epoch(cached_examples, batches),
     }, repeats, warmup=0)  # `TrainStep.epoch` warms up on one batch
     cache = cached_examples[0]["_cache"]
-    ratio = timing.median(times["cached_epoch"]) / timing.median(times["uncached_epoch"])
+    ratio = timing.paired_ratio(times["cached_epoch"], times["uncached_epoch"])
     return entry(ratio, "<=", 0.35, {
         "examples": n_examples, "batches": len(batches), "storage": storage,
         "cache_mib": round(cache.nbytes / 2**20, 2), "cache_build_s": round(build_s, 3),
@@ -170,7 +175,7 @@ def bucketed_epoch(shape: BenchShape, batches_timed: int, repeats: int, seed: in
         "padded_epoch": padded.epoch(examples, shuffled_batches[:batches_timed]),
     }, repeats, warmup=0)  # `TrainStep.epoch` warms up on one batch
     computed = sum(len(b) * max(lengths[i] for i in b) for b in bucketed_batches)
-    ratio = timing.median(times["bucketed_epoch"]) / timing.median(times["padded_epoch"])
+    ratio = timing.paired_ratio(times["bucketed_epoch"], times["padded_epoch"])
     scale = len(bucketed_batches) / batches_timed
     return entry(ratio, "<=", 0.55, {
         "epoch_examples": n_examples, "epoch_batches": len(bucketed_batches), "batches_timed": batches_timed,
@@ -224,7 +229,7 @@ def composed_inference(shape: BenchShape, n_examples: int, repeats: int, warmup:
                 backbone(input_ids=ids, attention_mask=mask)
 
     times = timing.interleaved({"composed": composed, "backbone": bare}, repeats, warmup)
-    ratio = timing.median(times["composed"]) / timing.median(times["backbone"])
+    ratio = timing.paired_ratio(times["composed"], times["backbone"])
     params = {row["component"]: row["total"] for row in model.parameter_table()}
     return entry(ratio, "<=", 1.35, {
         "examples": n_examples, "batch_size": shape.batch_size, "batches": len(batches), "fusion": "concat", "parameters": params,

@@ -184,17 +184,22 @@ def adapter_step_flops(shape: BenchShape, config, batch: int, seq_len: int) -> d
     """FLOPs of one fac adapter-pretraining step on a (batch, seq_len) padded batch.
 
     backbone (frozen): forward only = Σ_layers layer_flops;
-    adapter (trains): 3 × forward (forward + input and weight gradients), forward per tap =
-        down (2·H·W) + up (2·W·H) per token + layers_per_tap × layer_flops(W, FFN);
-    head (trains): 3 × forward, com_dense 2·2H·H per token + dense 2·2H·H and out_proj 2·H·C per example.
+    adapter (trains): 3 × forward (forward + input and weight gradients); a tap's forward =
+        down (2·H·W per token) + layers_per_tap × layer_flops(W, FFN) + up (2·W·H per token),
+        except that the last tap computes only the 2 rows the relation head reads in its last
+        layer (keys and values 4·W² per token; queries, output, FFN, attention, up-projection per row);
+    head (trains): 3 × forward; per example com_dense 2·2H·H on the two marker rows (all the relation
+        head reads), dense 2·2H·H and out_proj 2·H·C.
     Embeddings (a lookup), LayerNorm, GELU and softmax are left out: they are not matmuls.
     """
-    tokens = batch * seq_len
-    h, w = shape.hidden, config.adapter_width
+    tokens, rows = batch * seq_len, batch * 2
+    h, w, f, depth = shape.hidden, config.adapter_width, config.ffn_size, config.layers_per_tap
     backbone = shape.layers * layer_flops(tokens, seq_len, h, shape.ffn)
-    per_tap = tokens * 4.0 * h * w + config.layers_per_tap * layer_flops(tokens, seq_len, w, config.ffn_size)
-    adapter = 3.0 * len(config.tap_layers) * per_tap
-    head = 3.0 * (tokens * 4.0 * h * h + batch * (4.0 * h * h + 2.0 * h * NUM_RELATIONS))
+    full_tap = tokens * 4.0 * h * w + depth * layer_flops(tokens, seq_len, w, f)
+    last_tap = (tokens * 2.0 * h * w + (depth - 1) * layer_flops(tokens, seq_len, w, f) + tokens * 4.0 * w * w
+                + rows * (4.0 * w * w + 4.0 * w * f + 4.0 * seq_len * w + 2.0 * w * h))
+    adapter = 3.0 * ((len(config.tap_layers) - 1) * full_tap + last_tap)
+    head = 3.0 * batch * (2 * 4.0 * h * h + 4.0 * h * h + 2.0 * h * NUM_RELATIONS)
     return {"backbone_forward": backbone, "adapter_train": adapter, "head_train": head,
             "total": backbone + adapter + head}
 

@@ -176,8 +176,11 @@ class SelfAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None,
+                queries: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of `queries` (default: every position of `x`) over all positions of `x`."""
+        q = self._split(self.query(x if queries is None else queries))
+        k, v = self._split(self.key(x)), self._split(self.value(x))
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_bias, dropout_p=self.dropout if self.training else 0.0
         )
@@ -206,8 +209,11 @@ class Attention(nn.Module):
         self.self = SelfAttention(hidden, num_heads, dropout)
         self.output = SelfOutput(hidden, hidden, dropout, eps)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        return self.output(self.self(x, attn_bias), x)
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, H); with `positions` (B, P), only those rows: (B, P, H)."""
+        queries = None if positions is None else take_rows(x, positions)
+        return self.output(self.self(x, attn_bias, queries), x if queries is None else queries)
 
 
 class Intermediate(nn.Module):
@@ -228,8 +234,10 @@ class TransformerLayer(nn.Module):
         self.intermediate = Intermediate(hidden, ffn_size)
         self.output = SelfOutput(ffn_size, hidden, dropout, eps)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        h = self.attention(x, attn_bias)
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, H); with `positions` (B, P), only those rows (keys and values still span all of x)."""
+        h = self.attention(x, attn_bias, positions)
         return self.output(self.intermediate(h), h)
 
 
@@ -240,10 +248,18 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(TransformerLayer(hidden, num_heads, ffn_size, dropout, eps) for _ in range(num_layers))
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        for layer in self.layer:
-            x = layer(x, attn_bias)
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, H); with `positions` (B, P), the last layer computes only those rows."""
+        last = len(self.layer) - 1
+        for j, layer in enumerate(self.layer):
+            x = layer(x, attn_bias, positions if j == last else None)
         return x
+
+
+def take_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x (B, L, H), positions (B, P) → x[b, positions[b, p]] (B, P, H)."""
+    return x.gather(1, positions.long().unsqueeze(-1).expand(-1, -1, x.size(-1)))
 
 
 def padding_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -276,8 +292,11 @@ class AdapterLayer(nn.Module):
                 nn.init.normal_(proj.weight, mean=0.0, std=c.init_std)
                 nn.init.zeros_(proj.bias)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        return x + self.up_project(self.encoder(self.down_project(x), attn_bias))
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, H); with `positions` (B, P), only those rows: (B, P, H)."""
+        out = self.up_project(self.encoder(self.down_project(x), attn_bias, positions))
+        return (x if positions is None else take_rows(x, positions)) + out
 
 
 class KnowledgeAdapter(nn.Module):
@@ -292,14 +311,21 @@ class KnowledgeAdapter(nn.Module):
     def tap_layers(self) -> list[int]:
         return list(self.config.tap_layers)
 
-    def forward(self, tapped: Sequence[torch.Tensor], attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`tapped[k]` = backbone hidden state at `tap_layers[k]`; the mask is used if `mask_padding`."""
+    def forward(self, tapped: Sequence[torch.Tensor], attention_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`tapped[k]` = backbone hidden state at `tap_layers[k]`; the mask is used if `mask_padding`.
+
+        Returns (B, L, H), or with `positions` (B, P) only those rows (B, P, H) — the same values,
+        for less work: a head that reads a few positions (the relation head reads two) then spares
+        the last layer's queries, FFN and up-projection everywhere else.
+        """
         if len(tapped) != len(self.adapter):
             raise ValueError(f"adapter '{self.config.name}' needs {len(self.adapter)} tapped states, got {len(tapped)}")
         bias = padding_bias(attention_mask, tapped[0].dtype) if self.config.mask_padding else None
         state = None
-        for layer, hidden in zip(self.adapter, tapped):
-            state = layer(hidden if state is None else hidden + state, bias)
+        last = len(self.adapter) - 1
+        for k, (layer, hidden) in enumerate(zip(self.adapter, tapped)):
+            state = layer(hidden if state is None else hidden + state, bias, positions if k == last else None)
         return state
 
 

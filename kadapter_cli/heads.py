@@ -77,11 +77,12 @@ class LinPointerHead(nn.Module):
     """Biaffine head selection (Dozat & Manning 2017).
 
     dep_i = MLP_dep(h_i), head_j = MLP_head(h_j) (Linear → ReLU → dropout, `arc_dim` wide);
-    score[b, i, j] = dep_i · W · head_j + head_j · u — how likely position j is the head of
-    position i. Padded candidates j score -inf; position 0 (`<s>`) stands for the root.
+    score[b, i, j] = dep_i · W · head_j + head_j · u + d[clip(j − i)] — how likely position j is
+    the head of position i; d is a learned bias per signed distance (clipped at `max_distance`). Positions that cannot be heads score the dtype's minimum; position 0 (`<s>`)
+    stands for the root.
     """
 
-    def __init__(self, hidden: int, arc_dim: int | None = None, dropout: float = 0.1):
+    def __init__(self, hidden: int, arc_dim: int | None = None, dropout: float = 0.1, max_distance: int = 32):
         super().__init__()
         arc_dim = arc_dim or min(500, hidden)
         self.arc_dim = arc_dim
@@ -90,13 +91,25 @@ class LinPointerHead(nn.Module):
         # Zero init as Dozat & Manning: scores start uniform over the candidates.
         self.arc_weight = nn.Parameter(torch.zeros(arc_dim, arc_dim))
         self.head_bias = nn.Parameter(torch.zeros(arc_dim))
+        # A learned score per (clipped) signed distance from dependent to head: heads are mostly
+        # near their dependents, and this prior is learned in a few steps, long before the biaffine.
+        self.max_distance = max_distance
+        self.distance_bias = nn.Parameter(torch.zeros(2 * max_distance + 1))
 
-    def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+        """`candidates` (B, L): 1 where a position may be a head — the attention mask, or better only
+        `<s>` and each word's first sub-token. No position is its own head."""
         dep, head = self.dep_mlp(h), self.head_mlp(h)
         scores = dep @ self.arc_weight @ head.transpose(1, 2) + (head @ self.head_bias).unsqueeze(1)
-        if attention_mask is not None:
-            scores = scores.masked_fill(~attention_mask.bool().unsqueeze(1), float("-inf"))
-        return scores
+        length = scores.size(-1)
+        positions = torch.arange(length, device=scores.device)
+        distance = (positions.unsqueeze(0) - positions.unsqueeze(1)).clamp(-self.max_distance, self.max_distance)
+        scores = scores + self.distance_bias[distance + self.max_distance].to(scores.dtype)
+        allowed = ~torch.eye(length, dtype=torch.bool, device=scores.device).unsqueeze(0)
+        if candidates is not None:
+            allowed = allowed & candidates.bool().unsqueeze(1)
+        # A finite floor, not -inf: a row with no candidate (padding) stays finite.
+        return scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
 
 
 class PretrainingHead(nn.Module):
@@ -154,7 +167,7 @@ def build_head(spec: dict[str, Any], hidden: int) -> nn.Module:
         elif kind == "lin_original":
             head = LinOriginalHead(hidden, int(spec.pop("max_length")), dropout)
         elif kind == "lin_pointer":
-            head = LinPointerHead(hidden, spec.pop("arc_dim", None), dropout)
+            head = LinPointerHead(hidden, spec.pop("arc_dim", None), dropout, int(spec.pop("max_distance", 32)))
         else:
             raise BadInput(f"unknown head type {kind!r} (known: {', '.join(HEAD_TYPES)})")
     except KeyError as e:

@@ -89,6 +89,13 @@ class DependencyObjective(_Objective):
         for i, e in enumerate(examples):
             targets[i, : len(e["head_targets"])] = torch.as_tensor(e["head_targets"], dtype=torch.long)
         batch["head_targets"] = targets
+        if all("word_starts" in e for e in examples):
+            # Only <s> (the root) and first sub-tokens of words can be heads.
+            candidates = torch.zeros(batch["input_ids"].shape, dtype=torch.long)
+            candidates[:, 0] = 1
+            for i, e in enumerate(examples):
+                candidates[i, e["word_starts"]] = 1
+            batch["candidates"] = candidates
         return batch
 
     def loss(self, model, batch) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kadapter_cli import artifacts
-from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, save_adapter
+from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, save_adapter, take_rows
 from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer, tapped_states
 from kadapter_cli.encoding import encode_dependency, encode_relation
 from kadapter_cli.errors import BadInput
@@ -121,7 +121,6 @@ def encode_examples(kind: str, tokenizer, records: Sequence[dict], max_length: i
                     ex["label"] = label_index[rec["relation"]]
                 else:
                     ex = encode_dependency(tokenizer, rec["tokens"], rec["heads"], max_length)
-                    del ex["word_starts"]
             except (ValueError, TypeError) as e:
                 path, line = rec["_where"]
                 raise BadInput(str(e), path, f"line {line}") from None
@@ -167,14 +166,16 @@ class AdapterPretrainer(nn.Module):
         mask = batch["attention_mask"]
         states = batch.get("features") or self.backbone_features(batch["input_ids"], mask)
         *tapped, last = states
-        out = self.adapter(tapped, mask)
         if self.head_type == "relation":
-            # The relation head reads two positions and its com_dense works token by token: taking
-            # those two rows first gives the same logits for 2/L of com_dense's work.
+            # The relation head reads two positions, and com_dense and the adapter's last layer work
+            # row by row there: computing only those two rows gives the same logits for less work.
             pair = torch.stack([batch["subj_pos"], batch["obj_pos"]], dim=1).long()
-            index = pair.unsqueeze(-1).expand(-1, -1, last.size(-1))
+            out = self.adapter(tapped, mask, positions=pair)
             subj, obj = torch.zeros_like(pair[:, 0]), torch.ones_like(pair[:, 1])
-            return self.head(last.gather(1, index), out.gather(1, index), subj, obj)
+            return self.head(take_rows(last, pair), out, subj, obj)
+        out = self.adapter(tapped, mask)
+        if self.head_type == "lin_pointer":
+            return self.head(last, out, batch.get("candidates", mask))
         return self.head(last, out, mask)
 
 
@@ -233,7 +234,7 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     head = build_head(adapter_config.head, shape.hidden_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     objective = RelationObjective(pad_id, relations) if spec.kind == "fac" else DependencyObjective(pad_id)
-    model = AdapterPretrainer(backbone, adapter, head, "relation" if spec.kind == "fac" else "lin")
+    model = AdapterPretrainer(backbone, adapter, head, adapter_config.head["type"])
 
     with artifacts.atomic_output(spec.out, overwrite=overwrite, resume=resume, resumable=True) as run_dir:
         cached = attach_feature_cache(model, [train_examples, dev_examples], spec, pad_id, config, run_dir)

@@ -777,7 +777,10 @@ def _adamw(named_params: list, config: TrainConfig):
     no_decay = [p for n, p in named_params if p.ndim < 2]
     param_groups = [g for g in ({"params": decay, "weight_decay": config.weight_decay},
                                 {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    return torch.optim.AdamW(param_groups, lr=config.lr, eps=config.adam_eps)
+    # The fused kernel updates every parameter in one pass: the per-tensor loop costs 3-5x more per
+    # step, which is a tenth of an adapter step on CPU (benchmarks/RESULTS.md).
+    fused = all(p.device.type in ("cpu", "cuda") for _, p in named_params)
+    return torch.optim.AdamW(param_groups, lr=config.lr, eps=config.adam_eps, fused=fused)
 
 
 def _warmup_then_linear_decay(step: int, warmup: int, total: int) -> float:
@@ -808,7 +811,7 @@ def _out_of_memory(where: str, batch_examples: int, longest: int) -> TrainingOut
     return TrainingOutOfMemory(
         f"out of memory during {where} (batch of {batch_examples} examples, longest {longest} tokens); "
         "lower --batch-size (raise --grad-accum to keep the effective batch), --max-length, "
-        "or the --cache-features budget"
+        "or --cache-budget (--cache-features off turns the feature cache off)"
     )
 
 

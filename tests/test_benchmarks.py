@@ -102,7 +102,7 @@ def test_step_flop_formula_matches_torch_flop_counter():
     counted = counter.get_total_flops()
     formula = adapter_step_flops(shape, config, batch=3, seq_len=20)["total"]
     # The formula also counts the input gradient of the first adapter layer, which autograd skips.
-    assert counted == pytest.approx(formula, rel=0.05)
+    assert counted == pytest.approx(formula, rel=0.03)
     assert torch.get_num_threads() >= 1
 
 
