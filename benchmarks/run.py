@@ -49,8 +49,8 @@ QUICK = Sizes(repeats=5, warmup=1, epoch_examples=32, batches_timed=4, inference
 FULL = Sizes(repeats=7, warmup=2, epoch_examples=128, batches_timed=8, inference_examples=128, parse_sentences=1006,
              batch_size=16, inference_batch_size=32)
 # For tests: a shallow, narrow backbone and a handful of examples; the numbers mean nothing.
-TOY = Sizes(repeats=1, warmup=0, epoch_examples=4, batches_timed=2, inference_examples=4, parse_sentences=5, batch_size=2,
-            inference_batch_size=2, trex_copies=2, matmul_n=64)
+TOY = Sizes(repeats=1, warmup=0, epoch_examples=4, batches_timed=2, inference_examples=4, parse_sentences=5,
+            batch_size=2, inference_batch_size=2, trex_copies=2, matmul_n=64)
 TOY_SHAPE = BenchShape(layers=4, hidden=64, heads=2, ffn=128, vocab=1000, max_length=32)
 
 # The groups of entries, in the order they run; `--only` picks groups by any of their entry names.

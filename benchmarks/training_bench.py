@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,6 @@ def adapter_step(shape: BenchShape, repeats: int, warmup: int = 1, matmul_n: int
 def cached_epoch(shape: BenchShape, n_examples: int, repeats: int, seed: int = 0) -> dict[str, Any]:
     """`cached_epoch_vs_uncached`: a later epoch reading the frozen backbone's states from the
     feature cache (built by the product's `attach_feature_cache`) over one that runs the backbone."""
-    import time
-
     from kadapter_cli.batching import epoch_batches
     from kadapter_cli.pretrain import AdapterTrainingSpec, attach_feature_cache
     from kadapter_cli.training import TrainConfig
@@ -232,6 +231,7 @@ def composed_inference(shape: BenchShape, n_examples: int, repeats: int, warmup:
     ratio = timing.paired_ratio(times["composed"], times["backbone"])
     params = {row["component"]: row["total"] for row in model.parameter_table()}
     return entry(ratio, "<=", 1.35, {
-        "examples": n_examples, "batch_size": shape.batch_size, "batches": len(batches), "fusion": "concat", "parameters": params,
+        "examples": n_examples, "batch_size": shape.batch_size, "batches": len(batches), "fusion": "concat",
+        "parameters": params,
         "composed": timing.summary(times["composed"]), "backbone": timing.summary(times["backbone"]),
     })
