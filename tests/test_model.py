@@ -127,7 +127,16 @@ def test_heads_shapes_and_padding_masks():
     assert LinOriginalHead(32, max_length=16)(h, mask).shape == (2, 7, 16)
     scores = LinPointerHead(32, arc_dim=16)(h, mask)
     assert scores.shape == (2, 7, 7)
-    assert torch.isinf(scores[1, :, 4:]).all() and torch.isfinite(scores[1, :, :4]).all()
+    floor = torch.finfo(scores.dtype).min
+    # Padded candidates and each position itself are ruled out (a finite floor, so no NaN anywhere).
+    assert (scores[1, :, 4:] == floor).all() and torch.isfinite(scores).all()
+    assert (scores.diagonal(dim1=1, dim2=2) == floor).all()
+    off_diagonal = ~torch.eye(4, dtype=torch.bool)
+    assert (scores[1, :4, :4][off_diagonal] > floor).all()
+    # Candidates restricted to word starts: only those columns stay open.
+    word_starts = torch.tensor([[1, 1, 0, 1, 0, 0, 0], [1, 0, 1, 1, 0, 0, 0]])
+    restricted = LinPointerHead(32, arc_dim=16)(h, word_starts)
+    assert ((restricted > floor) <= word_starts.bool().unsqueeze(1)).all()
 
 
 def test_relation_head_reads_the_marker_positions():
