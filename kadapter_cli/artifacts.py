@@ -201,6 +201,48 @@ def verify_files(folder: str | Path, manifest: dict | None = None) -> None:
             raise BadInput("sha256 differs from manifest.json (file changed or corrupted)", path)
 
 
+def find_artifacts(paths: Iterable[str | Path], what: str) -> list[Path]:
+    """Artifact folders named by `paths`: an artifact folder itself, or a folder whose subfolders
+    are artifacts (sorted), as `--merge SHARD_DIR...` takes them. `what` names them in errors."""
+    found: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if (path / MANIFEST).is_file():
+            found.append(path)
+        elif path.is_dir() and (subs := sorted(p for p in path.iterdir() if (p / MANIFEST).is_file())):
+            found.extend(subs)
+        else:
+            raise BadInput(f"not a {what} (no manifest.json in it or its subfolders)", path)
+    return found
+
+
+def load_yaml_mapping(path: str | Path, what: str = "YAML file", shape: str = "expected a mapping") -> dict:
+    """A YAML mapping read with `yaml.safe_load` (no `!!python` tags); empty file → {}.
+    `shape` says in errors what the mapping should be."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput(f"{what} not found", path) from None
+    except UnicodeDecodeError as e:
+        raise BadInput(f"not valid UTF-8 ({e.reason} at byte {e.start})", path) from None
+    except OSError as e:
+        raise BadInput(f"cannot read {what}: {e.strerror or e}", path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise BadInput(f"malformed YAML: {getattr(e, 'problem', e)}", path,
+                       f"line {mark.line + 1}" if mark else None) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BadInput(f"{shape}, got {type(data).__name__}", path)
+    return data
+
+
 # ---------------------------------------------------------------- atomic output folders
 
 

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from kadapter_cli.artifacts import (
     atomic_output,
+    find_artifacts,
     in_dev_split,
     iter_text_lines,
     read_manifest,
@@ -559,15 +560,7 @@ def merge_parsed_shards(shards: Sequence[str | Path], out: str | Path, *, overwr
     Records are concatenated in shard order (1..N). Each record's split comes from its id, so train
     and dev hold the same records as a single run's.
     """
-    folders: list[Path] = []
-    for item in shards:
-        path = Path(item)
-        if (path / "manifest.json").is_file():
-            folders.append(path)
-        elif path.is_dir() and (subs := sorted(p for p in path.iterdir() if (p / "manifest.json").is_file())):
-            folders.extend(subs)
-        else:
-            raise BadInput("not a parsed/ shard (no manifest.json in it or its subfolders)", path)
+    folders = find_artifacts(shards, "parsed/ shard")
     manifests = []
     for folder in folders:
         manifest = read_manifest(folder)

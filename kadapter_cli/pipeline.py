@@ -52,7 +52,7 @@ from typing import Any
 import yaml
 
 from kadapter_cli import __version__
-from kadapter_cli.artifacts import MANIFEST, sha256_file
+from kadapter_cli.artifacts import MANIFEST, load_yaml_mapping, sha256_file
 from kadapter_cli.errors import BadInput, KadapterError
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
@@ -203,20 +203,7 @@ def load_pipeline(
     defaults to `kadapter-work`, `demo_data`, `pipeline_dir`).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput("pipeline file not found", path) from None
-    except UnicodeDecodeError as e:
-        raise BadInput(f"not valid UTF-8 ({e.reason} at byte {e.start})", path) from None
-    except OSError as e:
-        raise BadInput(f"cannot read pipeline file: {e.strerror or e}", path) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise BadInput(f"malformed YAML: {getattr(e, 'problem', e)}", path,
-                       f"line {mark.line + 1}" if mark else None) from None
+    data = load_yaml_mapping(path, "pipeline file", "a pipeline file is a mapping with 'stages' (and optionally 'vars')")
     if not isinstance(data, dict) or "stages" not in data:
         raise BadInput("a pipeline file is a mapping with 'stages' (and optionally 'vars')", path)
     unknown = set(data) - {"vars", "stages"}

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from kadapter_cli.artifacts import (
     atomic_output,
+    find_artifacts,
     in_dev_split,
     read_manifest,
     sha256_inputs,
@@ -659,20 +660,6 @@ def prepare_trex(
                               stats=_final_stats(extracted, duplicates, final))
 
 
-def shard_folders(paths: Sequence[str | Path]) -> list[Path]:
-    """Shard artifacts named by `paths`: a shard folder itself, or a folder whose subfolders are shards."""
-    found: list[Path] = []
-    for item in paths:
-        path = Path(item)
-        if (path / "manifest.json").is_file():
-            found.append(path)
-        elif path.is_dir() and (subs := sorted(p for p in path.iterdir() if (p / "manifest.json").is_file())):
-            found.extend(subs)
-        else:
-            raise BadInput("not a trex-shard artifact (no manifest.json in it or its subfolders)", path)
-    return found
-
-
 def merge_trex_shards(
     shards: Sequence[str | Path],
     out: str | Path,
@@ -688,7 +675,7 @@ def merge_trex_shards(
     The result is byte-identical (train, dev, relations) to a single run over all the files.
     """
     _check_options(drop, min_count, dev_ratio)
-    folders = shard_folders(shards)
+    folders = find_artifacts(shards, "trex-shard artifact")
     manifests = []
     for folder in folders:
         manifest = read_manifest(folder)

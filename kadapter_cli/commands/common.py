@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
 from kadapter_cli.commands._click import BadParameter, Context, ParameterSource
 
+from kadapter_cli.artifacts import load_yaml_mapping
 from kadapter_cli.errors import BadInput
 
 
@@ -20,27 +20,6 @@ def get_workdir(ctx: Context) -> Path:
             return Path(ctx.obj["workdir"])
         ctx = ctx.parent
     return Path("kadapter-work")
-
-
-def load_yaml_mapping(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput("file not found", path) from None
-    except UnicodeDecodeError:
-        raise BadInput("not valid UTF-8", path) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise BadInput(f"malformed YAML: {getattr(e, 'problem', e)}", path,
-                       f"line {mark.line + 1}" if mark else None) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise BadInput(f"expected a mapping of option names to values, got {type(data).__name__}", path)
-    return data
 
 
 def merged_config(ctx: Context, config_file: Path | None, exclude: tuple[str, ...] = ("config",)) -> dict[str, Any]:
@@ -54,7 +33,7 @@ def merged_config(ctx: Context, config_file: Path | None, exclude: tuple[str, ..
     if config_file is None:
         return params
     by_name = {p.name: p for p in ctx.command.params if p.name}
-    for key, value in load_yaml_mapping(config_file).items():
+    for key, value in load_yaml_mapping(config_file, "config file", "expected a mapping of option names to values").items():
         name = str(key).replace("-", "_")
         if name not in params or name in exclude:
             known = ", ".join(sorted(n for n in params))
