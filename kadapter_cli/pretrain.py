@@ -212,7 +212,7 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     tokenizer = load_tokenizer(spec.backbone)
     backbone = load_backbone(spec.backbone)
     shape = backbone_shape(backbone)
-    overrides: dict[str, Any] = {"name": spec.name, "backbone": spec.backbone, "labels": relations,
+    overrides: dict[str, Any] = {"name": spec.name, "backbone": str(spec.backbone), "labels": relations,
                                  "max_length": spec.max_length, "mask_padding": spec.mask_padding}
     for key, value in (("tap_layers", spec.tap_layers), ("adapter_width", spec.adapter_width),
                        ("layers_per_tap", spec.adapter_layers), ("num_heads", spec.adapter_heads)):
