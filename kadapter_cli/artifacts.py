@@ -201,6 +201,24 @@ def verify_files(folder: str | Path, manifest: dict | None = None) -> None:
             raise BadInput("sha256 differs from manifest.json (file changed or corrupted)", path)
 
 
+def input_files(inputs: Iterable[str | Path], wanted, description: str) -> list[Path]:
+    """Files as given; folders walked in sorted order for files where `wanted(path)` holds.
+    `description` names those files in the error for a folder that holds none."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and wanted(p))
+            if not found:
+                raise BadInput(f"folder holds no {description} files", path)
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise BadInput("file not found", path)
+    return files
+
+
 def find_artifacts(paths: Iterable[str | Path], what: str) -> list[Path]:
     """Artifact folders named by `paths`: an artifact folder itself, or a folder whose subfolders
     are artifacts (sorted), as `--merge SHARD_DIR...` takes them. `what` names them in errors."""

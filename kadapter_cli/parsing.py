@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 from kadapter_cli.artifacts import (
     atomic_output,
     find_artifacts,
+    input_files as artifacts_input_files,
     in_dev_split,
     iter_text_lines,
     read_manifest,
@@ -357,19 +358,8 @@ CONLLU_SUFFIXES = (".conllu", ".conll")
 
 def input_files(inputs: Iterable[str | Path]) -> list[Path]:
     """Files as given; folders walked in sorted order for text (.txt, .text) and CoNLL-U files."""
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES + CONLLU_SUFFIXES)
-            if not found:
-                raise BadInput("folder holds no .txt, .text or .conllu files", path)
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise BadInput("file not found", path)
-    return files
+    return artifacts_input_files(inputs, lambda p: p.suffix in TEXT_SUFFIXES + CONLLU_SUFFIXES,
+                                 ".txt, .text or .conllu")
 
 
 def _is_conllu(path: Path, parser: str) -> bool:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from kadapter_cli.artifacts import (
     atomic_output,
     find_artifacts,
+    input_files as artifacts_input_files,
     in_dev_split,
     read_manifest,
     sha256_inputs,
@@ -73,19 +74,7 @@ _MAX_BAD_SAMPLES = 20  # bad-document messages kept in the manifest with --skip-
 
 def input_files(inputs: Iterable[str | Path]) -> list[Path]:
     """The dump files named by `inputs`: files as given, folders walked in sorted order."""
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_dump(p))
-            if not found:
-                raise BadInput("folder holds no .json or .json.gz files", path)
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise BadInput("file not found", path)
-    return files
+    return artifacts_input_files(inputs, _is_dump, ".json or .json.gz")
 
 
 def _is_dump(path: Path) -> bool:
