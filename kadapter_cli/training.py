@@ -54,8 +54,8 @@ KEEP_CHECKPOINTS = 2
 
 # Options that shape the trajectory: resuming with any of them changed would not continue the same run.
 _TRAJECTORY_OPTIONS = (
-    "epochs", "max_steps", "batch_size", "lr", "warmup", "weight_decay", "adam_eps", "max_grad_norm",
-    "grad_accum", "seed", "limit", "bucket_size", "precision",
+    "epochs", "max_steps", "batch_size", "lr", "warmup", "weight_decay", "adam_eps", "adam_beta1", "adam_beta2",
+    "max_grad_norm", "grad_accum", "seed", "limit", "bucket_size", "precision",
 )
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of common training GPUs, for the MFU column.
@@ -76,6 +76,8 @@ class TrainConfig:
     warmup: float = 0  # >= 1: steps; 0 < x < 1: share of the total steps
     weight_decay: float = 0.0  # not applied to biases and norm weights (1-d parameters)
     adam_eps: float = 1e-8
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999  # Dozat & Manning's parser uses 0.9: it helps the lin pointer head (README)
     max_grad_norm: float = 1.0  # 0 turns clipping off
     grad_accum: int = 1
     seed: int = 42
@@ -122,6 +124,9 @@ class TrainConfig:
             raise BadInput(f"--lr must be positive, got {self.lr}")
         if not self.adam_eps > 0:
             raise BadInput(f"--adam-eps must be positive, got {self.adam_eps}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise BadInput(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise BadInput(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -780,7 +785,8 @@ def _adamw(named_params: list, config: TrainConfig):
     # The fused kernel updates every parameter in one pass: the per-tensor loop costs 3-5x more per
     # step, which is a tenth of an adapter step on CPU (benchmarks/RESULTS.md).
     fused = all(p.device.type in ("cpu", "cuda") for _, p in named_params)
-    return torch.optim.AdamW(param_groups, lr=config.lr, eps=config.adam_eps, fused=fused)
+    return torch.optim.AdamW(param_groups, lr=config.lr, eps=config.adam_eps,
+                             betas=(config.adam_beta1, config.adam_beta2), fused=fused)
 
 
 def _warmup_then_linear_decay(step: int, warmup: int, total: int) -> float:

@@ -152,10 +152,20 @@ def test_other_runtime_errors_are_not_disguised_as_out_of_memory(tmp_path, monke
     ("lr", 0.0, "--lr must be positive"),
     ("precision", "fp8", "--precision must be fp32, bf16 or fp16"),
     ("save_every", 0, "--save-every must be at least 1"),
+    ("adam_beta2", 1.0, r"--adam-beta2 must be in \[0, 1\)"),
+    ("adam_beta1", -0.1, r"--adam-beta1 must be in \[0, 1\)"),
 ])
 def test_invalid_options_are_bad_input_naming_the_option(option, value, shown):
     with pytest.raises(BadInput, match=shown):
         TrainConfig.from_options({option: value})
+
+
+def test_adamw_takes_betas_and_eps_from_the_config():
+    from kadapter_cli.training import _adamw
+
+    params = [("w", torch.nn.Parameter(torch.zeros(2, 2))), ("b", torch.nn.Parameter(torch.zeros(2)))]
+    optimizer = _adamw(params, TrainConfig(adam_beta1=0.8, adam_beta2=0.9, adam_eps=1e-6))
+    assert {(g["betas"], g["eps"]) for g in optimizer.param_groups} == {((0.8, 0.9), 1e-6)}
 
 
 def test_warmup_is_steps_or_a_share_of_total_steps():

@@ -23,6 +23,9 @@ BATCH_SIZE = typer.Option(None, "--batch-size", help="Examples per batch (per pr
 LR = typer.Option(None, "--lr", help="Peak learning rate of AdamW.")
 WARMUP = typer.Option(None, "--warmup", help="Warm-up: steps if ≥ 1, share of all steps if < 1.")
 WEIGHT_DECAY = typer.Option(0.0, "--weight-decay", help="AdamW weight decay (not on biases and norms).")
+ADAM_EPS = typer.Option(1e-8, "--adam-eps", help="AdamW epsilon.")
+ADAM_BETA1 = typer.Option(0.9, "--adam-beta1", help="AdamW beta1.")
+ADAM_BETA2 = typer.Option(0.999, "--adam-beta2", help="AdamW beta2 (0.9 as in Dozat & Manning's parser suits the lin pointer head).")
 GRAD_ACCUM = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step.")
 MAX_LENGTH = typer.Option(None, "--max-length", help="Longest input in sub-tokens, special tokens included.")
 SEED = typer.Option(42, "--seed", help="Seed of initialisation, data order and dropout.")
@@ -94,6 +97,7 @@ def train_adapter_cli(
     lin_head: str = typer.Option("pointer", "--lin-head", help="lin only: pointer (biaffine, default) or original (classification over positions)."),
     epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH_SIZE,
     lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
+    adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
     grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = MAX_LENGTH, seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
@@ -169,6 +173,7 @@ def finetune_cli(
     max_negatives: Optional[int] = typer.Option(None, "--max-negatives", help="tacred: keep only the first N no_relation training examples (default: all)."),
     epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH_SIZE,
     lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
+    adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
     grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = MAX_LENGTH, seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
