@@ -47,8 +47,14 @@ class TaskModel(nn.Module):
         features = batch.get("features")
         if features is not None:
             features = (features[:-1], features[-1])
-        h = self.body(batch["input_ids"], batch["attention_mask"], features)
-        return self.head(h, *(batch[k] for k in self.position_keys))
+        if not self.position_keys:  # a head that reads the whole sequence
+            return self.head(self.body(batch["input_ids"], batch["attention_mask"], features))
+        # The heads read only the marker positions: the body computes just those rows (B, P, H),
+        # and the head then reads row i for its i-th position argument.
+        positions = torch.stack([batch[k] for k in self.position_keys], dim=1).long()
+        h = self.body(batch["input_ids"], batch["attention_mask"], features, positions)
+        rows = torch.arange(len(self.position_keys), device=h.device)
+        return self.head(h, *(rows[i].expand(h.size(0)) for i in range(len(self.position_keys))))
 
 
 # ---------------------------------------------------------------- adapters and compositions

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter
+from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, take_rows
 from kadapter_cli.backbone import BackboneShape, backbone_shape, tapped_states
 from kadapter_cli.errors import BadInput
 from kadapter_cli.fusion import make_fusion
@@ -153,18 +153,23 @@ class KAdapterModel(nn.Module):
         input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         features: Features | None = None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(backbone last hidden state, {adapter name: adapter output}), before fusion."""
+        """(backbone last hidden state, {adapter name: adapter output}), before fusion: (B, L, H)
+        each, or with `positions` (B, P) only those rows (B, P, H) — the same values for less work
+        (each adapter's last layer computes only those rows; see `KnowledgeAdapter.forward`)."""
         tapped, last = features if features is not None else self.backbone_features(input_ids, attention_mask)
         if len(tapped) != len(self.tap_layers):
             raise ValueError(f"features hold {len(tapped)} tapped states, the model taps {self.tap_layers}")
+        if positions is not None:
+            last = take_rows(last, positions)
         # Cached features are fp16 and a backbone may run in bf16: the adapters compute in their own dtype.
         dtype = self._adapter_dtype()
         if dtype is not None:
             tapped, last = [t.to(dtype) for t in tapped], last.to(dtype)
         by_layer = dict(zip(self.tap_layers, tapped))
         outs = {
-            name: adapter([by_layer[t] for t in adapter.tap_layers], attention_mask)
+            name: adapter([by_layer[t] for t in adapter.tap_layers], attention_mask, positions)
             for name, adapter in self.adapters.items()
         }
         return last, outs
@@ -180,9 +185,13 @@ class KAdapterModel(nn.Module):
         input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         features: Features | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The fused representation (B, L, H); with no adapters, the backbone's last hidden state."""
-        last, outs = self.encode(input_ids, attention_mask, features)
+        """The fused representation (B, L, H); with no adapters, the backbone's last hidden state.
+        With `positions` (B, P): only those rows, (B, P, H). Fusion works row by row, so a task head
+        that reads a few positions gets the same values while the adapters' last layers and the
+        fusion skip every other row."""
+        last, outs = self.encode(input_ids, attention_mask, features, positions)
         return last if self.fusion is None else self.fusion(last, outs)
 
     # ------------------------------------------------------------ accounting

@@ -226,6 +226,40 @@ def test_adapters_with_different_taps_compose_under_every_fusion(tiny, fusion):
         torch.testing.assert_close(out, (projected[0] + projected[1]) / 2)
 
 
+@pytest.mark.parametrize("fusion", ["concat", "add", "gated", None])
+def test_rows_only_forward_equals_the_full_forward_at_those_rows(tiny, fusion):
+    backbone, tokenizer = tiny
+    model = _model(backbone, fusion, lin={"tap_layers": [1, 3]}) if fusion else KAdapterModel(backbone, {}, None, 64)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():  # fresh adapters are near the identity: make them matter
+        if not name.startswith("backbone.") and p.ndim == 2:
+            torch.nn.init.normal_(p, std=0.3)
+    model.eval()
+    ids, mask = _batch(tokenizer, ["The river runs past the mill.", "Paris is big."])
+    positions = torch.tensor([[1, 5, 0], [3, 2, 3]])  # repeated rows and <s> included
+    full = model(ids, mask)
+    rows = model(ids, mask, positions=positions)
+    assert rows.shape == (2, 3, 64)
+    # Same values up to float rounding (matmuls over fewer rows sum in another order).
+    torch.testing.assert_close(rows, full.gather(1, positions.unsqueeze(-1).expand(-1, -1, 64)), rtol=1e-4, atol=1e-4)
+    assert fusion is None or (rows - model(ids, mask)[:, :3]).abs().max() > 1e-3  # the rows really differ
+
+
+def test_task_model_computes_only_the_marker_rows_with_the_same_logits(tiny):
+    from kadapter_cli.finetune import TaskModel
+
+    backbone, tokenizer = tiny
+    body = _model(backbone)
+    for name, p in body.named_parameters():
+        if name.startswith("adapters.") and p.ndim == 2:
+            torch.nn.init.normal_(p, std=0.3)
+    head = RelationHead(64, 5)
+    model = TaskModel(body, head, ("subj_pos", "obj_pos")).eval()
+    ids, mask = _batch(tokenizer, ["The river runs past the mill.", "Paris is big."])
+    batch = {"input_ids": ids, "attention_mask": mask, "subj_pos": torch.tensor([1, 2]), "obj_pos": torch.tensor([4, 1])}
+    torch.testing.assert_close(model(batch), head(body(ids, mask), batch["subj_pos"], batch["obj_pos"]), rtol=1e-4, atol=1e-4)
+
+
 def test_concat_fusion_works_with_one_adapter_and_names_map_to_the_original(tiny):
     backbone, tokenizer = tiny
     shape = backbone_shape(backbone)
