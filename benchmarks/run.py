@@ -35,6 +35,7 @@ class Sizes:
     repeats: int  # timed rounds per ratio (the median is reported)
     warmup: int  # untimed rounds before them
     epoch_examples: int  # examples in an epoch of the cache benchmark
+    epoch_batch_size: int  # its batch: the paper's per-device fac batch (128 over 4 GPUs); `batch_size` also timed
     batches_timed: int  # batches per order sampled from the bucketing benchmark's epoch
     inference_examples: int
     inference_batch_size: int  # evaluation batches are larger than training ones: no gradients to hold
@@ -44,12 +45,12 @@ class Sizes:
     matmul_n: int = 2048
 
 
-QUICK = Sizes(repeats=5, warmup=1, epoch_examples=32, batches_timed=4, inference_examples=32, parse_sentences=300,
+QUICK = Sizes(repeats=5, warmup=1, epoch_examples=128, epoch_batch_size=32, batches_timed=4, inference_examples=32, parse_sentences=300,
               batch_size=8, inference_batch_size=16)
-FULL = Sizes(repeats=7, warmup=2, epoch_examples=128, batches_timed=8, inference_examples=128, parse_sentences=1006,
+FULL = Sizes(repeats=7, warmup=2, epoch_examples=256, epoch_batch_size=32, batches_timed=8, inference_examples=128, parse_sentences=1006,
              batch_size=16, inference_batch_size=32)
 # For tests: a shallow, narrow backbone and a handful of examples; the numbers mean nothing.
-TOY = Sizes(repeats=1, warmup=0, epoch_examples=4, batches_timed=2, inference_examples=4, parse_sentences=5,
+TOY = Sizes(repeats=1, warmup=0, epoch_examples=4, epoch_batch_size=4, batches_timed=2, inference_examples=4, parse_sentences=5,
             batch_size=2, inference_batch_size=2, trex_copies=2, matmul_n=64)
 TOY_SHAPE = BenchShape(layers=4, hidden=64, heads=2, ffn=128, vocab=1000, max_length=32)
 
@@ -68,7 +69,8 @@ def _runners(shape: BenchShape, sizes: Sizes, trex_dump: Path) -> dict[str, Call
     r, w = sizes.repeats, sizes.warmup
     return {
         "adapter_step": lambda: training_bench.adapter_step(shape, r, w, sizes.matmul_n),
-        "cache": lambda: {"cached_epoch_vs_uncached": training_bench.cached_epoch(shape, sizes.epoch_examples, r)},
+        "cache": lambda: {"cached_epoch_vs_uncached": training_bench.cached_epoch(
+            dataclasses.replace(shape, batch_size=sizes.epoch_batch_size), sizes.epoch_examples, r, sizes.batch_size)},
         "buckets": lambda: {"bucketed_vs_padded": training_bench.bucketed_epoch(shape, sizes.batches_timed, r)},
         "inference": lambda: {"composed_inference_vs_backbone": training_bench.composed_inference(
             dataclasses.replace(shape, batch_size=sizes.inference_batch_size), sizes.inference_examples, r, w)},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 
 def interleaved(members: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -24,6 +24,27 @@ def interleaved(members: Mapping[str, Callable[[], object]], repeats: int, warmu
             started = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - started)
+    return times
+
+
+def interleaved_steps(members: Mapping[str, Sequence[Callable[[], object]]], repeats: int) -> dict[str, list[float]]:
+    """Like `interleaved` for members made of steps (an epoch's batches): each round runs step i of
+    every member before step i + 1 of any, and a member's time for the round is the sum of its
+    steps. Pairs run a fraction of a second apart instead of a whole epoch, so a slower spell of a
+    shared machine falls on both members of a ratio."""
+    lengths = {len(steps) for steps in members.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"members have different numbers of steps: {sorted(lengths)}")
+    times: dict[str, list[float]] = {name: [] for name in members}
+    for _ in range(repeats):
+        totals = dict.fromkeys(members, 0.0)
+        for i in range(next(iter(lengths))):
+            for name, steps in members.items():
+                started = time.perf_counter()
+                steps[i]()
+                totals[name] += time.perf_counter() - started
+        for name, total in totals.items():
+            times[name].append(total)
     return times
 
 

@@ -158,17 +158,15 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def epoch(self, examples: Sequence[dict], batches: Sequence[Sequence[int]]) -> Callable[[], None]:
-        """A callable that runs one epoch over `batches` (collation, the cache's gather included).
+    def steps(self, examples: Sequence[dict], batches: Sequence[Sequence[int]]) -> list[Callable[[], None]]:
+        """One callable per batch of an epoch (collation, the cache's gather included), to be timed
+        step by step beside another member (`timing.interleaved_steps`).
 
         One step on the first batch runs here, as warm-up: a whole untimed epoch would double the cost.
         """
         self(self.objective.collate([examples[i] for i in batches[0]]))
-
-        def run() -> None:
-            for indices in batches:
-                self(self.objective.collate([examples[i] for i in indices]))
-        return run
+        return [lambda indices=indices: self(self.objective.collate([examples[i] for i in indices]))
+                for indices in batches]
 
 
 # ---------------------------------------------------------------- FLOPs

@@ -131,3 +131,16 @@ def test_pretraining_relation_logits_equal_the_head_over_every_position():
         logits = model(batch)
     assert logits.shape == (3, 410)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_interleaved_steps_alternates_members_step_by_step_and_sums_each_round():
+    from benchmarks import timing
+
+    calls = []
+    members = {name: [lambda name=name, i=i: calls.append((name, i)) for i in range(3)] for name in ("a", "b")}
+    times = timing.interleaved_steps(members, repeats=2)
+    assert calls == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)] * 2
+    assert {name: len(t) for name, t in times.items()} == {"a": 2, "b": 2}
+    assert all(t >= 0 for ts in times.values() for t in ts)
+    with pytest.raises(ValueError, match="different numbers of steps"):
+        timing.interleaved_steps({"a": members["a"], "b": members["b"][:2]}, repeats=1)
