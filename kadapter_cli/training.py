@@ -632,9 +632,11 @@ def _load_checkpoint(folder: Path, model, optimizer, scheduler, accelerator, con
     from safetensors.torch import load_file
 
     saved = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    saved_config = saved.get("config", {})
-    changed = [f"--{k.replace('_', '-')} {saved_config.get(k)!r} → {getattr(config, k)!r}"
-               for k in _TRAJECTORY_OPTIONS if saved_config.get(k) != getattr(config, k)]
+    # An option a checkpoint does not record (written before the option existed) ran at its default.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    saved_config = {k: saved.get("config", {}).get(k, defaults[k]) for k in _TRAJECTORY_OPTIONS}
+    changed = [f"--{k.replace('_', '-')} {saved_config[k]!r} → {getattr(config, k)!r}"
+               for k in _TRAJECTORY_OPTIONS if saved_config[k] != getattr(config, k)]
     if changed:
         raise BadInput("cannot resume with different training options (" + "; ".join(changed)
                        + "); use the checkpoint's options or start again without --resume", folder)

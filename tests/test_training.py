@@ -108,7 +108,7 @@ def test_only_trainable_parameters_change_and_are_saved(tmp_path):
 
 def test_bf16_autocast_runs_on_cpu(tmp_path):
     model, result = _run(48, _config(epochs=1, precision="bf16"), tmp_path / "run")
-    assert result.steps == 6
+    assert result.steps == 12  # 48 examples, batch 8, 2 epochs: it ran to the end
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -313,6 +313,21 @@ def test_resume_with_changed_training_options_is_refused(tmp_path):
         _run(48, _config(save_every=2), tmp_path / "run", objective=InterruptingObjective(at=5))
     with pytest.raises(BadInput, match=r"cannot resume with different training options \(--lr 0.003 → 0.001\)"):
         _run(48, _config(save_every=2, lr=1e-3), tmp_path / "run", resume=True)
+
+
+def test_checkpoint_from_before_an_option_existed_resumes_at_that_options_default(tmp_path):
+    with pytest.raises(Interrupted):
+        _run(48, _config(save_every=2), tmp_path / "run", objective=InterruptingObjective(at=5))
+    states = list((tmp_path / "run").rglob("state.json"))
+    assert states
+    for state_file in states:  # as written by a version without the AdamW beta options
+        state = json.loads(state_file.read_text())
+        del state["config"]["adam_beta1"], state["config"]["adam_beta2"]
+        state_file.write_text(json.dumps(state))
+    with pytest.raises(BadInput, match=r"--adam-beta2 0.999 → 0.9\b"):
+        _run(48, _config(save_every=2, adam_beta2=0.9), tmp_path / "run", resume=True)
+    _, result = _run(48, _config(save_every=2), tmp_path / "run", resume=True)
+    assert result.steps == 12  # 48 examples, batch 8, 2 epochs: it ran to the end
 
 
 def test_fresh_start_discards_earlier_checkpoints(tmp_path):
