@@ -108,7 +108,7 @@ def test_only_trainable_parameters_change_and_are_saved(tmp_path):
 
 def test_bf16_autocast_runs_on_cpu(tmp_path):
     model, result = _run(48, _config(epochs=1, precision="bf16"), tmp_path / "run")
-    assert result.steps == 12  # 48 examples, batch 8, 2 epochs: it ran to the end
+    assert result.steps == 6
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
