@@ -53,8 +53,7 @@ class TaskModel(nn.Module):
         # and the head then reads row i for its i-th position argument.
         positions = torch.stack([batch[k] for k in self.position_keys], dim=1).long()
         h = self.body(batch["input_ids"], batch["attention_mask"], features, positions)
-        rows = torch.arange(len(self.position_keys), device=h.device)
-        return self.head(h, *(rows[i].expand(h.size(0)) for i in range(len(self.position_keys))))
+        return self.head(h, *(torch.full_like(positions[:, i], i) for i in range(len(self.position_keys))))
 
 
 # ---------------------------------------------------------------- adapters and compositions
