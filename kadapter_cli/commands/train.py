@@ -12,26 +12,23 @@ import typer
 from kadapter_cli.commands import app
 from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config
 from kadapter_cli.errors import BadInput
-from kadapter_cli.training import TrainConfig
 
 # ---------------------------------------------------------------- shared training options
 # Options left at None take the paper's value for the kind / task (see `kadapter_cli.pretrain`,
 # `kadapter_cli.tasks`).
-
-_LOOP = TrainConfig()  # the loop's own defaults for options that do not depend on the kind or task
 
 EPOCHS = typer.Option(None, "--epochs", help="Training epochs (paper default for the kind/task).")
 MAX_STEPS = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps.")
 BATCH_SIZE = typer.Option(None, "--batch-size", help="Examples per batch (per process).")
 LR = typer.Option(None, "--lr", help="Peak learning rate of AdamW.")
 WARMUP = typer.Option(None, "--warmup", help="Warm-up: steps if ≥ 1, share of all steps if < 1.")
-WEIGHT_DECAY = typer.Option(_LOOP.weight_decay, "--weight-decay", help="AdamW weight decay (not on biases and norms).")
-ADAM_EPS = typer.Option(_LOOP.adam_eps, "--adam-eps", help="AdamW epsilon.")
-ADAM_BETA1 = typer.Option(_LOOP.adam_beta1, "--adam-beta1", help="AdamW beta1.")
-ADAM_BETA2 = typer.Option(_LOOP.adam_beta2, "--adam-beta2", help="AdamW beta2 (0.9 as in Dozat & Manning's parser suits the lin pointer head).")
-GRAD_ACCUM = typer.Option(_LOOP.grad_accum, "--grad-accum", help="Micro-batches per optimizer step.")
+WEIGHT_DECAY = typer.Option(0.0, "--weight-decay", help="AdamW weight decay (not on biases and norms).")
+ADAM_EPS = typer.Option(1e-8, "--adam-eps", help="AdamW epsilon.")
+ADAM_BETA1 = typer.Option(0.9, "--adam-beta1", help="AdamW beta1.")
+ADAM_BETA2 = typer.Option(0.999, "--adam-beta2", help="AdamW beta2 (0.9 as in Dozat & Manning's parser suits the lin pointer head).")
+GRAD_ACCUM = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step.")
 MAX_LENGTH = typer.Option(None, "--max-length", help="Longest input in sub-tokens, special tokens included.")
-SEED = typer.Option(_LOOP.seed, "--seed", help="Seed of initialisation, data order and dropout.")
+SEED = typer.Option(42, "--seed", help="Seed of initialisation, data order and dropout.")
 SAVE_EVERY = typer.Option(None, "--save-every", help="Checkpoint every N steps (and at each epoch end).")
 EVAL_EVERY = typer.Option(None, "--eval-every", help="Evaluate on dev every N steps (default: each epoch end).")
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
