@@ -437,3 +437,12 @@ def test_two_processes_under_accelerate_launch_train_a_valid_model(tmp_path):
     rng = torch.load(latest_checkpoint(run) / "rng.pt", weights_only=True)
     assert rng["world_size"] == 2 and not torch.equal(rng["ranks"][0]["torch"], rng["ranks"][1]["torch"])
 
+
+
+def test_cli_defaults_of_loop_options_equal_the_loops_own():
+    # The CLI spells these defaults out (importing the loop at start-up would slow `kadapter --help`).
+    from kadapter_cli.commands import train as train_commands
+
+    defaults = TrainConfig()
+    for name in ("weight_decay", "adam_eps", "adam_beta1", "adam_beta2", "grad_accum", "seed", "log_every"):
+        assert getattr(train_commands, name.upper()).default == getattr(defaults, name), name
