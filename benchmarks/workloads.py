@@ -138,7 +138,8 @@ class TrainStep:
     `zero_grad(set_to_none=True)`. The learning-rate schedule (one multiply) is left out."""
 
     def __init__(self, model: nn.Module, objective, lr: float = 2e-5):
-        from kadapter_cli.training import TrainConfig, _adamw, make_accelerator
+        from kadapter_cli.training import TrainConfig, make_accelerator
+        from kadapter_cli.train_setup import adamw as _adamw
 
         config = TrainConfig(device="cpu", lr=lr)
         self.accelerator = make_accelerator(config)

@@ -1,7 +1,7 @@
 """What the one training loop optimises: fac pretraining, lin pretraining, task fine-tuning.
 
 An objective turns encoded examples into padded batches, computes the loss and the predictions of a
-model on a batch, and scores predictions (`kadapter_cli.training.Objective`). Examples are plain
+model on a batch, and scores predictions (`kadapter_cli.train_config.Objective`). Examples are plain
 dicts made by `kadapter_cli.encoding` / a task's `encode`; when the frozen backbone's features are
 cached, an example also carries `_cache` (a `FeatureCache`) and `_row` (its row there), and the
 batch carries the gathered `features` so the model skips the backbone.

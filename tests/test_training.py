@@ -161,7 +161,7 @@ def test_invalid_options_are_bad_input_naming_the_option(option, value, shown):
 
 
 def test_adamw_takes_betas_and_eps_from_the_config():
-    from kadapter_cli.training import _adamw
+    from kadapter_cli.train_setup import adamw as _adamw
 
     params = [("w", torch.nn.Parameter(torch.zeros(2, 2))), ("b", torch.nn.Parameter(torch.zeros(2)))]
     optimizer = _adamw(params, TrainConfig(adam_beta1=0.8, adam_beta2=0.9, adam_eps=1e-6))

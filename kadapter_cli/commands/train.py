@@ -44,7 +44,7 @@ LOG_EVERY = typer.Option(10, "--log-every", help="Write a train_log.jsonl line e
 
 
 def _train_config(options: dict[str, Any], defaults: dict[str, Any]):
-    from kadapter_cli.training import TrainConfig
+    from kadapter_cli.train_config import TrainConfig
 
     values = {k: (defaults.get(k) if options.get(k) is None else options.get(k)) for k in options}
     for key, value in defaults.items():

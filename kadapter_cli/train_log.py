@@ -1,0 +1,135 @@
+"""The training log (`train_log.jsonl`): windows of step numbers (loss, gradient norm, throughput,
+model TFLOP/s and MFU), appending and truncating log lines on resume, and the progress-bar columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+LOG_FILE = "train_log.jsonl"
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) of common training GPUs, for the MFU column.
+PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
+
+
+class StepWindow:
+    """Training numbers since the last log line.
+
+    Losses and gradient norms stay on the device until the log line, and time is the wall time from
+    the window's first step to the log line (evaluation and saving fall outside windows), so no
+    step waits for the device just to be measured.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        self.status = ""
+
+    def _reset(self) -> None:
+        self.loss_sum = None
+        self.grad_norm_sum = None
+        self.steps = 0
+        self.examples = 0
+        self.tokens = 0
+        self.started: float | None = None
+
+    def start(self) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    def add(self, loss, grad_norm, examples: int, tokens: int) -> None:
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        if grad_norm is not None:
+            grad_norm = grad_norm.detach().float()
+            self.grad_norm_sum = grad_norm if self.grad_norm_sum is None else self.grad_norm_sum + grad_norm
+        self.steps += 1
+        self.examples += examples
+        self.tokens += tokens
+
+    def summary(self, accelerator, flops_per_token: float, peak_flops: float | None) -> dict[str, Any]:
+        """Log fields averaged over the window and summed over processes (a collective: every process calls it)."""
+        import torch
+
+        loss_sum = float(self.loss_sum)  # waits for the device: the window's work is done after this
+        seconds = time.perf_counter() - self.started
+        totals = torch.tensor([loss_sum, float(self.steps), float(self.examples), float(self.tokens), seconds],
+                              dtype=torch.float64, device=accelerator.device)
+        totals = accelerator.reduce(totals, reduction="sum")
+        loss_sum, steps, examples, tokens, seconds = totals.tolist()
+        world = accelerator.num_processes
+        wall = max(seconds / world, 1e-9)  # processes run side by side: their mean time is the wall time
+        record: dict[str, Any] = {
+            "loss": loss_sum / steps,
+            "examples_per_s": round(examples / wall, 2),
+            "tokens_per_s": round(tokens / wall, 1),
+            "ms_per_step": round(1000 * wall / (steps / world), 2),
+            "model_tflops": float(f"{flops_per_token * tokens / wall / 1e12:.4g}"),
+        }
+        if self.grad_norm_sum is not None:
+            record["grad_norm"] = float(self.grad_norm_sum) / self.steps
+        if peak_flops:
+            record["mfu"] = round(flops_per_token * tokens / wall / (peak_flops * world), 4)
+        record.update(_examples=int(examples), _tokens=int(tokens), _seconds=wall)
+        self.status = f"loss {record['loss']:.4f} · {record['examples_per_s']:.0f} ex/s · {record['ms_per_step']:.0f} ms/step"
+        self._reset()
+        return record
+
+
+
+def append_log(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drops log lines written after the checkpoint we resume from: they will be written again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in log_lines(path):
+        record = json.loads(line)
+        if record.get("step", 0) <= step and "best_dev" not in record:  # the end-of-run summary is rewritten
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def log_lines(path: Path) -> Iterator[str]:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        yield line
+
+
+def flops_per_token(model) -> float:
+    """Approximate training FLOPs per token: 2·N forward over all weights + 4·N backward over trainable ones.
+
+    Attention's L² term is left out (small at these lengths); a cached backbone that is skipped
+    makes this an overestimate.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 2.0 * total + 4.0 * trainable
+
+
+def peak_flops(device, precision: str) -> float | None:
+    import torch
+
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for gpu, peak in PEAK_FLOPS.items() if gpu in name), None)
+
+
+def progress_columns() -> list:
+    from rich.progress import TextColumn
+
+    return [TextColumn("{task.fields[status]}")]

@@ -1,0 +1,84 @@
+"""The pieces a run is built from: the Accelerate `Accelerator` for `--device` / `--precision`, AdamW,
+the warm-up + linear-decay schedule, and the out-of-memory error that names what to lower."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kadapter_cli.errors import BadInput
+from kadapter_cli.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+
+class TrainingOutOfMemory(BadInput):
+    """Training or evaluation ran out of device or host memory; the message names what to lower."""
+
+
+def make_accelerator(config: TrainConfig) -> "Accelerator":
+    """An `Accelerator` for `--device` / `--precision`; the launcher (if any) decides the processes."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is visible to this process")
+    on_cpu = config.device == "cpu" or not torch.cuda.is_available()
+    if config.precision == "fp16" and on_cpu:
+        raise BadInput("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision]
+    # Gradient accumulation is the loop's own (`groups` of micro-batches), not Accelerate's counter:
+    # checkpoints then fall on optimizer-step boundaries and an epoch's short last group is averaged
+    # over its own size.
+    # cpu=True also on a machine without CUDA: only then does Accelerate join processes started by
+    # torchrun / `accelerate launch --multi_gpu` over gloo instead of running each one alone.
+    try:
+        return Accelerator(cpu=on_cpu, mixed_precision=mixed)
+    except ValueError as e:
+        # Accelerate's state is process-wide: a second run in one process (a pipeline, a test) with
+        # another precision or device must reset it. Under a multi-process launch it cannot be.
+        if "already been initialized" not in str(e) or PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state()
+        return Accelerator(cpu=on_cpu, mixed_precision=mixed)
+
+
+def adamw(named_params: list, config: TrainConfig):
+    import torch
+
+    # Decay matrices only: decaying biases and LayerNorm gains pulls them towards 0 for no benefit.
+    decay = [p for n, p in named_params if p.ndim >= 2]
+    no_decay = [p for n, p in named_params if p.ndim < 2]
+    param_groups = [g for g in ({"params": decay, "weight_decay": config.weight_decay},
+                                {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    # The fused kernel updates every parameter in one pass: the per-tensor loop costs 3-5x more per
+    # step, which is a tenth of an adapter step on CPU (benchmarks/RESULTS.md).
+    fused = all(p.device.type in ("cpu", "cuda") for _, p in named_params)
+    return torch.optim.AdamW(param_groups, lr=config.lr, eps=config.adam_eps,
+                             betas=(config.adam_beta1, config.adam_beta2), fused=fused)
+
+
+def warmup_then_linear_decay(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: 0 → 1 over `warmup` steps, then linearly to 0 at `total` (as HF's linear schedule)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    message = str(error)
+    return "out of memory" in message or "can't allocate memory" in message or "not enough memory" in message
+
+
+def out_of_memory(where: str, batch_examples: int, longest: int) -> TrainingOutOfMemory:
+    return TrainingOutOfMemory(
+        f"out of memory during {where} (batch of {batch_examples} examples, longest {longest} tokens); "
+        "lower --batch-size (raise --grad-accum to keep the effective batch), --max-length, "
+        "or --cache-budget (--cache-features off turns the feature cache off)"
+    )
