@@ -272,13 +272,13 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 
 def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], spec: FinetuneSpec, pad_id: int,
                               config: TrainConfig, run_dir: Path) -> str | None:
-    """With a frozen backbone, its tapped states (+ last) are computed once per example."""
+    """With a frozen backbone, its tapped states (+ last) are computed once per sequence. An example
+    with candidates gets one cache row per candidate (`_row` is then their list, in candidate order)."""
     from kadapter_cli.feature_cache import attach_cache
 
     body = model.body
-    if any(is_choices(ex["input_ids"]) for split in splits for ex in split[:1]):
-        info("feature cache: off (it holds one sequence per example; this task has candidates)")
-        return None
+    sequences = [[{"input_ids": seq} for ex in split for seq in ex["input_ids"]]
+                 if split and is_choices(split[0]["input_ids"]) else split for split in splits]
     device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
     if spec.cache_features != "off":
         body.backbone.to(device)
@@ -288,9 +288,17 @@ def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], sp
             tapped, last = body.backbone_features(input_ids.to(device), attention_mask.to(device))
             return [t.clone() for t in (*tapped, last)]
 
-    return attach_cache(splits, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
-                        batch_size=max(config.batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
+    storage = attach_cache(sequences, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
+                           batch_size=max(config.batch_size, 32), mode=spec.cache_features,
+                           budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
+    for split, seqs in zip(splits, sequences):
+        if storage is None or seqs is split:
+            continue
+        rows = iter(seqs)
+        for ex in split:
+            candidates = [next(rows) for _ in ex["input_ids"]]
+            ex["_cache"], ex["_row"] = candidates[0]["_cache"], [c["_row"] for c in candidates]
+    return storage
 
 
 # ---------------------------------------------------------------- the finetuned artifact
