@@ -219,7 +219,8 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         cached = None
         if spec.freeze_backbone:
             cached = attach_task_feature_cache(model, list(encoded.values()), spec, pad_id, config, run_dir)
-        result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume)
+        result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume,
+                       hparams=manifest_config)
         results: dict[str, dict] = {}
         for split in ("dev", "test"):
             if split not in encoded:

@@ -240,7 +240,8 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         cached = attach_feature_cache(model, [train_examples, dev_examples], spec, pad_id, config, run_dir)
         if cached:
             model.backbone = None  # every batch now carries its features
-        result = train(model, objective, train_examples, dev_examples, config, run_dir, resume=resume)
+        result = train(model, objective, train_examples, dev_examples, config, run_dir, resume=resume,
+                       hparams=manifest_config)
         save_adapter(run_dir, adapter, adapter_config, head)
         summary = {"dev": result.best_metrics, "best_step": result.best_step, "steps": result.steps,
                    "throughput": result.throughput, "feature_cache": cached or "off"}
