@@ -22,6 +22,7 @@ import torch
 
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, count_parameters, save_adapter, state_dict_problems
 from kadapter_cli.artifacts import atomic_output, read_json, sha256_inputs, write_manifest
+from kadapter_cli.model_card import adapter_card, write_card
 from kadapter_cli.backbone import BackboneShape
 from kadapter_cli.errors import BadInput
 from kadapter_cli.heads import build_head
@@ -205,20 +206,13 @@ def import_original(
     written = []
     for (kind, path, (adapter, config, head)), target in zip(converted, targets):
         inputs = sha256_inputs([path] + ([relations] if relations is not None and kind == "fac" else []))
+        manifest_config = _manifest_config(config, path, relations if kind == "fac" else None)
+        stats = {"adapter_parameters": count_parameters(adapter), "head_parameters": count_parameters(head),
+                 "tensors": len(adapter.state_dict()) + len(head.state_dict())}
         with atomic_output(target, overwrite=overwrite) as tmp:
             save_adapter(tmp, adapter, config, head)
-            write_manifest(
-                tmp,
-                "adapter",
-                config=_manifest_config(config, path, relations if kind == "fac" else None),
-                inputs=inputs,
-                stats={
-                    "adapter_parameters": count_parameters(adapter),
-                    "head_parameters": count_parameters(head),
-                    "tensors": len(adapter.state_dict()) + len(head.state_dict()),
-                },
-                command=command,
-            )
+            write_card(tmp, adapter_card(config, {}, inputs, manifest_config, stats, command=command))
+            write_manifest(tmp, "adapter", config=manifest_config, inputs=inputs, stats=stats, command=command)
         written.append(target)
     return written
 
