@@ -149,3 +149,21 @@ def test_report_of_an_empty_or_missing_folder(tmp_path):
     assert "no finetuned runs or adapters found" in result.stdout
     result = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "no such folder" in result.stderr
+
+
+def test_demo_artifacts_carry_model_cards(demo):
+    from kadapter_cli.artifacts import verify_files
+    from test_model_card import read_card
+
+    workdir, _ = demo
+    out = workdir / "finetuned" / "openentity-fac+lin"
+    verify_files(out)  # README.md is listed with its sha256
+    meta, body = read_card(out)
+    test = _metrics(workdir, "openentity-fac+lin")["test"]
+    results = {r["dataset"]["split"]: {m["type"]: m["value"] for m in r["metrics"]} for r in meta["model-index"][0]["results"]}
+    assert results["test"]["f1"] == pytest.approx(test["f1"]) and set(results) == {"dev", "test"}
+    assert meta["license"] == "mit" and meta["datasets"] == ["kadapter demo data"]  # the bundled, generated data
+    assert {"fac-adapter", "lin-adapter", "openentity"} <= set(meta["tags"])
+    assert "- `fac` (fac): taps" in body and "load_finetuned(" in body and "kadapter predict" in body
+    meta, _ = read_card(workdir / "adapters" / "lin")
+    assert meta["datasets"] == ["kadapter demo data"]  # parsed/ made from the demo corpus
