@@ -205,13 +205,13 @@ def format_cell(metric: dict[str, Any] | None, with_paper: bool) -> str:
     text = "–"
     if "mean" in metric:
         text = f"{100 * metric['mean']:.2f}" + (f" ± {100 * metric['std']:.2f}" if metric["n"] > 1 else "")
-    if with_paper:
-        text += f" ({100 * metric['paper']:.2f})" if metric.get("paper") is not None else " (–)"
+    if with_paper and metric.get("paper") is not None:
+        text += f" ({100 * metric['paper']:.2f})"
     return text
 
 
-def _headers(report: dict[str, Any]) -> list[str]:
-    return [f"{task} {SHORT.get(m, m)}" for task, metrics in report["tasks"].items() for m in metrics]
+def _headers(report: dict[str, Any], separator: str = " ") -> list[str]:
+    return [f"{task}{separator}{SHORT.get(m, m)}" for task, metrics in report["tasks"].items() for m in metrics]
 
 
 def _row_cells(report: dict[str, Any], row: dict[str, Any]) -> list[str]:
@@ -225,25 +225,30 @@ def _runs_count(row: dict[str, Any]) -> str:
     return "/".join(map(str, counts))
 
 
-def print_tables(report: dict[str, Any], console=None) -> None:
-    """The rich tables: finetuned runs in the paper's layout, then the adapters' dev scores."""
+def print_tables(report: dict[str, Any], console=None, adapters: bool = True) -> None:
+    """The rich tables: finetuned runs in the paper's layout, then (`adapters`) the adapters' dev scores."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     if report["rows"]:
-        caption = "mean ± std over seeds; scores ×100"
+        caption = "scores ×100, mean ± std over seeds"
         if "paper_source" in report:
-            caption += "; (paper) in brackets: " + report["paper_source"]
-        table = Table(title=f"Fine-tuned runs, {report['split']} split", caption=caption)
+            caption += "; (in brackets) the paper's: Findings of ACL 2021, RoBERTa-large"
+        tasks = list(report["tasks"])
+        # One task: its name in the title and the metric alone in each header, so narrow terminals fit.
+        title = f"Fine-tuned runs: {tasks[0]}, {report['split']} split" if len(tasks) == 1 else \
+            f"Fine-tuned runs, {report['split']} split"
+        table = Table(title=title, caption=caption)
         table.add_column("adapters", no_wrap=True)
         table.add_column("runs", justify="right")
-        for header in _headers(report):
+        headers = [SHORT.get(m, m) for m in report["tasks"][tasks[0]]] if len(tasks) == 1 else _headers(report, "\n")
+        for header in headers:
             table.add_column(header, justify="right")
         for row in report["rows"]:
             table.add_row(row["adapters"], _runs_count(row), *_row_cells(report, row))
         console.print(table)
-    if report["adapters"]:
+    if adapters and report["adapters"]:
         table = Table(title="Knowledge adapters, dev split")
         for col in ("adapter", "kind", "runs", "metric", "value"):
             table.add_column(col, justify="right" if col in ("runs", "value") else "left", no_wrap=True)
@@ -379,7 +384,8 @@ def _headline_figure(report: dict[str, Any]):
         xs = list(range(len(labels)))
         width = 0.4 if with_paper else 0.6
         shift = width / 2 if with_paper else 0.0
-        bars = ax.bar([x - shift for x in xs], means, width, yerr=stds, capsize=3, label="kadapter", color="#4C72B0")
+        errors = stds if any(stds) else None  # no error bars for single runs
+        bars = ax.bar([x - shift for x in xs], means, width, yerr=errors, capsize=3, label="kadapter", color="#4C72B0")
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
         if with_paper:
             ax.bar([x + shift for x in xs], papers, width, label="paper", color="#DD8452", hatch="//", alpha=0.8)

@@ -90,8 +90,9 @@ def demo_cli(
         from kadapter_cli.report import build_report, collect, print_tables
 
         _print_demo_tables(summary)
-        # `kadapter report --paper` on the workdir: the paper-style table, the paper's numbers beside.
-        print_tables(build_report(collect([pipeline.workdir]), paper=True))
+        # `kadapter report --paper` on the workdir: the paper-style table, the paper's numbers beside
+        # (the adapters' table above already has their scores).
+        print_tables(build_report(collect([pipeline.workdir]), paper=True), adapters=False)
 
 
 def _pct(value) -> str:
