@@ -157,18 +157,7 @@ def adapter_card(config, metrics: dict[str, Any], inputs: Sequence[dict], settin
         "",
         *shape,
         "",
-        "## Training data",
-        "",
-        _data_section(inputs, license_),
-        "",
-        "## Training",
-        "",
-        "```bash",
-        command_line(command),
-        "```",
-        "",
-        _settings_line(settings),
-        "",
+        *_provenance(inputs, license_, command, settings),
         "## Results",
         "",
         _metrics_table(dev),
@@ -225,18 +214,7 @@ def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequen
         f"- max length {model_config.get('max_length')} sub-tokens",
         *param_lines,
         "",
-        "## Training data",
-        "",
-        _data_section(inputs, license_),
-        "",
-        "## Training",
-        "",
-        "```bash",
-        command_line(command),
-        "```",
-        "",
-        _settings_line(settings),
-        "",
+        *_provenance(inputs, license_, command, settings),
         "## Results",
         "",
         f"Headline metrics of {task.name} (kadapter_cli/metrics.py, the paper's scorers); all metrics are in `metrics.json`.",
@@ -259,6 +237,12 @@ def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequen
         "`manifest.json` lists the sha256 of every file in this folder, this card included.",
         "",
     ])
+
+
+def _provenance(inputs: Sequence[dict], license_, command: Sequence[str] | None, settings: dict[str, Any]) -> list[str]:
+    """The card's "Training data" and "Training" sections: files with sha256, license, command, settings."""
+    return ["## Training data", "", _data_section(inputs, license_), "", "## Training", "", "```bash",
+            command_line(command), "```", "", _settings_line(settings), ""]
 
 
 def _settings_line(settings: dict[str, Any]) -> str:

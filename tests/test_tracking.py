@@ -13,30 +13,10 @@ from kadapter_cli import tracking
 from kadapter_cli.artifacts import verify_files
 from kadapter_cli.training import TrainConfig, train
 
+from test_training import InterruptingObjective, Interrupted, _config
 from train_toy import ToyObjective, build_model, toy_examples
 
 EXTRA_HINT = "pip install kadapter[tracking]"
-
-
-class Interrupted(Exception):
-    pass
-
-
-class InterruptingObjective(ToyObjective):
-    def __init__(self, at: int):
-        super().__init__()
-        self.at, self.calls = at, 0
-
-    def loss(self, model, batch):
-        self.calls += 1
-        if self.calls == self.at:
-            raise Interrupted
-        return super().loss(model, batch)
-
-
-def _config(**overrides) -> TrainConfig:
-    defaults = dict(epochs=2, batch_size=8, lr=3e-3, warmup=0.1, log_every=2, seed=7, device="cpu")
-    return TrainConfig(**{**defaults, **overrides})
 
 
 def _run(config: TrainConfig, run_dir: Path, objective=None, resume: bool = False, hparams=None):
