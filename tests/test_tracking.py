@@ -110,6 +110,40 @@ def test_a_tracker_that_is_not_installed_names_the_extra(cli, tmp_path, monkeypa
     assert result.exit_code == 2 and "unknown tracker 'tensorbored'" in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.slow
+def test_under_two_processes_only_the_main_one_writes_tracker_files(tmp_path):
+    import subprocess
+    import sys
+
+    from test_training import TOY_SCRIPT, _env
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    if not accelerate.exists():
+        pytest.skip(f"no accelerate launcher beside {sys.executable}")
+    run = tmp_path / "run"
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+               str(TOY_SCRIPT), str(run), "--epochs", "1", "--seed", "3", "--report-to", "tensorboard"]
+    done = subprocess.run(command, env={**_env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
+                          timeout=180)
+    if done.returncode != 0 and not (run / "train_log.jsonl").exists():
+        pytest.skip(f"accelerate launch could not start two CPU processes here:\n{done.stderr[-1500:]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    event_files = sorted((run / "tracking" / "run").rglob("events.out.tfevents.*"))
+    assert len(event_files) == 2  # one scalar writer and one hparams writer, both of the main process
+    train_lines, _ = _log(run)
+    assert sorted(train_lines) == [5, 10, 15]  # 240 examples / 8 = 30 batches, 15 per process
+    assert [s for s, _ in _tensorboard_scalars(run / "tracking" / "run")["train/loss"]] == [5, 10, 15]
+
+
+def test_cli_defaults_of_the_tracking_options_equal_the_loops_own():
+    from kadapter_cli.commands import train as train_commands
+
+    defaults = TrainConfig()
+    for name in ("report_to", "run_name", "tracking_dir"):
+        assert getattr(train_commands, name.upper()).default == getattr(defaults, name), name
+
+
 def test_report_to_spellings():
     assert tracking.parse_report_to("none") == [] and tracking.parse_report_to(None) == []
     assert tracking.parse_report_to("tensorboard") == ["tensorboard"]
