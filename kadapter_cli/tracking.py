@@ -158,7 +158,14 @@ class RunTracker:
                 # server or database given in MLFLOW_TRACKING_URI wins.
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
                 mlflow.set_tracking_uri(self.dir.resolve().as_uri())
-            accelerator.init_trackers(PROJECT)
+            try:
+                accelerator.init_trackers(PROJECT)
+            except Exception as e:  # noqa: BLE001 - a tracker's own failure (no network, bad URI) is the user's to fix
+                self._close_started()
+                hint = "; wandb without network needs WANDB_MODE=offline" if "wandb" in self.names else ""
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise BadInput(f"--report-to {','.join(self.names)}: a tracker did not start "
+                               f"({type(e).__name__}: {reason}){hint}") from e
             for tracker in accelerator.trackers:
                 # MLflow refuses to store a parameter twice: a reopened run keeps its first start's.
                 if not (self.resumed and tracker.name == "mlflow"):
@@ -192,6 +199,16 @@ class RunTracker:
             for tracker in self.accelerator.trackers:
                 tracker.finish()
             self.accelerator.trackers = []
+        self.accelerator = None
+
+    def _close_started(self) -> None:
+        """After a failed start: closes the trackers that did start, ignoring those that did not."""
+        for tracker in self.accelerator.trackers:
+            try:
+                tracker.finish()
+            except Exception:  # noqa: BLE001 - never started: nothing to close
+                pass
+        self.accelerator.trackers = []
         self.accelerator = None
 
     def _read_ids(self) -> dict[str, str]:

@@ -131,10 +131,10 @@ def train(
             (run_dir / BEST_WEIGHTS).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
 
-    tracker.start(accelerator)
     loop = _Loop(accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths, dev,
                  config, run_dir, state, total_steps, tracker)
     try:
+        tracker.start(accelerator)
         if state.step < total_steps:
             loop.run()
         elif is_main:

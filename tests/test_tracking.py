@@ -171,6 +171,15 @@ def test_wandb_offline_run_holds_the_metrics_and_resumes_the_same_run(tmp_path, 
     assert b"train/loss" in content and b"dev/accuracy" in content and b"adam_beta2" in content
 
 
+def test_a_tracker_that_cannot_start_stops_the_run_with_its_reason(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason=f"mlflow is not installed ({EXTRA_HINT})")
+    from kadapter_cli.errors import BadInput
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus-scheme://nowhere")
+    with pytest.raises(BadInput, match=r"--report-to mlflow: a tracker did not start \(\w+"):
+        _run(_config(report_to="mlflow"), tmp_path / "run")
+
+
 def test_mlflow_file_store_holds_the_metrics_at_their_steps(tmp_path):
     pytest.importorskip("mlflow", reason=f"mlflow is not installed ({EXTRA_HINT})")
     from mlflow.tracking import MlflowClient
