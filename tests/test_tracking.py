@@ -180,6 +180,24 @@ def test_a_tracker_that_cannot_start_stops_the_run_with_its_reason(tmp_path, mon
         _run(_config(report_to="mlflow"), tmp_path / "run")
 
 
+def test_finetune_reports_to_wandb_offline_under_its_run_name(cli, tiny_backbone, monkeypatch):
+    pytest.importorskip("wandb", reason=f"wandb is not installed ({EXTRA_HINT})")
+    from kadapter_cli.pipeline import DEMO_DATA
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = cli("finetune", "--task", "openentity", "--data", DEMO_DATA / "typing", "--backbone", tiny_backbone,
+                 "--limit", "32", "--max-steps", "4", "--log-every", "2", "--batch-size", "8", "--max-length", "48",
+                 "--freeze-backbone", "--report-to", "wandb", "--run-name", "oe-fl-s1")
+    assert result.exit_code == 0, result.output
+    out = cli.workdir / "finetuned" / "openentity-base"
+    run_id = json.loads((out / "tracking" / "run-ids.json").read_text())["wandb"]
+    [record] = (out / "tracking" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    content = record.read_bytes()
+    assert b"oe-fl-s1" in content and b"train/loss" in content and b"dev/f1" in content
+    verify_files(out)  # the wandb files are part of the artifact and listed in its manifest
+
+
 def test_mlflow_file_store_holds_the_metrics_at_their_steps(tmp_path):
     pytest.importorskip("mlflow", reason=f"mlflow is not installed ({EXTRA_HINT})")
     from mlflow.tracking import MlflowClient
