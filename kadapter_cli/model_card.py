@@ -89,7 +89,8 @@ def _metrics_table(splits: dict[str, dict[str, Any]], names: Sequence[str] | Non
     for split, metrics in splits.items():
         for name, value in (metrics or {}).items():
             if (names is None or name in names) and isinstance(value, (int, float)) and not isinstance(value, bool):
-                rows.append(f"| {split} | {name} | {value:.4f} |" if isinstance(value, float) else f"| {split} | {name} | {value} |")
+                shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+                rows.append(f"| {split} | {name} | {shown} |")
     return "\n".join(rows) if len(rows) > 2 else "No metrics were recorded (no dev data)."
 
 
@@ -140,7 +141,8 @@ def adapter_card(config, metrics: dict[str, Any], inputs: Sequence[dict], settin
         f"hidden size {config.backbone_hidden_size}), frozen",
         f"- taps (backbone hidden states read; 0 = embeddings): {', '.join(map(str, config.tap_layers))}",
         f"- adapter width {config.adapter_width}, {config.layers_per_tap} transformer layers per tap, "
-        f"{config.num_heads} heads, FFN {config.ffn_size}, padding {'masked' if config.mask_padding else 'attended (as the original code)'}",
+        f"{config.num_heads} heads, FFN {config.ffn_size}, padding "
+        + ("masked" if config.mask_padding else "attended (as the original code)"),
         f"- parameters: {stats.get('parameters', stats.get('adapter_parameters', '?')):,} in the adapter, "
         f"{stats.get('head_parameters', '?'):,} in the pretraining head (`{config.head.get('type', '?')}`)",
         f"- max length {config.max_length} sub-tokens",
@@ -189,9 +191,11 @@ def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequen
     adapters = model_config.get("adapters", [])
     license_ = data_license(task.name, inputs if task_inputs is None else task_inputs)
     headline = list(task.headline_metrics)
-    splits = {s: {k: v for k, v in (metrics.get(s) or {}).items() if k in headline} for s in ("dev", "test") if s in metrics}
+    splits = {s: {k: v for k, v in (metrics.get(s) or {}).items() if k in headline}
+              for s in ("dev", "test") if s in metrics}
     task_type = "text-classification"
-    meta = _meta(model_config["backbone"], ["kadapter", "k-adapter", task.name, *(f"{a['config']['kind']}-adapter" for a in adapters)],
+    tags = ["kadapter", "k-adapter", task.name, *(f"{a['config']['kind']}-adapter" for a in adapters)]
+    meta = _meta(model_config["backbone"], tags,
                  license_, _model_index(name, task_type, task.name, task.name, splits))
     adapter_lines = [f"- `{a['name']}` ({a['config']['kind']}): taps {', '.join(map(str, a['config']['tap_layers']))}, "
                      f"width {a['config']['adapter_width']}, {a['config']['layers_per_tap']} layers per tap, frozen"
@@ -217,7 +221,8 @@ def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequen
         *_provenance(inputs, license_, command, settings),
         "## Results",
         "",
-        f"Headline metrics of {task.name} (kadapter_cli/metrics.py, the paper's scorers); all metrics are in `metrics.json`.",
+        f"Headline metrics of {task.name} (kadapter_cli/metrics.py, the paper's scorers); "
+        "all metrics are in `metrics.json`.",
         "",
         _metrics_table(splits),
         "",

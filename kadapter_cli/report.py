@@ -132,9 +132,10 @@ def group_rows(runs: list[Run], group: str) -> list[Row]:
     """Runs → rows by adapter set (`group` = "task" or "kind" says which cells they fill)."""
     rows: dict[str, Row] = {}
     for run in runs:
-        label = run.label + _variant(run, [r for r in runs if r.label == run.label and getattr(r, group) == getattr(run, group)])
-        row = rows.setdefault(label, Row(label, run.paper_key, (len(run.adapters), [KIND_ORDER.get(k, 9) for k in run.kinds], label)))
-        row.cells.setdefault(getattr(run, group), []).append(run)
+        cell = getattr(run, group)
+        label = run.label + _variant(run, [r for r in runs if r.label == run.label and getattr(r, group) == cell])
+        order = (len(run.adapters), [KIND_ORDER.get(k, 9) for k in run.kinds], label)
+        rows.setdefault(label, Row(label, run.paper_key, order)).cells.setdefault(cell, []).append(run)
     return sorted(rows.values(), key=lambda r: r.sort_key)
 
 
@@ -172,7 +173,8 @@ def build_report(runs: list[Run], split: str = "test", paper: bool = False) -> d
                 metrics[name] = summarize(values) if values else None
                 if reference is not None:
                     paper_value = reference["results"].get(row.paper_key, {}).get(task, {}).get(name)
-                    metrics[name] = {**(metrics[name] or {}), "paper": None if paper_value is None else round(paper_value / 100, 6)}
+                    paper_fraction = None if paper_value is None else round(paper_value / 100, 6)
+                    metrics[name] = {**(metrics[name] or {}), "paper": paper_fraction}
             cells[task] = {"runs": [str(r.path) for r in members], "metrics": metrics}
         entry = {"adapters": row.label, "cells": cells}
         if reference is not None:
@@ -271,8 +273,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["| " + " | ".join([row["adapters"], _runs_count(row), *_row_cells(report, row)]) + " |"
                   for row in report["rows"]]
     if report["adapters"]:
-        lines += ["", "| adapter | kind | runs | metric | value |", "|---|---|---|---|---|"] if lines else [
-            "| adapter | kind | runs | metric | value |", "|---|---|---|---|---|"]
+        lines += ([""] if lines else []) + ["| adapter | kind | runs | metric | value |", "|---|---|---|---|---|"]
         for entry in report["adapters"]:
             lines += [f"| {entry['adapter']} | {entry['kind']} | {len(entry['runs'])} | {SHORT.get(m, m)} | "
                       f"{format_cell(v, False)} |" for m, v in entry["metrics"].items()]
@@ -391,7 +392,8 @@ def _headline_figure(report: dict[str, Any]):
             ax.bar([x + shift for x in xs], papers, width, label="paper", color="#DD8452", hatch="//", alpha=0.8)
             ax.legend(fontsize=8)
         ax.set_xticks(xs, labels, rotation=20, fontsize=8)
-        ax.set(title=f"{task}: {report['split']} {SHORT.get(metric, metric)}", ylabel=f"{SHORT.get(metric, metric)} (×100)",
+        short = SHORT.get(metric, metric)
+        ax.set(title=f"{task}: {report['split']} {short}", ylabel=f"{short} (×100)",
                ylim=(0, 100))
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
