@@ -213,12 +213,13 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     if spec.freeze_backbone:
         model.body.freeze_backbone()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    objective = TaskObjective(pad_id, task, labels)
+    pad_to = model.body.padded_length(spec.max_length)
+    objective = TaskObjective(pad_id, task, labels, pad_to)
 
     with artifacts.atomic_output(spec.out, overwrite=overwrite, resume=resume, resumable=True) as run_dir:
         cached = None
         if spec.freeze_backbone:
-            cached = attach_task_feature_cache(model, list(encoded.values()), spec, pad_id, config, run_dir)
+            cached = attach_task_feature_cache(model, list(encoded.values()), spec, pad_id, config, run_dir, pad_to)
         result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume)
         results: dict[str, dict] = {}
         for split in ("dev", "test"):
@@ -241,7 +242,7 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 
 
 def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], spec: FinetuneSpec, pad_id: int,
-                              config: TrainConfig, run_dir: Path) -> str | None:
+                              config: TrainConfig, run_dir: Path, pad_to: int | None = None) -> str | None:
     """With a frozen backbone, its tapped states (+ last) are computed once per example."""
     from kadapter_cli.feature_cache import attach_cache
 
@@ -257,7 +258,7 @@ def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], sp
 
     return attach_cache(splits, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
                         batch_size=max(config.batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
+                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to)
 
 
 def write_predictions(path: Path, examples: Sequence[dict], outputs: Sequence[list[str]]) -> None:
@@ -342,7 +343,7 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
     path = task.task_files(data_dir)[split]
     records = task.read(path)
     examples = encode_split(task, tokenizer, records, labels, config["max_length"], path, f"encoding {split}")
-    objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels)
+    objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
     metrics, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
     if out is not None:
         with artifacts.atomic_output(out, overwrite=overwrite) as tmp:
@@ -368,7 +369,7 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
             raise BadInput(str(e), input_path, i) from None
         ex["gold"] = known
         examples.append(ex)
-    objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels)
+    objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
     _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
     return [{"index": i, "gold": task.gold(rec), "pred": pred} for i, (rec, pred) in enumerate(zip(records, outputs))]
 

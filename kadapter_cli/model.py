@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, take_rows
-from kadapter_cli.backbone import BackboneShape, backbone_shape, tapped_states
+from kadapter_cli.backbone import BackboneShape, backbone_shape, padding_position_ids, tapped_states
 from kadapter_cli.errors import BadInput
 from kadapter_cli.fusion import make_fusion
 
@@ -137,16 +137,35 @@ class KAdapterModel(nn.Module):
             self.get_submodule(path).eval()
         return self
 
+    # ------------------------------------------------------------ padding
+
+    @property
+    def attends_to_padding(self) -> bool:
+        """Whether an adapter attends to padded positions (`mask_padding: false`, as imported ones do)."""
+        return any(not adapter.config.mask_padding for adapter in self.adapters.values())
+
+    def padded_length(self, max_length: int) -> int | None:
+        """The length every batch must be padded to: `max_length` when an adapter attends to padding,
+        else None (each batch to its own longest sequence).
+
+        An adapter that attends to padding gives a real token an output that depends on how many pad
+        states follow and what they hold. The original padded every sequence to its max length with
+        the backbone's pad-token states, which is what such an adapter learned with; doing the same
+        makes its outputs at real tokens independent of the batch a record lands in.
+        """
+        return max_length if self.attends_to_padding else None
+
     # ------------------------------------------------------------ forward
 
     def backbone_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Features:
         """(tapped states at `self.tap_layers`, last hidden state): what the feature cache stores."""
         if self.backbone is None:
             raise ValueError("this model has no backbone: pass precomputed `features`")
+        positions = padding_position_ids(self.backbone, input_ids) if self.attends_to_padding else None
         # A frozen backbone needs no autograd graph: its inputs are token ids, its weights fixed.
         grad = contextlib.nullcontext() if not self.is_frozen("backbone") else torch.no_grad()
         with grad:
-            return tapped_states(self.backbone, input_ids, attention_mask, self.tap_layers)
+            return tapped_states(self.backbone, input_ids, attention_mask, self.tap_layers, positions)
 
     def encode(
         self,

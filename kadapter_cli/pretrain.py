@@ -19,7 +19,7 @@ from torch import nn
 
 from kadapter_cli import artifacts
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, save_adapter, take_rows
-from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer, tapped_states
+from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer, padding_position_ids, tapped_states
 from kadapter_cli.encoding import encode_dependency, encode_relation
 from kadapter_cli.errors import BadInput
 from kadapter_cli.heads import build_head
@@ -158,8 +158,10 @@ class AdapterPretrainer(nn.Module):
         """[tapped states..., last hidden state] without autograd."""
         # no_grad, not inference_mode: inference tensors cannot be saved for the adapter's backward,
         # so they would need a copy of every state at every step.
+        # An adapter that attends to padding reads pad-token states numbered as the original did.
+        positions = None if self.adapter.config.mask_padding else padding_position_ids(self.backbone, input_ids)
         with torch.no_grad():
-            tapped, last = tapped_states(self.backbone, input_ids, attention_mask, self.adapter.tap_layers)
+            tapped, last = tapped_states(self.backbone, input_ids, attention_mask, self.adapter.tap_layers, positions)
         return [*tapped, last]
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -233,11 +235,14 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     adapter = KnowledgeAdapter(adapter_config)
     head = build_head(adapter_config.head, shape.hidden_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    objective = RelationObjective(pad_id, relations) if spec.kind == "fac" else DependencyObjective(pad_id)
+    # An adapter that attends to padding learns with every sequence padded to max length, as the original.
+    pad_to = None if spec.mask_padding else spec.max_length
+    objective = (RelationObjective(pad_id, relations, pad_to) if spec.kind == "fac"
+                 else DependencyObjective(pad_id, pad_to))
     model = AdapterPretrainer(backbone, adapter, head, adapter_config.head["type"])
 
     with artifacts.atomic_output(spec.out, overwrite=overwrite, resume=resume, resumable=True) as run_dir:
-        cached = attach_feature_cache(model, [train_examples, dev_examples], spec, pad_id, config, run_dir)
+        cached = attach_feature_cache(model, [train_examples, dev_examples], spec, pad_id, config, run_dir, pad_to)
         if cached:
             model.backbone = None  # every batch now carries its features
         result = train(model, objective, train_examples, dev_examples, config, run_dir, resume=resume)
@@ -257,7 +262,7 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
 
 
 def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]], spec: AdapterTrainingSpec,
-                         pad_id: int, config: TrainConfig, run_dir: Path) -> str | None:
+                         pad_id: int, config: TrainConfig, run_dir: Path, pad_to: int | None = None) -> str | None:
     """Computes the frozen backbone's states (taps + last) once per example when the budget allows."""
     from kadapter_cli.feature_cache import attach_cache
 
@@ -271,4 +276,4 @@ def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]],
     return attach_cache(splits, compute, n_states=len(model.adapter.tap_layers) + 1,
                         hidden=model.adapter.config.backbone_hidden_size, pad_id=pad_id,
                         batch_size=max(config.batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
+                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to)
