@@ -45,6 +45,7 @@ def test_imports_full_size_fac_and_lin_weights_exactly(cli, checkpoints, tmp_pat
         assert (config.kind, config.backbone, config.backbone_hidden_size) == (kind, "roberta-large", H)
         assert (config.tap_layers, config.adapter_width, config.layers_per_tap) == ([0, 11, 22], W, 2)
         assert (config.num_heads, config.ffn_size, config.mask_padding) == (12, FFN, False)
+        assert config.marker_style == ("original" if kind == "fac" else None)  # the bare "@"/"#" ids
         manifest = json.loads((target / "manifest.json").read_text())
         assert manifest["kind"] == "adapter"
         assert manifest["inputs"][0]["path"].endswith(f"{kind}/pytorch_model.bin")
