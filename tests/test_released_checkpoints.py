@@ -12,9 +12,12 @@ import torch
 
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter
 from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer, padding_position_ids
+from kadapter_cli.encoding import encode_relation
 from kadapter_cli.feature_cache import attach_cache
 from kadapter_cli.finetune import build_task_model
-from kadapter_cli.objectives import TaskObjective
+from kadapter_cli.heads import build_head
+from kadapter_cli.objectives import RelationObjective, TaskObjective
+from kadapter_cli.pretrain import AdapterPretrainer
 from kadapter_cli.tasks import get_task
 from original_checkpoint import original_state_dict
 
@@ -155,3 +158,35 @@ def test_imported_adapter_predictions_do_not_depend_on_the_batch_size(imported_m
         predictions[batch_size] = (run.parent / f"eval-{batch_size}" / "predictions-dev.jsonl").read_text()
     assert predictions[1] == predictions[12]
     assert any(json.loads(line)["pred"] for line in predictions[1].splitlines())  # not all empty
+
+
+def test_pretraining_an_adapter_that_attends_to_padding_pads_like_the_original(tiny, tiny_backbone, shared_data,
+                                                                              tmp_path):
+    """`train-adapter --attend-padding`: every batch padded to --max-length, so a record's logits
+    do not depend on its batch (library), and the command runs with the cache (CLI)."""
+    from typer.testing import CliRunner
+
+    from kadapter_cli.cli import app
+
+    backbone, tokenizer = tiny
+    config = AdapterConfig.for_backbone(backbone_shape(backbone), "fac", mask_padding=False, init_std=0.3, dropout=0.0,
+                                        head={"type": "relation", "num_labels": 3, "com_dense": True})
+    torch.manual_seed(0)
+    model = AdapterPretrainer(backbone, KnowledgeAdapter(config), build_head(config.head, 64), "relation").eval()
+    examples = [{**encode_relation(tokenizer, words.split(), (0, 0), (2, 2), MAX_LENGTH), "label": 0}
+                for words in ("Anna likes Rome", "The old city of Rome lies on seven hills and is very old indeed .")]
+    objective = RelationObjective(tokenizer.pad_token_id, ["a", "b", "c"], pad_to=MAX_LENGTH)
+    with torch.no_grad():
+        alone = torch.cat([model(objective.collate([ex])) for ex in examples])
+        batched = model(objective.collate(examples))
+    torch.testing.assert_close(batched, alone, atol=1e-4, rtol=1e-4)
+
+    workdir = tmp_path / "work"
+    for args in (("prepare-trex", shared_data / "trex", "--min-count", "1"),
+                 ("train-adapter", "--kind", "fac", "--attend-padding", "--backbone", tiny_backbone,
+                  "--max-steps", "2", "--limit", "16", "--batch-size", "8", "--max-length", "48",
+                  "--cache-features", "on")):
+        result = CliRunner().invoke(app, ["--workdir", str(workdir), *map(str, args)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert json.loads((workdir / "adapters" / "fac" / "adapter_config.json").read_text())["mask_padding"] is False
+    assert json.loads((workdir / "adapters" / "fac" / "metrics.json").read_text())["feature_cache"] == "memory"
