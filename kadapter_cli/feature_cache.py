@@ -113,7 +113,8 @@ class FeatureCache:
             for store in states:
                 store.flush()
             (folder / "cache.json").write_text(json.dumps({
-                "examples": len(lengths), "tokens": total, "padded_to": pad_to, "states": len(states), "hidden": cache.hidden,
+                "examples": len(lengths), "tokens": total, "padded_to": pad_to, "states": len(states),
+                "hidden": cache.hidden,
                 "dtype": str(dtype).removeprefix("torch."),
                 "files": [f"state-{k}.npy" for k in range(len(states))]}, indent=2) + "\n", encoding="utf-8")
         return cache
@@ -294,8 +295,8 @@ def attach_cache(
 
     Each example (a dict with `input_ids`) then carries `_cache` (its split's `FeatureCache`) and
     `_row`, so collate functions can gather `features` for a batch. Returns where the cache lives
-    ("memory" / "disk") or None when it is off. `pad_to`: see `FeatureCache.build`. Disk caches go under `folder/<rank>/<split>`: each
-    process of a multi-process run builds its own.
+    ("memory" / "disk") or None when it is off. `pad_to`: see `FeatureCache.build`. Disk caches go
+    under `folder/<rank>/<split>`: each process of a multi-process run builds its own.
     """
     import os
 

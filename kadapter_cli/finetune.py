@@ -19,6 +19,7 @@ from torch import nn
 from kadapter_cli import artifacts
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, load_adapter, read_safetensors
 from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer
+from kadapter_cli.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput
 from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backbone, marker_style
 from kadapter_cli.objectives import TaskObjective
@@ -170,7 +171,7 @@ def build_task_model(task, labels: Sequence[str], adapters: dict[str, KnowledgeA
 
 
 def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str], max_length: int,
-                 path: Path, description: str, markers: str) -> list[dict]:
+                 path: Path, description: str, marker_style: str = SPACED_MARKERS) -> list[dict]:
     label_index = {label: i for i, label in enumerate(labels)}
     task.check_labels(records, labels, path)
     out = []
@@ -178,7 +179,7 @@ def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str]
         t = bar.add_task(description, total=len(records))
         for i, rec in enumerate(records):
             try:
-                out.append(task.encode(tokenizer, rec, label_index, max_length, markers))
+                out.append(task.encode(tokenizer, rec, label_index, max_length, marker_style))
             except ValueError as e:
                 raise BadInput(str(e), path, i) from None
             bar.advance(t)
@@ -204,7 +205,7 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     splits["train"] = train_records
     if config.limit:  # the first N of every split, before the work of encoding them
         splits = {k: v[: config.limit] for k, v in splits.items()}
-    markers = marker_style(adapter_configs)  # the adapters learned these marker ids; the task encodes them so
+    markers = marker_style(adapter_configs)  # encode the entity markers as the adapters learned them
     encoded = {split: encode_split(task, tokenizer, recs, labels, spec.max_length, files[split], f"encoding {split}",
                                    markers)
                for split, recs in splits.items()}
