@@ -111,7 +111,7 @@ def test_an_adapter_written_before_the_field_existed_reads_as_spaced(adapters, t
     assert cli("compose", old, "fac-original").exit_code == 2
 
 
-def test_finetuning_encodes_with_the_adapters_style_and_evaluate_follows_it(adapters, shared_data):
+def test_finetuning_encodes_with_the_adapters_style_and_evaluate_and_predict_follow_it(adapters, shared_data):
     from kadapter_cli.finetune import load_finetuned
 
     cli, workdir = adapters
@@ -129,5 +129,12 @@ def test_finetuning_encodes_with_the_adapters_style_and_evaluate_follows_it(adap
     # evaluate re-encodes the dev split the same way: the same predictions as fine-tuning wrote
     result = cli("evaluate", run, "--data", data, "--split", "dev", "--out", workdir / "eval-original")
     assert result.exit_code == 0, result.output
-    assert (workdir / "eval-original" / "predictions-dev.jsonl").read_text() == \
-           (run / "predictions-dev.jsonl").read_text()
+    finetuned = (run / "predictions-dev.jsonl").read_text().splitlines()
+    assert (workdir / "eval-original" / "predictions-dev.jsonl").read_text().splitlines() == finetuned
+    # and so does predict, on new records in the task's format
+    source = workdir / "new.json"
+    source.write_text(json.dumps(json.loads((data / "dev.json").read_text())[:3]))
+    result = cli("predict", run, source)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x)["pred"] for x in result.stdout.splitlines()] == \
+           [json.loads(x)["pred"] for x in finetuned[:3]]
