@@ -160,17 +160,19 @@ def backbone_shape(model: "PreTrainedModel") -> BackboneShape:
 def padding_position_ids(backbone: "PreTrainedModel", input_ids: "torch.Tensor") -> "torch.Tensor | None":
     """Position ids that number padded positions like real ones, or None where the encoder does so itself.
 
-    RoBERTa-style embeddings (those with a `padding_idx`) give every pad token the padding index's
-    position in transformers; pytorch_transformers 1.2, which the original adapters were trained
-    under, numbered all positions `padding_idx + 1 ...` (reference §8.10). Real tokens get the same
-    ids either way; only the pad-token states, which adapters that attend to padding read, differ.
-    BERT-style embeddings already number every position.
+    RoBERTa-style embeddings (those that derive positions from the ids, skipping the padding index)
+    give every pad token the padding index's position in transformers; pytorch_transformers 1.2,
+    which the original adapters were trained under, numbered all positions `padding_idx + 1 ...`
+    (reference §8.10). Real tokens get the same ids either way; only the pad-token states, which
+    adapters that attend to padding read, differ. BERT- and DeBERTa-style embeddings already number
+    every position.
     """
     import torch
 
-    padding_idx = getattr(getattr(backbone, "embeddings", None), "padding_idx", None)
-    if padding_idx is None:
+    embeddings = getattr(backbone, "embeddings", None)
+    if not hasattr(embeddings, "create_position_ids_from_input_ids"):
         return None
+    padding_idx = embeddings.padding_idx
     positions = torch.arange(input_ids.shape[1], device=input_ids.device) + int(padding_idx) + 1
     return positions.expand_as(input_ids)
 
