@@ -145,7 +145,8 @@ def adapter_card(config, metrics: dict[str, Any], inputs: Sequence[dict], settin
         + ("masked" if config.mask_padding else "attended (as the original code)"),
         f"- parameters: {stats.get('parameters', stats.get('adapter_parameters', '?')):,} in the adapter, "
         f"{stats.get('head_parameters', '?'):,} in the pretraining head (`{config.head.get('type', '?')}`)",
-        f"- max length {config.max_length} sub-tokens",
+        f"- max length {config.max_length} sub-tokens"
+        + (f", entity markers `{config.marker_style}`" if getattr(config, "marker_style", None) else ""),
     ]
     return "\n".join([
         _front_matter(meta),
