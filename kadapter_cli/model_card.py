@@ -146,7 +146,7 @@ def adapter_card(config, metrics: dict[str, Any], inputs: Sequence[dict], settin
         f"- parameters: {stats.get('parameters', stats.get('adapter_parameters', '?')):,} in the adapter, "
         f"{stats.get('head_parameters', '?'):,} in the pretraining head (`{config.head.get('type', '?')}`)",
         f"- max length {config.max_length} sub-tokens"
-        + (f", entity markers `{config.marker_style}`" if getattr(config, "marker_style", None) else ""),
+        + (f", entity markers `{config.marker_style}`" if config.marker_style else ""),
     ]
     return "\n".join([
         _front_matter(meta),
