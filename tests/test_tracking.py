@@ -112,23 +112,10 @@ def test_a_tracker_that_is_not_installed_names_the_extra(cli, tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_under_two_processes_only_the_main_one_writes_tracker_files(tmp_path):
-    import subprocess
-    import sys
+    from test_training import launch_two_processes
 
-    from test_training import TOY_SCRIPT, _env
-
-    accelerate = Path(sys.executable).with_name("accelerate")
-    if not accelerate.exists():
-        pytest.skip(f"no accelerate launcher beside {sys.executable}")
     run = tmp_path / "run"
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               str(TOY_SCRIPT), str(run), "--epochs", "1", "--seed", "3", "--report-to", "tensorboard"]
-    done = subprocess.run(command, env={**_env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
-                          timeout=180)
-    if done.returncode != 0 and not (run / "train_log.jsonl").exists():
-        pytest.skip(f"accelerate launch could not start two CPU processes here:\n{done.stderr[-1500:]}")
-    assert done.returncode == 0, done.stderr[-3000:]
+    launch_two_processes(run, "--epochs", "1", "--seed", "3", "--report-to", "tensorboard", timeout=180)
     event_files = sorted((run / "tracking" / "run").rglob("events.out.tfevents.*"))
     assert len(event_files) == 2  # one scalar writer and one hparams writer, both of the main process
     train_lines, _ = _log(run)
