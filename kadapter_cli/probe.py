@@ -312,7 +312,7 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
             objective = MaskedLMObjective(tokenizer.pad_token_id or 0, tokenizer.mask_token_id,
                                           model.mlm.out_features)
             result = train(model, objective, examples, None, config, run_dir, resume=resume)
-            summary.update({"steps": result.steps, "throughput": result.throughput, "sequences": len(examples),
+            summary.update({"steps": result.steps, "throughput": result.throughput, "lines": len(lines), "sequences": len(examples),
                             "tokens": sum(len(e["input_ids"]) for e in examples)})
             inputs.append(spec.corpus)
             remove_checkpoints(run_dir)
