@@ -78,7 +78,8 @@ def encode_corpus(tokenizer, lines: Sequence[str], max_length: int) -> list[dict
     examples = []
     with progress() as bar:
         task = bar.add_task("encoding corpus", total=len(lines))
-        for ids in tokenizer(list(lines), add_special_tokens=False)["input_ids"]:
+        # verbose=False: lines longer than the model are expected here, they are cut into chunks below.
+        for ids in tokenizer(list(lines), add_special_tokens=False, verbose=False)["input_ids"]:
             for start in range(0, len(ids), body):
                 chunk = ids[start:start + body]
                 examples.append({"input_ids": [first, *chunk, last], "maskable": list(range(1, len(chunk) + 1))})

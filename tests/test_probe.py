@@ -366,3 +366,46 @@ def test_an_empty_corpus_is_refused_naming_the_file(cli, tiny_backbone, tmp_path
     assert result.exit_code == 2
     assert str(empty) in result.stderr and "no text lines" in result.stderr
     assert not (cli.workdir / "probes").exists() or not any((cli.workdir / "probes").iterdir())
+
+
+# ---------------------------------------------------------------- the demo's probe stages
+
+
+def test_demo_probe_stages_run_and_the_demo_prints_the_probe_table(tmp_path, tiny_backbone, monkeypatch):
+    """The demo pipeline's own probe stages (on the tiny backbone, fewer steps) and its table."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from kadapter_cli import pipeline as lib
+    from kadapter_cli.cli import app
+
+    repo = Path(__file__).resolve().parents[1]
+    demo = yaml.safe_load((repo / "pipelines" / "demo.yaml").read_text())
+    stages = [s for s in demo["stages"] if s["command"] in ("train-probe", "probe")]
+    assert [s["name"] for s in stages] == ["train-probe-base", "train-probe-fac", "probe"]
+    for s in stages:
+        if s["command"] == "train-probe":
+            s["options"].update({"max-steps": 2, "limit": 64})
+    workdir = tmp_path / "w"
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump({"vars": {**demo["vars"], "workdir": str(workdir), "backbone": str(tiny_backbone)},
+                                    "stages": stages}))
+    from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, save_adapter
+    from kadapter_cli.artifacts import write_manifest
+    from kadapter_cli.backbone import BackboneShape
+
+    fac = workdir / "adapters" / "fac"
+    fac.mkdir(parents=True)
+    config = AdapterConfig.for_backbone(BackboneShape("roberta", 64, 4, 4, str(tiny_backbone)), "fac", name="fac",
+                                        backbone=str(tiny_backbone), adapter_width=64, num_heads=2, labels=["P17"])
+    save_adapter(fac, KnowledgeAdapter(config), config)
+    write_manifest(fac, "adapter")
+    monkeypatch.setattr(lib, "DEMO_PIPELINE", path)
+    result = CliRunner().invoke(app, ["demo", "--json"])
+    assert result.exit_code == 0, result.output
+    probe = json.loads(result.stdout)["probe"]
+    assert probe["probes"] == ["base", "fac"] and set(probe["results"]) == {"base", "fac"}
+    table = CliRunner().invoke(app, ["demo"])
+    assert table.exit_code == 0, table.output
+    assert "LAMA probe" in table.stdout
+    assert "┃ metric ┃ base ┃ fac ┃" in table.stdout
