@@ -33,7 +33,7 @@ from torch import nn
 
 from kadapter_cli import artifacts, lama, metrics
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
-from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer, tapped_states
+from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer, padding_position_ids, tapped_states
 from kadapter_cli.errors import BadInput
 from kadapter_cli.finetune import AdapterSet, load_adapters
 from kadapter_cli.model import KAdapterModel, check_fits_backbone
@@ -172,9 +172,9 @@ class MaskedLMObjective:
 
     primary_metric = "accuracy"
 
-    def __init__(self, pad_id: int, mask_id: int, vocab_size: int, dev_seed: int = 0):
+    def __init__(self, pad_id: int, mask_id: int, vocab_size: int, pad_to: int | None = None):
         self.pad_id, self.mask_id, self.vocab_size = pad_id, mask_id, vocab_size
-        self.dev_seed = dev_seed
+        self.pad_to = pad_to  # adapters that attend to padding: every batch to this length (`padded_length`)
 
     def length(self, example: dict) -> int:
         return len(example["input_ids"])
@@ -199,7 +199,7 @@ class MaskedLMObjective:
             ids[positions[as_random]] = random_ids[as_random]
             seqs.append(ids.tolist())
             chosen.append(positions)
-        input_ids, attention_mask = pad_ids(seqs, self.pad_id)
+        input_ids, attention_mask = pad_ids(seqs, self.pad_id, self.pad_to)
         width = max(len(p) for p in chosen)
         positions = torch.zeros(len(examples), width, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -311,7 +311,7 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
             if not examples:
                 raise BadInput("the corpus has no tokens to mask", spec.corpus)
             objective = MaskedLMObjective(tokenizer.pad_token_id or 0, tokenizer.mask_token_id,
-                                          model.mlm.out_features)
+                                          model.mlm.out_features, model.body.padded_length(spec.max_length))
             result = train(model, objective, examples, None, config, run_dir, resume=resume)
             summary.update({"steps": result.steps, "throughput": result.throughput, "lines": len(lines), "sequences": len(examples),
                             "tokens": sum(len(e["input_ids"]) for e in examples)})
@@ -437,27 +437,33 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
     index_of[cand.cpu()] = torch.arange(len(candidates))
     gold_in_cand = index_of[gold] if len(gold) else gold
     out: dict[str, list[dict]] = {p.name: [] for p in probes}
+    # One backbone pass per batch for the probes that read the same states: same backbone, and the
+    # same padding (adapters that attend to padding see every query padded to their max length).
+    groups: dict[tuple, list[Probe]] = {}
     for probe in probes:
         probe.model.to(device)
+        body = probe.model.body
+        pad_to = body.padded_length(int(probe.config["max_length"]))
+        groups.setdefault((id(body.backbone), pad_to), []).append(probe)
     with torch.inference_mode(), progress() as bar:
         task = bar.add_task("probing", total=len(facts))
         for start in range(0, len(facts), batch_size):
             chunk = encoded[start:start + batch_size]
-            ids, mask = pad_ids([e["input_ids"] for e in chunk], tokenizer.pad_token_id or 0)
-            batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-                     "positions": torch.tensor([[e["mask_pos"]] for e in chunk], device=device),
-                     "valid": torch.ones(len(chunk), 1, dtype=torch.bool, device=device)}
-            shared: dict[int, tuple] = {}
-            for probe in probes:
-                body = probe.model.body
-                key = id(body.backbone)
-                if key not in shared:  # all hidden states once; each probe takes its taps
-                    taps = sorted({t for p in probes if id(p.model.body.backbone) == key for t in p.model.body.tap_layers})
-                    states, last = tapped_states(body.backbone, batch["input_ids"], batch["attention_mask"], taps)
-                    shared[key] = (dict(zip(taps, states)), last)
-                by_layer, last = shared[key]
-                scores = probe.model(batch, cand, ([by_layer[t] for t in body.tap_layers], last)).float().cpu()
-                out[probe.name] += rank_predictions(scores, gold_in_cand[start:start + len(chunk)], cand.cpu(), top_k)
+            gold_rows = gold_in_cand[start:start + len(chunk)]
+            for (_, pad_to), group in groups.items():
+                ids, mask = pad_ids([e["input_ids"] for e in chunk], tokenizer.pad_token_id or 0, pad_to)
+                batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                         "positions": torch.tensor([[e["mask_pos"]] for e in chunk], device=device),
+                         "valid": torch.ones(len(chunk), 1, dtype=torch.bool, device=device)}
+                backbone = group[0].model.body.backbone
+                taps = sorted({t for p in group for t in p.model.body.tap_layers})
+                position_ids = padding_position_ids(backbone, batch["input_ids"]) if pad_to is not None else None
+                states, last = tapped_states(backbone, batch["input_ids"], batch["attention_mask"], taps, position_ids)
+                by_layer = dict(zip(taps, states))
+                for probe in group:
+                    tapped = [by_layer[t] for t in probe.model.body.tap_layers]
+                    scores = probe.model(batch, cand, (tapped, last)).float().cpu()
+                    out[probe.name] += rank_predictions(scores, gold_rows, cand.cpu(), top_k)
             bar.advance(task, len(chunk))
     return out
 
