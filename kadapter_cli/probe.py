@@ -312,7 +312,7 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
                 raise BadInput("the corpus has no tokens to mask", spec.corpus)
             objective = MaskedLMObjective(tokenizer.pad_token_id or 0, tokenizer.mask_token_id,
                                           model.mlm.out_features, model.body.padded_length(spec.max_length))
-            result = train(model, objective, examples, None, config, run_dir, resume=resume)
+            result = train(model, objective, examples, None, config, run_dir, resume=resume, hparams=manifest_config)
             summary.update({"steps": result.steps, "throughput": result.throughput, "lines": len(lines), "sequences": len(examples),
                             "tokens": sum(len(e["input_ids"]) for e in examples)})
             inputs.append(spec.corpus)

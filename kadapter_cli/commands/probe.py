@@ -10,8 +10,8 @@ import typer
 from kadapter_cli.commands import app
 from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config
 from kadapter_cli.commands.train import (ADAM_BETA1, ADAM_BETA2, ADAM_EPS, CONFIG, DEVICE, EPOCHS, LIMIT, LOG_EVERY,
-                                         LR, MAX_LENGTH, MAX_STEPS, OVERWRITE, PRECISION, RESUME, SAVE_EVERY, SEED,
-                                         WARMUP, WEIGHT_DECAY, _train_config)
+                                         LR, MAX_LENGTH, MAX_STEPS, OVERWRITE, PRECISION, REPORT_TO, RESUME, RUN_NAME,
+                                         SAVE_EVERY, SEED, TRACKING_DIR, WARMUP, WEIGHT_DECAY, _train_config)
 from kadapter_cli.errors import BadInput
 
 
@@ -33,6 +33,7 @@ def train_probe_cli(
     max_length: Optional[int] = MAX_LENGTH, seed: int = SEED, save_every: Optional[int] = SAVE_EVERY,
     log_every: int = LOG_EVERY, resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE,
     precision: str = PRECISION, limit: Optional[int] = LIMIT,
+    report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     config: Optional[Path] = CONFIG,
 ) -> None:
