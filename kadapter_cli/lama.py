@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from kadapter_cli import artifacts
 from kadapter_cli.errors import BadInput
@@ -189,7 +189,7 @@ def string_match(subject: str, obj: str) -> bool:
 def filter_facts(
     relation: RelationFacts,
     raw: Sequence[tuple[Fact, dict]],
-    object_token: "callable",
+    object_token: Callable[[str], int | None],
     common_vocab: set[str] | None = None,
     uhn: bool = False,
 ) -> RelationFacts:

@@ -62,7 +62,7 @@ def read_corpus(path: Path) -> list[str]:
     text = [line for line in lines if line and not WIKITEXT_HEADING.match(line)]
     if not text:
         raise BadInput("the corpus has no text lines (blank lines and ' = Heading = ' lines are skipped)", path,
-                       f"line {len(lines)}" if lines else None)
+                       f"all {len(lines)} lines" if lines else None)
     return text
 
 
@@ -227,13 +227,13 @@ class MaskedLMObjective:
 
 @dataclass
 class ProbeTrainingSpec:
-    name: str
+    """What to build, apart from the loop's own options (`TrainConfig`)."""
+
     out: Path
     adapters: AdapterSet
     backbone: str | None
     corpus: Path | None
     max_length: int = 512
-    micro_batch_size: int = 16
     init_from_lm_head: bool = False
     pretrained_lm_head: bool = False
 
@@ -246,7 +246,7 @@ class Probe:
     folder: Path
     model: ProbeModel
     tokenizer: Any
-    config: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # probe_config.json
 
 
 def effective_batch(batch_size: int, micro_batch_size: int) -> tuple[int, int]:

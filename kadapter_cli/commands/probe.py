@@ -54,9 +54,9 @@ def train_probe_cli(
     default_name = "+".join(adapter_set.names) or ("base-lm-head" if options["pretrained_lm_head"] else "base")
     probe_name = options["name"] or default_name
     spec = ProbeTrainingSpec(
-        name=probe_name, out=Path(options["out"] or workdir / "probes" / probe_name), adapters=adapter_set,
+        out=Path(options["out"] or workdir / "probes" / probe_name), adapters=adapter_set,
         backbone=options["backbone"], corpus=options["corpus"], max_length=int(resolved["max_length"]),
-        micro_batch_size=micro, init_from_lm_head=options["init_from_lm_head"],
+        init_from_lm_head=options["init_from_lm_head"],
         pretrained_lm_head=options["pretrained_lm_head"],
     )
     summary = train_probe(spec, train_config, resume=options["resume"], overwrite=options["overwrite"],
