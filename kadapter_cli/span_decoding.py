@@ -13,11 +13,12 @@ aggregation without its paragraph selector).
 
 from __future__ import annotations
 
-from typing import Iterable
-
-import torch
+from typing import TYPE_CHECKING, Iterable
 
 from kadapter_cli.metrics import squad_normalize
+
+if TYPE_CHECKING:  # torch is imported inside `best_spans`: the task registry stays cheap to import
+    import torch
 
 COMBINE_MODES = ("max", "sum")
 SPANS_PER_WINDOW = 5  # candidates kept per window: `sum` can only add up what is kept
@@ -31,6 +32,8 @@ def best_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, context_mas
     `context_mask` (B, L) marks the paragraph positions; spans start and end on them only. A
     window with fewer than k spans has `-inf` log-probabilities in the rest.
     """
+    import torch
+
     if max_answer_length < 1:
         raise ValueError(f"max_answer_length must be at least 1, got {max_answer_length}")
     mask = context_mask.bool()

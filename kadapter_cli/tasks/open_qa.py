@@ -17,13 +17,20 @@ a Linear(H → 2) head gives start/end logits at every position (`heads.SpanHead
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import torch
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 from kadapter_cli import metrics
+from kadapter_cli.artifacts import write_json, write_jsonl
+from kadapter_cli.errors import BadInput
 from kadapter_cli.qa_encoding import encode_qa_windows
+from kadapter_cli.qa_formats import FORMATS, QUASAR_CONTEXTS, QAReadOptions, detect_input, find_split, read_qa
 from kadapter_cli.span_decoding import COMBINE_MODES, SPANS_PER_WINDOW, best_spans, combine_answers
+from kadapter_cli.tasks.base import SPLITS, Batch, Prediction, Task, TaskOption, register_task
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 NO_ANSWER_MODES = ("skip", "cls")
 
@@ -54,6 +61,8 @@ def collate_windows(windows: Sequence[dict], pad_id: int) -> dict[str, torch.Ten
     """Padded `input_ids`, `attention_mask`, `context_mask` (paragraph positions), `answer_mask`
     (where the loss's softmax runs: the paragraph, plus `<s>` with `no_answer=cls`) and multi-hot
     `start_targets`/`end_targets` (B, L)."""
+    import torch
+
     length = max(len(w["input_ids"]) for w in windows)
     shape = (len(windows), length)
     ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -76,6 +85,8 @@ def collate_windows(windows: Sequence[dict], pad_id: int) -> dict[str, torch.Ten
 
 def span_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean over windows of −log Σ_gold p_start − log Σ_gold p_end (softmax over `answer_mask`)."""
+    import torch
+
     mask = batch["answer_mask"]
     total = logits.new_zeros(())
     for k, key in ((0, "start_targets"), (1, "end_targets")):
@@ -114,5 +125,151 @@ def answers_by_question(windows: Sequence[dict], spans: Sequence[list[tuple[floa
     return [combine_answers(c, combine) for c in candidates]
 
 
-def qa_metrics(gold: Sequence[Sequence[str]], answers: Sequence[str]) -> dict[str, float]:
-    return metrics.extractive_qa_metrics(gold, list(answers))
+
+
+# ---------------------------------------------------------------- the tasks
+
+
+class OpenQATask(Task):
+    """One record per question; one example per window (`encode_examples`), so training batches and
+    the loop's length-sorted evaluation batches count windows. Predictions go back to one line
+    per question (`prediction_lines`), in input order."""
+
+    primary_metric = "f1"
+    headline_metrics = ("em", "f1")
+    options = {
+        "format": TaskOption("auto", "data format: auto (detected from the files), " + ", ".join(FORMATS), str,
+                             ("auto", *FORMATS)),
+        "contexts": TaskOption("short", "Quasar-T contexts: short or long", str, QUASAR_CONTEXTS),
+        "titles": TaskOption(False, "SearchQA/MRQA: put each result's title before its snippet", bool),
+        "max_paragraphs": TaskOption(50, "paragraphs kept per question (OpenQA: 50)", int),
+        "skip_bad": TaskOption(False, "skip bad questions (counted in the manifest) instead of stopping", bool),
+        "no_answer": TaskOption("skip", "training windows without the answer: skip them, or cls (point at <s>)",
+                                str, NO_ANSWER_MODES),
+        "stride": TaskOption(32, "sub-tokens shared by consecutive windows of a long paragraph", int),
+        "max_answer_length": TaskOption(30, "longest answer span, in sub-tokens", int),
+        "combine": TaskOption("max", "scores of equal answers across paragraphs: max (no ranking) or sum", str,
+                              COMBINE_MODES),
+    }
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        for key in ("max_paragraphs", "stride", "max_answer_length"):
+            if getattr(self, key) < (0 if key == "stride" else 1):
+                raise BadInput(f"task option {key} of '{self.name}' must be positive, got {getattr(self, key)}")
+        self.skipped: dict[str, int] = {}  # bad questions skipped per file read (with skip_bad)
+
+    # ------------------------------------------------------------ data
+
+    def task_files(self, data_dir: str | Path) -> dict[str, Path]:
+        """Each split where `qa_formats.find_split` finds it (OpenQA `.txt`, SearchQA folder or zip,
+        MRQA `.jsonl(.gz)`, Quasar-T questions file, records), else the contract's `<split>.json`."""
+        files = {}
+        for split in SPLITS:
+            source = find_split(data_dir, split, self.format, self.contexts)
+            files[split] = source.main if source is not None else Path(data_dir) / f"{split}.json"
+        return files
+
+    def read(self, path: str | Path, labeled: bool = True) -> list[dict]:
+        source = detect_input(path, self.contexts, self.format)
+        data = read_qa(source, QAReadOptions(self.max_paragraphs, self.titles, self.skip_bad), labeled)
+        self.skipped[str(path)] = data.skipped
+        return [{**record, "index": i} for i, record in enumerate(data.records)]
+
+    def read_stats(self) -> dict[str, Any]:
+        return {"skipped_bad_questions": sum(self.skipped.values())}
+
+    def prepare_train(self, records: list[dict]) -> list[dict]:
+        """Training records get answer labels and the `no_answer` rule (dev and test keep every window)."""
+        return [{**record, "train": True} for record in records]
+
+    def gold(self, record: dict) -> list[str]:
+        return list(record["answers"])
+
+    def has_gold(self, record: dict) -> bool:
+        return bool(record["answers"])
+
+    # ------------------------------------------------------------ model side
+
+    def encode_examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> list[dict]:
+        windows = encode_question(tokenizer, record, record["index"], max_length, self.stride,
+                                  training=record.get("train", False), no_answer=self.no_answer)
+        for window in windows:
+            window["id"] = record["id"]
+            window["gold"] = self.gold(record)
+        return windows
+
+    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> dict[str, Any]:
+        raise TypeError("an extractive QA record is several examples: use encode_examples")
+
+    def length(self, example: dict) -> int:
+        return len(example["input_ids"])
+
+    def collate(self, examples: Sequence[dict], pad_id: int) -> Batch:
+        return collate_windows(examples, pad_id)
+
+    def build_head(self, hidden: int, n_labels: int) -> "nn.Module":
+        from kadapter_cli.heads import SpanHead
+
+        return SpanHead(hidden)
+
+    def loss(self, outputs: "torch.Tensor", batch: Batch) -> "torch.Tensor":
+        return span_loss(outputs, batch)
+
+    def decode(self, outputs: "torch.Tensor", batch: Batch, labels: Sequence[str]) -> list[Prediction]:
+        """Per window its best spans as `{"pred": [], "spans": [[probability, start, end]]}` (positions
+        in the window); the answer is chosen per question, over all its windows, in `answers`."""
+        return [{"pred": [], "spans": [list(span) for span in spans]}
+                for spans in window_spans(outputs, batch, self.max_answer_length)]
+
+    # ------------------------------------------------------------ scoring and predictions files
+
+    def answers(self, predictions: Sequence[Prediction], examples: Sequence[dict]) -> list[tuple[dict, str]]:
+        """`(first window, answer)` per question, in input order."""
+        firsts: dict[int, dict] = {}
+        for example in examples:
+            firsts.setdefault(example["question"], example)
+        order = sorted(firsts)
+        position = {q: i for i, q in enumerate(order)}
+        windows = [{**e, "question": position[e["question"]]} for e in examples]
+        chosen = answers_by_question(windows, [p["spans"] for p in predictions], len(order), self.combine)
+        return [(firsts[q], answer) for q, answer in zip(order, chosen)]
+
+    def metrics(self, gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
+        """`em`, `f1` as the SQuAD v1.1 script (× 100)."""
+        return metrics.extractive_qa_metrics(gold, pred)
+
+    def score(self, predictions: Sequence[Prediction], examples: Sequence[dict]) -> dict[str, float]:
+        answered = [(first["gold"], [answer]) for first, answer in self.answers(predictions, examples) if first["gold"]]
+        return self.metrics([g for g, _ in answered], [p for _, p in answered]) if answered else {}
+
+    def prediction_lines(self, predictions: Sequence[Prediction], examples: Sequence[dict]) -> list[dict]:
+        """One line per question: `{"index", "id", "gold": answers, "pred": [answer]}`."""
+        return [{"index": i, "id": first["id"], "gold": list(first["gold"]), "pred": [answer]}
+                for i, (first, answer) in enumerate(self.answers(predictions, examples))]
+
+    def write_predictions(self, folder: Path, split: str, predictions: Sequence[Prediction],
+                          examples: Sequence[dict]) -> None:
+        """`predictions-<split>.jsonl`, plus `answers-<split>.json` = `{id: answer}` (what MRQA- and
+        SQuAD-style scorers read)."""
+        lines = self.prediction_lines(predictions, examples)
+        write_jsonl(Path(folder) / f"predictions-{split}.jsonl", lines)
+        write_json(Path(folder) / f"answers-{split}.json", {line["id"]: line["pred"][0] for line in lines})
+
+
+@register_task
+class SearchQA(OpenQATask):
+    """SearchQA (Dunn et al. 2017): Jeopardy! clues with Google snippets as paragraphs."""
+
+    name = "searchqa"
+    # Paper appendix C: 2 epochs, max length 128, batch 8, lr 5e-6, warm-up 0.
+    defaults = {"lr": 5e-6, "batch_size": 8, "epochs": 2, "max_length": 128, "warmup": 0}
+
+
+@register_task
+class QuasarT(OpenQATask):
+    """Quasar-T (Dhingra et al. 2017): trivia questions with ClueWeb09 sentences as paragraphs."""
+
+    name = "quasart"
+    # Paper appendix C: 5 epochs, max length 256, batch 16, lr 1e-5, warm-up 0.
+    defaults = {"lr": 1e-5, "batch_size": 16, "epochs": 5, "max_length": 256, "warmup": 0}
