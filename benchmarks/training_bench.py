@@ -227,13 +227,15 @@ def composed_inference(shape: BenchShape, n_examples: int, repeats: int, warmup:
     from kadapter_cli.finetune import TaskModel
     from kadapter_cli.heads import RelationHead
     from kadapter_cli.model import KAdapterModel
+    from kadapter_cli.tasks import get_task
 
     backbone = build_backbone(shape, seed)
     torch.manual_seed(2)
     adapters = {kind: KnowledgeAdapter(adapter_config(backbone, kind)) for kind in ("fac", "lin")}
     head = RelationHead(shape.hidden, 42)
-    composed = TaskModel(KAdapterModel(backbone, adapters, "concat", shape.hidden), head, ("subj_pos", "obj_pos"))
-    bare = TaskModel(KAdapterModel(backbone, {}, None, shape.hidden), head, ("subj_pos", "obj_pos"))
+    tacred = get_task("tacred")
+    composed = TaskModel(KAdapterModel(backbone, adapters, "concat", shape.hidden), head, tacred)
+    bare = TaskModel(KAdapterModel(backbone, {}, None, shape.hidden), head, tacred)
     for model in (composed, bare):
         model.body.freeze_backbone()
         model.body.freeze_adapters()

@@ -22,6 +22,7 @@ from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer
 from kadapter_cli.errors import BadInput
 from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backbone
 from kadapter_cli.objectives import TaskObjective
+from kadapter_cli.padding import is_choices
 from kadapter_cli.progress import info, progress
 from kadapter_cli.tasks import get_task
 from kadapter_cli.training import TrainConfig, evaluate, remove_checkpoints, train
@@ -35,25 +36,42 @@ DEFAULT_BACKBONE = "roberta-large"
 
 
 class TaskModel(nn.Module):
-    """`KAdapterModel` + a task head reading the fused features at the task's marker positions."""
+    """`KAdapterModel` + the task's head; the task says which rows the head reads and how it is called.
 
-    def __init__(self, body: KAdapterModel, head: nn.Module, position_keys: Sequence[str]):
+    Candidates are flattened for the body and the head — `input_ids` (B, C, L) run as (B·C, L) —
+    and the head's outputs come back as (B, C, …). When the task names the positions its head
+    reads, the body computes only those rows (B·C, P, H): the adapters' last layers and the fusion
+    skip every other row, for the same values.
+    """
+
+    def __init__(self, body: KAdapterModel, head: nn.Module, task):
         super().__init__()
         self.body = body
         self.head = head
-        self.position_keys = tuple(position_keys)
+        self.task = task
 
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+    def forward(self, batch: dict[str, Any]) -> Any:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        lead = ids.shape[:-1]  # (B,) or (B, C)
         features = batch.get("features")
         if features is not None:
             features = (features[:-1], features[-1])
-        if not self.position_keys:  # a head that reads the whole sequence
-            return self.head(self.body(batch["input_ids"], batch["attention_mask"], features))
-        # The heads read only the marker positions: the body computes just those rows (B, P, H),
-        # and the head then reads row i for its i-th position argument.
-        positions = torch.stack([batch[k] for k in self.position_keys], dim=1).long()
-        h = self.body(batch["input_ids"], batch["attention_mask"], features, positions)
-        return self.head(h, *(torch.full_like(positions[:, i], i) for i in range(len(self.position_keys))))
+        positions = self.task.head_positions(batch)
+        if positions is not None:
+            positions = positions.reshape(-1, positions.shape[-1])
+        h = self.body(ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1]), features, positions)
+        return _restore_candidates(self.task.run_head(self.head, h, batch), lead)
+
+
+def _restore_candidates(outputs: Any, lead: torch.Size) -> Any:
+    """Head outputs (B·C, …) → (B, C, …), for a tensor or a tuple/list/dict of tensors."""
+    if len(lead) == 1:
+        return outputs
+    if isinstance(outputs, torch.Tensor):
+        return outputs.reshape(*lead, *outputs.shape[1:])
+    if isinstance(outputs, dict):
+        return {k: _restore_candidates(v, lead) for k, v in outputs.items()}
+    return type(outputs)(_restore_candidates(v, lead) for v in outputs)
 
 
 # ---------------------------------------------------------------- adapters and compositions
@@ -152,11 +170,13 @@ class FinetuneSpec:
 
 
 def read_task_data(task, data_dir: Path, need_train: bool = True) -> dict[str, list[dict]]:
+    """The splits found in `data_dir`; train and dev must be there (and labeled), test may be missing,
+    and unlabeled where the task allows it (`test_labels_optional`)."""
     files = task.task_files(data_dir)
     splits = {}
     for split, path in files.items():
         if path.exists():
-            splits[split] = task.read(path)
+            splits[split] = task.read(path, labeled=split != "test" or not task.test_labels_optional)
         elif split in ("train", "dev") and need_train:
             raise BadInput(f"the {split} split is missing (expected {path.name})", data_dir)
     return splits
@@ -166,7 +186,7 @@ def build_task_model(task, labels: Sequence[str], adapters: dict[str, KnowledgeA
                      backbone: nn.Module) -> TaskModel:
     hidden = backbone_shape(backbone).hidden_size
     body = KAdapterModel(backbone, adapters, fusion if adapters else None, hidden)
-    return TaskModel(body, task.build_head(hidden, len(labels)), task.position_keys)
+    return TaskModel(body, task.build_head(hidden, len(labels)), task)
 
 
 def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str], max_length: int,
@@ -225,8 +245,9 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
             if split not in encoded:
                 continue
             metrics, outputs = evaluate(model, objective, encoded[split], config)
-            results[split] = metrics
-            write_predictions(run_dir / f"predictions-{split}.jsonl", encoded[split], outputs)
+            if all(task.has_gold(r) for r in splits[split]):  # an unlabeled test split only gets predictions
+                results[split] = metrics
+            task.write_predictions(run_dir, split, outputs, encoded[split])
         remove_checkpoints(run_dir)
         (run_dir / "best.safetensors").unlink(missing_ok=True)
         shutil.rmtree(run_dir / "feature-cache", ignore_errors=True)
@@ -246,6 +267,9 @@ def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], sp
     from kadapter_cli.feature_cache import attach_cache
 
     body = model.body
+    if any(is_choices(ex["input_ids"]) for split in splits for ex in split[:1]):
+        info("feature cache: off (it holds one sequence per example; this task has candidates)")
+        return None
     device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
     if spec.cache_features != "off":
         body.backbone.to(device)
@@ -258,11 +282,6 @@ def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], sp
     return attach_cache(splits, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
                         batch_size=max(config.batch_size, 32), mode=spec.cache_features,
                         budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
-
-
-def write_predictions(path: Path, examples: Sequence[dict], outputs: Sequence[list[str]]) -> None:
-    artifacts.write_jsonl(path, ({"index": i, "gold": list(ex.get("gold", [])), "pred": list(pred)}
-                                 for i, (ex, pred) in enumerate(zip(examples, outputs))))
 
 
 # ---------------------------------------------------------------- the finetuned artifact
@@ -280,7 +299,7 @@ def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequ
     artifacts.write_json(folder / LABELS, list(labels))
     artifacts.write_json(folder / CONFIG, {
         "task": task.name,
-        "task_options": {k: getattr(task, k) for k in task.options},
+        "task_options": task.option_values(),
         "backbone": backbone_id,
         "max_length": spec.max_length,
         "fusion": body.fusion_mode,
@@ -340,13 +359,15 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
     if data_dir is None:
         raise BadInput("--data is required (the folder with the task's split files)")
     path = task.task_files(data_dir)[split]
-    records = task.read(path)
+    records = task.read(path, labeled=split != "test" or not task.test_labels_optional)
+    if not all(task.has_gold(r) for r in records):
+        raise BadInput(f"the {split} split has no labels to score against; use `kadapter predict` for it", path)
     examples = encode_split(task, tokenizer, records, labels, config["max_length"], path, f"encoding {split}")
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels)
     metrics, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
     if out is not None:
         with artifacts.atomic_output(out, overwrite=overwrite) as tmp:
-            write_predictions(tmp / f"predictions-{split}.jsonl", examples, outputs)
+            task.write_predictions(tmp, split, outputs, examples)
             artifacts.write_json(tmp / "metrics.json", {split: metrics})
             artifacts.write_manifest(tmp, "evaluation", config={"model": str(model_dir), "split": split},
                                      inputs=artifacts.sha256_inputs([path]), stats={"examples": len(examples)})
@@ -354,28 +375,19 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
 
 
 def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, device: str = "auto") -> list[dict]:
-    """Labels new records (the task's format, JSON list or JSON Lines); gold labels are optional."""
+    """Labels new records (the task's format); gold labels are optional, and ones the model never
+    saw are ignored for encoding but shown in `gold`."""
     model, tokenizer, task, labels, config = load_finetuned(model_dir)
     records = task.read(input_path, labeled=False)
     label_index = {label: i for i, label in enumerate(labels)}
     examples = []
     for i, rec in enumerate(records):
-        known = [g for g in task.gold(rec) if g in label_index]
         try:
-            ex = task.encode(tokenizer, {**rec, **_only_known_labels(task, rec, label_index)}, label_index,
-                             config["max_length"])
+            ex = task.encode(tokenizer, task.without_unknown_labels(rec, label_index), label_index, config["max_length"])
         except ValueError as e:
             raise BadInput(str(e), input_path, i) from None
-        ex["gold"] = known
+        ex["gold"] = task.gold(rec)
         examples.append(ex)
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels)
     _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
-    return [{"index": i, "gold": task.gold(rec), "pred": pred} for i, (rec, pred) in enumerate(zip(records, outputs))]
-
-
-def _only_known_labels(task, rec: dict, label_index: dict[str, int]) -> dict:
-    """Prediction inputs may carry labels the model never saw; encoding ignores them."""
-    if task.multilabel:
-        return {"labels": [g for g in rec.get("labels", []) if g in label_index]}
-    relation = rec.get("relation")
-    return {"relation": relation if relation in label_index else None}
+    return task.prediction_lines(outputs, examples)
