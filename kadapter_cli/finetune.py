@@ -198,7 +198,7 @@ def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str]
         t = bar.add_task(description, total=len(records))
         for i, rec in enumerate(records):
             try:
-                out.append(task.encode(tokenizer, rec, label_index, max_length))
+                out.extend(task.encode_examples(tokenizer, rec, label_index, max_length))
             except ValueError as e:
                 raise BadInput(str(e), path, i) from None
             bar.advance(t)
@@ -255,7 +255,8 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         artifacts.write_json(run_dir / "metrics.json", results)
         stats = {"best_step": result.best_step, "steps": result.steps, "throughput": result.throughput,
                  "feature_cache": cached or "off", **{f"{k}_examples": len(v) for k, v in encoded.items()},
-                 "parameters": {row["component"]: row for row in model.body.parameter_table()}}
+                 "parameters": {row["component"]: row for row in model.body.parameter_table()},
+                 **task.read_stats()}
         inputs = artifacts.sha256_inputs([p for p in files.values() if p.exists()] + spec.adapters.paths)
         artifacts.write_manifest(run_dir, "finetuned", config=manifest_config or {}, inputs=inputs, stats=stats)
     return results
@@ -383,11 +384,13 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
     examples = []
     for i, rec in enumerate(records):
         try:
-            ex = task.encode(tokenizer, task.without_unknown_labels(rec, label_index), label_index, config["max_length"])
+            encoded = task.encode_examples(tokenizer, task.without_unknown_labels(rec, label_index), label_index,
+                                           config["max_length"])
         except ValueError as e:
             raise BadInput(str(e), input_path, i) from None
-        ex["gold"] = task.gold(rec)
-        examples.append(ex)
+        for ex in encoded:
+            ex["gold"] = task.gold(rec)
+        examples.extend(encoded)
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels)
     _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
     return task.prediction_lines(outputs, examples)

@@ -125,6 +125,10 @@ class Task:
         """One validated record in the task's shape; `BadInput` naming `path` and `where`."""
         raise NotImplementedError
 
+    def read_stats(self) -> dict[str, Any]:
+        """What reading the splits counted (e.g. bad records skipped), for the finetuned manifest."""
+        return {}
+
     def prepare_train(self, records: list[dict]) -> list[dict]:
         """The training records actually used (a task may sub-sample); the default keeps them all."""
         return records
@@ -157,6 +161,12 @@ class Task:
         `position_keys`, `labels` (the training target, if any) and `gold` (the label strings, for
         predictions files). Run `check_labels` first: an unknown label here is a `KeyError`."""
         raise NotImplementedError
+
+    def encode_examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> list[dict]:
+        """The examples of one record, in order: `[encode(...)]` for most tasks; a task whose record
+        is several model inputs (extractive QA: one per paragraph window) returns them all, and
+        its `score` and `prediction_lines` put them back together per record."""
+        return [self.encode(tokenizer, record, label_index, max_length)]
 
     def length(self, example: dict) -> int:
         """Tokens the model reads for the example (length bucketing, tokens/s): all candidates'."""
