@@ -199,9 +199,6 @@ class OpenQATask(Task):
             window["gold"] = self.gold(record)
         return windows
 
-    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> dict[str, Any]:
-        raise TypeError("an extractive QA record is several examples: use encode_examples")
-
     def length(self, example: dict) -> int:
         return len(example["input_ids"])
 
