@@ -110,7 +110,8 @@ def window_spans(logits: torch.Tensor, batch: dict[str, torch.Tensor], max_answe
 def span_text(window: dict, start: int, end: int) -> str:
     """The paragraph text of a span given as positions in the window's `input_ids`."""
     offsets = window["offsets"]
-    return window["paragraph"][offsets[start - window["context_start"]][0]: offsets[end - window["context_start"]][1]]
+    text = window["paragraph"][offsets[start - window["context_start"]][0]: offsets[end - window["context_start"]][1]]
+    return text.strip()
 
 
 def answers_by_question(windows: Sequence[dict], spans: Sequence[list[tuple[float, int, int]]], n_questions: int,
