@@ -17,13 +17,12 @@
 from __future__ import annotations
 
 import re
-import weakref
 from typing import Any, Sequence
 
+from kadapter_cli.encoding import pair_template
 from kadapter_cli.metrics import _SQUAD_ARTICLES, _SQUAD_PUNCTUATION, squad_normalize
 
 _WORD = re.compile(r"\S+")
-_layout_cache: "weakref.WeakKeyDictionary[Any, tuple[list[int], list[int], list[int]]]" = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------- distant supervision
@@ -67,33 +66,16 @@ def answer_char_spans(paragraph: str, answers: Sequence[str]) -> list[tuple[int,
 # ---------------------------------------------------------------- windows
 
 
-def pair_layout(tokenizer) -> tuple[list[int], list[int], list[int]]:
-    """The special-token ids the tokenizer puts before the question, between question and
-    paragraph, and after the paragraph, read from one encoded pair."""
-    try:
-        return _layout_cache[tokenizer]
-    except (KeyError, TypeError):
-        pass
-    enc = tokenizer("a", "b", add_special_tokens=True)
-    ids, sequence_ids = enc["input_ids"], enc.sequence_ids(0)
-    first = [i for i, s in enumerate(sequence_ids) if s == 0]
-    second = [i for i, s in enumerate(sequence_ids) if s == 1]
-    layout = (ids[: first[0]], ids[first[-1] + 1: second[0]], ids[second[-1] + 1:])
-    try:
-        _layout_cache[tokenizer] = layout
-    except TypeError:
-        pass
-    return layout
-
-
 def encode_qa_windows(tokenizer, question: str, paragraph: str, max_length: int, stride: int,
-                      answers: Sequence[str] = ()) -> list[dict[str, Any]]:
+                      answers: Sequence[str] = (), template: tuple[list[int], list[int], list[int]] | None = None
+                      ) -> list[dict[str, Any]]:
     """The windows of one question + paragraph pair:
     `{"input_ids", "context_start", "offsets", "starts", "ends"}` — `context_start` is the position
     of the window's first paragraph sub-token, `offsets[i]` the character span (in `paragraph`) of
     the sub-token at `context_start + i`, and `starts`/`ends` the positions (in `input_ids`) of the
-    answer occurrences wholly inside the window (empty when none or no answers are given)."""
-    prefix, middle, suffix = pair_layout(tokenizer)
+    answer occurrences wholly inside the window (empty when none or no answers are given).
+    `template` is `encoding.pair_template(tokenizer)`, read once by callers that encode many pairs."""
+    prefix, middle, suffix = template or pair_template(tokenizer)
     n_special = len(prefix) + len(middle) + len(suffix)
     q_ids = tokenizer(question, add_special_tokens=False)["input_ids"][: max(1, (max_length - n_special) // 2)]
     room = max_length - n_special - len(q_ids)

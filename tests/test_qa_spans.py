@@ -7,7 +7,8 @@ import torch
 
 from kadapter_cli.backbone import load_tokenizer
 from kadapter_cli.metrics import squad_normalize
-from kadapter_cli.qa_encoding import answer_char_spans, encode_qa_windows, normalized_words, pair_layout
+from kadapter_cli.encoding import pair_template
+from kadapter_cli.qa_encoding import answer_char_spans, encode_qa_windows, normalized_words
 from kadapter_cli.qa_formats import detect_input, read_qa
 from kadapter_cli.span_decoding import best_spans, combine_answers
 
@@ -48,21 +49,16 @@ def tokenizers(tiny_backbone, minilm):
     return {"roberta": load_tokenizer(tiny_backbone), "bert": load_tokenizer(minilm)}
 
 
-def test_pair_layout_comes_from_the_tokenizer(tokenizers):
-    roberta, bert = tokenizers["roberta"], tokenizers["bert"]
-    s, e = roberta.cls_token_id, roberta.sep_token_id
-    assert pair_layout(roberta) == ([s], [e, e], [e])  # <s> q </s></s> p </s>
-    assert pair_layout(bert) == ([bert.cls_token_id], [bert.sep_token_id], [bert.sep_token_id])  # [CLS] q [SEP] p [SEP]
-
-
 @pytest.mark.parametrize("kind", ["roberta", "bert"])
 def test_windows_overlap_by_stride_and_carry_every_answer_occurrence(tokenizers, kind):
     tokenizer = tokenizers[kind]
     paragraph = " ".join(f"filler{i} words here ." if i % 7 else "Samos is the island ." for i in range(40))
     windows = encode_qa_windows(tokenizer, "Which island?", paragraph, max_length=48, stride=8, answers=["Samos"])
     assert len(windows) > 3 and all(len(w["input_ids"]) <= 48 for w in windows)
-    prefix, middle, suffix = pair_layout(tokenizer)
+    prefix, middle, suffix = pair_template(tokenizer)
     question = tokenizer("Which island?", add_special_tokens=False)["input_ids"]
+    if kind == "roberta":  # <s> question </s></s> paragraph </s>
+        assert (prefix, middle, suffix) == ([tokenizer.cls_token_id], [tokenizer.sep_token_id] * 2, [tokenizer.sep_token_id])
     for w in windows:
         assert w["input_ids"][: w["context_start"]] == [*prefix, *question, *middle]
         assert w["input_ids"][-len(suffix):] == suffix
@@ -127,3 +123,36 @@ def test_combine_answers_max_or_sum_of_equal_normalised_strings():
     assert combine_answers([]) == ""
     with pytest.raises(ValueError):
         combine_answers(candidates, "mean")
+
+
+# ---------------------------------------------------------------- training windows and loss
+
+
+def test_no_answer_skip_or_cls_on_the_real_sample(shared_data, tokenizers):
+    from kadapter_cli.tasks.open_qa import collate_windows, encode_question
+
+    tokenizer = tokenizers["roberta"]
+    gehrig, mystery = read_qa(detect_input(shared_data / "searchqa" / "original-json" / "train")).records
+    # 'the "Mystery Train"' occurs in none of its 3 snippets: skip leaves no training window ...
+    assert encode_question(tokenizer, mystery, 1, 64, 16, training=True, no_answer="skip") == []
+    # ... cls trains each window to point at <s>, which joins the loss's softmax
+    cls = encode_question(tokenizer, mystery, 1, 64, 16, training=True, no_answer="cls")
+    assert cls and all(w["starts"] == [0] and w["ends"] == [0] for w in cls)
+    assert collate_windows(cls, tokenizer.pad_token_id)["answer_mask"][:, 0].all()
+    every = encode_question(tokenizer, mystery, 1, 64, 16, training=False)
+    assert len(every) == len(cls) and all(w["starts"] == [] for w in every)  # evaluation: no labels, all windows
+    skip = encode_question(tokenizer, gehrig, 0, 64, 16, training=True, no_answer="skip")
+    assert skip and all(w["starts"] for w in skip)
+    assert not collate_windows(skip, tokenizer.pad_token_id)["answer_mask"][:, 0].any()
+
+
+def test_span_loss_is_the_likelihood_of_all_occurrences():
+    from kadapter_cli.tasks.open_qa import span_loss
+
+    logits = torch.tensor([[[0.0, 0.0], [1.0, 2.0], [3.0, 0.5], [9.0, 9.0]]])  # (B=1, L=4, 2); position 3 is padding
+    mask = torch.tensor([[False, True, True, False]])
+    starts = torch.tensor([[False, True, True, False]])  # two occurrences start at 1 and 2
+    ends = torch.tensor([[False, False, True, False]])
+    loss = span_loss(logits, {"answer_mask": mask, "start_targets": starts, "end_targets": ends})
+    # start: both allowed positions are gold → −log 1 = 0; end: −log softmax([2, 0.5])[1]
+    assert loss.item() == pytest.approx(-torch.log_softmax(torch.tensor([2.0, 0.5]), 0)[1].item())

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from kadapter_cli import metrics
 from kadapter_cli.artifacts import write_json, write_jsonl
+from kadapter_cli.encoding import pair_template
 from kadapter_cli.errors import BadInput
 from kadapter_cli.qa_encoding import encode_qa_windows
 from kadapter_cli.qa_formats import FORMATS, QUASAR_CONTEXTS, QAReadOptions, detect_input, find_split, read_qa
@@ -43,9 +44,10 @@ def encode_question(tokenizer, record: dict, question_index: int, max_length: in
     if no_answer not in NO_ANSWER_MODES:
         raise ValueError(f"no_answer must be one of {', '.join(NO_ANSWER_MODES)}, got {no_answer!r}")
     answers = record["answers"] if training else ()
+    template = pair_template(tokenizer)
     windows = []
     for paragraph in record["paragraphs"]:
-        for window in encode_qa_windows(tokenizer, record["question"], paragraph, max_length, stride, answers):
+        for window in encode_qa_windows(tokenizer, record["question"], paragraph, max_length, stride, answers, template):
             if training and not window["starts"]:
                 if no_answer == "skip":
                     continue
