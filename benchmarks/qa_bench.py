@@ -133,6 +133,7 @@ def qa_inference(shape: BenchShape, n_questions: int, paragraphs: int, batch_siz
     from kadapter_cli.finetune import TaskModel
     from kadapter_cli.heads import SpanHead
     from kadapter_cli.model import KAdapterModel
+    from kadapter_cli.tasks import get_task
     from kadapter_cli.tiny_backbone import make_tiny_backbone
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,9 +146,10 @@ def qa_inference(shape: BenchShape, n_questions: int, paragraphs: int, batch_siz
     head = SpanHead(qa_shape.hidden)
     hf_model = RobertaForQuestionAnswering(backbone.config).eval()
     hf_model.roberta, hf_model.qa_outputs = backbone, head.qa_outputs  # the very same weights
-    base = TaskModel(KAdapterModel(backbone, {}, None, qa_shape.hidden), head, ()).eval()
+    task = get_task("searchqa")
+    base = TaskModel(KAdapterModel(backbone, {}, None, qa_shape.hidden), head, task).eval()
     adapters = {kind: KnowledgeAdapter(adapter_config(backbone, kind)) for kind in ("fac", "lin")}
-    composed = TaskModel(KAdapterModel(backbone, adapters, "concat", qa_shape.hidden), SpanHead(qa_shape.hidden), ()).eval()
+    composed = TaskModel(KAdapterModel(backbone, adapters, "concat", qa_shape.hidden), SpanHead(qa_shape.hidden), task).eval()
     records = qa_records(n_questions, paragraphs, seed)
 
     results: dict[str, tuple[list[str], int]] = {}
