@@ -327,11 +327,8 @@ _MRQA_TITLE = re.compile(r"^\[TLE\]\s*")
 
 def _read_mrqa(paths: Sequence[Path], options: QAReadOptions, bad: _BadCounter) -> Iterator[tuple]:
     for path in paths:
-        for lineno, line in _iter_json_lines(path):
-            where = f"line {lineno}"
+        for where, line in _parsed(_iter_json_lines(path), bad):
             try:
-                if isinstance(line, BadInput):
-                    raise line
                 if isinstance(line, dict) and "header" in line:
                     continue
                 if not isinstance(line, dict) or not isinstance(line.get("context"), str) \
@@ -382,11 +379,8 @@ def _check_mrqa_spans(qa: dict, context_length: int, path: Path, where: str) -> 
 def _read_quasar(paths: Sequence[Path], options: QAReadOptions, bad: _BadCounter) -> Iterator[tuple]:
     questions_path, contexts_path = paths
     questions: dict[str, tuple[dict, str]] = {}
-    for lineno, q in _iter_json_lines(questions_path):
-        where = f"line {lineno}"
+    for where, q in _parsed(_iter_json_lines(questions_path), bad):
         try:
-            if isinstance(q, BadInput):
-                raise q
             if not isinstance(q, dict) or not isinstance(q.get("uid"), str):
                 raise BadInput("expected a Quasar-T question object with a 'uid'", questions_path, where)
             if q["uid"] in questions:
@@ -395,11 +389,8 @@ def _read_quasar(paths: Sequence[Path], options: QAReadOptions, bad: _BadCounter
         except BadInput as e:
             bad(e)
     paragraphs: dict[str, list[str]] = {}
-    for lineno, c in _iter_json_lines(contexts_path):
-        where = f"line {lineno}"
+    for where, c in _parsed(_iter_json_lines(contexts_path), bad):
         try:
-            if isinstance(c, BadInput):
-                raise c
             if not isinstance(c, dict) or not isinstance(c.get("contexts"), list):
                 raise BadInput("expected a Quasar-T context object with 'uid' and 'contexts'", contexts_path, where)
             if c.get("uid") not in questions:
@@ -424,10 +415,8 @@ def _read_quasar(paths: Sequence[Path], options: QAReadOptions, bad: _BadCounter
 
 def _read_records(paths: Sequence[Path], options: QAReadOptions, bad: _BadCounter) -> Iterator[tuple]:
     path = paths[0]
-    for where, raw in _iter_json_values(path):
+    for where, raw in _parsed(_iter_json_values(path), bad):
         try:
-            if isinstance(raw, BadInput):
-                raise raw
             if not isinstance(raw, dict):
                 raise BadInput("expected a JSON object", path, where)
             paragraphs = raw.get("paragraphs")
@@ -475,6 +464,15 @@ def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             yield lineno, BadInput(f"malformed JSON: {e.msg}", path, f"line {lineno}")
+
+
+def _parsed(values: Iterator[tuple[int | str, Any]], bad: _BadCounter) -> Iterator[tuple[str, Any]]:
+    """`("line N" or "record N", value)` of the values that parsed; a malformed one goes to `bad`."""
+    for where, value in values:
+        if isinstance(value, BadInput):
+            bad(value)
+        else:
+            yield (f"line {where}" if isinstance(where, int) else where), value
 
 
 def _iter_json_values(path: Path) -> Iterator[tuple[str, Any]]:
