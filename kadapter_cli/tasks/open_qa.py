@@ -65,17 +65,13 @@ def collate_windows(windows: Sequence[dict], pad_id: int) -> dict[str, torch.Ten
     `start_targets`/`end_targets` (B, L)."""
     import torch
 
-    length = max(len(w["input_ids"]) for w in windows)
-    shape = (len(windows), length)
-    ids = torch.full(shape, pad_id, dtype=torch.long)
-    attention = torch.zeros(shape, dtype=torch.long)
-    context = torch.zeros(shape, dtype=torch.bool)
-    starts = torch.zeros(shape, dtype=torch.bool)
-    ends = torch.zeros(shape, dtype=torch.bool)
+    from kadapter_cli.padding import pad_ids
+
+    ids, attention = pad_ids([w["input_ids"] for w in windows], pad_id)
+    context = torch.zeros(ids.shape, dtype=torch.bool)
+    starts = torch.zeros(ids.shape, dtype=torch.bool)
+    ends = torch.zeros(ids.shape, dtype=torch.bool)
     for i, w in enumerate(windows):
-        n = len(w["input_ids"])
-        ids[i, :n] = torch.as_tensor(w["input_ids"])
-        attention[i, :n] = 1
         context[i, w["context_start"]: w["context_start"] + len(w["offsets"])] = True
         starts[i, w["starts"]] = True
         ends[i, w["ends"]] = True
