@@ -98,8 +98,9 @@ def kadapter_answers(model, tokenizer, records: list[dict], batch_size: int) -> 
     from kadapter_cli.batching import sequential_batches
     from kadapter_cli.tasks.open_qa import answers_by_question, collate_windows, encode_question, window_spans
 
-    windows = [w for q, record in enumerate(records)
-               for w in encode_question(tokenizer, record, q, MAX_LENGTH, STRIDE, training=False)]
+    per_question = [encode_question(tokenizer, record, MAX_LENGTH, STRIDE, training=False) for record in records]
+    windows = [w for question in per_question for w in question]
+    questions = [q for q, question in enumerate(per_question) for _ in question]
     spans: list = [None] * len(windows)
     for indices in sequential_batches([len(w["input_ids"]) for w in windows], batch_size):
         batch = collate_windows([windows[i] for i in indices], tokenizer.pad_token_id)
@@ -107,7 +108,7 @@ def kadapter_answers(model, tokenizer, records: list[dict], batch_size: int) -> 
             logits = model(batch)
         for i, row in zip(indices, window_spans(logits, batch, MAX_ANSWER_LENGTH)):
             spans[i] = row
-    return answers_by_question(windows, spans, len(records)), len(windows)
+    return answers_by_question(windows, spans, questions, len(records)), len(windows)
 
 
 def composed_flops(shape: BenchShape, config, fusion: torch.nn.Module, n_adapters: int, tokens: int,

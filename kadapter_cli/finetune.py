@@ -191,18 +191,27 @@ def build_task_model(task, labels: Sequence[str], adapters: dict[str, KnowledgeA
 
 def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str], max_length: int,
                  path: Path, description: str) -> list[dict]:
+    """The model's examples of a split's records, each tagged with `record` (its record's index)."""
     label_index = {label: i for i, label in enumerate(labels)}
     task.check_labels(records, labels, path)
     out = []
     with progress() as bar:
         t = bar.add_task(description, total=len(records))
         for i, rec in enumerate(records):
-            try:
-                out.extend(task.encode_examples(tokenizer, rec, label_index, max_length))
-            except ValueError as e:
-                raise BadInput(str(e), path, i) from None
+            out += _record_examples(task, tokenizer, rec, label_index, max_length, path, i)
             bar.advance(t)
     return out
+
+
+def _record_examples(task, tokenizer, record: dict, label_index: dict[str, int], max_length: int, path: Path,
+                     index: int) -> list[dict]:
+    try:
+        examples = task.examples(tokenizer, record, label_index, max_length)
+    except ValueError as e:
+        raise BadInput(str(e), path, index) from None
+    for example in examples:
+        example["record"] = index
+    return examples
 
 
 def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, resume: bool = False,
@@ -383,14 +392,10 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
     label_index = {label: i for i, label in enumerate(labels)}
     examples = []
     for i, rec in enumerate(records):
-        try:
-            encoded = task.encode_examples(tokenizer, task.without_unknown_labels(rec, label_index), label_index,
-                                           config["max_length"])
-        except ValueError as e:
-            raise BadInput(str(e), input_path, i) from None
-        for ex in encoded:
+        known = task.without_unknown_labels(rec, label_index)
+        for ex in _record_examples(task, tokenizer, known, label_index, config["max_length"], input_path, i):
             ex["gold"] = task.gold(rec)
-        examples.extend(encoded)
+            examples.append(ex)
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels)
     _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
     return task.prediction_lines(outputs, examples)

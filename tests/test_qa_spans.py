@@ -134,14 +134,14 @@ def test_no_answer_skip_or_cls_on_the_real_sample(shared_data, tokenizers):
     tokenizer = tokenizers["roberta"]
     gehrig, mystery = read_qa(detect_input(shared_data / "searchqa" / "original-json" / "train")).records
     # 'the "Mystery Train"' occurs in none of its 3 snippets: skip leaves no training window ...
-    assert encode_question(tokenizer, mystery, 1, 64, 16, training=True, no_answer="skip") == []
+    assert encode_question(tokenizer, mystery, 64, 16, training=True, no_answer="skip") == []
     # ... cls trains each window to point at <s>, which joins the loss's softmax
-    cls = encode_question(tokenizer, mystery, 1, 64, 16, training=True, no_answer="cls")
+    cls = encode_question(tokenizer, mystery, 64, 16, training=True, no_answer="cls")
     assert cls and all(w["starts"] == [0] and w["ends"] == [0] for w in cls)
     assert collate_windows(cls, tokenizer.pad_token_id)["answer_mask"][:, 0].all()
-    every = encode_question(tokenizer, mystery, 1, 64, 16, training=False)
+    every = encode_question(tokenizer, mystery, 64, 16, training=False)
     assert len(every) == len(cls) and all(w["starts"] == [] for w in every)  # evaluation: no labels, all windows
-    skip = encode_question(tokenizer, gehrig, 0, 64, 16, training=True, no_answer="skip")
+    skip = encode_question(tokenizer, gehrig, 64, 16, training=True, no_answer="skip")
     assert skip and all(w["starts"] for w in skip)
     assert not collate_windows(skip, tokenizer.pad_token_id)["answer_mask"][:, 0].any()
 

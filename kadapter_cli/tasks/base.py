@@ -5,7 +5,7 @@ A task is one module in `kadapter_cli/tasks/` holding a `Task` subclass decorate
 `@register_task`; the package finds it by itself (`discover_tasks`). The task owns every step
 between its records and its metrics — the model only supplies fused features:
 
-    read → normalize → encode (features) → collate (batch) → head_positions → [model body]
+    read → normalize → examples/encode (features) → collate (batch) → head_positions → [model body]
     → run_head (outputs) → loss / decode (predictions) → score, write_predictions
 
 The defaults of `Task` serve a head that reads a few marked positions of one sequence per example;
@@ -162,10 +162,10 @@ class Task:
         predictions files). Run `check_labels` first: an unknown label here is a `KeyError`."""
         raise NotImplementedError
 
-    def encode_examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> list[dict]:
-        """The examples of one record, in order: `[encode(...)]` for most tasks; a task whose record
-        is several model inputs (extractive QA: one per paragraph window) returns them all, and
-        its `score` and `prediction_lines` put them back together per record."""
+    def examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> list[dict]:
+        """The model's examples for one record: by default the one `encode` makes. A task may make
+        several (e.g. windows over a long paragraph); the caller tags each with `record`, the
+        record's index, so that `score` and `prediction_lines` can group them back."""
         return [self.encode(tokenizer, record, label_index, max_length)]
 
     def length(self, example: dict) -> int:
@@ -233,7 +233,8 @@ class Task:
         return self.metrics([e["gold"] for e in examples], [p["pred"] for p in predictions])
 
     def prediction_lines(self, predictions: Sequence[Prediction], examples: Sequence[dict]) -> list[dict]:
-        """The lines of a predictions file, one per input record (CONTRACT §2)."""
+        """The lines of a predictions file, one per input record (CONTRACT §2); by default one
+        example is one record."""
         return [{"index": i, "gold": list(e.get("gold", [])), "pred": list(p["pred"])}
                 for i, (e, p) in enumerate(zip(examples, predictions))]
 

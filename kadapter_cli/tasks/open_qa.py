@@ -36,10 +36,10 @@ if TYPE_CHECKING:
 NO_ANSWER_MODES = ("skip", "cls")
 
 
-def encode_question(tokenizer, record: dict, question_index: int, max_length: int, stride: int,
-                    training: bool, no_answer: str = "skip") -> list[dict[str, Any]]:
-    """The windows of one question over all its paragraphs. Each carries `question` (its index),
-    `paragraph` (the text its offsets point into) and, for training, answer positions; with
+def encode_question(tokenizer, record: dict, max_length: int, stride: int, training: bool,
+                    no_answer: str = "skip") -> list[dict[str, Any]]:
+    """The windows of one question over all its paragraphs. Each carries `paragraph` (the text its
+    offsets point into) and, for training, answer positions; with
     `training`, windows without an answer are dropped (`skip`) or labelled at position 0 (`cls`)."""
     if no_answer not in NO_ANSWER_MODES:
         raise ValueError(f"no_answer must be one of {', '.join(NO_ANSWER_MODES)}, got {no_answer!r}")
@@ -52,7 +52,6 @@ def encode_question(tokenizer, record: dict, question_index: int, max_length: in
                 if no_answer == "skip":
                     continue
                 window["starts"], window["ends"] = [0], [0]
-            window["question"] = question_index
             window["paragraph"] = paragraph
             window["cls_slot"] = no_answer == "cls"
             windows.append(window)
@@ -112,15 +111,16 @@ def span_text(window: dict, start: int, end: int) -> str:
     return text.strip()
 
 
-def answers_by_question(windows: Sequence[dict], spans: Sequence[list[tuple[float, int, int]]], n_questions: int,
-                        combine: str = "max") -> list[str]:
-    """One answer per question from the spans of all its windows."""
+def answers_by_question(windows: Sequence[dict], spans: Sequence[list[tuple[float, int, int]]],
+                        questions: Sequence[int], n_questions: int, combine: str = "max") -> list[str]:
+    """One answer per question from the spans of all its windows; `questions[i]` is the index
+    (0 ≤ · < n_questions) of window i's question."""
     if combine not in COMBINE_MODES:
         raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
     candidates: list[list[tuple[str, float]]] = [[] for _ in range(n_questions)]
-    for window, window_spans_ in zip(windows, spans):
+    for window, window_spans_, question in zip(windows, spans, questions):
         for probability, start, end in window_spans_:
-            candidates[window["question"]].append((span_text(window, start, end), probability))
+            candidates[question].append((span_text(window, start, end), probability))
     return [combine_answers(c, combine) for c in candidates]
 
 
@@ -130,7 +130,7 @@ def answers_by_question(windows: Sequence[dict], spans: Sequence[list[tuple[floa
 
 
 class OpenQATask(Task):
-    """One record per question; one example per window (`encode_examples`), so training batches and
+    """One record per question; one example per window (`examples`), so training batches and
     the loop's length-sorted evaluation batches count windows. Predictions go back to one line
     per question (`prediction_lines`), in input order."""
 
@@ -173,7 +173,7 @@ class OpenQATask(Task):
         source = detect_input(path, self.contexts, self.format)
         data = read_qa(source, QAReadOptions(self.max_paragraphs, self.titles, self.skip_bad), labeled)
         self.skipped[str(path)] = data.skipped
-        return [{**record, "index": i} for i, record in enumerate(data.records)]
+        return data.records
 
     def read_stats(self) -> dict[str, Any]:
         return {"skipped_bad_questions": sum(self.skipped.values())}
@@ -190,9 +190,10 @@ class OpenQATask(Task):
 
     # ------------------------------------------------------------ model side
 
-    def encode_examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> list[dict]:
-        windows = encode_question(tokenizer, record, record["index"], max_length, self.stride,
-                                  training=record.get("train", False), no_answer=self.no_answer)
+    def examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> list[dict]:
+        """The record's windows (the caller tags each with `record`, the question's index)."""
+        windows = encode_question(tokenizer, record, max_length, self.stride, training=record.get("train", False),
+                                  no_answer=self.no_answer)
         for window in windows:
             window["id"] = record["id"]
             window["gold"] = self.gold(record)
@@ -224,12 +225,12 @@ class OpenQATask(Task):
         """`(first window, answer)` per question, in input order."""
         firsts: dict[int, dict] = {}
         for example in examples:
-            firsts.setdefault(example["question"], example)
+            firsts.setdefault(example["record"], example)
         order = sorted(firsts)
-        position = {q: i for i, q in enumerate(order)}
-        windows = [{**e, "question": position[e["question"]]} for e in examples]
-        chosen = answers_by_question(windows, [p["spans"] for p in predictions], len(order), self.combine)
-        return [(firsts[q], answer) for q, answer in zip(order, chosen)]
+        position = {record: i for i, record in enumerate(order)}
+        chosen = answers_by_question(examples, [p["spans"] for p in predictions],
+                                     [position[e["record"]] for e in examples], len(order), self.combine)
+        return [(firsts[record], answer) for record, answer in zip(order, chosen)]
 
     def metrics(self, gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
         """`em`, `f1` as the SQuAD v1.1 script (× 100)."""
