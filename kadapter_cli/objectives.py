@@ -20,8 +20,8 @@ from kadapter_cli.padding import pad_ids
 IGNORE = -100
 
 
-def base_batch(examples: Sequence[dict], pad_id: int) -> dict[str, Any]:
-    ids, mask = pad_ids([e["input_ids"] for e in examples], pad_id)
+def base_batch(examples: Sequence[dict], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
+    ids, mask = pad_ids([e["input_ids"] for e in examples], pad_id, pad_to)
     batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
     cache = examples[0].get("_cache")
     if cache is not None:
@@ -30,10 +30,14 @@ def base_batch(examples: Sequence[dict], pad_id: int) -> dict[str, Any]:
 
 
 class _Objective:
+    """`pad_to`: pad every batch to this length (for adapters that attend to padding,
+    `KAdapterModel.padded_length`); None pads each batch to its longest example."""
+
     primary_metric = "loss"
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, pad_to: int | None = None):
         self.pad_id = pad_id
+        self.pad_to = pad_to
 
     def length(self, example: dict) -> int:
         return len(example["input_ids"])
@@ -44,12 +48,12 @@ class RelationObjective(_Objective):
 
     primary_metric = "accuracy"
 
-    def __init__(self, pad_id: int, labels: Sequence[str]):
-        super().__init__(pad_id)
+    def __init__(self, pad_id: int, labels: Sequence[str], pad_to: int | None = None):
+        super().__init__(pad_id, pad_to)
         self.labels = list(labels)
 
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
-        batch = base_batch(examples, self.pad_id)
+        batch = base_batch(examples, self.pad_id, self.pad_to)
         batch["subj_pos"] = torch.tensor([e["subj_pos"] for e in examples])
         batch["obj_pos"] = torch.tensor([e["obj_pos"] for e in examples])
         batch["labels"] = torch.tensor([e["label"] for e in examples])
@@ -74,7 +78,7 @@ class DependencyObjective(_Objective):
     primary_metric = "uas"
 
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
-        batch = base_batch(examples, self.pad_id)
+        batch = base_batch(examples, self.pad_id, self.pad_to)
         targets = torch.full(batch["input_ids"].shape, IGNORE, dtype=torch.long)
         for i, e in enumerate(examples):
             targets[i, : len(e["head_targets"])] = torch.as_tensor(e["head_targets"], dtype=torch.long)
@@ -108,8 +112,8 @@ class TaskObjective(_Objective):
     """Fine-tuning on a downstream task from the registry (`kadapter_cli.tasks`): the task batches,
     computes the loss from its head's outputs, decodes and scores; this only adds cached features."""
 
-    def __init__(self, pad_id: int, task, labels: Sequence[str]):
-        super().__init__(pad_id)
+    def __init__(self, pad_id: int, task, labels: Sequence[str], pad_to: int | None = None):
+        super().__init__(pad_id, pad_to)
         self.task = task
         self.labels = list(labels)
         self.primary_metric = task.primary_metric
@@ -118,7 +122,7 @@ class TaskObjective(_Objective):
         return self.task.length(example)
 
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
-        batch = self.task.collate(examples, self.pad_id)
+        batch = self.task.collate(examples, self.pad_id, self.pad_to)
         cache = examples[0].get("_cache")
         if cache is not None:
             batch["features"] = cache.gather([e["_row"] for e in examples], batch["input_ids"].shape[-1])

@@ -13,11 +13,15 @@ if TYPE_CHECKING:
     import torch
 
 
-def pad_ids(seqs: Sequence[Sequence[int]], pad: int) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Pads to the longest sequence in the batch: `(input_ids, attention_mask)`, each (B, L)."""
+def pad_ids(seqs: Sequence[Sequence[int]], pad: int, length: int | None = None) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Pads to `length` (default: the longest sequence in the batch): `(input_ids, attention_mask)`,
+    each (B, L)."""
     import torch
 
-    length = max(len(s) for s in seqs)
+    longest = max(len(s) for s in seqs)
+    if length is not None and length < longest:
+        raise ValueError(f"a sequence of {longest} tokens does not fit the padded length {length}")
+    length = longest if length is None else length
     ids = torch.full((len(seqs), length), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), length), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -26,13 +30,14 @@ def pad_ids(seqs: Sequence[Sequence[int]], pad: int) -> tuple["torch.Tensor", "t
     return ids, mask
 
 
-def pad_choices(choices: Sequence[Sequence[Sequence[int]]], pad: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+def pad_choices(choices: Sequence[Sequence[Sequence[int]]], pad: int, length: int | None = None
+                ) -> tuple["torch.Tensor", "torch.Tensor"]:
     """Examples of C candidate sequences each → `(input_ids, attention_mask)`, each (B, C, L),
     L the longest candidate of the batch. Every example must have the same number of candidates."""
     counts = {len(c) for c in choices}
     if len(counts) != 1:
         raise ValueError(f"examples in one batch have different numbers of candidates: {sorted(counts)}")
-    ids, mask = pad_ids([seq for example in choices for seq in example], pad)
+    ids, mask = pad_ids([seq for example in choices for seq in example], pad, length)
     shape = (len(choices), counts.pop(), ids.shape[-1])
     return ids.view(shape), mask.view(shape)
 

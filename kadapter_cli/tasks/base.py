@@ -156,17 +156,20 @@ class Task:
 
     # ------------------------------------------------------------ model side
 
-    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> dict[str, Any]:
+    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+               marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
         """Features of one record: `input_ids` (one id list, or C of them for C candidates), the
         `position_keys`, `labels` (the training target, if any) and `gold` (the label strings, for
-        predictions files). Run `check_labels` first: an unknown label here is a `KeyError`."""
+        predictions files). `marker_style`: the model's adapters' (`kadapter_cli.encoding`), for
+        tasks that mark entities. Run `check_labels` first: an unknown label here is a `KeyError`."""
         raise NotImplementedError
 
-    def examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> list[dict]:
+    def examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+                 marker_style: str = encoding.SPACED_MARKERS) -> list[dict]:
         """The model's examples for one record: by default the one `encode` makes. A task may make
         several (e.g. windows over a long paragraph); the caller tags each with `record`, the
         record's index, so that `score` and `prediction_lines` can group them back."""
-        return [self.encode(tokenizer, record, label_index, max_length)]
+        return [self.encode(tokenizer, record, label_index, max_length, marker_style)]
 
     def length(self, example: dict) -> int:
         """Tokens the model reads for the example (length bucketing, tokens/s): all candidates'."""
@@ -175,15 +178,16 @@ class Task:
         ids = example["input_ids"]
         return sum(len(seq) for seq in ids) if is_choices(ids) else len(ids)
 
-    def collate(self, examples: Sequence[dict], pad_id: int) -> Batch:
-        """A batch padded to its longest sequence: `input_ids`/`attention_mask` (B, L) or (B, C, L),
-        each of `position_keys` (B,) or (B, C), and `labels` when the examples have them."""
+    def collate(self, examples: Sequence[dict], pad_id: int, pad_to: int | None = None) -> Batch:
+        """A batch padded to its longest sequence (or to `pad_to`, for adapters that attend to
+        padding): `input_ids`/`attention_mask` (B, L) or (B, C, L), each of `position_keys` (B,) or
+        (B, C), and `labels` when the examples have them."""
         import torch
 
         from kadapter_cli.padding import is_choices, pad_choices, pad_ids
 
         seqs = [e["input_ids"] for e in examples]
-        ids, mask = (pad_choices if is_choices(seqs[0]) else pad_ids)(seqs, pad_id)
+        ids, mask = (pad_choices if is_choices(seqs[0]) else pad_ids)(seqs, pad_id, pad_to)
         batch: Batch = {"input_ids": ids, "attention_mask": mask}
         for key in self.position_keys:
             batch[key] = torch.tensor([e[key] for e in examples])
@@ -324,8 +328,10 @@ class TypingTask(ClassificationTask):
     def without_unknown_labels(self, record: dict, label_index: dict[str, int]) -> dict:
         return {**record, "labels": [g for g in record["labels"] if g in label_index]}
 
-    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> dict[str, Any]:
-        features = encoding.encode_typing(tokenizer, record["sent"], record["start"], record["end"], max_length)
+    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+               marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
+        features = encoding.encode_typing(tokenizer, record["sent"], record["start"], record["end"], max_length,
+                                          marker_style)
         multi_hot = [0] * len(label_index)
         for label in record["labels"]:
             multi_hot[label_index[label]] = 1
@@ -383,10 +389,11 @@ class RelationTask(ClassificationTask):
             labels.add(self.negative_label)
         return sorted(labels)
 
-    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> dict[str, Any]:
+    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+               marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
         features = encoding.encode_relation(
             tokenizer, record["tokens"], (record["subj_start"], record["subj_end"]),
-            (record["obj_start"], record["obj_end"]), max_length)
+            (record["obj_start"], record["obj_end"]), max_length, marker_style)
         relation = record["relation"]
         features["labels"] = encoding.IGNORE_INDEX if relation is None else label_index[relation]
         features["gold"] = self.gold(record)

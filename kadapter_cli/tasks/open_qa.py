@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from kadapter_cli import metrics
 from kadapter_cli.artifacts import write_json, write_jsonl
-from kadapter_cli.encoding import pair_template
+from kadapter_cli.encoding import SPACED_MARKERS, pair_template
 from kadapter_cli.errors import BadInput
 from kadapter_cli.qa_encoding import encode_qa_windows
 from kadapter_cli.qa_formats import FORMATS, QUASAR_CONTEXTS, QAReadOptions, detect_input, find_split, read_qa
@@ -58,7 +58,7 @@ def encode_question(tokenizer, record: dict, max_length: int, stride: int, train
     return windows
 
 
-def collate_windows(windows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_windows(windows: Sequence[dict], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Padded `input_ids`, `attention_mask`, `context_mask` (paragraph positions), `answer_mask`
     (where the loss's softmax runs: the paragraph, plus `<s>` with `no_answer=cls`) and multi-hot
     `start_targets`/`end_targets` (B, L)."""
@@ -66,7 +66,7 @@ def collate_windows(windows: Sequence[dict], pad_id: int) -> dict[str, torch.Ten
 
     from kadapter_cli.padding import pad_ids
 
-    ids, attention = pad_ids([w["input_ids"] for w in windows], pad_id)
+    ids, attention = pad_ids([w["input_ids"] for w in windows], pad_id, pad_to)
     context = torch.zeros(ids.shape, dtype=torch.bool)
     starts = torch.zeros(ids.shape, dtype=torch.bool)
     ends = torch.zeros(ids.shape, dtype=torch.bool)
@@ -190,8 +190,10 @@ class OpenQATask(Task):
 
     # ------------------------------------------------------------ model side
 
-    def examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> list[dict]:
-        """The record's windows (the caller tags each with `record`, the question's index)."""
+    def examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+                 marker_style: str = SPACED_MARKERS) -> list[dict]:
+        """The record's windows (the caller tags each with `record`, the question's index); QA marks
+        no entities, so `marker_style` does not apply."""
         windows = encode_question(tokenizer, record, max_length, self.stride, training=record.get("train", False),
                                   no_answer=self.no_answer)
         for window in windows:
@@ -202,8 +204,8 @@ class OpenQATask(Task):
     def length(self, example: dict) -> int:
         return len(example["input_ids"])
 
-    def collate(self, examples: Sequence[dict], pad_id: int) -> Batch:
-        return collate_windows(examples, pad_id)
+    def collate(self, examples: Sequence[dict], pad_id: int, pad_to: int | None = None) -> Batch:
+        return collate_windows(examples, pad_id, pad_to)
 
     def build_head(self, hidden: int, n_labels: int) -> "nn.Module":
         from kadapter_cli.heads import SpanHead
