@@ -200,13 +200,13 @@ def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str]
     with progress() as bar:
         t = bar.add_task(description, total=len(records))
         for i, rec in enumerate(records):
-            out += _record_examples(task, tokenizer, rec, label_index, max_length, path, i, marker_style)
+            out += _record_examples(task, tokenizer, rec, label_index, max_length, marker_style, path, i)
             bar.advance(t)
     return out
 
 
-def _record_examples(task, tokenizer, record: dict, label_index: dict[str, int], max_length: int, path: Path,
-                     index: int, marker_style: str = SPACED_MARKERS) -> list[dict]:
+def _record_examples(task, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+                     marker_style: str, path: Path, index: int) -> list[dict]:
     try:
         examples = task.examples(tokenizer, record, label_index, max_length, marker_style)
     except ValueError as e:
@@ -282,13 +282,13 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 
 def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], spec: FinetuneSpec, pad_id: int,
                               config: TrainConfig, run_dir: Path, pad_to: int | None = None) -> str | None:
-    """With a frozen backbone, its tapped states (+ last) are computed once per example."""
+    """With a frozen backbone, its tapped states (+ last) are computed once per sequence. An example
+    with candidates gets one cache row per candidate (`_row` is then their list, in candidate order)."""
     from kadapter_cli.feature_cache import attach_cache
 
     body = model.body
-    if any(is_choices(ex["input_ids"]) for split in splits for ex in split[:1]):
-        info("feature cache: off (it holds one sequence per example; this task has candidates)")
-        return None
+    sequences = [[{"input_ids": seq} for ex in split for seq in ex["input_ids"]]
+                 if split and is_choices(split[0]["input_ids"]) else split for split in splits]
     device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
     if spec.cache_features != "off":
         body.backbone.to(device)
@@ -298,9 +298,17 @@ def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], sp
             tapped, last = body.backbone_features(input_ids.to(device), attention_mask.to(device))
             return [t.clone() for t in (*tapped, last)]
 
-    return attach_cache(splits, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
-                        batch_size=max(config.batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to)
+    storage = attach_cache(sequences, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
+                           batch_size=max(config.batch_size, 32), mode=spec.cache_features,
+                           budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to)
+    for split, seqs in zip(splits, sequences):
+        if storage is None or seqs is split:
+            continue
+        rows = iter(seqs)
+        for ex in split:
+            candidates = [next(rows) for _ in ex["input_ids"]]
+            ex["_cache"], ex["_row"] = candidates[0]["_cache"], [c["_row"] for c in candidates]
+    return storage
 
 
 # ---------------------------------------------------------------- the finetuned artifact
@@ -406,8 +414,8 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
     examples = []
     for i, rec in enumerate(records):
         known = task.without_unknown_labels(rec, label_index)
-        for ex in _record_examples(task, tokenizer, known, label_index, config["max_length"], input_path, i,
-                                   config["marker_style"]):
+        for ex in _record_examples(task, tokenizer, known, label_index, config["max_length"], config["marker_style"],
+                                   input_path, i):
             ex["gold"] = task.gold(rec)
             examples.append(ex)
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))

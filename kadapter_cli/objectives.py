@@ -124,8 +124,9 @@ class TaskObjective(_Objective):
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
         batch = self.task.collate(examples, self.pad_id, self.pad_to)
         cache = examples[0].get("_cache")
-        if cache is not None:
-            batch["features"] = cache.gather([e["_row"] for e in examples], batch["input_ids"].shape[-1])
+        if cache is not None:  # candidates have a row each: gathered flat, as the model runs them
+            rows = [r for e in examples for r in (e["_row"] if isinstance(e["_row"], list) else [e["_row"]])]
+            batch["features"] = cache.gather(rows, batch["input_ids"].shape[-1])
         return batch
 
     def loss(self, model, batch) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Token-id lists → padded tensors: (B, L) for one sequence per example, (B, C, L) for C candidates.
 
-Every batch is padded to its own longest sequence with the tokenizer's pad id; the attention mask
-is 1 on real tokens. torch is imported inside the functions, so task modules that use these stay
+Every batch is padded to its own longest sequence (or a fixed length, for adapters that attend to
+padding) with the tokenizer's pad id; the attention mask is 1 on real tokens. torch is imported inside the functions, so task modules that use these stay
 cheap to import (`kadapter --help`).
 """
 
@@ -30,10 +30,11 @@ def pad_ids(seqs: Sequence[Sequence[int]], pad: int, length: int | None = None) 
     return ids, mask
 
 
-def pad_choices(choices: Sequence[Sequence[Sequence[int]]], pad: int, length: int | None = None
-                ) -> tuple["torch.Tensor", "torch.Tensor"]:
+def pad_choices(choices: Sequence[Sequence[Sequence[int]]], pad: int,
+                length: int | None = None) -> tuple["torch.Tensor", "torch.Tensor"]:
     """Examples of C candidate sequences each → `(input_ids, attention_mask)`, each (B, C, L),
-    L the longest candidate of the batch. Every example must have the same number of candidates."""
+    L = `length` or the longest candidate of the batch. Every example must have the same number of
+    candidates."""
     counts = {len(c) for c in choices}
     if len(counts) != 1:
         raise ValueError(f"examples in one batch have different numbers of candidates: {sorted(counts)}")

@@ -298,3 +298,44 @@ def test_finetune_on_the_authors_csv(chain, tiny_backbone):
     assert not (folder / "predictions-dev.lst").exists()  # a labeled split gets no leaderboard file
     out = run("evaluate", folder, "--data", csv_data, "--split", "dev", "--json")
     assert json.loads(out.stdout)["accuracy"] == pytest.approx(metrics["dev"]["accuracy"])
+
+
+@pytest.mark.slow
+def test_a_frozen_backbone_caches_every_candidate(chain):
+    workdir, run, data, _ = chain
+    run("finetune", "--task", "cosmosqa", "--data", data, "--adapters", "fac", "--name", "frozen",
+        "--freeze-backbone", "--cache-features", "on", *FAST, "--max-steps", "2")
+    folder = workdir / "finetuned" / "frozen"
+    assert json.loads((folder / "manifest.json").read_text())["stats"]["feature_cache"] == "memory"
+    assert len(_lines(folder / "predictions-dev.jsonl")) == 60
+
+
+def test_cached_candidate_features_give_the_backbones_scores(tiny_backbone, sample, tmp_path):
+    """Each candidate's cached states come back in the order the model runs the candidates."""
+    import torch
+
+    from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter
+    from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer
+    from kadapter_cli.finetune import AdapterSet, FinetuneSpec, attach_task_feature_cache, build_task_model
+    from kadapter_cli.objectives import TaskObjective
+    from kadapter_cli.train_config import TrainConfig
+
+    task = get_task("cosmosqa")
+    tokenizer = load_tokenizer(str(tiny_backbone))
+    examples = [task.encode(tokenizer, r, {}, 64) for r in task.read(sample / "valid.first300.jsonl")[:5]]
+    backbone = load_backbone(str(tiny_backbone))
+    torch.manual_seed(0)
+    adapters = {"fac": KnowledgeAdapter(AdapterConfig.for_backbone(backbone_shape(backbone), "fac"))}
+    model = build_task_model(task, [], adapters, "concat", backbone).eval()
+    model.body.freeze_backbone()
+    model.body.freeze_adapters()
+    objective = TaskObjective(tokenizer.pad_token_id, task, [])
+    uncached = model(objective.collate(examples[1:4]))
+    spec = FinetuneSpec(task="cosmosqa", data=tmp_path, out=tmp_path / "out", adapters=AdapterSet(),
+                        cache_features="on")
+    assert attach_task_feature_cache(model, [examples], spec, tokenizer.pad_token_id, TrainConfig(device="cpu"),
+                                     tmp_path) == "memory"
+    assert examples[1]["_row"] == [4, 5, 6, 7]
+    batch = objective.collate(examples[1:4])
+    assert batch["features"][0].shape[0] == 12  # 3 records x 4 candidates, flat
+    torch.testing.assert_close(model(batch), uncached, atol=2e-2, rtol=1e-2)  # fp16 cache

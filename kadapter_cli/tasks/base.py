@@ -160,8 +160,9 @@ class Task:
                marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
         """Features of one record: `input_ids` (one id list, or C of them for C candidates), the
         `position_keys`, `labels` (the training target, if any) and `gold` (the label strings, for
-        predictions files). `marker_style`: the model's adapters' (`kadapter_cli.encoding`), for
-        tasks that mark entities. Run `check_labels` first: an unknown label here is a `KeyError`."""
+        predictions files). `marker_style`: how the model's adapters learned entity markers
+        (`kadapter_cli.encoding`; tasks without markers ignore it). Run `check_labels` first: an
+        unknown label here is a `KeyError`."""
         raise NotImplementedError
 
     def examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,

@@ -111,7 +111,7 @@ class CosmosQA(Task):
                marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
         """`input_ids`: one sequence per candidate (context, question, answer; longest-first
         truncation); `labels`: the gold answer index (ignored in the loss when there is none).
-        CosmosQA marks no entities: `marker_style` does not apply."""
+        There are no entity markers: `marker_style` does not apply."""
         separator = LAYOUT_SEPARATORS[self.layout]
         context = encoding.text_pieces(tokenizer, record["context"])
         question = encoding.text_pieces(tokenizer, record["question"])
