@@ -30,7 +30,7 @@ import io
 import json
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -66,7 +66,6 @@ class QAData:
     records: list[dict]
     skipped: int = 0
     source: QASource | None = None
-    skipped_where: list[str] = field(default_factory=list)
 
 
 class _BadCounter:
@@ -222,7 +221,7 @@ def read_qa(source: QASource, options: QAReadOptions | None = None, labeled: boo
         records.append(record)
     if not records:
         raise BadInput("no questions" + (f" ({len(bad.where)} skipped as bad)" if bad.where else ""), source.main)
-    return QAData(records, len(bad.where), source, bad.where)
+    return QAData(records, len(bad.where), source)
 
 
 def _record(id_: Any, question: Any, answers: Any, paragraphs: list[str], path: Path, where: str) -> dict:
