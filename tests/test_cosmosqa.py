@@ -339,3 +339,26 @@ def test_cached_candidate_features_give_the_backbones_scores(tiny_backbone, samp
     batch = objective.collate(examples[1:4])
     assert batch["features"][0].shape[0] == 12  # 3 records x 4 candidates, flat
     torch.testing.assert_close(model(batch), uncached, atol=2e-2, rtol=1e-2)  # fp16 cache
+
+
+def test_a_pipeline_stage_sets_task_options_as_the_command_line_does(tmp_path):
+    from kadapter_cli.cli import app
+    from kadapter_cli.pipeline import app_commands, load_pipeline, stage_argv
+
+    path = tmp_path / "cosmos.yaml"
+    path.write_text("vars: {workdir: w}\nstages:\n  - {name: ft, command: finetune, "
+                    "options: {task: cosmosqa, task-option: [layout=original]}}\n")
+    pipeline = load_pipeline(path)
+    argv = stage_argv(pipeline.stages[0], pipeline.workdir, app_commands(app)["finetune"], pipeline.path)
+    assert argv[-4:] == ["--task", "cosmosqa", "--task-option", "layout=original"]
+
+
+@pytest.mark.slow
+def test_a_config_file_sets_task_options(chain, tmp_path, tiny_backbone):
+    workdir, run, data, _ = chain
+    config = tmp_path / "cosmos.yaml"
+    config.write_text("task_option: {layout: original}\nmax_steps: 1\n")
+    run("finetune", "--task", "cosmosqa", "--data", data, "--backbone", tiny_backbone, "--name", "from-config",
+        "--config", config, *FAST)
+    saved = json.loads((workdir / "finetuned" / "from-config" / "config.json").read_text())
+    assert saved["task_options"] == {"layout": "original"}

@@ -8,6 +8,7 @@ ready instance, `TASKS` maps every name to its class.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kadapter_cli.errors import BadInput
@@ -28,7 +29,7 @@ def get_task(name: str, **options: Any) -> Task:
 
 def task_options_help() -> str:
     """Every task's options, one line each: what `--task-option` accepts."""
-    lines = [f"{name}: {key}={option.default!r} — {option.help}"
+    lines = [f"{name}: {key}={json.dumps(option.default)} — {option.help}"
              for name, cls in TASKS.items() for key, option in cls.options.items()]
     return "; ".join(lines) or "no task has options"
 
