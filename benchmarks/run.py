@@ -25,7 +25,7 @@ from typing import Any, Callable
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import data_bench, probe_bench, timing, training_bench  # noqa: E402
+from benchmarks import data_bench, probe_bench, qa_bench, timing, training_bench  # noqa: E402
 from benchmarks.workloads import BenchShape  # noqa: E402
 
 
@@ -44,17 +44,20 @@ class Sizes:
     batch_size: int
     trex_copies: int = 10
     matmul_n: int = 2048
+    qa_questions: int = 8  # extractive QA evaluation: questions, each with `qa_paragraphs` paragraphs
+    qa_paragraphs: int = 10
     choice_records: int = 2  # CosmosQA records per step (4 candidates each)
     choice_length: int = 128  # their padded length (the paper's is 256)
 
 
 QUICK = Sizes(repeats=5, warmup=1, epoch_examples=128, epoch_batch_size=32, batches_timed=4, inference_examples=32, parse_sentences=300,
-              batch_size=8, inference_batch_size=16)
+              batch_size=8, inference_batch_size=16, qa_questions=4, qa_paragraphs=5)
 FULL = Sizes(repeats=7, warmup=2, epoch_examples=256, epoch_batch_size=32, batches_timed=8, inference_examples=128, parse_sentences=1006,
              batch_size=16, inference_batch_size=32)
 # For tests: a shallow, narrow backbone and a handful of examples; the numbers mean nothing.
 TOY = Sizes(repeats=1, warmup=0, epoch_examples=4, epoch_batch_size=4, batches_timed=2, inference_examples=4, parse_sentences=5,
-            batch_size=2, inference_batch_size=2, trex_copies=2, matmul_n=64, choice_records=1, choice_length=32)
+            batch_size=2, inference_batch_size=2, trex_copies=2, matmul_n=64, qa_questions=2, qa_paragraphs=2,
+            choice_records=1, choice_length=32)
 TOY_SHAPE = BenchShape(layers=4, hidden=64, heads=2, ffn=128, vocab=1000, max_length=32)
 
 # The groups of entries, in the order they run; `--only` picks groups by any of their entry names.
@@ -63,6 +66,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "cache": ("cached_epoch_vs_uncached",),
     "buckets": ("bucketed_vs_padded",),
     "inference": ("composed_inference_vs_backbone",),
+    "qa": ("qa_eval_vs_hf_pipeline", "qa_composed_eval_vs_base"),
     "cosmosqa": ("cosmosqa_step_vs_hf_multiple_choice",),
     "probe": ("probe_step_masked_rows_vs_every_position",),
     "prepare_trex": ("prepare_trex_rss_10x_over_1x", "prepare_trex_docs_per_s"),
@@ -79,6 +83,8 @@ def _runners(shape: BenchShape, sizes: Sizes, trex_dump: Path) -> dict[str, Call
         "buckets": lambda: {"bucketed_vs_padded": training_bench.bucketed_epoch(shape, sizes.batches_timed, r)},
         "inference": lambda: {"composed_inference_vs_backbone": training_bench.composed_inference(
             dataclasses.replace(shape, batch_size=sizes.inference_batch_size), sizes.inference_examples, r, w)},
+        "qa": lambda: qa_bench.qa_inference(shape, sizes.qa_questions, sizes.qa_paragraphs,
+                                            sizes.inference_batch_size, r, w),
         "cosmosqa": lambda: {"cosmosqa_step_vs_hf_multiple_choice": training_bench.cosmosqa_step(
             shape, sizes.choice_records, sizes.choice_length, r, w)},
         "probe": lambda: probe_bench.probe_step(shape, r, w),

@@ -270,7 +270,8 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         artifacts.write_json(run_dir / "metrics.json", results)
         stats = {"best_step": result.best_step, "steps": result.steps, "throughput": result.throughput,
                  "feature_cache": cached or "off", **{f"{k}_examples": len(v) for k, v in encoded.items()},
-                 "parameters": {row["component"]: row for row in model.body.parameter_table()}}
+                 "parameters": {row["component"]: row for row in model.body.parameter_table()},
+                 **task.read_stats()}
         task_inputs = artifacts.sha256_inputs([p for p in files.values() if p.exists()])
         inputs = task_inputs + artifacts.sha256_inputs(spec.adapters.paths)
         write_card(run_dir, finetuned_card(spec.out.name, task, artifacts.read_json(run_dir / CONFIG), labels, results,

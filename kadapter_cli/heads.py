@@ -191,3 +191,15 @@ def build_head(spec: dict[str, Any], hidden: int) -> nn.Module:
     if spec:
         raise BadInput(f"unknown key(s) for a {kind} head: {', '.join(sorted(spec))}")
     return PretrainingHead(hidden, head) if with_com_dense else head
+
+
+class SpanHead(nn.Module):
+    """Extractive QA (SearchQA, Quasar-T): Linear(H → 2) at every position, the answer start and
+    end logits (B, L, 2); which positions may hold an answer is the task's business."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.qa_outputs = nn.Linear(hidden, 2)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.qa_outputs(h)

@@ -2,14 +2,17 @@
 
 Inputs are per-example gold and predicted labels in the same order. Each function checks that the
 two lists have the same length, counts every example exactly once (the original FIGER evaluation
-re-counted earlier batches, reference §8.6), and returns plain floats in [0, 1].
+re-counted earlier batches, reference §8.6), and returns plain floats in [0, 1] (QA: see below).
 
 Division by zero is defined, never an exception: a ratio with an empty denominator is 0.0, with
 one documented exception, `relation_metrics`'s precision, which follows the official TACRED scorer.
+The extractive QA metrics (`extractive_qa_metrics`) are percentages, as the SQuAD script prints them.
 """
 
 from __future__ import annotations
 
+import re
+import string
 from collections import Counter
 from typing import Hashable, Mapping, Sequence
 
@@ -185,3 +188,54 @@ def lama_metrics(ranks: Mapping[str, Sequence[int]]) -> dict:
     micro = _ratio(sum(sum(r == 1 for r in rel_ranks) for rel_ranks in ranks.values()), total)
     return {**macro, "p_at_1_micro": micro, "facts": total, "relations": len(per_relation),
             "per_relation": per_relation}
+
+
+# ---------------------------------------------------------------- extractive QA (SQuAD v1.1)
+
+_SQUAD_PUNCTUATION = frozenset(string.punctuation)
+_SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def squad_normalize(text: str) -> str:
+    """The SQuAD v1.1 script's `normalize_answer`, step for step: lower-case, drop ASCII
+    punctuation, drop the articles a/an/the, collapse whitespace. (OpenQA and the MRQA evaluator
+    use the same function.)"""
+    text = "".join(ch for ch in text.lower() if ch not in _SQUAD_PUNCTUATION)
+    return " ".join(_SQUAD_ARTICLES.sub(" ", text).split())
+
+
+def squad_exact_match(prediction: str, gold: str) -> bool:
+    return squad_normalize(prediction) == squad_normalize(gold)
+
+
+def squad_f1(prediction: str, gold: str) -> float:
+    """F1 of the normalised token multisets (0 when they share no token, or either is empty)."""
+    pred_tokens, gold_tokens = squad_normalize(prediction).split(), squad_normalize(gold).split()
+    common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def extractive_qa_metrics(gold: Sequence[Sequence[str]], pred: Sequence[str | Sequence[str]]) -> dict[str, float]:
+    """SearchQA / Quasar-T: `em` and `f1` as the SQuAD v1.1 script computes them — per question the
+    max over its gold answers, then the mean over questions, × 100 (the scale the paper and the
+    script report, unlike this module's other metrics).
+
+    `pred` holds one answer string per question (or the one-element list a predictions file holds;
+    an empty list is the empty answer). Questions without gold answers are not scored (the script
+    skips them too); none scored: both 0.0.
+    """
+    _same_length(gold, pred)
+    em_sum = f1_sum = 0.0
+    scored = 0
+    for answers, prediction in zip(gold, pred):
+        if not isinstance(prediction, str):
+            prediction = _single(prediction) if prediction else ""
+        if not answers:
+            continue
+        scored += 1
+        em_sum += max(float(squad_exact_match(prediction, a)) for a in answers)
+        f1_sum += max(squad_f1(prediction, a) for a in answers)
+    return {"em": 100.0 * _ratio(em_sum, scored), "f1": 100.0 * _ratio(f1_sum, scored)}

@@ -25,6 +25,7 @@ RATIOS = {
     "cosmosqa_step_vs_hf_multiple_choice": "<= 1.05",
     "probe_step_masked_rows_vs_every_position": "<= 0.60",
     "mfu": ">= 0.50",
+    "qa_eval_vs_hf_pipeline": ">= 1.50",
     "prepare_trex_rss_2x_over_1x": "<= 1.20",  # --toy runs 2 copies instead of 10
 }
 RATES = ("prepare_trex_docs_per_s", "parse_conllu_words_per_s", "parse_spacy_words_per_s")
@@ -146,6 +147,19 @@ def test_interleaved_steps_alternates_members_step_by_step_and_sums_each_round()
     assert all(t >= 0 for ts in times.values() for t in ts)
     with pytest.raises(ValueError, match="different numbers of steps"):
         timing.interleaved_steps({"a": members["a"], "b": members["b"][:2]}, repeats=1)
+
+
+def test_qa_benchmark_runs_the_pipelines_windows_and_finds_its_answers(toy_report):
+    """Both sides of `qa_eval_vs_hf_pipeline` run the same windows through the same weights, and the
+    banded decoding picks the answer the pipeline's (L × L) decoding picks."""
+    report, _ = toy_report
+    detail = report["qa_eval_vs_hf_pipeline"]["detail"]
+    questions = run.TOY.qa_questions
+    assert detail["questions"] == questions and detail["windows"] >= questions * run.TOY.qa_paragraphs
+    assert detail["same_answer_as_baseline"] == f"{questions}/{questions}"
+    assert set(detail["windows_per_s"]) == {"kadapter", "hf_pipeline", "composed"}
+    composed = report["qa_composed_eval_vs_base"]
+    assert composed["value"] > 0 and composed["flop_ratio"] > 1
 
 
 def test_gpu_check_runs_at_tiny_shapes_on_the_cpu_and_reports_every_figure(capsys):

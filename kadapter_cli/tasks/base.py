@@ -125,6 +125,10 @@ class Task:
         """One validated record in the task's shape; `BadInput` naming `path` and `where`."""
         raise NotImplementedError
 
+    def read_stats(self) -> dict[str, Any]:
+        """What reading the splits counted (e.g. bad records skipped), for the finetuned manifest."""
+        return {}
+
     def prepare_train(self, records: list[dict]) -> list[dict]:
         """The training records actually used (a task may sub-sample); the default keeps them all."""
         return records
