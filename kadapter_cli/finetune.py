@@ -25,7 +25,7 @@ from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backb
 from kadapter_cli.model_card import finetuned_card, write_card
 from kadapter_cli.objectives import TaskObjective
 from kadapter_cli.padding import is_choices
-from kadapter_cli.progress import info, progress
+from kadapter_cli.progress import progress
 from kadapter_cli.tasks import get_task
 from kadapter_cli.training import TrainConfig, evaluate, remove_checkpoints, train
 

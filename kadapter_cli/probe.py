@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence

@@ -8,7 +8,6 @@ is asserted is the contract (files, formats, freezing, metrics recomputed), not 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from kadapter_cli.errors import BadInput
-from kadapter_cli.qa_formats import QAReadOptions, QASource, detect_input, find_split, read_qa
+from kadapter_cli.qa_formats import QAReadOptions, detect_input, find_split, read_qa
 from qa_samples import made_up_paragraphs, quasart_questions, write_openqa, write_quasar
 
 
