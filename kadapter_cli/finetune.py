@@ -22,7 +22,7 @@ from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer
 from kadapter_cli.errors import BadInput
 from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backbone
 from kadapter_cli.objectives import TaskObjective
-from kadapter_cli.progress import info, progress
+from kadapter_cli.progress import progress
 from kadapter_cli.tasks import get_task
 from kadapter_cli.training import TrainConfig, evaluate, remove_checkpoints, train
 
@@ -188,6 +188,9 @@ def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str]
 def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, resume: bool = False,
              manifest_config: dict | None = None) -> dict[str, Any]:
     """Fine-tunes a task model, selects on dev, writes the finetuned artifact; returns its metrics."""
+    if artifacts.nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
+        return artifacts.read_json(spec.out / "metrics.json")
+    artifacts.check_output(spec.out, overwrite=overwrite, resume=resume, resumable=True)
     task = get_task(spec.task, **spec.task_options)
     splits = read_task_data(task, spec.data)
     files = task.task_files(spec.data)

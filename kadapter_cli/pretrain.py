@@ -24,7 +24,7 @@ from kadapter_cli.encoding import encode_dependency, encode_relation
 from kadapter_cli.errors import BadInput
 from kadapter_cli.heads import build_head
 from kadapter_cli.objectives import DependencyObjective, RelationObjective
-from kadapter_cli.progress import info, progress
+from kadapter_cli.progress import progress
 from kadapter_cli.training import TrainConfig, remove_checkpoints, train
 
 KINDS = ("fac", "lin")
@@ -197,9 +197,9 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         raise BadInput(f"--kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
     if spec.lin_head not in LIN_HEADS:
         raise BadInput(f"--lin-head must be one of {', '.join(LIN_HEADS)}, got {spec.lin_head!r}")
-    if resume and spec.out.exists() and not artifacts.partial_dir(spec.out).exists() and not overwrite:
-        info(f"{spec.out} is complete: nothing to resume")
+    if artifacts.nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
         return artifacts.read_json(spec.out / "metrics.json")
+    artifacts.check_output(spec.out, overwrite=overwrite, resume=resume, resumable=True)
 
     relations: list[str] = []
     if spec.kind == "fac":

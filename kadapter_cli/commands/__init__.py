@@ -69,8 +69,9 @@ class KadapterGroup(TyperGroup):
                 traceback.print_exc()
             typer.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+        except KeyboardInterrupt as e:
+            # `Interrupted` says what was kept and how to continue; a bare Ctrl-C has no message.
+            typer.echo("interrupted" + (f": {e}" if str(e) else ""), err=True)
             sys.exit(130)
         except BrokenPipeError:
             # The reader went away (`kadapter ... | head`): stop quietly, as Unix tools do.
