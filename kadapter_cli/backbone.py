@@ -8,6 +8,7 @@ output and index k the output of layer k (the convention of transformers and of 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -94,6 +95,50 @@ def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
                 f"{what} '{name_or_path}' could not be found: not a local folder, not in the Hugging Face cache, "
                 f"and not downloadable ({str(e).splitlines()[0]})"
             ) from None
+
+
+# What `from_pretrained` reads from a model folder: the config and the weight files.
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "tf_model.h5", "flax_model.msgpack")
+
+
+def backbone_fingerprint(name_or_path: str | Path, model: "PreTrainedModel") -> dict[str, Any]:
+    """What identifies the weights an adapter was trained on, beyond their shape.
+
+    A local folder: the sha256 of its config.json and of its weight files (what loading it read).
+    A hub id: the id and the revision (commit) that was loaded from the cache or the hub.
+    """
+    from kadapter_cli.artifacts import sha256_file
+
+    local = Path(str(name_or_path)).expanduser()
+    if local.is_dir():
+        weights = sorted(f for pattern in _WEIGHT_PATTERNS for f in local.glob(pattern) if f.is_file())
+        combined = "\n".join(f"{f.name} {sha256_file(f)}" for f in weights)
+        return {"folder": str(local.resolve()), "config_sha256": sha256_file(local / "config.json"),
+                "weights_sha256": hashlib.sha256(combined.encode()).hexdigest()}
+    return {"hub_id": str(name_or_path), "revision": getattr(model.config, "_commit_hash", None)}
+
+
+def same_backbone(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two fingerprints name the same weights; an unrecorded one ({}) cannot be checked and passes."""
+    if not a or not b:
+        return True
+    if "weights_sha256" in a and "weights_sha256" in b:
+        return (a["config_sha256"], a["weights_sha256"]) == (b["config_sha256"], b["weights_sha256"])
+    if "hub_id" in a and "hub_id" in b:
+        same_id = a["hub_id"].rsplit("/", 1)[-1] == b["hub_id"].rsplit("/", 1)[-1]
+        return same_id and (a.get("revision") == b.get("revision") or None in (a.get("revision"), b.get("revision")))
+    return False
+
+
+def describe_fingerprint(fingerprint: dict[str, Any]) -> str:
+    """One short phrase for messages: `folder /m/tiny (config 1a2b3c4d5e6f, weights 0f9e8d7c6b5a)`."""
+    if not fingerprint:
+        return "an unrecorded backbone"
+    if "weights_sha256" in fingerprint:
+        return (f"folder {fingerprint['folder']} (config {fingerprint['config_sha256'][:12]}, "
+                f"weights {fingerprint['weights_sha256'][:12]})")
+    revision = fingerprint.get("revision")
+    return f"{fingerprint['hub_id']} at revision {revision[:12] if revision else 'unknown'}"
 
 
 def load_backbone(name_or_path: str | Path, dtype: "torch.dtype | None" = None) -> "PreTrainedModel":

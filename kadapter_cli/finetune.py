@@ -18,7 +18,7 @@ from torch import nn
 
 from kadapter_cli import artifacts
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, load_adapter, read_safetensors
-from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer
+from kadapter_cli.backbone import backbone_fingerprint, backbone_shape, load_backbone, load_tokenizer
 from kadapter_cli.errors import BadInput
 from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backbone
 from kadapter_cli.objectives import TaskObjective
@@ -86,22 +86,24 @@ def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> Ada
     return AdapterSet(names, paths, fusion or "concat")
 
 
-def load_adapters(adapter_set: AdapterSet) -> tuple[dict[str, KnowledgeAdapter], list[AdapterConfig]]:
+def load_adapters(adapter_set: AdapterSet, allow_backbone_mismatch: bool = False,
+                  ) -> tuple[dict[str, KnowledgeAdapter], list[AdapterConfig]]:
     adapters, configs = {}, []
     for name, path in zip(adapter_set.names, adapter_set.paths):
         adapter, config, _ = load_adapter(path)
         adapters[name] = adapter
         configs.append(config)
-    check_composable(configs, adapter_set.paths)
+    check_composable(configs, adapter_set.paths, allow_backbone_mismatch)
     return adapters, configs
 
 
-def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str, overwrite: bool = False) -> dict:
+def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str, overwrite: bool = False,
+            allow_backbone_mismatch: bool = False) -> dict:
     """Checks that adapters compose and writes `compositions/<a>+<b>/` (adapters hard-linked in)."""
     if fusion not in ("concat", "add", "gated"):
         raise BadInput(f"--fusion must be concat, add or gated, got {fusion!r}")
     adapter_set = resolve_adapters(",".join(adapter_names), workdir, fusion)
-    _, configs = load_adapters(adapter_set)
+    _, configs = load_adapters(adapter_set, allow_backbone_mismatch)
     first = configs[0]
     for config, path in zip(configs[1:], adapter_set.paths[1:]):
         if config.backbone_hidden_size != first.backbone_hidden_size:
@@ -149,6 +151,7 @@ class FinetuneSpec:
     task_options: dict[str, Any] = field(default_factory=dict)
     cache_features: str = "auto"
     cache_budget_gb: float | None = None
+    allow_backbone_mismatch: bool = False
 
 
 def read_task_data(task, data_dir: Path, need_train: bool = True) -> dict[str, list[dict]]:
@@ -197,12 +200,13 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     train_records = task.prepare_train(splits["train"])
     labels = task.label_vocab(train_records, spec.data)
 
-    adapters, adapter_configs = load_adapters(spec.adapters)
+    adapters, adapter_configs = load_adapters(spec.adapters, spec.allow_backbone_mismatch)
     backbone_id = spec.backbone or (adapter_configs[0].backbone if adapter_configs else DEFAULT_BACKBONE)
     tokenizer = load_tokenizer(backbone_id)
     backbone = load_backbone(backbone_id)
+    fingerprint = backbone_fingerprint(backbone_id, backbone)
     for config_ in adapter_configs:
-        check_fits_backbone(config_, backbone_shape(backbone))
+        check_fits_backbone(config_, backbone_shape(backbone), fingerprint, spec.allow_backbone_mismatch)
 
     splits["train"] = train_records
     if config.limit:  # the first N of every split, before the work of encoding them
@@ -233,7 +237,7 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         remove_checkpoints(run_dir)
         (run_dir / "best.safetensors").unlink(missing_ok=True)
         shutil.rmtree(run_dir / "feature-cache", ignore_errors=True)
-        save_finetuned(run_dir, model, tokenizer, task, labels, spec, backbone_id, adapter_configs)
+        save_finetuned(run_dir, model, tokenizer, task, labels, spec, backbone_id, adapter_configs, fingerprint)
         artifacts.write_json(run_dir / "metrics.json", results)
         stats = {"best_step": result.best_step, "steps": result.steps, "throughput": result.throughput,
                  "feature_cache": cached or "off", **{f"{k}_examples": len(v) for k, v in encoded.items()},
@@ -272,7 +276,7 @@ def write_predictions(path: Path, examples: Sequence[dict], outputs: Sequence[li
 
 
 def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequence[str], spec: FinetuneSpec,
-                   backbone_id: str, adapter_configs: Sequence[AdapterConfig]) -> None:
+                   backbone_id: str, adapter_configs: Sequence[AdapterConfig], fingerprint: dict) -> None:
     from safetensors.torch import save_file
 
     body = model.body
@@ -285,6 +289,7 @@ def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequ
         "task": task.name,
         "task_options": {k: getattr(task, k) for k in task.options},
         "backbone": backbone_id,
+        "backbone_fingerprint": fingerprint,
         "max_length": spec.max_length,
         "fusion": body.fusion_mode,
         "freeze_backbone": spec.freeze_backbone,

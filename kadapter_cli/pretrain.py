@@ -19,7 +19,7 @@ from torch import nn
 
 from kadapter_cli import artifacts
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, save_adapter, take_rows
-from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer, tapped_states
+from kadapter_cli.backbone import backbone_fingerprint, backbone_shape, load_backbone, load_tokenizer, tapped_states
 from kadapter_cli.encoding import encode_dependency, encode_relation
 from kadapter_cli.errors import BadInput
 from kadapter_cli.heads import build_head
@@ -213,7 +213,8 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     backbone = load_backbone(spec.backbone)
     shape = backbone_shape(backbone)
     overrides: dict[str, Any] = {"name": spec.name, "backbone": str(spec.backbone), "labels": relations,
-                                 "max_length": spec.max_length, "mask_padding": spec.mask_padding}
+                                 "max_length": spec.max_length, "mask_padding": spec.mask_padding,
+                                 "backbone_fingerprint": backbone_fingerprint(spec.backbone, backbone)}
     for key, value in (("tap_layers", spec.tap_layers), ("adapter_width", spec.adapter_width),
                        ("layers_per_tap", spec.adapter_layers), ("num_heads", spec.adapter_heads)):
         if value is not None:

@@ -45,6 +45,7 @@ from kadapter_cli.artifacts import (
     write_manifest,
 )
 from kadapter_cli.errors import BadInput
+from kadapter_cli.progress import info
 
 TREX_KIND = "trex-rc"
 SHARD_KIND = "trex-shard"
@@ -532,15 +533,21 @@ def merge_sorted_lines(sources: Sequence[Path], out: Path) -> tuple[Counter, int
 
 
 def finalize(examples: Path, per_relation: Counter, folder: Path, drop: Sequence[str], min_count: int,
-             dev_ratio: float, seed: int) -> dict:
+             dev_ratio: float, seed: int, allow_empty: bool = False) -> dict:
     """Sorted, de-duplicated examples → `train.jsonl`, `dev.jsonl`, `relations.json` in `folder`.
 
     A relation is kept when it is not in `drop` and has at least `min_count` examples (train and
     dev together). Each kept example goes to dev when the seeded hash of its id says so
-    (`in_dev_split`), so the split does not depend on file order, workers or shards.
+    (`in_dev_split`), so the split does not depend on file order, workers or shards. When no
+    relation is left the artifact would be empty: `BadInput` with the numbers, unless `allow_empty`.
     """
     dropped_relations = set(drop)
     kept = sorted(r for r, n in per_relation.items() if r not in dropped_relations and n >= min_count)
+    if not kept:
+        nothing_left = _nothing_left(per_relation, dropped_relations, min_count)
+        if not allow_empty:
+            raise BadInput(f"{nothing_left}; refusing to write an empty trex-rc (pass --allow-empty to write it)")
+        info(f"warning: {nothing_left}; the trex-rc written is empty")
     kept_set = set(kept)
     dropped: Counter = Counter()
     for relation, n in per_relation.items():
@@ -568,6 +575,19 @@ def finalize(examples: Path, per_relation: Counter, folder: Path, drop: Sequence
         "dropped": dict(dropped),
         "examples_per_relation": {r: per_relation[r] for r in kept},
     }
+
+
+def _nothing_left(per_relation: Counter, dropped: set[str], min_count: int) -> str:
+    """Why no relation is kept, with the numbers: '70 examples in 4 relations, all below --min-count 50
+    (the largest, P17, has 25)'."""
+    candidates = {r: n for r, n in per_relation.items() if r not in dropped}
+    if not candidates:
+        total = sum(per_relation.values())
+        return f"no examples left: {total:,} examples, all of relations left out with --drop"
+    largest = max(sorted(candidates), key=candidates.get)
+    return (f"{sum(candidates.values()):,} examples in {len(candidates)} relations, all below --min-count "
+            f"{min_count} (the largest, {largest}, has {candidates[largest]:,}; try --min-count "
+            f"{candidates[largest]})")
 
 
 def _final_stats(extracted: ExtractStats, duplicates: int, final: dict) -> dict:
@@ -610,6 +630,7 @@ def prepare_trex(
     skip_bad: bool = False,
     overwrite: bool = False,
     limit: int | None = None,
+    allow_empty: bool = False,
 ) -> dict:
     """T-REx dumps (files or folders) → a `trex-rc/` artifact at `out`; returns its manifest.
 
@@ -641,7 +662,7 @@ def prepare_trex(
                          examples_per_relation=dict(sorted(per_relation.items())))
             return write_manifest(folder, SHARD_KIND, config=_config(shard=list(shard), skip_bad=skip_bad),
                                   inputs=sha256_inputs(files), stats=stats)
-        final = finalize(examples, per_relation, folder, drop, min_count, dev_ratio, seed)
+        final = finalize(examples, per_relation, folder, drop, min_count, dev_ratio, seed, allow_empty)
         shutil.rmtree(scratch)
         config = _config(drop=list(drop), min_count=min_count, dev_ratio=dev_ratio, seed=seed,
                          skip_bad=skip_bad, limit=limit)
@@ -658,6 +679,7 @@ def merge_trex_shards(
     dev_ratio: float = 0.1,
     seed: int = 42,
     overwrite: bool = False,
+    allow_empty: bool = False,
 ) -> dict:
     """`trex-shard` artifacts (all N of one sharding) → one `trex-rc/` artifact; returns its manifest.
 
@@ -689,7 +711,7 @@ def merge_trex_shards(
         scratch = Path(tempfile.mkdtemp(prefix="merge-", dir=folder))
         examples = scratch / "examples.jsonl"
         per_relation, duplicates = merge_sorted_lines([f / SHARD_EXAMPLES for f in folders], examples)
-        final = finalize(examples, per_relation, folder, drop, min_count, dev_ratio, seed)
+        final = finalize(examples, per_relation, folder, drop, min_count, dev_ratio, seed, allow_empty)
         shutil.rmtree(scratch)
         config = _config(drop=list(drop), min_count=min_count, dev_ratio=dev_ratio, seed=seed,
                          merged_shards=[str(f) for f in folders])

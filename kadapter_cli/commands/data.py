@@ -57,6 +57,8 @@ def prepare_trex_cli(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
     limit: Optional[int] = typer.Option(
         None, "--limit", help="Read only the first N documents (in input order; runs in one process)."),
+    allow_empty: bool = typer.Option(
+        False, "--allow-empty", help="Write the artifact even when no relation is left (otherwise exit 2)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's stats as JSON on stdout."),
 ) -> None:
     """Turn T-REx dumps into relation-classification examples for the fac adapter (trex-rc/).
@@ -75,13 +77,13 @@ def prepare_trex_cli(
             raise BadInput("--merge combines finished shards; it takes no --shard or --limit")
         target = out or workdir / "trex-rc"
         manifest = merge_trex_shards(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio,
-                                     seed=seed, overwrite=overwrite)
+                                     seed=seed, overwrite=overwrite, allow_empty=allow_empty)
     else:
         default = "trex-rc" if shard_spec is None else f"trex-shards/shard-{shard_spec[0]}-of-{shard_spec[1]}"
         target = out or workdir / default
         manifest = prepare_trex(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio, seed=seed,
                                 workers=workers, shard=shard_spec, skip_bad=skip_bad, overwrite=overwrite,
-                                limit=limit)
+                                limit=limit, allow_empty=allow_empty)
     stats = manifest["stats"]
     bad = stats["bad_documents"] + stats["bad_files"]
     skipped = f"; skipped {stats['bad_documents']} bad documents, {stats['bad_files']} bad files" if bad else ""

@@ -41,6 +41,8 @@ CACHE = typer.Option("auto", "--cache-features",
 CACHE_BUDGET = typer.Option(None, "--cache-budget", help="Feature cache budget in GiB (default: a share of RAM).")
 CONFIG = typer.Option(None, "--config", help="YAML file of options (long names with _); flags override it.")
 LOG_EVERY = typer.Option(10, "--log-every", help="Write a train_log.jsonl line every N steps.")
+ALLOW_MISMATCH = typer.Option(False, "--allow-backbone-mismatch",
+                              help="Use adapters whose recorded backbone fingerprint differs from the backbone's.")
 
 
 def _train_config(options: dict[str, Any], defaults: dict[str, Any]):
@@ -145,6 +147,7 @@ def compose_cli(
     fusion: str = typer.Option("concat", "--fusion", help="concat (the paper's), add, or gated (learned per-token weights)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/compositions/<a>+<b>)."),
     overwrite: bool = OVERWRITE,
+    allow_backbone_mismatch: bool = ALLOW_MISMATCH,
 ) -> None:
     """Check that adapters share a backbone and write their composition."""
     from kadapter_cli.finetune import compose
@@ -152,7 +155,8 @@ def compose_cli(
     workdir = get_workdir(ctx)
     names = [Path(a).name for a in adapters]
     target = out or workdir / "compositions" / "+".join(names)
-    comp = compose(adapters, workdir, target, fusion, overwrite=overwrite)
+    comp = compose(adapters, workdir, target, fusion, overwrite=overwrite,
+                   allow_backbone_mismatch=allow_backbone_mismatch)
     typer.echo(f"composed {', '.join(names)} ({comp['fusion']}) → {target}")
 
 
@@ -171,6 +175,7 @@ def finetune_cli(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone id or folder (default: the adapters', else roberta-large)."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Freeze the backbone (the paper trains it); enables the feature cache."),
     max_negatives: Optional[int] = typer.Option(None, "--max-negatives", help="tacred: keep only the first N no_relation training examples (default: all)."),
+    allow_backbone_mismatch: bool = ALLOW_MISMATCH,
     epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH_SIZE,
     lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
     adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
@@ -200,6 +205,7 @@ def finetune_cli(
         backbone=options["backbone"], freeze_backbone=options["freeze_backbone"],
         max_length=int(resolved["max_length"]), task_options=task_options,
         cache_features=options["cache_features"], cache_budget_gb=options["cache_budget"],
+        allow_backbone_mismatch=options["allow_backbone_mismatch"],
     )
     results = finetune(spec, train_config, overwrite=options["overwrite"], resume=options["resume"],
                        manifest_config=jsonable(resolved))
