@@ -8,9 +8,12 @@ output and index k the output of layer k (the convention of transformers and of 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import socket
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -45,6 +48,27 @@ def hub_offline() -> bool:
     return _truthy_env("HF_HUB_OFFLINE") or _truthy_env("TRANSFORMERS_OFFLINE")
 
 
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable() -> bool:
+    """One quick connection attempt to the hub (once per process and endpoint): an offline machine is
+    told at once, instead of after transformers' retries."""
+    return _can_connect(hub_endpoint())
+
+
+@functools.lru_cache(maxsize=4)
+def _can_connect(endpoint: str, timeout: float = 3.0) -> bool:
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silences transformers' load reports and progress bars; our own `info()` lines say what happened."""
@@ -72,8 +96,10 @@ def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
     local = Path(name_or_path).expanduser()
     with _quiet_transformers():
         if local.exists() or name_or_path.startswith((".", "/", "~")):
+            if not local.exists():
+                raise BadInput("no such folder (expected a Hugging Face model id or a local model folder)", local)
             if not local.is_dir():
-                raise BadInput(f"{what} folder not found", local)
+                raise BadInput("not a folder (expected a Hugging Face model id or a local model folder)", local)
             if what == "backbone" and not (local / "config.json").is_file():
                 raise BadInput("not a Hugging Face model folder (no config.json)", local)
             try:
@@ -83,10 +109,12 @@ def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
         try:
             return loader(name_or_path, local_files_only=True, **kwargs)
         except OSError:
-            if hub_offline():
+            reason = "HF_HUB_OFFLINE is set" if hub_offline() else None if hub_reachable() else \
+                f"{hub_endpoint()} cannot be reached"
+            if reason:
                 raise BadInput(
-                    f"{what} '{name_or_path}' could not be found offline: it is not a local folder and not in "
-                    "the Hugging Face cache (download it first, or pass a local folder)"
+                    f"{what} '{name_or_path}' is not a local folder and not in the Hugging Face cache, and {reason}: "
+                    f"download it where there is a network (`hf download {name_or_path}`) or pass a local folder"
                 ) from None
         try:
             return loader(name_or_path, **kwargs)

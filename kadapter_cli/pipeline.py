@@ -213,6 +213,11 @@ def load_pipeline(
     if not isinstance(raw_vars, dict):
         raise BadInput("'vars' must be a mapping of names to values", path)
 
+    builtin_names = {"workdir", "demo_data", "pipeline_dir", *(builtins or {})}
+    unknown = sorted(set(overrides or {}) - builtin_names - set(raw_vars))
+    if unknown:
+        known = ", ".join(sorted(builtin_names | set(raw_vars)))
+        raise BadInput(f"--set {unknown[0]}: the pipeline has no such variable (variables: {known})", path)
     merged: dict[str, Any] = {
         "workdir": "kadapter-work",
         "demo_data": str(DEMO_DATA),

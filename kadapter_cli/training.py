@@ -90,9 +90,14 @@ def train(
     lengths = [int(objective.length(e)) for e in examples]
     n_batches = math.ceil(len(examples) / config.batch_size)
     steps_per_epoch = math.ceil(math.ceil(n_batches / world) / config.grad_accum)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    # --max-steps overrides the epoch count, as in the Hugging Face Trainer: the run takes that many
+    # steps, over as many epochs (the last one cut short) as they need.
+    total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup_steps = config.warmup_steps(total_steps)
+    if warmup_steps > total_steps and is_main:
+        info(f"warning: --warmup {warmup_steps:,} steps is longer than the run ({total_steps:,} steps): the learning "
+             f"rate never reaches --lr {config.lr:g}; give a share instead (--warmup 0.1 = the first 10%)")
 
     # device_specific: each process draws its own dropout masks.
     set_seed(config.seed, device_specific=True)
@@ -101,7 +106,7 @@ def train(
         raise KadapterError("the model has no trainable parameters (every parameter has requires_grad=False)")
     optimizer = adamw(trainable, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
-        warmup_then_linear_decay, warmup=config.warmup_steps(total_steps), total=total_steps))
+        warmup_then_linear_decay, warmup=warmup_steps, total=total_steps))
     # The scheduler is not handed to Accelerate: its prepared form steps once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
@@ -124,7 +129,7 @@ def train(
     accelerator.wait_for_everyone()
 
     loop = _Loop(accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths, dev,
-                 config, run_dir, state, total_steps)
+                 config, run_dir, state, total_steps, epochs)
     if state.step < total_steps:
         loop.run()
     elif is_main:
@@ -136,12 +141,12 @@ class _Loop:
     """The state of one `train()` call; split out so each phase is a short method."""
 
     def __init__(self, accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths,
-                 dev, config: TrainConfig, run_dir: Path, state: TrainState, total_steps: int):
+                 dev, config: TrainConfig, run_dir: Path, state: TrainState, total_steps: int, epochs: int):
         self.accelerator, self.model, self.unwrapped = accelerator, model, unwrapped
         self.optimizer, self.scheduler, self.objective = optimizer, scheduler, objective
         self.examples, self.lengths, self.dev = examples, lengths, dev
         self.config, self.run_dir, self.state = config, run_dir, state
-        self.total_steps = total_steps
+        self.total_steps, self.epochs = total_steps, epochs
         self.is_main = accelerator.is_main_process
         self.trainable = [p for p in unwrapped.parameters() if p.requires_grad]
         self.flops_per_token = flops_per_token(unwrapped)
@@ -157,7 +162,7 @@ class _Loop:
         bar.disable = bar.disable or not self.is_main  # one bar, not one per process
         with bar:
             task = bar.add_task("train", total=self.total_steps, completed=state.step, status="")
-            for epoch in range(state.epoch, config.epochs):
+            for epoch in range(state.epoch, self.epochs):
                 all_batches = epoch_batches(self.lengths, config.batch_size, config.seed, epoch, config.bucket_size)
                 mine = shard(all_batches, self.accelerator.process_index, self.accelerator.num_processes)
                 step_groups = groups(mine, config.grad_accum)

@@ -114,3 +114,146 @@ def _prepared(cli, sample: Path) -> list[str]:
     out = cli.workdir.parent / "all-relations"
     assert cli("prepare-trex", sample, "--min-count", "0", "--out", out).exit_code == 0
     return [line for split in ("train", "dev") for line in (out / f"{split}.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- defaults and options that fit
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def test_max_steps_overrides_the_epoch_count_and_a_long_warmup_is_warned(cli, tmp_path, tiny_backbone):
+    data = _trex_rc(tmp_path / "trex-rc")
+    base = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", tiny_backbone, "--batch-size", "4",
+            "--max-length", "24", "--device", "cpu", "--cache-features", "off", "--epochs", "1")
+    # 16 examples, batch 4: 4 steps an epoch; --max-steps 10 runs 10 steps (3 epochs), not 4.
+    longer = cli(*base, "--max-steps", "10", "--warmup", "0.1")
+    assert longer.exit_code == 0, longer.stderr
+    assert _manifest(cli.workdir / "adapters" / "fac")["stats"]["steps"] == 10
+    assert "warning" not in longer.stderr
+    warned = cli(*base, "--max-steps", "3", "--warmup", "1000", "--overwrite")
+    assert warned.exit_code == 0
+    assert ("warning: --warmup 1,000 steps is longer than the run (3 steps): the learning rate never reaches "
+            "--lr 2e-05; give a share instead (--warmup 0.1 = the first 10%)") in warned.stderr
+    assert _manifest(cli.workdir / "adapters" / "fac")["stats"]["steps"] == 3
+
+
+def test_help_shows_the_papers_defaults_per_kind_and_task(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    from kadapter_cli.commands.train import KIND_PAPER_DEFAULTS
+    from kadapter_cli.pretrain import KIND_DEFAULTS
+    from kadapter_cli.tasks import TASKS
+
+    assert KIND_PAPER_DEFAULTS == KIND_DEFAULTS  # the spelled-out copy --help reads
+    adapter_help = " ".join(cli("train-adapter", "--help").stdout.split())
+    assert f"Training epochs (default: fac {KIND_DEFAULTS['fac']['epochs']}, lin {KIND_DEFAULTS['lin']['epochs']})" \
+        in adapter_help
+    assert "(default: fac 2e-5, lin 1e-5)" in adapter_help
+    assert "paper default" not in adapter_help
+    finetune_help = " ".join(cli("finetune", "--help").stdout.split())
+    epochs = ", ".join(f"{name} {task.defaults['epochs']}" for name, task in TASKS.items())
+    assert f"Training epochs (default: {epochs})" in finetune_help
+    assert "tacred 500 (lin: 200, fac+lin: 1000)" in finetune_help
+
+
+@pytest.mark.parametrize("command", [
+    [], ["prepare-trex"], ["parse"], ["train-adapter"], ["compose"], ["finetune"], ["evaluate"], ["predict"],
+    ["inspect"], ["run"], ["demo"], ["tiny-backbone"], ["import-original"], ["convert", "figer-raw"],
+])
+def test_help_reads_like_a_cli_not_like_python(cli, command, monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "200")
+    text = cli(*command, "--help").stdout
+    for leaked in ("<bool>", "<int>", "<str>", "<float>", "<path>", "<list["):
+        assert leaked not in text, f"{leaked!r} in kadapter {' '.join(command)} --help"
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert not re.search(r"[{}]", usage), usage
+
+
+def test_help_shows_choices_as_choices(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert "stanza|spacy|conllu" in cli("parse", "--help").stdout
+    adapter_help = cli("train-adapter", "--help").stdout
+    for choices in ("fac|lin", "pointer|original", "auto|cpu|cuda", "fp32|bf16|fp16", "auto|on|off"):
+        assert choices in adapter_help
+    assert "concat|add|gated" in cli("compose", "--help").stdout
+    assert "train|dev|test" in cli("evaluate", "--help").stdout
+    assert "Usage: kadapter parse [OPTIONS] INPUTS..." in " ".join(cli("parse", "--help").stdout.split())
+
+
+def test_threads_are_set_explicitly_or_from_what_is_idle(cli, tmp_path, tiny_backbone, monkeypatch):
+    import os
+
+    import torch
+
+    data = _trex_rc(tmp_path / "trex-rc")
+    args = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", tiny_backbone, *FAST,
+            "--cache-features", "off", "--overwrite")
+    before = torch.get_num_threads()
+    try:
+        assert cli(*args, "--threads", "2").exit_code == 0 and torch.get_num_threads() == 2
+        # Automatic: every core busy → one thread; OMP_NUM_THREADS, when set, wins.
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+        assert cli(*args).exit_code == 0 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert cli(*args).exit_code == 0 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    refused = cli(*args, "--threads", "0")
+    assert refused.exit_code == 2 and "--threads must be at least 1, got 0" in refused.stderr
+
+
+def test_an_uncached_backbone_offline_is_said_at_once(cli, tmp_path, monkeypatch):
+    import time
+
+    data = _trex_rc(tmp_path / "trex-rc")
+    args = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", "kadapter-test/no-such-model")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    began = time.monotonic()
+    result = cli(*args)
+    assert time.monotonic() - began < 20
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: tokenizer 'kadapter-test/no-such-model' is not a local folder and not in the Hugging Face cache, "
+        "and http://127.0.0.1:9 cannot be reached: download it where there is a network "
+        "(`hf download kadapter-test/no-such-model`) or pass a local folder")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = cli(*args)
+    assert result.exit_code == 2 and "and HF_HUB_OFFLINE is set: download it" in result.stderr
+
+
+def test_a_missing_backbone_folder_is_called_missing(cli, tmp_path):
+    data = _trex_rc(tmp_path / "trex-rc")
+    missing = tmp_path / "nope"
+    result = cli("train-adapter", "--kind", "fac", "--data", data, "--backbone", missing)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == \
+        f"error: {missing}: no such folder (expected a Hugging Face model id or a local model folder)"
+
+
+def test_run_set_of_an_unknown_variable_is_an_error(cli, tmp_path):
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("vars: {backbone: auto}\nstages:\n  - {name: t, command: tiny-backbone, args: [x]}\n")
+    result = cli("run", pipeline, "--dry-run", "--set", "backbon=roberta-base")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"error: {pipeline}: --set backbon: the pipeline has no such variable "
+                                     "(variables: backbone, demo_data, pipeline_dir, workdir)")
+
+
+def test_readme_parse_example_names_a_model_the_install_provides(cli, tmp_path):
+    import re
+
+    line = next(l for l in (REPO / "README.md").read_text().splitlines() if l.startswith("kadapter parse "))
+    model = re.search(r"--model (\S+)", line)[1]
+    pytest.importorskip(model, reason=f"{model} is installed by `make test` (the test extra)")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Paris is the capital of France.\nThe cat sat on the mat.\n")
+    argv = line.split("#")[0].split()[1:]
+    result = cli(*[str(corpus) if a == "corpus.txt" else a for a in argv], "--dev-ratio", "0")
+    assert result.exit_code == 0, result.stderr
+    assert len((cli.workdir / "parsed" / "train.jsonl").read_text().splitlines()) == 2

@@ -105,13 +105,13 @@ def parse_cli(
                   "(.conllu: read as gold trees), or folders of them (walked in sorted order)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/parsed)."),
     parser: str = typer.Option(
-        "stanza", "--parser", help="stanza, spacy, or conllu (gold trees from CoNLL-U files)."),
+        "stanza", "--parser", metavar="stanza|spacy|conllu", help="Parser (conllu: gold trees from CoNLL-U files)."),
     lang: str = typer.Option("en", "--lang", help="Stanza language code."),
     model_dir: Optional[Path] = typer.Option(
         None, "--model-dir", help="Stanza resources folder (default: Stanza's own). Nothing is downloaded."),
     model: Optional[str] = typer.Option(
         None, "--model", help="spaCy pipeline name or path (default: en_core_web_sm)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, or auto (cuda when available)."),
+    device: str = typer.Option("cpu", "--device", metavar="cpu|cuda|auto", help="Where the parser runs (auto: cuda when available)."),
     pretokenized: bool = typer.Option(
         False, "--pretokenized", help="Lines are already tokenised: split on whitespace, one sentence per line."),
     tokenize_batch_size: int = typer.Option(32, "--tokenize-batch-size", help="Stanza tokenizer batch size."),

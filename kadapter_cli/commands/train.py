@@ -12,31 +12,77 @@ import typer
 from kadapter_cli.commands import app
 from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config
 from kadapter_cli.errors import BadInput
+from kadapter_cli.train_setup import set_threads
 
 # ---------------------------------------------------------------- shared training options
-# Options left at None take the paper's value for the kind / task (see `kadapter_cli.pretrain`,
-# `kadapter_cli.tasks`).
+# Options left at None take the paper's value for the kind / task (`kadapter_cli.pretrain`,
+# `kadapter_cli.tasks`); --help spells those values out.
 
-EPOCHS = typer.Option(None, "--epochs", help="Training epochs (paper default for the kind/task).")
-MAX_STEPS = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps.")
-BATCH_SIZE = typer.Option(None, "--batch-size", help="Examples per batch (per process).")
-LR = typer.Option(None, "--lr", help="Peak learning rate of AdamW.")
-WARMUP = typer.Option(None, "--warmup", help="Warm-up: steps if ≥ 1, share of all steps if < 1.")
+# Spelled out here because importing `pretrain` would load torch at CLI start (a test checks them
+# against `pretrain.KIND_DEFAULTS`).
+KIND_PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fac": {"epochs": 5, "batch_size": 128, "lr": 2e-5, "warmup": 0.05, "max_length": 64},
+    "lin": {"epochs": 10, "batch_size": 256, "lr": 1e-5, "warmup": 0.05, "max_length": 128},
+}
+
+
+def _number(value: float) -> str:
+    return f"{value:g}".replace("e-0", "e-")  # 5e-6, not 5e-06
+
+
+def _kind_defaults(key: str) -> str:
+    return "default: " + ", ".join(f"{kind} {_number(values[key])}" for kind, values in KIND_PAPER_DEFAULTS.items())
+
+
+def _task_defaults(key: str) -> str:
+    """XX: the paper's value per task."""
+    from kadapter_cli.tasks import TASKS
+
+    parts = []
+    for name, task in TASKS.items():
+        variants: dict[Any, list[str]] = {}
+        for adapters, values in task.adapter_defaults.items():
+            if key in values:
+                variants.setdefault(values[key], []).append(adapters)
+        extra = ", ".join(f"{' and '.join(names)}: {_number(value)}" for value, names in variants.items())
+        parts.append(f"{name} {_number(task.defaults[key])}" + (f" ({extra})" if extra else ""))
+    return "default: " + ", ".join(parts)
+
+
+def _paper_options(defaults) -> dict[str, Any]:
+    """The loop options whose defaults are the paper's, with those values in their help."""
+    return {
+        "epochs": typer.Option(None, "--epochs", help=f"Training epochs ({defaults('epochs')}).", metavar="N"),
+        "batch_size": typer.Option(None, "--batch-size", metavar="N",
+                                   help=f"Examples per batch, per process ({defaults('batch_size')})."),
+        "lr": typer.Option(None, "--lr", help=f"Peak learning rate of AdamW ({defaults('lr')}).", metavar="LR"),
+        "warmup": typer.Option(None, "--warmup", metavar="STEPS|SHARE",
+                               help=f"Warm-up: steps if ≥ 1, share of all steps if < 1 ({defaults('warmup')})."),
+        "max_length": typer.Option(None, "--max-length", metavar="N",
+                                   help=f"Longest input in sub-tokens, special tokens included ({defaults('max_length')})."),
+    }
+
+
+ADAPTER = _paper_options(_kind_defaults)
+TASK = _paper_options(_task_defaults)
+MAX_STEPS = typer.Option(None, "--max-steps", metavar="N",
+                         help="Train for exactly N optimizer steps, overriding --epochs (as the Hugging Face Trainer).")
 WEIGHT_DECAY = typer.Option(0.0, "--weight-decay", help="AdamW weight decay (not on biases and norms).")
 ADAM_EPS = typer.Option(1e-8, "--adam-eps", help="AdamW epsilon.")
 ADAM_BETA1 = typer.Option(0.9, "--adam-beta1", help="AdamW beta1.")
 ADAM_BETA2 = typer.Option(0.999, "--adam-beta2", help="AdamW beta2 (0.9 as in Dozat & Manning's parser suits the lin pointer head).")
 GRAD_ACCUM = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step.")
-MAX_LENGTH = typer.Option(None, "--max-length", help="Longest input in sub-tokens, special tokens included.")
 SEED = typer.Option(42, "--seed", help="Seed of initialisation, data order and dropout.")
 SAVE_EVERY = typer.Option(None, "--save-every", help="Checkpoint every N steps (and at each epoch end).")
 EVAL_EVERY = typer.Option(None, "--eval-every", help="Evaluate on dev every N steps (default: each epoch end).")
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-PRECISION = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (mixed precision on GPU).")
+DEVICE = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="Where to run (auto: cuda when available).")
+THREADS = typer.Option(None, "--threads", metavar="N",
+                       help="CPU threads (default: OMP_NUM_THREADS if set, else the cores that are idle now).")
+PRECISION = typer.Option("fp32", "--precision", metavar="fp32|bf16|fp16", help="Mixed precision on GPU.")
 LIMIT = typer.Option(None, "--limit", help="Use only the first N examples of each split.")
-CACHE = typer.Option("auto", "--cache-features",
+CACHE = typer.Option("auto", "--cache-features", metavar="auto|on|off",
                      help="Cache the frozen backbone's states across epochs: auto (when within budget), on, off.")
 CACHE_BUDGET = typer.Option(None, "--cache-budget", help="Feature cache budget in GiB (default: a share of RAM).")
 CONFIG = typer.Option(None, "--config", help="YAML file of options (long names with _); flags override it.")
@@ -85,7 +131,7 @@ def _print_metrics(title: str, metrics: dict[str, dict], headline: list[str] | N
 @app.command("train-adapter")
 def train_adapter_cli(
     ctx: typer.Context,
-    kind: str = typer.Option(..., "--kind", help="fac (relation classification on trex-rc/) or lin (dependency heads on parsed/)."),
+    kind: str = typer.Option(..., "--kind", metavar="fac|lin", help="fac (relation classification on trex-rc/) or lin (dependency heads on parsed/)."),
     name: Optional[str] = typer.Option(None, "--name", help="Adapter name (default: the kind); written to <workdir>/adapters/<name>."),
     data: Optional[Path] = typer.Option(None, "--data", help="Input artifact (default: <workdir>/trex-rc for fac, <workdir>/parsed for lin)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/adapters/<name>)."),
@@ -96,13 +142,15 @@ def train_adapter_cli(
     adapter_heads: Optional[int] = typer.Option(None, "--adapter-heads", help="Attention heads in the adapter (default width/64)."),
     mask_padding: bool = typer.Option(True, "--mask-padding/--attend-padding",
                                       help="Mask padded positions in the adapter (--attend-padding reproduces the original code)."),
-    lin_head: str = typer.Option("pointer", "--lin-head", help="lin only: pointer (biaffine, default) or original (classification over positions)."),
-    epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH_SIZE,
-    lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
+    lin_head: str = typer.Option("pointer", "--lin-head", metavar="pointer|original", help="lin only: pointer (biaffine, default) or original (classification over positions)."),
+    epochs: Optional[int] = ADAPTER["epochs"], max_steps: Optional[int] = MAX_STEPS,
+    batch_size: Optional[int] = ADAPTER["batch_size"], lr: Optional[float] = ADAPTER["lr"],
+    warmup: Optional[float] = ADAPTER["warmup"], weight_decay: float = WEIGHT_DECAY,
     adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
-    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = MAX_LENGTH, seed: int = SEED,
+    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = ADAPTER["max_length"], seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
-    resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
+    resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
+    precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
     json_out: bool = typer.Option(False, "--json", help="Print the dev metrics as JSON."),
     config: Optional[Path] = CONFIG,
@@ -111,6 +159,7 @@ def train_adapter_cli(
     from kadapter_cli.pretrain import DEFAULT_INPUT, KIND_DEFAULTS, KINDS, AdapterTrainingSpec, train_adapter
 
     options = merged_config(ctx, config)
+    set_threads(options["threads"])
     kind = options["kind"]
     if kind not in KINDS:
         raise BadInput(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -144,7 +193,7 @@ def train_adapter_cli(
 def compose_cli(
     ctx: typer.Context,
     adapters: list[str] = typer.Argument(..., help="Adapter names (under <workdir>/adapters) or folders, e.g. fac lin."),
-    fusion: str = typer.Option("concat", "--fusion", help="concat (the paper's), add, or gated (learned per-token weights)."),
+    fusion: str = typer.Option("concat", "--fusion", metavar="concat|add|gated", help="concat (the paper's), add, or gated (learned per-token weights)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/compositions/<a>+<b>)."),
     overwrite: bool = OVERWRITE,
     allow_backbone_mismatch: bool = ALLOW_MISMATCH,
@@ -168,7 +217,7 @@ def finetune_cli(
     ctx: typer.Context,
     task: str = typer.Option(..., "--task", help="Task name: openentity, figer, tacred (kadapter_cli/tasks)."),
     adapters: Optional[str] = typer.Option(None, "--adapters", help="fac,lin (names or folders), a composition, or none for the baseline."),
-    fusion: Optional[str] = typer.Option(None, "--fusion", help="concat (default), add or gated."),
+    fusion: Optional[str] = typer.Option(None, "--fusion", metavar="concat|add|gated", help="How adapters are fused (default: concat, or the composition's)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Folder with train.json, dev.json, test.json (default <workdir>/tasks/<task>)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <workdir>/finetuned/<task>-<a>+<b>, -base without adapters)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name under <workdir>/finetuned/."),
@@ -176,12 +225,14 @@ def finetune_cli(
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Freeze the backbone (the paper trains it); enables the feature cache."),
     max_negatives: Optional[int] = typer.Option(None, "--max-negatives", help="tacred: keep only the first N no_relation training examples (default: all)."),
     allow_backbone_mismatch: bool = ALLOW_MISMATCH,
-    epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH_SIZE,
-    lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
+    epochs: Optional[int] = TASK["epochs"], max_steps: Optional[int] = MAX_STEPS,
+    batch_size: Optional[int] = TASK["batch_size"], lr: Optional[float] = TASK["lr"],
+    warmup: Optional[float] = TASK["warmup"], weight_decay: float = WEIGHT_DECAY,
     adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
-    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = MAX_LENGTH, seed: int = SEED,
+    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = TASK["max_length"], seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
-    resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
+    resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
+    precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
     json_out: bool = typer.Option(False, "--json", help="Print dev and test metrics as JSON."),
     config: Optional[Path] = CONFIG,
@@ -191,6 +242,7 @@ def finetune_cli(
     from kadapter_cli.tasks import get_task
 
     options = merged_config(ctx, config)
+    set_threads(options["threads"])
     workdir = get_workdir(ctx)
     task_obj = get_task(options["task"])
     adapter_set = resolve_adapters(options["adapters"], workdir, options["fusion"])
@@ -223,11 +275,12 @@ def evaluate_cli(
     ctx: typer.Context,
     model_dir: Path = typer.Argument(..., help="A finetuned model folder."),
     data: Optional[Path] = typer.Option(None, "--data", help="Task data folder (default <workdir>/tasks/<task>)."),
-    split: str = typer.Option("test", "--split", help="train, dev or test."),
+    split: str = typer.Option("test", "--split", metavar="train|dev|test", help="The split to evaluate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write predictions and metrics (default <workdir>/evaluations/<run>-<split>)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Examples per batch."),
     device: str = DEVICE,
-    overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite", help="Replace an earlier evaluation output."),
+    threads: Optional[int] = THREADS,
+    overwrite: bool = OVERWRITE,
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Recompute a split's metrics from a saved finetuned model and write its predictions."""
@@ -237,6 +290,7 @@ def evaluate_cli(
 
     if split not in ("train", "dev", "test"):
         raise BadInput(f"--split must be train, dev or test, got {split!r}")
+    set_threads(threads)
     workdir = get_workdir(ctx)
     task_name = read_json(model_dir / FT_CONFIG)["task"] if (model_dir / FT_CONFIG).is_file() else None
     if task_name is None:
@@ -258,10 +312,12 @@ def predict_cli(
     out: Optional[Path] = typer.Option(None, "--out", help="Write JSONL predictions here (default: stdout)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Examples per batch."),
     device: str = DEVICE,
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Label new records with a finetuned model; one JSON line per input record, in input order."""
     from kadapter_cli.finetune import predict_records
 
+    set_threads(threads)
     rows = predict_records(model_dir, input_path, batch_size=batch_size, device=device)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if out is None:
