@@ -78,11 +78,16 @@ def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> Ada
         if (path / "composition.json").is_file():
             comp = artifacts.read_json(path / "composition.json")
             names = [a["name"] for a in comp["adapters"]]
-            return AdapterSet(names, [path / "adapters" / n for n in names], fusion or comp["fusion"])
+            if fusion is not None and fusion != comp["fusion"]:
+                raise BadInput(f"--fusion {fusion}: this composition fuses with {comp['fusion']}; leave --fusion "
+                               f"out, or compose again with --fusion {fusion}", path)
+            return AdapterSet(names, [path / "adapters" / n for n in names], comp["fusion"])
     paths = [artifacts.resolve_artifact(p, workdir, "adapters") for p in parts]
     names = [Path(p).name for p in parts]
-    if len(set(names)) != len(names):
-        raise BadInput(f"two adapters share the name {names}: rename one with --name when training it")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BadInput(f"two adapters share the name '{twice[0]}': give each adapter once, or rename one "
+                       "with --name when training it")
     return AdapterSet(names, paths, fusion or "concat")
 
 
@@ -302,7 +307,10 @@ def load_finetuned(folder: str | Path) -> tuple[TaskModel, Any, Any, list[str], 
     from transformers import AutoConfig, AutoModel
 
     folder = Path(folder)
-    artifacts.read_manifest(folder)
+    manifest = artifacts.read_manifest(folder)
+    if manifest["kind"] != "finetuned" or not (folder / CONFIG).is_file():
+        raise BadInput(f"not a finetuned model folder (its manifest says {manifest['kind']!r}; "
+                       "`kadapter finetune` makes one)", folder)
     config = artifacts.read_json(folder / CONFIG)
     labels = artifacts.read_json(folder / LABELS)
     task = get_task(config["task"], **config.get("task_options", {}))

@@ -257,3 +257,133 @@ def test_readme_parse_example_names_a_model_the_install_provides(cli, tmp_path):
     result = cli(*[str(corpus) if a == "corpus.txt" else a for a in argv], "--dev-ratio", "0")
     assert result.exit_code == 0, result.stderr
     assert len((cli.workdir / "parsed" / "train.jsonl").read_text().splitlines()) == 2
+
+
+# ---------------------------------------------------------------- inspect, evaluate, predict and small things
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, tiny_backbone):
+    """A workdir with a fac adapter, its composition with itself under another name, and a finetuned model."""
+    from typer.testing import CliRunner
+
+    from kadapter_cli.cli import app
+
+    root = tmp_path_factory.mktemp("made")
+    workdir = root / "work"
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(app, ["--workdir", str(workdir), *map(str, args)], catch_exceptions=False)
+        assert result.exit_code == 0, result.stderr
+        return result
+
+    data = _trex_rc(root / "trex-rc")
+    for name in ("fac", "fac2"):
+        run("train-adapter", "--kind", "fac", "--name", name, "--data", data, "--backbone", tiny_backbone, *FAST,
+            "--cache-features", "off")
+    run("compose", "fac", "fac2")
+    run("finetune", "--task", "openentity", "--data", TYPING, "--adapters", "fac", *FAST)
+    return workdir
+
+
+def test_inspect_says_what_a_finetuned_model_is(cli, made, tiny_backbone, monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "200")
+    model = made / "finetuned" / "openentity-fac"
+    text = cli("inspect", model).stdout
+    metrics = json.loads((model / "metrics.json").read_text())
+    def row(name: str) -> str:
+        return re.search(rf"^{name}  +(.*?)\s*$", text, re.M)[1]
+
+    assert row("task") == "openentity"
+    assert row("backbone") == str(tiny_backbone)
+    assert row("backbone fingerprint").startswith(f"folder {tiny_backbone.resolve()} (config ")
+    assert row("adapters") == "fac (fac)"
+    assert row("test").startswith(f"precision: {metrics['test']['precision']:.4g}, ")
+    assert "{" not in text and "'" not in text  # no Python reprs
+    report = json.loads(cli("inspect", model, "--json").stdout)
+    assert report["about"]["task"] == "openentity" and report["about"]["dev"] == metrics["dev"]
+
+
+def test_inspect_says_adapter_kind_and_composition_trainable(cli, made, monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "200")
+    text = cli("inspect", made / "adapters" / "fac").stdout
+    assert any(line.split() == ["kind", "adapter", "(fac)"] for line in text.splitlines())
+    assert "{" not in text
+    composition = cli("inspect", made / "compositions" / "fac+fac2").stdout
+    assert "?" not in composition
+    assert re.search(r"^adapters +fac \(fac\), fac2 \(fac\)\s*$", composition, re.M)
+
+
+def test_evaluate_refuses_to_overwrite_like_every_other_command(cli, made):
+    model = made / "finetuned" / "openentity-fac"
+    args = ("evaluate", model, "--data", TYPING, "--split", "dev", "--batch-size", "8")
+    assert cli(*args).exit_code == 0
+    again = cli(*args)
+    out = cli.workdir / "evaluations" / "openentity-fac-dev"
+    assert again.exit_code == 2
+    assert again.stderr.strip() == f"error: {out}: already exists; pass --overwrite to replace it"
+    assert cli(*args, "--overwrite").exit_code == 0
+
+
+def test_predict_reads_stdin_refuses_to_overwrite_and_names_a_wrong_folder(cli, made, tmp_path):
+    model = made / "finetuned" / "openentity-fac"
+    records = json.loads((TYPING / "test.json").read_text())[:3]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    piped = cli("predict", model, "-", input=text)
+    assert piped.exit_code == 0, piped.stderr
+    assert [json.loads(line)["index"] for line in piped.stdout.splitlines()] == [0, 1, 2]
+    bad = cli("predict", model, "-", input=text + '{"sent": "x"}\n')
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: <stdin>, line 4: ")
+
+    out = tmp_path / "predictions.jsonl"
+    (tmp_path / "in.jsonl").write_text(text)
+    assert cli("predict", model, tmp_path / "in.jsonl", "--out", out).exit_code == 0
+    before = out.read_bytes()
+    again = cli("predict", model, tmp_path / "in.jsonl", "--out", out)
+    assert again.exit_code == 2 and again.stderr.strip() == f"error: {out}: already exists; pass --overwrite to replace it"
+    assert cli("predict", model, tmp_path / "in.jsonl", "--out", out, "--overwrite").exit_code == 0
+    assert out.read_bytes() == before
+
+    adapter = made / "adapters" / "fac"
+    wrong = cli("predict", adapter, tmp_path / "in.jsonl")
+    assert wrong.exit_code == 2
+    assert wrong.stderr.strip() == (f"error: {adapter}: not a finetuned model folder (its manifest says 'adapter'; "
+                                    "`kadapter finetune` makes one)")
+
+
+def test_small_refusals_say_what_is_wrong_in_words(cli, made, tmp_path):
+    same = cli("compose", made / "adapters" / "fac", made / "adapters" / "fac")
+    assert same.exit_code == 2
+    assert same.stderr.strip() == ("error: two adapters share the name 'fac': give each adapter once, or rename one "
+                                   "with --name when training it")
+
+    composition = made / "compositions" / "fac+fac2"
+    fused = cli("finetune", "--task", "openentity", "--data", TYPING, "--adapters", composition, "--fusion", "add")
+    assert fused.exit_code == 2
+    assert fused.stderr.strip() == (f"error: {composition}: --fusion add: this composition fuses with concat; leave "
+                                    "--fusion out, or compose again with --fusion add")
+
+    config = tmp_path / "config.yaml"
+    config.write_text("epochz: 3\n")
+    unknown = cli("train-adapter", "--kind", "fac", "--config", config)
+    assert unknown.exit_code == 2 and "unknown option 'epochz' (known: " in unknown.stderr
+    known = unknown.stderr.split("known: ")[1]
+    assert "json," in known and "json_out" not in known and "mask_padding" in known
+
+
+def test_lin_word_counts_print_as_whole_numbers(cli, shared_data, tiny_backbone, monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "200")
+    conllu = shared_data / "ud-english-ewt" / "en_ewt-ud-dev.first1006.conllu"
+    assert cli("parse", "--parser", "conllu", conllu, "--limit", "40").exit_code == 0
+    result = cli("train-adapter", "--kind", "lin", "--backbone", tiny_backbone, *FAST, "--cache-features", "off")
+    assert result.exit_code == 0, result.stderr
+    words = json.loads((cli.workdir / "adapters" / "lin" / "metrics.json").read_text())["dev"]["words"]
+    assert isinstance(words, int)
+    assert re.search(rf"│\s+{words:,}\s+│", result.stdout) and ".0000" not in result.stdout

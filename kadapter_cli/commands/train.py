@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from kadapter_cli.commands import app
-from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config
+from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config, stdin_as_file
 from kadapter_cli.errors import BadInput
 from kadapter_cli.train_setup import set_threads
 
@@ -111,6 +111,13 @@ def _parse_taps(text: str | None) -> list[int] | None:
         raise BadInput(f"--taps must be comma-separated layer indices like 0,11,22, got {text!r}") from None
 
 
+def _metric_text(value: Any) -> str:
+    """Scores with 4 decimals, counts (`words`) as whole numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+
+
 def _print_metrics(title: str, metrics: dict[str, dict], headline: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -121,7 +128,7 @@ def _print_metrics(title: str, metrics: dict[str, dict], headline: list[str] | N
     for k in keys:
         table.add_column(k, justify="right")
     for split, m in metrics.items():
-        table.add_row(split, *(f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "-" for k in keys))
+        table.add_row(split, *(_metric_text(m.get(k)) for k in keys))
     Console().print(table)
 
 
@@ -308,17 +315,23 @@ def evaluate_cli(
 @app.command("predict")
 def predict_cli(
     model_dir: Path = typer.Argument(..., help="A finetuned model folder."),
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="Records in the task's format (JSON list or JSON Lines)."),
+    input_path: Path = typer.Argument(..., metavar="INPUT",
+                                      help="Records in the task's format (JSON list or JSON Lines); - reads stdin."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write JSONL predictions here (default: stdout)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Examples per batch."),
     device: str = DEVICE,
     threads: Optional[int] = THREADS,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),
 ) -> None:
     """Label new records with a finetuned model; one JSON line per input record, in input order."""
+    from kadapter_cli.errors import OutputExists
     from kadapter_cli.finetune import predict_records
 
+    if out is not None and out.exists() and not overwrite:
+        raise OutputExists("already exists; pass --overwrite to replace it", out)
     set_threads(threads)
-    rows = predict_records(model_dir, input_path, batch_size=batch_size, device=device)
+    with stdin_as_file(input_path) as path:
+        rows = predict_records(model_dir, path, batch_size=batch_size, device=device)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if out is None:
         sys.stdout.write(lines)
