@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from kadapter_cli.errors import BadInput
+from kadapter_cli.progress import waiting
 
 if TYPE_CHECKING:
     import torch
@@ -179,14 +180,15 @@ def load_backbone(name_or_path: str | Path, dtype: "torch.dtype | None" = None) 
 
     name = str(name_or_path)
     kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
-    try:
-        return _from_pretrained(AutoModel.from_pretrained, name, "backbone", attn_implementation="sdpa", **kwargs)
-    except ValueError:
-        pass  # transformers refuses attn_implementation="sdpa" for architectures that lack it
-    try:
-        return _from_pretrained(AutoModel.from_pretrained, name, "backbone", **kwargs)
-    except ValueError as e:
-        raise BadInput(f"cannot load the backbone '{name}': {e}") from None
+    with waiting(f"loading backbone {name}"):
+        try:
+            return _from_pretrained(AutoModel.from_pretrained, name, "backbone", attn_implementation="sdpa", **kwargs)
+        except ValueError:
+            pass  # transformers refuses attn_implementation="sdpa" for architectures that lack it
+        try:
+            return _from_pretrained(AutoModel.from_pretrained, name, "backbone", **kwargs)
+        except ValueError as e:
+            raise BadInput(f"cannot load the backbone '{name}': {e}") from None
 
 
 def load_tokenizer(name_or_path: str | Path) -> "PreTrainedTokenizerBase":

@@ -56,6 +56,7 @@ class FeatureCache:
         storage: str = "memory",
         folder: str | Path | None = None,
         dtype: "torch.dtype | None" = None,
+        description: str = "caching features",
     ) -> "FeatureCache":
         """Runs `compute(input_ids (B, L), attention_mask (B, L)) -> [states (B, L, H), ...]` over
         every example once and stores the states of its real tokens.
@@ -85,7 +86,7 @@ class FeatureCache:
         states: list = []
         batches = sequential_batches(lengths, batch_size)
         with progress() as bar:
-            task = bar.add_task("caching features", total=len(lengths))
+            task = bar.add_task(description, total=len(lengths), unit="examples")
             for indices in batches:
                 ids, mask = _pad([examples_input_ids[i] for i in indices], pad_id)
                 with torch.inference_mode():
@@ -279,13 +280,14 @@ def attach_cache(
     mode: str,
     budget_gib: float | None,
     folder: Path,
+    names: Sequence[str] | None = None,
 ) -> str | None:
     """Caches the frozen backbone's states of every example of every split, when the budget allows.
 
     Each example (a dict with `input_ids`) then carries `_cache` (its split's `FeatureCache`) and
     `_row`, so collate functions can gather `features` for a batch. Returns where the cache lives
     ("memory" / "disk") or None when it is off. Disk caches go under `folder/<rank>/<split>`: each
-    process of a multi-process run builds its own.
+    process of a multi-process run builds its own. `names` name the splits in the progress bars.
     """
     import os
 
@@ -302,7 +304,8 @@ def attach_cache(
             continue
         cache = FeatureCache.build(compute, [ex["input_ids"] for ex in examples], pad_id=pad_id,
                                    batch_size=batch_size, storage=storage,
-                                   folder=folder / rank / str(i) if storage == "disk" else None)
+                                   folder=folder / rank / str(i) if storage == "disk" else None,
+                                   description=f"caching features ({names[i]})" if names else "caching features")
         for row, ex in enumerate(examples):
             ex["_cache"], ex["_row"] = cache, row
     return storage

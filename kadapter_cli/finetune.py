@@ -22,7 +22,7 @@ from kadapter_cli.backbone import backbone_fingerprint, backbone_shape, load_bac
 from kadapter_cli.errors import BadInput
 from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backbone
 from kadapter_cli.objectives import TaskObjective
-from kadapter_cli.progress import progress
+from kadapter_cli.progress import progress, waiting
 from kadapter_cli.tasks import get_task
 from kadapter_cli.training import TrainConfig, evaluate, remove_checkpoints, train
 
@@ -183,7 +183,7 @@ def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str]
     task.check_labels(records, labels, path)
     out = []
     with progress() as bar:
-        t = bar.add_task(description, total=len(records))
+        t = bar.add_task(description, total=len(records), unit="examples")
         for i, rec in enumerate(records):
             try:
                 out.append(task.encode(tokenizer, rec, label_index, max_length))
@@ -230,13 +230,13 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     with artifacts.atomic_output(spec.out, overwrite=overwrite, resume=resume, resumable=True) as run_dir:
         cached = None
         if spec.freeze_backbone:
-            cached = attach_task_feature_cache(model, list(encoded.values()), spec, pad_id, config, run_dir)
+            cached = attach_task_feature_cache(model, encoded, spec, pad_id, config, run_dir)
         result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume)
         results: dict[str, dict] = {}
         for split in ("dev", "test"):
             if split not in encoded:
                 continue
-            metrics, outputs = evaluate(model, objective, encoded[split], config)
+            metrics, outputs = evaluate(model, objective, encoded[split], config, description=f"evaluating {split}")
             results[split] = metrics
             write_predictions(run_dir / f"predictions-{split}.jsonl", encoded[split], outputs)
         remove_checkpoints(run_dir)
@@ -252,7 +252,7 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     return results
 
 
-def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], spec: FinetuneSpec, pad_id: int,
+def attach_task_feature_cache(model: TaskModel, splits: dict[str, list[dict]], spec: FinetuneSpec, pad_id: int,
                               config: TrainConfig, run_dir: Path) -> str | None:
     """With a frozen backbone, its tapped states (+ last) are computed once per example."""
     from kadapter_cli.feature_cache import attach_cache
@@ -267,9 +267,9 @@ def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], sp
             tapped, last = body.backbone_features(input_ids.to(device), attention_mask.to(device))
             return [t.clone() for t in (*tapped, last)]
 
-    return attach_cache(splits, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
-                        batch_size=max(config.batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
+    return attach_cache(list(splits.values()), compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden,
+                        pad_id=pad_id, batch_size=max(config.batch_size, 32), mode=spec.cache_features,
+                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", names=list(splits))
 
 
 def write_predictions(path: Path, examples: Sequence[dict], outputs: Sequence[list[str]]) -> None:
@@ -304,9 +304,13 @@ def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequ
 
 def load_finetuned(folder: str | Path) -> tuple[TaskModel, Any, Any, list[str], dict]:
     """`(model, tokenizer, task, labels, config)` from a finetuned folder alone."""
+    with waiting(f"loading model {folder}"):
+        return _load_finetuned(Path(folder))
+
+
+def _load_finetuned(folder: Path) -> tuple[TaskModel, Any, Any, list[str], dict]:
     from transformers import AutoConfig, AutoModel
 
-    folder = Path(folder)
     manifest = artifacts.read_manifest(folder)
     if manifest["kind"] != "finetuned" or not (folder / CONFIG).is_file():
         raise BadInput(f"not a finetuned model folder (its manifest says {manifest['kind']!r}; "
@@ -359,7 +363,8 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
     records = task.read(path)
     examples = encode_split(task, tokenizer, records, labels, config["max_length"], path, f"encoding {split}")
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels)
-    metrics, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
+    metrics, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device),
+                                description=f"evaluating {split}")
     if out is not None:
         with artifacts.atomic_output(out, overwrite=overwrite) as tmp:
             write_predictions(tmp / f"predictions-{split}.jsonl", examples, outputs)
@@ -375,17 +380,21 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
     records = task.read(input_path, labeled=False)
     label_index = {label: i for i, label in enumerate(labels)}
     examples = []
-    for i, rec in enumerate(records):
-        known = [g for g in task.gold(rec) if g in label_index]
-        try:
-            ex = task.encode(tokenizer, {**rec, **_only_known_labels(task, rec, label_index)}, label_index,
-                             config["max_length"])
-        except ValueError as e:
-            raise BadInput(str(e), input_path, i) from None
-        ex["gold"] = known
-        examples.append(ex)
+    with progress() as bar:
+        encoding = bar.add_task("encoding", total=len(records), unit="examples")
+        for i, rec in enumerate(records):
+            known = [g for g in task.gold(rec) if g in label_index]
+            try:
+                ex = task.encode(tokenizer, {**rec, **_only_known_labels(task, rec, label_index)}, label_index,
+                                 config["max_length"])
+            except ValueError as e:
+                raise BadInput(str(e), input_path, i) from None
+            ex["gold"] = known
+            examples.append(ex)
+            bar.advance(encoding)
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels)
-    _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
+    _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device),
+                          description="predicting")
     return [{"index": i, "gold": task.gold(rec), "pred": pred} for i, (rec, pred) in enumerate(zip(records, outputs))]
 
 

@@ -112,7 +112,7 @@ def encode_examples(kind: str, tokenizer, records: Sequence[dict], max_length: i
     label_index = {r: i for i, r in enumerate(relations)}
     out = []
     with progress() as bar:
-        task = bar.add_task(description, total=len(records))
+        task = bar.add_task(description, total=len(records), unit="examples")
         for rec in records:
             try:
                 if kind == "fac":
@@ -272,4 +272,4 @@ def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]],
     return attach_cache(splits, compute, n_states=len(model.adapter.tap_layers) + 1,
                         hidden=model.adapter.config.backbone_hidden_size, pad_id=pad_id,
                         batch_size=max(config.batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
+                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", names=["train", "dev"])

@@ -152,16 +152,17 @@ class _Loop:
         self.flops_per_token = flops_per_token(unwrapped)
         self.peak_flops = peak_flops(accelerator.device, config.precision)
         self._window = StepWindow()
+        self.bar = None  # the live training bar, once `run()` shows it (dev evaluation adds its row there)
 
     # -- phases
 
     def run(self) -> None:
         config, state = self.config, self.state
         columns = progress_columns()
-        bar = progress(*columns)
+        bar = self.bar = progress(*columns)
         bar.disable = bar.disable or not self.is_main  # one bar, not one per process
         with bar:
-            task = bar.add_task("train", total=self.total_steps, completed=state.step, status="")
+            task = bar.add_task("train", total=self.total_steps, completed=state.step, status="", unit="steps")
             for epoch in range(state.epoch, self.epochs):
                 all_batches = epoch_batches(self.lengths, config.batch_size, config.seed, epoch, config.bucket_size)
                 mine = shard(all_batches, self.accelerator.process_index, self.accelerator.num_processes)
@@ -281,7 +282,8 @@ class _Loop:
 
     def _evaluate_and_select(self, epoch_progress: float) -> None:
         started = time.perf_counter()
-        metrics, _ = _evaluate(self.accelerator, self.unwrapped, self.objective, self.dev, self.config)
+        metrics, _ = _evaluate(self.accelerator, self.unwrapped, self.objective, self.dev, self.config,
+                               self.bar, "evaluating dev", transient=True)
         metrics = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}  # numpy/torch scalars → JSON
         state = self.state
         key = self.objective.primary_metric
@@ -328,20 +330,27 @@ def evaluate(
     examples: Sequence,
     config: TrainConfig,
     accelerator: "Accelerator | None" = None,
+    description: str = "evaluating",
 ) -> tuple[dict[str, float], list]:
     """Scores `model` on `examples`; returns `(metrics, outputs in input order)`.
 
     Batches are sorted by length (little padding) and spread over the processes; every process gets
     all outputs back. Without an `accelerator` one is made from `config` and the model is moved to
-    its device.
+    its device. A bar labelled `description` shows the examples done.
     """
     if accelerator is None:
         accelerator = make_accelerator(config)
         model = model.to(accelerator.device)
-    return _evaluate(accelerator, model, objective, list(examples), config)
+    bar = progress()
+    bar.disable = bar.disable or not accelerator.is_main_process
+    with bar:
+        return _evaluate(accelerator, model, objective, list(examples), config, bar, description)
 
 
-def _evaluate(accelerator, model, objective: Objective, examples: list, config: TrainConfig) -> tuple[dict, list]:
+def _evaluate(accelerator, model, objective: Objective, examples: list, config: TrainConfig,
+              bar=None, description: str = "evaluating", transient: bool = False) -> tuple[dict, list]:
+    """`bar`: a live rich `Progress` to show the examples done in; `transient`: its row goes when done
+    (a dev evaluation's row under the training bar)."""
     import torch
     from accelerate.utils import send_to_device
 
@@ -353,6 +362,7 @@ def _evaluate(accelerator, model, objective: Objective, examples: list, config: 
     was_training = model.training
     model.eval()
     pairs: list[tuple[int, Any]] = []
+    task = bar.add_task(description, total=len(examples), unit="examples", status="") if bar is not None else None
     try:
         with torch.no_grad():
             for indices in batches:
@@ -362,12 +372,16 @@ def _evaluate(accelerator, model, objective: Objective, examples: list, config: 
                 if len(outputs) != len(indices):
                     raise KadapterError(f"objective.predict returned {len(outputs)} outputs for {len(indices)} examples")
                 pairs.extend(zip(indices, outputs))
+                if task is not None:
+                    bar.advance(task, len(indices) * accelerator.num_processes)
     except (RuntimeError, MemoryError) as e:
         if is_out_of_memory(e):
             raise out_of_memory("evaluation", config.batch_size, max(lengths)) from None
         raise
     finally:
         model.train(was_training)
+        if task is not None and transient:
+            bar.remove_task(task)
     if accelerator.num_processes > 1:
         pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
     outputs = restore_order([i for i, _ in pairs], [o for _, o in pairs], len(examples))
