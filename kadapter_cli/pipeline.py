@@ -15,7 +15,9 @@ Pipeline file (YAML, read with `safe_load`)::
         after: []               # optional: stages this one needs although it names none of their outputs
 
 Built-in variables: `workdir`, `demo_data` (the bundled demo data), `pipeline_dir` (the folder of
-the pipeline file). A variable may use other variables.
+the pipeline file). A variable may use other variables; `--set` of a name the file does not define
+is an error. `kadapter run` resolves relative paths against the pipeline file's folder (weasel's
+rule; `in_folder`).
 
 What a stage reads is its declared inputs, every option value that is an existing path or another
 stage's output, the default inputs of its command (`train-adapter --kind fac` reads
@@ -45,7 +47,7 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -800,6 +802,18 @@ def run_pipeline(
         echo(f"{stage.name}: done in {seconds:.1f}s")
         results.append(StageResult(stage.name, True, d.reason, argv, seconds, 0))
     return results
+
+
+@contextlib.contextmanager
+def in_folder(folder: str | Path) -> Iterator[None]:
+    """Runs the block with `folder` as the current directory (weasel's rule: a pipeline's relative
+    paths are relative to the pipeline file's folder, wherever `kadapter run` is started)."""
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def parse_assignments(items: Iterable[str]) -> dict[str, str]:

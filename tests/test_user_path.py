@@ -450,3 +450,26 @@ def test_parse_bar_ends_full_and_hugging_face_bars_stay_silent(tmp_path, shared_
     assert "30/30" in last_frame and "?" not in last_frame
     made = _kadapter(tmp_path / "w", "tiny-backbone", tmp_path / "tb", terminal=False)
     assert "Writing model shards" not in made and "it/s" not in made
+
+
+def test_pipeline_paths_resolve_against_the_files_folder(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "p.yaml").write_text(
+        "vars: {workdir: work}\n"
+        "stages:\n"
+        "  - {name: tiny, command: tiny-backbone, args: [backbones/tiny], options: {hidden-size: 32, layers: 2}}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    from typer.testing import CliRunner
+
+    from kadapter_cli.cli import app
+
+    monkeypatch.delenv("KADAPTER_WORKDIR", raising=False)
+    result = CliRunner().invoke(app, ["run", str(Path("..") / "project" / "p.yaml")], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert (project / "backbones" / "tiny" / "config.json").is_file()
+    assert (project / "work.lock.yaml").is_file()
+    assert list(elsewhere.iterdir()) == []
+    assert Path.cwd() == elsewhere  # the run changed directory only while it ran
