@@ -180,20 +180,8 @@ def test_parse_killed_at_random_moments_leaves_nothing_half_written(shared_data,
         assert (out / name).read_bytes() == (reference / "parsed" / name).read_bytes(), name
 
 
-def _trex_rc(folder: Path) -> Path:
-    """A small `trex-rc/` artifact: 48 training examples of two relations."""
-    folder.mkdir(parents=True)
-    rows = [{"id": f"d{i}", "docid": f"d{i}", "tokens": ["Paris", "lies", "in", "France", "near", str(i)],
-             "subj_start": 0, "subj_end": 0, "obj_start": 3, "obj_end": 3, "relation": ("P17", "P131")[i % 2],
-             "subj_label": "Q90", "obj_label": "Q142"} for i in range(56)]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:48]))
-    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[48:]))
-    (folder / "relations.json").write_text(json.dumps(["P131", "P17"]))
-    return folder
-
-
-def test_training_killed_then_resumed_ends_with_the_same_weights(tmp_path, tiny_backbone):
-    data = _trex_rc(tmp_path / "trex-rc")
+def test_training_killed_then_resumed_ends_with_the_same_weights(tmp_path, tiny_backbone, make_trex_rc):
+    data = make_trex_rc(tmp_path / "trex-rc")
     args = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", tiny_backbone, "--max-steps", "12",
             "--batch-size", "4", "--max-length", "24", "--device", "cpu", "--cache-features", "off",
             "--save-every", "1", "--eval-every", "4", "--seed", "3")
@@ -266,10 +254,11 @@ def _interrupt(process: subprocess.Popen, partial: Path, after_step: int, how: s
 
 
 @pytest.mark.parametrize("command", ["train-adapter", "finetune"])
-def test_interrupted_training_is_refused_without_resume_and_resumed_with_it(command, tmp_path, tiny_backbone, cli):
+def test_interrupted_training_is_refused_without_resume_and_resumed_with_it(command, tmp_path, tiny_backbone, cli,
+                                                                             make_trex_rc):
     """Ctrl-C, then kill -9 of the resumed run: each time the rerun without --resume is refused and
     deletes nothing; --resume ends with the weights of an uninterrupted run."""
-    args = _training_args(command, tiny_backbone, _trex_rc(tmp_path / "trex-rc"))
+    args = _training_args(command, tiny_backbone, make_trex_rc(tmp_path / "trex-rc"))
     workdir = tmp_path / "work"
     out = workdir / ("adapters/fac" if command == "train-adapter" else "finetuned/openentity-base")
     partial = out.parent / f".{out.name}.partial"
@@ -317,10 +306,10 @@ stages:
 """
 
 
-def test_run_resumes_an_interrupted_training_stage_by_itself(tmp_path, tiny_backbone):
+def test_run_resumes_an_interrupted_training_stage_by_itself(tmp_path, tiny_backbone, make_trex_rc):
     """`kadapter run` after Ctrl-C, then after kill -9 of the rerun: it resumes the stage from its
     checkpoints by itself, and ends with the weights of an uninterrupted run."""
-    data = _trex_rc(tmp_path / "trex-rc")
+    data = make_trex_rc(tmp_path / "trex-rc")
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(RUN_PIPELINE.format(data=data, backbone=tiny_backbone))
     workdir = tmp_path / "work"

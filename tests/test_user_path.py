@@ -14,18 +14,6 @@ TYPING = REPO / "kadapter_cli" / "demo_data" / "typing"
 FAST = ("--max-steps", "2", "--batch-size", "4", "--max-length", "24", "--device", "cpu", "--limit", "16")
 
 
-def _trex_rc(folder: Path) -> Path:
-    """A small `trex-rc/` artifact: 16 training examples of two relations."""
-    folder.mkdir(parents=True)
-    rows = [{"id": f"d{i}", "docid": f"d{i}", "tokens": ["Paris", "lies", "in", "France", "near", str(i)],
-             "subj_start": 0, "subj_end": 0, "obj_start": 3, "obj_end": 3, "relation": ("P17", "P131")[i % 2],
-             "subj_label": "Q90", "obj_label": "Q142"} for i in range(20)]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
-    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[16:]))
-    (folder / "relations.json").write_text(json.dumps(["P131", "P17"]))
-    return folder
-
-
 def _same_shape_other_weights(source: Path, target: Path) -> Path:
     """A copy of a backbone folder with one weight changed: same shape, other model."""
     from safetensors.torch import load_file, save_file
@@ -43,11 +31,12 @@ def two_backbones(tmp_path_factory, tiny_backbone) -> tuple[Path, Path]:
     return tiny_backbone, _same_shape_other_weights(tiny_backbone, tmp_path_factory.mktemp("other") / "backbone")
 
 
-def test_adapters_record_the_backbone_fingerprint_and_mismatches_are_refused(cli, tmp_path, two_backbones):
+def test_adapters_record_the_backbone_fingerprint_and_mismatches_are_refused(cli, tmp_path, two_backbones,
+                                                                             make_trex_rc):
     from kadapter_cli.artifacts import sha256_file
 
     first, other = two_backbones
-    data = _trex_rc(tmp_path / "trex-rc")
+    data = make_trex_rc(tmp_path / "trex-rc", 16, 4)
     for name, backbone in (("fac", first), ("fac-other", other)):
         result = cli("train-adapter", "--kind", "fac", "--name", name, "--data", data, "--backbone", backbone,
                      *FAST, "--cache-features", "off")
@@ -123,8 +112,9 @@ def _manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
-def test_max_steps_overrides_the_epoch_count_and_a_long_warmup_is_warned(cli, tmp_path, tiny_backbone):
-    data = _trex_rc(tmp_path / "trex-rc")
+def test_max_steps_overrides_the_epoch_count_and_a_long_warmup_is_warned(cli, tmp_path, tiny_backbone,
+                                                                         make_trex_rc):
+    data = make_trex_rc(tmp_path / "trex-rc", 16, 4)
     base = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", tiny_backbone, "--batch-size", "4",
             "--max-length", "24", "--device", "cpu", "--cache-features", "off", "--epochs", "1")
     # 16 examples, batch 4: 4 steps an epoch; --max-steps 10 runs 10 steps (3 epochs), not 4.
@@ -183,12 +173,13 @@ def test_help_shows_choices_as_choices(cli, monkeypatch):
     assert "Usage: kadapter parse [OPTIONS] INPUTS..." in " ".join(cli("parse", "--help").stdout.split())
 
 
-def test_threads_are_set_explicitly_or_from_what_is_idle(cli, tmp_path, tiny_backbone, monkeypatch):
+def test_threads_are_set_explicitly_or_from_what_is_idle(cli, tmp_path, tiny_backbone, monkeypatch,
+                                                         make_trex_rc):
     import os
 
     import torch
 
-    data = _trex_rc(tmp_path / "trex-rc")
+    data = make_trex_rc(tmp_path / "trex-rc", 16, 4)
     args = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", tiny_backbone, *FAST,
             "--cache-features", "off", "--overwrite")
     before = torch.get_num_threads()
@@ -206,10 +197,10 @@ def test_threads_are_set_explicitly_or_from_what_is_idle(cli, tmp_path, tiny_bac
     assert refused.exit_code == 2 and "--threads must be at least 1, got 0" in refused.stderr
 
 
-def test_an_uncached_backbone_offline_is_said_at_once(cli, tmp_path, monkeypatch):
+def test_an_uncached_backbone_offline_is_said_at_once(cli, tmp_path, monkeypatch, make_trex_rc):
     import time
 
-    data = _trex_rc(tmp_path / "trex-rc")
+    data = make_trex_rc(tmp_path / "trex-rc", 16, 4)
     args = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", "kadapter-test/no-such-model")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -227,8 +218,8 @@ def test_an_uncached_backbone_offline_is_said_at_once(cli, tmp_path, monkeypatch
     assert result.exit_code == 2 and "and HF_HUB_OFFLINE is set: download it" in result.stderr
 
 
-def test_a_missing_backbone_folder_is_called_missing(cli, tmp_path):
-    data = _trex_rc(tmp_path / "trex-rc")
+def test_a_missing_backbone_folder_is_called_missing(cli, tmp_path, make_trex_rc):
+    data = make_trex_rc(tmp_path / "trex-rc", 16, 4)
     missing = tmp_path / "nope"
     result = cli("train-adapter", "--kind", "fac", "--data", data, "--backbone", missing)
     assert result.exit_code == 2
@@ -263,7 +254,7 @@ def test_readme_parse_example_names_a_model_the_install_provides(cli, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory, tiny_backbone):
+def made(tmp_path_factory, tiny_backbone, make_trex_rc):
     """A workdir with a fac adapter, its composition with itself under another name, and a finetuned model."""
     from typer.testing import CliRunner
 
@@ -278,7 +269,7 @@ def made(tmp_path_factory, tiny_backbone):
         assert result.exit_code == 0, result.stderr
         return result
 
-    data = _trex_rc(root / "trex-rc")
+    data = make_trex_rc(root / "trex-rc", 16, 4)
     for name in ("fac", "fac2"):
         run("train-adapter", "--kind", "fac", "--name", name, "--data", data, "--backbone", tiny_backbone, *FAST,
             "--cache-features", "off")
