@@ -89,6 +89,14 @@ CONFIG = typer.Option(None, "--config", help="YAML file of options (long names w
 LOG_EVERY = typer.Option(10, "--log-every", help="Write a train_log.jsonl line every N steps.")
 ALLOW_MISMATCH = typer.Option(False, "--allow-backbone-mismatch",
                               help="Use adapters whose recorded backbone fingerprint differs from the backbone's.")
+# Experiment tracking (kadapter_cli/tracking.py): a training command takes all three with one line,
+#   report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
+# and TrainConfig.from_options picks them up.
+REPORT_TO = typer.Option("none", "--report-to",
+                         help="Trackers for losses, learning rate, throughput and dev metrics: tensorboard, wandb, "
+                              "mlflow, aim, all (every installed one), none; comma-separated for several.")
+RUN_NAME = typer.Option(None, "--run-name", help="The trackers' run name (default: the output folder's name).")
+TRACKING_DIR = typer.Option(None, "--tracking-dir", help="The trackers' folder (default: <output>/tracking).")
 
 
 def _train_config(options: dict[str, Any], defaults: dict[str, Any]):
@@ -162,6 +170,7 @@ def train_adapter_cli(
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
     precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
+    report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print the dev metrics as JSON."),
     config: Optional[Path] = CONFIG,
 ) -> None:
@@ -244,6 +253,7 @@ def finetune_cli(
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
     precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
+    report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print dev and test metrics as JSON."),
     config: Optional[Path] = CONFIG,
 ) -> None:
