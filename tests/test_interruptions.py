@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import _write_trex_rc as _trex_rc  # noqa: F401  (other test modules import it from here)
 from kadapter_cli.artifacts import verify_files
 
 REPO = Path(__file__).resolve().parents[1]
