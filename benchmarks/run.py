@@ -43,6 +43,8 @@ class Sizes:
     batch_size: int
     trex_copies: int = 10
     matmul_n: int = 2048
+    choice_records: int = 2  # CosmosQA records per step (4 candidates each)
+    choice_length: int = 128  # their padded length (the paper's is 256)
 
 
 QUICK = Sizes(repeats=5, warmup=1, epoch_examples=128, epoch_batch_size=32, batches_timed=4, inference_examples=32, parse_sentences=300,
@@ -51,7 +53,7 @@ FULL = Sizes(repeats=7, warmup=2, epoch_examples=256, epoch_batch_size=32, batch
              batch_size=16, inference_batch_size=32)
 # For tests: a shallow, narrow backbone and a handful of examples; the numbers mean nothing.
 TOY = Sizes(repeats=1, warmup=0, epoch_examples=4, epoch_batch_size=4, batches_timed=2, inference_examples=4, parse_sentences=5,
-            batch_size=2, inference_batch_size=2, trex_copies=2, matmul_n=64)
+            batch_size=2, inference_batch_size=2, trex_copies=2, matmul_n=64, choice_records=1, choice_length=32)
 TOY_SHAPE = BenchShape(layers=4, hidden=64, heads=2, ffn=128, vocab=1000, max_length=32)
 
 # The groups of entries, in the order they run; `--only` picks groups by any of their entry names.
@@ -60,6 +62,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "cache": ("cached_epoch_vs_uncached",),
     "buckets": ("bucketed_vs_padded",),
     "inference": ("composed_inference_vs_backbone",),
+    "cosmosqa": ("cosmosqa_step_vs_hf_multiple_choice",),
     "prepare_trex": ("prepare_trex_rss_10x_over_1x", "prepare_trex_docs_per_s"),
     "parse": ("parse_conllu_words_per_s", "parse_spacy_words_per_s", "parse_stanza_words_per_s"),
 }
@@ -74,6 +77,8 @@ def _runners(shape: BenchShape, sizes: Sizes, trex_dump: Path) -> dict[str, Call
         "buckets": lambda: {"bucketed_vs_padded": training_bench.bucketed_epoch(shape, sizes.batches_timed, r)},
         "inference": lambda: {"composed_inference_vs_backbone": training_bench.composed_inference(
             dataclasses.replace(shape, batch_size=sizes.inference_batch_size), sizes.inference_examples, r, w)},
+        "cosmosqa": lambda: {"cosmosqa_step_vs_hf_multiple_choice": training_bench.cosmosqa_step(
+            shape, sizes.choice_records, sizes.choice_length, r, w)},
         "prepare_trex": lambda: data_bench.prepare_trex_memory(trex_dump, sizes.trex_copies),
         "parse": lambda: data_bench.parse_speed(sizes.parse_sentences),
     }

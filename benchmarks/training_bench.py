@@ -1,11 +1,13 @@
 """Benchmarks of the model side: adapter step vs full fine-tuning, MFU, the feature cache, length
-bucketing, composed inference. Each returns report entries (`entry`), every ratio's members timed
+bucketing, composed inference, a CosmosQA step against Hugging Face's multiple-choice model. Each returns report entries (`entry`), every ratio's members timed
 interleaved in one loop (`timing.interleaved`); a ratio is the median of its per-round ratios
 (`timing.paired_ratio`), the details give each member's median, min and max."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -15,8 +17,8 @@ import torch
 
 from benchmarks import timing
 from benchmarks.workloads import (PAD_ID, BenchShape, FullFinetune, TrainStep, adapter_config, adapter_pretrainer,
-                                  adapter_step_flops, build_backbone, fac_examples, full_finetune_flops,
-                                  trex_like_lengths)
+                                  adapter_step_flops, build_backbone, choice_finetune_flops, fac_examples,
+                                  full_finetune_flops, trex_like_lengths)
 
 
 def entry(value: float, op: str, target: float, detail: dict[str, Any]) -> dict[str, Any]:
@@ -211,13 +213,15 @@ def composed_inference(shape: BenchShape, n_examples: int, repeats: int, warmup:
     from kadapter_cli.finetune import TaskModel
     from kadapter_cli.heads import RelationHead
     from kadapter_cli.model import KAdapterModel
+    from kadapter_cli.tasks import get_task
 
     backbone = build_backbone(shape, seed)
     torch.manual_seed(2)
     adapters = {kind: KnowledgeAdapter(adapter_config(backbone, kind)) for kind in ("fac", "lin")}
     head = RelationHead(shape.hidden, 42)
-    composed = TaskModel(KAdapterModel(backbone, adapters, "concat", shape.hidden), head, ("subj_pos", "obj_pos"))
-    bare = TaskModel(KAdapterModel(backbone, {}, None, shape.hidden), head, ("subj_pos", "obj_pos"))
+    tacred = get_task("tacred")
+    composed = TaskModel(KAdapterModel(backbone, adapters, "concat", shape.hidden), head, tacred)
+    bare = TaskModel(KAdapterModel(backbone, {}, None, shape.hidden), head, tacred)
     for model in (composed, bare):
         model.body.freeze_backbone()
         model.body.freeze_adapters()
@@ -249,4 +253,72 @@ def composed_inference(shape: BenchShape, n_examples: int, repeats: int, warmup:
         "whole_sequence_ratio": round(timing.paired_ratio(times["composed_sequence"], times["backbone_sequence"]), 4),
         "composed_sequence": timing.summary(times["composed_sequence"]),
         "backbone_sequence": timing.summary(times["backbone_sequence"]),
+    })
+
+
+# ---------------------------------------------------------------- a CosmosQA step vs Hugging Face
+
+
+class _MultipleChoiceLoss:
+    """The objective of Hugging Face's `...ForMultipleChoice`: its own loss on (B, C, L) inputs."""
+
+    @staticmethod
+    def loss(model, batch) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+def cosmosqa_step(shape: BenchShape, records: int, seq_len: int, repeats: int, warmup: int = 1,
+                  seed: int = 0) -> dict[str, Any]:
+    """`cosmosqa_step_vs_hf_multiple_choice`: one CosmosQA training step of kadapter without adapters
+    (the product's task, `TaskModel`, `TaskObjective`, backbone trained) over Hugging Face's
+    `RobertaForMultipleChoice` on the same backbone weights, batch and lengths — the task layer
+    should add nothing measurable. In the same rounds, the step with fac + lin composed (concat, frozen
+    adapters, backbone trained) is timed and its ratio to the HF step reported beside the FLOP estimate.
+    """
+    from transformers import RobertaForMultipleChoice
+
+    from kadapter_cli.adapter import KnowledgeAdapter
+    from kadapter_cli.finetune import build_task_model
+    from kadapter_cli.objectives import TaskObjective
+    from kadapter_cli.tasks import get_task
+    from kadapter_cli.tasks.cosmosqa import CHOICES
+
+    shape = dataclasses.replace(shape, max_length=seq_len)
+    backbone = build_backbone(shape, seed)
+    task = get_task("cosmosqa")
+    rng = random.Random(seed)
+    # A shared context and question, answers of varying length: candidates fill 3/4 to all of seq_len.
+    examples = [{"input_ids": [[0] + [rng.randrange(3, shape.vocab) for _ in range(rng.randint(seq_len * 3 // 4, seq_len) - 2)]
+                               + [2] for _ in range(CHOICES)], "labels": rng.randrange(CHOICES), "gold": []}
+                for _ in range(records)]
+    batch = task.collate(examples, PAD_ID)
+
+    torch.manual_seed(seed + 1)
+    hf = RobertaForMultipleChoice(backbone.config)
+    hf.roberta.load_state_dict(backbone.state_dict(), strict=False)  # same weights; HF adds its pooler
+    bare = build_task_model(task, [], {}, "concat", copy.deepcopy(backbone))
+    configs = [adapter_config(backbone, kind) for kind in ("fac", "lin")]
+    torch.manual_seed(seed + 2)
+    adapters = {c.kind: KnowledgeAdapter(c) for c in configs}
+    composed = build_task_model(task, [], adapters, "concat", copy.deepcopy(backbone))
+    composed.body.freeze_adapters()
+    objective = TaskObjective(PAD_ID, task, [])
+    steps = {"kadapter": TrainStep(bare, objective), "hf_multiple_choice": TrainStep(hf, _MultipleChoiceLoss()),
+             "kadapter_fac_lin": TrainStep(composed, objective)}
+    times = timing.interleaved({name: (lambda step=step: step(batch)) for name, step in steps.items()}, repeats, warmup)
+    ratio = timing.paired_ratio(times["kadapter"], times["hf_multiple_choice"])
+    composed_ratio = timing.paired_ratio(times["kadapter_fac_lin"], times["hf_multiple_choice"])
+    padded = int(batch["input_ids"].shape[-1])
+    sequences = records * CHOICES
+    base_flops = choice_finetune_flops(shape, sequences, padded)
+    return entry(ratio, "<=", 1.05, {
+        "records": records, "candidates": CHOICES, "padded_length": padded,
+        "real_tokens": int(batch["attention_mask"].sum()),
+        **{name: timing.summary(t) for name, t in times.items()},
+        "composed_fac_lin": {
+            "ratio_to_hf": round(composed_ratio, 4),
+            "flop_ratio": round(choice_finetune_flops(shape, sequences, padded, configs) / base_flops, 4),
+            "trainable_parameters": _trainable(composed),
+        },
+        "trainable_parameters": {"kadapter": _trainable(bare), "hf_multiple_choice": _trainable(hf)},
     })

@@ -194,16 +194,36 @@ def adapter_step_flops(shape: BenchShape, config, batch: int, seq_len: int) -> d
         head reads), dense 2·2H·H and out_proj 2·H·C.
     Embeddings (a lookup), LayerNorm, GELU and softmax are left out: they are not matmuls.
     """
-    tokens, rows = batch * seq_len, batch * 2
-    h, w, f, depth = shape.hidden, config.adapter_width, config.ffn_size, config.layers_per_tap
-    backbone = shape.layers * layer_flops(tokens, seq_len, h, shape.ffn)
-    full_tap = tokens * 4.0 * h * w + depth * layer_flops(tokens, seq_len, w, f)
-    last_tap = (tokens * 2.0 * h * w + (depth - 1) * layer_flops(tokens, seq_len, w, f) + tokens * 4.0 * w * w
-                + rows * (4.0 * w * w + 4.0 * w * f + 4.0 * seq_len * w + 2.0 * w * h))
-    adapter = 3.0 * ((len(config.tap_layers) - 1) * full_tap + last_tap)
+    tokens = batch * seq_len
+    backbone = shape.layers * layer_flops(tokens, seq_len, shape.hidden, shape.ffn)
+    adapter = 3.0 * adapter_forward_flops(config, shape.hidden, tokens, seq_len, rows=batch * 2)
+    h = shape.hidden
     head = 3.0 * batch * (2 * 4.0 * h * h + 4.0 * h * h + 2.0 * h * NUM_RELATIONS)
     return {"backbone_forward": backbone, "adapter_train": adapter, "head_train": head,
             "total": backbone + adapter + head}
+
+
+def adapter_forward_flops(config, hidden: int, tokens: int, seq_len: int, rows: int) -> float:
+    """Forward FLOPs of one adapter over `tokens` = batch × seq_len whose last layer computes only
+    `rows` rows (the positions the head reads): see `adapter_step_flops`."""
+    h, w, f, depth = hidden, config.adapter_width, config.ffn_size, config.layers_per_tap
+    full_tap = tokens * 4.0 * h * w + depth * layer_flops(tokens, seq_len, w, f)
+    last_tap = (tokens * 2.0 * h * w + (depth - 1) * layer_flops(tokens, seq_len, w, f) + tokens * 4.0 * w * w
+                + rows * (4.0 * w * w + 4.0 * w * f + 4.0 * seq_len * w + 2.0 * w * h))
+    return (len(config.tap_layers) - 1) * full_tap + last_tap
+
+
+def choice_finetune_flops(shape: BenchShape, sequences: int, seq_len: int, adapter_configs: Sequence = ()) -> float:
+    """FLOPs of one multiple-choice fine-tuning step on `sequences` = records × candidates padded
+    sequences, the backbone trained: 3 × its forward; each frozen adapter 2 × its forward (no weight
+    gradients, but input gradients flow through it to the backbone), its last layer on the one row
+    the choice head reads; concat fusion and the Linear(H→1) head train (3 ×) on that row only."""
+    tokens, h = sequences * seq_len, shape.hidden
+    backbone = 3.0 * shape.layers * layer_flops(tokens, seq_len, h, shape.ffn)
+    adapters = sum(2.0 * adapter_forward_flops(c, h, tokens, seq_len, rows=sequences) for c in adapter_configs)
+    k = len(adapter_configs)
+    fusion = 3.0 * sequences * (k * 2.0 * 2 * h * h + 2.0 * k * h * h) if k else 0.0
+    return backbone + adapters + fusion + 3.0 * sequences * 2.0 * h
 
 
 def full_finetune_flops(shape: BenchShape, batch: int, seq_len: int) -> float:

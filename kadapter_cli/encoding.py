@@ -1,4 +1,4 @@
-"""Words and entity markers → sub-token ids, marker positions and word alignment.
+"""Words, entity markers and text segments → sub-token ids, marker positions and word alignment.
 
 Every encoder here works on *words* and lets the tokenizer split each word on its own
 (`tokenizer(words, is_split_into_words=True)` + `word_ids()`), so the same code serves RoBERTa's
@@ -21,6 +21,10 @@ encoding follows:
 Truncation never drops an example (the original silently skipped long ones, reference §8.6/8.7):
 context words are trimmed from both ends around the entities; if even the entities do not fit,
 sub-tokens inside them are dropped, keeping every opening marker (the positions the heads read).
+
+Segments (a sentence pair, context + question + answer) are joined with the tokenizer's own pair
+template (`pair_template`: `<s> A </s></s> B </s>` for RoBERTa, `[CLS] A [SEP] B [SEP]` for BERT)
+and truncated longest first (`encode_segments`).
 """
 
 from __future__ import annotations
@@ -300,6 +304,98 @@ def encode_typing(tokenizer, sent: str, start: int, end: int, max_length: int,
     prefix, suffix, budget = _budget(tokenizer, max_length)
     ids, (mention_pos,) = _fit_marked(word_pieces(tokenizer, words), opening, closing, budget)
     return {"input_ids": prefix + ids + suffix, "mention_pos": len(prefix) + mention_pos}
+
+
+# ---------------------------------------------------------------- segments (sentence pairs, question + answers)
+
+SEGMENT_SEPARATORS = ("pair", "single")
+
+
+def pair_template(tokenizer) -> tuple[list[int], list[int], list[int]]:
+    """The ids the tokenizer puts before, between and after the two sequences of a pair:
+    `<s>`, `</s></s>`, `</s>` for RoBERTa; `[CLS]`, `[SEP]`, `[SEP]` for BERT."""
+    _check_prefix_space(tokenizer)
+    enc = tokenizer(["a"], ["b"], is_split_into_words=True, add_special_tokens=True, verbose=False)
+    try:
+        sequence_ids = enc.sequence_ids()
+    except ValueError:
+        raise ValueError("encoding needs a fast tokenizer (one that reports sequence_ids())") from None
+    ids = list(enc["input_ids"])
+    first = [i for i, s in enumerate(sequence_ids) if s == 0]
+    second = [i for i, s in enumerate(sequence_ids) if s == 1]
+    return ids[: first[0]], ids[first[-1] + 1: second[0]], ids[second[-1] + 1:]
+
+
+def truncate_longest_first(lengths: Sequence[int], budget: int) -> list[int]:
+    """How many leading tokens of each segment to keep so that they sum to at most `budget`.
+
+    Longest first, as Hugging Face's `truncation="longest_first"`: tokens are removed one at a time
+    from the end of the currently longest segment; between equally long segments the later one
+    loses first. Computed in closed form (a cap on every length), not token by token.
+    """
+    lengths = list(lengths)
+    if budget < 0:
+        raise ValueError(f"no room for the segments (budget {budget})")
+    if sum(lengths) <= budget:
+        return lengths
+    lo, hi = 0, max(lengths)  # binary search for the largest cap with sum(min(n, cap)) <= budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(min(n, mid) for n in lengths) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    cap = lo
+    kept = [min(n, cap) for n in lengths]
+    room = budget - sum(kept)
+    for i, n in enumerate(lengths):  # one more token for the earliest segments that were capped
+        if room and n > cap:
+            kept[i] += 1
+            room -= 1
+    return kept
+
+
+def encode_segments(tokenizer, segments: Sequence[Sequence[int]], max_length: int,
+                    separator: str = "pair") -> dict[str, Any]:
+    """Joins sub-token id segments with the tokenizer's own special tokens, truncating longest first.
+
+    `separator="pair"` puts the tokenizer's pair separator between segments (RoBERTa
+    `<s> A </s></s> B </s></s> C </s>`, BERT `[CLS] A [SEP] B [SEP] C [SEP]`); `"single"` puts one
+    `sep_token` (RoBERTa `<s> A </s> B </s> C </s>`, the original K-Adapter CosmosQA layout). At most
+    `max_length` ids. Returns `{"input_ids", "segment_starts", "segment_lengths"}`: where each
+    segment's kept tokens start in `input_ids` and how many were kept.
+    """
+    if separator not in SEGMENT_SEPARATORS:
+        raise ValueError(f"separator must be one of {', '.join(SEGMENT_SEPARATORS)}, got {separator!r}")
+    prefix, middle, suffix = pair_template(tokenizer)
+    if separator == "single":
+        if tokenizer.sep_token_id is None:
+            raise ValueError("the tokenizer has no sep_token for the single-separator layout")
+        middle = [int(tokenizer.sep_token_id)]
+    specials = len(prefix) + len(suffix) + len(middle) * (len(segments) - 1)
+    budget = max_length - specials
+    if budget < 0:
+        raise ValueError(f"max_length {max_length} leaves no room next to the {specials} special tokens")
+    kept = truncate_longest_first([len(s) for s in segments], budget)
+    ids, starts = list(prefix), []
+    for i, (segment, n) in enumerate(zip(segments, kept)):
+        if i:
+            ids += middle
+        starts.append(len(ids))
+        ids += list(segment[:n])
+    ids += suffix
+    return {"input_ids": ids, "segment_starts": starts, "segment_lengths": kept}
+
+
+def encode_pair(tokenizer, first: Sequence[int], second: Sequence[int], max_length: int) -> dict[str, Any]:
+    """`<s> A </s></s> B </s>` (RoBERTa) / `[CLS] A [SEP] B [SEP]` (BERT) of two sub-token id lists,
+    truncated longest first; see `encode_segments`."""
+    return encode_segments(tokenizer, [first, second], max_length, "pair")
+
+
+def text_pieces(tokenizer, text: str) -> list[int]:
+    """The sub-token ids of a whitespace-separated text (each word tokenized as in `word_pieces`)."""
+    return [token for pieces in word_pieces(tokenizer, text.split()) for token in pieces]
 
 
 # ---------------------------------------------------------------- dependency heads (lin adapter)

@@ -24,6 +24,7 @@ from kadapter_cli.errors import BadInput
 from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backbone, marker_style
 from kadapter_cli.model_card import finetuned_card, write_card
 from kadapter_cli.objectives import TaskObjective
+from kadapter_cli.padding import is_choices
 from kadapter_cli.progress import progress, waiting
 from kadapter_cli.tasks import get_task
 from kadapter_cli.training import TrainConfig, evaluate, remove_checkpoints, train
@@ -37,25 +38,42 @@ DEFAULT_BACKBONE = "roberta-large"
 
 
 class TaskModel(nn.Module):
-    """`KAdapterModel` + a task head reading the fused features at the task's marker positions."""
+    """`KAdapterModel` + the task's head; the task says which rows the head reads and how it is called.
 
-    def __init__(self, body: KAdapterModel, head: nn.Module, position_keys: Sequence[str]):
+    Candidates are flattened for the body and the head — `input_ids` (B, C, L) run as (B·C, L) —
+    and the head's outputs come back as (B, C, …). When the task names the positions its head
+    reads, the body computes only those rows (B·C, P, H): the adapters' last layers and the fusion
+    skip every other row, for the same values.
+    """
+
+    def __init__(self, body: KAdapterModel, head: nn.Module, task):
         super().__init__()
         self.body = body
         self.head = head
-        self.position_keys = tuple(position_keys)
+        self.task = task
 
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+    def forward(self, batch: dict[str, Any]) -> Any:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        lead = ids.shape[:-1]  # (B,) or (B, C)
         features = batch.get("features")
         if features is not None:
             features = (features[:-1], features[-1])
-        if not self.position_keys:  # a head that reads the whole sequence
-            return self.head(self.body(batch["input_ids"], batch["attention_mask"], features))
-        # The heads read only the marker positions: the body computes just those rows (B, P, H),
-        # and the head then reads row i for its i-th position argument.
-        positions = torch.stack([batch[k] for k in self.position_keys], dim=1).long()
-        h = self.body(batch["input_ids"], batch["attention_mask"], features, positions)
-        return self.head(h, *(torch.full_like(positions[:, i], i) for i in range(len(self.position_keys))))
+        positions = self.task.head_positions(batch)
+        if positions is not None:
+            positions = positions.reshape(-1, positions.shape[-1])
+        h = self.body(ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1]), features, positions)
+        return _restore_candidates(self.task.run_head(self.head, h, batch), lead)
+
+
+def _restore_candidates(outputs: Any, lead: torch.Size) -> Any:
+    """Head outputs (B·C, …) → (B, C, …), for a tensor or a tuple/list/dict of tensors."""
+    if len(lead) == 1:
+        return outputs
+    if isinstance(outputs, torch.Tensor):
+        return outputs.reshape(*lead, *outputs.shape[1:])
+    if isinstance(outputs, dict):
+        return {k: _restore_candidates(v, lead) for k, v in outputs.items()}
+    return type(outputs)(_restore_candidates(v, lead) for v in outputs)
 
 
 # ---------------------------------------------------------------- adapters and compositions
@@ -162,11 +180,13 @@ class FinetuneSpec:
 
 
 def read_task_data(task, data_dir: Path, need_train: bool = True) -> dict[str, list[dict]]:
+    """The splits found in `data_dir`; train and dev must be there (and labeled), test may be missing,
+    and unlabeled where the task allows it (`test_labels_optional`)."""
     files = task.task_files(data_dir)
     splits = {}
     for split, path in files.items():
         if path.exists():
-            splits[split] = task.read(path)
+            splits[split] = task.read(path, labeled=split != "test" or not task.test_labels_optional)
         elif split in ("train", "dev") and need_train:
             raise BadInput(f"the {split} split is missing (expected {path.name})", data_dir)
     return splits
@@ -176,23 +196,32 @@ def build_task_model(task, labels: Sequence[str], adapters: dict[str, KnowledgeA
                      backbone: nn.Module) -> TaskModel:
     hidden = backbone_shape(backbone).hidden_size
     body = KAdapterModel(backbone, adapters, fusion if adapters else None, hidden)
-    return TaskModel(body, task.build_head(hidden, len(labels)), task.position_keys)
+    return TaskModel(body, task.build_head(hidden, len(labels)), task)
 
 
 def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str], max_length: int,
                  path: Path, description: str, marker_style: str = SPACED_MARKERS) -> list[dict]:
+    """The model's examples of a split's records, each tagged with `record` (its record's index)."""
     label_index = {label: i for i, label in enumerate(labels)}
     task.check_labels(records, labels, path)
     out = []
     with progress() as bar:
         t = bar.add_task(description, total=len(records), unit="examples")
         for i, rec in enumerate(records):
-            try:
-                out.append(task.encode(tokenizer, rec, label_index, max_length, marker_style))
-            except ValueError as e:
-                raise BadInput(str(e), path, i) from None
+            out += _record_examples(task, tokenizer, rec, label_index, max_length, marker_style, path, i)
             bar.advance(t)
     return out
+
+
+def _record_examples(task, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+                     marker_style: str, path: Path, index: int) -> list[dict]:
+    try:
+        examples = task.examples(tokenizer, record, label_index, max_length, marker_style)
+    except ValueError as e:
+        raise BadInput(str(e), path, index) from None
+    for example in examples:
+        example["record"] = index
+    return examples
 
 
 def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, resume: bool = False,
@@ -242,9 +271,11 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         for split in ("dev", "test"):
             if split not in encoded:
                 continue
-            metrics, outputs = evaluate(model, objective, encoded[split], config, description=f"evaluating {split}")
-            results[split] = metrics
-            write_predictions(run_dir / f"predictions-{split}.jsonl", encoded[split], outputs)
+            metrics, outputs = evaluate(model, objective, encoded[split], config,
+                                        description=f"evaluating {split}")
+            if all(task.has_gold(r) for r in splits[split]):  # an unlabeled test split only gets predictions
+                results[split] = metrics
+            task.write_predictions(run_dir, split, outputs, encoded[split])
         remove_checkpoints(run_dir)
         (run_dir / "best.safetensors").unlink(missing_ok=True)
         shutil.rmtree(run_dir / "feature-cache", ignore_errors=True)
@@ -261,12 +292,19 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     return results
 
 
-def attach_task_feature_cache(model: TaskModel, splits: dict[str, list[dict]], spec: FinetuneSpec, pad_id: int,
-                              config: TrainConfig, run_dir: Path, pad_to: int | None = None) -> str | None:
-    """With a frozen backbone, its tapped states (+ last) are computed once per example."""
+def attach_task_feature_cache(model: TaskModel, splits: dict[str, list[dict]] | Sequence[list[dict]],
+                              spec: FinetuneSpec, pad_id: int, config: TrainConfig, run_dir: Path,
+                              pad_to: int | None = None) -> str | None:
+    """With a frozen backbone, its tapped states (+ last) are computed once per sequence. An example
+    with candidates gets one cache row per candidate (`_row` is then their list, in candidate order).
+    `splits` by name (the names label the progress bars) or as a list."""
     from kadapter_cli.feature_cache import attach_cache
 
     body = model.body
+    names = list(splits) if isinstance(splits, dict) else None
+    splits = list(splits.values()) if isinstance(splits, dict) else list(splits)
+    sequences = [[{"input_ids": seq} for ex in split for seq in ex["input_ids"]]
+                 if split and is_choices(split[0]["input_ids"]) else split for split in splits]
     device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
     if spec.cache_features != "off":
         body.backbone.to(device)
@@ -276,15 +314,18 @@ def attach_task_feature_cache(model: TaskModel, splits: dict[str, list[dict]], s
             tapped, last = body.backbone_features(input_ids.to(device), attention_mask.to(device))
             return [t.clone() for t in (*tapped, last)]
 
-    return attach_cache(list(splits.values()), compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden,
-                        pad_id=pad_id, batch_size=max(config.batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to,
-                        names=list(splits))
-
-
-def write_predictions(path: Path, examples: Sequence[dict], outputs: Sequence[list[str]]) -> None:
-    artifacts.write_jsonl(path, ({"index": i, "gold": list(ex.get("gold", [])), "pred": list(pred)}
-                                 for i, (ex, pred) in enumerate(zip(examples, outputs))))
+    storage = attach_cache(sequences, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
+                           batch_size=max(config.batch_size, 32), mode=spec.cache_features,
+                           budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to,
+                           names=names)
+    for split, seqs in zip(splits, sequences):
+        if storage is None or seqs is split:
+            continue
+        rows = iter(seqs)
+        for ex in split:
+            candidates = [next(rows) for _ in ex["input_ids"]]
+            ex["_cache"], ex["_row"] = candidates[0]["_cache"], [c["_row"] for c in candidates]
+    return storage
 
 
 # ---------------------------------------------------------------- the finetuned artifact
@@ -302,7 +343,7 @@ def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequ
     artifacts.write_json(folder / LABELS, list(labels))
     artifacts.write_json(folder / CONFIG, {
         "task": task.name,
-        "task_options": {k: getattr(task, k) for k in task.options},
+        "task_options": task.option_values(),
         "backbone": backbone_id,
         "backbone_fingerprint": fingerprint,
         "max_length": spec.max_length,
@@ -373,7 +414,9 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
     if data_dir is None:
         raise BadInput("--data is required (the folder with the task's split files)")
     path = task.task_files(data_dir)[split]
-    records = task.read(path)
+    records = task.read(path, labeled=split != "test" or not task.test_labels_optional)
+    if not all(task.has_gold(r) for r in records):
+        raise BadInput(f"the {split} split has no labels to score against; use `kadapter predict` for it", path)
     examples = encode_split(task, tokenizer, records, labels, config["max_length"], path, f"encoding {split}",
                             config["marker_style"])
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
@@ -381,7 +424,7 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
                                 description=f"evaluating {split}")
     if out is not None:
         with artifacts.atomic_output(out, overwrite=overwrite) as tmp:
-            write_predictions(tmp / f"predictions-{split}.jsonl", examples, outputs)
+            task.write_predictions(tmp, split, outputs, examples)
             artifacts.write_json(tmp / "metrics.json", {split: metrics})
             artifacts.write_manifest(tmp, "evaluation", config={"model": str(model_dir), "split": split},
                                      inputs=artifacts.sha256_inputs([path]), stats={"examples": len(examples)})
@@ -389,7 +432,8 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
 
 
 def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, device: str = "auto") -> list[dict]:
-    """Labels new records (the task's format, JSON list or JSON Lines); gold labels are optional."""
+    """Labels new records (the task's format); gold labels are optional, and ones the model never
+    saw are ignored for encoding but shown in `gold`."""
     model, tokenizer, task, labels, config = load_finetuned(model_dir)
     records = task.read(input_path, labeled=False)
     label_index = {label: i for i, label in enumerate(labels)}
@@ -397,24 +441,13 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
     with progress() as bar:
         encoding = bar.add_task("encoding", total=len(records), unit="examples")
         for i, rec in enumerate(records):
-            known = [g for g in task.gold(rec) if g in label_index]
-            try:
-                ex = task.encode(tokenizer, {**rec, **_only_known_labels(task, rec, label_index)}, label_index,
-                                 config["max_length"], config["marker_style"])
-            except ValueError as e:
-                raise BadInput(str(e), input_path, i) from None
-            ex["gold"] = known
-            examples.append(ex)
+            known = task.without_unknown_labels(rec, label_index)
+            for ex in _record_examples(task, tokenizer, known, label_index, config["max_length"],
+                                       config["marker_style"], input_path, i):
+                ex["gold"] = task.gold(rec)
+                examples.append(ex)
             bar.advance(encoding)
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
     _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device),
                           description="predicting")
-    return [{"index": i, "gold": task.gold(rec), "pred": pred} for i, (rec, pred) in enumerate(zip(records, outputs))]
-
-
-def _only_known_labels(task, rec: dict, label_index: dict[str, int]) -> dict:
-    """Prediction inputs may carry labels the model never saw; encoding ignores them."""
-    if task.multilabel:
-        return {"labels": [g for g in rec.get("labels", []) if g in label_index]}
-    relation = rec.get("relation")
-    return {"relation": relation if relation in label_index else None}
+    return task.prediction_lines(outputs, examples)

@@ -3,6 +3,7 @@
 Parameter names follow the original code, so its checkpoints load 1:1:
 - `RelationHead` (fac pretraining, TACRED): `dense` (2H→H), `out_proj` (H→C);
 - `TypingHead` (OpenEntity, FIGER): `dense` (H→H), `out_proj` (H→C);
+- `ChoiceHead` (CosmosQA): `out_proj` (H→1) on each candidate's first token;
 - `LinOriginalHead` (lin pretraining as in the original): `self_attention.*`, `dense`, `out_proj`
   (H→max_length: classification over absolute positions);
 - `PretrainingHead`: `com_dense` (2H→H) over [backbone last ; adapter out], then the inner head's
@@ -52,6 +53,19 @@ class TypingHead(nn.Module):
 
     def forward(self, h: torch.Tensor, mention_pos: torch.Tensor) -> torch.Tensor:
         return self.out_proj(self.dropout(self.dense(_gather(h, mention_pos))))
+
+
+class ChoiceHead(nn.Module):
+    """Multiple choice: a candidate's first-token features (N, H) → dropout → out_proj H→1 → one
+    score (N,); the task puts each record's candidates side by side for a softmax."""
+
+    def __init__(self, hidden: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(hidden, 1)
+
+    def forward(self, first_token: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.dropout(first_token)).squeeze(-1)
 
 
 class LinOriginalHead(nn.Module):

@@ -208,7 +208,8 @@ def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequen
         _front_matter(meta),
         f"# {name}: {task.name} with {'+'.join(a['name'] for a in adapters) or 'no'} adapters",
         "",
-        f"A fine-tuned K-Adapter model for **{task.name}** ({len(labels)} labels), made with kadapter: the backbone "
+        f"A fine-tuned K-Adapter model for **{task.name}**{f' ({len(labels)} labels)' if labels else ''}, made with "
+        "kadapter: the backbone "
         f"`{model_config['backbone']}` ({'frozen' if model_config.get('freeze_backbone') else 'fine-tuned'}), "
         "the frozen knowledge adapters below, their fusion "
         f"(`{model_config.get('fusion') or 'none'}`) and the task head. The checkpoint is the one selected on dev.",

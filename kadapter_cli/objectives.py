@@ -15,22 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from kadapter_cli import metrics
+from kadapter_cli.padding import pad_ids
 
 IGNORE = -100
-
-
-def pad_ids(seqs: Sequence[Sequence[int]], pad: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pads to `length` (default: the longest sequence in the batch): `(input_ids, attention_mask)`."""
-    longest = max(len(s) for s in seqs)
-    if length is not None and length < longest:
-        raise ValueError(f"a sequence of {longest} tokens does not fit the padded length {length}")
-    length = longest if length is None else length
-    ids = torch.full((len(seqs), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
 
 
 def base_batch(examples: Sequence[dict], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
@@ -122,7 +109,8 @@ class DependencyObjective(_Objective):
 
 
 class TaskObjective(_Objective):
-    """Fine-tuning on a downstream task from the registry (`kadapter_cli.tasks`)."""
+    """Fine-tuning on a downstream task from the registry (`kadapter_cli.tasks`): the task batches,
+    computes the loss from its head's outputs, decodes and scores; this only adds cached features."""
 
     def __init__(self, pad_id: int, task, labels: Sequence[str], pad_to: int | None = None):
         super().__init__(pad_id, pad_to)
@@ -130,21 +118,22 @@ class TaskObjective(_Objective):
         self.labels = list(labels)
         self.primary_metric = task.primary_metric
 
+    def length(self, example: dict) -> int:
+        return self.task.length(example)
+
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
-        batch = base_batch(examples, self.pad_id, self.pad_to)
-        for key in self.task.position_keys:
-            batch[key] = torch.tensor([e[key] for e in examples])
-        if self.task.multilabel:
-            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.float)
-        else:
-            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+        batch = self.task.collate(examples, self.pad_id, self.pad_to)
+        cache = examples[0].get("_cache")
+        if cache is not None:  # candidates have a row each: gathered flat, as the model runs them
+            rows = [r for e in examples for r in (e["_row"] if isinstance(e["_row"], list) else [e["_row"]])]
+            batch["features"] = cache.gather(rows, batch["input_ids"].shape[-1])
         return batch
 
     def loss(self, model, batch) -> torch.Tensor:
-        return self.task.loss(model(batch).float(), batch["labels"])
+        return self.task.loss(model(batch), batch)
 
-    def predict(self, model, batch) -> list[list[str]]:
-        return self.task.predict(model(batch).float(), self.labels)
+    def predict(self, model, batch) -> list[dict]:
+        return self.task.decode(model(batch), batch, self.labels)
 
-    def score(self, outputs: list[list[str]], examples: Sequence[dict]) -> dict[str, float]:
-        return self.task.metrics([e["gold"] for e in examples], outputs)
+    def score(self, outputs: list[dict], examples: Sequence[dict]) -> dict[str, float]:
+        return self.task.score(outputs, examples)

@@ -709,7 +709,7 @@ def validate(pipeline: Pipeline, app: Any) -> None:
 
 def run_pipeline(
     pipeline: Pipeline,
-    app: Any = None,
+    app: Any,
     force: bool = False,
     dry_run: bool = False,
     only: Sequence[str] = (),
@@ -717,17 +717,13 @@ def run_pipeline(
 ) -> list[StageResult]:
     """Runs (or, with `dry_run`, plans) a pipeline; returns what happened to each stage.
 
-    `app` is the typer app (or click group) whose commands the stages name: the real `kadapter`
-    by default, the group of the running command when called from the CLI, a stub in tests.
+    `app` is the typer app (or click group) whose commands the stages name: the command layer
+    passes the group of the running `kadapter` (the library never imports the CLI), tests a stub.
     Stages run in file order in this process. Each decision is made just before its stage with
     what is on disk then, so a rerun upstream stage whose output did not change leaves the stages
     after it skipped. A failing stage raises `StageFailed` with its exit code; the lock keeps the
     entries of the stages that finished.
     """
-    if app is None:
-        from kadapter_cli.cli import app as real_app
-
-        app = real_app
     check_only(pipeline, only)
     validate(pipeline, app)
     lock = read_lock(pipeline.lock_path)

@@ -248,6 +248,7 @@ def test_rows_only_forward_equals_the_full_forward_at_those_rows(tiny, fusion):
 
 def test_task_model_computes_only_the_marker_rows_with_the_same_logits(tiny):
     from kadapter_cli.finetune import TaskModel
+    from kadapter_cli.tasks import get_task
 
     backbone, tokenizer = tiny
     body = _model(backbone)
@@ -255,7 +256,7 @@ def test_task_model_computes_only_the_marker_rows_with_the_same_logits(tiny):
         if name.startswith("adapters.") and p.ndim == 2:
             torch.nn.init.normal_(p, std=0.3)
     head = RelationHead(64, 5)
-    model = TaskModel(body, head, ("subj_pos", "obj_pos")).eval()
+    model = TaskModel(body, head, get_task("tacred")).eval()
     ids, mask = _batch(tokenizer, ["The river runs past the mill.", "Paris is big."])
     batch = {"input_ids": ids, "attention_mask": mask, "subj_pos": torch.tensor([1, 2]), "obj_pos": torch.tensor([4, 1])}
     torch.testing.assert_close(model(batch), head(body(ids, mask), batch["subj_pos"], batch["obj_pos"]), rtol=1e-4, atol=1e-4)

@@ -522,6 +522,7 @@ def test_packaged_demo_pipeline_is_the_repository_copy():
 def test_real_prepare_trex_and_parse_on_the_demo_data(tmp_path):
     """The runner drives the real commands: the demo's first two stages, then a skip."""
     from kadapter_cli.artifacts import read_manifest
+    from kadapter_cli.cli import app
 
     demo = yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())
     pipe = {"vars": {"workdir": str(tmp_path / "w"), "seed": "0"},
@@ -529,7 +530,7 @@ def test_real_prepare_trex_and_parse_on_the_demo_data(tmp_path):
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(pipe))
     lines: list[str] = []
-    results = run_pipeline(load_pipeline(path, {"seed": "42"}), echo=lines.append)
+    results = run_pipeline(load_pipeline(path, {"seed": "42"}), app=app, echo=lines.append)
     assert [r.exit_code for r in results] == [0, 0]
     trex = read_manifest(tmp_path / "w" / "trex-rc")["stats"]
     assert trex["relations"] >= 8 and trex["train"] > 3000 and trex["dev"] > 200
@@ -538,5 +539,24 @@ def test_real_prepare_trex_and_parse_on_the_demo_data(tmp_path):
     parsed = read_manifest(tmp_path / "w" / "parsed")["stats"]
     assert parsed["train"] + parsed["dev"] == 2000
     lines.clear()
-    results = run_pipeline(load_pipeline(path, {"seed": "42"}), echo=lines.append)
+    results = run_pipeline(load_pipeline(path, {"seed": "42"}), app=app, echo=lines.append)
     assert lines == ["prepare-trex: skip: unchanged", "parse: skip: unchanged"]
+
+
+def test_the_library_never_imports_the_cli():
+    """Only `cli.py` and `commands/` import the typer app; no library module does, so there is no
+    import cycle (the pipeline runner gets the app passed in from the command layer)."""
+    import ast
+
+    package = REPO / "kadapter_cli"
+    offenders = []
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(package)
+        if relative.parts[0] == "commands" or relative.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{relative}: {n}" for n in names
+                          if n in ("kadapter_cli.cli", "kadapter_cli.commands") or n.startswith("kadapter_cli.commands.")]
+    assert offenders == []

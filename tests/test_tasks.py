@@ -365,10 +365,13 @@ def test_loss_and_tensor_predictions():
 
     oe = get_task("openentity")
     zeros = torch.zeros(2, 9)
-    assert oe.loss(zeros, torch.tensor([[1] * 9, [0] * 9])).item() == pytest.approx(math.log(2))
+    assert oe.loss(zeros, {"labels": torch.tensor([[1] * 9, [0] * 9])}).item() == pytest.approx(math.log(2))
     tacred = get_task("tacred")
-    assert tacred.loss(torch.zeros(3, 4), torch.tensor([0, 3, -100])).item() == pytest.approx(math.log(4))
+    assert tacred.loss(torch.zeros(3, 4), {"labels": torch.tensor([0, 3, -100])}).item() == pytest.approx(math.log(4))
     assert tacred.predict(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), ["a", "b"]) == [["b"], ["a"]]
+    # decode: structured predictions, the label(s) and the head's scores in label order
+    assert tacred.decode(torch.tensor([[0.1, 0.9]]), {}, ["a", "b"]) == [{"pred": ["b"], "scores": [
+        pytest.approx(0.1), pytest.approx(0.9)]}]
 
 
 def test_task_metrics_report_their_headline_numbers():

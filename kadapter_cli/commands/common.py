@@ -88,7 +88,10 @@ def echo_json(obj: Any) -> None:
 
 
 def _convert(param, ctx: Context, value: Any) -> Any:
-    """Converts a YAML value with the option's own type (a list for repeatable options)."""
+    """Converts a YAML value with the option's own type (a list for repeatable options; a mapping
+    for a repeatable KEY=VALUE option such as `task_option: {max_negatives: 44999}`)."""
+    if isinstance(value, dict) and getattr(param, "multiple", False):
+        value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
     if value is not None and getattr(param, "multiple", False) and not isinstance(value, (list, tuple)):
         value = [value]
     return param.process_value(ctx, value)

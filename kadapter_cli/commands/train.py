@@ -13,6 +13,7 @@ from kadapter_cli.commands import app
 from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config, stdin_as_file
 from kadapter_cli.errors import BadInput
 from kadapter_cli.train_setup import set_threads
+from kadapter_cli.tasks import TASKS, parse_task_options, task_options_help
 
 # ---------------------------------------------------------------- shared training options
 # Options left at None take the paper's value for the kind / task (`kadapter_cli.pretrain`,
@@ -234,15 +235,17 @@ def compose_cli(
 @app.command("finetune")
 def finetune_cli(
     ctx: typer.Context,
-    task: str = typer.Option(..., "--task", help="Task name: openentity, figer, tacred (kadapter_cli/tasks)."),
+    task: str = typer.Option(..., "--task", help=f"Task name: {', '.join(TASKS)} (kadapter_cli/tasks)."),
     adapters: Optional[str] = typer.Option(None, "--adapters", help="fac,lin (names or folders), a composition, or none for the baseline."),
     fusion: Optional[str] = typer.Option(None, "--fusion", metavar="concat|add|gated", help="How adapters are fused (default: concat, or the composition's)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Folder with train.json, dev.json, test.json (default <workdir>/tasks/<task>)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder with train.json, dev.json, test.json (or the task's own file names; default <workdir>/tasks/<task>)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <workdir>/finetuned/<task>-<a>+<b>, -base without adapters)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name under <workdir>/finetuned/."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone id or folder (default: the adapters', else roberta-large)."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Freeze the backbone (the paper trains it); enables the feature cache."),
-    max_negatives: Optional[int] = typer.Option(None, "--max-negatives", help="tacred: keep only the first N no_relation training examples (default: all)."),
+    task_option: list[str] = typer.Option([], "--task-option", metavar="KEY=VALUE",
+                                          help=f"A task's own option (repeatable). {task_options_help()}."),
+    max_negatives: Optional[int] = typer.Option(None, "--max-negatives", help="Same as --task-option max_negatives=N (tacred)."),
     allow_backbone_mismatch: bool = ALLOW_MISMATCH,
     epochs: Optional[int] = TASK["epochs"], max_steps: Optional[int] = MAX_STEPS,
     batch_size: Optional[int] = TASK["batch_size"], lr: Optional[float] = TASK["lr"],
@@ -264,13 +267,15 @@ def finetune_cli(
     options = merged_config(ctx, config)
     set_threads(options["threads"])
     workdir = get_workdir(ctx)
-    task_obj = get_task(options["task"])
+    task_class = type(get_task(options["task"]))
+    task_options = parse_task_options(task_class, options["task_option"] or [])
+    if options["max_negatives"] is not None:
+        task_options.update(parse_task_options(task_class, [f"max_negatives={options['max_negatives']}"]))
+    task_obj = get_task(options["task"], **task_options)
     adapter_set = resolve_adapters(options["adapters"], workdir, options["fusion"])
     train_config, resolved = _train_config(options, task_obj.defaults_for(adapter_set.names))
+    resolved["task_option"] = [f"{k}={json.dumps(v)}" for k, v in task_obj.option_values().items()]
     run_name = options["name"] or f"{task_obj.name}-{'+'.join(adapter_set.names) or 'base'}"
-    task_options = {k: options[k] for k in ("max_negatives",) if k in task_obj.options}
-    if options["max_negatives"] is not None and "max_negatives" not in task_obj.options:
-        raise BadInput(f"--max-negatives applies to relation tasks with a no-relation label, not {task_obj.name}")
     spec = FinetuneSpec(
         task=task_obj.name, data=Path(options["data"] or workdir / "tasks" / task_obj.name),
         out=Path(options["out"] or workdir / "finetuned" / run_name), adapters=adapter_set,

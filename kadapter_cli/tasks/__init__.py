@@ -1,16 +1,19 @@
 """The downstream task registry: one module per task, found automatically.
 
 To add a task, drop a module into this package with a `Task` subclass decorated with
-`@register_task` (see `base.py`); nothing else needs to change. `get_task("figer")` returns a
+`@register_task` (see `base.py`, and `cosmosqa.py` for a complete example); nothing else needs to
+change: `kadapter finetune --task NAME` and its `--task-option key=value` find it. `get_task("figer")` returns a
 ready instance, `TASKS` maps every name to its class.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kadapter_cli.errors import BadInput
-from kadapter_cli.tasks.base import RelationTask, Task, TypingTask, discover_tasks, register_task
+from kadapter_cli.tasks.base import (ClassificationTask, RelationTask, Task, TaskOption, TypingTask, discover_tasks,
+                                     parse_task_options, register_task)
 
 TASKS: dict[str, type[Task]] = discover_tasks(__name__)
 
@@ -24,4 +27,12 @@ def get_task(name: str, **options: Any) -> Task:
     return task_class(**options)
 
 
-__all__ = ["TASKS", "RelationTask", "Task", "TypingTask", "discover_tasks", "get_task", "register_task"]
+def task_options_help() -> str:
+    """Every task's options, one line each: what `--task-option` accepts."""
+    lines = [f"{name}: {key}={json.dumps(option.default)} — {option.help}"
+             for name, cls in TASKS.items() for key, option in cls.options.items()]
+    return "; ".join(lines) or "no task has options"
+
+
+__all__ = ["TASKS", "ClassificationTask", "RelationTask", "Task", "TaskOption", "TypingTask", "discover_tasks",
+           "get_task", "parse_task_options", "register_task", "task_options_help"]

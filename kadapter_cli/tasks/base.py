@@ -1,55 +1,111 @@
-"""What a downstream task is: how its data is read, labelled, encoded, predicted and scored.
+"""What a downstream task is: how its data is read, encoded, batched, scored by its head, decoded and
+evaluated.
 
 A task is one module in `kadapter_cli/tasks/` holding a `Task` subclass decorated with
-`@register_task`; the package finds it by itself (`discover_tasks`). Most tasks only choose a
-family — `TypingTask` (a marked mention, multi-label) or `RelationTask` (a marked entity pair,
-one label) — and set their name, label vocabulary, prediction rule and paper hyper-parameters.
+`@register_task`; the package finds it by itself (`discover_tasks`). The task owns every step
+between its records and its metrics — the model only supplies fused features:
 
-Records are normalised on reading, so the rest of the pipeline sees one shape per family:
+    read → normalize → examples/encode (features) → collate (batch) → head_positions → [model body]
+    → run_head (outputs) → loss / decode (predictions) → score, write_predictions
+
+The defaults of `Task` serve a head that reads a few marked positions of one sequence per example;
+a task overrides what differs. Candidates (multiple choice) are a first-class dimension: an
+example's `input_ids` may be a list of C sequences, `collate` pads them to (B, C, L), the model
+flattens them to (B·C, L) for the body and the head, and gives the head's outputs back as (B, C, …).
+A task may have no label vocabulary at all (`label_vocab` returns `[]`): extractive QA and multiple
+choice predict spans and answer indices. Predictions are plain dicts (`{"pred": [labels], "scores":
+…}` at least) and the task decides what a predictions file holds (`prediction_lines`).
+
+The classification families choose a head and a prediction rule and set their name, label
+vocabulary and paper hyper-parameters — `TypingTask` (a marked mention, multi-label) or
+`RelationTask` (a marked entity pair, one label). Their records are normalised on reading:
 - typing: `{"sent", "start", "end", "labels"}` (character offsets, end exclusive);
 - relation: `{"id", "tokens", "subj_start", "subj_end", "obj_start", "obj_end", "relation"}`
   (inclusive word spans).
 Bad input is `BadInput` naming the file and the record (its 0-based index in a JSON list, the
-same number as `index` in predictions files) or the line (JSON Lines).
+same number as `index` in predictions files) or the line (JSON Lines, CSV).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Sequence
 
 from kadapter_cli import encoding, metrics
-from kadapter_cli.artifacts import iter_jsonl, read_json
+from kadapter_cli.artifacts import iter_jsonl, read_json, write_jsonl
 from kadapter_cli.errors import BadInput
+
+if TYPE_CHECKING:  # torch is imported inside methods: importing the registry stays cheap
+    import torch
+    from torch import nn
 
 SPLITS = ("train", "dev", "test")
 LABELS_FILE = "labels.json"
 
-Where = int | str  # a record index in a JSON list, or "line N" in JSON Lines
+Where = int | str  # a record index in a JSON list, or "line N" in JSON Lines and CSV
+Batch = dict[str, Any]
+Prediction = dict[str, Any]  # at least {"pred": [labels as strings]}; plain Python values only
+
+
+@dataclass(frozen=True)
+class TaskOption:
+    """A task-specific option: its default, one line of help, and the values it accepts.
+
+    Set from the command line as `--task-option key=value` (the value read as YAML: `44999`,
+    `null`, `true`, `original`), from a `--config` file or a pipeline stage the same way, or in
+    Python as `get_task(name, key=value)`.
+    """
+
+    default: Any
+    help: str
+    kind: type | tuple[type, ...] | None = None  # accepted type(s); None is accepted when the default is None
+    choices: tuple[Any, ...] | None = None
+
+    def check(self, task: str, key: str, value: Any) -> Any:
+        if self.choices is not None and value not in self.choices:
+            raise BadInput(f"task option {key} of '{task}' must be one of "
+                           f"{', '.join(map(str, self.choices))}, got {value!r}")
+        if self.kind is not None and not (value is None and self.default is None):
+            kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                names = " or ".join(k.__name__ for k in kinds) + (" or null" if self.default is None else "")
+                raise BadInput(f"task option {key} of '{task}' must be {names}, got {value!r}")
+        return value
 
 
 class Task:
     """A downstream task. Instances carry the task's options (`get_task(name, **options)`)."""
 
     name: ClassVar[str]
-    head: ClassVar[str]  # "typing" | "relation": which head of `kadapter_cli.heads` it uses
-    multilabel: ClassVar[bool]
-    position_keys: ClassVar[tuple[str, ...]]  # encoded positions the head reads, in its argument order
     primary_metric: ClassVar[str]  # the dev metric that selects the checkpoint
     headline_metrics: ClassVar[tuple[str, ...]]  # what a results table shows, in the paper's order
     defaults: ClassVar[dict[str, Any]]  # paper hyper-parameters: lr, batch_size, epochs, max_length, warmup
     adapter_defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # paper overrides per adapter set ("fac+lin")
-    options: ClassVar[dict[str, Any]] = {}  # task-specific options and their defaults
+    options: ClassVar[dict[str, TaskOption]] = {}  # task-specific options
+    # Encoded positions the head reads, in its argument order; the model then computes only those
+    # rows of the fused features (adapters' last layers, fusion). () = the head reads every position.
+    position_keys: ClassVar[tuple[str, ...]] = ()
+    test_labels_optional: ClassVar[bool] = False  # the test split may come without labels (a leaderboard's)
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             known = ", ".join(sorted(self.options)) or "none"
             raise BadInput(f"task '{self.name}' has no option {unknown[0]!r} (options: {known})")
-        for key, default in self.options.items():
-            setattr(self, key, options.get(key, default))
+        for key, option in self.options.items():
+            setattr(self, key, option.check(self.name, key, options.get(key, option.default)))
+
+    def option_values(self) -> dict[str, Any]:
+        """The task's options as set (saved with a finetuned model, so loading restores them)."""
+        return {key: getattr(self, key) for key in self.options}
+
+    def defaults_for(self, adapters: Sequence[str] = ()) -> dict[str, Any]:
+        """The paper's hyper-parameters for this task with the given adapters (none = the baseline)."""
+        key = "+".join(sorted(adapters))
+        return {**self.defaults, **self.adapter_defaults.get(key, {})}
 
     # ------------------------------------------------------------ data
 
@@ -66,7 +122,7 @@ class Task:
         return records
 
     def normalize(self, raw: Any, path: str | Path, where: Where, labeled: bool) -> dict:
-        """One validated record in the task family's shape; `BadInput` naming `path` and `where`."""
+        """One validated record in the task's shape; `BadInput` naming `path` and `where`."""
         raise NotImplementedError
 
     def prepare_train(self, records: list[dict]) -> list[dict]:
@@ -74,13 +130,131 @@ class Task:
         return records
 
     def gold(self, record: dict) -> list[str]:
-        """The record's gold labels as the list a predictions file holds."""
+        """The record's gold labels as the list a predictions file holds ([] when it has none)."""
         raise NotImplementedError
+
+    def has_gold(self, record: dict) -> bool:
+        """Whether the record carries its gold answer (an unlabeled test record does not)."""
+        return True
 
     # ------------------------------------------------------------ labels
 
     def label_vocab(self, train_records: Sequence[dict], data_dir: str | Path | None = None) -> list[str]:
-        """The label list (index = label id): `labels.json` in `data_dir` if present, else the task's rule."""
+        """The label list (index = label id); `[]` for a task without a label vocabulary."""
+        return []
+
+    def check_labels(self, records: Sequence[dict], labels: Sequence[str], path: str | Path) -> None:
+        """`BadInput` naming the file and record of the first gold label outside `labels`."""
+
+    def without_unknown_labels(self, record: dict, label_index: dict[str, int]) -> dict:
+        """The record with gold labels the model never saw removed (prediction inputs may carry them)."""
+        return record
+
+    # ------------------------------------------------------------ model side
+
+    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+               marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
+        """Features of one record: `input_ids` (one id list, or C of them for C candidates), the
+        `position_keys`, `labels` (the training target, if any) and `gold` (the label strings, for
+        predictions files). `marker_style`: how the model's adapters learned entity markers
+        (`kadapter_cli.encoding`; tasks without markers ignore it). Run `check_labels` first: an
+        unknown label here is a `KeyError`."""
+        raise NotImplementedError
+
+    def examples(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+                 marker_style: str = encoding.SPACED_MARKERS) -> list[dict]:
+        """The model's examples for one record: by default the one `encode` makes. A task may make
+        several (e.g. windows over a long paragraph); the caller tags each with `record`, the
+        record's index, so that `score` and `prediction_lines` can group them back."""
+        return [self.encode(tokenizer, record, label_index, max_length, marker_style)]
+
+    def length(self, example: dict) -> int:
+        """Tokens the model reads for the example (length bucketing, tokens/s): all candidates'."""
+        from kadapter_cli.padding import is_choices
+
+        ids = example["input_ids"]
+        return sum(len(seq) for seq in ids) if is_choices(ids) else len(ids)
+
+    def collate(self, examples: Sequence[dict], pad_id: int, pad_to: int | None = None) -> Batch:
+        """A batch padded to its longest sequence (or to `pad_to`, for adapters that attend to
+        padding): `input_ids`/`attention_mask` (B, L) or (B, C, L), each of `position_keys` (B,) or
+        (B, C), and `labels` when the examples have them."""
+        import torch
+
+        from kadapter_cli.padding import is_choices, pad_choices, pad_ids
+
+        seqs = [e["input_ids"] for e in examples]
+        ids, mask = (pad_choices if is_choices(seqs[0]) else pad_ids)(seqs, pad_id, pad_to)
+        batch: Batch = {"input_ids": ids, "attention_mask": mask}
+        for key in self.position_keys:
+            batch[key] = torch.tensor([e[key] for e in examples])
+        if "labels" in examples[0]:
+            batch["labels"] = torch.tensor([e["labels"] for e in examples])
+        return batch
+
+    def build_head(self, hidden: int, n_labels: int) -> "nn.Module":
+        """A new, randomly initialised head on `hidden`-wide features (`n_labels` = 0 without a vocabulary)."""
+        raise NotImplementedError
+
+    def head_positions(self, batch: Batch) -> "torch.Tensor | None":
+        """The positions the head reads, (B, P) or (B, C, P), or None for every position."""
+        import torch
+
+        if not self.position_keys:
+            return None
+        return torch.stack([batch[k] for k in self.position_keys], dim=-1).long()
+
+    def run_head(self, head: "nn.Module", h: "torch.Tensor", batch: Batch) -> Any:
+        """The head's outputs on fused features `h`, candidates flattened: (N, P, H) at the
+        `head_positions` (row i holds position i), or (N, L, H) without them. The model gives the
+        result back with the candidate dimension restored."""
+        import torch
+
+        if not self.position_keys:
+            return head(h)
+        rows = [torch.full((h.shape[0],), i, dtype=torch.long, device=h.device) for i in range(h.shape[1])]
+        return head(h, *rows)
+
+    def loss(self, outputs: Any, batch: Batch) -> "torch.Tensor":
+        """The mean training loss of the head's outputs on the batch."""
+        raise NotImplementedError
+
+    def decode(self, outputs: Any, batch: Batch, labels: Sequence[str]) -> list[Prediction]:
+        """One prediction per example of the batch, as plain Python values."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ scoring and predictions files
+
+    def metrics(self, gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
+        """CONTRACT §4 metrics of label lists."""
+        raise NotImplementedError
+
+    def score(self, predictions: Sequence[Prediction], examples: Sequence[dict]) -> dict[str, float]:
+        """Metrics of a split's predictions (input order) against its encoded examples."""
+        return self.metrics([e["gold"] for e in examples], [p["pred"] for p in predictions])
+
+    def prediction_lines(self, predictions: Sequence[Prediction], examples: Sequence[dict]) -> list[dict]:
+        """The lines of a predictions file, one per input record (CONTRACT §2); by default one
+        example is one record."""
+        return [{"index": i, "gold": list(e.get("gold", [])), "pred": list(p["pred"])}
+                for i, (e, p) in enumerate(zip(examples, predictions))]
+
+    def write_predictions(self, folder: Path, split: str, predictions: Sequence[Prediction],
+                          examples: Sequence[dict]) -> None:
+        """`predictions-<split>.jsonl` in `folder` (a task may add files, e.g. a leaderboard's)."""
+        write_jsonl(Path(folder) / f"predictions-{split}.jsonl", self.prediction_lines(predictions, examples))
+
+
+# ---------------------------------------------------------------- classification over a label vocabulary
+
+
+class ClassificationTask(Task):
+    """A head with one logit per label of a closed vocabulary; single- or multi-label."""
+
+    multilabel: ClassVar[bool]
+
+    def label_vocab(self, train_records: Sequence[dict], data_dir: str | Path | None = None) -> list[str]:
+        """`labels.json` in `data_dir` if present, else the task's rule (`default_labels`)."""
         if data_dir is not None and (Path(data_dir) / LABELS_FILE).is_file():
             return read_label_file(Path(data_dir) / LABELS_FILE)
         labels = self.default_labels(train_records)
@@ -93,37 +267,25 @@ class Task:
         raise NotImplementedError
 
     def check_labels(self, records: Sequence[dict], labels: Sequence[str], path: str | Path) -> None:
-        """`BadInput` naming the file and record of the first gold label outside `labels`."""
         known = set(labels)
         for i, record in enumerate(records):
             for label in self.gold(record):
                 if label not in known:
                     raise BadInput(f"label {label!r} is not one of the task's {len(known)} labels", path, i)
 
-    # ------------------------------------------------------------ model side
-
-    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
-               marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
-        """Features of one record: `input_ids`, the `position_keys`, `labels` (multi-hot list or class
-        id) and `gold` (the label strings, for predictions files). `marker_style`: the model's
-        adapters' (`kadapter_cli.encoding`). Run `check_labels` first: an unknown label here is a
-        `KeyError`."""
-        raise NotImplementedError
-
-    def build_head(self, hidden: int, n_labels: int):
-        """A new, randomly initialised head for `n_labels` labels on `hidden`-wide features."""
-        from kadapter_cli import heads
-
-        head_class = {"typing": heads.TypingHead, "relation": heads.RelationHead}[self.head]
-        return head_class(hidden, n_labels)
-
-    def loss(self, logits, labels):
+    def loss(self, outputs: "torch.Tensor", batch: Batch) -> "torch.Tensor":
         """Binary cross-entropy per label (multi-label) or cross-entropy over classes."""
         import torch.nn.functional as F
 
+        logits, labels = outputs.float(), batch["labels"]
         if self.multilabel:
             return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         return F.cross_entropy(logits, labels, ignore_index=encoding.IGNORE_INDEX)
+
+    def decode(self, outputs: "torch.Tensor", batch: Batch, labels: Sequence[str]) -> list[Prediction]:
+        """`{"pred": labels, "scores": the logits in label order}` per example."""
+        rows = outputs.float().tolist()
+        return [{"pred": [labels[j] for j in self.predicted_ids(row)], "scores": row} for row in rows]
 
     def predict(self, logits, labels: Sequence[str]) -> list[list[str]]:
         """Label lists from a (batch, n_labels) array of logits (tensor or nested lists)."""
@@ -134,23 +296,10 @@ class Task:
         """The label ids predicted from one row of logits, in label order."""
         raise NotImplementedError
 
-    def metrics(self, gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
-        """CONTRACT §4 metrics of label lists."""
-        raise NotImplementedError
 
-    def defaults_for(self, adapters: Sequence[str] = ()) -> dict[str, Any]:
-        """The paper's hyper-parameters for this task with the given adapters (none = the baseline)."""
-        key = "+".join(sorted(adapters))
-        return {**self.defaults, **self.adapter_defaults.get(key, {})}
-
-
-# ---------------------------------------------------------------- families
-
-
-class TypingTask(Task):
+class TypingTask(ClassificationTask):
     """Entity typing: a mention marked `@ … @` in a sentence, multi-label (ERNIE JSON format)."""
 
-    head = "typing"
     multilabel = True
     position_keys = ("mention_pos",)
 
@@ -173,6 +322,9 @@ class TypingTask(Task):
     def gold(self, record: dict) -> list[str]:
         return record["labels"]
 
+    def without_unknown_labels(self, record: dict, label_index: dict[str, int]) -> dict:
+        return {**record, "labels": [g for g in record["labels"] if g in label_index]}
+
     def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
                marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
         features = encoding.encode_typing(tokenizer, record["sent"], record["start"], record["end"], max_length,
@@ -184,14 +336,18 @@ class TypingTask(Task):
         features["gold"] = list(record["labels"])
         return features
 
+    def build_head(self, hidden: int, n_labels: int) -> "nn.Module":
+        from kadapter_cli.heads import TypingHead
+
+        return TypingHead(hidden, n_labels)
+
     def metrics(self, gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
         return metrics.entity_typing_metrics(gold, pred)
 
 
-class RelationTask(Task):
+class RelationTask(ClassificationTask):
     """Relation classification: subject `@ … @` and object `# … #` in a sentence, one label."""
 
-    head = "relation"
     multilabel = False
     position_keys = ("subj_pos", "obj_pos")
     negative_label: ClassVar[str | None] = None  # the "no relation" label, if the task has one
@@ -221,6 +377,9 @@ class RelationTask(Task):
     def gold(self, record: dict) -> list[str]:
         return [] if record["relation"] is None else [record["relation"]]
 
+    def without_unknown_labels(self, record: dict, label_index: dict[str, int]) -> dict:
+        return {**record, "relation": record["relation"] if record["relation"] in label_index else None}
+
     def default_labels(self, train_records: Sequence[dict]) -> list[str]:
         labels = {r["relation"] for r in train_records if r["relation"] is not None}
         if labels and self.negative_label is not None:
@@ -237,6 +396,11 @@ class RelationTask(Task):
         features["gold"] = self.gold(record)
         return features
 
+    def build_head(self, hidden: int, n_labels: int) -> "nn.Module":
+        from kadapter_cli.heads import RelationHead
+
+        return RelationHead(hidden, n_labels)
+
     def predicted_ids(self, row: Sequence[float]) -> list[int]:
         return [argmax(row)]
 
@@ -244,6 +408,33 @@ class RelationTask(Task):
         if self.negative_label is None:
             return metrics.classification_metrics(gold, pred)
         return metrics.relation_metrics(gold, pred, negative=self.negative_label)
+
+
+# ---------------------------------------------------------------- task options from text
+
+
+def parse_task_options(task_class: type[Task], assignments: Iterable[str]) -> dict[str, Any]:
+    """`["max_negatives=44999", "layout=original"]` → `{"max_negatives": 44999, "layout": "original"}`.
+
+    Each value is read as YAML (numbers, `null`, `true`/`false`, or a plain string); the names must
+    be the task's options. The task checks the values when it is built (`get_task`).
+    """
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, text = str(item).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise BadInput(f"--task-option must be key=value, got {item!r}")
+        if key not in task_class.options:
+            known = ", ".join(sorted(task_class.options)) or "none"
+            raise BadInput(f"task '{task_class.name}' has no option {key!r} (options: {known})")
+        try:
+            options[key] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            options[key] = text
+    return options
 
 
 # ---------------------------------------------------------------- registry
@@ -254,11 +445,12 @@ _REGISTRY: dict[str, type[Task]] = {}
 
 def register_task(cls: type[Task]) -> type[Task]:
     """Class decorator: makes a `Task` subclass findable by its `name`."""
-    for attribute in ("name", "head", "primary_metric", "defaults"):
+    for attribute in ("name", "primary_metric", "headline_metrics", "defaults"):
         if not hasattr(cls, attribute):
             raise TypeError(f"task class {cls.__qualname__} has no '{attribute}'")
-    if cls.head not in ("typing", "relation"):
-        raise TypeError(f"task '{cls.name}': head must be 'typing' or 'relation', not {cls.head!r}")
+    for key, option in cls.options.items():
+        if not isinstance(option, TaskOption):
+            raise TypeError(f"task '{cls.name}': option {key!r} must be a TaskOption, not {type(option).__name__}")
     other = _REGISTRY.get(cls.name)
     if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
         raise TypeError(f"task name '{cls.name}' is taken by {other.__module__}.{other.__qualname__}")

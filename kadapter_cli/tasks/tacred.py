@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from kadapter_cli.errors import BadInput
-from kadapter_cli.tasks.base import RelationTask, register_task
+from kadapter_cli.tasks.base import RelationTask, TaskOption, register_task
 
 # TACRED's fixed label set (the LDC release; the original code hard-codes the same 42).
 OFFICIAL_LABELS = sorted([
@@ -40,13 +40,13 @@ class Tacred(RelationTask):
     # 5e-6/1000 with fac+lin. max_length 184 is the released script's.
     defaults = {"lr": 1e-5, "batch_size": 32, "epochs": 5, "max_length": 184, "warmup": 500}
     adapter_defaults = {"lin": {"warmup": 200}, "fac+lin": {"lr": 5e-6, "warmup": 1000}}
-    options = {"max_negatives": None}
+    options = {"max_negatives": TaskOption(
+        None, "keep only the first N no_relation training examples (the original: 44999; default: all)", int)}
 
     def __init__(self, **options):
         super().__init__(**options)
-        limit = self.max_negatives
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise BadInput(f"max_negatives must be a non-negative integer or None, got {limit!r}")
+        if self.max_negatives is not None and self.max_negatives < 0:
+            raise BadInput(f"max_negatives must be a non-negative integer or None, got {self.max_negatives!r}")
 
     def default_labels(self, train_records: Sequence[dict]) -> list[str]:
         """The official 42 labels (sorted) when the training labels are TACRED's; otherwise (a variant
