@@ -464,3 +464,42 @@ def test_pipeline_paths_resolve_against_the_files_folder(tmp_path, monkeypatch):
     assert (project / "work.lock.yaml").is_file()
     assert list(elsewhere.iterdir()) == []
     assert Path.cwd() == elsewhere  # the run changed directory only while it ran
+
+
+# ---------------------------------------------------------------- scores
+
+
+def test_predict_and_evaluate_give_scores_on_request(cli, made):
+    import math
+
+    model = made / "finetuned" / "openentity-fac"
+    labels = json.loads((model / "labels.json").read_text())
+    records = json.loads((TYPING / "test.json").read_text())[:4]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    plain = [json.loads(line) for line in cli("predict", model, "-", input=text).stdout.splitlines()]
+    assert all("scores" not in line for line in plain)
+
+    scored = [json.loads(line) for line in cli("predict", model, "-", "--scores", input=text).stdout.splitlines()]
+    every = [json.loads(line) for line in cli("predict", model, "-", "--all-scores", input=text).stdout.splitlines()]
+    for line, full, before in zip(scored, every, plain):
+        assert line["pred"] == before["pred"] and sorted(line["scores"]) == sorted(line["pred"])
+        assert all(p > 0.5 for p in line["scores"].values())  # OpenEntity predicts the labels with logit > 0
+        assert list(full["scores"]) == labels  # every label, in label order
+        assert all(0 < p < 1 for p in full["scores"].values())
+        assert all(math.isclose(full["scores"][k], v, abs_tol=1e-6) for k, v in line["scores"].items())
+        assert {k for k, p in full["scores"].items() if p > 0.5} == set(line["pred"])
+
+    result = cli("evaluate", model, "--data", TYPING, "--split", "dev", "--scores", "--out", cli.workdir / "ev")
+    assert result.exit_code == 0, result.stderr
+    lines = [json.loads(line) for line in (cli.workdir / "ev" / "predictions-dev.jsonl").read_text().splitlines()]
+    assert lines and all(sorted(line["scores"]) == sorted(line["pred"]) for line in lines)
+
+
+def test_single_label_and_candidate_scores_are_a_softmax():
+    from kadapter_cli.tasks import get_task
+
+    tacred = get_task("tacred").label_scores({"pred": ["b"], "scores": [0.0, 2.0, -1.0]}, ["a", "b", "c"])
+    assert list(tacred) == ["a", "b", "c"] and abs(sum(tacred.values()) - 1) < 1e-9
+    assert max(tacred, key=tacred.get) == "b"
+    cosmos = get_task("cosmosqa").label_scores({"pred": ["3"], "scores": [0.0, 0.0, 0.0, 1.0]}, [])
+    assert list(cosmos) == ["0", "1", "2", "3"] and max(cosmos, key=cosmos.get) == "3"

@@ -88,6 +88,8 @@ CACHE = typer.Option("auto", "--cache-features", metavar="auto|on|off",
 CACHE_BUDGET = typer.Option(None, "--cache-budget", help="Feature cache budget in GiB (default: a share of RAM).")
 CONFIG = typer.Option(None, "--config", help="YAML file of options (long names with _); flags override it.")
 LOG_EVERY = typer.Option(10, "--log-every", help="Write a train_log.jsonl line every N steps.")
+SCORES = typer.Option(False, "--scores", help="Add each prediction's probability per predicted label (\"scores\").")
+ALL_SCORES = typer.Option(False, "--all-scores", help="Add the probability of every label (implies --scores).")
 ALLOW_MISMATCH = typer.Option(False, "--allow-backbone-mismatch",
                               help="Use adapters whose recorded backbone fingerprint differs from the backbone's.")
 # Experiment tracking (kadapter_cli/tracking.py): a training command takes all three with one line,
@@ -118,6 +120,10 @@ def _parse_taps(text: str | None) -> list[int] | None:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise BadInput(f"--taps must be comma-separated layer indices like 0,11,22, got {text!r}") from None
+
+
+def _scores_mode(scores: bool, all_scores: bool) -> str:
+    return "all" if all_scores else "predicted" if scores else "none"
 
 
 def _metric_text(value: Any) -> str:
@@ -306,6 +312,7 @@ def evaluate_cli(
     device: str = DEVICE,
     threads: Optional[int] = THREADS,
     overwrite: bool = OVERWRITE,
+    scores: bool = SCORES, all_scores: bool = ALL_SCORES,
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Recompute a split's metrics from a saved finetuned model and write its predictions."""
@@ -322,7 +329,8 @@ def evaluate_cli(
         raise BadInput("not a finetuned model folder (no config.json)", model_dir)
     target = out or workdir / "evaluations" / f"{model_dir.name}-{split}"
     result = evaluate_finetuned(model_dir, data or workdir / "tasks" / task_name, split, target,
-                                batch_size=batch_size, device=device, overwrite=overwrite)
+                                batch_size=batch_size, device=device, overwrite=overwrite,
+                                scores=_scores_mode(scores, all_scores))
     if json_out:
         echo_json(result["metrics"])
     else:
@@ -340,6 +348,7 @@ def predict_cli(
     device: str = DEVICE,
     threads: Optional[int] = THREADS,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),
+    scores: bool = SCORES, all_scores: bool = ALL_SCORES,
 ) -> None:
     """Label new records with a finetuned model; one JSON line per input record, in input order."""
     from kadapter_cli.errors import OutputExists
@@ -349,7 +358,8 @@ def predict_cli(
         raise OutputExists("already exists; pass --overwrite to replace it", out)
     set_threads(threads)
     with stdin_as_file(input_path) as path:
-        rows = predict_records(model_dir, path, batch_size=batch_size, device=device)
+        rows = predict_records(model_dir, path, batch_size=batch_size, device=device,
+                               scores=_scores_mode(scores, all_scores))
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if out is None:
         sys.stdout.write(lines)
