@@ -23,6 +23,7 @@ RATIOS = {
     "bucketed_vs_padded": "<= 0.55",
     "composed_inference_vs_backbone": "<= 1.35",
     "cosmosqa_step_vs_hf_multiple_choice": "<= 1.05",
+    "probe_step_masked_rows_vs_every_position": "<= 0.60",
     "mfu": ">= 0.50",
     "prepare_trex_rss_2x_over_1x": "<= 1.20",  # --toy runs 2 copies instead of 10
 }
