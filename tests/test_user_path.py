@@ -150,6 +150,7 @@ def test_help_shows_the_papers_defaults_per_kind_and_task(cli, monkeypatch):
 @pytest.mark.parametrize("command", [
     [], ["prepare-trex"], ["parse"], ["train-adapter"], ["compose"], ["finetune"], ["evaluate"], ["predict"],
     ["inspect"], ["run"], ["demo"], ["tiny-backbone"], ["import-original"], ["convert", "figer-raw"],
+    ["report"], ["train-probe"], ["probe"],
 ])
 def test_help_reads_like_a_cli_not_like_python(cli, command, monkeypatch):
     import re

@@ -66,6 +66,12 @@ def _paper_options(defaults) -> dict[str, Any]:
 
 ADAPTER = _paper_options(_kind_defaults)
 TASK = _paper_options(_task_defaults)
+# The same options for other training commands (train-probe), whose defaults their own help states.
+EPOCHS = typer.Option(None, "--epochs", metavar="N", help="Training epochs.")
+BATCH_SIZE = typer.Option(None, "--batch-size", metavar="N", help="Examples per batch, per process.")
+LR = typer.Option(None, "--lr", metavar="LR", help="Peak learning rate of AdamW.")
+WARMUP = typer.Option(None, "--warmup", metavar="STEPS|SHARE", help="Warm-up: steps if ≥ 1, share of all steps if < 1.")
+MAX_LENGTH = typer.Option(None, "--max-length", metavar="N", help="Longest input in sub-tokens, special tokens included.")
 MAX_STEPS = typer.Option(None, "--max-steps", metavar="N",
                          help="Train for exactly N optimizer steps, overriding --epochs (as the Hugging Face Trainer).")
 WEIGHT_DECAY = typer.Option(0.0, "--weight-decay", help="AdamW weight decay (not on biases and norms).")
