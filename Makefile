@@ -28,4 +28,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
 
 clean:
-	rm -rf $(VENV) kadapter-work kadapter-work-demo kadapter-work-demo.lock.yaml
+	rm -rf $(VENV) kadapter-work kadapter-work-demo kadapter-work-demo.lock.yaml pipelines/kadapter-work-demo pipelines/kadapter-work-demo.lock.yaml

@@ -72,12 +72,16 @@ class AdapterConfig:
     labels: list[str] = field(default_factory=list)
     head: dict[str, Any] = field(default_factory=dict)
     max_length: int = 256
+    # What the backbone was, beyond its shape (`backbone.backbone_fingerprint`); {} = not recorded
+    # (imported checkpoints, adapters written before it was).
+    backbone_fingerprint: dict[str, Any] = field(default_factory=dict)
     marker_style: str | None = SPACED_MARKERS
 
     def __post_init__(self) -> None:
         self.tap_layers = [int(t) for t in self.tap_layers]
         self.labels = [str(label) for label in self.labels]
         self.head = dict(self.head)
+        self.backbone_fingerprint = dict(self.backbone_fingerprint or {})
         problems = []
         if not self.tap_layers:
             problems.append("tap_layers is empty")

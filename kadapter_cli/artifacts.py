@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from kadapter_cli import __version__
-from kadapter_cli.errors import BadInput, OutputExists
+from kadapter_cli.errors import BadInput, Interrupted, OutputExists
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -329,22 +329,22 @@ def atomic_output(
 ) -> Iterator[Path]:
     """Yields a scratch folder that becomes `final` when the block completes.
 
-    - `final` exists and neither `overwrite` nor `resume`: `OutputExists`.
+    - `final` exists, or an interrupted `.<name>.partial` does, and neither `overwrite` nor
+      `resume`: `OutputExists` (`check_output`).
     - On any exception (or kill) `final` is untouched. A non-resumable scratch folder is removed;
-      a resumable one (`.<name>.partial`) is kept for `--resume`.
+      a resumable one (`.<name>.partial`) is kept for `--resume`, and Ctrl-C there becomes
+      `Interrupted`, whose message names the last checkpoint and how to continue.
     - `resume` with a finished `final` and no partial folder: the stage is already complete, and
       the caller sees `final` itself reopened for a fresh build only if `overwrite` is also given.
     """
     final = Path(final)
-    if final.exists() and not (overwrite or resume):
-        raise OutputExists("already exists; pass --overwrite to replace it" + (
-            " or --resume to continue it" if resumable else ""), final)
+    check_output(final, overwrite=overwrite, resume=resume, resumable=resumable)
     with output_lock(final):
         _remove_abandoned_scratch(final)
         if resumable:
             tmp = partial_dir(final)
             if tmp.exists() and not resume:
-                shutil.rmtree(tmp)
+                shutil.rmtree(tmp)  # only with --overwrite: check_output refused it otherwise
         else:
             tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
         try:
@@ -354,12 +354,51 @@ def atomic_output(
         except BaseException as e:
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
+            elif isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
+                raise Interrupted(f"the run is kept in {tmp} ({_last_checkpoint(tmp)}); rerun the same "
+                                  "command with --resume to continue or --overwrite to start again") from None
             if is_disk_full(e):
                 kept = (f"what was done so far is kept in {tmp}: free some space and rerun with --resume"
                         if resumable else "nothing was written there: free some space and rerun")
                 raise BadInput(f"no space left on device while writing it ({kept})", final) from None
             raise
         _replace(tmp, final)
+
+
+def check_output(final: str | Path, overwrite: bool = False, resume: bool = False, resumable: bool = False) -> None:
+    """Refuses (`OutputExists`) to replace a finished output without `--overwrite`, or to discard
+    an interrupted resumable one (`.<name>.partial`) without `--resume` or `--overwrite`.
+
+    Commands call it before their expensive work too, so a refusal comes at once."""
+    final = Path(final)
+    if overwrite or resume:
+        return
+    if final.exists():
+        raise OutputExists("already exists; pass --overwrite to replace it" + (
+            " or --resume to continue it" if resumable else ""), final)
+    partial = partial_dir(final)
+    if resumable and partial.exists():
+        raise OutputExists(f"an interrupted run exists ({_last_checkpoint(partial)}); pass --resume to continue "
+                           "or --overwrite to start again", final)
+
+
+def nothing_to_resume(final: str | Path, resume: bool, overwrite: bool = False) -> bool:
+    """`--resume` on a finished output with no interrupted run beside it: says so; the stage has nothing to do."""
+    final = Path(final)
+    if resume and not overwrite and final.exists() and not partial_dir(final).exists():
+        from kadapter_cli.progress import info
+
+        info(f"{final} is complete: nothing to resume")
+        return True
+    return False
+
+
+def _last_checkpoint(partial: Path) -> str:
+    """'last checkpoint step-40': what `--resume` would continue from."""
+    from kadapter_cli.checkpoints import latest_checkpoint
+
+    checkpoint = latest_checkpoint(partial)
+    return f"last checkpoint {checkpoint.name}" if checkpoint else "no checkpoint yet"
 
 
 def is_disk_full(error: BaseException) -> bool:

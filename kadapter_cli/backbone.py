@@ -8,13 +8,18 @@ output and index k the output of layer k (the convention of transformers and of 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
+import socket
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from kadapter_cli.errors import BadInput
+from kadapter_cli.progress import waiting
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +49,27 @@ def hub_offline() -> bool:
     return _truthy_env("HF_HUB_OFFLINE") or _truthy_env("TRANSFORMERS_OFFLINE")
 
 
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable() -> bool:
+    """One quick connection attempt to the hub (once per process and endpoint): an offline machine is
+    told at once, instead of after transformers' retries."""
+    return _can_connect(hub_endpoint())
+
+
+@functools.lru_cache(maxsize=4)
+def _can_connect(endpoint: str, timeout: float = 3.0) -> bool:
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silences transformers' load reports and progress bars; our own `info()` lines say what happened."""
@@ -71,8 +97,10 @@ def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
     local = Path(name_or_path).expanduser()
     with _quiet_transformers():
         if local.exists() or name_or_path.startswith((".", "/", "~")):
+            if not local.exists():
+                raise BadInput("no such folder (expected a Hugging Face model id or a local model folder)", local)
             if not local.is_dir():
-                raise BadInput(f"{what} folder not found", local)
+                raise BadInput("not a folder (expected a Hugging Face model id or a local model folder)", local)
             if what == "backbone" and not (local / "config.json").is_file():
                 raise BadInput("not a Hugging Face model folder (no config.json)", local)
             try:
@@ -82,10 +110,12 @@ def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
         try:
             return loader(name_or_path, local_files_only=True, **kwargs)
         except OSError:
-            if hub_offline():
+            reason = "HF_HUB_OFFLINE is set" if hub_offline() else None if hub_reachable() else \
+                f"{hub_endpoint()} cannot be reached"
+            if reason:
                 raise BadInput(
-                    f"{what} '{name_or_path}' could not be found offline: it is not a local folder and not in "
-                    "the Hugging Face cache (download it first, or pass a local folder)"
+                    f"{what} '{name_or_path}' is not a local folder and not in the Hugging Face cache, and {reason}: "
+                    f"download it where there is a network (`hf download {name_or_path}`) or pass a local folder"
                 ) from None
         try:
             return loader(name_or_path, **kwargs)
@@ -94,6 +124,50 @@ def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
                 f"{what} '{name_or_path}' could not be found: not a local folder, not in the Hugging Face cache, "
                 f"and not downloadable ({str(e).splitlines()[0]})"
             ) from None
+
+
+# What `from_pretrained` reads from a model folder: the config and the weight files.
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "tf_model.h5", "flax_model.msgpack")
+
+
+def backbone_fingerprint(name_or_path: str | Path, model: "PreTrainedModel") -> dict[str, Any]:
+    """What identifies the weights an adapter was trained on, beyond their shape.
+
+    A local folder: the sha256 of its config.json and of its weight files (what loading it read).
+    A hub id: the id and the revision (commit) that was loaded from the cache or the hub.
+    """
+    from kadapter_cli.artifacts import sha256_file
+
+    local = Path(str(name_or_path)).expanduser()
+    if local.is_dir():
+        weights = sorted(f for pattern in _WEIGHT_PATTERNS for f in local.glob(pattern) if f.is_file())
+        combined = "\n".join(f"{f.name} {sha256_file(f)}" for f in weights)
+        return {"folder": str(local.resolve()), "config_sha256": sha256_file(local / "config.json"),
+                "weights_sha256": hashlib.sha256(combined.encode()).hexdigest()}
+    return {"hub_id": str(name_or_path), "revision": getattr(model.config, "_commit_hash", None)}
+
+
+def same_backbone(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two fingerprints name the same weights; an unrecorded one ({}) cannot be checked and passes."""
+    if not a or not b:
+        return True
+    if "weights_sha256" in a and "weights_sha256" in b:
+        return (a["config_sha256"], a["weights_sha256"]) == (b["config_sha256"], b["weights_sha256"])
+    if "hub_id" in a and "hub_id" in b:
+        same_id = a["hub_id"].rsplit("/", 1)[-1] == b["hub_id"].rsplit("/", 1)[-1]
+        return same_id and (a.get("revision") == b.get("revision") or None in (a.get("revision"), b.get("revision")))
+    return False
+
+
+def describe_fingerprint(fingerprint: dict[str, Any]) -> str:
+    """One short phrase for messages: `folder /m/tiny (config 1a2b3c4d5e6f, weights 0f9e8d7c6b5a)`."""
+    if not fingerprint:
+        return "an unrecorded backbone"
+    if "weights_sha256" in fingerprint:
+        return (f"folder {fingerprint['folder']} (config {fingerprint['config_sha256'][:12]}, "
+                f"weights {fingerprint['weights_sha256'][:12]})")
+    revision = fingerprint.get("revision")
+    return f"{fingerprint['hub_id']} at revision {revision[:12] if revision else 'unknown'}"
 
 
 def load_backbone(name_or_path: str | Path, dtype: "torch.dtype | None" = None) -> "PreTrainedModel":
@@ -106,14 +180,15 @@ def load_backbone(name_or_path: str | Path, dtype: "torch.dtype | None" = None) 
 
     name = str(name_or_path)
     kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
-    try:
-        return _from_pretrained(AutoModel.from_pretrained, name, "backbone", attn_implementation="sdpa", **kwargs)
-    except ValueError:
-        pass  # transformers refuses attn_implementation="sdpa" for architectures that lack it
-    try:
-        return _from_pretrained(AutoModel.from_pretrained, name, "backbone", **kwargs)
-    except ValueError as e:
-        raise BadInput(f"cannot load the backbone '{name}': {e}") from None
+    with waiting(f"loading backbone {name}"):
+        try:
+            return _from_pretrained(AutoModel.from_pretrained, name, "backbone", attn_implementation="sdpa", **kwargs)
+        except ValueError:
+            pass  # transformers refuses attn_implementation="sdpa" for architectures that lack it
+        try:
+            return _from_pretrained(AutoModel.from_pretrained, name, "backbone", **kwargs)
+        except ValueError as e:
+            raise BadInput(f"cannot load the backbone '{name}': {e}") from None
 
 
 def load_tokenizer(name_or_path: str | Path) -> "PreTrainedTokenizerBase":

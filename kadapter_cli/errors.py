@@ -41,3 +41,7 @@ class BadInput(KadapterError):
 
 class OutputExists(BadInput):
     """The output folder exists and neither --overwrite nor --resume was given."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a resumable stage; the message says what was kept and how to continue."""

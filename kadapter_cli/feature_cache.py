@@ -59,6 +59,7 @@ class FeatureCache:
         storage: str = "memory",
         folder: str | Path | None = None,
         dtype: "torch.dtype | None" = None,
+        description: str = "caching features",
         pad_to: int | None = None,
     ) -> "FeatureCache":
         """Runs `compute(input_ids (B, L), attention_mask (B, L)) -> [states (B, L, H), ...]` over
@@ -93,7 +94,7 @@ class FeatureCache:
         states: list = []
         batches = sequential_batches(lengths, batch_size)
         with progress() as bar:
-            task = bar.add_task("caching features", total=len(lengths))
+            task = bar.add_task(description, total=len(lengths), unit="examples")
             for indices in batches:
                 ids, mask = _pad([examples_input_ids[i] for i in indices], pad_id, pad_to)
                 with torch.inference_mode():
@@ -289,6 +290,7 @@ def attach_cache(
     mode: str,
     budget_gib: float | None,
     folder: Path,
+    names: Sequence[str] | None = None,
     pad_to: int | None = None,
 ) -> str | None:
     """Caches the frozen backbone's states of every example of every split, when the budget allows.
@@ -296,7 +298,8 @@ def attach_cache(
     Each example (a dict with `input_ids`) then carries `_cache` (its split's `FeatureCache`) and
     `_row`, so collate functions can gather `features` for a batch. Returns where the cache lives
     ("memory" / "disk") or None when it is off. `pad_to`: see `FeatureCache.build`. Disk caches go
-    under `folder/<rank>/<split>`: each process of a multi-process run builds its own.
+    under `folder/<rank>/<split>`: each process of a multi-process run builds its own. `names` name
+    the splits in the progress bars.
     """
     import os
 
@@ -313,7 +316,8 @@ def attach_cache(
             continue
         cache = FeatureCache.build(compute, [ex["input_ids"] for ex in examples], pad_id=pad_id,
                                    batch_size=batch_size, storage=storage,
-                                   folder=folder / rank / str(i) if storage == "disk" else None, pad_to=pad_to)
+                                   folder=folder / rank / str(i) if storage == "disk" else None, pad_to=pad_to,
+                                   description=f"caching features ({names[i]})" if names else "caching features")
         for row, ex in enumerate(examples):
             ex["_cache"], ex["_row"] = cache, row
     return storage

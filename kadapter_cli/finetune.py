@@ -18,14 +18,14 @@ from torch import nn
 
 from kadapter_cli import artifacts
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, load_adapter, read_safetensors
-from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer
+from kadapter_cli.backbone import backbone_fingerprint, backbone_shape, load_backbone, load_tokenizer
 from kadapter_cli.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput
 from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backbone, marker_style
 from kadapter_cli.model_card import finetuned_card, write_card
 from kadapter_cli.objectives import TaskObjective
 from kadapter_cli.padding import is_choices
-from kadapter_cli.progress import progress
+from kadapter_cli.progress import progress, waiting
 from kadapter_cli.tasks import get_task
 from kadapter_cli.training import TrainConfig, evaluate, remove_checkpoints, train
 
@@ -98,30 +98,37 @@ def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> Ada
         if (path / "composition.json").is_file():
             comp = artifacts.read_json(path / "composition.json")
             names = [a["name"] for a in comp["adapters"]]
-            return AdapterSet(names, [path / "adapters" / n for n in names], fusion or comp["fusion"])
+            if fusion is not None and fusion != comp["fusion"]:
+                raise BadInput(f"--fusion {fusion}: this composition fuses with {comp['fusion']}; leave --fusion "
+                               f"out, or compose again with --fusion {fusion}", path)
+            return AdapterSet(names, [path / "adapters" / n for n in names], comp["fusion"])
     paths = [artifacts.resolve_artifact(p, workdir, "adapters") for p in parts]
     names = [Path(p).name for p in parts]
-    if len(set(names)) != len(names):
-        raise BadInput(f"two adapters share the name {names}: rename one with --name when training it")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BadInput(f"two adapters share the name '{twice[0]}': give each adapter once, or rename one "
+                       "with --name when training it")
     return AdapterSet(names, paths, fusion or "concat")
 
 
-def load_adapters(adapter_set: AdapterSet) -> tuple[dict[str, KnowledgeAdapter], list[AdapterConfig]]:
+def load_adapters(adapter_set: AdapterSet, allow_backbone_mismatch: bool = False,
+                  ) -> tuple[dict[str, KnowledgeAdapter], list[AdapterConfig]]:
     adapters, configs = {}, []
     for name, path in zip(adapter_set.names, adapter_set.paths):
         adapter, config, _ = load_adapter(path)
         adapters[name] = adapter
         configs.append(config)
-    check_composable(configs, adapter_set.paths)
+    check_composable(configs, adapter_set.paths, allow_backbone_mismatch)
     return adapters, configs
 
 
-def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str, overwrite: bool = False) -> dict:
+def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str, overwrite: bool = False,
+            allow_backbone_mismatch: bool = False) -> dict:
     """Checks that adapters compose and writes `compositions/<a>+<b>/` (adapters hard-linked in)."""
     if fusion not in ("concat", "add", "gated"):
         raise BadInput(f"--fusion must be concat, add or gated, got {fusion!r}")
     adapter_set = resolve_adapters(",".join(adapter_names), workdir, fusion)
-    _, configs = load_adapters(adapter_set)
+    _, configs = load_adapters(adapter_set, allow_backbone_mismatch)
     first = configs[0]
     for config, path in zip(configs[1:], adapter_set.paths[1:]):
         if config.backbone_hidden_size != first.backbone_hidden_size:
@@ -169,6 +176,7 @@ class FinetuneSpec:
     task_options: dict[str, Any] = field(default_factory=dict)
     cache_features: str = "auto"
     cache_budget_gb: float | None = None
+    allow_backbone_mismatch: bool = False
 
 
 def read_task_data(task, data_dir: Path, need_train: bool = True) -> dict[str, list[dict]]:
@@ -198,7 +206,7 @@ def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str]
     task.check_labels(records, labels, path)
     out = []
     with progress() as bar:
-        t = bar.add_task(description, total=len(records))
+        t = bar.add_task(description, total=len(records), unit="examples")
         for i, rec in enumerate(records):
             out += _record_examples(task, tokenizer, rec, label_index, max_length, marker_style, path, i)
             bar.advance(t)
@@ -219,18 +227,22 @@ def _record_examples(task, tokenizer, record: dict, label_index: dict[str, int],
 def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, resume: bool = False,
              manifest_config: dict | None = None) -> dict[str, Any]:
     """Fine-tunes a task model, selects on dev, writes the finetuned artifact; returns its metrics."""
+    if artifacts.nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
+        return artifacts.read_json(spec.out / "metrics.json")
+    artifacts.check_output(spec.out, overwrite=overwrite, resume=resume, resumable=True)
     task = get_task(spec.task, **spec.task_options)
     splits = read_task_data(task, spec.data)
     files = task.task_files(spec.data)
     train_records = task.prepare_train(splits["train"])
     labels = task.label_vocab(train_records, spec.data)
 
-    adapters, adapter_configs = load_adapters(spec.adapters)
+    adapters, adapter_configs = load_adapters(spec.adapters, spec.allow_backbone_mismatch)
     backbone_id = spec.backbone or (adapter_configs[0].backbone if adapter_configs else DEFAULT_BACKBONE)
     tokenizer = load_tokenizer(backbone_id)
     backbone = load_backbone(backbone_id)
+    fingerprint = backbone_fingerprint(backbone_id, backbone)
     for config_ in adapter_configs:
-        check_fits_backbone(config_, backbone_shape(backbone))
+        check_fits_backbone(config_, backbone_shape(backbone), fingerprint, spec.allow_backbone_mismatch)
 
     splits["train"] = train_records
     if config.limit:  # the first N of every split, before the work of encoding them
@@ -252,21 +264,22 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     with artifacts.atomic_output(spec.out, overwrite=overwrite, resume=resume, resumable=True) as run_dir:
         cached = None
         if spec.freeze_backbone:
-            cached = attach_task_feature_cache(model, list(encoded.values()), spec, pad_id, config, run_dir, pad_to)
+            cached = attach_task_feature_cache(model, encoded, spec, pad_id, config, run_dir, pad_to)
         result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume,
                        hparams=manifest_config)
         results: dict[str, dict] = {}
         for split in ("dev", "test"):
             if split not in encoded:
                 continue
-            metrics, outputs = evaluate(model, objective, encoded[split], config)
+            metrics, outputs = evaluate(model, objective, encoded[split], config,
+                                        description=f"evaluating {split}")
             if all(task.has_gold(r) for r in splits[split]):  # an unlabeled test split only gets predictions
                 results[split] = metrics
             task.write_predictions(run_dir, split, outputs, encoded[split])
         remove_checkpoints(run_dir)
         (run_dir / "best.safetensors").unlink(missing_ok=True)
         shutil.rmtree(run_dir / "feature-cache", ignore_errors=True)
-        save_finetuned(run_dir, model, tokenizer, task, labels, spec, backbone_id, adapter_configs)
+        save_finetuned(run_dir, model, tokenizer, task, labels, spec, backbone_id, adapter_configs, fingerprint)
         artifacts.write_json(run_dir / "metrics.json", results)
         stats = {"best_step": result.best_step, "steps": result.steps, "throughput": result.throughput,
                  "feature_cache": cached or "off", **{f"{k}_examples": len(v) for k, v in encoded.items()},
@@ -280,13 +293,17 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     return results
 
 
-def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], spec: FinetuneSpec, pad_id: int,
-                              config: TrainConfig, run_dir: Path, pad_to: int | None = None) -> str | None:
+def attach_task_feature_cache(model: TaskModel, splits: dict[str, list[dict]] | Sequence[list[dict]],
+                              spec: FinetuneSpec, pad_id: int, config: TrainConfig, run_dir: Path,
+                              pad_to: int | None = None) -> str | None:
     """With a frozen backbone, its tapped states (+ last) are computed once per sequence. An example
-    with candidates gets one cache row per candidate (`_row` is then their list, in candidate order)."""
+    with candidates gets one cache row per candidate (`_row` is then their list, in candidate order).
+    `splits` by name (the names label the progress bars) or as a list."""
     from kadapter_cli.feature_cache import attach_cache
 
     body = model.body
+    names = list(splits) if isinstance(splits, dict) else None
+    splits = list(splits.values()) if isinstance(splits, dict) else list(splits)
     sequences = [[{"input_ids": seq} for ex in split for seq in ex["input_ids"]]
                  if split and is_choices(split[0]["input_ids"]) else split for split in splits]
     device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
@@ -300,7 +317,8 @@ def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], sp
 
     storage = attach_cache(sequences, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
                            batch_size=max(config.batch_size, 32), mode=spec.cache_features,
-                           budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to)
+                           budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to,
+                           names=names)
     for split, seqs in zip(splits, sequences):
         if storage is None or seqs is split:
             continue
@@ -315,7 +333,7 @@ def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], sp
 
 
 def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequence[str], spec: FinetuneSpec,
-                   backbone_id: str, adapter_configs: Sequence[AdapterConfig]) -> None:
+                   backbone_id: str, adapter_configs: Sequence[AdapterConfig], fingerprint: dict) -> None:
     from safetensors.torch import save_file
 
     body = model.body
@@ -328,6 +346,7 @@ def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequ
         "task": task.name,
         "task_options": task.option_values(),
         "backbone": backbone_id,
+        "backbone_fingerprint": fingerprint,
         "max_length": spec.max_length,
         "fusion": body.fusion_mode,
         "marker_style": marker_style(adapter_configs),
@@ -338,10 +357,17 @@ def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequ
 
 def load_finetuned(folder: str | Path) -> tuple[TaskModel, Any, Any, list[str], dict]:
     """`(model, tokenizer, task, labels, config)` from a finetuned folder alone."""
+    with waiting(f"loading model {folder}"):
+        return _load_finetuned(Path(folder))
+
+
+def _load_finetuned(folder: Path) -> tuple[TaskModel, Any, Any, list[str], dict]:
     from transformers import AutoConfig, AutoModel
 
-    folder = Path(folder)
-    artifacts.read_manifest(folder)
+    manifest = artifacts.read_manifest(folder)
+    if manifest["kind"] != "finetuned" or not (folder / CONFIG).is_file():
+        raise BadInput(f"not a finetuned model folder (its manifest says {manifest['kind']!r}; "
+                       "`kadapter finetune` makes one)", folder)
     config = artifacts.read_json(folder / CONFIG)
     labels = artifacts.read_json(folder / LABELS)
     task = get_task(config["task"], **config.get("task_options", {}))
@@ -383,8 +409,10 @@ def _rebuild_buffer(model: nn.Module, name: str, backbone_config) -> None:
 
 
 def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: Path | None,
-                       batch_size: int = 32, device: str = "auto", overwrite: bool = False) -> dict[str, Any]:
-    """Recomputes a split's metrics from a saved model; writes predictions (+ metrics) when `out` is set."""
+                       batch_size: int = 32, device: str = "auto", overwrite: bool = False,
+                       scores: str = "none") -> dict[str, Any]:
+    """Recomputes a split's metrics from a saved model; writes predictions (+ metrics, + `scores`:
+    see `with_scores`) when `out` is set."""
     model, tokenizer, task, labels, config = load_finetuned(model_dir)
     if data_dir is None:
         raise BadInput("--data is required (the folder with the task's split files)")
@@ -395,29 +423,53 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
     examples = encode_split(task, tokenizer, records, labels, config["max_length"], path, f"encoding {split}",
                             config["marker_style"])
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
-    metrics, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
+    metrics, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device),
+                                description=f"evaluating {split}")
     if out is not None:
         with artifacts.atomic_output(out, overwrite=overwrite) as tmp:
             task.write_predictions(tmp, split, outputs, examples)
+            if scores != "none":
+                artifacts.write_jsonl(tmp / f"predictions-{split}.jsonl",
+                                      with_scores(task, task.prediction_lines(outputs, examples), outputs, labels, scores))
             artifacts.write_json(tmp / "metrics.json", {split: metrics})
             artifacts.write_manifest(tmp, "evaluation", config={"model": str(model_dir), "split": split},
                                      inputs=artifacts.sha256_inputs([path]), stats={"examples": len(examples)})
     return {"task": task.name, "split": split, "metrics": metrics, "headline": list(task.headline_metrics)}
 
 
-def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, device: str = "auto") -> list[dict]:
+def with_scores(task, lines: list[dict], predictions: Sequence[dict], labels: Sequence[str], scores: str) -> list[dict]:
+    """Adds `"scores": {label: probability}` to each predictions line: of its predicted labels
+    (`scores="predicted"`, as Hugging Face pipelines give `score`) or of every label (`"all"`)."""
+    if scores == "none":
+        return lines
+    if len(lines) != len(predictions):
+        raise BadInput(f"--scores: task {task.name} does not give one prediction per record")
+    out = []
+    for line, prediction in zip(lines, predictions):
+        probabilities = task.label_scores(prediction, labels)
+        keep = probabilities if scores == "all" else {k: probabilities[k] for k in line["pred"]}
+        out.append({**line, "scores": {k: round(v, 6) for k, v in keep.items()}})
+    return out
+
+
+def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, device: str = "auto",
+                    scores: str = "none") -> list[dict]:
     """Labels new records (the task's format); gold labels are optional, and ones the model never
-    saw are ignored for encoding but shown in `gold`."""
+    saw are ignored for encoding but shown in `gold`. `scores`: see `with_scores`."""
     model, tokenizer, task, labels, config = load_finetuned(model_dir)
     records = task.read(input_path, labeled=False)
     label_index = {label: i for i, label in enumerate(labels)}
     examples = []
-    for i, rec in enumerate(records):
-        known = task.without_unknown_labels(rec, label_index)
-        for ex in _record_examples(task, tokenizer, known, label_index, config["max_length"], config["marker_style"],
-                                   input_path, i):
-            ex["gold"] = task.gold(rec)
-            examples.append(ex)
+    with progress() as bar:
+        encoding = bar.add_task("encoding", total=len(records), unit="examples")
+        for i, rec in enumerate(records):
+            known = task.without_unknown_labels(rec, label_index)
+            for ex in _record_examples(task, tokenizer, known, label_index, config["max_length"],
+                                       config["marker_style"], input_path, i):
+                ex["gold"] = task.gold(rec)
+                examples.append(ex)
+            bar.advance(encoding)
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
-    _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
-    return task.prediction_lines(outputs, examples)
+    _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device),
+                          description="predicting")
+    return with_scores(task, task.prediction_lines(outputs, examples), outputs, labels, scores)

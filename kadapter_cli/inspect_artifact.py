@@ -3,7 +3,7 @@
 Parameter counts come from the safetensors headers (shapes only), so inspecting a large model
 reads no weights. Components, by artifact:
 - adapter (`adapters/<name>/`): the adapter and its pretraining head, both trained in pretraining;
-- composition (`compositions/<a>+<b>/`): each adapter it holds (trainability is decided later);
+- composition (`compositions/<a>+<b>/`): each adapter it holds (frozen wherever it is used: 0 trainable);
 - finetuned model (`model.safetensors`): grouped as `backbone`, `adapter:<name>`, `fusion`, `head`
   (a leading `body.` is dropped); trainable = all but the adapters (always frozen in fine-tuning)
   and, if its `config.json` says `freeze_backbone`, the backbone;
@@ -77,7 +77,7 @@ def parameter_table(folder: Path, kind: str) -> list[dict[str, Any]]:
             rows.append(_row("head", total, total))
     if kind == "composition" and (folder / "adapters").is_dir():
         for sub in sorted(p for p in (folder / "adapters").iterdir() if (p / ADAPTER_FILE).is_file()):
-            rows.append(_row(f"adapter:{sub.name}", sum(tensor_sizes(sub / ADAPTER_FILE).values()), None))
+            rows.append(_row(f"adapter:{sub.name}", sum(tensor_sizes(sub / ADAPTER_FILE).values()), 0))
     model_files = sorted(p for p in folder.glob("*.safetensors") if p.name not in (ADAPTER_FILE, HEAD_FILE))
     if model_files and kind == "backbone":
         rows.append(_row("backbone", sum(sum(tensor_sizes(p).values()) for p in model_files), None))
@@ -92,8 +92,46 @@ def parameter_table(folder: Path, kind: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _json_or_empty(path: Path) -> Any:
+    return read_json(path) if path.is_file() else {}
+
+
+def _adapter_list(adapters: list) -> str:
+    return ", ".join(f"{a.get('name')} ({a.get('kind') or a.get('config', {}).get('kind', '?')})"
+                     for a in adapters if isinstance(a, dict)) or "none (the baseline)"
+
+
+def about(folder: Path, kind: str) -> dict[str, Any]:
+    """What the artifact is, from its own files: an adapter's kind, backbone and dev metrics; a
+    composition's adapters and fusion; a finetuned model's task, backbone, adapters and metrics."""
+    from kadapter_cli.backbone import describe_fingerprint
+
+    if kind == "adapter":
+        config = _json_or_empty(folder / "adapter_config.json")
+        metrics = _json_or_empty(folder / "metrics.json")
+        return {"adapter kind": config.get("kind"), "backbone": config.get("backbone"),
+                "backbone fingerprint": describe_fingerprint(config.get("backbone_fingerprint") or {}),
+                "tap layers": config.get("tap_layers"), "adapter width": config.get("adapter_width"),
+                "labels": len(config.get("labels") or []), "dev": metrics.get("dev", {})}
+    if kind == "composition":
+        comp = _json_or_empty(folder / "composition.json")
+        return {"adapters": _adapter_list(comp.get("adapters", [])), "fusion": comp.get("fusion"),
+                "backbone": comp.get("backbone")}
+    if kind == "finetuned":
+        config = _json_or_empty(folder / "config.json")
+        metrics = _json_or_empty(folder / "metrics.json")
+        return {"task": config.get("task"), "backbone": config.get("backbone"),
+                "backbone fingerprint": describe_fingerprint(config.get("backbone_fingerprint") or {}),
+                "backbone frozen": config.get("freeze_backbone"),
+                "adapters": _adapter_list(config.get("adapters", [])),
+                "fusion": config.get("fusion") if config.get("adapters") else None,
+                **{split: values for split, values in metrics.items() if isinstance(values, dict)}}
+    return {}
+
+
 def inspect(folder: str | Path) -> dict[str, Any]:
-    """Manifest summary of an artifact folder plus, for model artifacts, its parameter table."""
+    """Manifest summary of an artifact folder, what it is (`about`) and, for model artifacts, its
+    parameter table."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     rows = parameter_table(folder, str(manifest.get("kind")))
@@ -101,6 +139,7 @@ def inspect(folder: str | Path) -> dict[str, Any]:
     return {
         "path": str(folder),
         "kind": manifest.get("kind"),
+        "about": about(folder, str(manifest.get("kind"))),
         "format_version": manifest.get("format_version"),
         "kadapter_version": manifest.get("kadapter_version"),
         "created": manifest.get("created"),

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, take_rows
-from kadapter_cli.backbone import BackboneShape, backbone_shape, padding_position_ids, tapped_states
+from kadapter_cli.backbone import (BackboneShape, backbone_shape, describe_fingerprint, padding_position_ids,
+                                   same_backbone, tapped_states)
 from kadapter_cli.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput
 from kadapter_cli.fusion import make_fusion
@@ -33,24 +34,36 @@ def _backbone_key(name_or_path: str) -> str:
     return Path(str(name_or_path).rstrip("/\\")).name
 
 
-def check_composable(configs: Sequence[AdapterConfig], paths: Sequence[str | Path] | None = None) -> None:
+def check_composable(configs: Sequence[AdapterConfig], paths: Sequence[str | Path] | None = None,
+                     allow_backbone_mismatch: bool = False) -> None:
     """`BadInput` naming the difference when adapters were built on different backbones.
 
-    Backbone type, hidden size and depth must be equal, and so must the backbone id (compared by
-    its last path component) and the entity-marker style (`marker_style`). Tap layers, widths and
-    depths of the adapters may differ.
+    Backbone type, hidden size and depth must be equal. The backbones' fingerprints (config and
+    weight hashes, or hub id and revision) must match too, unless `allow_backbone_mismatch`;
+    adapters without one are compared by backbone id (its last path component). Tap layers,
+    widths and depths of the adapters may differ; their entity-marker style (`marker_style`) may not.
     """
     if not configs:
         return
     names = [str(p) for p in paths] if paths is not None else [c.name for c in configs]
     first = configs[0]
     for config, name in zip(configs[1:], names[1:]):
-        for field, a, b in (
-            ("backbone", _backbone_key(first.backbone), _backbone_key(config.backbone)),
+        fingerprinted = first.backbone_fingerprint and config.backbone_fingerprint
+        if fingerprinted and not allow_backbone_mismatch \
+                and not same_backbone(first.backbone_fingerprint, config.backbone_fingerprint):
+            raise BadInput(
+                f"adapters were trained on different backbones: '{names[0]}' on "
+                f"{describe_fingerprint(first.backbone_fingerprint)}, '{name}' on "
+                f"{describe_fingerprint(config.backbone_fingerprint)}; pass --allow-backbone-mismatch to use them anyway"
+            )
+        fields = [
             ("backbone model type", first.backbone_model_type, config.backbone_model_type),
             ("backbone hidden size", first.backbone_hidden_size, config.backbone_hidden_size),
             ("backbone layers", first.backbone_num_layers, config.backbone_num_layers),
-        ):
+        ]
+        if not fingerprinted and not allow_backbone_mismatch:  # the name is all there is to compare
+            fields.insert(0, ("backbone", _backbone_key(first.backbone), _backbone_key(config.backbone)))
+        for field, a, b in fields:
             if a != b:
                 raise BadInput(
                     f"adapters were built on different backbones: {field} is {a} for '{names[0]}' "
@@ -74,8 +87,16 @@ def marker_style(configs: Sequence[AdapterConfig], paths: Sequence[str | Path] |
     return styled[0][0] if styled else SPACED_MARKERS
 
 
-def check_fits_backbone(config: AdapterConfig, shape: BackboneShape) -> None:
-    """`BadInput` when an adapter cannot run on a backbone of this shape (width or depth)."""
+def check_fits_backbone(config: AdapterConfig, shape: BackboneShape, fingerprint: dict | None = None,
+                        allow_backbone_mismatch: bool = False) -> None:
+    """`BadInput` when an adapter cannot run on a backbone of this shape (width or depth), or when
+    `fingerprint` (of the backbone about to be used) is not that of the backbone it was trained on."""
+    if fingerprint and not allow_backbone_mismatch and not same_backbone(config.backbone_fingerprint, fingerprint):
+        raise BadInput(
+            f"adapter '{config.name}' was trained on {describe_fingerprint(config.backbone_fingerprint)}, "
+            f"but the backbone given is {describe_fingerprint(fingerprint)}; pass --allow-backbone-mismatch "
+            "to use it anyway"
+        )
     if config.backbone_hidden_size != shape.hidden_size:
         raise BadInput(
             f"adapter '{config.name}' was built on a {config.backbone_hidden_size}-wide backbone "

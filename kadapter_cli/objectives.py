@@ -105,7 +105,7 @@ class DependencyObjective(_Objective):
 
     def score(self, outputs: list[tuple[int, int]], examples: Sequence[dict]) -> dict[str, float]:
         words = sum(n for _, n in outputs)
-        return {"uas": sum(c for c, _ in outputs) / words if words else 0.0, "words": float(words)}
+        return {"uas": sum(c for c, _ in outputs) / words if words else 0.0, "words": words}
 
 
 class TaskObjective(_Objective):

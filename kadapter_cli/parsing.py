@@ -495,7 +495,7 @@ def parse(
     with atomic_output(out, overwrite=overwrite) as folder, progress(columns) as bar, \
             open(folder / "train.jsonl", "w", encoding="utf-8") as train, \
             open(folder / "dev.jsonl", "w", encoding="utf-8") as dev:
-        task = bar.add_task("parsing", total=None, **shown())
+        task = bar.add_task("parsing", total=None, unit="inputs", **shown())
         chunks = _chunks(files, spec.kind, skip_bad, dropped, shard, limit)
         for results in _parsed_chunks(chunks, spec, workers):
             for unit in results:
@@ -513,7 +513,8 @@ def parse(
                     counts[split] += 1
                     counts["sentences"] += 1
                     counts["words"] += len(sentence.words)
-            bar.update(task, **shown())
+            bar.update(task, completed=counts["units"], **shown())
+        bar.update(task, total=counts["units"])  # the count is known at the end: the bar ends full, not at 0/?
         seconds = time.monotonic() - started
         if counts["sentences"] == 0 and shard is None:  # (a shard of few inputs may rightly be empty)
             raise BadInput(f"no sentences in the input ({counts['units']} non-blank lines or CoNLL-U sentences read"

@@ -15,7 +15,9 @@ Pipeline file (YAML, read with `safe_load`)::
         after: []               # optional: stages this one needs although it names none of their outputs
 
 Built-in variables: `workdir`, `demo_data` (the bundled demo data), `pipeline_dir` (the folder of
-the pipeline file). A variable may use other variables.
+the pipeline file). A variable may use other variables; `--set` of a name the file does not define
+is an error. `kadapter run` resolves relative paths against the pipeline file's folder (weasel's
+rule; `in_folder`).
 
 What a stage reads is its declared inputs, every option value that is an existing path or another
 stage's output, the default inputs of its command (`train-adapter --kind fac` reads
@@ -45,7 +47,7 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +215,11 @@ def load_pipeline(
     if not isinstance(raw_vars, dict):
         raise BadInput("'vars' must be a mapping of names to values", path)
 
+    builtin_names = {"workdir", "demo_data", "pipeline_dir", *(builtins or {})}
+    unknown = sorted(set(overrides or {}) - builtin_names - set(raw_vars))
+    if unknown:
+        known = ", ".join(sorted(builtin_names | set(raw_vars)))
+        raise BadInput(f"--set {unknown[0]}: the pipeline has no such variable (variables: {known})", path)
     merged: dict[str, Any] = {
         "workdir": "kadapter-work",
         "demo_data": str(DEMO_DATA),
@@ -391,8 +398,12 @@ def path_digest(path: str | Path) -> str | None:
     return "tree:" + h.hexdigest()
 
 
-def read_lock(path: str | Path) -> dict[str, dict]:
-    """Stage name → lock entry; an absent lock file is an empty lock."""
+def read_lock(path: str | Path, section: str = "stages") -> dict[str, dict]:
+    """Stage name → lock entry; an absent lock file is an empty lock.
+
+    `section="started"`: the stages that began and have not finished (what an interrupted
+    training stage ran with, so that the next run can resume it when nothing changed).
+    """
     path = Path(path)
     if not path.is_file():
         return {}
@@ -403,10 +414,12 @@ def read_lock(path: str | Path) -> dict[str, dict]:
     stages = data.get("stages") if isinstance(data, dict) else None
     if not isinstance(stages, dict):
         raise BadInput("malformed lock file (no 'stages' mapping); delete it to rerun every stage", path)
-    return {str(k): v for k, v in stages.items() if isinstance(v, dict)}
+    found = data.get(section) or {}
+    return {str(k): v for k, v in found.items() if isinstance(v, dict)} if isinstance(found, dict) else {}
 
 
-def write_lock(path: str | Path, entries: Mapping[str, dict], pipeline_path: str | Path) -> None:
+def write_lock(path: str | Path, entries: Mapping[str, dict], pipeline_path: str | Path,
+               started: Mapping[str, dict] | None = None) -> None:
     """Writes the lock atomically (temp file + rename): a crash never leaves half a lock."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -415,6 +428,8 @@ def write_lock(path: str | Path, entries: Mapping[str, dict], pipeline_path: str
         "kadapter_version": __version__,
         "stages": {k: entries[k] for k in entries},
     }
+    if started:
+        body["started"] = dict(started)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("# Written by `kadapter run`: what each stage ran with. Delete an entry to rerun that stage.\n")
@@ -575,11 +590,14 @@ class Hasher:
 class StageFailed(KadapterError):
     """A stage's command failed; the run stops with the stage's own exit code."""
 
-    def __init__(self, stage: str, exit_code: int, lock: Path):
+    def __init__(self, stage: str, exit_code: int, lock: Path, resumable: bool = False):
         self.exit_code = exit_code
+        what = "was interrupted" if exit_code == 130 else f"failed (exit code {exit_code})"
+        again = ("; rerunning resumes it from its last checkpoint if its options and inputs are unchanged"
+                 if resumable else "")
         super().__init__(
-            f"stage '{stage}' failed (exit code {exit_code}); the stages before it are done "
-            f"and recorded in {lock}, so rerunning continues from here"
+            f"stage '{stage}' {what}; the stages before it are done and recorded in {lock}, "
+            f"so rerunning continues from here{again}"
         )
 
 
@@ -661,8 +679,30 @@ def invoke(app: Any, argv: Sequence[str]) -> int:
     return 0
 
 
-def _has_overwrite(command: Any) -> bool:
-    return any("--overwrite" in getattr(p, "opts", ()) for p in command.params)
+def _has_option(command: Any, flag: str) -> bool:
+    return any(flag in getattr(p, "opts", ()) for p in command.params)
+
+
+def _interrupted_outputs(stage: Stage) -> list[Path]:
+    """The outputs of `stage` that an interrupted training run left half-built (`.<name>.partial`)."""
+    from kadapter_cli.artifacts import partial_dir
+
+    return [partial_dir(o) for o in stage.outputs if partial_dir(o).is_dir()]
+
+
+def _resume_or_restart(stage: Stage, started: Mapping[str, Any] | None, state: StageState) -> tuple[str, str]:
+    """(flag, message) for a stage whose last run was interrupted: `--resume` when it would run with the
+    same options and inputs, `--overwrite` (start again) otherwise."""
+    from kadapter_cli.checkpoints import latest_checkpoint
+
+    partial = _interrupted_outputs(stage)[0]
+    checkpoint = latest_checkpoint(partial)
+    where = checkpoint.name if checkpoint else "the start: no checkpoint was written"
+    if started and started.get("options_hash") == options_hash(stage) \
+            and started.get("inputs") == dict(state.input_digests):
+        return "--resume", f"{stage.name}: resuming the interrupted run from {where} (options and inputs unchanged)"
+    return "--overwrite", (f"{stage.name}: the interrupted run had other options or inputs; starting it again "
+                           f"(its {partial.name} is replaced)")
 
 
 def validate(pipeline: Pipeline, app: Any) -> None:
@@ -696,6 +736,7 @@ def run_pipeline(
     check_only(pipeline, only)
     validate(pipeline, app)
     lock = read_lock(pipeline.lock_path)
+    started = read_lock(pipeline.lock_path, "started")
     hasher = Hasher(lock)
     available = app_commands(app)
     commands = {s.name: available[s.command] for s in pipeline.stages}
@@ -706,6 +747,9 @@ def run_pipeline(
         results = []
         for d in plan(pipeline, lock, states, force=force, only=only):
             echo(d.line(dry_run=True))
+            stage = pipeline.stage(d.stage)
+            if d.run and _has_option(commands[d.stage], "--resume") and _interrupted_outputs(stage):
+                echo(_resume_or_restart(stage, started.get(d.stage), states[d.stage])[1])
             if d.run:
                 echo("    kadapter " + shlex.join(argvs[d.stage]))
             results.append(StageResult(d.stage, d.run, d.reason, argvs[d.stage]))
@@ -725,15 +769,26 @@ def run_pipeline(
             echo(d.line(dry_run=False))
             results.append(StageResult(stage.name, False, d.reason, argv))
             continue
-        if any(Path(o).exists() for o in stage.outputs) and "--overwrite" not in argv and _has_overwrite(commands[stage.name]):
-            argv = [*argv, "--overwrite"]
+        command = commands[stage.name]
+        resumable = _has_option(command, "--resume")
         echo(d.line(dry_run=False))
+        if resumable and _interrupted_outputs(stage) and not {"--resume", "--overwrite"} & set(argv):
+            flag, message = _resume_or_restart(stage, started.get(stage.name), state)
+            argv = [*argv, flag]
+            echo(message)
+        elif any(Path(o).exists() for o in stage.outputs) and "--overwrite" not in argv \
+                and _has_option(command, "--overwrite"):
+            argv = [*argv, "--overwrite"]
         echo("    kadapter " + shlex.join(argv))
-        started = time.perf_counter()
+        if resumable:  # what it runs with, so that an interrupted run can be resumed by the next one
+            started[stage.name] = {"options_hash": options_hash(stage), "inputs": dict(state.input_digests)}
+            write_lock(pipeline.lock_path, lock, pipeline.path, started)
+        began = time.perf_counter()
         code = invoke(app, argv)
-        seconds = round(time.perf_counter() - started, 2)
+        seconds = round(time.perf_counter() - began, 2)
         if code != 0:
-            raise StageFailed(stage.name, code, pipeline.lock_path)
+            raise StageFailed(stage.name, code, pipeline.lock_path, resumable=resumable and code == 130)
+        started.pop(stage.name, None)
         missing = [o for o in stage.outputs if not Path(o).exists()]
         if missing:
             raise KadapterError(f"stage '{stage.name}' finished but did not write {missing[0]}; "
@@ -748,10 +803,22 @@ def run_pipeline(
             "seconds": seconds,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        write_lock(pipeline.lock_path, lock, pipeline.path)
+        write_lock(pipeline.lock_path, lock, pipeline.path, started)
         echo(f"{stage.name}: done in {seconds:.1f}s")
         results.append(StageResult(stage.name, True, d.reason, argv, seconds, 0))
     return results
+
+
+@contextlib.contextmanager
+def in_folder(folder: str | Path) -> Iterator[None]:
+    """Runs the block with `folder` as the current directory (weasel's rule: a pipeline's relative
+    paths are relative to the pipeline file's folder, wherever `kadapter run` is started)."""
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def parse_assignments(items: Iterable[str]) -> dict[str, str]:

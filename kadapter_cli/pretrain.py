@@ -19,13 +19,14 @@ from torch import nn
 
 from kadapter_cli import artifacts
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, save_adapter, take_rows
-from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer, padding_position_ids, tapped_states
+from kadapter_cli.backbone import (backbone_fingerprint, backbone_shape, load_backbone, load_tokenizer,
+                                   padding_position_ids, tapped_states)
 from kadapter_cli.encoding import SPACED_MARKERS, check_marker_style, encode_dependency, encode_relation
 from kadapter_cli.errors import BadInput
 from kadapter_cli.heads import build_head
 from kadapter_cli.model_card import adapter_card, write_card
 from kadapter_cli.objectives import DependencyObjective, RelationObjective
-from kadapter_cli.progress import info, progress
+from kadapter_cli.progress import progress
 from kadapter_cli.training import TrainConfig, remove_checkpoints, train
 
 KINDS = ("fac", "lin")
@@ -114,7 +115,7 @@ def encode_examples(kind: str, tokenizer, records: Sequence[dict], max_length: i
     label_index = {r: i for i, r in enumerate(relations)}
     out = []
     with progress() as bar:
-        task = bar.add_task(description, total=len(records))
+        task = bar.add_task(description, total=len(records), unit="examples")
         for rec in records:
             try:
                 if kind == "fac":
@@ -205,9 +206,9 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         check_marker_style(spec.marker_style)
     except ValueError as e:
         raise BadInput(f"--marker-style: {e}") from None
-    if resume and spec.out.exists() and not artifacts.partial_dir(spec.out).exists() and not overwrite:
-        info(f"{spec.out} is complete: nothing to resume")
+    if artifacts.nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
         return artifacts.read_json(spec.out / "metrics.json")
+    artifacts.check_output(spec.out, overwrite=overwrite, resume=resume, resumable=True)
 
     relations: list[str] = []
     if spec.kind == "fac":
@@ -222,7 +223,8 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     shape = backbone_shape(backbone)
     overrides: dict[str, Any] = {"name": spec.name, "backbone": str(spec.backbone), "labels": relations,
                                  "max_length": spec.max_length, "mask_padding": spec.mask_padding,
-                                 "marker_style": spec.marker_style}
+                                 "marker_style": spec.marker_style,
+                                 "backbone_fingerprint": backbone_fingerprint(spec.backbone, backbone)}
     for key, value in (("tap_layers", spec.tap_layers), ("adapter_width", spec.adapter_width),
                        ("layers_per_tap", spec.adapter_layers), ("num_heads", spec.adapter_heads)):
         if value is not None:
@@ -287,4 +289,5 @@ def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]],
     return attach_cache(splits, compute, n_states=len(model.adapter.tap_layers) + 1,
                         hidden=model.adapter.config.backbone_hidden_size, pad_id=pad_id,
                         batch_size=max(config.batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to)
+                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to,
+                        names=["train", "dev"])

@@ -5,17 +5,32 @@ from __future__ import annotations
 import os
 import sys
 
+import contextlib
+from typing import Iterator
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """`123.4 examples/s`: the task's speed in its own unit (`unit=` field, default `it`)."""
+
+    def render(self, task) -> Text:
+        unit = task.fields.get("unit", "it")
+        if task.speed is None:
+            return Text(f"– {unit}/s", style="progress.data.speed")
+        return Text(f"{task.speed:,.1f} {unit}/s", style="progress.data.speed")
 
 
 def interactive() -> bool:
@@ -32,6 +47,7 @@ def progress(*extra_columns, transient: bool = False) -> Progress:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        RateColumn(),
         *extra_columns,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
@@ -39,6 +55,15 @@ def progress(*extra_columns, transient: bool = False) -> Progress:
         disable=not interactive(),
         transient=transient,
     )
+
+
+@contextlib.contextmanager
+def waiting(description: str) -> Iterator[None]:
+    """A bar for a wait with nothing to count (loading a model): what, and how long so far."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                  disable=not interactive(), transient=True) as bar:
+        bar.add_task(description, total=None)
+        yield
 
 
 def info(message: str) -> None:

@@ -24,7 +24,7 @@ class TrainConfig:
     """Every option of the loop; field names are the CLI's long option names with `_` (CONTRACT §1)."""
 
     epochs: int = 3
-    max_steps: int | None = None  # stop after this many optimizer steps (the schedule ends there too)
+    max_steps: int | None = None  # the run's optimizer steps, overriding `epochs` (the schedule ends there too)
     batch_size: int = 32  # examples per micro-batch per process
     lr: float = 2e-5
     warmup: float = 0  # >= 1: steps; 0 < x < 1: share of the total steps

@@ -1,8 +1,10 @@
-"""The pieces a run is built from: the Accelerate `Accelerator` for `--device` / `--precision`, AdamW,
-the warm-up + linear-decay schedule, and the out-of-memory error that names what to lower."""
+"""The pieces a run is built from: the Accelerate `Accelerator` for `--device` / `--precision`, the CPU
+threads (`--threads`), AdamW, the warm-up + linear-decay schedule, and the out-of-memory error that
+names what to lower."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from kadapter_cli.errors import BadInput
@@ -14,6 +16,31 @@ if TYPE_CHECKING:
 
 class TrainingOutOfMemory(BadInput):
     """Training or evaluation ran out of device or host memory; the message names what to lower."""
+
+
+def auto_threads() -> int:
+    """`OMP_NUM_THREADS` when set; otherwise the cores this process may use that are idle now
+    (cores minus the 1-minute load average, at least 1). On a busy machine, threads that compete
+    with other processes for the same cores make every matrix product wait for the slowest one."""
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def set_threads(threads: int | None) -> int:
+    """Sets torch's CPU threads to `threads` (`--threads`), or to `auto_threads()`; returns the number."""
+    import torch
+
+    if threads is not None and threads < 1:
+        raise BadInput(f"--threads must be at least 1, got {threads}")
+    chosen = threads or auto_threads()
+    torch.set_num_threads(chosen)
+    return chosen
 
 
 def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Accelerator":

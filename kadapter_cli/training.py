@@ -99,9 +99,14 @@ def train(
     lengths = [int(objective.length(e)) for e in examples]
     n_batches = math.ceil(len(examples) / config.batch_size)
     steps_per_epoch = math.ceil(math.ceil(n_batches / world) / config.grad_accum)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    # --max-steps overrides the epoch count, as in the Hugging Face Trainer: the run takes that many
+    # steps, over as many epochs (the last one cut short) as they need.
+    total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup_steps = config.warmup_steps(total_steps)
+    if warmup_steps > total_steps and is_main:
+        info(f"warning: --warmup {warmup_steps:,} steps is longer than the run ({total_steps:,} steps): the learning "
+             f"rate never reaches --lr {config.lr:g}; give a share instead (--warmup 0.1 = the first 10%)")
 
     # device_specific: each process draws its own dropout masks.
     set_seed(config.seed, device_specific=True)
@@ -110,7 +115,7 @@ def train(
         raise KadapterError("the model has no trainable parameters (every parameter has requires_grad=False)")
     optimizer = adamw(trainable, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
-        warmup_then_linear_decay, warmup=config.warmup_steps(total_steps), total=total_steps))
+        warmup_then_linear_decay, warmup=warmup_steps, total=total_steps))
     # The scheduler is not handed to Accelerate: its prepared form steps once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
@@ -132,7 +137,7 @@ def train(
     accelerator.wait_for_everyone()
 
     loop = _Loop(accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths, dev,
-                 config, run_dir, state, total_steps, tracker)
+                 config, run_dir, state, total_steps, epochs, tracker)
     try:
         tracker.start(accelerator)
         if state.step < total_steps:
@@ -148,30 +153,31 @@ class _Loop:
     """The state of one `train()` call; split out so each phase is a short method."""
 
     def __init__(self, accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths,
-                 dev, config: TrainConfig, run_dir: Path, state: TrainState, total_steps: int,
+                 dev, config: TrainConfig, run_dir: Path, state: TrainState, total_steps: int, epochs: int,
                  tracker: RunTracker):
         self.accelerator, self.model, self.unwrapped = accelerator, model, unwrapped
         self.tracker = tracker
         self.optimizer, self.scheduler, self.objective = optimizer, scheduler, objective
         self.examples, self.lengths, self.dev = examples, lengths, dev
         self.config, self.run_dir, self.state = config, run_dir, state
-        self.total_steps = total_steps
+        self.total_steps, self.epochs = total_steps, epochs
         self.is_main = accelerator.is_main_process
         self.trainable = [p for p in unwrapped.parameters() if p.requires_grad]
         self.flops_per_token = flops_per_token(unwrapped)
         self.peak_flops = peak_flops(accelerator.device, config.precision)
         self._window = StepWindow()
+        self.bar = None  # the live training bar, once `run()` shows it (dev evaluation adds its row there)
 
     # -- phases
 
     def run(self) -> None:
         config, state = self.config, self.state
         columns = progress_columns()
-        bar = progress(*columns)
+        bar = self.bar = progress(*columns)
         bar.disable = bar.disable or not self.is_main  # one bar, not one per process
         with bar:
-            task = bar.add_task("train", total=self.total_steps, completed=state.step, status="")
-            for epoch in range(state.epoch, config.epochs):
+            task = bar.add_task("train", total=self.total_steps, completed=state.step, status="", unit="steps")
+            for epoch in range(state.epoch, self.epochs):
                 all_batches = epoch_batches(self.lengths, config.batch_size, config.seed, epoch, config.bucket_size)
                 mine = shard(all_batches, self.accelerator.process_index, self.accelerator.num_processes)
                 step_groups = groups(mine, config.grad_accum)
@@ -291,7 +297,8 @@ class _Loop:
 
     def _evaluate_and_select(self, epoch_progress: float) -> None:
         started = time.perf_counter()
-        metrics, _ = _evaluate(self.accelerator, self.unwrapped, self.objective, self.dev, self.config)
+        metrics, _ = _evaluate(self.accelerator, self.unwrapped, self.objective, self.dev, self.config,
+                               self.bar, "evaluating dev", transient=True)
         metrics = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}  # numpy/torch scalars → JSON
         state = self.state
         key = self.objective.primary_metric
@@ -339,20 +346,27 @@ def evaluate(
     examples: Sequence,
     config: TrainConfig,
     accelerator: "Accelerator | None" = None,
+    description: str = "evaluating",
 ) -> tuple[dict[str, float], list]:
     """Scores `model` on `examples`; returns `(metrics, outputs in input order)`.
 
     Batches are sorted by length (little padding) and spread over the processes; every process gets
     all outputs back. Without an `accelerator` one is made from `config` and the model is moved to
-    its device.
+    its device. A bar labelled `description` shows the examples done.
     """
     if accelerator is None:
         accelerator = make_accelerator(config)
         model = model.to(accelerator.device)
-    return _evaluate(accelerator, model, objective, list(examples), config)
+    bar = progress()
+    bar.disable = bar.disable or not accelerator.is_main_process
+    with bar:
+        return _evaluate(accelerator, model, objective, list(examples), config, bar, description)
 
 
-def _evaluate(accelerator, model, objective: Objective, examples: list, config: TrainConfig) -> tuple[dict, list]:
+def _evaluate(accelerator, model, objective: Objective, examples: list, config: TrainConfig,
+              bar=None, description: str = "evaluating", transient: bool = False) -> tuple[dict, list]:
+    """`bar`: a live rich `Progress` to show the examples done in; `transient`: its row goes when done
+    (a dev evaluation's row under the training bar)."""
     import torch
     from accelerate.utils import send_to_device
 
@@ -364,6 +378,7 @@ def _evaluate(accelerator, model, objective: Objective, examples: list, config: 
     was_training = model.training
     model.eval()
     pairs: list[tuple[int, Any]] = []
+    task = bar.add_task(description, total=len(examples), unit="examples", status="") if bar is not None else None
     try:
         with torch.no_grad():
             for indices in batches:
@@ -373,12 +388,16 @@ def _evaluate(accelerator, model, objective: Objective, examples: list, config: 
                 if len(outputs) != len(indices):
                     raise KadapterError(f"objective.predict returned {len(outputs)} outputs for {len(indices)} examples")
                 pairs.extend(zip(indices, outputs))
+                if task is not None:
+                    bar.advance(task, len(indices) * accelerator.num_processes)
     except (RuntimeError, MemoryError) as e:
         if is_out_of_memory(e):
             raise out_of_memory("evaluation", config.batch_size, max(lengths)) from None
         raise
     finally:
         model.train(was_training)
+        if task is not None and transient:
+            bar.remove_task(task)
     if accelerator.num_processes > 1:
         pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
     outputs = restore_order([i for i, _ in pairs], [o for _, o in pairs], len(examples))

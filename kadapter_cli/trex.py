@@ -50,6 +50,7 @@ from kadapter_cli.artifacts import (
     write_manifest,
 )
 from kadapter_cli.errors import BadInput
+from kadapter_cli.progress import info
 
 TREX_KIND = "trex-rc"
 SHARD_KIND = "trex-shard"
@@ -555,12 +556,15 @@ def merge_sorted_lines(sources: Sequence[Path], out: Path) -> tuple[Counter, Cou
 
 
 def finalize(examples: Path, per_relation: Counter, literal_per_relation: Counter, folder: Path,
-             drop: Sequence[str], min_count: int, dev_ratio: float, seed: int, entities_only: bool = False) -> dict:
+             drop: Sequence[str], min_count: int, dev_ratio: float, seed: int, entities_only: bool = False,
+             allow_empty: bool = False) -> dict:
     """Sorted, de-duplicated examples → `train.jsonl`, `dev.jsonl`, `relations.json` in `folder`.
 
     With `entities_only`, examples whose object is a literal are left out first. A relation is then
-    kept when it is not in `drop` and has at least `min_count` examples (train and dev together). Each kept example goes to dev when the seeded hash of its id says so
-    (`in_dev_split`), so the split does not depend on file order, workers or shards.
+    kept when it is not in `drop` and has at least `min_count` examples (train and dev together).
+    Each kept example goes to dev when the seeded hash of its id says so (`in_dev_split`), so the
+    split does not depend on file order, workers or shards. When no relation is left the artifact
+    would be empty: `BadInput` with the numbers, unless `allow_empty`.
     """
     dropped: Counter = Counter()
     literal_per_relation = Counter({r: n for r, n in literal_per_relation.items() if n})
@@ -570,6 +574,11 @@ def finalize(examples: Path, per_relation: Counter, literal_per_relation: Counte
         literal_per_relation = Counter()
     dropped_relations = set(drop)
     kept = sorted(r for r, n in per_relation.items() if r not in dropped_relations and n >= min_count)
+    if not kept:
+        nothing_left = _nothing_left(per_relation, dropped_relations, min_count)
+        if not allow_empty:
+            raise BadInput(f"{nothing_left}; refusing to write an empty trex-rc (pass --allow-empty to write it)")
+        info(f"warning: {nothing_left}; the trex-rc written is empty")
     kept_set = set(kept)
     for relation, n in per_relation.items():
         if relation in dropped_relations:
@@ -597,6 +606,19 @@ def finalize(examples: Path, per_relation: Counter, literal_per_relation: Counte
         "examples_per_relation": {r: per_relation[r] for r in kept},
         "literal_objects_per_relation": {r: literal_per_relation[r] for r in kept if literal_per_relation[r]},
     }
+
+
+def _nothing_left(per_relation: Counter, dropped: set[str], min_count: int) -> str:
+    """Why no relation is kept, with the numbers: '70 examples in 4 relations, all below --min-count 50
+    (the largest, P17, has 25)'."""
+    candidates = {r: n for r, n in per_relation.items() if r not in dropped}
+    if not candidates:
+        total = sum(per_relation.values())
+        return f"no examples left: {total:,} examples, all of relations left out with --drop (or literal objects)"
+    largest = max(sorted(candidates), key=candidates.get)
+    return (f"{sum(candidates.values()):,} examples in {len(candidates)} relations, all below --min-count "
+            f"{min_count} (the largest, {largest}, has {candidates[largest]:,}; try --min-count "
+            f"{candidates[largest]})")
 
 
 def _final_stats(extracted: ExtractStats, duplicates: int, final: dict) -> dict:
@@ -640,6 +662,7 @@ def prepare_trex(
     skip_bad: bool = False,
     overwrite: bool = False,
     limit: int | None = None,
+    allow_empty: bool = False,
 ) -> dict:
     """T-REx dumps (files or folders) → a `trex-rc/` artifact at `out`; returns its manifest.
 
@@ -676,7 +699,7 @@ def prepare_trex(
             return write_manifest(folder, SHARD_KIND, config=_config(shard=list(shard), skip_bad=skip_bad),
                                   inputs=sha256_inputs(files), stats=stats)
         final = finalize(examples, per_relation, literal_per_relation, folder, drop, min_count, dev_ratio, seed,
-                         entities_only)
+                         entities_only, allow_empty)
         shutil.rmtree(scratch)
         config = _config(drop=list(drop), min_count=min_count, dev_ratio=dev_ratio, seed=seed,
                          entities_only=entities_only, skip_bad=skip_bad, limit=limit)
@@ -694,6 +717,7 @@ def merge_trex_shards(
     seed: int = 42,
     entities_only: bool = False,
     overwrite: bool = False,
+    allow_empty: bool = False,
 ) -> dict:
     """`trex-shard` artifacts (all N of one sharding) → one `trex-rc/` artifact; returns its manifest.
 
@@ -727,7 +751,7 @@ def merge_trex_shards(
         per_relation, literal_per_relation, duplicates = merge_sorted_lines(
             [f / SHARD_EXAMPLES for f in folders], examples)
         final = finalize(examples, per_relation, literal_per_relation, folder, drop, min_count, dev_ratio, seed,
-                         entities_only)
+                         entities_only, allow_empty)
         shutil.rmtree(scratch)
         config = _config(drop=list(drop), min_count=min_count, dev_ratio=dev_ratio, seed=seed,
                          entities_only=entities_only, merged_shards=[str(f) for f in folders])

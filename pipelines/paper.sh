@@ -22,6 +22,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${WORKDIR:=kadapter-work-paper}"
 : "${BACKBONE:=roberta-large}"
 
+# `kadapter run` reads relative paths against the pipeline file's folder; these are the caller's.
+abs() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac; }
+TREX_DUMPS="$(abs "$TREX_DUMPS")"; LIN_CORPUS="$(abs "$LIN_CORPUS")"; TASKS="$(abs "$TASKS")"
+WORKDIR="$(abs "$WORKDIR")"
+if [ -e "$BACKBONE" ]; then BACKBONE="$(abs "$BACKBONE")"; fi  # a local folder, not a hub id
+
 exec "${KADAPTER:-kadapter}" run "$here/paper.yaml" \
   --set "trex_dumps=$TREX_DUMPS" \
   --set "lin_corpus=$LIN_CORPUS" \

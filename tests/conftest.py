@@ -51,3 +51,23 @@ def cli(tmp_path):
 
     invoke.workdir = workdir
     return invoke
+
+
+def _write_trex_rc(folder: Path, train: int = 48, dev: int = 8) -> Path:
+    """A small `trex-rc/` artifact: `train` + `dev` examples of two relations (P17, P131)."""
+    import json
+
+    folder.mkdir(parents=True)
+    rows = [{"id": f"d{i}", "docid": f"d{i}", "tokens": ["Paris", "lies", "in", "France", "near", str(i)],
+             "subj_start": 0, "subj_end": 0, "obj_start": 3, "obj_end": 3, "relation": ("P17", "P131")[i % 2],
+             "subj_label": "Q90", "obj_label": "Q142"} for i in range(train + dev)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:train]))
+    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[train:]))
+    (folder / "relations.json").write_text(json.dumps(["P131", "P17"]))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def make_trex_rc():
+    """`make_trex_rc(folder, train=48, dev=8)` writes a small `trex-rc/` artifact and returns its folder."""
+    return _write_trex_rc

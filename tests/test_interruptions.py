@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import _write_trex_rc as _trex_rc  # noqa: F401  (other test modules import it from here)
 from kadapter_cli.artifacts import verify_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,20 +181,8 @@ def test_parse_killed_at_random_moments_leaves_nothing_half_written(shared_data,
         assert (out / name).read_bytes() == (reference / "parsed" / name).read_bytes(), name
 
 
-def _trex_rc(folder: Path) -> Path:
-    """A small `trex-rc/` artifact: 48 training examples of two relations."""
-    folder.mkdir(parents=True)
-    rows = [{"id": f"d{i}", "docid": f"d{i}", "tokens": ["Paris", "lies", "in", "France", "near", str(i)],
-             "subj_start": 0, "subj_end": 0, "obj_start": 3, "obj_end": 3, "relation": ("P17", "P131")[i % 2],
-             "subj_label": "Q90", "obj_label": "Q142"} for i in range(56)]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:48]))
-    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[48:]))
-    (folder / "relations.json").write_text(json.dumps(["P131", "P17"]))
-    return folder
-
-
-def test_training_killed_then_resumed_ends_with_the_same_weights(tmp_path, tiny_backbone):
-    data = _trex_rc(tmp_path / "trex-rc")
+def test_training_killed_then_resumed_ends_with_the_same_weights(tmp_path, tiny_backbone, make_trex_rc):
+    data = make_trex_rc(tmp_path / "trex-rc")
     args = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", tiny_backbone, "--max-steps", "12",
             "--batch-size", "4", "--max-length", "24", "--device", "cpu", "--cache-features", "off",
             "--save-every", "1", "--eval-every", "4", "--seed", "3")
@@ -224,3 +213,123 @@ def test_training_killed_then_resumed_ends_with_the_same_weights(tmp_path, tiny_
     expected = reference_dir / "adapters" / "fac"
     for name in ("adapter.safetensors", "head.safetensors"):
         assert (out / name).read_bytes() == (expected / name).read_bytes(), name
+
+
+# ---------------------------------------------------------------- interrupted runs are never thrown away
+
+TYPING = REPO / "kadapter_cli" / "demo_data" / "typing"
+
+
+def _training_args(command: str, tiny_backbone: Path, data: Path) -> tuple:
+    loop = ("--max-steps", "8", "--batch-size", "4", "--max-length", "24", "--device", "cpu",
+            "--save-every", "1", "--eval-every", "4", "--seed", "3", "--lr", "1e-3", "--limit", "40")
+    if command == "train-adapter":
+        return ("train-adapter", "--kind", "fac", "--data", data, "--backbone", tiny_backbone,
+                "--cache-features", "off", *loop)
+    return ("finetune", "--task", "openentity", "--data", TYPING, "--backbone", tiny_backbone, *loop)
+
+
+def _weights(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in ("adapter.safetensors", "model.safetensors")
+            if (folder / name).exists()}
+
+
+def _checkpoint_steps(partial: Path) -> list[str]:
+    """Complete checkpoints, oldest first (`step-<N>` with its state.json)."""
+    done = [p for p in (partial / "checkpoints").glob("step-*") if (p / "state.json").is_file()]
+    return [p.name for p in sorted(done, key=lambda p: int(p.name[5:]))]
+
+
+def _reached(partial: Path, step: int) -> bool:
+    steps = _checkpoint_steps(partial)
+    return bool(steps) and int(steps[-1][5:]) >= step
+
+
+def _interrupt(process: subprocess.Popen, partial: Path, after_step: int, how: signal.Signals, log: Path) -> str:
+    """Sends `how` once a checkpoint at or after `after_step` exists; returns the checkpoint left behind."""
+    assert wait_for(lambda: _reached(partial, after_step), process, timeout=300), log.read_text()
+    process.send_signal(how)
+    code = process.wait(timeout=60)
+    assert code == (130 if how == signal.SIGINT else -signal.SIGKILL), log.read_text()
+    return _checkpoint_steps(partial)[-1]
+
+
+@pytest.mark.parametrize("command", ["train-adapter", "finetune"])
+def test_interrupted_training_is_refused_without_resume_and_resumed_with_it(command, tmp_path, tiny_backbone, cli,
+                                                                             make_trex_rc):
+    """Ctrl-C, then kill -9 of the resumed run: each time the rerun without --resume is refused and
+    deletes nothing; --resume ends with the weights of an uninterrupted run."""
+    args = _training_args(command, tiny_backbone, make_trex_rc(tmp_path / "trex-rc"))
+    workdir = tmp_path / "work"
+    out = workdir / ("adapters/fac" if command == "train-adapter" else "finetuned/openentity-base")
+    partial = out.parent / f".{out.name}.partial"
+    reference = start(tmp_path / "reference", *args, log=tmp_path / "reference.log")
+
+    for how, after_step, extra in ((signal.SIGINT, 3, ()), (signal.SIGKILL, 5, ("--resume",))):
+        log = tmp_path / f"run-{how.name}.log"
+        last = _interrupt(start(workdir, *args, *extra, log=log), partial, after_step, how, log)
+        if how == signal.SIGINT:
+            assert f"interrupted: the run is kept in {partial} (last checkpoint {last}); rerun the same " \
+                   "command with --resume to continue or --overwrite to start again" in log.read_text()
+        kept = _checkpoint_steps(partial)
+        again = cli(*args, workdir_path=workdir)
+        assert again.exit_code == 2
+        assert again.stderr.strip() == (f"error: {out}: an interrupted run exists (last checkpoint {last}); "
+                                        "pass --resume to continue or --overwrite to start again")
+        assert _checkpoint_steps(partial) == kept and not out.exists()
+
+    resumed = start(workdir, *args, "--resume", log=tmp_path / "resume.log")
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()
+    assert f"resuming from {partial / 'checkpoints' / last}" in (tmp_path / "resume.log").read_text()
+    assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
+    expected = tmp_path / "reference" / out.relative_to(workdir)
+    assert _weights(out) and _weights(out) == _weights(expected)
+    assert scratch(out) == []
+
+
+def test_resume_on_a_finished_finetune_has_nothing_to_do(tmp_path, tiny_backbone, cli):
+    args = _training_args("finetune", tiny_backbone, tmp_path)
+    assert cli(*args, "--max-steps", "2").exit_code == 0
+    out = cli.workdir / "finetuned" / "openentity-base"
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = cli(*args, "--max-steps", "2", "--resume")
+    assert again.exit_code == 0
+    assert f"{out} is complete: nothing to resume" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+RUN_PIPELINE = """\
+stages:
+  - name: train-fac
+    command: train-adapter
+    options: {{kind: fac, data: {data}, backbone: {backbone}, max-steps: 8, batch-size: 4, max-length: 24,
+              device: cpu, save-every: 1, eval-every: 4, seed: 3, lr: 1.0e-3, cache-features: "off"}}
+"""
+
+
+def test_run_resumes_an_interrupted_training_stage_by_itself(tmp_path, tiny_backbone, make_trex_rc):
+    """`kadapter run` after Ctrl-C, then after kill -9 of the rerun: it resumes the stage from its
+    checkpoints by itself, and ends with the weights of an uninterrupted run."""
+    data = make_trex_rc(tmp_path / "trex-rc")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(RUN_PIPELINE.format(data=data, backbone=tiny_backbone))
+    workdir = tmp_path / "work"
+    partial = workdir / "adapters" / ".fac.partial"
+    reference = start(tmp_path / "reference", "run", pipeline, log=tmp_path / "reference.log")
+
+    log = tmp_path / "run.log"
+    last = _interrupt(start(workdir, "run", pipeline, log=log), partial, 3, signal.SIGINT, log)
+    assert "stage 'train-fac' was interrupted" in log.read_text()
+    assert "rerunning resumes it from its last checkpoint if its options and inputs are unchanged" in log.read_text()
+    for how in (signal.SIGKILL, None):
+        log = tmp_path / f"rerun-{how}.log"
+        rerun = start(workdir, "run", pipeline, log=log)
+        if how is not None:
+            wait_for(lambda: f"resuming from {partial / 'checkpoints' / last}" in log.read_text(), rerun)
+            previous, last = last, _interrupt(rerun, partial, int(last[5:]) + 2, how, log)
+            assert f"train-fac: resuming the interrupted run from {previous} (options and inputs unchanged)" \
+                in log.read_text()
+    assert rerun.wait(timeout=300) == 0, log.read_text()
+    assert f"train-fac: resuming the interrupted run from {last} (options and inputs unchanged)" in log.read_text()
+    assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
+    assert _weights(workdir / "adapters" / "fac") == _weights(tmp_path / "reference" / "adapters" / "fac")

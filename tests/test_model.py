@@ -195,7 +195,8 @@ def test_byte_level_tokenizer_gets_prefix_space_for_pretokenized_words(tiny):
 
 def test_uncached_hub_id_is_bad_input_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(BadInput, match=r"'kadapter-test/no-such-model' could not be found offline"):
+    with pytest.raises(BadInput, match=r"'kadapter-test/no-such-model' is not a local folder and not in the Hugging Face cache, "
+                                   "and HF_HUB_OFFLINE is set"):
         load_backbone("kadapter-test/no-such-model")
     with pytest.raises(BadInput, match="not a Hugging Face model folder"):
         load_backbone("/")

@@ -525,7 +525,7 @@ def test_real_prepare_trex_and_parse_on_the_demo_data(tmp_path):
     from kadapter_cli.cli import app
 
     demo = yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())
-    pipe = {"vars": {"workdir": str(tmp_path / "w")},
+    pipe = {"vars": {"workdir": str(tmp_path / "w"), "seed": "0"},
             "stages": [s for s in demo["stages"] if s["name"] in ("prepare-trex", "parse")]}
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(pipe))

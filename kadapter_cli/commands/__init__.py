@@ -9,13 +9,17 @@ import traceback
 from pathlib import Path
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from kadapter_cli.commands._click import ClickException, Context, get_current_context
 
 from kadapter_cli import __version__
 from kadapter_cli.artifacts import is_disk_full
 from kadapter_cli.errors import KadapterError
+
+# Hugging Face's own tqdm bars ("Writing model shards") would interleave with ours and leak into
+# pipes; kadapter shows its own. Set before transformers is imported; a user's setting wins.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 # Global options that may also be given after the command name (CONTRACT §1).
 _GLOBAL_WITH_VALUE = ("--workdir",)
@@ -53,10 +57,45 @@ def debug_enabled(ctx: Context | None = None) -> bool:
     return False
 
 
+class _PlainArgument(TyperArgument):
+    """An argument shown as `INPUTS...` in usage and help, not typer's `{inputs}...` and `<list[Path]>`."""
+
+    def _usage_display_name(self) -> str:
+        return self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+
+    def display_type_rich(self, ctx: Context) -> str | None:
+        return None
+
+
+# What a value looks like in --help (click's words), instead of the Python type typer prints.
+_METAVARS = {"int": "N", "float": "NUMBER", "str": "TEXT", "Path": "PATH"}
+
+
+def plain_help(command, ctx: Context) -> None:
+    """Metavars a user reads: none on flags (typer prints `<bool>`), `N`/`PATH`/`TEXT` for values,
+    `INPUTS...` for arguments. Options that list their choices set their own metavar."""
+    help_option = command.get_help_option(ctx)
+    for param in [*command.params, *([help_option] if help_option else [])]:
+        if isinstance(param, TyperArgument):
+            if param.metavar is None:
+                param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+            param.__class__ = _PlainArgument
+        elif param.metavar is not None:
+            continue
+        elif getattr(param, "is_flag", False):
+            param.metavar = ""
+        else:
+            python_type = param.bare_type().removeprefix("list[").removesuffix("]")
+            param.metavar = _METAVARS.get(python_type, python_type.upper())
+    for sub in getattr(command, "commands", {}).values():
+        plain_help(sub, ctx)
+
+
 class KadapterGroup(TyperGroup):
     """Turns errors into exit codes: `BadInput` → 2 with one line, anything else → 1."""
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        plain_help(self, ctx)
         return super().parse_args(ctx, _hoist_global_options(list(args)))
 
     def invoke(self, ctx: Context):
@@ -69,8 +108,9 @@ class KadapterGroup(TyperGroup):
                 traceback.print_exc()
             typer.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+        except KeyboardInterrupt as e:
+            # `Interrupted` says what was kept and how to continue; a bare Ctrl-C has no message.
+            typer.echo("interrupted" + (f": {e}" if str(e) else ""), err=True)
             sys.exit(130)
         except BrokenPipeError:
             # The reader went away (`kadapter ... | head`): stop quietly, as Unix tools do.

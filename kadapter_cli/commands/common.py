@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import typer
 
@@ -33,10 +36,13 @@ def merged_config(ctx: Context, config_file: Path | None, exclude: tuple[str, ..
     if config_file is None:
         return params
     by_name = {p.name: p for p in ctx.command.params if p.name}
+    # A key is an option's long name (`json` for --json, whatever the Python parameter is called).
+    by_key = {opt[2:].replace("-", "_"): p.name for p in ctx.command.params if p.name in params
+              for opt in getattr(p, "opts", ()) if opt.startswith("--")}
     for key, value in load_yaml_mapping(config_file, "config file", "expected a mapping of option names to values").items():
-        name = str(key).replace("-", "_")
-        if name not in params or name in exclude:
-            known = ", ".join(sorted(n for n in params))
+        name = by_key.get(str(key).replace("-", "_"))
+        if name is None:
+            known = ", ".join(sorted(by_key))
             raise BadInput(f"unknown option '{key}' (known: {known})", config_file)
         if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             continue
@@ -45,6 +51,23 @@ def merged_config(ctx: Context, config_file: Path | None, exclude: tuple[str, ..
         except BadParameter as e:
             raise BadInput(f"option '{key}': {e.message}", config_file) from None
     return params
+
+
+@contextlib.contextmanager
+def stdin_as_file(path: Path) -> Iterator[Path]:
+    """`-` → a temporary file holding stdin (readers take paths); errors then name `<stdin>`."""
+    if str(path) != "-":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="kadapter-stdin-") as folder:
+        copy = Path(folder) / "stdin"
+        copy.write_bytes(sys.stdin.buffer.read())
+        try:
+            yield copy
+        except BadInput as e:
+            if e.path != str(copy):
+                raise
+            raise BadInput(e.message, "<stdin>", e.record) from None
 
 
 def jsonable(obj: Any) -> Any:

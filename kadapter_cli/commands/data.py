@@ -60,6 +60,8 @@ def prepare_trex_cli(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
     limit: Optional[int] = typer.Option(
         None, "--limit", help="Read only the first N documents (in input order; runs in one process)."),
+    allow_empty: bool = typer.Option(
+        False, "--allow-empty", help="Write the artifact even when no relation is left (otherwise exit 2)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's stats as JSON on stdout."),
 ) -> None:
     """Turn T-REx dumps into relation-classification examples for the fac adapter (trex-rc/).
@@ -79,13 +81,14 @@ def prepare_trex_cli(
             raise BadInput("--merge combines finished shards; it takes no --shard or --limit")
         target = out or workdir / "trex-rc"
         manifest = merge_trex_shards(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio,
-                                     seed=seed, entities_only=entities_only, overwrite=overwrite)
+                                     seed=seed, entities_only=entities_only, overwrite=overwrite,
+                                     allow_empty=allow_empty)
     else:
         default = "trex-rc" if shard_spec is None else f"trex-shards/shard-{shard_spec[0]}-of-{shard_spec[1]}"
         target = out or workdir / default
         manifest = prepare_trex(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio, seed=seed,
-                                entities_only=entities_only, workers=workers, shard=shard_spec, skip_bad=skip_bad, overwrite=overwrite,
-                                limit=limit)
+                                entities_only=entities_only, workers=workers, shard=shard_spec, skip_bad=skip_bad,
+                                overwrite=overwrite, limit=limit, allow_empty=allow_empty)
     stats = manifest["stats"]
     bad = stats["bad_documents"] + stats["bad_files"]
     skipped = f"; skipped {stats['bad_documents']} bad documents, {stats['bad_files']} bad files" if bad else ""
@@ -107,13 +110,13 @@ def parse_cli(
                   "(.conllu: read as gold trees), or folders of them (walked in sorted order)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/parsed)."),
     parser: str = typer.Option(
-        "stanza", "--parser", help="stanza, spacy, or conllu (gold trees from CoNLL-U files)."),
+        "stanza", "--parser", metavar="stanza|spacy|conllu", help="Parser (conllu: gold trees from CoNLL-U files)."),
     lang: str = typer.Option("en", "--lang", help="Stanza language code."),
     model_dir: Optional[Path] = typer.Option(
         None, "--model-dir", help="Stanza resources folder (default: Stanza's own). Nothing is downloaded."),
     model: Optional[str] = typer.Option(
         None, "--model", help="spaCy pipeline name or path (default: en_core_web_sm)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, or auto (cuda when available)."),
+    device: str = typer.Option("cpu", "--device", metavar="cpu|cuda|auto", help="Where the parser runs (auto: cuda when available)."),
     pretokenized: bool = typer.Option(
         False, "--pretokenized", help="Lines are already tokenised: split on whitespace, one sentence per line."),
     tokenize_batch_size: int = typer.Option(32, "--tokenize-batch-size", help="Stanza tokenizer batch size."),

@@ -101,6 +101,21 @@ def inspect_cli(
     _print_report(report)
 
 
+def plain(value) -> str:
+    """A value as a person reads it: 0.6612, 1,492, `a: 1, b: 2`, `0, 11, 22` — not a Python repr."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() and abs(value) >= 1000 else f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {plain(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(plain(v) for v in value) or "-"
+    return "-" if value is None else str(value)
+
+
 def _print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -109,14 +124,19 @@ def _print_report(report: dict) -> None:
     summary = Table(show_header=False, box=None, pad_edge=False)
     summary.add_column(style="bold")
     summary.add_column()
+    about = dict(report["about"])
+    adapter_kind = about.pop("adapter kind", None)
     summary.add_row("path", report["path"])
-    summary.add_row("kind", str(report["kind"]))
+    summary.add_row("kind", f"{report['kind']} ({adapter_kind})" if adapter_kind else str(report["kind"]))
+    for key, value in about.items():
+        if value not in (None, {}, ""):
+            summary.add_row(key, plain(value))
     summary.add_row("created", f"{report['created']} (kadapter {report['kadapter_version']})")
     summary.add_row("command", " ".join(map(str, report["command"])) or "-")
     summary.add_row("inputs", str(len(report["inputs"])))
     summary.add_row("files", ", ".join(report["files"]) or "-")
     for key, value in report["stats"].items():
-        summary.add_row(f"stats.{key}", str(value))
+        summary.add_row(f"stats.{key}", plain(value))
     console.print(summary)
     if report["parameters"]:
         table = Table(title="parameters")

@@ -17,7 +17,7 @@ def _workdir_override(ctx: Context) -> dict[str, str]:
     if parent is not None and parent.get_parameter_source("workdir") in (
         ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT,
     ):
-        return {"workdir": str(get_workdir(ctx))}
+        return {"workdir": str(get_workdir(ctx).absolute())}  # the user's path: relative to where they are
     return {}
 
 
@@ -46,21 +46,22 @@ def run_cli(
 
     The lock file beside the workdir (<workdir>.lock.yaml) records what each stage ran with. A stage that reruns over its existing output is passed --overwrite.
 
-    A global --workdir (or KADAPTER_WORKDIR) replaces the pipeline's workdir variable.
+    Relative paths in the file (and in --set values) are relative to the file's folder, as in weasel. A global --workdir (or KADAPTER_WORKDIR) replaces the pipeline's workdir variable.
     """
-    from kadapter_cli.pipeline import load_pipeline_resolved, parse_assignments, run_pipeline
+    from kadapter_cli.pipeline import in_folder, load_pipeline_resolved, parse_assignments, run_pipeline
     from kadapter_cli.progress import info
 
     overrides = {**_workdir_override(ctx), **parse_assignments(assignments)}
-    pipeline = load_pipeline_resolved(pipeline_file, overrides, create_backbone=not dry_run)
-    if dry_run and not json_output:
-        echo = typer.echo
-    else:
-        echo = info
-    results = run_pipeline(pipeline, app=ctx.find_root().command, force=force, dry_run=dry_run, only=only, echo=echo)
-    if json_output:
-        echo_json({"pipeline": str(pipeline_file), "workdir": str(pipeline.workdir),
-                   "lock": str(pipeline.lock_path), "dry_run": dry_run, "stages": _results_json(results)})
+    pipeline_file = pipeline_file.absolute()
+    echo = typer.echo if dry_run and not json_output else info
+    with in_folder(pipeline_file.parent):
+        pipeline = load_pipeline_resolved(pipeline_file, overrides, create_backbone=not dry_run)
+        results = run_pipeline(pipeline, app=ctx.find_root().command, force=force, dry_run=dry_run, only=only,
+                               echo=echo)
+        if json_output:
+            echo_json({"pipeline": str(pipeline_file), "workdir": str(pipeline.workdir.absolute()),
+                       "lock": str(pipeline.lock_path.absolute()), "dry_run": dry_run,
+                       "stages": _results_json(results)})
 
 
 @app.command("demo")

@@ -10,38 +10,94 @@ from typing import Any, Optional
 import typer
 
 from kadapter_cli.commands import app
-from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config
+from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config, stdin_as_file
 from kadapter_cli.errors import BadInput
+from kadapter_cli.train_setup import set_threads
 from kadapter_cli.tasks import TASKS, parse_task_options, task_options_help
 
 # ---------------------------------------------------------------- shared training options
-# Options left at None take the paper's value for the kind / task (see `kadapter_cli.pretrain`,
-# `kadapter_cli.tasks`).
+# Options left at None take the paper's value for the kind / task (`kadapter_cli.pretrain`,
+# `kadapter_cli.tasks`); --help spells those values out.
 
-EPOCHS = typer.Option(None, "--epochs", help="Training epochs (paper default for the kind/task).")
-MAX_STEPS = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps.")
-BATCH_SIZE = typer.Option(None, "--batch-size", help="Examples per batch (per process).")
-LR = typer.Option(None, "--lr", help="Peak learning rate of AdamW.")
-WARMUP = typer.Option(None, "--warmup", help="Warm-up: steps if ≥ 1, share of all steps if < 1.")
+# Spelled out here because importing `pretrain` would load torch at CLI start (a test checks them
+# against `pretrain.KIND_DEFAULTS`).
+KIND_PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fac": {"epochs": 5, "batch_size": 128, "lr": 2e-5, "warmup": 0.05, "max_length": 64},
+    "lin": {"epochs": 10, "batch_size": 256, "lr": 1e-5, "warmup": 0.05, "max_length": 128},
+}
+
+
+def _number(value: float) -> str:
+    return f"{value:g}".replace("e-0", "e-")  # 5e-6, not 5e-06
+
+
+def _kind_defaults(key: str) -> str:
+    return "default: " + ", ".join(f"{kind} {_number(values[key])}" for kind, values in KIND_PAPER_DEFAULTS.items())
+
+
+def _task_defaults(key: str) -> str:
+    """XX: the paper's value per task."""
+    from kadapter_cli.tasks import TASKS
+
+    parts = []
+    for name, task in TASKS.items():
+        variants: dict[Any, list[str]] = {}
+        for adapters, values in task.adapter_defaults.items():
+            if key in values:
+                variants.setdefault(values[key], []).append(adapters)
+        extra = ", ".join(f"{' and '.join(names)}: {_number(value)}" for value, names in variants.items())
+        parts.append(f"{name} {_number(task.defaults[key])}" + (f" ({extra})" if extra else ""))
+    return "default: " + ", ".join(parts)
+
+
+def _paper_options(defaults) -> dict[str, Any]:
+    """The loop options whose defaults are the paper's, with those values in their help."""
+    return {
+        "epochs": typer.Option(None, "--epochs", help=f"Training epochs ({defaults('epochs')}).", metavar="N"),
+        "batch_size": typer.Option(None, "--batch-size", metavar="N",
+                                   help=f"Examples per batch, per process ({defaults('batch_size')})."),
+        "lr": typer.Option(None, "--lr", help=f"Peak learning rate of AdamW ({defaults('lr')}).", metavar="LR"),
+        "warmup": typer.Option(None, "--warmup", metavar="STEPS|SHARE",
+                               help=f"Warm-up: steps if ≥ 1, share of all steps if < 1 ({defaults('warmup')})."),
+        "max_length": typer.Option(None, "--max-length", metavar="N",
+                                   help=f"Longest input in sub-tokens, special tokens included ({defaults('max_length')})."),
+    }
+
+
+ADAPTER = _paper_options(_kind_defaults)
+TASK = _paper_options(_task_defaults)
+# The same options for other training commands (train-probe), whose defaults their own help states.
+EPOCHS = typer.Option(None, "--epochs", metavar="N", help="Training epochs.")
+BATCH_SIZE = typer.Option(None, "--batch-size", metavar="N", help="Examples per batch, per process.")
+LR = typer.Option(None, "--lr", metavar="LR", help="Peak learning rate of AdamW.")
+WARMUP = typer.Option(None, "--warmup", metavar="STEPS|SHARE", help="Warm-up: steps if ≥ 1, share of all steps if < 1.")
+MAX_LENGTH = typer.Option(None, "--max-length", metavar="N", help="Longest input in sub-tokens, special tokens included.")
+MAX_STEPS = typer.Option(None, "--max-steps", metavar="N",
+                         help="Train for exactly N optimizer steps, overriding --epochs (as the Hugging Face Trainer).")
 WEIGHT_DECAY = typer.Option(0.0, "--weight-decay", help="AdamW weight decay (not on biases and norms).")
 ADAM_EPS = typer.Option(1e-8, "--adam-eps", help="AdamW epsilon.")
 ADAM_BETA1 = typer.Option(0.9, "--adam-beta1", help="AdamW beta1.")
 ADAM_BETA2 = typer.Option(0.999, "--adam-beta2", help="AdamW beta2 (0.9 as in Dozat & Manning's parser suits the lin pointer head).")
 GRAD_ACCUM = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step.")
-MAX_LENGTH = typer.Option(None, "--max-length", help="Longest input in sub-tokens, special tokens included.")
 SEED = typer.Option(42, "--seed", help="Seed of initialisation, data order and dropout.")
 SAVE_EVERY = typer.Option(None, "--save-every", help="Checkpoint every N steps (and at each epoch end).")
 EVAL_EVERY = typer.Option(None, "--eval-every", help="Evaluate on dev every N steps (default: each epoch end).")
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-PRECISION = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (mixed precision on GPU).")
+DEVICE = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="Where to run (auto: cuda when available).")
+THREADS = typer.Option(None, "--threads", metavar="N",
+                       help="CPU threads (default: OMP_NUM_THREADS if set, else the cores that are idle now).")
+PRECISION = typer.Option("fp32", "--precision", metavar="fp32|bf16|fp16", help="Mixed precision on GPU.")
 LIMIT = typer.Option(None, "--limit", help="Use only the first N examples of each split.")
-CACHE = typer.Option("auto", "--cache-features",
+CACHE = typer.Option("auto", "--cache-features", metavar="auto|on|off",
                      help="Cache the frozen backbone's states across epochs: auto (when within budget), on, off.")
 CACHE_BUDGET = typer.Option(None, "--cache-budget", help="Feature cache budget in GiB (default: a share of RAM).")
 CONFIG = typer.Option(None, "--config", help="YAML file of options (long names with _); flags override it.")
 LOG_EVERY = typer.Option(10, "--log-every", help="Write a train_log.jsonl line every N steps.")
+SCORES = typer.Option(False, "--scores", help="Add each prediction's probability per predicted label (\"scores\").")
+ALL_SCORES = typer.Option(False, "--all-scores", help="Add the probability of every label (implies --scores).")
+ALLOW_MISMATCH = typer.Option(False, "--allow-backbone-mismatch",
+                              help="Use adapters whose recorded backbone fingerprint differs from the backbone's.")
 # Experiment tracking (kadapter_cli/tracking.py): a training command takes all three with one line,
 #   report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
 # and TrainConfig.from_options picks them up.
@@ -72,6 +128,17 @@ def _parse_taps(text: str | None) -> list[int] | None:
         raise BadInput(f"--taps must be comma-separated layer indices like 0,11,22, got {text!r}") from None
 
 
+def _scores_mode(scores: bool, all_scores: bool) -> str:
+    return "all" if all_scores else "predicted" if scores else "none"
+
+
+def _metric_text(value: Any) -> str:
+    """Scores with 4 decimals, counts (`words`) as whole numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+
+
 def _print_metrics(title: str, metrics: dict[str, dict], headline: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -82,7 +149,7 @@ def _print_metrics(title: str, metrics: dict[str, dict], headline: list[str] | N
     for k in keys:
         table.add_column(k, justify="right")
     for split, m in metrics.items():
-        table.add_row(split, *(f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "-" for k in keys))
+        table.add_row(split, *(_metric_text(m.get(k)) for k in keys))
     Console().print(table)
 
 
@@ -92,7 +159,7 @@ def _print_metrics(title: str, metrics: dict[str, dict], headline: list[str] | N
 @app.command("train-adapter")
 def train_adapter_cli(
     ctx: typer.Context,
-    kind: str = typer.Option(..., "--kind", help="fac (relation classification on trex-rc/) or lin (dependency heads on parsed/)."),
+    kind: str = typer.Option(..., "--kind", metavar="fac|lin", help="fac (relation classification on trex-rc/) or lin (dependency heads on parsed/)."),
     name: Optional[str] = typer.Option(None, "--name", help="Adapter name (default: the kind); written to <workdir>/adapters/<name>."),
     data: Optional[Path] = typer.Option(None, "--data", help="Input artifact (default: <workdir>/trex-rc for fac, <workdir>/parsed for lin)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/adapters/<name>)."),
@@ -103,16 +170,18 @@ def train_adapter_cli(
     adapter_heads: Optional[int] = typer.Option(None, "--adapter-heads", help="Attention heads in the adapter (default width/64)."),
     mask_padding: bool = typer.Option(True, "--mask-padding/--attend-padding",
                                       help="Mask padded positions in the adapter (--attend-padding reproduces the original code)."),
-    marker_style: str = typer.Option("spaced", "--marker-style",
+    marker_style: str = typer.Option("spaced", "--marker-style", metavar="spaced|original",
                                      help="fac only: entity markers as words with their leading space (spaced, kadapter's) "
                                           "or the bare '@'/'#' ids (original, as the released fac adapter)."),
-    lin_head: str = typer.Option("pointer", "--lin-head", help="lin only: pointer (biaffine, default) or original (classification over positions)."),
-    epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH_SIZE,
-    lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
+    lin_head: str = typer.Option("pointer", "--lin-head", metavar="pointer|original", help="lin only: pointer (biaffine, default) or original (classification over positions)."),
+    epochs: Optional[int] = ADAPTER["epochs"], max_steps: Optional[int] = MAX_STEPS,
+    batch_size: Optional[int] = ADAPTER["batch_size"], lr: Optional[float] = ADAPTER["lr"],
+    warmup: Optional[float] = ADAPTER["warmup"], weight_decay: float = WEIGHT_DECAY,
     adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
-    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = MAX_LENGTH, seed: int = SEED,
+    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = ADAPTER["max_length"], seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
-    resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
+    resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
+    precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
     report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print the dev metrics as JSON."),
@@ -122,6 +191,7 @@ def train_adapter_cli(
     from kadapter_cli.pretrain import DEFAULT_INPUT, KIND_DEFAULTS, KINDS, AdapterTrainingSpec, train_adapter
 
     options = merged_config(ctx, config)
+    set_threads(options["threads"])
     kind = options["kind"]
     if kind not in KINDS:
         raise BadInput(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -155,9 +225,10 @@ def train_adapter_cli(
 def compose_cli(
     ctx: typer.Context,
     adapters: list[str] = typer.Argument(..., help="Adapter names (under <workdir>/adapters) or folders, e.g. fac lin."),
-    fusion: str = typer.Option("concat", "--fusion", help="concat (the paper's), add, or gated (learned per-token weights)."),
+    fusion: str = typer.Option("concat", "--fusion", metavar="concat|add|gated", help="concat (the paper's), add, or gated (learned per-token weights)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/compositions/<a>+<b>)."),
     overwrite: bool = OVERWRITE,
+    allow_backbone_mismatch: bool = ALLOW_MISMATCH,
 ) -> None:
     """Check that adapters share a backbone and write their composition."""
     from kadapter_cli.finetune import compose
@@ -165,7 +236,8 @@ def compose_cli(
     workdir = get_workdir(ctx)
     names = [Path(a).name for a in adapters]
     target = out or workdir / "compositions" / "+".join(names)
-    comp = compose(adapters, workdir, target, fusion, overwrite=overwrite)
+    comp = compose(adapters, workdir, target, fusion, overwrite=overwrite,
+                   allow_backbone_mismatch=allow_backbone_mismatch)
     typer.echo(f"composed {', '.join(names)} ({comp['fusion']}) → {target}")
 
 
@@ -177,7 +249,7 @@ def finetune_cli(
     ctx: typer.Context,
     task: str = typer.Option(..., "--task", help=f"Task name: {', '.join(TASKS)} (kadapter_cli/tasks)."),
     adapters: Optional[str] = typer.Option(None, "--adapters", help="fac,lin (names or folders), a composition, or none for the baseline."),
-    fusion: Optional[str] = typer.Option(None, "--fusion", help="concat (default), add or gated."),
+    fusion: Optional[str] = typer.Option(None, "--fusion", metavar="concat|add|gated", help="How adapters are fused (default: concat, or the composition's)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Folder with train.json, dev.json, test.json (or the task's own file names; default <workdir>/tasks/<task>)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <workdir>/finetuned/<task>-<a>+<b>, -base without adapters)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name under <workdir>/finetuned/."),
@@ -186,12 +258,15 @@ def finetune_cli(
     task_option: list[str] = typer.Option([], "--task-option", metavar="KEY=VALUE",
                                           help=f"A task's own option (repeatable). {task_options_help()}."),
     max_negatives: Optional[int] = typer.Option(None, "--max-negatives", help="Same as --task-option max_negatives=N (tacred)."),
-    epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH_SIZE,
-    lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
+    allow_backbone_mismatch: bool = ALLOW_MISMATCH,
+    epochs: Optional[int] = TASK["epochs"], max_steps: Optional[int] = MAX_STEPS,
+    batch_size: Optional[int] = TASK["batch_size"], lr: Optional[float] = TASK["lr"],
+    warmup: Optional[float] = TASK["warmup"], weight_decay: float = WEIGHT_DECAY,
     adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
-    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = MAX_LENGTH, seed: int = SEED,
+    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = TASK["max_length"], seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
-    resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
+    resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
+    precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
     report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print dev and test metrics as JSON."),
@@ -202,6 +277,7 @@ def finetune_cli(
     from kadapter_cli.tasks import get_task
 
     options = merged_config(ctx, config)
+    set_threads(options["threads"])
     workdir = get_workdir(ctx)
     task_class = type(get_task(options["task"]))
     task_options = parse_task_options(task_class, options["task_option"] or [])
@@ -218,6 +294,7 @@ def finetune_cli(
         backbone=options["backbone"], freeze_backbone=options["freeze_backbone"],
         max_length=int(resolved["max_length"]), task_options=task_options,
         cache_features=options["cache_features"], cache_budget_gb=options["cache_budget"],
+        allow_backbone_mismatch=options["allow_backbone_mismatch"],
     )
     results = finetune(spec, train_config, overwrite=options["overwrite"], resume=options["resume"],
                        manifest_config=jsonable(resolved))
@@ -235,11 +312,13 @@ def evaluate_cli(
     ctx: typer.Context,
     model_dir: Path = typer.Argument(..., help="A finetuned model folder."),
     data: Optional[Path] = typer.Option(None, "--data", help="Task data folder (default <workdir>/tasks/<task>)."),
-    split: str = typer.Option("test", "--split", help="train, dev or test."),
+    split: str = typer.Option("test", "--split", metavar="train|dev|test", help="The split to evaluate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write predictions and metrics (default <workdir>/evaluations/<run>-<split>)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Examples per batch."),
     device: str = DEVICE,
-    overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite", help="Replace an earlier evaluation output."),
+    threads: Optional[int] = THREADS,
+    overwrite: bool = OVERWRITE,
+    scores: bool = SCORES, all_scores: bool = ALL_SCORES,
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Recompute a split's metrics from a saved finetuned model and write its predictions."""
@@ -249,13 +328,15 @@ def evaluate_cli(
 
     if split not in ("train", "dev", "test"):
         raise BadInput(f"--split must be train, dev or test, got {split!r}")
+    set_threads(threads)
     workdir = get_workdir(ctx)
     task_name = read_json(model_dir / FT_CONFIG)["task"] if (model_dir / FT_CONFIG).is_file() else None
     if task_name is None:
         raise BadInput("not a finetuned model folder (no config.json)", model_dir)
     target = out or workdir / "evaluations" / f"{model_dir.name}-{split}"
     result = evaluate_finetuned(model_dir, data or workdir / "tasks" / task_name, split, target,
-                                batch_size=batch_size, device=device, overwrite=overwrite)
+                                batch_size=batch_size, device=device, overwrite=overwrite,
+                                scores=_scores_mode(scores, all_scores))
     if json_out:
         echo_json(result["metrics"])
     else:
@@ -266,15 +347,25 @@ def evaluate_cli(
 @app.command("predict")
 def predict_cli(
     model_dir: Path = typer.Argument(..., help="A finetuned model folder."),
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="Records in the task's format (JSON list or JSON Lines)."),
+    input_path: Path = typer.Argument(..., metavar="INPUT",
+                                      help="Records in the task's format (JSON list or JSON Lines); - reads stdin."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write JSONL predictions here (default: stdout)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Examples per batch."),
     device: str = DEVICE,
+    threads: Optional[int] = THREADS,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),
+    scores: bool = SCORES, all_scores: bool = ALL_SCORES,
 ) -> None:
     """Label new records with a finetuned model; one JSON line per input record, in input order."""
+    from kadapter_cli.errors import OutputExists
     from kadapter_cli.finetune import predict_records
 
-    rows = predict_records(model_dir, input_path, batch_size=batch_size, device=device)
+    if out is not None and out.exists() and not overwrite:
+        raise OutputExists("already exists; pass --overwrite to replace it", out)
+    set_threads(threads)
+    with stdin_as_file(input_path) as path:
+        rows = predict_records(model_dir, path, batch_size=batch_size, device=device,
+                               scores=_scores_mode(scores, all_scores))
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if out is None:
         sys.stdout.write(lines)

@@ -29,6 +29,7 @@ same number as `index` in predictions files) or the line (JSON Lines, CSV).
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +238,11 @@ class Task:
         """Metrics of a split's predictions (input order) against its encoded examples."""
         return self.metrics([e["gold"] for e in examples], [p["pred"] for p in predictions])
 
+    def label_scores(self, prediction: Prediction, labels: Sequence[str]) -> dict[str, float]:
+        """Each label's probability from the head's `scores` (one per label): a softmax over them,
+        for a task that predicts one label per record."""
+        return dict(zip(labels, softmax(prediction["scores"])))
+
     def prediction_lines(self, predictions: Sequence[Prediction], examples: Sequence[dict]) -> list[dict]:
         """The lines of a predictions file, one per input record (CONTRACT §2); by default one
         example is one record."""
@@ -290,6 +296,12 @@ class ClassificationTask(Task):
         """`{"pred": labels, "scores": the logits in label order}` per example."""
         rows = outputs.float().tolist()
         return [{"pred": [labels[j] for j in self.predicted_ids(row)], "scores": row} for row in rows]
+
+    def label_scores(self, prediction: Prediction, labels: Sequence[str]) -> dict[str, float]:
+        """Multi-label: each label's own probability (the sigmoid of its logit); else a softmax."""
+        if self.multilabel:
+            return {label: 1.0 / (1.0 + math.exp(-logit)) for label, logit in zip(labels, prediction["scores"])}
+        return super().label_scores(prediction, labels)
 
     def predict(self, logits, labels: Sequence[str]) -> list[list[str]]:
         """Label lists from a (batch, n_labels) array of logits (tensor or nested lists)."""
@@ -558,6 +570,13 @@ def _typed(record: dict, key: str, kind: type, path: str | Path, where: Where) -
 def _json_type(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def softmax(row: Sequence[float]) -> list[float]:
+    top = max(row)
+    exps = [math.exp(x - top) for x in row]
+    total = sum(exps)
+    return [e / total for e in exps]
 
 
 def argmax(row: Sequence[float]) -> int:

@@ -143,6 +143,10 @@ class CosmosQA(Task):
 
         return F.cross_entropy(outputs.float(), batch["labels"], ignore_index=encoding.IGNORE_INDEX)
 
+    def label_scores(self, prediction: Prediction, labels: Sequence[str]) -> dict[str, float]:
+        """The answers' probabilities (a softmax over the candidates), by answer index."""
+        return super().label_scores(prediction, [str(i) for i in range(len(prediction["scores"]))])
+
     def decode(self, outputs: "torch.Tensor", batch: Batch, labels: Sequence[str]) -> list[Prediction]:
         """`{"pred": [best answer index], "scores": the candidates' scores}` per record."""
         rows = outputs.float().tolist()
