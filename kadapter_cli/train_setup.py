@@ -28,9 +28,9 @@ def make_accelerator(config: TrainConfig) -> "Accelerator":
     if config.precision == "fp16" and on_cpu:
         raise BadInput("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision]
-    # Gradient accumulation is the loop's own (`groups` of micro-batches), not Accelerate's counter:
-    # checkpoints then fall on optimizer-step boundaries and an epoch's short last group is averaged
-    # over its own size.
+    # Gradient accumulation is the loop's own (`batching.step_micro_batches`), not Accelerate's
+    # counter: checkpoints then fall on optimizer-step boundaries and an epoch's short last step is
+    # averaged over its own examples.
     # cpu=True also on a machine without CUDA: only then does Accelerate join processes started by
     # torchrun / `accelerate launch --multi_gpu` over gloo instead of running each one alone.
     try:
@@ -79,6 +79,6 @@ def is_out_of_memory(error: BaseException) -> bool:
 def out_of_memory(where: str, batch_examples: int, longest: int) -> TrainingOutOfMemory:
     return TrainingOutOfMemory(
         f"out of memory during {where} (batch of {batch_examples} examples, longest {longest} tokens); "
-        "lower --batch-size (raise --grad-accum to keep the effective batch), --max-length, "
+        "lower --micro-batch-size (the effective --batch-size stays), --max-length, "
         "or --cache-budget (--cache-features off turns the feature cache off)"
     )

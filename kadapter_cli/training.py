@@ -1,14 +1,18 @@
 """The one training loop: adapter pretraining and task fine-tuning both run through `train()`.
 
 What the loop owns, and nothing else: AdamW over the parameters that require grad, linear warm-up
-then linear decay to 0, gradient clipping, gradient accumulation, dev evaluation with best-checkpoint
-selection, checkpoints with exact resume, and the training log. What is optimised — how examples are
+then linear decay to 0, gradient clipping, the split of each effective batch into micro-batches
+over processes and accumulation steps, dev evaluation with best-checkpoint selection, checkpoints
+with exact resume, and the training log. What is optimised — how examples are
 padded, what the loss is, how outputs are scored — comes from an `Objective`.
 
 Built on Accelerate, so the same code runs on CPU, on one GPU (bf16/fp16 autocast) and on several
-processes under `accelerate launch` or `torchrun`: each process takes every N-th batch of the same
-seeded order, gradients are averaged by DDP, evaluation gathers outputs from all processes, and
-only the main process writes files.
+processes under `accelerate launch` or `torchrun`. `batch_size` is the effective batch (examples
+per optimizer step over all processes); each step's examples are split into `micro_batch_size`
+parts over processes and accumulation steps, and the losses are weighted so that the gradient is
+the mean over the step whatever the split (`batching.step_micro_batches`): N processes give the
+weights of one process up to float rounding. Gradients are averaged by DDP, evaluation gathers
+outputs from all processes once each, and only the main process writes files.
 
 Exact resume: a checkpoint holds the trainable weights, optimizer/scheduler/grad-scaler state, every
 process's RNG states and the data position (epoch, optimizer steps done in it). Batch orders are a
@@ -38,13 +42,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from kadapter_cli.batching import epoch_batches, groups, restore_order, sequential_batches, shard
+from kadapter_cli.batching import epoch_batches, restore_order, sequential_batches, shard, step_micro_batches
 from kadapter_cli.checkpoints import (BEST_WEIGHTS, CHECKPOINTS, TrainState, copy_into, latest_checkpoint,
                                       load_checkpoint, remove_checkpoints, rng_state, save_weights_atomically,
                                       trainable_state, write_checkpoint)
 from kadapter_cli.errors import BadInput, KadapterError
 from kadapter_cli.progress import info, progress
-from kadapter_cli.train_config import Objective, TrainConfig, TrainResult
+from kadapter_cli.train_config import BatchSplit, Objective, TrainConfig, TrainResult
 from kadapter_cli.train_log import (LOG_FILE, StepWindow, append_log, flops_per_token, peak_flops,
                                     progress_columns, truncate_log)
 from kadapter_cli.train_setup import (TrainingOutOfMemory, adamw, is_out_of_memory, make_accelerator,
@@ -88,8 +92,10 @@ def train(
     if not examples:
         raise BadInput("no training examples")
     lengths = [int(objective.length(e)) for e in examples]
-    n_batches = math.ceil(len(examples) / config.batch_size)
-    steps_per_epoch = math.ceil(math.ceil(n_batches / world) / config.grad_accum)
+    split = config.batch_split(world)
+    if is_main:
+        info(split.describe())
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
@@ -124,7 +130,7 @@ def train(
     accelerator.wait_for_everyone()
 
     loop = _Loop(accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths, dev,
-                 config, run_dir, state, total_steps)
+                 config, split, run_dir, state, total_steps)
     if state.step < total_steps:
         loop.run()
     elif is_main:
@@ -136,14 +142,22 @@ class _Loop:
     """The state of one `train()` call; split out so each phase is a short method."""
 
     def __init__(self, accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths,
-                 dev, config: TrainConfig, run_dir: Path, state: TrainState, total_steps: int):
+                 dev, config: TrainConfig, split: BatchSplit, run_dir: Path, state: TrainState, total_steps: int):
         self.accelerator, self.model, self.unwrapped = accelerator, model, unwrapped
         self.optimizer, self.scheduler, self.objective = optimizer, scheduler, objective
         self.examples, self.lengths, self.dev = examples, lengths, dev
-        self.config, self.run_dir, self.state = config, run_dir, state
+        self.config, self.split, self.run_dir, self.state = config, split, run_dir, state
         self.total_steps = total_steps
         self.is_main = accelerator.is_main_process
         self.trainable = [p for p in unwrapped.parameters() if p.requires_grad]
+        # --clip-mode separate (the original code): the backbone's gradients and the rest's each
+        # clipped to the norm on their own.
+        self.clip_groups = [self.trainable]
+        if config.clip_mode == "separate":
+            named = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
+            backbone = [p for n, p in named if "backbone" in n.split(".")]
+            rest = [p for n, p in named if "backbone" not in n.split(".")]
+            self.clip_groups = [g for g in (backbone, rest) if g]
         self.flops_per_token = flops_per_token(unwrapped)
         self.peak_flops = peak_flops(accelerator.device, config.precision)
         self._window = StepWindow()
@@ -157,49 +171,49 @@ class _Loop:
         bar.disable = bar.disable or not self.is_main  # one bar, not one per process
         with bar:
             task = bar.add_task("train", total=self.total_steps, completed=state.step, status="")
+            split, rank = self.split, self.accelerator.process_index
             for epoch in range(state.epoch, config.epochs):
-                all_batches = epoch_batches(self.lengths, config.batch_size, config.seed, epoch, config.bucket_size)
-                mine = shard(all_batches, self.accelerator.process_index, self.accelerator.num_processes)
-                step_groups = groups(mine, config.grad_accum)
+                # One batch per optimizer step, the same on every process; each takes its parts.
+                steps = epoch_batches(self.lengths, config.batch_size, config.seed, epoch, config.bucket_size)
                 first = state.steps_in_epoch if epoch == state.epoch else 0
-                for g in range(first, len(step_groups)):
-                    self._train_step(step_groups[g])
-                    epoch_end = g == len(step_groups) - 1
+                for g in range(first, len(steps)):
+                    self._train_step(step_micro_batches(steps[g], split.processes, split.grad_accum, rank))
+                    epoch_end = g == len(steps) - 1
                     final = state.step >= self.total_steps
                     if epoch_end:
-                        state.epoch, state.steps_in_epoch, state.batch_in_epoch = epoch + 1, 0, 0
+                        state.epoch, state.steps_in_epoch = epoch + 1, 0
                     else:
                         state.epoch, state.steps_in_epoch = epoch, g + 1
-                        state.batch_in_epoch = min((g + 1) * config.grad_accum, len(mine))
-                    self._after_step(epoch + (g + 1) / len(step_groups), epoch_end, final)
+                    self._after_step(epoch + (g + 1) / len(steps), epoch_end, final)
                     if self.is_main:
                         bar.update(task, completed=state.step, status=self._window.status)
                     if final:
                         return
 
-    def _train_step(self, group: list[list[int]]) -> None:
-        """One optimizer step over a group of micro-batches (gradient accumulation)."""
+    def _train_step(self, micro_batches: list[tuple[list[int], float]]) -> None:
+        """One optimizer step: this process's micro-batches, each loss weighted by its share of the step."""
         accelerator, state = self.accelerator, self.state
+        processes = accelerator.num_processes
         self.model.train()
         self._window.start()
         loss_sum = None
         n_examples = n_tokens = 0
         try:
-            for i, indices in enumerate(group):
+            for i, (indices, share) in enumerate(micro_batches):
                 batch = self._batch(indices)
-                # Gradients are all-reduced only on the group's last micro-batch.
-                sync = nullcontext() if i == len(group) - 1 else accelerator.no_sync(self.model)
+                # Gradients are all-reduced only on the step's last micro-batch.
+                sync = nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(self.model)
                 with sync:
                     with accelerator.autocast():
                         loss = self.objective.loss(self.model, batch)
-                    accelerator.backward(loss / len(group))
-                detached = loss.detach().float()
-                loss_sum = detached if loss_sum is None else loss_sum + detached
-                n_examples += len(indices)
-                n_tokens += sum(self.lengths[j] for j in indices)
-            grad_norm = None
-            if self.config.max_grad_norm > 0:
-                grad_norm = accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+                    # DDP averages over processes: × processes makes the reduced gradient the step's mean.
+                    accelerator.backward(loss * (share * processes))
+                weighted = loss.detach().float() * (share * processes)
+                loss_sum = weighted if loss_sum is None else loss_sum + weighted
+                if share > 0:  # a zero-share stand-in is not an example seen
+                    n_examples += len(indices)
+                    n_tokens += sum(self.lengths[j] for j in indices)
+            grad_norm = self._clip_gradients()
             self.optimizer.step()
             # optimizer.step() before scheduler.step() (the original has them the other way round).
             if not accelerator.optimizer_step_was_skipped:
@@ -207,11 +221,26 @@ class _Loop:
             self.optimizer.zero_grad(set_to_none=True)
         except (RuntimeError, MemoryError) as e:
             if is_out_of_memory(e):
-                longest = max(self.lengths[j] for indices in group for j in indices)
-                raise out_of_memory(f"training step {state.step + 1}", max(map(len, group)), longest) from None
+                longest = max(self.lengths[j] for indices, _ in micro_batches for j in indices)
+                raise out_of_memory(f"training step {state.step + 1}", max(len(ix) for ix, _ in micro_batches),
+                                    longest) from None
             raise
-        self._window.add(loss_sum / len(group), grad_norm, n_examples, n_tokens)
+        # The window sums over processes and divides by their step count: the step's mean loss.
+        self._window.add(loss_sum, grad_norm, n_examples, n_tokens)
         state.step += 1
+
+    def _clip_gradients(self):
+        """Clips to `max_grad_norm` (one norm, or one per group with --clip-mode separate); returns the norm before."""
+        import torch
+
+        max_norm = self.config.max_grad_norm
+        if max_norm <= 0:
+            return None
+        if len(self.clip_groups) == 1:
+            return self.accelerator.clip_grad_norm_(self.clip_groups[0], max_norm)
+        self.accelerator.unscale_gradients()  # once: a grad scaler refuses a second unscale per step
+        norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in self.clip_groups]
+        return torch.stack([n.float() for n in norms]).square().sum().sqrt()
 
     def _after_step(self, epoch_progress: float, epoch_end: bool, final: bool) -> None:
         config, state = self.config, self.state
@@ -250,7 +279,8 @@ class _Loop:
             append_log(self.run_dir / LOG_FILE, {"step": state.step, "best_step": state.best_step,
                                                   "best_dev": state.best_metrics, **throughput})
         return TrainResult(best_metrics=dict(state.best_metrics), best_step=int(state.best_step),
-                           steps=state.step, final_metrics=dict(state.last_metrics), throughput=throughput)
+                           steps=state.step, final_metrics=dict(state.last_metrics), throughput=throughput,
+                           batch_split=self.split.as_dict())
 
     # -- pieces
 
@@ -309,7 +339,8 @@ class _Loop:
                        "scaler": scaler.state_dict() if scaler is not None else None},
                 rng={"world_size": accelerator.num_processes, "ranks": all_rng},
                 state={**dataclasses.asdict(self.state), "world_size": accelerator.num_processes,
-                       "total_steps": self.total_steps, "config": dataclasses.asdict(self.config)},
+                       "total_steps": self.total_steps, "config": dataclasses.asdict(self.config),
+                       "batch_split": self.split.as_dict()},
             )
         accelerator.wait_for_everyone()
 
@@ -343,8 +374,8 @@ def _evaluate(accelerator, model, objective: Objective, examples: list, config: 
     if not examples:
         return {}, []
     lengths = [int(objective.length(e)) for e in examples]
-    batches = shard(sequential_batches(lengths, config.batch_size), accelerator.process_index,
-                    accelerator.num_processes, pad=False)
+    batch_size = config.micro_batch_size or config.batch_size  # what fits one forward pass
+    batches = shard(sequential_batches(lengths, batch_size), accelerator.process_index, accelerator.num_processes)
     was_training = model.training
     model.eval()
     pairs: list[tuple[int, Any]] = []
@@ -359,12 +390,15 @@ def _evaluate(accelerator, model, objective: Objective, examples: list, config: 
                 pairs.extend(zip(indices, outputs))
     except (RuntimeError, MemoryError) as e:
         if is_out_of_memory(e):
-            raise out_of_memory("evaluation", config.batch_size, max(lengths)) from None
+            raise out_of_memory("evaluation", batch_size, max(lengths)) from None
         raise
     finally:
         model.train(was_training)
     if accelerator.num_processes > 1:
-        pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
+        from accelerate.utils import gather_object
+
+        # Every process gets every (index, output) pair once: shards do not repeat batches.
+        pairs = gather_object(pairs)
     outputs = restore_order([i for i, _ in pairs], [o for _, o in pairs], len(examples))
     return objective.score(outputs, examples), outputs
 

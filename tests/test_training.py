@@ -258,7 +258,8 @@ def test_checkpoints_are_complete_safe_to_load_and_only_the_last_two_are_kept(tm
     rng = torch.load(ckpt / "rng.pt", weights_only=True)
     assert rng["world_size"] == 1 and isinstance(rng["ranks"][0]["torch"], torch.Tensor)
     state = json.loads((ckpt / "state.json").read_text())
-    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (12, 2, 0)
+    assert (state["step"], state["epoch"], state["steps_in_epoch"]) == (12, 2, 0)
+    assert state["batch_split"] == {"batch_size": 8, "micro_batch_size": 8, "grad_accum": 1, "processes": 1}
     assert state["config"]["seed"] == 7 and state["best_step"] in (6, 12)
 
 
@@ -269,7 +270,7 @@ def test_resume_at_an_epoch_boundary_is_bit_identical(tmp_path):
     with pytest.raises(Interrupted):  # dies on the first step of epoch 2
         _run(48, config, tmp_path / "run", objective=InterruptingObjective(at=7))
     state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
-    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 1, 0)
+    assert (state["step"], state["epoch"], state["steps_in_epoch"]) == (6, 1, 0)
 
     resumed, result = _run(48, config, tmp_path / "run", resume=True)
     _assert_identical(_weights(resumed), _weights(reference))
@@ -278,13 +279,13 @@ def test_resume_at_an_epoch_boundary_is_bit_identical(tmp_path):
 
 
 def test_resume_mid_epoch_and_mid_accumulation_is_bit_identical(tmp_path):
-    # 60 examples / 8 = 8 micro-batches = 4 steps an epoch (grad_accum 2); saves at steps 3 and 6 and epoch ends.
-    config = _config(epochs=3, grad_accum=2, save_every=3, eval_every=5)
+    # 60 examples / batch 8 = 8 steps an epoch, each 2 micro-batches of 4; saves at steps 3, 6, 9, 12 and epoch ends.
+    config = _config(epochs=3, micro_batch_size=4, save_every=3, eval_every=5)
     reference, _ = _run(60, config, tmp_path / "reference")
-    with pytest.raises(Interrupted):  # second micro-batch of step 8: gradients half accumulated
-        _run(60, config, tmp_path / "run", objective=InterruptingObjective(at=16))
+    with pytest.raises(Interrupted):  # second micro-batch of step 11: gradients half accumulated
+        _run(60, config, tmp_path / "run", objective=InterruptingObjective(at=22))
     state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
-    assert (state["step"], state["epoch"], state["steps_in_epoch"], state["batch_in_epoch"]) == (6, 1, 2, 4)
+    assert (state["step"], state["epoch"], state["steps_in_epoch"]) == (9, 1, 1)
     resumed, _ = _run(60, config, tmp_path / "run", resume=True)
     _assert_identical(_weights(resumed), _weights(reference))
     assert _training_lines(tmp_path / "run") == _training_lines(tmp_path / "reference")
@@ -403,17 +404,21 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_weights(tmp_pa
     assert _training_lines(run) == _training_lines(reference)
 
 
-@pytest.mark.slow
-def test_two_processes_under_accelerate_launch_train_a_valid_model(tmp_path):
+def _accelerate_launch(*args: str, processes: int = 2) -> list[str]:
     accelerate = Path(sys.executable).with_name("accelerate")
     if not accelerate.exists():
         pytest.skip(f"no accelerate launcher beside {sys.executable}")
-    run = tmp_path / "run"
     # `accelerate launch --cpu` starts one process unless given an MPI hostfile; the torchrun-based
     # launcher (`--multi_gpu`) with no visible GPU starts real CPU processes joined over gloo.
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               str(TOY_SCRIPT), str(run), "--epochs", "4", "--seed", "3", "--save-every", "10", "--lr", "0.03"]
+    return [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *args]
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_weights_of_one_process_with_the_whole_batch(tmp_path):
+    run = tmp_path / "run"
+    toy = ["--epochs", "4", "--seed", "3", "--save-every", "10", "--lr", "0.03", "--batch-size", "8"]
+    command = _accelerate_launch(str(TOY_SCRIPT), str(run), *toy, "--micro-batch-size", "4", "--dropout", "0")
     try:
         done = subprocess.run(command, env={**_env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
                               timeout=120)
@@ -422,21 +427,33 @@ def test_two_processes_under_accelerate_launch_train_a_valid_model(tmp_path):
     if done.returncode != 0 and not (run / "train_log.jsonl").exists():
         pytest.skip(f"accelerate launch could not start two CPU processes here:\n{done.stderr[-1500:]}")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "batch 8 = micro-batch 4 × 1 accumulation step × 2 processes" in done.stderr
 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     dev = toy_examples(60, 2)
     majority = max(sum(e["label"] for e in dev), len(dev) - sum(e["label"] for e in dev)) / len(dev)
     assert result["best_metrics"]["n"] == 60 and result["best_metrics"]["in_order"] == 1.0  # gathered, once each
     assert result["best_metrics"]["accuracy"] >= majority + 0.05  # learned, not the majority class
-    # 240 examples / 8 = 30 batches, 15 per process → 15 steps an epoch.
-    assert result["steps"] == 60
-    weights = load_file(run / "final.safetensors")
-    assert all(torch.isfinite(t).all() for t in weights.values())
+    # 240 examples / batch 8 = 30 steps an epoch, whatever the number of processes.
+    assert result["steps"] == 120
+    assert result["batch_split"] == {"batch_size": 8, "micro_batch_size": 4, "grad_accum": 1, "processes": 2}
     losses = [x["loss"] for x in _training_lines(run) if "loss" in x]
     assert losses[-1] < losses[0]
     rng = torch.load(latest_checkpoint(run) / "rng.pt", weights_only=True)
     assert rng["world_size"] == 2 and not torch.equal(rng["ranks"][0]["torch"], rng["ranks"][1]["torch"])
 
+    # The same run in one process, with micro-batch 8 (= 2 × 4) and with 4 accumulation steps of 2:
+    # the same weights at the last step, up to float rounding (dropout off: masks differ per process).
+    two_processes = load_file(run / "checkpoints" / "step-120" / "model.safetensors")
+    for micro in (8, 2):
+        config = TrainConfig(epochs=4, seed=3, save_every=10, lr=0.03, batch_size=8, micro_batch_size=micro,
+                             warmup=0.1, log_every=5, device="cpu")
+        model = build_model(3, dropout=0.0)
+        train(model, ToyObjective(), toy_examples(240, 1), toy_examples(60, 2), config, tmp_path / f"one-{micro}")
+        one = load_file(tmp_path / f"one-{micro}" / "checkpoints" / "step-120" / "model.safetensors")
+        assert one.keys() == two_processes.keys()
+        for name in one:
+            torch.testing.assert_close(two_processes[name], one[name], rtol=1e-4, atol=1e-5, msg=f"{name}, micro {micro}")
 
 
 def test_cli_defaults_of_loop_options_equal_the_loops_own():
@@ -444,5 +461,5 @@ def test_cli_defaults_of_loop_options_equal_the_loops_own():
     from kadapter_cli.commands import train as train_commands
 
     defaults = TrainConfig()
-    for name in ("weight_decay", "adam_eps", "adam_beta1", "adam_beta2", "grad_accum", "seed", "log_every"):
+    for name in ("weight_decay", "adam_eps", "adam_beta1", "adam_beta2", "clip_mode", "seed", "log_every"):
         assert getattr(train_commands, name.upper()).default == getattr(defaults, name), name
