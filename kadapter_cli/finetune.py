@@ -24,7 +24,7 @@ from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backb
 from kadapter_cli.objectives import TaskObjective
 from kadapter_cli.progress import info, progress
 from kadapter_cli.tasks import get_task
-from kadapter_cli.training import TrainConfig, evaluate, remove_checkpoints, train
+from kadapter_cli.training import TrainConfig, evaluate, make_accelerator, remove_checkpoints, train
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -149,6 +149,7 @@ class FinetuneSpec:
     task_options: dict[str, Any] = field(default_factory=dict)
     cache_features: str = "auto"
     cache_budget_gb: float | None = None
+    keep_adapter_dropout: bool = False  # the original code: frozen adapters stay in train mode
 
 
 def read_task_data(task, data_dir: Path, need_train: bool = True) -> dict[str, list[dict]]:
@@ -209,30 +210,37 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 
     torch.manual_seed(config.seed)  # fusion and head initial weights follow the seed
     model = build_task_model(task, labels, adapters, spec.adapters.fusion, backbone)
-    model.body.freeze_adapters()
+    model.body.freeze_adapters(keep_dropout=spec.keep_adapter_dropout)
     if spec.freeze_backbone:
         model.body.freeze_backbone()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     objective = TaskObjective(pad_id, task, labels)
 
-    with artifacts.atomic_output(spec.out, overwrite=overwrite, resume=resume, resumable=True) as run_dir:
+    processes = make_accelerator(config)  # joins the other processes of `accelerate launch` / `torchrun`
+    with artifacts.training_output(spec.out, processes, overwrite=overwrite, resume=resume) as run_dir:
         cached = None
         if spec.freeze_backbone:
-            cached = attach_task_feature_cache(model, list(encoded.values()), spec, pad_id, config, run_dir)
+            cached = attach_task_feature_cache(model, list(encoded.values()), spec, pad_id, config, run_dir,
+                                               processes.device)
         result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume)
         results: dict[str, dict] = {}
         for split in ("dev", "test"):
             if split not in encoded:
                 continue
+            # Every process evaluates its share; each gets all outputs back, in input order.
             metrics, outputs = evaluate(model, objective, encoded[split], config)
             results[split] = metrics
-            write_predictions(run_dir / f"predictions-{split}.jsonl", encoded[split], outputs)
+            if processes.is_main_process:
+                write_predictions(run_dir / f"predictions-{split}.jsonl", encoded[split], outputs)
+        if not processes.is_main_process:  # the main process writes the artifact
+            return results
         remove_checkpoints(run_dir)
         (run_dir / "best.safetensors").unlink(missing_ok=True)
         shutil.rmtree(run_dir / "feature-cache", ignore_errors=True)
         save_finetuned(run_dir, model, tokenizer, task, labels, spec, backbone_id, adapter_configs)
         artifacts.write_json(run_dir / "metrics.json", results)
-        stats = {"best_step": result.best_step, "steps": result.steps, "throughput": result.throughput,
+        stats = {"best_step": result.best_step, "steps": result.steps, "batch_split": result.batch_split,
+                 "throughput": result.throughput,
                  "feature_cache": cached or "off", **{f"{k}_examples": len(v) for k, v in encoded.items()},
                  "parameters": {row["component"]: row for row in model.body.parameter_table()}}
         inputs = artifacts.sha256_inputs([p for p in files.values() if p.exists()] + spec.adapters.paths)
@@ -241,12 +249,12 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 
 
 def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], spec: FinetuneSpec, pad_id: int,
-                              config: TrainConfig, run_dir: Path) -> str | None:
-    """With a frozen backbone, its tapped states (+ last) are computed once per example."""
+                              config: TrainConfig, run_dir: Path, device: torch.device) -> str | None:
+    """With a frozen backbone, its tapped states (+ last) are computed once per example, on this
+    process's `device`."""
     from kadapter_cli.feature_cache import attach_cache
 
     body = model.body
-    device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
     if spec.cache_features != "off":
         body.backbone.to(device)
 
@@ -256,7 +264,7 @@ def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], sp
             return [t.clone() for t in (*tapped, last)]
 
     return attach_cache(splits, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
-                        batch_size=max(config.batch_size, 32), mode=spec.cache_features,
+                        batch_size=max(config.micro_batch_size or config.batch_size, 32), mode=spec.cache_features,
                         budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
 
 

@@ -461,5 +461,6 @@ def test_cli_defaults_of_loop_options_equal_the_loops_own():
     from kadapter_cli.commands import train as train_commands
 
     defaults = TrainConfig()
-    for name in ("weight_decay", "adam_eps", "adam_beta1", "adam_beta2", "clip_mode", "seed", "log_every"):
+    for name in ("weight_decay", "adam_eps", "adam_beta1", "adam_beta2", "max_grad_norm", "clip_mode", "seed",
+                 "log_every"):
         assert getattr(train_commands, name.upper()).default == getattr(defaults, name), name

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from kadapter_cli.commands import app
-from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config
+from kadapter_cli.commands.common import echo_json, get_workdir, is_main_process, jsonable, merged_config
 from kadapter_cli.errors import BadInput
 
 # ---------------------------------------------------------------- shared training options
@@ -19,14 +19,23 @@ from kadapter_cli.errors import BadInput
 
 EPOCHS = typer.Option(None, "--epochs", help="Training epochs (paper default for the kind/task).")
 MAX_STEPS = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps.")
-BATCH_SIZE = typer.Option(None, "--batch-size", help="Examples per batch (per process).")
+BATCH_SIZE = typer.Option(None, "--batch-size", help=(
+    "Effective batch, the paper's number: examples per optimizer step = micro-batch × accumulation × "
+    "processes (default: the paper's for the kind/task). Must divide evenly over the processes."))
+MICRO_BATCH_SIZE = typer.Option(None, "--micro-batch-size", help=(
+    "Examples per process per forward/backward pass (default: a size that fits one 24 GB GPU with "
+    "roberta-large for the kind/task); accumulation steps = batch / (micro-batch × processes). Lowered to "
+    "divide each process's share evenly; the split is printed at start and recorded in the manifest."))
 LR = typer.Option(None, "--lr", help="Peak learning rate of AdamW.")
 WARMUP = typer.Option(None, "--warmup", help="Warm-up: steps if ≥ 1, share of all steps if < 1.")
 WEIGHT_DECAY = typer.Option(0.0, "--weight-decay", help="AdamW weight decay (not on biases and norms).")
 ADAM_EPS = typer.Option(1e-8, "--adam-eps", help="AdamW epsilon.")
 ADAM_BETA1 = typer.Option(0.9, "--adam-beta1", help="AdamW beta1.")
 ADAM_BETA2 = typer.Option(0.999, "--adam-beta2", help="AdamW beta2 (0.9 as in Dozat & Manning's parser suits the lin pointer head).")
-GRAD_ACCUM = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step.")
+CLIP_MODE = typer.Option("joint", "--clip-mode", help=(
+    "Gradient clipping to --max-grad-norm: joint (one norm over all trainable parameters) or separate "
+    "(the backbone and the rest each on their own, as the original code)."))
+MAX_GRAD_NORM = typer.Option(1.0, "--max-grad-norm", help="Clip gradients to this norm (0: off).")
 MAX_LENGTH = typer.Option(None, "--max-length", help="Longest input in sub-tokens, special tokens included.")
 SEED = typer.Option(42, "--seed", help="Seed of initialisation, data order and dropout.")
 SAVE_EVERY = typer.Option(None, "--save-every", help="Checkpoint every N steps (and at each epoch end).")
@@ -96,9 +105,11 @@ def train_adapter_cli(
                                       help="Mask padded positions in the adapter (--attend-padding reproduces the original code)."),
     lin_head: str = typer.Option("pointer", "--lin-head", help="lin only: pointer (biaffine, default) or original (classification over positions)."),
     epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH_SIZE,
+    micro_batch_size: Optional[int] = MICRO_BATCH_SIZE,
     lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
     adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
-    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = MAX_LENGTH, seed: int = SEED,
+    max_grad_norm: float = MAX_GRAD_NORM, clip_mode: str = CLIP_MODE,
+    max_length: Optional[int] = MAX_LENGTH, seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
@@ -129,6 +140,8 @@ def train_adapter_cli(
     )
     summary = train_adapter(spec, train_config, resume=options["resume"], overwrite=options["overwrite"],
                             manifest_config=jsonable(resolved))
+    if not is_main_process():
+        return
     if json_out:
         echo_json(summary)
     else:
@@ -171,10 +184,15 @@ def finetune_cli(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone id or folder (default: the adapters', else roberta-large)."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Freeze the backbone (the paper trains it); enables the feature cache."),
     max_negatives: Optional[int] = typer.Option(None, "--max-negatives", help="tacred: keep only the first N no_relation training examples (default: all)."),
+    keep_adapter_dropout: bool = typer.Option(
+        False, "--keep-adapter-dropout",
+        help="Leave the frozen adapters' dropout on while fine-tuning (the original code; default: frozen parts in eval mode)."),
     epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH_SIZE,
+    micro_batch_size: Optional[int] = MICRO_BATCH_SIZE,
     lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
     adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
-    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = MAX_LENGTH, seed: int = SEED,
+    max_grad_norm: float = MAX_GRAD_NORM, clip_mode: str = CLIP_MODE,
+    max_length: Optional[int] = MAX_LENGTH, seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
@@ -200,9 +218,12 @@ def finetune_cli(
         backbone=options["backbone"], freeze_backbone=options["freeze_backbone"],
         max_length=int(resolved["max_length"]), task_options=task_options,
         cache_features=options["cache_features"], cache_budget_gb=options["cache_budget"],
+        keep_adapter_dropout=options["keep_adapter_dropout"],
     )
     results = finetune(spec, train_config, overwrite=options["overwrite"], resume=options["resume"],
                        manifest_config=jsonable(resolved))
+    if not is_main_process():
+        return
     if json_out:
         echo_json(results)
     else:
