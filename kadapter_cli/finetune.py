@@ -24,7 +24,7 @@ from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backb
 from kadapter_cli.objectives import TaskObjective
 from kadapter_cli.progress import info, progress
 from kadapter_cli.tasks import get_task
-from kadapter_cli.training import TrainConfig, evaluate, make_accelerator, remove_checkpoints, train
+from kadapter_cli.training import TrainConfig, evaluate, make_accelerator, predict, remove_checkpoints, train
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -377,7 +377,8 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
         ex["gold"] = known
         examples.append(ex)
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels)
-    _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
+    # Predicting never scores: records may carry no gold at all.
+    outputs = predict(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
     return [{"index": i, "gold": task.gold(rec), "pred": pred} for i, (rec, pred) in enumerate(zip(records, outputs))]
 
 

@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # torch and accelerate are imported inside functions: `kadapt
     from accelerate import Accelerator
     from torch import nn
 
-__all__ = ["train", "evaluate", "TrainConfig", "TrainResult", "Objective", "TrainingOutOfMemory",
+__all__ = ["train", "evaluate", "predict", "TrainConfig", "TrainResult", "Objective", "TrainingOutOfMemory",
            "make_accelerator", "latest_checkpoint", "remove_checkpoints"]
 
 
@@ -367,12 +367,25 @@ def evaluate(
     return _evaluate(accelerator, model, objective, list(examples), config)
 
 
+def predict(model: "nn.Module", objective: Objective, examples: Sequence, config: TrainConfig) -> list:
+    """`model`'s outputs on `examples`, in input order, without scoring them (no gold needed)."""
+    accelerator = make_accelerator(config)
+    return _outputs(accelerator, model.to(accelerator.device), objective, list(examples), config)
+
+
 def _evaluate(accelerator, model, objective: Objective, examples: list, config: TrainConfig) -> tuple[dict, list]:
+    if not examples:
+        return {}, []
+    outputs = _outputs(accelerator, model, objective, examples, config)
+    return objective.score(outputs, examples), outputs
+
+
+def _outputs(accelerator, model, objective: Objective, examples: list, config: TrainConfig) -> list:
     import torch
     from accelerate.utils import send_to_device
 
     if not examples:
-        return {}, []
+        return []
     lengths = [int(objective.length(e)) for e in examples]
     batch_size = config.micro_batch_size or config.batch_size  # what fits one forward pass
     batches = shard(sequential_batches(lengths, batch_size), accelerator.process_index, accelerator.num_processes)
@@ -399,9 +412,7 @@ def _evaluate(accelerator, model, objective: Objective, examples: list, config: 
 
         # Every process gets every (index, output) pair once: shards do not repeat batches.
         pairs = gather_object(pairs)
-    outputs = restore_order([i for i, _ in pairs], [o for _, o in pairs], len(examples))
-    return objective.score(outputs, examples), outputs
-
+    return restore_order([i for i, _ in pairs], [o for _, o in pairs], len(examples))
 
 
 def _limited(examples: Sequence | None, limit: int | None) -> list:
