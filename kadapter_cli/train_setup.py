@@ -1,5 +1,6 @@
 """The pieces a run is built from: the Accelerate `Accelerator` for `--device` / `--precision`, AdamW,
-the warm-up + linear-decay schedule, and the out-of-memory error that names what to lower."""
+the warm-up + linear-decay schedule, gradient clipping (`--clip-mode`), and the out-of-memory error
+that names what to lower."""
 
 from __future__ import annotations
 
@@ -65,6 +66,31 @@ def warmup_then_linear_decay(step: int, warmup: int, total: int) -> float:
         return step / max(1, warmup)
     return max(0.0, (total - step) / max(1, total - warmup))
 
+
+
+def clip_groups(model, mode: str) -> list[list]:
+    """The trainable parameters in the groups `clip_gradients` clips: one (`joint`), or the backbone's
+    and the rest (`separate`, the original code's two `clip_grad_norm_` calls)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if mode == "joint":
+        return [[p for _, p in named]]
+    backbone = [p for n, p in named if "backbone" in n.split(".")]
+    rest = [p for n, p in named if "backbone" not in n.split(".")]
+    return [g for g in (backbone, rest) if g]
+
+
+def clip_gradients(accelerator: "Accelerator", groups: list[list], max_norm: float):
+    """Clips each group's gradients to `max_norm`; returns the norm over all of them before clipping
+    (None when `max_norm` is 0: clipping off)."""
+    import torch
+
+    if max_norm <= 0:
+        return None
+    if len(groups) == 1:
+        return accelerator.clip_grad_norm_(groups[0], max_norm)
+    accelerator.unscale_gradients()  # once: a grad scaler refuses a second unscale in one step
+    norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in groups]
+    return torch.stack([n.float() for n in norms]).square().sum().sqrt()
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -51,8 +51,8 @@ from kadapter_cli.progress import info, progress
 from kadapter_cli.train_config import BatchSplit, Objective, TrainConfig, TrainResult
 from kadapter_cli.train_log import (LOG_FILE, StepWindow, append_log, flops_per_token, peak_flops,
                                     progress_columns, truncate_log)
-from kadapter_cli.train_setup import (TrainingOutOfMemory, adamw, is_out_of_memory, make_accelerator,
-                                      out_of_memory, warmup_then_linear_decay)
+from kadapter_cli.train_setup import (TrainingOutOfMemory, adamw, clip_gradients, clip_groups, is_out_of_memory,
+                                      make_accelerator, out_of_memory, warmup_then_linear_decay)
 
 if TYPE_CHECKING:  # torch and accelerate are imported inside functions: `kadapter --help` stays fast
     from accelerate import Accelerator
@@ -149,15 +149,7 @@ class _Loop:
         self.config, self.split, self.run_dir, self.state = config, split, run_dir, state
         self.total_steps = total_steps
         self.is_main = accelerator.is_main_process
-        self.trainable = [p for p in unwrapped.parameters() if p.requires_grad]
-        # --clip-mode separate (the original code): the backbone's gradients and the rest's each
-        # clipped to the norm on their own.
-        self.clip_groups = [self.trainable]
-        if config.clip_mode == "separate":
-            named = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
-            backbone = [p for n, p in named if "backbone" in n.split(".")]
-            rest = [p for n, p in named if "backbone" not in n.split(".")]
-            self.clip_groups = [g for g in (backbone, rest) if g]
+        self.clip_groups = clip_groups(unwrapped, config.clip_mode)
         self.flops_per_token = flops_per_token(unwrapped)
         self.peak_flops = peak_flops(accelerator.device, config.precision)
         self._window = StepWindow()
@@ -213,7 +205,7 @@ class _Loop:
                 if share > 0:  # a zero-share stand-in is not an example seen
                     n_examples += len(indices)
                     n_tokens += sum(self.lengths[j] for j in indices)
-            grad_norm = self._clip_gradients()
+            grad_norm = clip_gradients(accelerator, self.clip_groups, self.config.max_grad_norm)
             self.optimizer.step()
             # optimizer.step() before scheduler.step() (the original has them the other way round).
             if not accelerator.optimizer_step_was_skipped:
@@ -228,19 +220,6 @@ class _Loop:
         # The window sums over processes and divides by their step count: the step's mean loss.
         self._window.add(loss_sum, grad_norm, n_examples, n_tokens)
         state.step += 1
-
-    def _clip_gradients(self):
-        """Clips to `max_grad_norm` (one norm, or one per group with --clip-mode separate); returns the norm before."""
-        import torch
-
-        max_norm = self.config.max_grad_norm
-        if max_norm <= 0:
-            return None
-        if len(self.clip_groups) == 1:
-            return self.accelerator.clip_grad_norm_(self.clip_groups[0], max_norm)
-        self.accelerator.unscale_gradients()  # once: a grad scaler refuses a second unscale per step
-        norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in self.clip_groups]
-        return torch.stack([n.float() for n in norms]).square().sum().sqrt()
 
     def _after_step(self, epoch_progress: float, epoch_end: bool, final: bool) -> None:
         config, state = self.config, self.state

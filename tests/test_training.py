@@ -456,6 +456,79 @@ def test_two_processes_train_the_weights_of_one_process_with_the_whole_batch(tmp
             torch.testing.assert_close(two_processes[name], one[name], rtol=1e-4, atol=1e-5, msg=f"{name}, micro {micro}")
 
 
+# ---------------------------------------------------------------- batch sizes
+
+
+@pytest.mark.parametrize("batch, micro, processes, split", [
+    (128, 128, 1, (128, 1)),  # fac on one GPU
+    (256, 64, 1, (64, 4)),  # lin on one GPU
+    (128, 128, 4, (32, 1)),  # the micro-batch is cut to each process's share
+    (2048, 8, 1, (8, 256)),  # FIGER on one GPU
+    (2048, 8, 4, (8, 64)),
+    (100, 64, 1, (50, 2)),  # lowered to divide the share
+    (10, 4, 1, (2, 5)),
+    (32, None, 2, (16, 1)),  # no micro-batch: each process's whole share at once
+])
+def test_the_effective_batch_splits_into_micro_batches_accumulation_and_processes(batch, micro, processes, split):
+    result = TrainConfig(batch_size=batch, micro_batch_size=micro).batch_split(processes)
+    assert (result.micro_batch_size, result.grad_accum) == split
+    assert result.micro_batch_size * result.grad_accum * result.processes == batch
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused():
+    with pytest.raises(BadInput, match=r"--batch-size 128 does not split evenly over 3 processes; "
+                                       r"use a multiple of 3 \(e\.g\. 126 or 129\)"):
+        TrainConfig(batch_size=128).batch_split(3)
+
+
+def test_every_default_batch_splits_on_one_process_and_on_four():
+    from kadapter_cli.pretrain import KIND_DEFAULTS
+    from kadapter_cli.tasks import TASKS, get_task
+
+    defaults = [*KIND_DEFAULTS.values(), *(get_task(name).defaults_for([]) for name in TASKS)]
+    for d in defaults:
+        for processes in (1, 4):
+            split = TrainConfig(batch_size=d["batch_size"], micro_batch_size=d["micro_batch_size"]).batch_split(processes)
+            assert split.micro_batch_size <= d["micro_batch_size"] and split.micro_batch_size * split.grad_accum * processes == d["batch_size"]
+    assert get_task("figer").defaults_for([])["batch_size"] == 2048  # the paper's effective batch, not a micro-batch
+
+
+def test_train_adapter_prints_and_records_the_split(cli, shared_data, tiny_backbone):
+    assert cli("prepare-trex", shared_data / "trex", "--min-count", "1").exit_code == 0
+    result = cli("train-adapter", "--kind", "fac", "--backbone", tiny_backbone, "--batch-size", "10",
+                 "--micro-batch-size", "4", "--max-steps", "2", "--max-length", "48")
+    assert result.exit_code == 0, result.output
+    assert ("batch 10 = micro-batch 2 × 5 accumulation steps × 1 process (micro-batch lowered from 4: it must "
+            "divide the 10 examples each process takes per step)") in " ".join(result.stderr.split())
+    manifest = json.loads((cli.workdir / "adapters" / "fac" / "manifest.json").read_text())
+    assert manifest["stats"]["batch_split"] == {"batch_size": 10, "micro_batch_size": 2, "grad_accum": 5, "processes": 1}
+    assert manifest["config"]["micro_batch_size"] == 4 and manifest["config"]["batch_size"] == 10
+
+
+def test_help_says_the_batch_is_effective(cli):
+    for command in ("train-adapter", "finetune"):
+        text = " ".join(cli(command, "--help").stdout.split())
+        assert "Effective batch" in text and "--micro-batch-size" in text and "--clip-mode" in text
+
+
+def test_separate_clipping_clips_the_backbone_and_the_rest_each_on_their_own():
+    from kadapter_cli.train_setup import clip_gradients, clip_groups, make_accelerator
+
+    model = torch.nn.ModuleDict({"backbone": torch.nn.Linear(1, 1, bias=False), "head": torch.nn.Linear(1, 1, bias=False)})
+    accelerator = make_accelerator(TrainConfig(device="cpu"))
+
+    def clipped(mode: str) -> tuple[float, float, float]:
+        model["backbone"].weight.grad = torch.tensor([[10.0]])
+        model["head"].weight.grad = torch.tensor([[0.5]])
+        norm = clip_gradients(accelerator, clip_groups(model, mode), 1.0)
+        return float(norm), float(model["backbone"].weight.grad), float(model["head"].weight.grad)
+
+    total = math.hypot(10.0, 0.5)
+    assert clipped("joint") == pytest.approx((total, 10.0 / total, 0.5 / total), rel=1e-5)
+    assert clipped("separate") == pytest.approx((total, 1.0, 0.5), rel=1e-5)  # the head's small gradient kept
+    assert clip_gradients(accelerator, clip_groups(model, "joint"), 0.0) is None
+
+
 def test_cli_defaults_of_loop_options_equal_the_loops_own():
     # The CLI spells these defaults out (importing the loop at start-up would slow `kadapter --help`).
     from kadapter_cli.commands import train as train_commands
