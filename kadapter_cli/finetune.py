@@ -264,7 +264,7 @@ def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], sp
             return [t.clone() for t in (*tapped, last)]
 
     return attach_cache(splits, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
-                        batch_size=max(config.micro_batch_size or config.batch_size, 32), mode=spec.cache_features,
+                        batch_size=max(config.forward_batch_size, 32), mode=spec.cache_features,
                         budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
 
 

@@ -277,5 +277,5 @@ def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]],
 
     return attach_cache(splits, compute, n_states=len(model.adapter.tap_layers) + 1,
                         hidden=model.adapter.config.backbone_hidden_size, pad_id=pad_id,
-                        batch_size=max(config.micro_batch_size or config.batch_size, 32), mode=spec.cache_features,
+                        batch_size=max(config.forward_batch_size, 32), mode=spec.cache_features,
                         budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")

@@ -91,6 +91,12 @@ class TrainConfig:
         if self.clip_mode not in CLIP_MODES:
             raise BadInput(f"--clip-mode must be joint or separate, got {self.clip_mode!r}")
 
+    @property
+    def forward_batch_size(self) -> int:
+        """Examples in one forward pass outside training steps (evaluation, building a feature cache):
+        the micro-batch, never more than the batch."""
+        return min(self.micro_batch_size or self.batch_size, self.batch_size)
+
     def batch_split(self, processes: int) -> "BatchSplit":
         """How `batch_size` examples per optimizer step split over `processes` and accumulation.
 

@@ -366,7 +366,7 @@ def _outputs(accelerator, model, objective: Objective, examples: list, config: T
     if not examples:
         return []
     lengths = [int(objective.length(e)) for e in examples]
-    batch_size = config.micro_batch_size or config.batch_size  # what fits one forward pass
+    batch_size = config.forward_batch_size
     batches = shard(sequential_batches(lengths, batch_size), accelerator.process_index, accelerator.num_processes)
     was_training = model.training
     model.eval()
