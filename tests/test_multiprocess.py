@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+
+from kill_helpers import kill_after_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -98,31 +98,6 @@ def test_train_adapter_fac_under_accelerate_launch_and_torchrun(work):
     assert all(first[k].equal(second[k]) for k in first)
 
 
-def _kill_after_checkpoint(command: list[str], partial: Path, min_step: int) -> None:
-    """Starts the launch in its own process group and kill -9s all of it once a checkpoint ≥ min_step exists."""
-    from kadapter_cli.training import latest_checkpoint
-
-    proc = subprocess.Popen(command, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline:
-            ckpt = latest_checkpoint(partial)
-            if ckpt is not None and int(ckpt.name[5:]) >= min_step:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before it could be killed:\n{proc.stderr.read().decode()[-3000:]}")
-            time.sleep(0.01)
-        else:
-            pytest.fail("no checkpoint appeared within 180 s")
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, as a power loss would
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def test_train_adapter_lin_killed_and_resumed_with_two_processes_ends_as_uninterrupted(work):
     workdir, backbone = work
     args = ["train-adapter", "--kind", "lin", "--backbone", str(backbone), *FAST, "--limit", "160",
@@ -131,7 +106,8 @@ def test_train_adapter_lin_killed_and_resumed_with_two_processes_ends_as_uninter
 
     name = "lin-resumed"
     command = _accelerate("--workdir", str(workdir), *args, "--name", name)
-    _kill_after_checkpoint(command, workdir / "adapters" / f".{name}.partial", min_step=8)
+    # The launcher and both workers killed at once, as a power loss would.
+    kill_after_checkpoint(command, _env(), workdir / "adapters" / f".{name}.partial", min_step=8, timeout=180, cwd=REPO)
     assert not (workdir / "adapters" / name).exists()
     done = _run(command + ["--resume"])
     assert "resuming from" in done.stderr

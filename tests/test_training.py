@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from safetensors.torch import load_file
 from kadapter_cli.errors import BadInput, KadapterError
 from kadapter_cli.training import TrainConfig, TrainingOutOfMemory, evaluate, latest_checkpoint, train
 
+from kill_helpers import kill_after_checkpoint
 from train_toy import ToyObjective, build_model, toy_examples
 
 TOY_SCRIPT = Path(__file__).with_name("train_toy.py")
@@ -365,25 +364,7 @@ def _toy_command(run_dir: Path, *extra: str) -> list[str]:
 
 def _kill_after_checkpoint(run_dir: Path, min_step: int, *extra: str) -> None:
     """Starts the toy run, SIGKILLs it as soon as a checkpoint of at least `min_step` exists."""
-    proc = subprocess.Popen(_toy_command(run_dir, "--step-delay", "0.03", *extra), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            ckpt = latest_checkpoint(run_dir)
-            if ckpt is not None and int(ckpt.name[5:]) >= min_step:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"toy run ended before it could be killed:\n{proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.01)
-        else:
-            pytest.fail("no checkpoint appeared within 60 s")
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_after_checkpoint(_toy_command(run_dir, "--step-delay", "0.03", *extra), _env(), run_dir, min_step)
 
 
 @pytest.mark.slow
