@@ -23,8 +23,10 @@ import torch
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, count_parameters, save_adapter, state_dict_problems
 from kadapter_cli.artifacts import atomic_output, read_json, sha256_inputs, write_manifest
 from kadapter_cli.backbone import BackboneShape
+from kadapter_cli.encoding import ORIGINAL_MARKERS
 from kadapter_cli.errors import BadInput
 from kadapter_cli.heads import build_head
+from kadapter_cli.model_card import adapter_card, write_card
 
 # The original adapters were trained on RoBERTa-large only.
 ROBERTA_LARGE = BackboneShape(model_type="roberta", hidden_size=1024, num_layers=24, num_heads=16, name_or_path="roberta-large")
@@ -128,6 +130,7 @@ def infer_config(
         layer_norm_eps=1e-5,
         init_std=0.0002,
         mask_padding=False,  # the original adapters attended to padding; keep what they learned with
+        marker_style=ORIGINAL_MARKERS,  # fac learned the bare "@"/"#" ids (lin reads no markers: None)
         labels=list(labels),
         head=head,
         max_length=max_length,
@@ -205,26 +208,23 @@ def import_original(
     written = []
     for (kind, path, (adapter, config, head)), target in zip(converted, targets):
         inputs = sha256_inputs([path] + ([relations] if relations is not None and kind == "fac" else []))
+        manifest_config = _manifest_config(config, path, relations if kind == "fac" else None)
+        stats = {"adapter_parameters": count_parameters(adapter), "head_parameters": count_parameters(head),
+                 "tensors": len(adapter.state_dict()) + len(head.state_dict())}
         with atomic_output(target, overwrite=overwrite) as tmp:
             save_adapter(tmp, adapter, config, head)
-            write_manifest(
-                tmp,
-                "adapter",
-                config=_manifest_config(config, path, relations if kind == "fac" else None),
-                inputs=inputs,
-                stats={
-                    "adapter_parameters": count_parameters(adapter),
-                    "head_parameters": count_parameters(head),
-                    "tensors": len(adapter.state_dict()) + len(head.state_dict()),
-                },
-                command=command,
-            )
+            write_card(tmp, adapter_card(config, {}, inputs, manifest_config, stats, command=command))
+            write_manifest(tmp, "adapter", config=manifest_config, inputs=inputs, stats=stats, command=command)
         written.append(target)
     return written
 
 
 def _manifest_config(config: AdapterConfig, source: Path, relations: Path | None) -> dict[str, Any]:
-    notes = [TAPS_NOTE, "Attention heads assumed 64 wide (12 for 768), as the original code hard-codes."]
+    notes = [TAPS_NOTE, "Attention heads assumed 64 wide (12 for 768), as the original code hard-codes.",
+             "The adapter attends to padding (mask_padding false): batches are padded to max length with the "
+             "backbone's pad-token states, as the original padded every sequence."]
+    if config.kind == "fac":
+        notes.append("Entity markers: the bare '@'/'#' ids the original fac adapter learned (marker_style original).")
     if config.kind == "fac" and relations is None:
         notes.append("The checkpoint has no relation ids; labels are rel_0..rel_{n-1} (pass --relations to name them).")
     return {
@@ -234,6 +234,7 @@ def _manifest_config(config: AdapterConfig, source: Path, relations: Path | None
         "name": config.name,
         "tap_layers": config.tap_layers,
         "mask_padding": config.mask_padding,
+        "marker_style": config.marker_style,
         "head": config.head,
         "notes": notes,
     }

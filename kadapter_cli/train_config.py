@@ -45,6 +45,13 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     limit: int | None = None  # use the first N training (and dev) examples
     bucket_size: int = 100  # batches per length-sorted pool
+    report_to: str = "none"  # tensorboard | wandb | mlflow | aim | all | none, or a comma-separated list
+    run_name: str | None = None  # the trackers' run name (default: the artifact's folder name)
+    tracking_dir: str | None = None  # the trackers' folder (default: <artifact>/tracking)
+
+    def __post_init__(self) -> None:
+        if self.tracking_dir is not None:
+            self.tracking_dir = str(self.tracking_dir)  # a Path from the CLI; checkpoints store the config as JSON
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "TrainConfig":
@@ -90,6 +97,9 @@ class TrainConfig:
             raise BadInput(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.clip_mode not in CLIP_MODES:
             raise BadInput(f"--clip-mode must be joint or separate, got {self.clip_mode!r}")
+        from kadapter_cli.tracking import parse_report_to
+
+        parse_report_to(self.report_to)
 
     @property
     def forward_batch_size(self) -> int:

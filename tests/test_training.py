@@ -385,29 +385,32 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_weights(tmp_pa
     assert _training_lines(run) == _training_lines(reference)
 
 
-def _accelerate_launch(*args: str, processes: int = 2) -> list[str]:
+def launch_two_processes(run: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The toy script under `accelerate launch` with two CPU processes (skips where they cannot start)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     if not accelerate.exists():
         pytest.skip(f"no accelerate launcher beside {sys.executable}")
     # `accelerate launch --cpu` starts one process unless given an MPI hostfile; the torchrun-based
     # launcher (`--multi_gpu`) with no visible GPU starts real CPU processes joined over gloo.
-    return [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *args]
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+               str(TOY_SCRIPT), str(run), *args]
+    try:
+        done = subprocess.run(command, env={**_env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"two-process run did not finish in {timeout:g} s")
+    if done.returncode != 0 and not (run / "train_log.jsonl").exists():
+        pytest.skip(f"accelerate launch could not start two CPU processes here:\n{done.stderr[-1500:]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 @pytest.mark.slow
 def test_two_processes_train_the_weights_of_one_process_with_the_whole_batch(tmp_path):
     run = tmp_path / "run"
-    toy = ["--epochs", "4", "--seed", "3", "--save-every", "10", "--lr", "0.03", "--batch-size", "8"]
-    command = _accelerate_launch(str(TOY_SCRIPT), str(run), *toy, "--micro-batch-size", "4", "--dropout", "0")
-    try:
-        done = subprocess.run(command, env={**_env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
-                              timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail("two-process run did not finish in 120 s")
-    if done.returncode != 0 and not (run / "train_log.jsonl").exists():
-        pytest.skip(f"accelerate launch could not start two CPU processes here:\n{done.stderr[-1500:]}")
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = launch_two_processes(run, "--epochs", "4", "--seed", "3", "--save-every", "10", "--lr", "0.03",
+                                "--batch-size", "8", "--micro-batch-size", "4", "--dropout", "0")
     assert "batch 8 = micro-batch 4 × 1 accumulation step × 2 processes" in done.stderr
 
     result = json.loads(done.stdout.strip().splitlines()[-1])

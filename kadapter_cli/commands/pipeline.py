@@ -74,6 +74,8 @@ def demo_cli(
     Stages: prepare-trex, parse, train the fac and lin adapters, compose them, fine-tune entity typing with no adapter, fac, lin and fac+lin, evaluate. Minutes on a laptop CPU.
 
     The backbone is the packaged MiniLM when installed, otherwise a tiny random one made on the fly. The workdir is kadapter-work-demo unless --workdir is given; a second run only prints the table.
+
+    It ends with `kadapter report --paper` on the workdir; `kadapter --workdir kadapter-work-demo report --plot DIR` draws its figures.
     """
     from kadapter_cli.pipeline import DEMO_PIPELINE, demo_summary, load_pipeline_resolved, run_pipeline
     from kadapter_cli.progress import info
@@ -85,7 +87,12 @@ def demo_cli(
     if json_output:
         echo_json(summary)
     else:
+        from kadapter_cli.report import build_report, collect, print_tables
+
         _print_demo_tables(summary)
+        # `kadapter report --paper` on the workdir: the paper-style table, the paper's numbers beside
+        # (the adapters' table above already has their scores).
+        print_tables(build_report(collect([pipeline.workdir]), paper=True), adapters=False)
 
 
 def _pct(value) -> str:

@@ -50,6 +50,14 @@ CACHE = typer.Option("auto", "--cache-features",
 CACHE_BUDGET = typer.Option(None, "--cache-budget", help="Feature cache budget in GiB (default: a share of RAM).")
 CONFIG = typer.Option(None, "--config", help="YAML file of options (long names with _); flags override it.")
 LOG_EVERY = typer.Option(10, "--log-every", help="Write a train_log.jsonl line every N steps.")
+# Experiment tracking (kadapter_cli/tracking.py): a training command takes all three with one line,
+#   report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
+# and TrainConfig.from_options picks them up.
+REPORT_TO = typer.Option("none", "--report-to",
+                         help="Trackers for losses, learning rate, throughput and dev metrics: tensorboard, wandb, "
+                              "mlflow, aim, all (every installed one), none; comma-separated for several.")
+RUN_NAME = typer.Option(None, "--run-name", help="The trackers' run name (default: the output folder's name).")
+TRACKING_DIR = typer.Option(None, "--tracking-dir", help="The trackers' folder (default: <output>/tracking).")
 
 
 def _train_config(options: dict[str, Any], defaults: dict[str, Any]):
@@ -103,6 +111,9 @@ def train_adapter_cli(
     adapter_heads: Optional[int] = typer.Option(None, "--adapter-heads", help="Attention heads in the adapter (default width/64)."),
     mask_padding: bool = typer.Option(True, "--mask-padding/--attend-padding",
                                       help="Mask padded positions in the adapter (--attend-padding reproduces the original code)."),
+    marker_style: str = typer.Option("spaced", "--marker-style",
+                                     help="fac only: entity markers as words with their leading space (spaced, kadapter's) "
+                                          "or the bare '@'/'#' ids (original, as the released fac adapter)."),
     lin_head: str = typer.Option("pointer", "--lin-head", help="lin only: pointer (biaffine, default) or original (classification over positions)."),
     epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH_SIZE,
     micro_batch_size: Optional[int] = MICRO_BATCH_SIZE,
@@ -113,6 +124,7 @@ def train_adapter_cli(
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
+    report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print the dev metrics as JSON."),
     config: Optional[Path] = CONFIG,
 ) -> None:
@@ -135,7 +147,7 @@ def train_adapter_cli(
         backbone=str(options["backbone"]), max_length=int(resolved["max_length"]),
         tap_layers=_parse_taps(options["taps"]), adapter_width=options["adapter_width"],
         adapter_layers=options["adapter_layers"], adapter_heads=options["adapter_heads"],
-        mask_padding=options["mask_padding"], lin_head=options["lin_head"],
+        mask_padding=options["mask_padding"], marker_style=options["marker_style"], lin_head=options["lin_head"],
         cache_features=options["cache_features"], cache_budget_gb=options["cache_budget"],
     )
     summary = train_adapter(spec, train_config, resume=options["resume"], overwrite=options["overwrite"],
@@ -196,6 +208,7 @@ def finetune_cli(
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
+    report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print dev and test metrics as JSON."),
     config: Optional[Path] = CONFIG,
 ) -> None:
