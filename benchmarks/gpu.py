@@ -98,7 +98,7 @@ def _feature_cache(backbone, config, objective, shape: BenchShape, device: torch
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        storage = attach_feature_cache(cached, [cached_examples], spec, PAD_ID, train_config, Path(tmp))
+        storage = attach_feature_cache(cached, [cached_examples], spec, PAD_ID, train_config, Path(tmp), device)
         build_s = time.perf_counter() - started
     cached.backbone = None  # as `train_adapter` does: every batch carries its features
     cache = cached_examples[0]["_cache"]

@@ -119,7 +119,8 @@ def cached_epoch(shape: BenchShape, n_examples: int, repeats: int, small_batch: 
         spec = AdapterTrainingSpec(kind="fac", name="fac", data=Path(tmp), out=Path(tmp) / "out", backbone="bench",
                                    max_length=shape.max_length, cache_features="on")
         started = time.perf_counter()
-        storage = attach_feature_cache(cached, [cached_examples], spec, PAD_ID, train_config, Path(tmp))
+        storage = attach_feature_cache(cached, [cached_examples], spec, PAD_ID, train_config, Path(tmp),
+                                       torch.device("cpu"))
         build_s = time.perf_counter() - started
     cached.backbone = None  # as `train_adapter` does: every batch carries its features
     cache = cached_examples[0]["_cache"]

@@ -4,7 +4,8 @@ Every artifact is a folder with a `manifest.json` (CONTRACT §2). Folders are wr
 stage builds its output under a hidden sibling (`.<name>.tmp-<pid>`) and renames it into place
 when complete, so a later stage never sees half of one. A lock file beside the output stops two
 commands from writing the same folder at once. Resumable training builds under a fixed sibling
-(`.<name>.partial`) that survives interruption and is picked up again by `--resume`.
+(`.<name>.partial`) that survives interruption and is picked up again by `--resume`; under several
+processes (`accelerate launch`, `torchrun`) the main one owns it (`training_output`).
 """
 
 from __future__ import annotations
@@ -399,6 +400,30 @@ def _last_checkpoint(partial: Path) -> str:
 
     checkpoint = latest_checkpoint(partial)
     return f"last checkpoint {checkpoint.name}" if checkpoint else "no checkpoint yet"
+
+
+@contextlib.contextmanager
+def training_output(final: str | Path, processes, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
+    """`atomic_output(resumable=True)` for a run of one or several processes.
+
+    `processes` is what Accelerate's `Accelerator` or `PartialState` offers: `is_main_process` and
+    `wait_for_everyone()`. The main process owns the output (lock, the `.<name>.partial` folder,
+    the rename); the others get the same folder once it is ready and write only what is their own
+    there (a disk feature cache under a sub-folder named by rank). Every process refuses an
+    existing output alike, so a refusal stops them all with the same message.
+    """
+    final = Path(final)
+    check_output(final, overwrite=overwrite, resume=resume, resumable=True)
+    # Every process has looked before the main one creates the `.partial` folder (it would otherwise
+    # look like an interrupted run to a slower process).
+    processes.wait_for_everyone()
+    if processes.is_main_process:
+        with atomic_output(final, overwrite=overwrite, resume=resume, resumable=True) as tmp:
+            processes.wait_for_everyone()  # the folder is ready (and a stale one cleared) for the others
+            yield tmp
+    else:
+        processes.wait_for_everyone()
+        yield partial_dir(final)
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -9,9 +9,11 @@ pad tokens when sentences average 23 words. Instead each epoch's order is:
 3. the batch order shuffled with the same generator, so long and short batches alternate.
 
 The order is a pure function of `(lengths, batch_size, bucket_size, seed, epoch)`: a resumed run
-recomputes it and skips the batches it already did. Under several processes each process takes
-every `world_size`-th batch (`shard`). Evaluation uses `sequential_batches`: sorted by length, not
-shuffled, with the indices to put outputs back in input order.
+recomputes it and skips the batches it already did. Training cuts the epoch into effective batches
+(one per optimizer step, over all processes) and `step_micro_batches` splits each into the
+micro-batches of every process and accumulation step, so N processes see exactly the examples one
+process would see in the same step. Evaluation uses `sequential_batches`: sorted by length, not
+shuffled, spread over the processes with `shard`, with the indices to put outputs back in input order.
 """
 
 from __future__ import annotations
@@ -63,30 +65,31 @@ def sequential_batches(lengths: Sequence[int], batch_size: int) -> list[Batch]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def shard(batches: Sequence[Batch], rank: int, world_size: int, pad: bool = True) -> list[Batch]:
-    """This process's share: batches `rank, rank + world_size, ...`.
-
-    With `pad=True` (training) every process gets the same number of batches, as collective
-    operations need: the last round is completed by wrapping around to the first batches, as
-    `torch.utils.data.DistributedSampler` does. Evaluation uses `pad=False` so nothing is counted
-    twice.
-    """
-    if world_size == 1:
-        return list(batches)
-    if not batches:
-        return []
-    count = len(batches)
-    if pad:
-        rounds = -(-count // world_size)
-        return [batches[(r * world_size + rank) % count] for r in range(rounds)]
+def shard(batches: Sequence[Batch], rank: int, world_size: int) -> list[Batch]:
+    """This process's share of evaluation batches: `rank, rank + world_size, ...` (none twice)."""
     return list(batches[rank::world_size])
 
 
-def groups(batches: Sequence[Batch], size: int) -> list[list[Batch]]:
-    """Consecutive micro-batches that make one optimizer step (gradient accumulation)."""
-    if size < 1:
-        raise ValueError(f"grad_accum must be at least 1, got {size}")
-    return [list(batches[i:i + size]) for i in range(0, len(batches), size)]
+def step_micro_batches(step: Batch, processes: int, grad_accum: int, rank: int) -> list[tuple[Batch, float]]:
+    """The `grad_accum` micro-batches process `rank` computes for one optimizer step, each with its
+    share of the step: `[(indices, share)]`.
+
+    The step's examples are cut into `processes × grad_accum` consecutive, near-equal parts (the
+    step is length-sorted inside its bucket, so each part pads little); part k goes to process
+    `k % processes`. A loss weighted by `share × processes` (DDP averages over processes) makes the
+    summed gradient the mean over the step's examples, whatever the split: N processes with
+    micro-batch b give the weights of one process with micro-batch N·b. A short last step with
+    fewer examples than parts gives some parts no example: they are computed on the step's first
+    example with share 0, so every process still takes part in every gradient reduction.
+    """
+    parts = processes * grad_accum
+    n = len(step)
+    bounds = [round(k * n / parts) for k in range(parts + 1)]
+    mine = []
+    for k in range(rank, parts, processes):
+        indices = list(step[bounds[k]:bounds[k + 1]])
+        mine.append((indices, len(indices) / n) if indices else ([step[0]], 0.0))
+    return mine
 
 
 def restore_order(indices: Sequence[int], outputs: Sequence, n: int) -> list:

@@ -31,7 +31,6 @@ class TrainState:
     step: int = 0
     epoch: int = 0  # the epoch in progress (== epochs once all are done)
     steps_in_epoch: int = 0  # optimizer steps of `epoch` already done
-    batch_in_epoch: int = 0  # this process's micro-batches of `epoch` already done
     best_step: int | None = None
     best_metric: float | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)

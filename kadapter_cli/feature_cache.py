@@ -297,16 +297,18 @@ def attach_cache(
 
     Each example (a dict with `input_ids`) then carries `_cache` (its split's `FeatureCache`) and
     `_row`, so collate functions can gather `features` for a batch. Returns where the cache lives
-    ("memory" / "disk") or None when it is off. `pad_to`: see `FeatureCache.build`. Disk caches go
-    under `folder/<rank>/<split>`: each process of a multi-process run builds its own. `names` name
-    the splits in the progress bars.
+    ("memory" / "disk") or None when it is off. `pad_to`: see `FeatureCache.build`. Each process of a
+    multi-process run builds its own cache with `compute` on its own device; disk caches go under
+    `folder/<rank>/<split>`, and the default memory budget is shared by the processes of one machine.
+    `names` name the splits in the progress bars.
     """
     import os
 
     if mode == "off":
         return None
     n_tokens = sum(len(ex["input_ids"]) if pad_to is None else pad_to for split in splits for ex in split)
-    budget = None if budget_gib is None else int(budget_gib * GiB)
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    budget = default_budget_bytes() // local_processes if budget_gib is None else int(budget_gib * GiB)
     storage = decide_cache(mode, estimate_bytes(n_tokens, n_states, hidden), budget, folder)
     if storage is None:
         return None

@@ -27,7 +27,7 @@ from kadapter_cli.objectives import TaskObjective
 from kadapter_cli.padding import is_choices
 from kadapter_cli.progress import progress, waiting
 from kadapter_cli.tasks import get_task
-from kadapter_cli.training import TrainConfig, evaluate, remove_checkpoints, train
+from kadapter_cli.training import TrainConfig, evaluate, make_accelerator, predict, remove_checkpoints, train
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -177,6 +177,7 @@ class FinetuneSpec:
     cache_features: str = "auto"
     cache_budget_gb: float | None = None
     allow_backbone_mismatch: bool = False
+    keep_adapter_dropout: bool = False  # the original code: frozen adapters stay in train mode
 
 
 def read_task_data(task, data_dir: Path, need_train: bool = True) -> dict[str, list[dict]]:
@@ -254,34 +255,41 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 
     torch.manual_seed(config.seed)  # fusion and head initial weights follow the seed
     model = build_task_model(task, labels, adapters, spec.adapters.fusion, backbone)
-    model.body.freeze_adapters()
+    model.body.freeze_adapters(keep_dropout=spec.keep_adapter_dropout)
     if spec.freeze_backbone:
         model.body.freeze_backbone()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     pad_to = model.body.padded_length(spec.max_length)
     objective = TaskObjective(pad_id, task, labels, pad_to)
 
-    with artifacts.atomic_output(spec.out, overwrite=overwrite, resume=resume, resumable=True) as run_dir:
+    processes = make_accelerator(config)  # joins the other processes of `accelerate launch` / `torchrun`
+    with artifacts.training_output(spec.out, processes, overwrite=overwrite, resume=resume) as run_dir:
         cached = None
         if spec.freeze_backbone:
-            cached = attach_task_feature_cache(model, encoded, spec, pad_id, config, run_dir, pad_to)
+            cached = attach_task_feature_cache(model, encoded, spec, pad_id, config, run_dir, processes.device,
+                                               pad_to)
         result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume,
                        hparams=manifest_config)
         results: dict[str, dict] = {}
         for split in ("dev", "test"):
             if split not in encoded:
                 continue
+            # Every process evaluates its share; each gets all outputs back, in input order.
             metrics, outputs = evaluate(model, objective, encoded[split], config,
                                         description=f"evaluating {split}")
             if all(task.has_gold(r) for r in splits[split]):  # an unlabeled test split only gets predictions
                 results[split] = metrics
-            task.write_predictions(run_dir, split, outputs, encoded[split])
+            if processes.is_main_process:
+                task.write_predictions(run_dir, split, outputs, encoded[split])
+        if not processes.is_main_process:  # the main process writes the artifact
+            return results
         remove_checkpoints(run_dir)
         (run_dir / "best.safetensors").unlink(missing_ok=True)
         shutil.rmtree(run_dir / "feature-cache", ignore_errors=True)
         save_finetuned(run_dir, model, tokenizer, task, labels, spec, backbone_id, adapter_configs, fingerprint)
         artifacts.write_json(run_dir / "metrics.json", results)
-        stats = {"best_step": result.best_step, "steps": result.steps, "throughput": result.throughput,
+        stats = {"best_step": result.best_step, "steps": result.steps, "batch_split": result.batch_split,
+                 "throughput": result.throughput,
                  "feature_cache": cached or "off", **{f"{k}_examples": len(v) for k, v in encoded.items()},
                  "parameters": {row["component"]: row for row in model.body.parameter_table()},
                  **task.read_stats()}
@@ -295,10 +303,11 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 
 def attach_task_feature_cache(model: TaskModel, splits: dict[str, list[dict]] | Sequence[list[dict]],
                               spec: FinetuneSpec, pad_id: int, config: TrainConfig, run_dir: Path,
-                              pad_to: int | None = None) -> str | None:
+                              device: torch.device, pad_to: int | None = None) -> str | None:
     """With a frozen backbone, its tapped states (+ last) are computed once per sequence. An example
     with candidates gets one cache row per candidate (`_row` is then their list, in candidate order).
-    `splits` by name (the names label the progress bars) or as a list."""
+    `splits` by name (the names label the progress bars) or as a list. Computed on this process's
+    `device`."""
     from kadapter_cli.feature_cache import attach_cache
 
     body = model.body
@@ -306,7 +315,6 @@ def attach_task_feature_cache(model: TaskModel, splits: dict[str, list[dict]] | 
     splits = list(splits.values()) if isinstance(splits, dict) else list(splits)
     sequences = [[{"input_ids": seq} for ex in split for seq in ex["input_ids"]]
                  if split and is_choices(split[0]["input_ids"]) else split for split in splits]
-    device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
     if spec.cache_features != "off":
         body.backbone.to(device)
 
@@ -316,7 +324,7 @@ def attach_task_feature_cache(model: TaskModel, splits: dict[str, list[dict]] | 
             return [t.clone() for t in (*tapped, last)]
 
     storage = attach_cache(sequences, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
-                           batch_size=max(config.batch_size, 32), mode=spec.cache_features,
+                           batch_size=max(config.forward_batch_size, 32), mode=spec.cache_features,
                            budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to,
                            names=names)
     for split, seqs in zip(splits, sequences):
@@ -470,6 +478,7 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
                 examples.append(ex)
             bar.advance(encoding)
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
-    _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device),
-                          description="predicting")
+    # Predicting never scores: records may carry no gold at all.
+    outputs = predict(model, objective, examples, TrainConfig(batch_size=batch_size, device=device),
+                      description="predicting")
     return with_scores(task, task.prediction_lines(outputs, examples), outputs, labels, scores)

@@ -146,6 +146,11 @@ class KAdapterModel(nn.Module):
         # The union of all taps is computed once; each adapter picks its own from it.
         self.tap_layers: list[int] = sorted({t for c in configs for t in c.tap_layers})
         self._frozen: set[str] = set()
+        # Heads read token states, never the backbone's pooled output: its pooler gets no gradient,
+        # and under DDP a trainable parameter without one stops training at the second step.
+        pooler = getattr(backbone, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
 
     # ------------------------------------------------------------ freezing
 
@@ -154,18 +159,20 @@ class KAdapterModel(nn.Module):
         if self.backbone is not None:
             self._freeze("backbone")
 
-    def freeze_adapters(self, names: Sequence[str] | None = None) -> None:
-        """No gradients for the named adapters (all by default); they stay in eval mode through `train()`."""
+    def freeze_adapters(self, names: Sequence[str] | None = None, keep_dropout: bool = False) -> None:
+        """No gradients for the named adapters (all by default); they stay in eval mode through
+        `train()`, unless `keep_dropout` (the original code: frozen adapters keep their dropout on)."""
         for name in self.adapters if names is None else names:
             if name not in self.adapters:
                 raise BadInput(f"no adapter named '{name}' (have: {', '.join(self.adapters)})")
-            self._freeze(f"adapters.{name}")
+            self._freeze(f"adapters.{name}", eval_mode=not keep_dropout)
 
-    def _freeze(self, path: str) -> None:
+    def _freeze(self, path: str, eval_mode: bool = True) -> None:
         module = self.get_submodule(path)
         module.requires_grad_(False)
-        module.eval()
-        self._frozen.add(path)
+        if eval_mode:
+            module.eval()
+            self._frozen.add(path)
 
     def is_frozen(self, path: str) -> bool:
         return path in self._frozen

@@ -253,7 +253,7 @@ def _provenance(inputs: Sequence[dict], license_, command: Sequence[str] | None,
 
 
 def _settings_line(settings: dict[str, Any]) -> str:
-    keys = ("epochs", "max_steps", "batch_size", "lr", "warmup", "weight_decay", "grad_accum", "max_length", "seed",
+    keys = ("epochs", "max_steps", "batch_size", "micro_batch_size", "lr", "warmup", "weight_decay", "max_length", "seed",
             "precision", "limit")
     shown = [f"{k} {settings[k]}" for k in keys if settings.get(k) is not None]
     return ("Settings: " + ", ".join(shown) + " (all of them in `manifest.json` → `config`).") if shown else \

@@ -59,6 +59,7 @@ from kadapter_cli.errors import BadInput, KadapterError
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 DEMO_PIPELINE = DEMO_DATA / "demo.yaml"  # a copy of pipelines/demo.yaml shipped in the package
+DEMO_THREADS = 1  # torch threads of `kadapter demo`: its table is bit-for-bit the same for one thread count
 LOCK_SUFFIX = ".lock.yaml"
 STAGE_KEYS = {"name", "command", "inputs", "args", "options", "outputs", "after"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

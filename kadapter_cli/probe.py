@@ -20,7 +20,6 @@ restricted to the vocabulary in use; probes on the same backbone share one backb
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,19 +245,6 @@ class Probe:
     model: ProbeModel
     tokenizer: Any
     config: dict = field(default_factory=dict)  # probe_config.json
-
-
-def effective_batch(batch_size: int, micro_batch_size: int) -> tuple[int, int]:
-    """`--batch-size` is the effective batch (micro-batch × accumulation × processes): → (micro, accumulation)."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if micro_batch_size < 1 or batch_size < 1:
-        raise BadInput("--batch-size and --micro-batch-size must be at least 1")
-    micro = min(micro_batch_size, math.ceil(batch_size / world))
-    if batch_size % (micro * world):
-        raise BadInput(f"--batch-size {batch_size} is not a multiple of --micro-batch-size {micro} × {world} process(es)")
-    return micro, batch_size // (micro * world)
 
 
 def build_probe_model(spec: ProbeTrainingSpec, backbone_id: str, adapters: dict[str, KnowledgeAdapter],

@@ -27,8 +27,8 @@ from kadapter_cli.train_log import LOG_FILE
 
 # Settings that make two runs different experiments (the seed does not: its runs are averaged).
 RUN_SETTINGS = ("backbone", "fusion", "freeze_backbone", "epochs", "max_steps", "batch_size", "lr", "warmup",
-                "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "grad_accum", "max_length", "limit",
-                "max_negatives", "data")
+                "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "max_grad_norm", "clip_mode",
+                "keep_adapter_dropout", "max_length", "limit", "max_negatives", "data")
 ADAPTER_METRICS = {"fac": ("accuracy", "macro_f1"), "lin": ("uas",)}  # what the pretraining scorers report
 ADAPTER_PRIMARY = {"fac": "accuracy", "lin": "uas"}
 KIND_ORDER = {"fac": 0, "lin": 1}

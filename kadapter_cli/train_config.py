@@ -1,5 +1,6 @@
-"""What a training run is told and what it reports: `TrainConfig` (every option of the loop), the
-`Objective` protocol that plugs fac, lin and each downstream task into the loop, and `TrainResult`."""
+"""What a training run is told and what it reports: `TrainConfig` (every option of the loop), how
+its effective batch splits over processes and accumulation steps (`BatchSplit`), the `Objective`
+protocol that plugs fac, lin and each downstream task into the loop, and `TrainResult`."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ if TYPE_CHECKING:
 # Options that shape the trajectory: resuming with any of them changed would not continue the same run.
 TRAJECTORY_OPTIONS = (
     "epochs", "max_steps", "batch_size", "lr", "warmup", "weight_decay", "adam_eps", "adam_beta1", "adam_beta2",
-    "max_grad_norm", "grad_accum", "seed", "limit", "bucket_size", "precision",
+    "max_grad_norm", "clip_mode", "micro_batch_size", "seed", "limit", "bucket_size", "precision",
 )
+CLIP_MODES = ("joint", "separate")
 
 @dataclass
 class TrainConfig:
@@ -25,7 +27,8 @@ class TrainConfig:
 
     epochs: int = 3
     max_steps: int | None = None  # the run's optimizer steps, overriding `epochs` (the schedule ends there too)
-    batch_size: int = 32  # examples per micro-batch per process
+    batch_size: int = 32  # effective batch: examples per optimizer step over all processes (the paper's number)
+    micro_batch_size: int | None = None  # examples per process per forward/backward; None = its whole share
     lr: float = 2e-5
     warmup: float = 0  # >= 1: steps; 0 < x < 1: share of the total steps
     weight_decay: float = 0.0  # not applied to biases and norm weights (1-d parameters)
@@ -33,7 +36,7 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999  # Dozat & Manning's parser uses 0.9: it helps the lin pointer head (README)
     max_grad_norm: float = 1.0  # 0 turns clipping off
-    grad_accum: int = 1
+    clip_mode: str = "joint"  # joint: one norm over all; separate: backbone and the rest each (the original code)
     seed: int = 42
     save_every: int | None = None  # steps; None = only at the end of each epoch
     eval_every: int | None = None  # steps; None = at the end of each epoch
@@ -73,7 +76,7 @@ class TrainConfig:
         at_least("epochs", self.epochs, 1)
         at_least("max_steps", self.max_steps, 1, optional=True)
         at_least("batch_size", self.batch_size, 1)
-        at_least("grad_accum", self.grad_accum, 1)
+        at_least("micro_batch_size", self.micro_batch_size, 1, optional=True)
         at_least("log_every", self.log_every, 1)
         at_least("bucket_size", self.bucket_size, 1)
         at_least("save_every", self.save_every, 1, optional=True)
@@ -92,15 +95,63 @@ class TrainConfig:
             raise BadInput(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise BadInput(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.clip_mode not in CLIP_MODES:
+            raise BadInput(f"--clip-mode must be joint or separate, got {self.clip_mode!r}")
         from kadapter_cli.tracking import parse_report_to
 
         parse_report_to(self.report_to)
+
+    @property
+    def forward_batch_size(self) -> int:
+        """Examples in one forward pass outside training steps (evaluation, building a feature cache):
+        the micro-batch, never more than the batch."""
+        return min(self.micro_batch_size or self.batch_size, self.batch_size)
+
+    def batch_split(self, processes: int) -> "BatchSplit":
+        """How `batch_size` examples per optimizer step split over `processes` and accumulation.
+
+        The effective batch is never changed: one that does not divide over the processes is
+        refused. The micro-batch is at most each process's share, and is lowered to the largest
+        size that divides the share evenly (every accumulation step then has the same size).
+        """
+        if self.batch_size % processes:
+            lower = self.batch_size - self.batch_size % processes
+            raise BadInput(f"--batch-size {self.batch_size} does not split evenly over {processes} processes; "
+                           f"use a multiple of {processes} (e.g. {lower or processes} or {lower + processes})")
+        share = self.batch_size // processes
+        wanted = min(self.micro_batch_size or share, share)
+        micro = next(m for m in range(wanted, 0, -1) if share % m == 0)
+        return BatchSplit(self.batch_size, micro, share // micro, processes, requested_micro=self.micro_batch_size)
 
     def warmup_steps(self, total_steps: int) -> int:
         """`warmup` ≥ 1 is a step count; a value in (0, 1) is a share of `total_steps`."""
         if self.warmup >= 1:
             return int(self.warmup)
         return int(round(self.warmup * total_steps))
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """batch_size = micro_batch_size × grad_accum × processes, for one run."""
+
+    batch_size: int  # effective: examples per optimizer step
+    micro_batch_size: int  # examples per process per forward/backward
+    grad_accum: int  # micro-batches per process per optimizer step
+    processes: int
+    requested_micro: int | None = None  # --micro-batch-size as given (None: the whole share)
+
+    def describe(self) -> str:
+        line = (f"batch {self.batch_size} = micro-batch {self.micro_batch_size} × {self.grad_accum} accumulation "
+                f"step{'s' if self.grad_accum != 1 else ''} × {self.processes} process{'es' if self.processes != 1 else ''}")
+        share = self.batch_size // self.processes
+        if self.requested_micro is not None and self.requested_micro < share and self.micro_batch_size != self.requested_micro:
+            line += (f" (micro-batch lowered from {self.requested_micro}: it must divide the {share} examples "
+                     "each process takes per step)")
+        return line
+
+    def as_dict(self) -> dict[str, int]:
+        return {"batch_size": self.batch_size, "micro_batch_size": self.micro_batch_size,
+                "grad_accum": self.grad_accum, "processes": self.processes}
 
 
 class Objective(Protocol):
@@ -135,4 +186,5 @@ class TrainResult:
     steps: int  # optimizer steps done
     final_metrics: dict[str, float]  # dev metrics at the last step ({} without dev data)
     throughput: dict[str, float] = field(default_factory=dict)  # examples/s, tokens/s, ms/step, train_s
+    batch_split: dict[str, int] = field(default_factory=dict)  # BatchSplit.as_dict() of the run
 

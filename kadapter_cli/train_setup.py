@@ -1,6 +1,6 @@
 """The pieces a run is built from: the Accelerate `Accelerator` for `--device` / `--precision`, the CPU
-threads (`--threads`), AdamW, the warm-up + linear-decay schedule, and the out-of-memory error that
-names what to lower."""
+threads (`--threads`), AdamW, the warm-up + linear-decay schedule, gradient clipping (`--clip-mode`),
+and the out-of-memory error that names what to lower."""
 
 from __future__ import annotations
 
@@ -57,9 +57,9 @@ def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Acce
     if config.precision == "fp16" and on_cpu:
         raise BadInput("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision]
-    # Gradient accumulation is the loop's own (`groups` of micro-batches), not Accelerate's counter:
-    # checkpoints then fall on optimizer-step boundaries and an epoch's short last group is averaged
-    # over its own size.
+    # Gradient accumulation is the loop's own (`batching.step_micro_batches`), not Accelerate's
+    # counter: checkpoints then fall on optimizer-step boundaries and an epoch's short last step is
+    # averaged over its own examples.
     # cpu=True also on a machine without CUDA: only then does Accelerate join processes started by
     # torchrun / `accelerate launch --multi_gpu` over gloo instead of running each one alone.
     try:
@@ -96,6 +96,31 @@ def warmup_then_linear_decay(step: int, warmup: int, total: int) -> float:
 
 
 
+def clip_groups(model, mode: str) -> list[list]:
+    """The trainable parameters in the groups `clip_gradients` clips: one (`joint`), or the backbone's
+    and the rest (`separate`, the original code's two `clip_grad_norm_` calls)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if mode == "joint":
+        return [[p for _, p in named]]
+    backbone = [p for n, p in named if "backbone" in n.split(".")]
+    rest = [p for n, p in named if "backbone" not in n.split(".")]
+    return [g for g in (backbone, rest) if g]
+
+
+def clip_gradients(accelerator: "Accelerator", groups: list[list], max_norm: float):
+    """Clips each group's gradients to `max_norm`; returns the norm over all of them before clipping
+    (None when `max_norm` is 0: clipping off)."""
+    import torch
+
+    if max_norm <= 0:
+        return None
+    if len(groups) == 1:
+        return accelerator.clip_grad_norm_(groups[0], max_norm)
+    accelerator.unscale_gradients()  # once: a grad scaler refuses a second unscale in one step
+    norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in groups]
+    return torch.stack([n.float() for n in norms]).square().sum().sqrt()
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     import torch
 
@@ -108,6 +133,6 @@ def is_out_of_memory(error: BaseException) -> bool:
 def out_of_memory(where: str, batch_examples: int, longest: int) -> TrainingOutOfMemory:
     return TrainingOutOfMemory(
         f"out of memory during {where} (batch of {batch_examples} examples, longest {longest} tokens); "
-        "lower --batch-size (raise --grad-accum to keep the effective batch), --max-length, "
+        "lower --micro-batch-size (the effective --batch-size stays), --max-length, "
         "or --cache-budget (--cache-features off turns the feature cache off)"
     )

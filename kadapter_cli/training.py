@@ -1,14 +1,18 @@
 """The one training loop: adapter pretraining and task fine-tuning both run through `train()`.
 
 What the loop owns, and nothing else: AdamW over the parameters that require grad, linear warm-up
-then linear decay to 0, gradient clipping, gradient accumulation, dev evaluation with best-checkpoint
-selection, checkpoints with exact resume, and the training log. What is optimised — how examples are
+then linear decay to 0, gradient clipping, the split of each effective batch into micro-batches
+over processes and accumulation steps, dev evaluation with best-checkpoint selection, checkpoints
+with exact resume, and the training log. What is optimised — how examples are
 padded, what the loss is, how outputs are scored — comes from an `Objective`.
 
 Built on Accelerate, so the same code runs on CPU, on one GPU (bf16/fp16 autocast) and on several
-processes under `accelerate launch` or `torchrun`: each process takes every N-th batch of the same
-seeded order, gradients are averaged by DDP, evaluation gathers outputs from all processes, and
-only the main process writes files.
+processes under `accelerate launch` or `torchrun`. `batch_size` is the effective batch (examples
+per optimizer step over all processes); each step's examples are split into `micro_batch_size`
+parts over processes and accumulation steps, and the losses are weighted so that the gradient is
+the mean over the step whatever the split (`batching.step_micro_batches`): N processes give the
+weights of one process up to float rounding. Gradients are averaged by DDP, evaluation gathers
+outputs from all processes once each, and only the main process writes files.
 
 Exact resume: a checkpoint holds the trainable weights, optimizer/scheduler/grad-scaler state, every
 process's RNG states and the data position (epoch, optimizer steps done in it). Batch orders are a
@@ -38,25 +42,25 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from kadapter_cli.batching import epoch_batches, groups, restore_order, sequential_batches, shard
+from kadapter_cli.batching import epoch_batches, restore_order, sequential_batches, shard, step_micro_batches
 from kadapter_cli.checkpoints import (BEST_WEIGHTS, CHECKPOINTS, TrainState, checkpoint_step, copy_into,
                                       latest_checkpoint,
                                       load_checkpoint, remove_checkpoints, rng_state, save_weights_atomically,
                                       trainable_state, write_checkpoint)
 from kadapter_cli.errors import BadInput, KadapterError
 from kadapter_cli.progress import info, progress
-from kadapter_cli.train_config import Objective, TrainConfig, TrainResult
+from kadapter_cli.train_config import BatchSplit, Objective, TrainConfig, TrainResult
 from kadapter_cli.train_log import (LOG_FILE, StepWindow, append_log, flops_per_token, peak_flops,
                                     progress_columns, truncate_log)
-from kadapter_cli.train_setup import (TrainingOutOfMemory, adamw, is_out_of_memory, make_accelerator,
-                                      out_of_memory, warmup_then_linear_decay)
+from kadapter_cli.train_setup import (TrainingOutOfMemory, adamw, clip_gradients, clip_groups, is_out_of_memory,
+                                      make_accelerator, out_of_memory, warmup_then_linear_decay)
 from kadapter_cli.tracking import RunTracker, tracking_location
 
 if TYPE_CHECKING:  # torch and accelerate are imported inside functions: `kadapter --help` stays fast
     from accelerate import Accelerator
     from torch import nn
 
-__all__ = ["train", "evaluate", "TrainConfig", "TrainResult", "Objective", "TrainingOutOfMemory",
+__all__ = ["train", "evaluate", "predict", "TrainConfig", "TrainResult", "Objective", "TrainingOutOfMemory",
            "make_accelerator", "latest_checkpoint", "remove_checkpoints"]
 
 
@@ -97,8 +101,10 @@ def train(
     if not examples:
         raise BadInput("no training examples")
     lengths = [int(objective.length(e)) for e in examples]
-    n_batches = math.ceil(len(examples) / config.batch_size)
-    steps_per_epoch = math.ceil(math.ceil(n_batches / world) / config.grad_accum)
+    split = config.batch_split(world)
+    if is_main:
+        info(split.describe())
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     # --max-steps overrides the epoch count, as in the Hugging Face Trainer: the run takes that many
     # steps, over as many epochs (the last one cut short) as they need.
     total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
@@ -137,7 +143,7 @@ def train(
     accelerator.wait_for_everyone()
 
     loop = _Loop(accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths, dev,
-                 config, run_dir, state, total_steps, epochs, tracker)
+                 config, split, run_dir, state, total_steps, epochs, tracker)
     try:
         tracker.start(accelerator)
         if state.step < total_steps:
@@ -153,16 +159,17 @@ class _Loop:
     """The state of one `train()` call; split out so each phase is a short method."""
 
     def __init__(self, accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths,
-                 dev, config: TrainConfig, run_dir: Path, state: TrainState, total_steps: int, epochs: int,
+                 dev, config: TrainConfig, split: BatchSplit, run_dir: Path, state: TrainState, total_steps: int,
+                 epochs: int,
                  tracker: RunTracker):
         self.accelerator, self.model, self.unwrapped = accelerator, model, unwrapped
         self.tracker = tracker
         self.optimizer, self.scheduler, self.objective = optimizer, scheduler, objective
         self.examples, self.lengths, self.dev = examples, lengths, dev
-        self.config, self.run_dir, self.state = config, run_dir, state
+        self.config, self.split, self.run_dir, self.state = config, split, run_dir, state
         self.total_steps, self.epochs = total_steps, epochs
         self.is_main = accelerator.is_main_process
-        self.trainable = [p for p in unwrapped.parameters() if p.requires_grad]
+        self.clip_groups = clip_groups(unwrapped, config.clip_mode)
         self.flops_per_token = flops_per_token(unwrapped)
         self.peak_flops = peak_flops(accelerator.device, config.precision)
         self._window = StepWindow()
@@ -177,49 +184,49 @@ class _Loop:
         bar.disable = bar.disable or not self.is_main  # one bar, not one per process
         with bar:
             task = bar.add_task("train", total=self.total_steps, completed=state.step, status="", unit="steps")
+            split, rank = self.split, self.accelerator.process_index
             for epoch in range(state.epoch, self.epochs):
-                all_batches = epoch_batches(self.lengths, config.batch_size, config.seed, epoch, config.bucket_size)
-                mine = shard(all_batches, self.accelerator.process_index, self.accelerator.num_processes)
-                step_groups = groups(mine, config.grad_accum)
+                # One batch per optimizer step, the same on every process; each takes its parts.
+                steps = epoch_batches(self.lengths, config.batch_size, config.seed, epoch, config.bucket_size)
                 first = state.steps_in_epoch if epoch == state.epoch else 0
-                for g in range(first, len(step_groups)):
-                    self._train_step(step_groups[g])
-                    epoch_end = g == len(step_groups) - 1
+                for g in range(first, len(steps)):
+                    self._train_step(step_micro_batches(steps[g], split.processes, split.grad_accum, rank))
+                    epoch_end = g == len(steps) - 1
                     final = state.step >= self.total_steps
                     if epoch_end:
-                        state.epoch, state.steps_in_epoch, state.batch_in_epoch = epoch + 1, 0, 0
+                        state.epoch, state.steps_in_epoch = epoch + 1, 0
                     else:
                         state.epoch, state.steps_in_epoch = epoch, g + 1
-                        state.batch_in_epoch = min((g + 1) * config.grad_accum, len(mine))
-                    self._after_step(epoch + (g + 1) / len(step_groups), epoch_end, final)
+                    self._after_step(epoch + (g + 1) / len(steps), epoch_end, final)
                     if self.is_main:
                         bar.update(task, completed=state.step, status=self._window.status)
                     if final:
                         return
 
-    def _train_step(self, group: list[list[int]]) -> None:
-        """One optimizer step over a group of micro-batches (gradient accumulation)."""
+    def _train_step(self, micro_batches: list[tuple[list[int], float]]) -> None:
+        """One optimizer step: this process's micro-batches, each loss weighted by its share of the step."""
         accelerator, state = self.accelerator, self.state
+        processes = accelerator.num_processes
         self.model.train()
         self._window.start()
         loss_sum = None
         n_examples = n_tokens = 0
         try:
-            for i, indices in enumerate(group):
+            for i, (indices, share) in enumerate(micro_batches):
                 batch = self._batch(indices)
-                # Gradients are all-reduced only on the group's last micro-batch.
-                sync = nullcontext() if i == len(group) - 1 else accelerator.no_sync(self.model)
+                # Gradients are all-reduced only on the step's last micro-batch.
+                sync = nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(self.model)
                 with sync:
                     with accelerator.autocast():
                         loss = self.objective.loss(self.model, batch)
-                    accelerator.backward(loss / len(group))
-                detached = loss.detach().float()
-                loss_sum = detached if loss_sum is None else loss_sum + detached
-                n_examples += len(indices)
-                n_tokens += sum(self.lengths[j] for j in indices)
-            grad_norm = None
-            if self.config.max_grad_norm > 0:
-                grad_norm = accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+                    # DDP averages over processes: × processes makes the reduced gradient the step's mean.
+                    accelerator.backward(loss * (share * processes))
+                weighted = loss.detach().float() * (share * processes)
+                loss_sum = weighted if loss_sum is None else loss_sum + weighted
+                if share > 0:  # a zero-share stand-in is not an example seen
+                    n_examples += len(indices)
+                    n_tokens += sum(self.lengths[j] for j in indices)
+            grad_norm = clip_gradients(accelerator, self.clip_groups, self.config.max_grad_norm)
             self.optimizer.step()
             # optimizer.step() before scheduler.step() (the original has them the other way round).
             if not accelerator.optimizer_step_was_skipped:
@@ -227,10 +234,12 @@ class _Loop:
             self.optimizer.zero_grad(set_to_none=True)
         except (RuntimeError, MemoryError) as e:
             if is_out_of_memory(e):
-                longest = max(self.lengths[j] for indices in group for j in indices)
-                raise out_of_memory(f"training step {state.step + 1}", max(map(len, group)), longest) from None
+                longest = max(self.lengths[j] for indices, _ in micro_batches for j in indices)
+                raise out_of_memory(f"training step {state.step + 1}", max(len(ix) for ix, _ in micro_batches),
+                                    longest) from None
             raise
-        self._window.add(loss_sum / len(group), grad_norm, n_examples, n_tokens)
+        # The window sums over processes and divides by their step count: the step's mean loss.
+        self._window.add(loss_sum, grad_norm, n_examples, n_tokens)
         state.step += 1
 
     def _after_step(self, epoch_progress: float, epoch_end: bool, final: bool) -> None:
@@ -270,7 +279,8 @@ class _Loop:
             append_log(self.run_dir / LOG_FILE, {"step": state.step, "best_step": state.best_step,
                                                   "best_dev": state.best_metrics, **throughput})
         return TrainResult(best_metrics=dict(state.best_metrics), best_step=int(state.best_step),
-                           steps=state.step, final_metrics=dict(state.last_metrics), throughput=throughput)
+                           steps=state.step, final_metrics=dict(state.last_metrics), throughput=throughput,
+                           batch_split=self.split.as_dict())
 
     # -- pieces
 
@@ -332,7 +342,8 @@ class _Loop:
                        "scaler": scaler.state_dict() if scaler is not None else None},
                 rng={"world_size": accelerator.num_processes, "ranks": all_rng},
                 state={**dataclasses.asdict(self.state), "world_size": accelerator.num_processes,
-                       "total_steps": self.total_steps, "config": dataclasses.asdict(self.config)},
+                       "total_steps": self.total_steps, "config": dataclasses.asdict(self.config),
+                       "batch_split": self.split.as_dict()},
             )
         accelerator.wait_for_everyone()
 
@@ -363,18 +374,36 @@ def evaluate(
         return _evaluate(accelerator, model, objective, list(examples), config, bar, description)
 
 
+def predict(model: "nn.Module", objective: Objective, examples: Sequence, config: TrainConfig,
+            description: str = "predicting") -> list:
+    """`model`'s outputs on `examples`, in input order, without scoring them (no gold needed)."""
+    accelerator = make_accelerator(config)
+    bar = progress()
+    bar.disable = bar.disable or not accelerator.is_main_process
+    with bar:
+        return _outputs(accelerator, model.to(accelerator.device), objective, list(examples), config, bar, description)
+
+
 def _evaluate(accelerator, model, objective: Objective, examples: list, config: TrainConfig,
               bar=None, description: str = "evaluating", transient: bool = False) -> tuple[dict, list]:
     """`bar`: a live rich `Progress` to show the examples done in; `transient`: its row goes when done
     (a dev evaluation's row under the training bar)."""
+    if not examples:
+        return {}, []
+    outputs = _outputs(accelerator, model, objective, examples, config, bar, description, transient)
+    return objective.score(outputs, examples), outputs
+
+
+def _outputs(accelerator, model, objective: Objective, examples: list, config: TrainConfig,
+             bar=None, description: str = "evaluating", transient: bool = False) -> list:
     import torch
     from accelerate.utils import send_to_device
 
     if not examples:
-        return {}, []
+        return []
     lengths = [int(objective.length(e)) for e in examples]
-    batches = shard(sequential_batches(lengths, config.batch_size), accelerator.process_index,
-                    accelerator.num_processes, pad=False)
+    batch_size = config.forward_batch_size
+    batches = shard(sequential_batches(lengths, batch_size), accelerator.process_index, accelerator.num_processes)
     was_training = model.training
     model.eval()
     pairs: list[tuple[int, Any]] = []
@@ -392,17 +421,18 @@ def _evaluate(accelerator, model, objective: Objective, examples: list, config: 
                     bar.advance(task, len(indices) * accelerator.num_processes)
     except (RuntimeError, MemoryError) as e:
         if is_out_of_memory(e):
-            raise out_of_memory("evaluation", config.batch_size, max(lengths)) from None
+            raise out_of_memory("evaluation", batch_size, max(lengths)) from None
         raise
     finally:
         model.train(was_training)
         if task is not None and transient:
             bar.remove_task(task)
     if accelerator.num_processes > 1:
-        pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
-    outputs = restore_order([i for i, _ in pairs], [o for _, o in pairs], len(examples))
-    return objective.score(outputs, examples), outputs
+        from accelerate.utils import gather_object
 
+        # Every process gets every (index, output) pair once: shards do not repeat batches.
+        pairs = gather_object(pairs)
+    return restore_order([i for i, _ in pairs], [o for _, o in pairs], len(examples))
 
 
 def _limited(examples: Sequence | None, limit: int | None) -> list:

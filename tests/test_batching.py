@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kadapter_cli.batching import epoch_batches, groups, restore_order, sequential_batches, shard
+from kadapter_cli.batching import epoch_batches, restore_order, sequential_batches, shard, step_micro_batches
 
 
 def _lengths(n: int, seed: int = 0) -> list[int]:
@@ -72,24 +72,31 @@ def test_restore_order_refuses_missing_or_duplicate_outputs():
         restore_order([0, 0, 1], ["a", "b", "c"], 2)
 
 
-def test_shards_cover_all_batches_with_equal_counts_for_training():
+def test_evaluation_shards_do_not_repeat_batches():
     batches = [[i] for i in range(10)]
     shares = [shard(batches, rank, 3) for rank in range(3)]
-    assert [len(s) for s in shares] == [4, 4, 4]  # 10 batches → the last round wraps around
-    assert {b[0] for s in shares for b in s} == set(range(10))
+    assert sorted(b[0] for s in shares for b in s) == list(range(10))
     assert shares[0][:2] == [[0], [3]] and shares[1][:2] == [[1], [4]]
 
 
-def test_evaluation_shards_do_not_repeat_batches():
-    batches = [[i] for i in range(10)]
-    shares = [shard(batches, rank, 3, pad=False) for rank in range(3)]
-    assert sorted(b[0] for s in shares for b in s) == list(range(10))
+def test_a_step_splits_into_every_process_and_accumulation_step_once():
+    step = list(range(100, 112))  # 12 examples, 2 processes × 3 accumulation steps of 2
+    shares = [step_micro_batches(step, 2, 3, rank) for rank in range(2)]
+    assert [[len(ix) for ix, _ in mine] for mine in shares] == [[2, 2, 2], [2, 2, 2]]
+    assert sorted(i for mine in shares for ix, _ in mine for i in ix) == step
+    assert shares[0][0][0] == [100, 101] and shares[1][0][0] == [102, 103]  # consecutive parts, alternating
+    assert sum(share for mine in shares for _, share in mine) == pytest.approx(1.0)
 
 
-def test_groups_make_optimizer_steps_with_a_short_last_one():
-    assert groups([[0], [1], [2], [3], [4]], 2) == [[[0], [1]], [[2], [3]], [[4]]]
-    with pytest.raises(ValueError, match="grad_accum"):
-        groups([[0]], 0)
+def test_a_short_last_step_gives_every_process_its_micro_batches_and_zero_weight_stand_ins():
+    step = [7, 8, 9]  # 3 examples for 2 processes × 2 accumulation steps
+    shares = [step_micro_batches(step, 2, 2, rank) for rank in range(2)]
+    assert [len(mine) for mine in shares] == [2, 2]  # every process joins every reduction
+    real = [(ix, share) for mine in shares for ix, share in mine if share > 0]
+    assert sorted(i for ix, _ in real for i in ix) == step
+    assert sum(share for _, share in real) == pytest.approx(1.0)
+    stand_ins = [ix for mine in shares for ix, share in mine if share == 0]
+    assert stand_ins == [[7]]
 
 
 def test_bad_sizes_are_refused():

@@ -77,7 +77,8 @@ def test_adapters_and_composition_are_artifacts(chain):
 def test_finetune_evaluate_predict(chain, shared_data, task, data, adapters, headline):
     workdir, cli = chain
     data_dir = shared_data / data if data else workdir / "tasks" / task
-    cli("finetune", "--task", task, "--adapters", adapters, "--data", data_dir, *FAST, "--limit", "64")
+    cli("finetune", "--task", task, "--adapters", adapters, "--data", data_dir, *FAST, "--micro-batch-size", "8",
+        "--limit", "64")
     run = workdir / "finetuned" / f"{task}-{adapters.replace(',', '+')}"
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"dev", "test"} and set(headline) <= set(metrics["test"])
@@ -94,19 +95,31 @@ def test_finetune_evaluate_predict(chain, shared_data, task, data, adapters, hea
     assert [x["index"] for x in lines] == list(range(len(lines)))
     assert all(isinstance(label, str) for x in lines for label in x["gold"] + x["pred"])
 
-    # evaluate recomputes the metrics from the saved folder alone.
-    result = cli("evaluate", run, "--data", data_dir, "--split", "test", "--json")
+    # evaluate recomputes the metrics from the saved folder alone: on the same 64 test records, in
+    # the same batches (8, sorted by length), the same values.
+    first = workdir / "first-64" / task
+    first.mkdir(parents=True)
+    (first / "test.json").write_text(json.dumps(json.loads((data_dir / "test.json").read_text())[:64]))
+    result = cli("evaluate", run, "--data", first, "--split", "test", "--batch-size", "8", "--json")
     recomputed = json.loads(result.stdout)
     assert set(headline) <= set(recomputed)
+    assert recomputed == pytest.approx(metrics["test"])
     evaluation = workdir / "evaluations" / f"{run.name}-test"
-    assert (evaluation / "predictions-test.jsonl").is_file() and (evaluation / "manifest.json").is_file()
+    assert (evaluation / "predictions-test.jsonl").read_text() == (run / "predictions-test.jsonl").read_text()
+    assert (evaluation / "manifest.json").is_file()
 
-    # predict labels new records in the task's own format.
+    # predict labels new records in the task's own format, with or without gold labels.
     records = json.loads((data_dir / "test.json").read_text())[:3]
     source = workdir / f"{task}-new.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    out = cli("predict", run, source).stdout.splitlines()
-    assert [json.loads(x)["index"] for x in out] == [0, 1, 2]
+    out = [json.loads(x) for x in cli("predict", run, source).stdout.splitlines()]
+    assert [x["index"] for x in out] == [0, 1, 2]
+    unlabeled = workdir / f"{task}-unlabeled.jsonl"
+    gold_keys = ("labels", "relation")
+    unlabeled.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in gold_keys}) + "\n" for r in records))
+    bare = [json.loads(x) for x in cli("predict", run, unlabeled).stdout.splitlines()]
+    assert [x["gold"] for x in bare] == [[], [], []]
+    assert [x["pred"] for x in bare] == [x["pred"] for x in out]  # gold never feeds the prediction
 
 
 def test_baseline_run_is_named_base(chain, shared_data):

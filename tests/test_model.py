@@ -343,6 +343,26 @@ def test_frozen_parts_keep_dropout_off_in_train_mode(tiny):
     assert torch.equal(model(ids, mask), model(ids, mask))
 
 
+def test_keep_dropout_leaves_frozen_adapters_in_train_mode_as_the_original(tiny):
+    backbone, tokenizer = tiny
+    ids, mask = _batch(tokenizer, ["The river runs past the mill.", "Paris is big."])
+    model = _model(copy.deepcopy(backbone))
+    model.freeze_backbone()
+    model.freeze_adapters(keep_dropout=True)
+    model.train()
+    assert model.adapters["fac"].training and not any(p.requires_grad for p in model.adapters.parameters())
+    assert not torch.equal(model(ids, mask), model(ids, mask))
+
+
+def test_the_backbone_pooler_no_head_reads_is_not_trainable(tiny):
+    # Under DDP a trainable parameter without a gradient stops training at the second step.
+    backbone, _ = tiny
+    model = _model(copy.deepcopy(backbone))
+    assert model.backbone.pooler is not None
+    assert not any(p.requires_grad for p in model.backbone.pooler.parameters())
+    assert all(p.requires_grad for n, p in model.backbone.named_parameters() if not n.startswith("pooler."))
+
+
 def test_adapters_from_different_backbones_do_not_compose():
     a = AdapterConfig.for_backbone(ROBERTA_LARGE, "fac")
     b = AdapterConfig.for_backbone(BackboneShape("roberta", 768, 12, 12, "roberta-base"), "lin")

@@ -491,7 +491,7 @@ def test_paper_pipeline_holds_the_papers_settings():
     assert hp("openentity-fac", "batch-size", "lr", "warmup", "max-length") == (4, 5e-6, 500, 256)
     assert hp("openentity-fac-lin", "warmup", "adapters") == (1000, f"{p.workdir}/compositions/fac+lin")
     figer = p.stage("figer-fac").options
-    assert (figer["batch-size"] * figer["grad-accum"], figer["lr"], figer["epochs"]) == (2048, 5e-6, 3)
+    assert (figer["batch-size"], figer["lr"], figer["epochs"]) == (2048, 5e-6, 3)
     assert [hp(f"figer-{v}", "warmup")[0] for v in ("fac", "lin", "fac-lin")] == [500, 200, 1000]
     assert hp("tacred-fac", "epochs", "batch-size", "lr", "warmup", "max-length") == (5, 32, 1e-5, 500, 184)
     assert hp("tacred-lin", "lr", "warmup") == (1e-5, 200)

@@ -71,7 +71,8 @@ def test_unknown_task_and_option_are_bad_input():
 def test_task_files_and_paper_defaults(tmp_path):
     task = get_task("tacred")
     assert task.task_files(tmp_path) == {s: tmp_path / f"{s}.json" for s in ("train", "dev", "test")}
-    assert task.defaults_for([]) == {"lr": 1e-5, "batch_size": 32, "epochs": 5, "max_length": 184, "warmup": 500}
+    assert task.defaults_for([]) == {"lr": 1e-5, "batch_size": 32, "micro_batch_size": 8, "epochs": 5,
+                                     "max_length": 184, "warmup": 500}
     assert task.defaults_for(["lin", "fac"])["lr"] == 5e-6 and task.defaults_for(["fac", "lin"])["warmup"] == 1000
     assert get_task("openentity").defaults["lr"] == 5e-6  # the paper's, not the script's 1e-4
     assert get_task("figer").defaults_for(["lin"])["warmup"] == 200

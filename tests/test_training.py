@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from safetensors.torch import load_file
 from kadapter_cli.errors import BadInput, KadapterError
 from kadapter_cli.training import TrainConfig, TrainingOutOfMemory, evaluate, latest_checkpoint, train
 
+from kill_helpers import kill_after_checkpoint
 from train_toy import ToyObjective, build_model, toy_examples
 
 TOY_SCRIPT = Path(__file__).with_name("train_toy.py")
@@ -258,7 +257,8 @@ def test_checkpoints_are_complete_safe_to_load_and_only_the_last_two_are_kept(tm
     rng = torch.load(ckpt / "rng.pt", weights_only=True)
     assert rng["world_size"] == 1 and isinstance(rng["ranks"][0]["torch"], torch.Tensor)
     state = json.loads((ckpt / "state.json").read_text())
-    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (12, 2, 0)
+    assert (state["step"], state["epoch"], state["steps_in_epoch"]) == (12, 2, 0)
+    assert state["batch_split"] == {"batch_size": 8, "micro_batch_size": 8, "grad_accum": 1, "processes": 1}
     assert state["config"]["seed"] == 7 and state["best_step"] in (6, 12)
 
 
@@ -269,7 +269,7 @@ def test_resume_at_an_epoch_boundary_is_bit_identical(tmp_path):
     with pytest.raises(Interrupted):  # dies on the first step of epoch 2
         _run(48, config, tmp_path / "run", objective=InterruptingObjective(at=7))
     state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
-    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 1, 0)
+    assert (state["step"], state["epoch"], state["steps_in_epoch"]) == (6, 1, 0)
 
     resumed, result = _run(48, config, tmp_path / "run", resume=True)
     _assert_identical(_weights(resumed), _weights(reference))
@@ -278,13 +278,13 @@ def test_resume_at_an_epoch_boundary_is_bit_identical(tmp_path):
 
 
 def test_resume_mid_epoch_and_mid_accumulation_is_bit_identical(tmp_path):
-    # 60 examples / 8 = 8 micro-batches = 4 steps an epoch (grad_accum 2); saves at steps 3 and 6 and epoch ends.
-    config = _config(epochs=3, grad_accum=2, save_every=3, eval_every=5)
+    # 60 examples / batch 8 = 8 steps an epoch, each 2 micro-batches of 4; saves at steps 3, 6, 9, 12 and epoch ends.
+    config = _config(epochs=3, micro_batch_size=4, save_every=3, eval_every=5)
     reference, _ = _run(60, config, tmp_path / "reference")
-    with pytest.raises(Interrupted):  # second micro-batch of step 8: gradients half accumulated
-        _run(60, config, tmp_path / "run", objective=InterruptingObjective(at=16))
+    with pytest.raises(Interrupted):  # second micro-batch of step 11: gradients half accumulated
+        _run(60, config, tmp_path / "run", objective=InterruptingObjective(at=22))
     state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
-    assert (state["step"], state["epoch"], state["steps_in_epoch"], state["batch_in_epoch"]) == (6, 1, 2, 4)
+    assert (state["step"], state["epoch"], state["steps_in_epoch"]) == (9, 1, 1)
     resumed, _ = _run(60, config, tmp_path / "run", resume=True)
     _assert_identical(_weights(resumed), _weights(reference))
     assert _training_lines(tmp_path / "run") == _training_lines(tmp_path / "reference")
@@ -364,25 +364,7 @@ def _toy_command(run_dir: Path, *extra: str) -> list[str]:
 
 def _kill_after_checkpoint(run_dir: Path, min_step: int, *extra: str) -> None:
     """Starts the toy run, SIGKILLs it as soon as a checkpoint of at least `min_step` exists."""
-    proc = subprocess.Popen(_toy_command(run_dir, "--step-delay", "0.03", *extra), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            ckpt = latest_checkpoint(run_dir)
-            if ckpt is not None and int(ckpt.name[5:]) >= min_step:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"toy run ended before it could be killed:\n{proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.01)
-        else:
-            pytest.fail("no checkpoint appeared within 60 s")
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_after_checkpoint(_toy_command(run_dir, "--step-delay", "0.03", *extra), _env(), run_dir, min_step)
 
 
 @pytest.mark.slow
@@ -425,24 +407,110 @@ def launch_two_processes(run: Path, *args: str, timeout: float = 120) -> subproc
 
 
 @pytest.mark.slow
-def test_two_processes_under_accelerate_launch_train_a_valid_model(tmp_path):
+def test_two_processes_train_the_weights_of_one_process_with_the_whole_batch(tmp_path):
     run = tmp_path / "run"
-    done = launch_two_processes(run, "--epochs", "4", "--seed", "3", "--save-every", "10", "--lr", "0.03")
+    done = launch_two_processes(run, "--epochs", "4", "--seed", "3", "--save-every", "10", "--lr", "0.03",
+                                "--batch-size", "8", "--micro-batch-size", "4", "--dropout", "0")
+    assert "batch 8 = micro-batch 4 × 1 accumulation step × 2 processes" in done.stderr
 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     dev = toy_examples(60, 2)
     majority = max(sum(e["label"] for e in dev), len(dev) - sum(e["label"] for e in dev)) / len(dev)
     assert result["best_metrics"]["n"] == 60 and result["best_metrics"]["in_order"] == 1.0  # gathered, once each
     assert result["best_metrics"]["accuracy"] >= majority + 0.05  # learned, not the majority class
-    # 240 examples / 8 = 30 batches, 15 per process → 15 steps an epoch.
-    assert result["steps"] == 60
-    weights = load_file(run / "final.safetensors")
-    assert all(torch.isfinite(t).all() for t in weights.values())
+    # 240 examples / batch 8 = 30 steps an epoch, whatever the number of processes.
+    assert result["steps"] == 120
+    assert result["batch_split"] == {"batch_size": 8, "micro_batch_size": 4, "grad_accum": 1, "processes": 2}
     losses = [x["loss"] for x in _training_lines(run) if "loss" in x]
     assert losses[-1] < losses[0]
     rng = torch.load(latest_checkpoint(run) / "rng.pt", weights_only=True)
     assert rng["world_size"] == 2 and not torch.equal(rng["ranks"][0]["torch"], rng["ranks"][1]["torch"])
 
+    # The same run in one process, with micro-batch 8 (= 2 × 4) and with 4 accumulation steps of 2:
+    # the same weights at the last step, up to float rounding (dropout off: masks differ per process).
+    two_processes = load_file(run / "checkpoints" / "step-120" / "model.safetensors")
+    for micro in (8, 2):
+        config = TrainConfig(epochs=4, seed=3, save_every=10, lr=0.03, batch_size=8, micro_batch_size=micro,
+                             warmup=0.1, log_every=5, device="cpu")
+        model = build_model(3, dropout=0.0)
+        train(model, ToyObjective(), toy_examples(240, 1), toy_examples(60, 2), config, tmp_path / f"one-{micro}")
+        one = load_file(tmp_path / f"one-{micro}" / "checkpoints" / "step-120" / "model.safetensors")
+        assert one.keys() == two_processes.keys()
+        for name in one:
+            torch.testing.assert_close(two_processes[name], one[name], rtol=1e-4, atol=1e-5, msg=f"{name}, micro {micro}")
+
+
+# ---------------------------------------------------------------- batch sizes
+
+
+@pytest.mark.parametrize("batch, micro, processes, split", [
+    (128, 128, 1, (128, 1)),  # fac on one GPU
+    (256, 64, 1, (64, 4)),  # lin on one GPU
+    (128, 128, 4, (32, 1)),  # the micro-batch is cut to each process's share
+    (2048, 8, 1, (8, 256)),  # FIGER on one GPU
+    (2048, 8, 4, (8, 64)),
+    (100, 64, 1, (50, 2)),  # lowered to divide the share
+    (10, 4, 1, (2, 5)),
+    (32, None, 2, (16, 1)),  # no micro-batch: each process's whole share at once
+])
+def test_the_effective_batch_splits_into_micro_batches_accumulation_and_processes(batch, micro, processes, split):
+    result = TrainConfig(batch_size=batch, micro_batch_size=micro).batch_split(processes)
+    assert (result.micro_batch_size, result.grad_accum) == split
+    assert result.micro_batch_size * result.grad_accum * result.processes == batch
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused():
+    with pytest.raises(BadInput, match=r"--batch-size 128 does not split evenly over 3 processes; "
+                                       r"use a multiple of 3 \(e\.g\. 126 or 129\)"):
+        TrainConfig(batch_size=128).batch_split(3)
+
+
+def test_every_default_batch_splits_on_one_process_and_on_four():
+    from kadapter_cli.pretrain import KIND_DEFAULTS
+    from kadapter_cli.tasks import TASKS, get_task
+
+    defaults = [*KIND_DEFAULTS.values(), *(get_task(name).defaults_for([]) for name in TASKS)]
+    for d in defaults:
+        for processes in (1, 4):
+            split = TrainConfig(batch_size=d["batch_size"], micro_batch_size=d["micro_batch_size"]).batch_split(processes)
+            assert split.micro_batch_size <= d["micro_batch_size"] and split.micro_batch_size * split.grad_accum * processes == d["batch_size"]
+    assert get_task("figer").defaults_for([])["batch_size"] == 2048  # the paper's effective batch, not a micro-batch
+
+
+def test_train_adapter_prints_and_records_the_split(cli, shared_data, tiny_backbone):
+    assert cli("prepare-trex", shared_data / "trex", "--min-count", "1").exit_code == 0
+    result = cli("train-adapter", "--kind", "fac", "--backbone", tiny_backbone, "--batch-size", "10",
+                 "--micro-batch-size", "4", "--max-steps", "2", "--max-length", "48")
+    assert result.exit_code == 0, result.output
+    assert ("batch 10 = micro-batch 2 × 5 accumulation steps × 1 process (micro-batch lowered from 4: it must "
+            "divide the 10 examples each process takes per step)") in " ".join(result.stderr.split())
+    manifest = json.loads((cli.workdir / "adapters" / "fac" / "manifest.json").read_text())
+    assert manifest["stats"]["batch_split"] == {"batch_size": 10, "micro_batch_size": 2, "grad_accum": 5, "processes": 1}
+    assert manifest["config"]["micro_batch_size"] == 4 and manifest["config"]["batch_size"] == 10
+
+
+def test_help_says_the_batch_is_effective(cli):
+    for command in ("train-adapter", "finetune"):
+        text = " ".join(cli(command, "--help").stdout.split())
+        assert "Effective batch" in text and "--micro-batch-size" in text and "--clip-mode" in text
+
+
+def test_separate_clipping_clips_the_backbone_and_the_rest_each_on_their_own():
+    from kadapter_cli.train_setup import clip_gradients, clip_groups, make_accelerator
+
+    model = torch.nn.ModuleDict({"backbone": torch.nn.Linear(1, 1, bias=False), "head": torch.nn.Linear(1, 1, bias=False)})
+    accelerator = make_accelerator(TrainConfig(device="cpu"))
+
+    def clipped(mode: str) -> tuple[float, float, float]:
+        model["backbone"].weight.grad = torch.tensor([[10.0]])
+        model["head"].weight.grad = torch.tensor([[0.5]])
+        norm = clip_gradients(accelerator, clip_groups(model, mode), 1.0)
+        return float(norm), float(model["backbone"].weight.grad), float(model["head"].weight.grad)
+
+    total = math.hypot(10.0, 0.5)
+    assert clipped("joint") == pytest.approx((total, 10.0 / total, 0.5 / total), rel=1e-5)
+    assert clipped("separate") == pytest.approx((total, 1.0, 0.5), rel=1e-5)  # the head's small gradient kept
+    assert clip_gradients(accelerator, clip_groups(model, "joint"), 0.0) is None
 
 
 def test_cli_defaults_of_loop_options_equal_the_loops_own():
@@ -450,5 +518,6 @@ def test_cli_defaults_of_loop_options_equal_the_loops_own():
     from kadapter_cli.commands import train as train_commands
 
     defaults = TrainConfig()
-    for name in ("weight_decay", "adam_eps", "adam_beta1", "adam_beta2", "grad_accum", "seed", "log_every"):
+    for name in ("weight_decay", "adam_eps", "adam_beta1", "adam_beta2", "max_grad_norm", "clip_mode", "seed",
+                 "log_every"):
         assert getattr(train_commands, name.upper()).default == getattr(defaults, name), name

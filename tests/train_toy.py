@@ -92,9 +92,9 @@ class ToyObjective:
                 "in_order": float(all(o["id"] == e["id"] for o, e in zip(outputs, examples)))}
 
 
-def build_model(seed: int) -> ToyModel:
+def build_model(seed: int, dropout: float = 0.2) -> ToyModel:
     torch.manual_seed(seed)
-    return ToyModel()
+    return ToyModel(dropout=dropout)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,17 +108,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-train", type=int, default=240)
     parser.add_argument("--n-dev", type=int, default=60)
     parser.add_argument("--step-delay", type=float, default=0.0)
-    for name in ("epochs", "batch_size", "grad_accum", "save_every", "eval_every", "log_every", "seed", "max_steps"):
+    for name in ("epochs", "batch_size", "micro_batch_size", "save_every", "eval_every", "log_every", "seed", "max_steps"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup", type=float, default=0.1)
+    parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--report-to", default=None)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
     options = {k: v for k, v in vars(args).items() if v is not None}
     config = TrainConfig.from_options({"epochs": 3, "batch_size": 8, "log_every": 5, **options})
-    model = build_model(config.seed)
+    model = build_model(config.seed, args.dropout)
     result = train(model, ToyObjective(args.step_delay), toy_examples(args.n_train, 1), toy_examples(args.n_dev, 2),
                    config, args.run_dir, resume=args.resume)
     from accelerate import PartialState

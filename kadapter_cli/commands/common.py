@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -81,6 +82,12 @@ def jsonable(obj: Any) -> Any:
     if hasattr(obj, "value") and not isinstance(obj, (int, float, str, bool)):
         return obj.value  # enums
     return obj
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that reports, under `accelerate launch` / `torchrun` (they set
+    RANK) or alone: the others train beside it and print nothing."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def echo_json(obj: Any) -> None:

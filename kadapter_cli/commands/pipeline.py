@@ -78,9 +78,14 @@ def demo_cli(
 
     It ends with `kadapter report --paper` on the workdir; `kadapter --workdir kadapter-work-demo report --plot DIR` draws its figures.
     """
-    from kadapter_cli.pipeline import DEMO_PIPELINE, demo_summary, load_pipeline_resolved, run_pipeline
+    import torch
+
+    from kadapter_cli.pipeline import DEMO_PIPELINE, DEMO_THREADS, demo_summary, load_pipeline_resolved, run_pipeline
     from kadapter_cli.progress import info
 
+    # The thread count decides the order in which matrix products add up: pinned, every machine with
+    # the same CPU kernels prints the same table (README, "The demo").
+    torch.set_num_threads(DEMO_THREADS)
     pipeline = load_pipeline_resolved(DEMO_PIPELINE, _workdir_override(ctx))
     info(f"demo: workdir {pipeline.workdir}, backbone {pipeline.variables['backbone']}")
     run_pipeline(pipeline, app=ctx.find_root().command, force=force, echo=info)

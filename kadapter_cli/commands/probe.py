@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -39,18 +41,15 @@ def train_probe_cli(
 ) -> None:
     """Train the probe's masked-LM layer over the frozen backbone and adapters (paper App. D)."""
     from kadapter_cli.finetune import resolve_adapters
-    from kadapter_cli.probe import PROBE_DEFAULTS, ProbeTrainingSpec, effective_batch, train_probe
+    from kadapter_cli.probe import PROBE_DEFAULTS, ProbeTrainingSpec, train_probe
 
     options = merged_config(ctx, config)
     workdir = get_workdir(ctx)
     adapter_set = resolve_adapters(options["adapters"], workdir, None)
-    defaults = {k: v for k, v in PROBE_DEFAULTS.items() if k != "micro_batch_size"}
-    micro = options["micro_batch_size"] or PROBE_DEFAULTS["micro_batch_size"]
-    effective = options["batch_size"] or PROBE_DEFAULTS["batch_size"]
-    micro, accumulation = effective_batch(effective, micro)
-    values: dict[str, Any] = {**options, "batch_size": micro, "grad_accum": accumulation}
-    train_config, resolved = _train_config(values, defaults)
-    resolved.update({"batch_size": effective, "micro_batch_size": micro, "grad_accum": accumulation})
+    # --batch-size is the effective batch, as for every training command (TrainConfig.batch_split).
+    train_config, resolved = _train_config(options, PROBE_DEFAULTS)
+    split = train_config.batch_split(int(os.environ.get("WORLD_SIZE", "1")))
+    resolved.update({"micro_batch_size": split.micro_batch_size, "grad_accum": split.grad_accum})
     default_name = "+".join(adapter_set.names) or ("base-lm-head" if options["pretrained_lm_head"] else "base")
     probe_name = options["name"] or default_name
     spec = ProbeTrainingSpec(

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from kadapter_cli.commands import app
-from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config, stdin_as_file
+from kadapter_cli.commands.common import echo_json, get_workdir, is_main_process, jsonable, merged_config, stdin_as_file
 from kadapter_cli.errors import BadInput
 from kadapter_cli.train_setup import set_threads
 from kadapter_cli.tasks import TASKS, parse_task_options, task_options_help
@@ -22,8 +22,8 @@ from kadapter_cli.tasks import TASKS, parse_task_options, task_options_help
 # Spelled out here because importing `pretrain` would load torch at CLI start (a test checks them
 # against `pretrain.KIND_DEFAULTS`).
 KIND_PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fac": {"epochs": 5, "batch_size": 128, "lr": 2e-5, "warmup": 0.05, "max_length": 64},
-    "lin": {"epochs": 10, "batch_size": 256, "lr": 1e-5, "warmup": 0.05, "max_length": 128},
+    "fac": {"epochs": 5, "batch_size": 128, "micro_batch_size": 128, "lr": 2e-5, "warmup": 0.05, "max_length": 64},
+    "lin": {"epochs": 10, "batch_size": 256, "micro_batch_size": 64, "lr": 1e-5, "warmup": 0.05, "max_length": 128},
 }
 
 
@@ -46,7 +46,7 @@ def _task_defaults(key: str) -> str:
             if key in values:
                 variants.setdefault(values[key], []).append(adapters)
         extra = ", ".join(f"{' and '.join(names)}: {_number(value)}" for value, names in variants.items())
-        parts.append(f"{name} {_number(task.defaults[key])}" + (f" ({extra})" if extra else ""))
+        parts.append(f"{name} {_number(task().defaults_for()[key])}" + (f" ({extra})" if extra else ""))
     return "default: " + ", ".join(parts)
 
 
@@ -54,8 +54,14 @@ def _paper_options(defaults) -> dict[str, Any]:
     """The loop options whose defaults are the paper's, with those values in their help."""
     return {
         "epochs": typer.Option(None, "--epochs", help=f"Training epochs ({defaults('epochs')}).", metavar="N"),
-        "batch_size": typer.Option(None, "--batch-size", metavar="N",
-                                   help=f"Examples per batch, per process ({defaults('batch_size')})."),
+        "batch_size": typer.Option(None, "--batch-size", metavar="N", help=(
+            "Effective batch, the paper's number: examples per optimizer step = micro-batch × accumulation × "
+            f"processes; must divide evenly over the processes ({defaults('batch_size')}).")),
+        "micro_batch_size": typer.Option(None, "--micro-batch-size", metavar="N", help=(
+            "Examples per process per forward/backward pass, what fits in memory; accumulation steps = "
+            "batch / (micro-batch × processes), lowered to divide each process's share evenly; the split is "
+            f"printed at start and recorded in the manifest ({defaults('micro_batch_size')}: sizes that fit "
+            "one 24 GB GPU with roberta-large).")),
         "lr": typer.Option(None, "--lr", help=f"Peak learning rate of AdamW ({defaults('lr')}).", metavar="LR"),
         "warmup": typer.Option(None, "--warmup", metavar="STEPS|SHARE",
                                help=f"Warm-up: steps if ≥ 1, share of all steps if < 1 ({defaults('warmup')})."),
@@ -68,7 +74,8 @@ ADAPTER = _paper_options(_kind_defaults)
 TASK = _paper_options(_task_defaults)
 # The same options for other training commands (train-probe), whose defaults their own help states.
 EPOCHS = typer.Option(None, "--epochs", metavar="N", help="Training epochs.")
-BATCH_SIZE = typer.Option(None, "--batch-size", metavar="N", help="Examples per batch, per process.")
+BATCH_SIZE = typer.Option(None, "--batch-size", metavar="N",
+                          help="Effective batch: examples per optimizer step over all processes.")
 LR = typer.Option(None, "--lr", metavar="LR", help="Peak learning rate of AdamW.")
 WARMUP = typer.Option(None, "--warmup", metavar="STEPS|SHARE", help="Warm-up: steps if ≥ 1, share of all steps if < 1.")
 MAX_LENGTH = typer.Option(None, "--max-length", metavar="N", help="Longest input in sub-tokens, special tokens included.")
@@ -78,7 +85,10 @@ WEIGHT_DECAY = typer.Option(0.0, "--weight-decay", help="AdamW weight decay (not
 ADAM_EPS = typer.Option(1e-8, "--adam-eps", help="AdamW epsilon.")
 ADAM_BETA1 = typer.Option(0.9, "--adam-beta1", help="AdamW beta1.")
 ADAM_BETA2 = typer.Option(0.999, "--adam-beta2", help="AdamW beta2 (0.9 as in Dozat & Manning's parser suits the lin pointer head).")
-GRAD_ACCUM = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step.")
+CLIP_MODE = typer.Option("joint", "--clip-mode", metavar="joint|separate", help=(
+    "Gradient clipping to --max-grad-norm: joint (one norm over all trainable parameters) or separate "
+    "(the backbone and the rest each on their own, as the original code)."))
+MAX_GRAD_NORM = typer.Option(1.0, "--max-grad-norm", help="Clip gradients to this norm (0: off).")
 SEED = typer.Option(42, "--seed", help="Seed of initialisation, data order and dropout.")
 SAVE_EVERY = typer.Option(None, "--save-every", help="Checkpoint every N steps (and at each epoch end).")
 EVAL_EVERY = typer.Option(None, "--eval-every", help="Evaluate on dev every N steps (default: each epoch end).")
@@ -178,7 +188,9 @@ def train_adapter_cli(
     batch_size: Optional[int] = ADAPTER["batch_size"], lr: Optional[float] = ADAPTER["lr"],
     warmup: Optional[float] = ADAPTER["warmup"], weight_decay: float = WEIGHT_DECAY,
     adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
-    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = ADAPTER["max_length"], seed: int = SEED,
+    micro_batch_size: Optional[int] = ADAPTER["micro_batch_size"],
+    max_grad_norm: float = MAX_GRAD_NORM, clip_mode: str = CLIP_MODE,
+    max_length: Optional[int] = ADAPTER["max_length"], seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
     precision: str = PRECISION,
@@ -212,6 +224,8 @@ def train_adapter_cli(
     )
     summary = train_adapter(spec, train_config, resume=options["resume"], overwrite=options["overwrite"],
                             manifest_config=jsonable(resolved))
+    if not is_main_process():
+        return
     if json_out:
         echo_json(summary)
     else:
@@ -259,11 +273,16 @@ def finetune_cli(
                                           help=f"A task's own option (repeatable). {task_options_help()}."),
     max_negatives: Optional[int] = typer.Option(None, "--max-negatives", help="Same as --task-option max_negatives=N (tacred)."),
     allow_backbone_mismatch: bool = ALLOW_MISMATCH,
+    keep_adapter_dropout: bool = typer.Option(
+        False, "--keep-adapter-dropout",
+        help="Leave the frozen adapters' dropout on while fine-tuning (the original code; default: frozen parts in eval mode)."),
     epochs: Optional[int] = TASK["epochs"], max_steps: Optional[int] = MAX_STEPS,
     batch_size: Optional[int] = TASK["batch_size"], lr: Optional[float] = TASK["lr"],
     warmup: Optional[float] = TASK["warmup"], weight_decay: float = WEIGHT_DECAY,
     adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
-    grad_accum: int = GRAD_ACCUM, max_length: Optional[int] = TASK["max_length"], seed: int = SEED,
+    micro_batch_size: Optional[int] = TASK["micro_batch_size"],
+    max_grad_norm: float = MAX_GRAD_NORM, clip_mode: str = CLIP_MODE,
+    max_length: Optional[int] = TASK["max_length"], seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
     precision: str = PRECISION,
@@ -295,9 +314,12 @@ def finetune_cli(
         max_length=int(resolved["max_length"]), task_options=task_options,
         cache_features=options["cache_features"], cache_budget_gb=options["cache_budget"],
         allow_backbone_mismatch=options["allow_backbone_mismatch"],
+        keep_adapter_dropout=options["keep_adapter_dropout"],
     )
     results = finetune(spec, train_config, overwrite=options["overwrite"], resume=options["resume"],
                        manifest_config=jsonable(resolved))
+    if not is_main_process():
+        return
     if json_out:
         echo_json(results)
     else:

@@ -37,7 +37,7 @@ class Figer(TypingTask):
     headline_metrics = ("strict_acc", "macro_f1", "micro_f1")
     # Paper appendix: 3 epochs, max_length 256, batch 2048 (on 4 GPUs), lr 5e-6; warm-up 500 with
     # fac, 200 with lin, 1,000 with fac+lin. (The released script: batch 4, lr 3e-5, warm-up 120.)
-    defaults = {"lr": 5e-6, "batch_size": 2048, "epochs": 3, "max_length": 256, "warmup": 500}
+    defaults = {"lr": 5e-6, "batch_size": 2048, "micro_batch_size": 8, "epochs": 3, "max_length": 256, "warmup": 500}
     adapter_defaults = {"lin": {"warmup": 200}, "fac+lin": {"warmup": 1000}}
 
     def read(self, path: str | Path, labeled: bool = True) -> list[dict]:

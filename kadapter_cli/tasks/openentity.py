@@ -20,7 +20,7 @@ class OpenEntity(TypingTask):
     # Paper / README best settings (batch 4, lr 5e-6, warm-up 500 with fac, 1,000 with lin and
     # fac+lin); the released script used lr 1e-4 (reference §8.8). The paper gives no epoch count:
     # the script's 12,000 steps at batch 4 over the 1,998 training examples are 24 epochs.
-    defaults = {"lr": 5e-6, "batch_size": 4, "epochs": 24, "max_length": 256, "warmup": 500}
+    defaults = {"lr": 5e-6, "batch_size": 4, "micro_batch_size": 4, "epochs": 24, "max_length": 256, "warmup": 500}
     adapter_defaults = {"lin": {"warmup": 1000}, "fac+lin": {"warmup": 1000}}
 
     def default_labels(self, train_records: Sequence[dict]) -> list[str]:

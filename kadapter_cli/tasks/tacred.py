@@ -38,7 +38,7 @@ class Tacred(RelationTask):
     headline_metrics = ("precision", "recall", "f1")
     # Paper appendix: 5 epochs, batch 32; lr/warm-up 1e-5/500 with fac, 1e-5/200 with lin,
     # 5e-6/1000 with fac+lin. max_length 184 is the released script's.
-    defaults = {"lr": 1e-5, "batch_size": 32, "epochs": 5, "max_length": 184, "warmup": 500}
+    defaults = {"lr": 1e-5, "batch_size": 32, "micro_batch_size": 8, "epochs": 5, "max_length": 184, "warmup": 500}
     adapter_defaults = {"lin": {"warmup": 200}, "fac+lin": {"lr": 5e-6, "warmup": 1000}}
     options = {"max_negatives": TaskOption(
         None, "keep only the first N no_relation training examples (the original: 44999; default: all)", int)}
