@@ -1,0 +1,183 @@
+"""`make mutation`: mutation testing (mutmut 3) of the modules where a silent change corrupts results.
+
+Each module runs on its own, in a scratch copy of the package and the tests under `--out`
+(default `build/mutation/<module>/`), with only the test files that exercise it; within those,
+mutmut runs for each mutant only the tests that call the mutated function. Modules go smallest
+first. At the end `--out/summary.md` (and `summary.json`) hold the score per module and the diff
+of every surviving mutant; `docs/MUTATION.md` says which survivors are equivalent and why.
+
+    python tools/mutation.py                 # every module in MODULES
+    python tools/mutation.py metrics fusion  # just these
+    python tools/mutation.py --list          # the modules and their tests
+
+Runs are fresh each time (mutmut keeps verdicts of unchanged mutants even when tests change).
+The scratch copies import the mutated package, never the installed one: PYTHONPATH is cleared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# module name → (files to mutate, test files that exercise them). Tests marked slow are left out: they
+# run `kadapter` or `accelerate launch` as subprocesses, which import the installed package, not the mutant.
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "fusion": (["kadapter_cli/fusion.py"], ["tests/test_model.py", "tests/test_mutation_modules.py"]),
+    "train_setup": (["kadapter_cli/train_setup.py"], ["tests/test_training.py", "tests/test_mutation_training.py"]),
+    "metrics": (["kadapter_cli/metrics.py"],
+                ["tests/test_metrics.py", "tests/test_typing_micro_pr.py", "tests/test_mutation_metrics.py"]),
+    "heads": (["kadapter_cli/heads.py"],
+              ["tests/test_model.py", "tests/test_adapter_io.py", "tests/test_import_original.py",
+               "tests/test_tasks.py", "tests/test_mutation_modules.py"]),
+    "checkpoints": (["kadapter_cli/checkpoints.py"], ["tests/test_training.py", "tests/test_mutation_training.py"]),
+    "import_original": (["kadapter_cli/import_original.py"], ["tests/test_import_original.py"]),
+    "feature_cache": (["kadapter_cli/feature_cache.py"],
+                      ["tests/test_feature_cache.py", "tests/test_feature_cache_rows.py"]),
+    "encoding": (["kadapter_cli/encoding.py"],
+                 ["tests/test_encoding.py", "tests/test_properties.py", "tests/test_tasks.py"]),
+    "tasks": (["kadapter_cli/tasks/*"],
+              ["tests/test_tasks.py", "tests/test_typing_micro_pr.py", "tests/test_untrusted.py",
+               "tests/test_properties.py"]),
+    "training": (["kadapter_cli/training.py"], ["tests/test_training.py", "tests/test_mutation_training.py"]),
+    "adapter": (["kadapter_cli/adapter.py"],
+                ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_import_original.py"]),
+}
+
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}  # the tests noticed the change
+
+
+def source_lines(module: str) -> int:
+    return sum(len(p.read_text().splitlines()) for pattern in MODULES[module][0] for p in REPO.glob(pattern)
+               if p.suffix == ".py")
+
+
+def toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def prepare(module: str, work: Path) -> None:
+    """A scratch copy of the package and the tests, with a pyproject that configures mutmut for `module`."""
+    files, tests = MODULES[module]
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "kadapter_cli", work / "kadapter_cli", ignore=ignore)
+    shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
+    existing = [t for t in tests if (REPO / t).is_file()]
+    config = (REPO / "pyproject.toml").read_text() + f"""
+[tool.mutmut]
+source_paths = ["kadapter_cli"]
+only_mutate = {toml_list(files)}
+pytest_add_cli_args_test_selection = {toml_list(existing + ["-m", "not slow"])}
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+"""
+    (work / "pyproject.toml").write_text(config)
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    shared = Path(os.environ.get("KADAPTER_SHARED_DATA", REPO.parent / "shared" / "data"))
+    env.update(KADAPTER_SHARED_DATA=str(shared), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def mutmut(work: Path, *args: str, log: Path | None = None) -> str:
+    command = [sys.executable, "-m", "mutmut", *args]
+    if log is None:
+        done = subprocess.run(command, cwd=work, env=environment(), capture_output=True, text=True)
+        return done.stdout
+    with open(log, "w") as out:
+        done = subprocess.run(command, cwd=work, env=environment(), stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise SystemExit(f"mutmut run failed for {work.name} (exit {done.returncode}); end of {log}:\n{tail}")
+    return ""
+
+
+def results(work: Path) -> dict[str, str]:
+    """{mutant name: status} from `mutmut results --all true`."""
+    out = mutmut(work, "results", "--all", "true")
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\s+(\S+): (.+)$", out, re.MULTILINE)}
+
+
+def run_module(module: str, out: Path, max_children: int) -> dict:
+    work = out / module
+    prepare(module, work)
+    started = time.monotonic()
+    mutmut(work, "run", "--max-children", str(max_children), log=out / f"{module}.log")
+    statuses = results(work)
+    survivors = sorted(name for name, status in statuses.items() if status not in KILLED)
+    killed = len(statuses) - len(survivors)
+    return {
+        "module": module,
+        "files": MODULES[module][0],
+        "tests": [t for t in MODULES[module][1] if (REPO / t).is_file()],
+        "mutants": len(statuses),
+        "killed": killed,
+        "score": killed / len(statuses) if statuses else None,
+        "seconds": round(time.monotonic() - started),
+        "survivors": [{"name": name, "status": statuses[name], "diff": mutmut(work, "show", name).strip()}
+                      for name in survivors],
+    }
+
+
+def write_summary(out: Path, rows: list[dict]) -> None:
+    previous = out / "summary.json"
+    merged = {r["module"]: r for r in json.loads(previous.read_text())} if previous.is_file() else {}
+    merged.update({r["module"]: r for r in rows})
+    ordered = [merged[m] for m in MODULES if m in merged]
+    previous.write_text(json.dumps(ordered, indent=2) + "\n")
+    lines = ["# Mutation testing summary", "", f"`{' '.join(['python', 'tools/mutation.py', *sys.argv[1:]])}`", "",
+             "| module | mutants | killed | score | survivors | time (s) |", "|---|---:|---:|---:|---:|---:|"]
+    for r in ordered:
+        score = "—" if r["score"] is None else f"{100 * r['score']:.1f} %"
+        lines.append(f"| {r['module']} | {r['mutants']} | {r['killed']} | {score} | {len(r['survivors'])} "
+                     f"| {r['seconds']} |")
+    for r in ordered:
+        if r["survivors"]:
+            lines += ["", f"## {r['module']}: surviving mutants", ""]
+            for s in r["survivors"]:
+                lines += [f"### {s['name']} ({s['status']})", "", "```diff", s["diff"], "```", ""]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help=f"modules to run (default: all): {', '.join(MODULES)}")
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "mutation", help="scratch and summary folder")
+    parser.add_argument("--max-children", type=int, default=1, help="mutants run in parallel (the machine is shared)")
+    parser.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
+    args = parser.parse_args()
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
+    modules = sorted(args.modules or MODULES, key=source_lines)
+    if args.list:
+        for m in modules:
+            print(f"{m} ({source_lines(m)} lines): {' '.join(MODULES[m][0])} <- {' '.join(MODULES[m][1])}")
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for module in modules:
+        print(f"mutation: {module} ...", flush=True)
+        row = run_module(module, args.out, args.max_children)
+        rows.append(row)
+        score = "no mutants" if row["score"] is None else f"{100 * row['score']:.1f} % killed"
+        print(f"mutation: {module}: {row['killed']}/{row['mutants']} {score}, {len(row['survivors'])} survivors, "
+              f"{row['seconds']} s", flush=True)
+        write_summary(args.out, rows)
+    print(f"summary: {args.out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
