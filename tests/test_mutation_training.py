@@ -1,0 +1,67 @@
+"""Cases found by mutation testing (docs/MUTATION.md) for the training loop's set-up: the learning-rate
+schedule's numbers at its edges, which parameters AdamW decays, and which errors count as out of memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kadapter_cli.errors import BadInput
+from kadapter_cli.train_config import TrainConfig
+from kadapter_cli.train_setup import adamw, is_out_of_memory, make_accelerator, warmup_then_linear_decay
+
+
+@pytest.mark.parametrize("step, warmup, total, multiplier", [
+    (0, 4, 10, 0.0), (1, 4, 10, 0.25), (3, 4, 10, 0.75), (4, 4, 10, 1.0), (7, 4, 10, 0.5), (10, 4, 10, 0.0),
+    (12, 4, 10, 0.0),  # past the end: 0, never negative
+    (0, 1, 5, 0.0), (1, 1, 5, 1.0), (3, 1, 5, 0.5),  # warm-up of one step
+    (0, 0, 4, 1.0), (1, 0, 4, 0.75), (2, 0, 2, 0.0),  # no warm-up: decay from the first step
+    (0, 3, 3, 0.0), (2, 3, 3, 2 / 3), (3, 3, 3, 0.0),  # warm-up as long as the run: no decay phase left
+])
+def test_warmup_then_linear_decay_multipliers(step, warmup, total, multiplier):
+    assert warmup_then_linear_decay(step, warmup, total) == pytest.approx(multiplier, abs=1e-12)
+
+
+def test_adamw_decays_matrices_only_with_the_configured_decay():
+    w, b, norm = (torch.nn.Parameter(torch.zeros(*shape)) for shape in ((2, 3), (3,), (3,)))
+    optimizer = adamw([("w", w), ("b", b), ("norm.weight", norm)], TrainConfig(lr=0.5, weight_decay=0.1))
+    groups = [(g["weight_decay"], [id(p) for p in g["params"]]) for g in optimizer.param_groups]
+    assert groups == [(0.1, [id(w)]), (0.0, [id(b), id(norm)])]
+    assert all(g["lr"] == 0.5 for g in optimizer.param_groups)
+    # One decaying step moves a matrix of ones even with a zero gradient; a bias stays put.
+    ones, bias = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+    optimizer = adamw([("m", ones), ("bias", bias)], TrainConfig(lr=0.5, weight_decay=0.1))
+    ones.grad, bias.grad = torch.zeros_like(ones), torch.zeros_like(bias)
+    optimizer.step()
+    assert torch.allclose(ones, torch.full((2, 2), 1 - 0.5 * 0.1)) and torch.equal(bias, torch.ones(2))
+    # Only one group when every parameter is 1-d.
+    assert len(adamw([("b", b)], TrainConfig()).param_groups) == 1
+
+
+@pytest.mark.parametrize("message", [
+    "CUDA out of memory. Tried to allocate 2.00 GiB",
+    "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes",
+    "HIP error: not enough memory",
+])
+def test_out_of_memory_messages_are_recognised(message):
+    assert is_out_of_memory(RuntimeError(message))
+
+
+def test_memory_errors_are_out_of_memory_and_other_errors_are_not():
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(torch.OutOfMemoryError("x"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+def test_device_cuda_without_a_gpu_is_refused():
+    with pytest.raises(BadInput) as caught:
+        make_accelerator(TrainConfig(device="cuda"))
+    assert str(caught.value) == "--device cuda: no CUDA device is visible to this process"
+
+
+def test_accelerator_follows_device_and_precision_across_runs_in_one_process():
+    # Accelerate's state is process-wide: a second accelerator with another precision must still get it.
+    assert make_accelerator(TrainConfig(device="cpu", precision="bf16")).mixed_precision == "bf16"
+    accelerator = make_accelerator(TrainConfig(device="cpu", precision="fp32"))
+    assert accelerator.mixed_precision == "no" and accelerator.device.type == "cpu"
