@@ -24,39 +24,53 @@ import shutil
 import subprocess
 import sys
 import time
+from fnmatch import fnmatch
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 
-# module name → (files to mutate, test files that exercise them). Tests marked slow are left out: they
-# run `kadapter` or `accelerate launch` as subprocesses, which import the installed package, not the mutant.
-MODULES: dict[str, tuple[list[str], list[str]]] = {
-    "fusion": (["kadapter_cli/fusion.py"], ["tests/test_model.py", "tests/test_mutation_modules.py"]),
-    "train_setup": (["kadapter_cli/train_setup.py"], ["tests/test_training.py", "tests/test_mutation_training.py"]),
-    "metrics": (["kadapter_cli/metrics.py"],
-                ["tests/test_metrics.py", "tests/test_typing_micro_pr.py", "tests/test_mutation_metrics.py"]),
-    "heads": (["kadapter_cli/heads.py"],
-              ["tests/test_model.py", "tests/test_adapter_io.py", "tests/test_import_original.py",
-               "tests/test_tasks.py", "tests/test_mutation_modules.py"]),
-    "checkpoints": (["kadapter_cli/checkpoints.py"], ["tests/test_training.py", "tests/test_mutation_training.py"]),
-    "import_original": (["kadapter_cli/import_original.py"], ["tests/test_import_original.py"]),
-    "feature_cache": (["kadapter_cli/feature_cache.py"],
-                      ["tests/test_feature_cache.py", "tests/test_feature_cache_rows.py"]),
-    "encoding": (["kadapter_cli/encoding.py"],
-                 ["tests/test_encoding.py", "tests/test_properties.py", "tests/test_tasks.py"]),
-    "tasks": (["kadapter_cli/tasks/*"],
-              ["tests/test_tasks.py", "tests/test_typing_micro_pr.py", "tests/test_untrusted.py",
-               "tests/test_properties.py"]),
-    "training": (["kadapter_cli/training.py"], ["tests/test_training.py", "tests/test_mutation_training.py"]),
-    "adapter": (["kadapter_cli/adapter.py"],
-                ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_import_original.py"]),
+class Target(NamedTuple):
+    files: list[str]  # what to mutate (globs relative to the repository)
+    tests: list[str]  # the test files that exercise it
+    functions: tuple[str, ...] = ()  # only mutants of these functions (fnmatch on mutmut's names); () = all
+
+
+# Tests marked slow are left out: they run `kadapter` or `accelerate launch` as subprocesses, which
+# import the installed package, not the mutant.
+LOOP_TESTS = ["tests/test_training.py", "tests/test_mutation_training.py"]
+MODULES: dict[str, Target] = {
+    "fusion": Target(["kadapter_cli/fusion.py"], ["tests/test_model.py", "tests/test_mutation_modules.py"]),
+    "train_setup": Target(["kadapter_cli/train_setup.py"], LOOP_TESTS),
+    "metrics": Target(["kadapter_cli/metrics.py"],
+                      ["tests/test_metrics.py", "tests/test_typing_micro_pr.py", "tests/test_mutation_metrics.py"]),
+    "heads": Target(["kadapter_cli/heads.py"],
+                    ["tests/test_model.py", "tests/test_adapter_io.py", "tests/test_import_original.py",
+                     "tests/test_tasks.py", "tests/test_mutation_modules.py"]),
+    "checkpoints": Target(["kadapter_cli/checkpoints.py"], LOOP_TESTS),
+    "import_original": Target(["kadapter_cli/import_original.py"], ["tests/test_import_original.py"]),
+    "feature_cache": Target(["kadapter_cli/feature_cache.py"],
+                            ["tests/test_feature_cache.py", "tests/test_feature_cache_rows.py"]),
+    "encoding": Target(["kadapter_cli/encoding.py"],
+                       ["tests/test_encoding.py", "tests/test_properties.py", "tests/test_tasks.py"]),
+    "tasks": Target(["kadapter_cli/tasks/*"],
+                    ["tests/test_tasks.py", "tests/test_typing_micro_pr.py", "tests/test_untrusted.py",
+                     "tests/test_properties.py"]),
+    # The loop's schedule, clipping and resume: `train` (total steps, schedule, resume or fresh start),
+    # the epoch/step walk that resume re-enters, the optimizer step with clipping, the save/eval points.
+    "training": Target(["kadapter_cli/training.py"], LOOP_TESTS,
+                       ("kadapter_cli.training.x_train*", "kadapter_cli.training.xǁ_Loopǁrun*",
+                        "kadapter_cli.training.xǁ_Loopǁ_train_step*",
+                        "kadapter_cli.training.xǁ_Loopǁ_after_step*")),
+    "adapter": Target(["kadapter_cli/adapter.py"],
+                      ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_import_original.py"]),
 }
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}  # the tests noticed the change
 
 
 def source_lines(module: str) -> int:
-    return sum(len(p.read_text().splitlines()) for pattern in MODULES[module][0] for p in REPO.glob(pattern)
+    return sum(len(p.read_text().splitlines()) for pattern in MODULES[module].files for p in REPO.glob(pattern)
                if p.suffix == ".py")
 
 
@@ -66,7 +80,7 @@ def toml_list(items: list[str]) -> str:
 
 def prepare(module: str, work: Path) -> None:
     """A scratch copy of the package and the tests, with a pyproject that configures mutmut for `module`."""
-    files, tests = MODULES[module]
+    files, tests, _ = MODULES[module]
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -114,14 +128,17 @@ def run_module(module: str, out: Path, max_children: int) -> dict:
     work = out / module
     prepare(module, work)
     started = time.monotonic()
-    mutmut(work, "run", "--max-children", str(max_children), log=out / f"{module}.log")
-    statuses = results(work)
+    functions = MODULES[module].functions
+    mutmut(work, "run", "--max-children", str(max_children), *functions, log=out / f"{module}.log")
+    statuses = {name: status for name, status in results(work).items()
+                if not functions or any(fnmatch(name, f) for f in functions)}
     survivors = sorted(name for name, status in statuses.items() if status not in KILLED)
     killed = len(statuses) - len(survivors)
     return {
         "module": module,
-        "files": MODULES[module][0],
-        "tests": [t for t in MODULES[module][1] if (REPO / t).is_file()],
+        "files": MODULES[module].files,
+        "functions": list(functions),
+        "tests": [t for t in MODULES[module].tests if (REPO / t).is_file()],
         "mutants": len(statuses),
         "killed": killed,
         "score": killed / len(statuses) if statuses else None,
@@ -164,7 +181,9 @@ def main() -> None:
     modules = sorted(args.modules or MODULES, key=source_lines)
     if args.list:
         for m in modules:
-            print(f"{m} ({source_lines(m)} lines): {' '.join(MODULES[m][0])} <- {' '.join(MODULES[m][1])}")
+            target = MODULES[m]
+            only = f" (only {', '.join(target.functions)})" if target.functions else ""
+            print(f"{m} ({source_lines(m)} lines): {' '.join(target.files)}{only} <- {' '.join(target.tests)}")
         return
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
