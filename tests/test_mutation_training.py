@@ -65,3 +65,22 @@ def test_accelerator_follows_device_and_precision_across_runs_in_one_process():
     assert make_accelerator(TrainConfig(device="cpu", precision="bf16")).mixed_precision == "bf16"
     accelerator = make_accelerator(TrainConfig(device="cpu", precision="fp32"))
     assert accelerator.mixed_precision == "no" and accelerator.device.type == "cpu"
+
+
+def test_out_of_memory_message_in_full():
+    from kadapter_cli.train_setup import out_of_memory
+
+    error = out_of_memory("training step 3", 16, 256)
+    assert str(error) == (
+        "out of memory during training step 3 (batch of 16 examples, longest 256 tokens); "
+        "lower --batch-size (raise --grad-accum to keep the effective batch), --max-length, "
+        "or --cache-budget (--cache-features off turns the feature cache off)")
+    assert error.exit_code == 2
+
+
+def test_adamw_uses_the_fused_kernel_for_cpu_parameters():
+    # benchmarks/RESULTS.md: the per-tensor loop costs 3-5x more per step on CPU.
+    cpu = [("w", torch.nn.Parameter(torch.zeros(2, 2)))]
+    assert adamw(cpu, TrainConfig()).defaults["fused"] is True
+    meta = [("w", torch.nn.Parameter(torch.zeros(2, 2, device="meta")))]
+    assert not adamw(meta, TrainConfig()).defaults["fused"]
