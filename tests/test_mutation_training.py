@@ -1,11 +1,18 @@
-"""Cases found by mutation testing (docs/MUTATION.md) for the training loop's set-up: the learning-rate
-schedule's numbers at its edges, which parameters AdamW decays, and which errors count as out of memory."""
+"""Cases found by mutation testing (docs/MUTATION.md) for the training loop: the learning-rate schedule's
+numbers at its edges, which parameters AdamW decays, which errors count as out of memory, and the
+checkpoint files that exact resume reads (RNG states, complete folders, weights)."""
 
 from __future__ import annotations
 
+import json
+import random
+
+import numpy as np
 import pytest
 import torch
 
+from kadapter_cli.checkpoints import (copy_into, latest_checkpoint, remove_checkpoints, rng_state, set_rng_state,
+                                      write_checkpoint)
 from kadapter_cli.errors import BadInput
 from kadapter_cli.train_config import TrainConfig
 from kadapter_cli.train_setup import adamw, is_out_of_memory, make_accelerator, warmup_then_linear_decay
@@ -84,3 +91,72 @@ def test_adamw_uses_the_fused_kernel_for_cpu_parameters():
     assert adamw(cpu, TrainConfig()).defaults["fused"] is True
     meta = [("w", torch.nn.Parameter(torch.zeros(2, 2, device="meta")))]
     assert not adamw(meta, TrainConfig()).defaults["fused"]
+
+
+# ---------------------------------------------------------------- checkpoints (resume)
+
+def _draws():
+    return torch.rand(3).tolist(), [random.random() for _ in range(3)], np.random.rand(3).tolist()
+
+
+def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
+    torch.manual_seed(1), random.seed(2), np.random.seed(3)
+    np.random.randn()  # leaves a cached Gaussian in numpy's state
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = _draws()
+    torch.manual_seed(9), random.seed(9), np.random.seed(9)
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert _draws() == expected
+
+
+def _write(root, step, value=0.0):
+    return write_checkpoint(root, step, {"w": torch.full((2,), value)}, {"optimizer": {}}, {"ranks": []},
+                            {"step": step})
+
+
+def test_checkpoint_folders_are_found_by_step_number_and_only_when_complete(tmp_path):
+    root = tmp_path / "run" / "checkpoints"
+    for step in (9, 10):
+        _write(root, step)
+    assert latest_checkpoint(tmp_path / "run").name == "step-10"  # numeric order, not "step-9" > "step-10"
+    (root / "step-11").mkdir()  # no state.json: a folder being written, not a checkpoint
+    (root / "step-x12").mkdir()
+    (root / "step-12").write_text("a file")
+    assert latest_checkpoint(tmp_path / "run").name == "step-10"
+    assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_write_checkpoint_clears_a_killed_writer_s_scratch_and_replaces_the_same_step(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / ".step-3.tmp").mkdir(parents=True)
+    (root / ".step-3.tmp" / "model.safetensors").write_text("half written")
+    _write(root, 3, 1.0)
+    folder = _write(root, 3, 2.0)  # the same step again (a resumed run saving where it started)
+    assert sorted(p.name for p in root.iterdir()) == ["step-3"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "optimizer.pt", "rng.pt", "state.json"]
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(folder / "model.safetensors")["w"], torch.full((2,), 2.0))
+    assert json.loads((folder / "state.json").read_text()) == {"step": 3}
+    _write(root, 4), _write(root, 5)
+    assert sorted(p.name for p in root.iterdir()) == ["step-4", "step-5"]  # the newest two, nothing else
+
+
+def test_remove_checkpoints_leaves_nothing_behind(tmp_path):
+    _write(tmp_path / "checkpoints", 1)
+    remove_checkpoints(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    remove_checkpoints(tmp_path)  # nothing to remove: no error
+
+
+def test_copy_into_refuses_other_names_or_shapes(tmp_path):
+    model = torch.nn.Linear(2, 3)
+    model.bias.requires_grad_(False)
+    with pytest.raises(BadInput) as caught:
+        copy_into(model, {"bias": torch.zeros(3)}, tmp_path / "w.safetensors")
+    assert "missing ['weight'], unexpected ['bias']" in str(caught.value)
+    assert str(tmp_path / "w.safetensors") in str(caught.value)
+    with pytest.raises(BadInput, match=r"weight: saved shape \(2, 2\), model has \(3, 2\)"):
+        copy_into(model, {"weight": torch.zeros(2, 2)}, tmp_path / "w.safetensors")
+    copy_into(model, {"weight": torch.ones(3, 2)}, tmp_path / "w.safetensors")
+    assert torch.equal(model.weight, torch.ones(3, 2))
