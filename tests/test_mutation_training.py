@@ -24,6 +24,7 @@ from kadapter_cli.train_setup import adamw, is_out_of_memory, make_accelerator, 
     (0, 1, 5, 0.0), (1, 1, 5, 1.0), (3, 1, 5, 0.5),  # warm-up of one step
     (0, 0, 4, 1.0), (1, 0, 4, 0.75), (2, 0, 2, 0.0),  # no warm-up: decay from the first step
     (0, 3, 3, 0.0), (2, 3, 3, 2 / 3), (3, 3, 3, 0.0),  # warm-up as long as the run: no decay phase left
+    (3, 3, 4, 1.0), (4, 3, 4, 0.0),  # a decay phase of one step
 ])
 def test_warmup_then_linear_decay_multipliers(step, warmup, total, multiplier):
     assert warmup_then_linear_decay(step, warmup, total) == pytest.approx(multiplier, abs=1e-12)
@@ -65,6 +66,21 @@ def test_device_cuda_without_a_gpu_is_refused():
     with pytest.raises(BadInput) as caught:
         make_accelerator(TrainConfig(device="cuda"))
     assert str(caught.value) == "--device cuda: no CUDA device is visible to this process"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+def test_fp16_without_a_gpu_is_refused_with_advice():
+    with pytest.raises(BadInput) as caught:
+        make_accelerator(TrainConfig(device="auto", precision="fp16"))
+    assert str(caught.value) == "--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_machine_device_cpu_stays_on_cpu_and_fp16_autocasts():
+    assert make_accelerator(TrainConfig(device="cpu")).device.type == "cpu"
+    accelerator = make_accelerator(TrainConfig(device="auto", precision="fp16"))
+    assert accelerator.device.type == "cuda" and accelerator.mixed_precision == "fp16"
 
 
 def test_accelerator_follows_device_and_precision_across_runs_in_one_process():
