@@ -1,0 +1,74 @@
+"""Cases found by mutation testing (docs/MUTATION.md) for `attach_cache` and the cache decision:
+where the cache goes (memory, disk per process and split, nothing), and the disk probed for space."""
+
+from __future__ import annotations
+
+import shutil
+from collections import namedtuple
+
+import pytest
+import torch
+
+from kadapter_cli.feature_cache import GiB, attach_cache, decide_cache
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def _splits():
+    return [[{"input_ids": [2, 3, 4]}, {"input_ids": [5, 6]}], [{"input_ids": [7]}]]
+
+
+def _compute(calls):
+    def compute(ids, mask):
+        calls.append(ids.shape[0])
+        return [ids.float().unsqueeze(-1).expand(-1, -1, 4).clone()]
+    return compute
+
+
+def _attach(splits, calls, tmp_path, **kw):
+    options = dict(n_states=1, hidden=4, pad_id=1, batch_size=8, mode="on", budget_gib=None, folder=tmp_path / "fc")
+    return attach_cache(splits, _compute(calls), **{**options, **kw})
+
+
+def test_off_caches_nothing_and_never_runs_the_backbone(tmp_path):
+    splits, calls = _splits(), []
+    assert _attach(splits, calls, tmp_path, mode="off") is None
+    assert calls == [] and not any("_cache" in ex for split in splits for ex in split)
+
+
+def test_within_the_budget_the_cache_is_in_memory(tmp_path):
+    splits, calls = _splits(), []
+    assert _attach(splits, calls, tmp_path, budget_gib=1.0) == "memory"
+    assert not (tmp_path / "fc").exists() and sum(calls) == 3
+    first, second = splits
+    assert first[0]["_cache"] is first[1]["_cache"] is not second[0]["_cache"]  # one cache per split
+    assert [ex["_row"] for ex in first] == [0, 1] and second[0]["_row"] == 0
+    assert first[1]["_cache"].gather([1], 2)[0][0, :, 0].tolist() == [5.0, 6.0]
+
+
+@pytest.mark.parametrize("env, rank", [({}, "0"), ({"LOCAL_RANK": "2"}, "2"), ({"RANK": "3", "LOCAL_RANK": "1"}, "3")])
+def test_over_the_budget_each_process_and_split_gets_its_own_disk_folder(tmp_path, monkeypatch, env, rank):
+    for name in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    splits, calls = _splits(), []
+    # 6 tokens × 1 state × 4 wide × 2 bytes = 48 bytes, over a budget of 40 bytes.
+    assert _attach(splits, calls, tmp_path, budget_gib=40 / GiB) == "disk"
+    assert sorted(p.name for p in (tmp_path / "fc" / rank).iterdir()) == ["0", "1"]
+    assert (tmp_path / "fc" / rank / "1" / "cache.json").is_file()
+    assert splits[1][0]["_cache"].gather([0], 1)[0][0, 0, 0].item() == 7.0
+    assert _attach(_splits(), [], tmp_path / "b", budget_gib=48 / GiB) == "memory"  # exactly the budget fits
+
+
+def test_free_space_is_measured_on_the_nearest_existing_folder(tmp_path, monkeypatch):
+    probed = []
+
+    def disk_usage(path):
+        probed.append(path)
+        return Usage(100 * GiB, 0, 100 * GiB)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    assert decide_cache("auto", 3 * GiB, 2 * GiB, tmp_path / "not-yet" / "made") == "disk"
+    assert probed == [tmp_path]
+    assert decide_cache("auto", 3 * GiB, 2 * GiB, tmp_path) == "disk" and probed[-1] == tmp_path
