@@ -158,13 +158,12 @@ def run_module(module: str, out: Path, max_children: int) -> dict:
     }
 
 
-def write_summary(out: Path, rows: list[dict]) -> None:
-    previous = out / "summary.json"
-    merged = {r["module"]: r for r in json.loads(previous.read_text())} if previous.is_file() else {}
-    merged.update({r["module"]: r for r in rows})
-    ordered = [merged[m] for m in MODULES if m in merged]
-    previous.write_text(json.dumps(ordered, indent=2) + "\n")
-    lines = ["# Mutation testing summary", "", f"`{' '.join(['python', 'tools/mutation.py', *sys.argv[1:]])}`", "",
+def write_summary(out: Path) -> None:
+    """`summary.md` and `summary.json` from every module's latest result (`<module>.json`), so runs of
+    single modules, even two at once, add up to one summary."""
+    ordered = [json.loads((out / f"{m}.json").read_text()) for m in MODULES if (out / f"{m}.json").is_file()]
+    (out / "summary.json").write_text(json.dumps(ordered, indent=2) + "\n")
+    lines = ["# Mutation testing summary", "", "`python tools/mutation.py [MODULE...]`; each module's latest run.", "",
              "| module | mutants | killed | score | survivors | time (s) |", "|---|---:|---:|---:|---:|---:|"]
     for r in ordered:
         score = "—" if r["score"] is None else f"{100 * r['score']:.1f} %"
@@ -196,7 +195,6 @@ def main() -> None:
             print(f"{m} ({source_lines(m)} lines): {' '.join(target.files)}{only} <- {' '.join(target.tests)}")
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
     failed: list[str] = []
     for module in modules:
         print(f"mutation: {module} ...", flush=True)
@@ -206,11 +204,11 @@ def main() -> None:
             print(e, flush=True)
             failed.append(module)
             continue
-        rows.append(row)
+        (args.out / f"{module}.json").write_text(json.dumps(row, indent=2) + "\n")
         score = "no mutants" if row["score"] is None else f"{100 * row['score']:.1f} % killed"
         print(f"mutation: {module}: {row['killed']}/{row['mutants']} {score}, {len(row['survivors'])} survivors, "
               f"{row['seconds']} s", flush=True)
-        write_summary(args.out, rows)
+        write_summary(args.out)
     print(f"summary: {args.out / 'summary.md'}")
     if failed:
         raise SystemExit(f"mutmut could not run: {', '.join(failed)} (see {args.out}/<module>.log)")
