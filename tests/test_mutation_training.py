@@ -81,6 +81,8 @@ def test_on_a_gpu_machine_device_cpu_stays_on_cpu_and_fp16_autocasts():
     assert make_accelerator(TrainConfig(device="cpu")).device.type == "cpu"
     accelerator = make_accelerator(TrainConfig(device="auto", precision="fp16"))
     assert accelerator.device.type == "cuda" and accelerator.mixed_precision == "fp16"
+    cuda = [("w", torch.nn.Parameter(torch.zeros(2, 2, device="cuda")))]
+    assert adamw(cuda, TrainConfig()).defaults["fused"] is True
 
 
 def test_accelerator_follows_device_and_precision_across_runs_in_one_process():
