@@ -25,10 +25,11 @@ def entry(value: float, op: str, target: float, detail: dict[str, Any]) -> dict[
     return {"value": round(value, 4), "target": f"{op} {target:.2f}", "met": bool(met), "detail": detail}
 
 
-def _objective(config):
+def _objective(config, pad_to: int | None = None):
+    """The product's fac objective; `pad_to` pads every batch to that length (the original's pad-to-max-length)."""
     from kadapter_cli.objectives import RelationObjective
 
-    return RelationObjective(PAD_ID, config.labels)
+    return RelationObjective(PAD_ID, config.labels, pad_to)
 
 
 def _trainable(model: torch.nn.Module) -> int:
@@ -146,23 +147,6 @@ def cached_epoch(shape: BenchShape, n_examples: int, repeats: int, small_batch: 
 # ---------------------------------------------------------------- length bucketing
 
 
-class _PadToMaxLength:
-    """An objective whose batches are padded to `length` (the original's pad-to-max-length)."""
-
-    def __init__(self, objective, length: int):
-        self._objective, self._length = objective, length
-
-    def collate(self, examples: list[dict]) -> dict[str, Any]:
-        batch = self._objective.collate(examples)
-        extra = self._length - batch["input_ids"].shape[1]
-        batch["input_ids"] = torch.nn.functional.pad(batch["input_ids"], (0, extra), value=PAD_ID)
-        batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, extra), value=0)
-        return batch
-
-    def loss(self, model, batch):
-        return self._objective.loss(model, batch)
-
-
 def bucketed_epoch(shape: BenchShape, batches_timed: int, repeats: int, seed: int = 0) -> dict[str, Any]:
     """`bucketed_vs_padded`: an adapter-pretraining epoch (backbone run, no cache) with the product's
     length buckets and per-batch padding, over plain shuffled batches padded to max_length.
@@ -184,7 +168,7 @@ def bucketed_epoch(shape: BenchShape, batches_timed: int, repeats: int, seed: in
     bucketed_batches = epoch_batches(lengths, shape.batch_size, seed, epoch=0, bucket_size=bucket_size)
     shuffled_batches = epoch_batches(lengths, shape.batch_size, seed, epoch=0, bucket_size=1)
     bucketed = TrainStep(adapter_pretrainer(backbone, config), objective)
-    padded = TrainStep(adapter_pretrainer(backbone, config), _PadToMaxLength(objective, shape.max_length))
+    padded = TrainStep(adapter_pretrainer(backbone, config), _objective(config, pad_to=shape.max_length))
     times = timing.interleaved_steps({
         "bucketed_epoch": bucketed.steps(examples, _quantile_batches(bucketed_batches, lengths, batches_timed)),
         "padded_epoch": padded.steps(examples, shuffled_batches[:batches_timed]),

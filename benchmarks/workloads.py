@@ -137,11 +137,11 @@ class TrainStep:
     AdamW over the parameters that require grad (the loop's own `_adamw`), gradient clipping at 1.0,
     `zero_grad(set_to_none=True)`. The learning-rate schedule (one multiply) is left out."""
 
-    def __init__(self, model: nn.Module, objective, lr: float = 2e-5):
+    def __init__(self, model: nn.Module, objective, lr: float = 2e-5, device: str = "cpu", precision: str = "fp32"):
         from kadapter_cli.training import TrainConfig, make_accelerator
         from kadapter_cli.train_setup import adamw as _adamw
 
-        config = TrainConfig(device="cpu", lr=lr)
+        config = TrainConfig(device=device, lr=lr, precision=precision)
         self.accelerator = make_accelerator(config)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         optimizer = _adamw(named, config)
@@ -150,6 +150,9 @@ class TrainStep:
         self.objective = objective
 
     def __call__(self, batch: dict[str, Any]) -> float:
+        from accelerate.utils import send_to_device
+
+        batch = send_to_device(batch, self.accelerator.device)  # as the loop does (a no-op on the CPU)
         self.model.train()
         with self.accelerator.autocast():
             loss = self.objective.loss(self.model, batch)
@@ -157,7 +160,7 @@ class TrainStep:
         self.accelerator.clip_grad_norm_(self.trainable, 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return float(loss.detach())  # waits for the device: a timed step ends when its work does
 
     def steps(self, examples: Sequence[dict], batches: Sequence[Sequence[int]]) -> list[Callable[[], None]]:
         """One callable per batch of an epoch (collation, the cache's gather included), to be timed

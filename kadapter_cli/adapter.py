@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kadapter_cli.backbone import BackboneShape
+from kadapter_cli.encoding import MARKER_STYLES, SPACED_MARKERS
 from kadapter_cli.errors import BadInput
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -47,7 +48,10 @@ class AdapterConfig:
     `tap_layers` index the backbone's hidden states (0 = embeddings). `labels` is the label set
     of the pretraining task (relation ids for fac; empty for lin). `head` describes the pretraining
     head (`heads.build_pretraining_head` reads it). `max_length` is the sequence length the
-    adapter was pretrained with.
+    adapter was pretrained with. `marker_style` is how its pretraining encoded entity markers
+    (`kadapter_cli.encoding`: `spaced`, kadapter's, or `original`, the released fac adapter's); a
+    lin adapter reads no markers and has none (None). Configs written before the field existed
+    read as `spaced`, the only style kadapter then had.
     """
 
     name: str
@@ -68,6 +72,7 @@ class AdapterConfig:
     labels: list[str] = field(default_factory=list)
     head: dict[str, Any] = field(default_factory=dict)
     max_length: int = 256
+    marker_style: str | None = SPACED_MARKERS
 
     def __post_init__(self) -> None:
         self.tap_layers = [int(t) for t in self.tap_layers]
@@ -86,6 +91,10 @@ class AdapterConfig:
             problems.append(f"adapter_width {self.adapter_width} is not a multiple of num_heads {self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.kind == "lin":
+            self.marker_style = None  # dependency heads: no markers, so it composes with either style
+        elif self.marker_style not in MARKER_STYLES:
+            problems.append(f"marker_style must be one of {', '.join(MARKER_STYLES)} (got {self.marker_style!r})")
         if problems:
             raise BadInput("invalid adapter config: " + "; ".join(problems))
 

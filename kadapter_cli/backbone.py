@@ -157,20 +157,44 @@ def backbone_shape(model: "PreTrainedModel") -> BackboneShape:
     )
 
 
+def padding_position_ids(backbone: "PreTrainedModel", input_ids: "torch.Tensor") -> "torch.Tensor | None":
+    """Position ids that number padded positions like real ones, or None where the encoder does so itself.
+
+    RoBERTa-style embeddings (those that derive positions from the ids, skipping the padding index)
+    give every pad token the padding index's position in transformers; pytorch_transformers 1.2,
+    which the original adapters were trained under, numbered all positions `padding_idx + 1 ...`
+    (reference §8.10). Real tokens get the same ids either way; only the pad-token states, which
+    adapters that attend to padding read, differ. BERT- and DeBERTa-style embeddings already number
+    every position.
+    """
+    import torch
+
+    embeddings = getattr(backbone, "embeddings", None)
+    if not hasattr(embeddings, "create_position_ids_from_input_ids"):
+        return None
+    padding_idx = embeddings.padding_idx
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device) + int(padding_idx) + 1
+    return positions.expand_as(input_ids)
+
+
 def tapped_states(
     backbone: "PreTrainedModel",
     input_ids: "torch.Tensor",
     attention_mask: "torch.Tensor | None",
     taps: Sequence[int],
+    position_ids: "torch.Tensor | None" = None,
 ) -> "tuple[list[torch.Tensor], torch.Tensor]":
     """Runs the encoder once; returns `([hidden_states[t] for t in taps], last_hidden_state)`.
 
     `taps` index the encoder's hidden states: 0 = embedding output, k = output of layer k.
+    `position_ids` (default: the encoder's own) see `padding_position_ids`.
     """
     num_layers = int(backbone.config.num_hidden_layers)
     bad = [t for t in taps if not 0 <= int(t) <= num_layers]
     if bad:
         raise BadInput(f"tap layers {bad} are outside 0..{num_layers} (the backbone has {num_layers} layers)")
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
+    extra = {} if position_ids is None else {"position_ids": position_ids}
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True,
+                   **extra)
     hidden = out.hidden_states
     return [hidden[int(t)] for t in taps], out.last_hidden_state

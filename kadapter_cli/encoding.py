@@ -9,7 +9,14 @@ the words that remain, which is what lets truncation work at word level.
 
 Entity markers are separate words: `@ subject @` / `# object #` for relations, `@ mention @` for
 typing (CONTRACT §3). Their positions are tracked while the sequence is built, never searched
-for, so an "@" that occurs in the text itself cannot be mistaken for a marker.
+for, so an "@" that occurs in the text itself cannot be mistaken for a marker. How a marker becomes
+ids is its *marker style*, which an adapter records (`AdapterConfig.marker_style`) and a model's
+encoding follows:
+
+- `spaced` (kadapter's): a marker is encoded like any word, with its leading space ("Ġ@");
+- `original` (microsoft/K-Adapter's, reference §2, §8.10): relation markers are the bare vocabulary
+  tokens "@" / "#" (no leading space), as the released fac adapter learned them; the typing "@"
+  keeps its leading space, as the original's `tokenize("@")` gave it.
 
 Truncation never drops an example (the original silently skipped long ones, reference §8.6/8.7):
 context words are trimmed from both ends around the entities; if even the entities do not fit,
@@ -26,6 +33,9 @@ IGNORE_INDEX = -100  # target of positions that carry no label (torch CrossEntro
 SUBJECT_MARKER = "@"
 OBJECT_MARKER = "#"
 MENTION_MARKER = "@"
+SPACED_MARKERS = "spaced"
+ORIGINAL_MARKERS = "original"
+MARKER_STYLES = (SPACED_MARKERS, ORIGINAL_MARKERS)
 
 Span = tuple[int, int]
 
@@ -99,6 +109,19 @@ def word_pieces(tokenizer, words: Sequence[str]) -> list[list[int]]:
         for i in empty:
             pieces[i].append(int(tokenizer.unk_token_id))
     return pieces
+
+
+def check_marker_style(style: str) -> None:
+    if style not in MARKER_STYLES:
+        raise ValueError(f"marker style must be one of {', '.join(MARKER_STYLES)}, got {style!r}")
+
+
+def bare_token_ids(tokenizer, marker: str) -> list[int]:
+    """The vocabulary id of `marker` itself, without the leading space a word gets ("@", not "Ġ@")."""
+    token_id = tokenizer.convert_tokens_to_ids(marker)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no bare {marker!r} token for the original marker style")
+    return [int(token_id)]
 
 
 def _budget(tokenizer, max_length: int) -> tuple[list[int], list[int], int]:
@@ -225,15 +248,17 @@ def _check_span(name: str, span: Span, n_tokens: int) -> None:
 
 
 def encode_relation(
-    tokenizer, tokens: Sequence[str], subj: Span, obj: Span, max_length: int
+    tokenizer, tokens: Sequence[str], subj: Span, obj: Span, max_length: int, marker_style: str = SPACED_MARKERS
 ) -> dict[str, Any]:
     """Encodes a sentence with a marked subject (`@ … @`) and object (`# … #`).
 
     `subj` and `obj` are inclusive word spans into `tokens` (the TACRED / T-REx convention) and
     must not overlap (`ValueError` otherwise; callers turn it into `BadInput`). Returns
     `{"input_ids", "subj_pos", "obj_pos"}`: the positions of the opening "@" and "#", counting the
-    leading special token. At most `max_length` ids, special tokens included.
+    leading special token. At most `max_length` ids, special tokens included. `marker_style`: see
+    the module docstring (`original` = bare "@" / "#" ids).
     """
+    check_marker_style(marker_style)
     n = len(tokens)
     _check_span("subject", subj, n)
     _check_span("object", obj, n)
@@ -242,7 +267,11 @@ def encode_relation(
     prefix, suffix, budget = _budget(tokenizer, max_length)
     spans = [(tuple(subj), SUBJECT_MARKER), (tuple(obj), OBJECT_MARKER)]
     words, opening, closing = _marked_words(tokens, spans)
-    ids, (subj_pos, obj_pos) = _fit_marked(word_pieces(tokenizer, words), opening, closing, budget)
+    pieces = word_pieces(tokenizer, words)
+    if marker_style == ORIGINAL_MARKERS:
+        for i in opening + closing:
+            pieces[i] = bare_token_ids(tokenizer, words[i])
+    ids, (subj_pos, obj_pos) = _fit_marked(pieces, opening, closing, budget)
     return {
         "input_ids": prefix + ids + suffix,
         "subj_pos": len(prefix) + subj_pos,
@@ -250,13 +279,16 @@ def encode_relation(
     }
 
 
-def encode_typing(tokenizer, sent: str, start: int, end: int, max_length: int) -> dict[str, Any]:
+def encode_typing(tokenizer, sent: str, start: int, end: int, max_length: int,
+                  marker_style: str = SPACED_MARKERS) -> dict[str, Any]:
     """Encodes a sentence with the mention `sent[start:end]` wrapped in `@ … @`.
 
     `start`/`end` are character offsets, end exclusive (the ERNIE / K-Adapter format). Words are
     the whitespace split of the left context, "@", the mention's words, "@", the right context.
-    Returns `{"input_ids", "mention_pos"}` (position of the opening "@").
+    Returns `{"input_ids", "mention_pos"}` (position of the opening "@"). Both marker styles give
+    the spaced "@" here: the original's typing scripts tokenized it as a word too.
     """
+    check_marker_style(marker_style)
     if not (0 <= start < end <= len(sent)):
         raise ValueError(f"mention offsets [{start}, {end}) are not inside the sentence of {len(sent)} characters")
     mention = sent[start:end].split()

@@ -10,7 +10,10 @@ each example's states unpadded, one `(total_tokens, hidden)` array per state plu
 
 States are stored in fp16 by default (half the bytes; adapters consume them in fp32). `gather` gives
 a batch back zero-padded to the batch's length: positions past an example's end hold zeros, not the
-backbone's pad-token states, so a consumer must mask padding.
+backbone's pad-token states, so a consumer must mask padding — unless the cache is built with
+`pad_to`: then every example is run padded to that length and its states are kept at every position,
+the backbone's pad-token states included, for adapters that attend to padding
+(`KAdapterModel.padded_length`).
 
 `decide_cache` picks memory, disk or no cache from the estimated size and a memory budget.
 """
@@ -56,9 +59,11 @@ class FeatureCache:
         storage: str = "memory",
         folder: str | Path | None = None,
         dtype: "torch.dtype | None" = None,
+        pad_to: int | None = None,
     ) -> "FeatureCache":
         """Runs `compute(input_ids (B, L), attention_mask (B, L)) -> [states (B, L, H), ...]` over
-        every example once and stores the states of its real tokens.
+        every example once and stores the states of its real tokens — or, with `pad_to`, of all
+        `pad_to` positions of the example padded to that length.
 
         Batches are sorted by length (little padding). `storage="disk"` writes into `folder`; two
         processes building at once need different folders.
@@ -77,8 +82,11 @@ class FeatureCache:
             raise ValueError("no examples to cache")
         if min(lengths) == 0:
             raise ValueError(f"example {lengths.index(0)} has no tokens")
+        if pad_to is not None and max(lengths) > pad_to:
+            raise ValueError(f"example {lengths.index(max(lengths))} has {max(lengths)} tokens, over pad_to={pad_to}")
+        stored = lengths if pad_to is None else [pad_to] * len(lengths)
         offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
-        offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0)
+        offsets[1:] = torch.cumsum(torch.tensor(stored, dtype=torch.long), 0)
         total = int(offsets[-1])
         folder = Path(folder) if folder is not None else None
 
@@ -87,14 +95,15 @@ class FeatureCache:
         with progress() as bar:
             task = bar.add_task("caching features", total=len(lengths))
             for indices in batches:
-                ids, mask = _pad([examples_input_ids[i] for i in indices], pad_id)
+                ids, mask = _pad([examples_input_ids[i] for i in indices], pad_id, pad_to)
                 with torch.inference_mode():
                     outputs = list(compute(ids, mask))
                 _check_outputs(outputs, ids.shape, states)
                 if not states:
                     states = [_allocate(total, out.shape[-1], dtype, storage, folder, k) for k, out in enumerate(outputs)]
                 rows = torch.cat([torch.arange(int(offsets[i]), int(offsets[i + 1])) for i in indices])
-                real = mask.bool().to(outputs[0].device)
+                kept = mask if pad_to is None else torch.ones_like(mask)
+                real = kept.bool().to(outputs[0].device)
                 for store, out in zip(states, outputs):
                     # Row-major over (example, position): the same order as `rows`.
                     _write_rows(store, rows, out[real].to("cpu", dtype))
@@ -104,7 +113,8 @@ class FeatureCache:
             for store in states:
                 store.flush()
             (folder / "cache.json").write_text(json.dumps({
-                "examples": len(lengths), "tokens": total, "states": len(states), "hidden": cache.hidden,
+                "examples": len(lengths), "tokens": total, "padded_to": pad_to, "states": len(states),
+                "hidden": cache.hidden,
                 "dtype": str(dtype).removeprefix("torch."),
                 "files": [f"state-{k}.npy" for k in range(len(states))]}, indent=2) + "\n", encoding="utf-8")
         return cache
@@ -242,10 +252,10 @@ def _read_rows(store, rows: "torch.Tensor", dtype: "torch.dtype") -> "torch.Tens
     return values.view(torch.bfloat16) if dtype == torch.bfloat16 else values
 
 
-def _pad(sequences: list[Sequence[int]], pad_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+def _pad(sequences: list[Sequence[int]], pad_id: int, length: int | None = None) -> tuple["torch.Tensor", "torch.Tensor"]:
     import torch
 
-    longest = max(len(s) for s in sequences)
+    longest = max(len(s) for s in sequences) if length is None else length
     ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     mask = torch.zeros(len(sequences), longest, dtype=torch.long)
     for row, seq in enumerate(sequences):
@@ -279,19 +289,20 @@ def attach_cache(
     mode: str,
     budget_gib: float | None,
     folder: Path,
+    pad_to: int | None = None,
 ) -> str | None:
     """Caches the frozen backbone's states of every example of every split, when the budget allows.
 
     Each example (a dict with `input_ids`) then carries `_cache` (its split's `FeatureCache`) and
     `_row`, so collate functions can gather `features` for a batch. Returns where the cache lives
-    ("memory" / "disk") or None when it is off. Disk caches go under `folder/<rank>/<split>`: each
-    process of a multi-process run builds its own.
+    ("memory" / "disk") or None when it is off. `pad_to`: see `FeatureCache.build`. Disk caches go
+    under `folder/<rank>/<split>`: each process of a multi-process run builds its own.
     """
     import os
 
     if mode == "off":
         return None
-    n_tokens = sum(len(ex["input_ids"]) for split in splits for ex in split)
+    n_tokens = sum(len(ex["input_ids"]) if pad_to is None else pad_to for split in splits for ex in split)
     budget = None if budget_gib is None else int(budget_gib * GiB)
     storage = decide_cache(mode, estimate_bytes(n_tokens, n_states, hidden), budget, folder)
     if storage is None:
@@ -302,7 +313,7 @@ def attach_cache(
             continue
         cache = FeatureCache.build(compute, [ex["input_ids"] for ex in examples], pad_id=pad_id,
                                    batch_size=batch_size, storage=storage,
-                                   folder=folder / rank / str(i) if storage == "disk" else None)
+                                   folder=folder / rank / str(i) if storage == "disk" else None, pad_to=pad_to)
         for row, ex in enumerate(examples):
             ex["_cache"], ex["_row"] = cache, row
     return storage

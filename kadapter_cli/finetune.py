@@ -19,8 +19,9 @@ from torch import nn
 from kadapter_cli import artifacts
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, load_adapter, read_safetensors
 from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer
+from kadapter_cli.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput
-from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backbone
+from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backbone, marker_style
 from kadapter_cli.objectives import TaskObjective
 from kadapter_cli.progress import info, progress
 from kadapter_cli.tasks import get_task
@@ -109,7 +110,7 @@ def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str,
     with artifacts.atomic_output(out, overwrite=overwrite) as tmp:
         for name, path in zip(adapter_set.names, adapter_set.paths):
             _link_tree(path, tmp / "adapters" / name)
-        comp = {"fusion": fusion, "backbone": first.backbone,
+        comp = {"fusion": fusion, "backbone": first.backbone, "marker_style": marker_style(configs),
                 "adapters": [{"name": n, "source": str(p), "kind": c.kind, "tap_layers": c.tap_layers,
                               "adapter_width": c.adapter_width}
                              for n, p, c in zip(adapter_set.names, adapter_set.paths, configs)]}
@@ -170,7 +171,7 @@ def build_task_model(task, labels: Sequence[str], adapters: dict[str, KnowledgeA
 
 
 def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str], max_length: int,
-                 path: Path, description: str) -> list[dict]:
+                 path: Path, description: str, marker_style: str = SPACED_MARKERS) -> list[dict]:
     label_index = {label: i for i, label in enumerate(labels)}
     task.check_labels(records, labels, path)
     out = []
@@ -178,7 +179,7 @@ def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str]
         t = bar.add_task(description, total=len(records))
         for i, rec in enumerate(records):
             try:
-                out.append(task.encode(tokenizer, rec, label_index, max_length))
+                out.append(task.encode(tokenizer, rec, label_index, max_length, marker_style))
             except ValueError as e:
                 raise BadInput(str(e), path, i) from None
             bar.advance(t)
@@ -204,7 +205,9 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     splits["train"] = train_records
     if config.limit:  # the first N of every split, before the work of encoding them
         splits = {k: v[: config.limit] for k, v in splits.items()}
-    encoded = {split: encode_split(task, tokenizer, recs, labels, spec.max_length, files[split], f"encoding {split}")
+    markers = marker_style(adapter_configs)  # encode the entity markers as the adapters learned them
+    encoded = {split: encode_split(task, tokenizer, recs, labels, spec.max_length, files[split], f"encoding {split}",
+                                   markers)
                for split, recs in splits.items()}
 
     torch.manual_seed(config.seed)  # fusion and head initial weights follow the seed
@@ -213,12 +216,13 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     if spec.freeze_backbone:
         model.body.freeze_backbone()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    objective = TaskObjective(pad_id, task, labels)
+    pad_to = model.body.padded_length(spec.max_length)
+    objective = TaskObjective(pad_id, task, labels, pad_to)
 
     with artifacts.atomic_output(spec.out, overwrite=overwrite, resume=resume, resumable=True) as run_dir:
         cached = None
         if spec.freeze_backbone:
-            cached = attach_task_feature_cache(model, list(encoded.values()), spec, pad_id, config, run_dir)
+            cached = attach_task_feature_cache(model, list(encoded.values()), spec, pad_id, config, run_dir, pad_to)
         result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume)
         results: dict[str, dict] = {}
         for split in ("dev", "test"):
@@ -241,7 +245,7 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 
 
 def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], spec: FinetuneSpec, pad_id: int,
-                              config: TrainConfig, run_dir: Path) -> str | None:
+                              config: TrainConfig, run_dir: Path, pad_to: int | None = None) -> str | None:
     """With a frozen backbone, its tapped states (+ last) are computed once per example."""
     from kadapter_cli.feature_cache import attach_cache
 
@@ -257,7 +261,7 @@ def attach_task_feature_cache(model: TaskModel, splits: Sequence[list[dict]], sp
 
     return attach_cache(splits, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
                         batch_size=max(config.batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
+                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to)
 
 
 def write_predictions(path: Path, examples: Sequence[dict], outputs: Sequence[list[str]]) -> None:
@@ -284,6 +288,7 @@ def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequ
         "backbone": backbone_id,
         "max_length": spec.max_length,
         "fusion": body.fusion_mode,
+        "marker_style": marker_style(adapter_configs),
         "freeze_backbone": spec.freeze_backbone,
         "adapters": [{"name": n, "config": c.to_dict()} for n, c in zip(spec.adapters.names, adapter_configs)],
     })
@@ -319,6 +324,8 @@ def load_finetuned(folder: str | Path) -> tuple[TaskModel, Any, Any, list[str], 
             _rebuild_buffer(model, name, backbone_config)
     model.body.freeze_adapters()
     model.eval()
+    # Folders written before the field existed: their adapters' style (kadapter's, then).
+    config.setdefault("marker_style", marker_style([a.config for a in adapters.values()]))
     return model, tokenizer, task, labels, config
 
 
@@ -341,8 +348,9 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
         raise BadInput("--data is required (the folder with the task's split files)")
     path = task.task_files(data_dir)[split]
     records = task.read(path)
-    examples = encode_split(task, tokenizer, records, labels, config["max_length"], path, f"encoding {split}")
-    objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels)
+    examples = encode_split(task, tokenizer, records, labels, config["max_length"], path, f"encoding {split}",
+                            config["marker_style"])
+    objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
     metrics, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
     if out is not None:
         with artifacts.atomic_output(out, overwrite=overwrite) as tmp:
@@ -363,12 +371,12 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
         known = [g for g in task.gold(rec) if g in label_index]
         try:
             ex = task.encode(tokenizer, {**rec, **_only_known_labels(task, rec, label_index)}, label_index,
-                             config["max_length"])
+                             config["max_length"], config["marker_style"])
         except ValueError as e:
             raise BadInput(str(e), input_path, i) from None
         ex["gold"] = known
         examples.append(ex)
-    objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels)
+    objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
     _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
     return [{"index": i, "gold": task.gold(rec), "pred": pred} for i, (rec, pred) in enumerate(zip(records, outputs))]
 

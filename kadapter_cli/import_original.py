@@ -23,6 +23,7 @@ import torch
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, count_parameters, save_adapter, state_dict_problems
 from kadapter_cli.artifacts import atomic_output, read_json, sha256_inputs, write_manifest
 from kadapter_cli.backbone import BackboneShape
+from kadapter_cli.encoding import ORIGINAL_MARKERS
 from kadapter_cli.errors import BadInput
 from kadapter_cli.heads import build_head
 
@@ -128,6 +129,7 @@ def infer_config(
         layer_norm_eps=1e-5,
         init_std=0.0002,
         mask_padding=False,  # the original adapters attended to padding; keep what they learned with
+        marker_style=ORIGINAL_MARKERS,  # fac learned the bare "@"/"#" ids (lin reads no markers: None)
         labels=list(labels),
         head=head,
         max_length=max_length,
@@ -224,7 +226,11 @@ def import_original(
 
 
 def _manifest_config(config: AdapterConfig, source: Path, relations: Path | None) -> dict[str, Any]:
-    notes = [TAPS_NOTE, "Attention heads assumed 64 wide (12 for 768), as the original code hard-codes."]
+    notes = [TAPS_NOTE, "Attention heads assumed 64 wide (12 for 768), as the original code hard-codes.",
+             "The adapter attends to padding (mask_padding false): batches are padded to max length with the "
+             "backbone's pad-token states, as the original padded every sequence."]
+    if config.kind == "fac":
+        notes.append("Entity markers: the bare '@'/'#' ids the original fac adapter learned (marker_style original).")
     if config.kind == "fac" and relations is None:
         notes.append("The checkpoint has no relation ids; labels are rel_0..rel_{n-1} (pass --relations to name them).")
     return {
@@ -234,6 +240,7 @@ def _manifest_config(config: AdapterConfig, source: Path, relations: Path | None
         "name": config.name,
         "tap_layers": config.tap_layers,
         "mask_padding": config.mask_padding,
+        "marker_style": config.marker_style,
         "head": config.head,
         "notes": notes,
     }

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, take_rows
-from kadapter_cli.backbone import BackboneShape, backbone_shape, tapped_states
+from kadapter_cli.backbone import BackboneShape, backbone_shape, padding_position_ids, tapped_states
+from kadapter_cli.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput
 from kadapter_cli.fusion import make_fusion
 
@@ -36,7 +37,8 @@ def check_composable(configs: Sequence[AdapterConfig], paths: Sequence[str | Pat
     """`BadInput` naming the difference when adapters were built on different backbones.
 
     Backbone type, hidden size and depth must be equal, and so must the backbone id (compared by
-    its last path component). Tap layers, widths and depths of the adapters may differ.
+    its last path component) and the entity-marker style (`marker_style`). Tap layers, widths and
+    depths of the adapters may differ.
     """
     if not configs:
         return
@@ -54,6 +56,22 @@ def check_composable(configs: Sequence[AdapterConfig], paths: Sequence[str | Pat
                     f"adapters were built on different backbones: {field} is {a} for '{names[0]}' "
                     f"but {b} for '{name}'"
                 )
+    marker_style(configs, names)
+
+
+def marker_style(configs: Sequence[AdapterConfig], paths: Sequence[str | Path] | None = None) -> str:
+    """The entity-marker style a model's encoding must follow: its adapters' (those that read
+    markers), kadapter's `spaced` when none does. Different styles are `BadInput`: one encoding
+    cannot give each adapter the marker ids it learned."""
+    names = [str(p) for p in paths] if paths is not None else [c.name for c in configs]
+    styled = [(c.marker_style, name) for c, name in zip(configs, names) if c.marker_style is not None]
+    for style, name in styled[1:]:
+        if style != styled[0][0]:
+            raise BadInput(
+                f"adapters were trained with different entity-marker styles: '{styled[0][1]}' uses "
+                f"{styled[0][0]!r} but '{name}' uses {style!r} ('original' = the bare \"@\"/\"#\" ids of "
+                "microsoft/K-Adapter, 'spaced' = kadapter's); train one again with --marker-style to match")
+    return styled[0][0] if styled else SPACED_MARKERS
 
 
 def check_fits_backbone(config: AdapterConfig, shape: BackboneShape) -> None:
@@ -137,16 +155,35 @@ class KAdapterModel(nn.Module):
             self.get_submodule(path).eval()
         return self
 
+    # ------------------------------------------------------------ padding
+
+    @property
+    def attends_to_padding(self) -> bool:
+        """Whether an adapter attends to padded positions (`mask_padding: false`, as imported ones do)."""
+        return any(not adapter.config.mask_padding for adapter in self.adapters.values())
+
+    def padded_length(self, max_length: int) -> int | None:
+        """The length every batch must be padded to: `max_length` when an adapter attends to padding,
+        else None (each batch to its own longest sequence).
+
+        An adapter that attends to padding gives a real token an output that depends on how many pad
+        states follow and what they hold. The original padded every sequence to its max length with
+        the backbone's pad-token states, which is what such an adapter learned with; doing the same
+        makes its outputs at real tokens independent of the batch a record lands in.
+        """
+        return max_length if self.attends_to_padding else None
+
     # ------------------------------------------------------------ forward
 
     def backbone_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Features:
         """(tapped states at `self.tap_layers`, last hidden state): what the feature cache stores."""
         if self.backbone is None:
             raise ValueError("this model has no backbone: pass precomputed `features`")
+        positions = padding_position_ids(self.backbone, input_ids) if self.attends_to_padding else None
         # A frozen backbone needs no autograd graph: its inputs are token ids, its weights fixed.
         grad = contextlib.nullcontext() if not self.is_frozen("backbone") else torch.no_grad()
         with grad:
-            return tapped_states(self.backbone, input_ids, attention_mask, self.tap_layers)
+            return tapped_states(self.backbone, input_ids, attention_mask, self.tap_layers, positions)
 
     def encode(
         self,

@@ -19,9 +19,12 @@ from kadapter_cli import metrics
 IGNORE = -100
 
 
-def pad_ids(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pads to the longest sequence in the batch: `(input_ids, attention_mask)`."""
-    length = max(len(s) for s in seqs)
+def pad_ids(seqs: Sequence[Sequence[int]], pad: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pads to `length` (default: the longest sequence in the batch): `(input_ids, attention_mask)`."""
+    longest = max(len(s) for s in seqs)
+    if length is not None and length < longest:
+        raise ValueError(f"a sequence of {longest} tokens does not fit the padded length {length}")
+    length = longest if length is None else length
     ids = torch.full((len(seqs), length), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), length), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -30,8 +33,8 @@ def pad_ids(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def base_batch(examples: Sequence[dict], pad_id: int) -> dict[str, Any]:
-    ids, mask = pad_ids([e["input_ids"] for e in examples], pad_id)
+def base_batch(examples: Sequence[dict], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
+    ids, mask = pad_ids([e["input_ids"] for e in examples], pad_id, pad_to)
     batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
     cache = examples[0].get("_cache")
     if cache is not None:
@@ -40,10 +43,14 @@ def base_batch(examples: Sequence[dict], pad_id: int) -> dict[str, Any]:
 
 
 class _Objective:
+    """`pad_to`: pad every batch to this length (for adapters that attend to padding,
+    `KAdapterModel.padded_length`); None pads each batch to its longest example."""
+
     primary_metric = "loss"
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, pad_to: int | None = None):
         self.pad_id = pad_id
+        self.pad_to = pad_to
 
     def length(self, example: dict) -> int:
         return len(example["input_ids"])
@@ -54,12 +61,12 @@ class RelationObjective(_Objective):
 
     primary_metric = "accuracy"
 
-    def __init__(self, pad_id: int, labels: Sequence[str]):
-        super().__init__(pad_id)
+    def __init__(self, pad_id: int, labels: Sequence[str], pad_to: int | None = None):
+        super().__init__(pad_id, pad_to)
         self.labels = list(labels)
 
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
-        batch = base_batch(examples, self.pad_id)
+        batch = base_batch(examples, self.pad_id, self.pad_to)
         batch["subj_pos"] = torch.tensor([e["subj_pos"] for e in examples])
         batch["obj_pos"] = torch.tensor([e["obj_pos"] for e in examples])
         batch["labels"] = torch.tensor([e["label"] for e in examples])
@@ -84,7 +91,7 @@ class DependencyObjective(_Objective):
     primary_metric = "uas"
 
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
-        batch = base_batch(examples, self.pad_id)
+        batch = base_batch(examples, self.pad_id, self.pad_to)
         targets = torch.full(batch["input_ids"].shape, IGNORE, dtype=torch.long)
         for i, e in enumerate(examples):
             targets[i, : len(e["head_targets"])] = torch.as_tensor(e["head_targets"], dtype=torch.long)
@@ -117,14 +124,14 @@ class DependencyObjective(_Objective):
 class TaskObjective(_Objective):
     """Fine-tuning on a downstream task from the registry (`kadapter_cli.tasks`)."""
 
-    def __init__(self, pad_id: int, task, labels: Sequence[str]):
-        super().__init__(pad_id)
+    def __init__(self, pad_id: int, task, labels: Sequence[str], pad_to: int | None = None):
+        super().__init__(pad_id, pad_to)
         self.task = task
         self.labels = list(labels)
         self.primary_metric = task.primary_metric
 
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
-        batch = base_batch(examples, self.pad_id)
+        batch = base_batch(examples, self.pad_id, self.pad_to)
         for key in self.task.position_keys:
             batch[key] = torch.tensor([e[key] for e in examples])
         if self.task.multilabel:

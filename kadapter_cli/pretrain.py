@@ -19,8 +19,8 @@ from torch import nn
 
 from kadapter_cli import artifacts
 from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, save_adapter, take_rows
-from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer, tapped_states
-from kadapter_cli.encoding import encode_dependency, encode_relation
+from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer, padding_position_ids, tapped_states
+from kadapter_cli.encoding import SPACED_MARKERS, check_marker_style, encode_dependency, encode_relation
 from kadapter_cli.errors import BadInput
 from kadapter_cli.heads import build_head
 from kadapter_cli.objectives import DependencyObjective, RelationObjective
@@ -54,6 +54,7 @@ class AdapterTrainingSpec:
     adapter_layers: int | None = None
     adapter_heads: int | None = None
     mask_padding: bool = True
+    marker_style: str = SPACED_MARKERS  # fac: how "@"/"#" become ids (kadapter_cli.encoding)
     lin_head: str = "pointer"
     cache_features: str = "auto"
     cache_budget_gb: float | None = None
@@ -107,7 +108,7 @@ def _require(rec: dict, keys: Sequence[str], path: Path, line: int) -> None:
 
 
 def encode_examples(kind: str, tokenizer, records: Sequence[dict], max_length: int, relations: Sequence[str] = (),
-                    description: str = "encoding") -> list[dict]:
+                    description: str = "encoding", marker_style: str = SPACED_MARKERS) -> list[dict]:
     """Records → encoded examples (`input_ids` + positions/targets + `label`)."""
     label_index = {r: i for i, r in enumerate(relations)}
     out = []
@@ -117,7 +118,7 @@ def encode_examples(kind: str, tokenizer, records: Sequence[dict], max_length: i
             try:
                 if kind == "fac":
                     ex = encode_relation(tokenizer, rec["tokens"], (rec["subj_start"], rec["subj_end"]),
-                                         (rec["obj_start"], rec["obj_end"]), max_length)
+                                         (rec["obj_start"], rec["obj_end"]), max_length, marker_style)
                     ex["label"] = label_index[rec["relation"]]
                 else:
                     ex = encode_dependency(tokenizer, rec["tokens"], rec["heads"], max_length)
@@ -158,8 +159,10 @@ class AdapterPretrainer(nn.Module):
         """[tapped states..., last hidden state] without autograd."""
         # no_grad, not inference_mode: inference tensors cannot be saved for the adapter's backward,
         # so they would need a copy of every state at every step.
+        # An adapter that attends to padding reads pad-token states numbered as the original did.
+        positions = None if self.adapter.config.mask_padding else padding_position_ids(self.backbone, input_ids)
         with torch.no_grad():
-            tapped, last = tapped_states(self.backbone, input_ids, attention_mask, self.adapter.tap_layers)
+            tapped, last = tapped_states(self.backbone, input_ids, attention_mask, self.adapter.tap_layers, positions)
         return [*tapped, last]
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -197,6 +200,10 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         raise BadInput(f"--kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
     if spec.lin_head not in LIN_HEADS:
         raise BadInput(f"--lin-head must be one of {', '.join(LIN_HEADS)}, got {spec.lin_head!r}")
+    try:
+        check_marker_style(spec.marker_style)
+    except ValueError as e:
+        raise BadInput(f"--marker-style: {e}") from None
     if resume and spec.out.exists() and not artifacts.partial_dir(spec.out).exists() and not overwrite:
         info(f"{spec.out} is complete: nothing to resume")
         return artifacts.read_json(spec.out / "metrics.json")
@@ -213,7 +220,8 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     backbone = load_backbone(spec.backbone)
     shape = backbone_shape(backbone)
     overrides: dict[str, Any] = {"name": spec.name, "backbone": str(spec.backbone), "labels": relations,
-                                 "max_length": spec.max_length, "mask_padding": spec.mask_padding}
+                                 "max_length": spec.max_length, "mask_padding": spec.mask_padding,
+                                 "marker_style": spec.marker_style}
     for key, value in (("tap_layers", spec.tap_layers), ("adapter_width", spec.adapter_width),
                        ("layers_per_tap", spec.adapter_layers), ("num_heads", spec.adapter_heads)):
         if value is not None:
@@ -226,18 +234,23 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     if max_positions and spec.max_length > max_positions:
         raise BadInput(f"--max-length {spec.max_length} exceeds what {spec.backbone} supports ({max_positions})")
 
-    train_examples = encode_examples(spec.kind, tokenizer, train_records, spec.max_length, relations, "encoding train")
-    dev_examples = encode_examples(spec.kind, tokenizer, dev_records, spec.max_length, relations, "encoding dev")
+    train_examples = encode_examples(spec.kind, tokenizer, train_records, spec.max_length, relations, "encoding train",
+                                     spec.marker_style)
+    dev_examples = encode_examples(spec.kind, tokenizer, dev_records, spec.max_length, relations, "encoding dev",
+                                   spec.marker_style)
 
     torch.manual_seed(config.seed)  # the adapter's and head's initial weights follow the seed
     adapter = KnowledgeAdapter(adapter_config)
     head = build_head(adapter_config.head, shape.hidden_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    objective = RelationObjective(pad_id, relations) if spec.kind == "fac" else DependencyObjective(pad_id)
+    # An adapter that attends to padding learns with every sequence padded to max length, as the original.
+    pad_to = None if spec.mask_padding else spec.max_length
+    objective = (RelationObjective(pad_id, relations, pad_to) if spec.kind == "fac"
+                 else DependencyObjective(pad_id, pad_to))
     model = AdapterPretrainer(backbone, adapter, head, adapter_config.head["type"])
 
     with artifacts.atomic_output(spec.out, overwrite=overwrite, resume=resume, resumable=True) as run_dir:
-        cached = attach_feature_cache(model, [train_examples, dev_examples], spec, pad_id, config, run_dir)
+        cached = attach_feature_cache(model, [train_examples, dev_examples], spec, pad_id, config, run_dir, pad_to)
         if cached:
             model.backbone = None  # every batch now carries its features
         result = train(model, objective, train_examples, dev_examples, config, run_dir, resume=resume)
@@ -257,7 +270,7 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
 
 
 def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]], spec: AdapterTrainingSpec,
-                         pad_id: int, config: TrainConfig, run_dir: Path) -> str | None:
+                         pad_id: int, config: TrainConfig, run_dir: Path, pad_to: int | None = None) -> str | None:
     """Computes the frozen backbone's states (taps + last) once per example when the budget allows."""
     from kadapter_cli.feature_cache import attach_cache
 
@@ -271,4 +284,4 @@ def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]],
     return attach_cache(splits, compute, n_states=len(model.adapter.tap_layers) + 1,
                         hidden=model.adapter.config.backbone_hidden_size, pad_id=pad_id,
                         batch_size=max(config.batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache")
+                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to)

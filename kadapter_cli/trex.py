@@ -4,7 +4,11 @@ A T-REx dump file is one JSON array of documents (`../shared/data/trex/README.md
 triple whose subject and object sit, word-aligned and non-overlapping, inside the sentence the
 triple names becomes one example (CONTRACT §2):
 `{"id", "docid", "tokens", "subj_start", "subj_end", "obj_start", "obj_end", "relation",
-"subj_label", "obj_label"}` with inclusive word spans relative to the sentence.
+"subj_label", "obj_label"}` with inclusive word spans relative to the sentence. The subject is a
+Wikidata item (`Q..`); the object is an item or a literal (a date, a quantity): then `obj_label` is
+the literal's value as the dump writes it, its datatype dropped (`1970-01-22T00:00:00Z`). The
+original's relations include such facts (P569 date of birth, P577 publication date, ...);
+`entities_only` leaves them out, as kadapter did before.
 
 The stages, and why they look the way they do:
 
@@ -12,8 +16,9 @@ The stages, and why they look the way they do:
    file. Examples go out as JSON lines into sorted "runs" of bounded size.
 2. Runs are merged (`heapq.merge`) into one stream sorted by line (= by id, since every line starts
    with its id) and duplicates are dropped. This is all a shard artifact holds (`--shard I/N`).
-3. Finalisation counts examples per relation, drops `--drop` relations and those under
-   `--min-count`, and splits train/dev by a seeded hash of the id. It is the same code for a single
+3. Finalisation counts examples per relation, drops literal-object examples with
+   `--entities-only`, `--drop` relations and those under `--min-count`, and splits train/dev by a
+   seeded hash of the id. Shards keep every example, so one set of shards serves both rules. It is the same code for a single
    run, a run with workers and a merge of shards, so all three give byte-identical files.
 """
 
@@ -53,7 +58,8 @@ SHARD_EXAMPLES = "examples.jsonl"
 # Why an example is not emitted; these are the keys of `stats["dropped"]`.
 NOT_WIKIDATA_PROPERTY = "not_wikidata_property"  # the predicate is not a P-id
 MISSING_BOUNDARIES = "missing_boundaries"  # subject or object not found in the text
-NOT_WIKIDATA_ITEM = "not_wikidata_item"  # subject or object is a date/literal, not a Q-item
+NOT_WIKIDATA_ITEM = "not_wikidata_item"  # the subject is not a Q-item, or the object neither a Q-item nor a literal
+LITERAL_OBJECT = "literal_object"  # --entities-only: the object is a literal (a date, a quantity)
 OUTSIDE_SENTENCE = "outside_sentence"  # an entity is not inside the triple's sentence
 OVERLAPPING_ENTITIES = "overlapping_entities"
 NOT_WORD_ALIGNED = "not_word_aligned"  # an entity boundary falls inside a word
@@ -189,6 +195,18 @@ def _last_segment(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
+def _literal_value(uri: str) -> str | None:
+    """The value of a typed literal as the dump writes it (`1970-01-22T00:00:00Z^^<xsd:dateTime>` →
+    `1970-01-22T00:00:00Z`); None for an IRI (an item, a property)."""
+    value, typed, _ = uri.partition("^^")
+    return value if typed and value else None
+
+
+def is_item(label: str) -> bool:
+    """Whether an `obj_label` / `subj_label` is a Wikidata item id (`Q..`), not a literal."""
+    return _ITEM_ID.fullmatch(label) is not None
+
+
 def _span(value: Any, what: str, text_len: int) -> tuple[int, int] | None:
     """`[start, end]` character offsets checked against the text; None when absent."""
     if value is None:
@@ -284,8 +302,10 @@ def document_examples(doc: Any) -> DocumentResult:
         if subj is None or obj is None:
             dropped[MISSING_BOUNDARIES] += 1
             continue
-        subj_label, obj_label = _last_segment(subj_uri), _last_segment(obj_uri)
-        if not (_ITEM_ID.fullmatch(subj_label) and _ITEM_ID.fullmatch(obj_label)):
+        subj_label = _last_segment(subj_uri)
+        literal = _literal_value(obj_uri)
+        obj_label = literal if literal is not None else _last_segment(obj_uri)
+        if not (is_item(subj_label) and (literal is not None or is_item(obj_label))):
             dropped[NOT_WIKIDATA_ITEM] += 1
             continue
         s_start, s_end = sentences[sentence_id]
@@ -496,12 +516,12 @@ def _merge_files(sources: Sequence[Path]) -> Iterator[str]:
             h.close()
 
 
-def merge_sorted_lines(sources: Sequence[Path], out: Path) -> tuple[Counter, int]:
+def merge_sorted_lines(sources: Sequence[Path], out: Path) -> tuple[Counter, Counter, int]:
     """Merges sorted JSONL files into `out`, keeping the first line of each id.
 
     Every line starts with `{"id": "<id>"`, so sorting lines sorts ids and equal ids are adjacent.
     More than `MERGE_FAN_IN` sources are first merged in groups, to bound open files.
-    Returns (examples per relation, duplicates removed).
+    Returns (examples per relation, literal-object examples per relation, duplicates removed).
     """
     sources = list(sources)
     level = 0
@@ -514,6 +534,7 @@ def merge_sorted_lines(sources: Sequence[Path], out: Path) -> tuple[Counter, int
             merged.append(group)
         sources, level = merged, level + 1
     per_relation: Counter = Counter()
+    literal_per_relation: Counter = Counter()
     duplicates = 0
     previous_id = None
     with open(out, "w", encoding="utf-8") as f:
@@ -524,25 +545,32 @@ def merge_sorted_lines(sources: Sequence[Path], out: Path) -> tuple[Counter, int
                 continue
             previous_id = record["id"]
             per_relation[record["relation"]] += 1
+            if not is_item(record["obj_label"]):
+                literal_per_relation[record["relation"]] += 1
             f.write(line)
-    return per_relation, duplicates
+    return per_relation, literal_per_relation, duplicates
 
 
 # ---------------------------------------------------------------- filtering and splitting
 
 
-def finalize(examples: Path, per_relation: Counter, folder: Path, drop: Sequence[str], min_count: int,
-             dev_ratio: float, seed: int) -> dict:
+def finalize(examples: Path, per_relation: Counter, literal_per_relation: Counter, folder: Path,
+             drop: Sequence[str], min_count: int, dev_ratio: float, seed: int, entities_only: bool = False) -> dict:
     """Sorted, de-duplicated examples → `train.jsonl`, `dev.jsonl`, `relations.json` in `folder`.
 
-    A relation is kept when it is not in `drop` and has at least `min_count` examples (train and
-    dev together). Each kept example goes to dev when the seeded hash of its id says so
+    With `entities_only`, examples whose object is a literal are left out first. A relation is then
+    kept when it is not in `drop` and has at least `min_count` examples (train and dev together). Each kept example goes to dev when the seeded hash of its id says so
     (`in_dev_split`), so the split does not depend on file order, workers or shards.
     """
+    dropped: Counter = Counter()
+    literal_per_relation = Counter({r: n for r, n in literal_per_relation.items() if n})
+    if entities_only:
+        dropped[LITERAL_OBJECT] = sum(literal_per_relation.values())
+        per_relation = per_relation - literal_per_relation
+        literal_per_relation = Counter()
     dropped_relations = set(drop)
     kept = sorted(r for r, n in per_relation.items() if r not in dropped_relations and n >= min_count)
     kept_set = set(kept)
-    dropped: Counter = Counter()
     for relation, n in per_relation.items():
         if relation in dropped_relations:
             dropped[RELATION_DROPPED] += n
@@ -554,7 +582,7 @@ def finalize(examples: Path, per_relation: Counter, folder: Path, drop: Sequence
             open(folder / "dev.jsonl", "w", encoding="utf-8") as dev:
         for line in source:
             record = json.loads(line)
-            if record["relation"] not in kept_set:
+            if record["relation"] not in kept_set or (entities_only and not is_item(record["obj_label"])):
                 continue
             split = "dev" if in_dev_split(record["id"], seed, dev_ratio) else "train"
             (dev if split == "dev" else train).write(line)
@@ -567,6 +595,7 @@ def finalize(examples: Path, per_relation: Counter, folder: Path, drop: Sequence
         "relations": len(kept),
         "dropped": dict(dropped),
         "examples_per_relation": {r: per_relation[r] for r in kept},
+        "literal_objects_per_relation": {r: literal_per_relation[r] for r in kept if literal_per_relation[r]},
     }
 
 
@@ -605,6 +634,7 @@ def prepare_trex(
     min_count: int = 50,
     dev_ratio: float = 0.1,
     seed: int = 42,
+    entities_only: bool = False,
     workers: int = 1,
     shard: tuple[int, int] | None = None,
     skip_bad: bool = False,
@@ -614,7 +644,8 @@ def prepare_trex(
     """T-REx dumps (files or folders) → a `trex-rc/` artifact at `out`; returns its manifest.
 
     With `shard=(i, n)` only the files whose index (in input order, 0-based) is `i-1` modulo `n`
-    are read, and `out` becomes an unfiltered `trex-shard` artifact for `merge_trex_shards`.
+    are read, and `out` becomes an unfiltered `trex-shard` artifact for `merge_trex_shards`
+    (literal objects included: `entities_only` is applied when the shards are merged).
     """
     _check_options(drop, min_count, dev_ratio)
     if workers < 1:
@@ -625,26 +656,30 @@ def prepare_trex(
     if shard is not None:
         if limit is not None:
             raise BadInput("--limit cannot be combined with --shard (shards must cover their files whole)")
+        if entities_only:
+            raise BadInput("shards keep literal objects: give --entities-only to --merge instead")
         index, count = shard
         files = [f for k, f in enumerate(files) if k % count == index - 1]
     with atomic_output(out, overwrite=overwrite) as folder:
         scratch = Path(tempfile.mkdtemp(prefix="runs-", dir=folder))
         runs, extracted = extract_to_runs(files, scratch, workers=workers, skip_bad=skip_bad, limit=limit)
         examples = scratch / "examples.jsonl"
-        per_relation, duplicates = merge_sorted_lines(runs, examples)
+        per_relation, literal_per_relation, duplicates = merge_sorted_lines(runs, examples)
         if shard is not None:
             os.replace(examples, folder / SHARD_EXAMPLES)
             shutil.rmtree(scratch)
             stats = extracted.as_dict()
             stats["dropped"][DUPLICATE] = stats["dropped"].get(DUPLICATE, 0) + duplicates
             stats.update(examples=sum(per_relation.values()), shard=f"{shard[0]}/{shard[1]}", files=len(files),
-                         examples_per_relation=dict(sorted(per_relation.items())))
+                         examples_per_relation=dict(sorted(per_relation.items())),
+                         literal_objects_per_relation=dict(sorted(literal_per_relation.items())))
             return write_manifest(folder, SHARD_KIND, config=_config(shard=list(shard), skip_bad=skip_bad),
                                   inputs=sha256_inputs(files), stats=stats)
-        final = finalize(examples, per_relation, folder, drop, min_count, dev_ratio, seed)
+        final = finalize(examples, per_relation, literal_per_relation, folder, drop, min_count, dev_ratio, seed,
+                         entities_only)
         shutil.rmtree(scratch)
         config = _config(drop=list(drop), min_count=min_count, dev_ratio=dev_ratio, seed=seed,
-                         skip_bad=skip_bad, limit=limit)
+                         entities_only=entities_only, skip_bad=skip_bad, limit=limit)
         return write_manifest(folder, TREX_KIND, config=config, inputs=sha256_inputs(files),
                               stats=_final_stats(extracted, duplicates, final))
 
@@ -657,6 +692,7 @@ def merge_trex_shards(
     min_count: int = 50,
     dev_ratio: float = 0.1,
     seed: int = 42,
+    entities_only: bool = False,
     overwrite: bool = False,
 ) -> dict:
     """`trex-shard` artifacts (all N of one sharding) → one `trex-rc/` artifact; returns its manifest.
@@ -688,11 +724,13 @@ def merge_trex_shards(
     with atomic_output(out, overwrite=overwrite) as folder:
         scratch = Path(tempfile.mkdtemp(prefix="merge-", dir=folder))
         examples = scratch / "examples.jsonl"
-        per_relation, duplicates = merge_sorted_lines([f / SHARD_EXAMPLES for f in folders], examples)
-        final = finalize(examples, per_relation, folder, drop, min_count, dev_ratio, seed)
+        per_relation, literal_per_relation, duplicates = merge_sorted_lines(
+            [f / SHARD_EXAMPLES for f in folders], examples)
+        final = finalize(examples, per_relation, literal_per_relation, folder, drop, min_count, dev_ratio, seed,
+                         entities_only)
         shutil.rmtree(scratch)
         config = _config(drop=list(drop), min_count=min_count, dev_ratio=dev_ratio, seed=seed,
-                         merged_shards=[str(f) for f in folders])
+                         entities_only=entities_only, merged_shards=[str(f) for f in folders])
         inputs = [entry for m in manifests for entry in m["inputs"]]
         return write_manifest(folder, TREX_KIND, config=config, inputs=inputs,
                               stats=_final_stats(extracted, duplicates, final))

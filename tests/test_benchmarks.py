@@ -144,3 +144,23 @@ def test_interleaved_steps_alternates_members_step_by_step_and_sums_each_round()
     assert all(t >= 0 for ts in times.values() for t in ts)
     with pytest.raises(ValueError, match="different numbers of steps"):
         timing.interleaved_steps({"a": members["a"], "b": members["b"][:2]}, repeats=1)
+
+
+def test_gpu_check_runs_at_tiny_shapes_on_the_cpu_and_reports_every_figure(capsys):
+    """`benchmarks/gpu.py` is for a lent GPU; at tiny shapes on the CPU it must still run end to end
+    and print one JSON object whose figures follow from each other."""
+    from benchmarks import gpu
+
+    report = gpu.main(["--tiny", "--device", "cpu", "--peak-tflops", "2"])
+    assert json.loads(capsys.readouterr().out) == report
+    assert report["precision"] == "bf16" and report["peak_tflops"] == 2.0 and report["shape"]["layers"] == 4
+    fac, full, cache = report["fac_pretraining"], report["full_finetune"], report["feature_cache"]
+    assert fac["tokens_per_s"] == pytest.approx(fac["real_tokens"] / fac["step_s"], rel=1e-3)
+    assert fac["mfu"] == pytest.approx(fac["flops_per_step"]["total"] / fac["step_s"] / 2e12, abs=1e-4)
+    assert 0 < fac["padded_tokens_per_s"] and fac["tokens_per_s"] <= fac["padded_tokens_per_s"]
+    assert full["step_s"] > 0 and full["adapter_step_vs_full_finetune"] > 0
+    assert cache["storage"] == "memory" and cache["examples"] == 8 and cache["cached_vs_uncached_epoch"] > 0
+    assert report["matmul_bf16"]["tflops"] > 0 and report["wall_s"] > 0
+    # the full-size shape is RoBERTa-large's
+    assert (gpu.ROBERTA_LARGE.layers, gpu.ROBERTA_LARGE.hidden, gpu.ROBERTA_LARGE.heads,
+            gpu.ROBERTA_LARGE.ffn) == (24, 1024, 16, 4096)

@@ -10,47 +10,7 @@ import torch
 
 from kadapter_cli.adapter import load_adapter
 from kadapter_cli.heads import build_head
-
-H, W, FFN, N_REL, LIN_MAX = 1024, 768, 3072, 410, 64
-
-
-def original_state_dict(kind: str, seed: int) -> dict[str, torch.Tensor]:
-    """A full-size state dict with exactly the original AdapterModel's key names and shapes."""
-    generator = torch.Generator().manual_seed(seed)
-    state: dict[str, torch.Tensor] = {}
-
-    def linear(name: str, out_features: int, in_features: int) -> None:
-        state[f"{name}.weight"] = torch.randn(out_features, in_features, generator=generator) * 0.02
-        state[f"{name}.bias"] = torch.randn(out_features, generator=generator) * 0.02
-
-    def layer_norm(name: str, size: int) -> None:
-        state[f"{name}.weight"] = 1 + torch.randn(size, generator=generator) * 0.02
-        state[f"{name}.bias"] = torch.randn(size, generator=generator) * 0.02
-
-    for i in range(3):
-        linear(f"adapter.{i}.down_project", W, H)
-        for j in range(2):
-            layer = f"adapter.{i}.encoder.layer.{j}"
-            for part in ("query", "key", "value"):
-                linear(f"{layer}.attention.self.{part}", W, W)
-            linear(f"{layer}.attention.output.dense", W, W)
-            layer_norm(f"{layer}.attention.output.LayerNorm", W)
-            linear(f"{layer}.intermediate.dense", FFN, W)
-            linear(f"{layer}.output.dense", W, FFN)
-            layer_norm(f"{layer}.output.LayerNorm", W)
-        linear(f"adapter.{i}.up_project", H, W)
-    linear("com_dense", H, 2 * H)
-    if kind == "fac":
-        linear("dense", H, 2 * H)
-        linear("out_proj", N_REL, H)
-    else:
-        for part in ("query", "key", "value"):
-            linear(f"self_attention.self.{part}", H, H)
-        linear("self_attention.output.dense", H, H)
-        layer_norm("self_attention.output.LayerNorm", H)
-        linear("dense", H, H)
-        linear("out_proj", LIN_MAX, H)
-    return state
+from original_checkpoint import FFN, H, LIN_MAX, N_REL, W, original_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +45,7 @@ def test_imports_full_size_fac_and_lin_weights_exactly(cli, checkpoints, tmp_pat
         assert (config.kind, config.backbone, config.backbone_hidden_size) == (kind, "roberta-large", H)
         assert (config.tap_layers, config.adapter_width, config.layers_per_tap) == ([0, 11, 22], W, 2)
         assert (config.num_heads, config.ffn_size, config.mask_padding) == (12, FFN, False)
+        assert config.marker_style == ("original" if kind == "fac" else None)  # the bare "@"/"#" ids
         manifest = json.loads((target / "manifest.json").read_text())
         assert manifest["kind"] == "adapter"
         assert manifest["inputs"][0]["path"].endswith(f"{kind}/pytorch_model.bin")

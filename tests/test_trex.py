@@ -26,8 +26,9 @@ def sample_docs(sample) -> list[dict]:
     return json.loads(sample.read_text(encoding="utf-8"))
 
 
-def expected_examples(docs: list[dict]) -> dict[tuple, dict]:
-    """The examples the rules give, written out plainly (independent of kadapter_cli.trex)."""
+def expected_examples(docs: list[dict], entities_only: bool = False) -> dict[tuple, dict]:
+    """The examples the rules give, written out plainly (independent of kadapter_cli.trex): the
+    subject a Q-item, the object a Q-item or (unless `entities_only`) a typed literal."""
     out: dict[tuple, dict] = {}
     for doc in docs:
         docid = doc["docid"].split("/")[-1]
@@ -40,7 +41,11 @@ def expected_examples(docs: list[dict]) -> dict[tuple, dict]:
             if subj["boundaries"] is None or obj["boundaries"] is None:
                 continue
             subj_label, obj_label = subj["uri"].split("/")[-1], obj["uri"].split("/")[-1]
-            if not (re.fullmatch(r"Q\d+", subj_label) and re.fullmatch(r"Q\d+", obj_label)):
+            if "^^" in obj["uri"] and not entities_only:
+                obj_label = obj["uri"].split("^^")[0]
+            elif not re.fullmatch(r"Q\d+", obj_label):
+                continue
+            if not re.fullmatch(r"Q\d+", subj_label):
                 continue
             first, last = doc["sentences_boundaries"][triple["sentence_id"]]
             (s0, s1), (o0, o1) = subj["boundaries"], obj["boundaries"]
@@ -83,7 +88,7 @@ def test_sample_gives_exactly_the_examples_the_rules_give(cli, sample, sample_do
     run_ok(cli, sample, "--min-count", "1", "--out", out)
     expected = expected_examples(sample_docs)
     records = read_split(out)
-    assert len(records) == len(expected) == 70
+    assert len(records) == len(expected) == 71
     by_key = {(r["docid"], *r["id"].split("-")[1:2], r["subj_start"], r["subj_end"], r["obj_start"],
                r["obj_end"], r["relation"]): r for r in records}
     assert len(by_key) == len(records)
@@ -105,10 +110,32 @@ def test_sample_gives_exactly_the_examples_the_rules_give(cli, sample, sample_do
     assert manifest["kind"] == "trex-rc"
     assert manifest["inputs"][0]["path"] == str(sample)
     assert stats["documents"] == 2 and stats["triples"] == 112
-    assert stats["dropped"] == {"duplicate": 26, "missing_boundaries": 13, "not_wikidata_item": 3}
+    assert stats["dropped"] == {"duplicate": 28, "missing_boundaries": 13}
     assert stats["examples"] + sum(stats["dropped"].values()) == stats["triples"]
-    assert stats["train"] + stats["dev"] == 70 and stats["dev"] > 0
+    assert stats["train"] + stats["dev"] == 71 and stats["dev"] > 0
+    assert stats["literal_objects_per_relation"] == {"P729": 1}
     assert stats["examples_per_relation"]["P47"] == sum(1 for k in expected if k[-1] == "P47")
+
+
+def test_literal_objects_are_kept_by_default_and_dropped_with_entities_only(cli, sample, sample_docs, tmp_path):
+    # The sample's one literal-object triple: (Andorra, P729 service entry, 1970-01-22), three times.
+    run_ok(cli, sample, "--min-count", "1", "--out", tmp_path / "all")
+    literal = [r for r in read_split(tmp_path / "all") if r["relation"] == "P729"]
+    assert len(literal) == 1
+    (record,) = literal
+    assert record["obj_label"] == "1970-01-22T00:00:00Z" and record["subj_label"] == "Q228"
+    assert "".join(record["tokens"][record["obj_start"]:record["obj_end"] + 1]) == "1970-01-22"
+    assert "P729" in json.loads((tmp_path / "all" / "relations.json").read_text())
+
+    run_ok(cli, sample, "--min-count", "1", "--entities-only", "--out", tmp_path / "items")
+    records = read_split(tmp_path / "items")
+    assert len(records) == len(expected_examples(sample_docs, entities_only=True)) == 70
+    assert all(re.fullmatch(r"Q\d+", r["obj_label"]) for r in records)
+    assert "P729" not in json.loads((tmp_path / "items" / "relations.json").read_text())
+    manifest = json.loads((tmp_path / "items" / "manifest.json").read_text())
+    assert manifest["config"]["entities_only"] is True
+    assert manifest["stats"]["dropped"] == {"duplicate": 28, "literal_object": 1, "missing_boundaries": 13}
+    assert manifest["stats"]["literal_objects_per_relation"] == {}
 
 
 def test_gzip_and_folder_walking_give_the_same_files(cli, sample, sample_docs, tmp_path):
@@ -188,6 +215,16 @@ def test_shards_merged_equal_a_single_run_and_workers_equal_one_process(cli, sam
 
     result = cli("prepare-trex", "--merge", shards / "s1", "--out", tmp_path / "partial")
     assert result.exit_code == 2 and "2/2" in result.stderr and "missing" in result.stderr
+
+    # Shards keep literal objects; --entities-only applies at the merge, as in a single run.
+    run_ok(cli, dumps, "--min-count", "1", "--entities-only", "--out", tmp_path / "single-items")
+    run_ok(cli, dumps, "--min-count", "1", "--entities-only", "--workers", "2", "--out", tmp_path / "workers-items")
+    run_ok(cli, "--merge", shards, "--min-count", "1", "--entities-only", "--out", tmp_path / "merged-items")
+    assert split_bytes(tmp_path / "merged-items") == split_bytes(tmp_path / "single-items")
+    assert split_bytes(tmp_path / "workers-items") == split_bytes(tmp_path / "single-items")
+    assert split_bytes(tmp_path / "merged-items") != split_bytes(tmp_path / "merged")
+    result = cli("prepare-trex", dumps, "--shard", "1/2", "--entities-only", "--out", tmp_path / "s-items")
+    assert result.exit_code == 2 and "--merge" in result.stderr
 
 
 def test_malformed_json_names_the_file_and_document(cli, sample, tmp_path):

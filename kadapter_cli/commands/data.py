@@ -44,6 +44,9 @@ def prepare_trex_cli(
         50, "--min-count", help="Leave out relations with fewer examples than this (train and dev together)."),
     dev_ratio: float = typer.Option(0.1, "--dev-ratio", help="Share of examples that go to dev.jsonl."),
     seed: int = typer.Option(42, "--seed", help="Seed of the train/dev split (a hash of each example id)."),
+    entities_only: bool = typer.Option(
+        False, "--entities-only", help="Leave out triples whose object is a literal (a date such as P569 date of "
+                                       "birth, a quantity). By default they are kept, obj_label holding the value."),
     workers: int = typer.Option(1, "--workers", help="Processes reading files in parallel (one file each at a time)."),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: read only every N-th input file starting at the I-th, and write an unfiltered "
@@ -62,7 +65,8 @@ def prepare_trex_cli(
     """Turn T-REx dumps into relation-classification examples for the fac adapter (trex-rc/).
 
     Streams the dumps (one document in memory at a time), keeps triples whose subject and object are
-    word-aligned and non-overlapping inside one sentence, de-duplicates, drops rare and --drop'ed
+    word-aligned and non-overlapping inside one sentence (objects may be literals, e.g. dates, unless
+    --entities-only), de-duplicates, drops rare and --drop'ed
     relations and splits train/dev by a seeded hash of each example id.
     """
     from kadapter_cli.trex import merge_trex_shards, prepare_trex
@@ -75,12 +79,12 @@ def prepare_trex_cli(
             raise BadInput("--merge combines finished shards; it takes no --shard or --limit")
         target = out or workdir / "trex-rc"
         manifest = merge_trex_shards(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio,
-                                     seed=seed, overwrite=overwrite)
+                                     seed=seed, entities_only=entities_only, overwrite=overwrite)
     else:
         default = "trex-rc" if shard_spec is None else f"trex-shards/shard-{shard_spec[0]}-of-{shard_spec[1]}"
         target = out or workdir / default
         manifest = prepare_trex(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio, seed=seed,
-                                workers=workers, shard=shard_spec, skip_bad=skip_bad, overwrite=overwrite,
+                                entities_only=entities_only, workers=workers, shard=shard_spec, skip_bad=skip_bad, overwrite=overwrite,
                                 limit=limit)
     stats = manifest["stats"]
     bad = stats["bad_documents"] + stats["bad_files"]

@@ -94,6 +94,9 @@ def train_adapter_cli(
     adapter_heads: Optional[int] = typer.Option(None, "--adapter-heads", help="Attention heads in the adapter (default width/64)."),
     mask_padding: bool = typer.Option(True, "--mask-padding/--attend-padding",
                                       help="Mask padded positions in the adapter (--attend-padding reproduces the original code)."),
+    marker_style: str = typer.Option("spaced", "--marker-style",
+                                     help="fac only: entity markers as words with their leading space (spaced, kadapter's) "
+                                          "or the bare '@'/'#' ids (original, as the released fac adapter)."),
     lin_head: str = typer.Option("pointer", "--lin-head", help="lin only: pointer (biaffine, default) or original (classification over positions)."),
     epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH_SIZE,
     lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
@@ -124,7 +127,7 @@ def train_adapter_cli(
         backbone=str(options["backbone"]), max_length=int(resolved["max_length"]),
         tap_layers=_parse_taps(options["taps"]), adapter_width=options["adapter_width"],
         adapter_layers=options["adapter_layers"], adapter_heads=options["adapter_heads"],
-        mask_padding=options["mask_padding"], lin_head=options["lin_head"],
+        mask_padding=options["mask_padding"], marker_style=options["marker_style"], lin_head=options["lin_head"],
         cache_features=options["cache_features"], cache_budget_gb=options["cache_budget"],
     )
     summary = train_adapter(spec, train_config, resume=options["resume"], overwrite=options["overwrite"],

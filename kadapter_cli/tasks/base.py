@@ -102,10 +102,12 @@ class Task:
 
     # ------------------------------------------------------------ model side
 
-    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> dict[str, Any]:
+    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+               marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
         """Features of one record: `input_ids`, the `position_keys`, `labels` (multi-hot list or class
-        id) and `gold` (the label strings, for predictions files). Run `check_labels` first: an
-        unknown label here is a `KeyError`."""
+        id) and `gold` (the label strings, for predictions files). `marker_style`: the model's
+        adapters' (`kadapter_cli.encoding`). Run `check_labels` first: an unknown label here is a
+        `KeyError`."""
         raise NotImplementedError
 
     def build_head(self, hidden: int, n_labels: int):
@@ -171,8 +173,10 @@ class TypingTask(Task):
     def gold(self, record: dict) -> list[str]:
         return record["labels"]
 
-    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> dict[str, Any]:
-        features = encoding.encode_typing(tokenizer, record["sent"], record["start"], record["end"], max_length)
+    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+               marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
+        features = encoding.encode_typing(tokenizer, record["sent"], record["start"], record["end"], max_length,
+                                          marker_style)
         multi_hot = [0] * len(label_index)
         for label in record["labels"]:
             multi_hot[label_index[label]] = 1
@@ -223,10 +227,11 @@ class RelationTask(Task):
             labels.add(self.negative_label)
         return sorted(labels)
 
-    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int) -> dict[str, Any]:
+    def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+               marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
         features = encoding.encode_relation(
             tokenizer, record["tokens"], (record["subj_start"], record["subj_end"]),
-            (record["obj_start"], record["obj_end"]), max_length)
+            (record["obj_start"], record["obj_end"]), max_length, marker_style)
         relation = record["relation"]
         features["labels"] = encoding.IGNORE_INDEX if relation is None else label_index[relation]
         features["gold"] = self.gold(record)
