@@ -9,6 +9,7 @@ from collections import namedtuple
 import pytest
 import torch
 
+from kadapter_cli.errors import BadInput
 from kadapter_cli.feature_cache import GiB, attach_cache, decide_cache
 
 Usage = namedtuple("Usage", "total used free")
@@ -72,3 +73,39 @@ def test_free_space_is_measured_on_the_nearest_existing_folder(tmp_path, monkeyp
     assert decide_cache("auto", 3 * GiB, 2 * GiB, tmp_path / "not-yet" / "made") == "disk"
     assert probed == [tmp_path]
     assert decide_cache("auto", 3 * GiB, 2 * GiB, tmp_path) == "disk" and probed[-1] == tmp_path
+
+
+def test_an_empty_split_is_skipped_and_the_later_ones_still_cached(tmp_path):
+    splits = [[{"input_ids": [2, 3]}], [], [{"input_ids": [4]}]]
+    assert _attach(splits, [], tmp_path) == "memory"
+    assert splits[2][0]["_cache"].gather([0], 1)[0][0, 0, 0].item() == 4.0
+
+
+def test_disk_is_used_up_to_exactly_half_its_free_space(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(100 * GiB, 0, 10 * GiB))
+    assert decide_cache("auto", 5 * GiB, 1 * GiB, tmp_path) == "disk"
+    assert decide_cache("auto", 5 * GiB + 1, 1 * GiB, tmp_path) is None
+    assert decide_cache("auto", 1 * GiB, 1 * GiB, tmp_path) == "memory"  # exactly the budget fits in memory
+
+
+def test_default_budget_is_whole_bytes(monkeypatch):
+    import psutil
+
+    from kadapter_cli.feature_cache import default_budget_bytes
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: namedtuple("Memory", "total")(4 * GiB + 3))
+    assert default_budget_bytes() == GiB and isinstance(default_budget_bytes(), int)
+
+
+def test_cache_on_refusal_message_in_full(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(100 * GiB, 0, 10 * GiB))
+    with pytest.raises(BadInput) as caught:
+        decide_cache("on", 30 * GiB, 2 * GiB, tmp_path)
+    assert str(caught.value) == (
+        "--cache-features on: the cache needs 30.00 GiB, over the memory budget (2.00 GiB) and half the free "
+        f"disk (10.00 GiB free under {tmp_path}); raise --cache-budget, free disk space, or use --cache-features auto")
+    with pytest.raises(BadInput) as caught:
+        decide_cache("on", 3 * GiB, 2 * GiB)
+    assert str(caught.value) == (
+        "--cache-features on: the cache needs 3.00 GiB, over the memory budget (2.00 GiB) and half the free "
+        "disk (0.00 GiB free); raise --cache-budget, free disk space, or use --cache-features auto")
