@@ -86,16 +86,13 @@ def toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
-def prepare(module: str, work: Path, fresh: bool = True) -> None:
-    """A scratch copy of the package and the tests, with a pyproject that configures mutmut for `module`.
-    `fresh=False` keeps the package copy (and so the mutants and their verdicts) and renews the tests."""
+def prepare(module: str, work: Path) -> None:
+    """A scratch copy of the package and the tests, with a pyproject that configures mutmut for `module`."""
     files, tests, _ = MODULES[module]
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    if fresh:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        shutil.copytree(REPO / "kadapter_cli", work / "kadapter_cli", ignore=ignore)
-    shutil.rmtree(work / "tests", ignore_errors=True)
+    shutil.copytree(REPO / "kadapter_cli", work / "kadapter_cli", ignore=ignore)
     shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
     existing = [t for t in tests if (REPO / t).is_file()]
     config = (REPO / "pyproject.toml").read_text() + f"""
@@ -139,17 +136,12 @@ def results(work: Path) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"^\s+(\S+): (.+)$", out, re.MULTILINE)}
 
 
-def run_module(module: str, out: Path, max_children: int, survivors_only: bool = False) -> dict:
+def run_module(module: str, out: Path, max_children: int) -> dict:
     work = out / module
-    functions = MODULES[module].functions
-    targets = list(functions)
-    if survivors_only:  # the same mutants again, against the current tests (mutmut reruns named mutants)
-        targets = [s["name"] for s in json.loads((out / f"{module}.json").read_text())["survivors"]]
-        if not targets:
-            return json.loads((out / f"{module}.json").read_text())
-    prepare(module, work, fresh=not survivors_only)
+    prepare(module, work)
     started = time.monotonic()
-    mutmut(work, "run", "--max-children", str(max_children), *targets, log=out / f"{module}.log")
+    functions = MODULES[module].functions
+    mutmut(work, "run", "--max-children", str(max_children), *functions, log=out / f"{module}.log")
     statuses = {name: status for name, status in results(work).items()
                 if not functions or any(fnmatch(name, f) for f in functions)}
     survivors = sorted(name for name, status in statuses.items() if status not in KILLED)
@@ -193,9 +185,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "build" / "mutation", help="scratch and summary folder")
     parser.add_argument("--max-children", type=int, default=1, help="mutants run in parallel (the machine is shared)")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
-    parser.add_argument("--survivors", action="store_true",
-                        help="rerun only the last run's survivors of each module against the current tests "
-                             "(the package copy of that run is kept: run fresh after changing the code)")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -212,7 +201,7 @@ def main() -> None:
     for module in modules:
         print(f"mutation: {module} ...", flush=True)
         try:
-            row = run_module(module, args.out, args.max_children, args.survivors)
+            row = run_module(module, args.out, args.max_children)
         except MutmutFailed as e:  # the other modules still run; the exit status says one failed
             print(e, flush=True)
             failed.append(module)
