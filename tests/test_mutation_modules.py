@@ -110,11 +110,44 @@ def test_pretraining_head_loads_inside_another_module():
 @pytest.mark.parametrize("spec, dropout", [
     ({"type": "relation", "num_labels": 2}, 0.1), ({"type": "typing", "num_labels": 2}, 0.1),
     ({"type": "lin_original", "max_length": 8}, 0.1), ({"type": "lin_pointer"}, 0.33),
-    ({"type": "typing", "num_labels": 2, "dropout": 0.2}, 0.2),
+    ({"type": "typing", "num_labels": 2, "dropout": 0.2}, 0.2), ({"type": "relation", "num_labels": 2, "dropout": 0.2}, 0.2),
+    ({"type": "lin_original", "max_length": 8, "dropout": 0.2}, 0.2), ({"type": "lin_pointer", "dropout": 0.2}, 0.2),
 ])
 def test_build_head_dropout_defaults(spec, dropout):
     head = build_head(spec, 8)
     assert {m.p for m in head.modules() if isinstance(m, torch.nn.Dropout)} == {dropout}
+
+
+def test_lin_original_head_is_the_original_single_head_block():
+    head = build_head({"type": "lin_original", "max_length": 8}, 8)
+    assert head.self_attention.self.num_heads == 1
+    assert head.self_attention.output.LayerNorm.eps == 1e-5
+    assert build_head({"type": "lin_pointer"}, 8).max_distance == 32
+    assert not isinstance(build_head({"type": "typing", "num_labels": 2}, 8), PretrainingHead)  # com_dense: off by default
+
+
+def test_a_nested_head_state_dict_loads_as_it_is():
+    # Keys already in the nested form (`inner.*`, as `state_dict(keep_vars)` of the inner module gives) are kept.
+    head = _randomise(build_head({"type": "typing", "num_labels": 2, "com_dense": True}, 4))
+    nested = {f"inner.{k}": v for k, v in head.inner.state_dict().items()}
+    nested.update({f"com_dense.{k}": v for k, v in head.com_dense.state_dict().items()})
+    copy = build_head({"type": "typing", "num_labels": 2, "com_dense": True}, 4)
+    copy.load_state_dict(nested, strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(copy.parameters(), head.parameters()))
+
+
+def test_pretraining_head_passes_keyword_arguments_to_the_inner_head():
+    head = _randomise(build_head({"type": "typing", "num_labels": 3, "com_dense": True}, 4))
+    last, adapter_out = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    torch.testing.assert_close(head(last, adapter_out, mention_pos=torch.tensor([1, 3])),
+                               head(last, adapter_out, torch.tensor([1, 3])))
+
+
+def test_pointer_head_scores_stay_in_the_autocast_dtype():
+    # Under bf16 autocast (`--precision bf16`) the fp32 distance bias must not promote the scores.
+    head = _randomise(LinPointerHead(4, arc_dim=3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(torch.randn(1, 5, 4), None).dtype == torch.bfloat16
 
 
 def test_build_head_reads_every_key_of_its_spec():
@@ -126,6 +159,7 @@ def test_build_head_reads_every_key_of_its_spec():
 
 @pytest.mark.parametrize("spec, message", [
     ({"type": "pointer"}, "unknown head type 'pointer' (known: relation, typing, lin_original, lin_pointer)"),
+    ({}, "unknown head type None (known: relation, typing, lin_original, lin_pointer)"),
     ({"type": "relation"}, "head of type 'relation' needs 'num_labels'"),
     ({"type": "lin_original"}, "head of type 'lin_original' needs 'max_length'"),
     ({"type": "typing", "num_labels": 2, "width": 3, "depth": 1}, "unknown key(s) for a typing head: depth, width"),
