@@ -109,3 +109,38 @@ def test_cache_on_refusal_message_in_full(tmp_path, monkeypatch):
     assert str(caught.value) == (
         "--cache-features on: the cache needs 3.00 GiB, over the memory budget (2.00 GiB) and half the free "
         "disk (0.00 GiB free); raise --cache-budget, free disk space, or use --cache-features auto")
+
+
+def test_disk_cache_describes_itself_in_cache_json(tmp_path):
+    import json
+
+    from kadapter_cli.feature_cache import FeatureCache
+
+    def compute(ids, mask):
+        return [ids.float().unsqueeze(-1).expand(-1, -1, 3).clone()] * 2
+
+    cache = FeatureCache.build(compute, [[2, 3], [4]], pad_id=1, batch_size=4, storage="disk", folder=tmp_path)
+    text = (tmp_path / "cache.json").read_text(encoding="utf-8")
+    assert json.loads(text) == {"examples": 2, "tokens": 3, "states": 2, "hidden": 3, "dtype": "float16",
+                                "files": ["state-0.npy", "state-1.npy"], "padded_to": None}
+    assert text.startswith('{\n  "examples": 2,') and text.endswith("}\n")
+    assert (cache.storage, cache.folder) == ("disk", tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"storage": "gpu"}, "storage must be 'memory' or 'disk', got 'gpu'"),
+    ({"storage": "disk"}, "a disk cache needs a folder"),
+    ({"dtype": torch.int8}, "unsupported cache dtype torch.int8; use float16, bfloat16 or float32"),
+])
+def test_build_refusals_in_full(kwargs, message):
+    from kadapter_cli.feature_cache import FeatureCache
+
+    with pytest.raises(ValueError) as caught:
+        FeatureCache.build(lambda ids, mask: [], [[2]], pad_id=1, batch_size=1, **kwargs)
+    assert str(caught.value) == message
+    with pytest.raises(ValueError) as caught:
+        FeatureCache.build(lambda ids, mask: [], [], pad_id=1, batch_size=1)
+    assert str(caught.value) == "no examples to cache"
+    with pytest.raises(ValueError) as caught:
+        FeatureCache.build(lambda ids, mask: [], [[2], [], []], pad_id=1, batch_size=1)
+    assert str(caught.value) == "example 1 has no tokens"
