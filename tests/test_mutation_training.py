@@ -178,3 +178,25 @@ def test_copy_into_refuses_other_names_or_shapes(tmp_path):
         copy_into(model, {"weight": torch.zeros(2, 2)}, tmp_path / "w.safetensors")
     copy_into(model, {"weight": torch.ones(3, 2)}, tmp_path / "w.safetensors")
     assert torch.equal(model.weight, torch.ones(3, 2))
+
+
+def test_resume_refusals_name_the_checkpoint_and_the_difference(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    def run(**overrides):
+        config = TrainConfig(**{**dict(epochs=1, batch_size=8, lr=3e-3, seed=7, device="cpu", save_every=2), **overrides})
+        return train(build_model(7), ToyObjective(), toy_examples(32, 1), None, config, tmp_path / "run", resume=True)
+
+    run(max_steps=2)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    with pytest.raises(BadInput) as caught:
+        run(max_steps=2, lr=1e-3, seed=8)
+    assert str(caught.value) == (f"{checkpoint}: cannot resume with different training options (--lr 0.003 → 0.001; "
+                                 "--seed 7 → 8); use the checkpoint's options or start again without --resume")
+    state = json.loads((checkpoint / "state.json").read_text())
+    (checkpoint / "state.json").write_text(json.dumps({**state, "world_size": 2}))
+    with pytest.raises(BadInput) as caught:
+        run(max_steps=2)
+    assert str(caught.value) == (f"{checkpoint}: checkpoint was written by 2 processes, this run has 1; "
+                                 "resume with the same number")
