@@ -48,7 +48,8 @@ MODULES: dict[str, Target] = {
     "heads": Target(["kadapter_cli/heads.py"],
                     ["tests/test_model.py", "tests/test_adapter_io.py", "tests/test_tasks.py",
                      "tests/test_mutation_modules.py"]),
-    "checkpoints": Target(["kadapter_cli/checkpoints.py"], LOOP_TESTS),
+    # test_untrusted.py: it finds a `weights_only=False` load in the source.
+    "checkpoints": Target(["kadapter_cli/checkpoints.py"], LOOP_TESTS + ["tests/test_untrusted.py"]),
     "import_original": Target(["kadapter_cli/import_original.py"],
                              ["tests/test_import_original.py", "tests/test_untrusted.py", "tests/test_mutation_import.py"]),
     "feature_cache": Target(["kadapter_cli/feature_cache.py"],
