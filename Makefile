@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
 
 # Mutation testing of the modules where a silent change corrupts results (docs/MUTATION.md);
-# slow (about half an hour on 2 cores), so not part of `make test`. One module: make mutation MODULES=metrics
+# slow (over an hour for all modules on 2 cores), so not part of `make test`. One module: make mutation MODULES=metrics
 mutation: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[mutation]'
 	nice -n 15 $(BIN)/python tools/mutation.py $(MODULES)
