@@ -3,6 +3,7 @@
     python benchmarks/run.py --quick          # under 3 minutes on a 2-core CPU (also `make bench`)
     python benchmarks/run.py                  # more examples and repeats
     python benchmarks/run.py --quick --only mfu,adapter_step_vs_full_finetune
+    python benchmarks/run.py --quick --only probe   # the knowledge probe's training step
 
 Each entry is `{"value", "target", "met", "detail"}`; rates (words/s, documents/s) have no target.
 Every ratio's members are timed in the same run, interleaved, after warm-up, as medians of several
@@ -24,7 +25,7 @@ from typing import Any, Callable
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import data_bench, timing, training_bench  # noqa: E402
+from benchmarks import data_bench, probe_bench, timing, training_bench  # noqa: E402
 from benchmarks.workloads import BenchShape  # noqa: E402
 
 
@@ -60,6 +61,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "cache": ("cached_epoch_vs_uncached",),
     "buckets": ("bucketed_vs_padded",),
     "inference": ("composed_inference_vs_backbone",),
+    "probe": ("probe_step_masked_rows_vs_every_position",),
     "prepare_trex": ("prepare_trex_rss_10x_over_1x", "prepare_trex_docs_per_s"),
     "parse": ("parse_conllu_words_per_s", "parse_spacy_words_per_s", "parse_stanza_words_per_s"),
 }
@@ -74,6 +76,7 @@ def _runners(shape: BenchShape, sizes: Sizes, trex_dump: Path) -> dict[str, Call
         "buckets": lambda: {"bucketed_vs_padded": training_bench.bucketed_epoch(shape, sizes.batches_timed, r)},
         "inference": lambda: {"composed_inference_vs_backbone": training_bench.composed_inference(
             dataclasses.replace(shape, batch_size=sizes.inference_batch_size), sizes.inference_examples, r, w)},
+        "probe": lambda: probe_bench.probe_step(shape, r, w),
         "prepare_trex": lambda: data_bench.prepare_trex_memory(trex_dump, sizes.trex_copies),
         "parse": lambda: data_bench.parse_speed(sizes.parse_sentences),
     }

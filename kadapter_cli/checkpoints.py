@@ -51,6 +51,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The optimizer step a complete checkpoint folder was written at."""
+    return int(json.loads((Path(folder) / "state.json").read_text(encoding="utf-8"))["step"])
+
+
 def remove_checkpoints(run_dir: str | Path) -> None:
     """Deletes `run_dir/checkpoints/` (a command calls this once its artifact is complete)."""
     root = Path(run_dir) / CHECKPOINTS

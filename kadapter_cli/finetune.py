@@ -22,6 +22,7 @@ from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer
 from kadapter_cli.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput
 from kadapter_cli.model import KAdapterModel, check_composable, check_fits_backbone, marker_style
+from kadapter_cli.model_card import finetuned_card, write_card
 from kadapter_cli.objectives import TaskObjective
 from kadapter_cli.progress import info, progress
 from kadapter_cli.tasks import get_task
@@ -223,7 +224,8 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         cached = None
         if spec.freeze_backbone:
             cached = attach_task_feature_cache(model, list(encoded.values()), spec, pad_id, config, run_dir, pad_to)
-        result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume)
+        result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume,
+                       hparams=manifest_config)
         results: dict[str, dict] = {}
         for split in ("dev", "test"):
             if split not in encoded:
@@ -239,7 +241,10 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         stats = {"best_step": result.best_step, "steps": result.steps, "throughput": result.throughput,
                  "feature_cache": cached or "off", **{f"{k}_examples": len(v) for k, v in encoded.items()},
                  "parameters": {row["component"]: row for row in model.body.parameter_table()}}
-        inputs = artifacts.sha256_inputs([p for p in files.values() if p.exists()] + spec.adapters.paths)
+        task_inputs = artifacts.sha256_inputs([p for p in files.values() if p.exists()])
+        inputs = task_inputs + artifacts.sha256_inputs(spec.adapters.paths)
+        write_card(run_dir, finetuned_card(spec.out.name, task, artifacts.read_json(run_dir / CONFIG), labels, results,
+                                           inputs, manifest_config or {}, stats, task_inputs=task_inputs))
         artifacts.write_manifest(run_dir, "finetuned", config=manifest_config or {}, inputs=inputs, stats=stats)
     return results
 

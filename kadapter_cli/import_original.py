@@ -26,6 +26,7 @@ from kadapter_cli.backbone import BackboneShape
 from kadapter_cli.encoding import ORIGINAL_MARKERS
 from kadapter_cli.errors import BadInput
 from kadapter_cli.heads import build_head
+from kadapter_cli.model_card import adapter_card, write_card
 
 # The original adapters were trained on RoBERTa-large only.
 ROBERTA_LARGE = BackboneShape(model_type="roberta", hidden_size=1024, num_layers=24, num_heads=16, name_or_path="roberta-large")
@@ -207,20 +208,13 @@ def import_original(
     written = []
     for (kind, path, (adapter, config, head)), target in zip(converted, targets):
         inputs = sha256_inputs([path] + ([relations] if relations is not None and kind == "fac" else []))
+        manifest_config = _manifest_config(config, path, relations if kind == "fac" else None)
+        stats = {"adapter_parameters": count_parameters(adapter), "head_parameters": count_parameters(head),
+                 "tensors": len(adapter.state_dict()) + len(head.state_dict())}
         with atomic_output(target, overwrite=overwrite) as tmp:
             save_adapter(tmp, adapter, config, head)
-            write_manifest(
-                tmp,
-                "adapter",
-                config=_manifest_config(config, path, relations if kind == "fac" else None),
-                inputs=inputs,
-                stats={
-                    "adapter_parameters": count_parameters(adapter),
-                    "head_parameters": count_parameters(head),
-                    "tensors": len(adapter.state_dict()) + len(head.state_dict()),
-                },
-                command=command,
-            )
+            write_card(tmp, adapter_card(config, {}, inputs, manifest_config, stats, command=command))
+            write_manifest(tmp, "adapter", config=manifest_config, inputs=inputs, stats=stats, command=command)
         written.append(target)
     return written
 

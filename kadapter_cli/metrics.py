@@ -11,7 +11,7 @@ one documented exception, `relation_metrics`'s precision, which follows the offi
 from __future__ import annotations
 
 from collections import Counter
-from typing import Hashable, Sequence
+from typing import Hashable, Mapping, Sequence
 
 Label = Hashable
 
@@ -156,3 +156,32 @@ def uas(gold_heads: Sequence[Sequence[int]], pred_heads: Sequence[Sequence[int]]
                 words += 1
                 correct += g == p
     return _ratio(correct, words)
+
+
+def lama_metrics(ranks: Mapping[str, Sequence[int]]) -> dict:
+    """LAMA probing from the gold object's rank per fact (1 = predicted first), grouped by relation.
+
+    Per relation: `p_at_1` (share of facts ranked 1), `p_at_10` (ranked ≤ 10), `mrr` (mean of
+    1 / rank) and `facts`. Overall: `p_at_1`, `p_at_10` and `mrr` are macro averages over the
+    relations that kept at least one fact (the headline, as in LAMA and the paper); `p_at_1_micro`
+    is the share over all facts; `facts` and `relations` count what was scored. No facts: 0.0.
+    """
+    per_relation = {}
+    for relation, rel_ranks in ranks.items():
+        if any(r < 1 for r in rel_ranks):
+            raise ValueError(f"relation {relation}: ranks start at 1")
+        n = len(rel_ranks)
+        if not n:
+            continue
+        per_relation[relation] = {
+            "p_at_1": sum(r == 1 for r in rel_ranks) / n,
+            "p_at_10": sum(r <= 10 for r in rel_ranks) / n,
+            "mrr": sum(1 / r for r in rel_ranks) / n,
+            "facts": n,
+        }
+    total = sum(m["facts"] for m in per_relation.values())
+    macro = {key: _ratio(sum(m[key] for m in per_relation.values()), len(per_relation))
+             for key in ("p_at_1", "p_at_10", "mrr")}
+    micro = _ratio(sum(sum(r == 1 for r in rel_ranks) for rel_ranks in ranks.values()), total)
+    return {**macro, "p_at_1_micro": micro, "facts": total, "relations": len(per_relation),
+            "per_relation": per_relation}

@@ -322,6 +322,15 @@ def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
     if cmd == "evaluate" and stage.inputs:
         split = opts.get("split", "test")
         return [], [str(output) if output else w("evaluations", f"{Path(stage.inputs[0]).name}-{split}")]
+    if cmd == "train-probe":
+        adapters = [a for a in _names(opts.get("adapters")) if a not in ("none", "base")]
+        reads = [_artifact(workdir, "adapters", a) for a in adapters]
+        default = "+".join(Path(a).name for a in adapters) or ("base-lm-head" if opts.get("pretrained-lm-head") else "base")
+        return reads, [str(output) if output else _artifact(workdir, "probes", str(opts.get("name") or default))]
+    if cmd == "probe" and stage.inputs:
+        reads = [_artifact(workdir, "probes", p) for p in stage.inputs]
+        name = "+".join(Path(p).name for p in stage.inputs) + ("-uhn" if opts.get("uhn") else "")
+        return reads, [str(output) if output else w("probe-results", name)]
     if cmd == "tiny-backbone":
         return [], [_norm(p) for p in stage.args[:1] or stage.inputs[:1]]
     if output:
@@ -778,7 +787,8 @@ def _numbers(d: Any) -> dict[str, float]:
 
 def demo_summary(pipeline: Pipeline) -> dict[str, Any]:
     """The results of a finished pipeline: every fine-tuned variant's dev/test metrics and time,
-    every adapter's dev metrics and time (read from the artifacts and the lock file)."""
+    every adapter's dev metrics and time, the LAMA probe's results (read from the artifacts and the
+    lock file)."""
     lock = read_lock(pipeline.lock_path)
     backbone = pipeline.variables.get("backbone", "")
     kind = "packaged MiniLM" if "minilm" in backbone.lower() else (
@@ -798,6 +808,10 @@ def demo_summary(pipeline: Pipeline) -> dict[str, Any]:
                 "adapters": ",".join(adapters),
                 "dev": _numbers(metrics.get("dev")), "test": _numbers(metrics.get("test")), "seconds": seconds,
             })
+        elif stage.command == "probe" and stage.outputs:
+            metrics = _metrics(stage.outputs[0])
+            summary["probe"] = {"probes": metrics.get("probes", []), "uhn": metrics.get("uhn", False),
+                                "results": metrics.get("results", {}), "seconds": seconds}
         elif stage.command == "train-adapter" and stage.outputs:
             metrics = _metrics(stage.outputs[0])
             summary["adapters"].append({

@@ -23,6 +23,7 @@ from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer,
 from kadapter_cli.encoding import SPACED_MARKERS, check_marker_style, encode_dependency, encode_relation
 from kadapter_cli.errors import BadInput
 from kadapter_cli.heads import build_head
+from kadapter_cli.model_card import adapter_card, write_card
 from kadapter_cli.objectives import DependencyObjective, RelationObjective
 from kadapter_cli.progress import info, progress
 from kadapter_cli.training import TrainConfig, remove_checkpoints, train
@@ -253,7 +254,8 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         cached = attach_feature_cache(model, [train_examples, dev_examples], spec, pad_id, config, run_dir, pad_to)
         if cached:
             model.backbone = None  # every batch now carries its features
-        result = train(model, objective, train_examples, dev_examples, config, run_dir, resume=resume)
+        result = train(model, objective, train_examples, dev_examples, config, run_dir, resume=resume,
+                       hparams=manifest_config)
         save_adapter(run_dir, adapter, adapter_config, head)
         summary = {"dev": result.best_metrics, "best_step": result.best_step, "steps": result.steps,
                    "throughput": result.throughput, "feature_cache": cached or "off"}
@@ -264,8 +266,9 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         stats = {"train_examples": len(train_examples), "dev_examples": len(dev_examples),
                  "parameters": sum(p.numel() for p in adapter.parameters()),
                  "head_parameters": sum(p.numel() for p in head.parameters()), **summary}
-        artifacts.write_manifest(run_dir, "adapter", config=manifest_config or {},
-                                 inputs=artifacts.sha256_inputs(sorted(spec.data.glob("*.json*"))), stats=stats)
+        inputs = artifacts.sha256_inputs(sorted(spec.data.glob("*.json*")))
+        write_card(run_dir, adapter_card(adapter_config, summary, inputs, manifest_config or {}, stats))
+        artifacts.write_manifest(run_dir, "adapter", config=manifest_config or {}, inputs=inputs, stats=stats)
     return summary
 
 

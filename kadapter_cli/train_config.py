@@ -42,6 +42,13 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     limit: int | None = None  # use the first N training (and dev) examples
     bucket_size: int = 100  # batches per length-sorted pool
+    report_to: str = "none"  # tensorboard | wandb | mlflow | aim | all | none, or a comma-separated list
+    run_name: str | None = None  # the trackers' run name (default: the artifact's folder name)
+    tracking_dir: str | None = None  # the trackers' folder (default: <artifact>/tracking)
+
+    def __post_init__(self) -> None:
+        if self.tracking_dir is not None:
+            self.tracking_dir = str(self.tracking_dir)  # a Path from the CLI; checkpoints store the config as JSON
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "TrainConfig":
@@ -85,6 +92,9 @@ class TrainConfig:
             raise BadInput(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise BadInput(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        from kadapter_cli.tracking import parse_report_to
+
+        parse_report_to(self.report_to)
 
     def warmup_steps(self, total_steps: int) -> int:
         """`warmup` ≥ 1 is a step count; a value in (0, 1) is a share of `total_steps`."""

@@ -16,8 +16,10 @@ class TrainingOutOfMemory(BadInput):
     """Training or evaluation ran out of device or host memory; the message names what to lower."""
 
 
-def make_accelerator(config: TrainConfig) -> "Accelerator":
-    """An `Accelerator` for `--device` / `--precision`; the launcher (if any) decides the processes."""
+def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Accelerator":
+    """An `Accelerator` for `--device` / `--precision`; the launcher (if any) decides the processes.
+
+    `log_with`: Accelerate tracker objects (`tracking.RunTracker` builds them)."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
@@ -34,14 +36,14 @@ def make_accelerator(config: TrainConfig) -> "Accelerator":
     # cpu=True also on a machine without CUDA: only then does Accelerate join processes started by
     # torchrun / `accelerate launch --multi_gpu` over gloo instead of running each one alone.
     try:
-        return Accelerator(cpu=on_cpu, mixed_precision=mixed)
+        return Accelerator(cpu=on_cpu, mixed_precision=mixed, log_with=log_with or None)
     except ValueError as e:
         # Accelerate's state is process-wide: a second run in one process (a pipeline, a test) with
         # another precision or device must reset it. Under a multi-process launch it cannot be.
         if "already been initialized" not in str(e) or PartialState().num_processes > 1:
             raise
         AcceleratorState._reset_state()
-        return Accelerator(cpu=on_cpu, mixed_precision=mixed)
+        return Accelerator(cpu=on_cpu, mixed_precision=mixed, log_with=log_with or None)
 
 
 def adamw(named_params: list, config: TrainConfig):

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from kadapter_cli.batching import epoch_batches, groups, restore_order, sequential_batches, shard
-from kadapter_cli.checkpoints import (BEST_WEIGHTS, CHECKPOINTS, TrainState, copy_into, latest_checkpoint,
+from kadapter_cli.checkpoints import (BEST_WEIGHTS, CHECKPOINTS, TrainState, checkpoint_step, copy_into,
+                                      latest_checkpoint,
                                       load_checkpoint, remove_checkpoints, rng_state, save_weights_atomically,
                                       trainable_state, write_checkpoint)
 from kadapter_cli.errors import BadInput, KadapterError
@@ -49,6 +50,7 @@ from kadapter_cli.train_log import (LOG_FILE, StepWindow, append_log, flops_per_
                                     progress_columns, truncate_log)
 from kadapter_cli.train_setup import (TrainingOutOfMemory, adamw, is_out_of_memory, make_accelerator,
                                       out_of_memory, warmup_then_linear_decay)
+from kadapter_cli.tracking import RunTracker, tracking_location
 
 if TYPE_CHECKING:  # torch and accelerate are imported inside functions: `kadapter --help` stays fast
     from accelerate import Accelerator
@@ -66,6 +68,7 @@ def train(
     config: TrainConfig,
     run_dir: str | Path,
     resume: bool = False,
+    hparams: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Trains `model` on `train_examples`, evaluating on `dev_examples`; returns with the best weights loaded.
 
@@ -73,13 +76,19 @@ def train(
     model that keeps a frozen part in eval mode does so by overriding `train()`). `resume=True`
     continues from the latest complete checkpoint under `run_dir/checkpoints/` (or starts fresh,
     saying so, when there is none); `resume=False` discards earlier checkpoints and log.
+    `hparams` (the command's effective configuration; default: `config`) go to the trackers of
+    `config.report_to`.
     """
     import torch
     from accelerate.utils import set_seed
 
     config.validate()
     run_dir = Path(run_dir)
-    accelerator = make_accelerator(config)
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    run_name, tracking_dir = tracking_location(config, run_dir)
+    tracker = RunTracker(config.report_to, run_name, tracking_dir, hparams or dataclasses.asdict(config),
+                         resume_step=checkpoint_step(checkpoint) if checkpoint is not None else None)
+    accelerator = make_accelerator(config, log_with=tracker.trackers)
     is_main = accelerator.is_main_process
     world = accelerator.num_processes
 
@@ -107,7 +116,6 @@ def train(
     unwrapped = accelerator.unwrap_model(model)
 
     state = TrainState()
-    checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler, accelerator, config)
         if is_main:
@@ -124,20 +132,26 @@ def train(
     accelerator.wait_for_everyone()
 
     loop = _Loop(accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths, dev,
-                 config, run_dir, state, total_steps)
-    if state.step < total_steps:
-        loop.run()
-    elif is_main:
-        info(f"training already complete at step {state.step}")
-    return loop.finish()
+                 config, run_dir, state, total_steps, tracker)
+    try:
+        tracker.start(accelerator)
+        if state.step < total_steps:
+            loop.run()
+        elif is_main:
+            info(f"training already complete at step {state.step}")
+        return loop.finish()
+    finally:
+        tracker.finish()
 
 
 class _Loop:
     """The state of one `train()` call; split out so each phase is a short method."""
 
     def __init__(self, accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths,
-                 dev, config: TrainConfig, run_dir: Path, state: TrainState, total_steps: int):
+                 dev, config: TrainConfig, run_dir: Path, state: TrainState, total_steps: int,
+                 tracker: RunTracker):
         self.accelerator, self.model, self.unwrapped = accelerator, model, unwrapped
+        self.tracker = tracker
         self.optimizer, self.scheduler, self.objective = optimizer, scheduler, objective
         self.examples, self.lengths, self.dev = examples, lengths, dev
         self.config, self.run_dir, self.state = config, run_dir, state
@@ -270,9 +284,10 @@ class _Loop:
                 f"training diverged: the loss is {record['loss']} at step {state.step}; lower --lr, raise "
                 "--warmup, or train in --precision bf16 or fp32")
         if self.is_main:
-            lr = self.scheduler.get_last_lr()[0]
-            append_log(self.run_dir / LOG_FILE, {"step": state.step, "epoch": round(epoch_progress, 4),
-                                                  "lr": lr, **record})
+            line = {"step": state.step, "epoch": round(epoch_progress, 4), "lr": self.scheduler.get_last_lr()[0],
+                    **record}
+            append_log(self.run_dir / LOG_FILE, line)
+            self.tracker.log_train(line, state.step)
 
     def _evaluate_and_select(self, epoch_progress: float) -> None:
         started = time.perf_counter()
@@ -292,6 +307,7 @@ class _Loop:
             append_log(self.run_dir / LOG_FILE, {"step": state.step, "epoch": round(epoch_progress, 4),
                                                   "dev": metrics, "best": improved,
                                                   "eval_seconds": round(time.perf_counter() - started, 3)})
+            self.tracker.log_dev(metrics, state.step)
 
     def _save_checkpoint(self) -> None:
         from accelerate.utils import gather_object

@@ -22,6 +22,7 @@ RATIOS = {
     "cached_epoch_vs_uncached": "<= 0.35",
     "bucketed_vs_padded": "<= 0.55",
     "composed_inference_vs_backbone": "<= 1.35",
+    "probe_step_masked_rows_vs_every_position": "<= 0.60",
     "mfu": ">= 0.50",
     "prepare_trex_rss_2x_over_1x": "<= 1.20",  # --toy runs 2 copies instead of 10
 }

@@ -403,25 +403,31 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_weights(tmp_pa
     assert _training_lines(run) == _training_lines(reference)
 
 
-@pytest.mark.slow
-def test_two_processes_under_accelerate_launch_train_a_valid_model(tmp_path):
+def launch_two_processes(run: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The toy script under `accelerate launch` with two CPU processes (skips where they cannot start)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     if not accelerate.exists():
         pytest.skip(f"no accelerate launcher beside {sys.executable}")
-    run = tmp_path / "run"
     # `accelerate launch --cpu` starts one process unless given an MPI hostfile; the torchrun-based
     # launcher (`--multi_gpu`) with no visible GPU starts real CPU processes joined over gloo.
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               str(TOY_SCRIPT), str(run), "--epochs", "4", "--seed", "3", "--save-every", "10", "--lr", "0.03"]
+               str(TOY_SCRIPT), str(run), *args]
     try:
         done = subprocess.run(command, env={**_env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
-                              timeout=120)
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
-        pytest.fail("two-process run did not finish in 120 s")
+        pytest.fail(f"two-process run did not finish in {timeout:g} s")
     if done.returncode != 0 and not (run / "train_log.jsonl").exists():
         pytest.skip(f"accelerate launch could not start two CPU processes here:\n{done.stderr[-1500:]}")
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch_train_a_valid_model(tmp_path):
+    run = tmp_path / "run"
+    done = launch_two_processes(run, "--epochs", "4", "--seed", "3", "--save-every", "10", "--lr", "0.03")
 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     dev = toy_examples(60, 2)

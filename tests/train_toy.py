@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup", type=float, default=0.1)
+    parser.add_argument("--report-to", default=None)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)

@@ -16,6 +16,7 @@ Deterministic: the same seed (and spaCy model) gives byte-identical files. What 
   {"sent", "start", "end", "labels"}, space-tokenised sentences) whose types are learnable from
   context, from the knowledge base (names alone are ambiguous in some templates: only knowing that
   "Nordvik Systems" is a company tells it apart from a person) and from syntax.
+- `lama/`: the documents' facts in LAMA's T-REx probe format and their text (`tools/make_demo_lama.py`).
 - `demo.yaml`: a copy of `pipelines/demo.yaml`, so the installed package can run `kadapter demo`.
 
 Wikidata property ids are the real ones; entity Q-ids are synthetic but stable (derived from the
@@ -35,6 +36,8 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from make_demo_lama import write_lama  # tools/ is on the path when this runs as a script
 
 REPO = Path(__file__).resolve().parents[1]
 WIKIDATA = "http://www.wikidata.org/entity/"
@@ -754,6 +757,7 @@ Wikidata property ids are real.
 | `trex/` | T-REx JSON dumps ({n_docs} documents, {n_triples} triples over {n_rel} relations, P31 included) | `prepare-trex` → fac adapter |
 | `corpus/` | {n_lines} generated sentences (`corpus.txt`) and their spaCy parse (`corpus.conllu`, FEATS/DEPS left `_`) | `parse` → lin adapter |
 | `typing/` | entity typing in the OpenEntity/ERNIE format (train/dev/test = {n_train}/{n_dev}/{n_test}) | `finetune --task openentity` |
+| `lama/` | the T-REx documents' facts in LAMA's probe format (`TREx/P*.jsonl`, `relations.jsonl`) and their text (`corpus.txt`), by `tools/make_demo_lama.py` | `train-probe`, `probe` |
 | `demo.yaml` | copy of `pipelines/demo.yaml` | `kadapter demo` |
 
 Triples per relation: {relation_counts}.
@@ -772,6 +776,7 @@ def generate(out: Path, seed: int = 13, corpus_lines: int = 2000) -> None:
     (out / "trex").mkdir(exist_ok=True)
     (out / "trex" / "re-nlg_demo-0.json").write_bytes(_json_bytes(docs[:split]))
     (out / "trex" / "re-nlg_demo-1.json.gz").write_bytes(_gzip_bytes(_json_bytes(docs[split:])))
+    write_lama(out)
 
     lines = make_corpus(kb, random.Random(seed + 3), corpus_lines)
     (out / "corpus").mkdir(exist_ok=True)

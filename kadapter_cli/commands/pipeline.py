@@ -71,9 +71,11 @@ def demo_cli(
 ) -> None:
     """Run the bundled demo (pipelines/demo.yaml on the bundled data) and print a results table.
 
-    Stages: prepare-trex, parse, train the fac and lin adapters, compose them, fine-tune entity typing with no adapter, fac, lin and fac+lin, evaluate. Minutes on a laptop CPU.
+    Stages: prepare-trex, parse, train the fac and lin adapters, compose them, probe the backbone and fac on LAMA-format facts, fine-tune entity typing with no adapter, fac, lin and fac+lin, evaluate. Minutes on a laptop CPU.
 
     The backbone is the packaged MiniLM when installed, otherwise a tiny random one made on the fly. The workdir is kadapter-work-demo unless --workdir is given; a second run only prints the table.
+
+    It ends with `kadapter report --paper` on the workdir; `kadapter --workdir kadapter-work-demo report --plot DIR` draws its figures.
     """
     from kadapter_cli.pipeline import DEMO_PIPELINE, demo_summary, load_pipeline_resolved, run_pipeline
     from kadapter_cli.progress import info
@@ -85,7 +87,12 @@ def demo_cli(
     if json_output:
         echo_json(summary)
     else:
+        from kadapter_cli.report import build_report, collect, print_tables
+
         _print_demo_tables(summary)
+        # `kadapter report --paper` on the workdir: the paper-style table, the paper's numbers beside
+        # (the adapters' table above already has their scores).
+        print_tables(build_report(collect([pipeline.workdir]), paper=True), adapters=False)
 
 
 def _pct(value) -> str:
@@ -121,4 +128,24 @@ def _print_demo_tables(summary: dict) -> None:
         for i, (metric, value) in enumerate(metrics.items()):
             table.add_row(f"{row['name']} ({row['kind']})" if i == 0 else "", metric, _pct(value),
                           _secs(row["seconds"]) if i == 0 else "")
+    console.print(table)
+    if summary.get("probe"):
+        _print_probe_demo_table(console, summary["probe"])
+
+
+def _print_probe_demo_table(console, probe: dict) -> None:
+    from rich.table import Table
+
+    names = probe["probes"]
+    datasets = list(dict.fromkeys(d for r in probe["results"].values() for d in r))
+    table = Table(title="LAMA probe, demo facts (P@1: macro over relations)")
+    table.add_column("metric", justify="left", no_wrap=True)
+    for name in names:
+        table.add_column(name, justify="right", no_wrap=True)
+    for dataset in datasets:
+        for key, label in (("p_at_1", "P@1"), ("p_at_1_micro", "P@1 micro"), ("p_at_10", "P@10"), ("mrr", "MRR"),
+                           ("facts", "facts")):
+            values = [probe["results"].get(n, {}).get(dataset, {}).get(key) for n in names]
+            table.add_row(f"{dataset} {label}", *(_pct(float(v)) if key != "facts" and v is not None else _pct(v)
+                                                  for v in values))
     console.print(table)

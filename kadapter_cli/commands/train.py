@@ -41,6 +41,14 @@ CACHE = typer.Option("auto", "--cache-features",
 CACHE_BUDGET = typer.Option(None, "--cache-budget", help="Feature cache budget in GiB (default: a share of RAM).")
 CONFIG = typer.Option(None, "--config", help="YAML file of options (long names with _); flags override it.")
 LOG_EVERY = typer.Option(10, "--log-every", help="Write a train_log.jsonl line every N steps.")
+# Experiment tracking (kadapter_cli/tracking.py): a training command takes all three with one line,
+#   report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
+# and TrainConfig.from_options picks them up.
+REPORT_TO = typer.Option("none", "--report-to",
+                         help="Trackers for losses, learning rate, throughput and dev metrics: tensorboard, wandb, "
+                              "mlflow, aim, all (every installed one), none; comma-separated for several.")
+RUN_NAME = typer.Option(None, "--run-name", help="The trackers' run name (default: the output folder's name).")
+TRACKING_DIR = typer.Option(None, "--tracking-dir", help="The trackers' folder (default: <output>/tracking).")
 
 
 def _train_config(options: dict[str, Any], defaults: dict[str, Any]):
@@ -105,6 +113,7 @@ def train_adapter_cli(
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
+    report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print the dev metrics as JSON."),
     config: Optional[Path] = CONFIG,
 ) -> None:
@@ -181,6 +190,7 @@ def finetune_cli(
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
+    report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print dev and test metrics as JSON."),
     config: Optional[Path] = CONFIG,
 ) -> None:

@@ -1,0 +1,147 @@
+"""Knowledge probing commands: train-probe (the masked-LM layer) and probe (LAMA P@1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from kadapter_cli.commands import app
+from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config
+from kadapter_cli.commands.train import (ADAM_BETA1, ADAM_BETA2, ADAM_EPS, CONFIG, DEVICE, EPOCHS, LIMIT, LOG_EVERY,
+                                         LR, MAX_LENGTH, MAX_STEPS, OVERWRITE, PRECISION, REPORT_TO, RESUME, RUN_NAME,
+                                         SAVE_EVERY, SEED, TRACKING_DIR, WARMUP, WEIGHT_DECAY, _train_config)
+from kadapter_cli.errors import BadInput
+
+
+@app.command("train-probe")
+def train_probe_cli(
+    ctx: typer.Context,
+    adapters: Optional[str] = typer.Option(None, "--adapters", help="Adapters to probe, e.g. fac or fac,lin (names or folders); none = the backbone alone."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Text file, one paragraph a line (raw WikiText: ' = Heading = ' lines are skipped)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Probe name (default: the adapters joined by +, or base); written to <workdir>/probes/<name>."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <workdir>/probes/<name>)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone id or folder (default: the adapters')."),
+    init_from_lm_head: bool = typer.Option(False, "--init-from-lm-head", help="Start the backbone's block from the backbone's own pretrained LM head (through its frozen transform)."),
+    pretrained_lm_head: bool = typer.Option(False, "--pretrained-lm-head", help="Baseline: the backbone's own LM head as it is, untrained (no --adapters, no --corpus)."),
+    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Sequences per forward pass (default 16); --batch-size is the effective batch."),
+    epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Effective batch in sequences (paper: 1024) = micro-batch × accumulation × processes."),
+    lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
+    adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
+    max_length: Optional[int] = MAX_LENGTH, seed: int = SEED, save_every: Optional[int] = SAVE_EVERY,
+    log_every: int = LOG_EVERY, resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE,
+    precision: str = PRECISION, limit: Optional[int] = LIMIT,
+    report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """Train the probe's masked-LM layer over the frozen backbone and adapters (paper App. D)."""
+    from kadapter_cli.finetune import resolve_adapters
+    from kadapter_cli.probe import PROBE_DEFAULTS, ProbeTrainingSpec, effective_batch, train_probe
+
+    options = merged_config(ctx, config)
+    workdir = get_workdir(ctx)
+    adapter_set = resolve_adapters(options["adapters"], workdir, None)
+    defaults = {k: v for k, v in PROBE_DEFAULTS.items() if k != "micro_batch_size"}
+    micro = options["micro_batch_size"] or PROBE_DEFAULTS["micro_batch_size"]
+    effective = options["batch_size"] or PROBE_DEFAULTS["batch_size"]
+    micro, accumulation = effective_batch(effective, micro)
+    values: dict[str, Any] = {**options, "batch_size": micro, "grad_accum": accumulation}
+    train_config, resolved = _train_config(values, defaults)
+    resolved.update({"batch_size": effective, "micro_batch_size": micro, "grad_accum": accumulation})
+    default_name = "+".join(adapter_set.names) or ("base-lm-head" if options["pretrained_lm_head"] else "base")
+    probe_name = options["name"] or default_name
+    spec = ProbeTrainingSpec(
+        out=Path(options["out"] or workdir / "probes" / probe_name), adapters=adapter_set,
+        backbone=options["backbone"], corpus=options["corpus"], max_length=int(resolved["max_length"]),
+        init_from_lm_head=options["init_from_lm_head"],
+        pretrained_lm_head=options["pretrained_lm_head"],
+    )
+    summary = train_probe(spec, train_config, resume=options["resume"], overwrite=options["overwrite"],
+                          manifest_config=jsonable(resolved))
+    if json_out:
+        echo_json(summary)
+    else:
+        steps = f"{summary['steps']} steps on {summary['sequences']} sequences" if summary.get("trained") else "untrained"
+        typer.echo(f"probe {probe_name} ({steps}) → {spec.out}")
+
+
+@app.command("probe")
+def probe_cli(
+    ctx: typer.Context,
+    probes: list[str] = typer.Argument(..., help="Probe names (under <workdir>/probes) or folders, e.g. base fac."),
+    trex: Optional[Path] = typer.Option(None, "--trex", help="LAMA T-REx folder: P*.jsonl + relations.jsonl (here or one level up)."),
+    google_re: Optional[Path] = typer.Option(None, "--google-re", help="LAMA Google-RE folder: {place_of_birth,date_of_birth,place_of_death}_test.jsonl."),
+    common_vocab: Optional[Path] = typer.Option(None, "--common-vocab", help="One word a line (LAMA's common_vocab_cased.txt): objects outside it are dropped and predictions are restricted to it."),
+    uhn: bool = typer.Option(False, "--uhn", help="UHN: drop facts whose object is a substring of the subject (string match)."),
+    template: list[str] = typer.Option([], "--template", metavar="REL=TEMPLATE", help="Add or replace a T-REx template, e.g. 'P17=[X] is located in [Y] .' (repeatable)."),
+    top_k: int = typer.Option(10, "--top-k", help="Predicted tokens kept per fact in the predictions files."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Queries per batch."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <workdir>/probe-results/<probes joined by +>[-uhn])."),
+    device: str = DEVICE,
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """P@1 (macro over relations), micro P@1, P@10 and MRR of each probe on LAMA, side by side."""
+    from kadapter_cli.artifacts import resolve_artifact
+    from kadapter_cli.lama import parse_template_options
+    from kadapter_cli.probe import LamaSpec, evaluate_probes
+
+    workdir = get_workdir(ctx)
+    if device not in ("auto", "cpu", "cuda"):
+        raise BadInput(f"--device must be auto, cpu or cuda, got {device!r}")
+    dirs = [resolve_artifact(p, workdir, "probes") for p in probes]
+    spec = LamaSpec(trex=trex, google_re=google_re, common_vocab=common_vocab, uhn=uhn,
+                    templates=parse_template_options(template), top_k=top_k, batch_size=batch_size)
+    target = out or workdir / "probe-results" / ("+".join(d.name for d in dirs) + ("-uhn" if uhn else ""))
+    summary = evaluate_probes(dirs, spec, target, device=device,
+                              manifest_config=jsonable({**ctx.params, "probes": [str(d) for d in dirs]}))
+    if json_out:
+        echo_json(summary)
+    else:
+        _print_probe_table(summary, target)
+
+
+DATASET_TITLES = {"trex": "T-REx", "google_re": "Google-RE"}
+
+
+def _print_probe_table(summary: dict, target: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    names = summary["probes"]
+    datasets = list(dict.fromkeys(d for r in summary["results"].values() for d in r))
+    table = Table(title=f"LAMA{' (UHN)' if summary['uhn'] else ''}, in % (P@1: macro over relations)")
+    table.add_column("")
+    for n in names:
+        table.add_column(n, justify="right")
+
+    def value(name: str, dataset: str, key: str, relation: str | None = None) -> str:
+        m = summary["results"].get(name, {}).get(dataset)
+        if m is not None and relation is not None:
+            m = m["per_relation"].get(relation)
+        if m is None:
+            return "-"
+        return f"{m[key]:,}" if key == "facts" else f"{100 * m[key]:.2f}"
+
+    for dataset in datasets:
+        title = DATASET_TITLES.get(dataset, dataset)
+        for key, label in (("p_at_1", "P@1"), ("p_at_1_micro", "P@1 micro"), ("p_at_10", "P@10"),
+                           ("mrr", "MRR ×100"), ("facts", "facts")):
+            table.add_row(f"{title} {label}", *(value(n, dataset, key) for n in names))
+        relations = dict.fromkeys(r for n in names for r in summary["results"].get(n, {}).get(dataset, {})
+                                  .get("per_relation", {}))
+        for relation in relations:
+            table.add_row(f"  {relation} P@1", *(value(n, dataset, "p_at_1", relation) for n in names))
+    Console().print(table)
+    dropped: dict[str, int] = {}
+    first = summary["filters"][names[0]]  # probes on one backbone keep the same facts
+    for counts in first.values():
+        for key, v in counts.items():
+            if key.startswith("dropped_"):
+                dropped[key.removeprefix("dropped_")] = dropped.get(key.removeprefix("dropped_"), 0) + v
+    read = sum(c["read"] for c in first.values())
+    kept = sum(c["kept"] for c in first.values())
+    typer.echo(f"facts: {read} read, {kept} kept; dropped: "
+               + ", ".join(f"{k} {v}" for k, v in dropped.items()) + f" (per relation in {target / 'metrics.json'})")
