@@ -65,3 +65,13 @@ def test_dependency_edges_of_the_head_range(bert):
     # Exactly filling max_length keeps every word.
     assert encode_dependency(bert, ["a", "b"], [2, 0], 4)["word_starts"] == [1, 2]
     assert encode_dependency(bert, ["a", "b"], [2, 0], 3)["word_starts"] == [1]
+
+
+def test_overlap_and_empty_mention_edges(bert):
+    # The same one-word span for both entities, and spans that share only their edge word, overlap.
+    assert _message(lambda: encode_relation(bert, ["a", "b", "c"], (2, 2), (2, 2), 16)) == \
+        "subject span (2, 2) and object span (2, 2) overlap"
+    assert _message(lambda: encode_relation(bert, ["a", "b", "c", "d"], (2, 3), (0, 2), 16)) == \
+        "subject span (2, 3) and object span (0, 2) overlap"
+    assert _message(lambda: encode_typing(bert, "abc", 1, 1, 16)) == \
+        "mention offsets [1, 1) are not inside the sentence of 3 characters"
