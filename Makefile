@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kadapter-installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench mutation install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
+
+# Mutation testing of the modules where a silent change corrupts results (docs/MUTATION.md);
+# slow (over an hour for all modules on 2 cores), so not part of `make test`. One module: make mutation MODULES=metrics
+mutation: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[mutation]'
+	nice -n 15 $(BIN)/python tools/mutation.py $(MODULES)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick

@@ -1,0 +1,146 @@
+"""Cases found by mutation testing (docs/MUTATION.md) for `attach_cache` and the cache decision:
+where the cache goes (memory, disk per process and split, nothing), and the disk probed for space."""
+
+from __future__ import annotations
+
+import shutil
+from collections import namedtuple
+
+import pytest
+import torch
+
+from kadapter_cli.errors import BadInput
+from kadapter_cli.feature_cache import GiB, attach_cache, decide_cache
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def _splits():
+    return [[{"input_ids": [2, 3, 4]}, {"input_ids": [5, 6]}], [{"input_ids": [7]}]]
+
+
+def _compute(calls):
+    def compute(ids, mask):
+        calls.append(ids.shape[0])
+        return [ids.float().unsqueeze(-1).expand(-1, -1, 4).clone()]
+    return compute
+
+
+def _attach(splits, calls, tmp_path, **kw):
+    options = dict(n_states=1, hidden=4, pad_id=1, batch_size=8, mode="on", budget_gib=None, folder=tmp_path / "fc")
+    return attach_cache(splits, _compute(calls), **{**options, **kw})
+
+
+def test_off_caches_nothing_and_never_runs_the_backbone(tmp_path):
+    splits, calls = _splits(), []
+    assert _attach(splits, calls, tmp_path, mode="off") is None
+    assert calls == [] and not any("_cache" in ex for split in splits for ex in split)
+
+
+def test_within_the_budget_the_cache_is_in_memory(tmp_path):
+    splits, calls = _splits(), []
+    assert _attach(splits, calls, tmp_path, budget_gib=1.0) == "memory"
+    assert not (tmp_path / "fc").exists() and sum(calls) == 3
+    first, second = splits
+    assert first[0]["_cache"] is first[1]["_cache"] is not second[0]["_cache"]  # one cache per split
+    assert [ex["_row"] for ex in first] == [0, 1] and second[0]["_row"] == 0
+    assert first[1]["_cache"].gather([1], 2)[0][0, :, 0].tolist() == [5.0, 6.0]
+
+
+@pytest.mark.parametrize("env, rank", [({}, "0"), ({"LOCAL_RANK": "2"}, "2"), ({"RANK": "3", "LOCAL_RANK": "1"}, "3")])
+def test_over_the_budget_each_process_and_split_gets_its_own_disk_folder(tmp_path, monkeypatch, env, rank):
+    for name in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    splits, calls = _splits(), []
+    # 6 tokens × 1 state × 4 wide × 2 bytes = 48 bytes, over a budget of 40 bytes.
+    assert _attach(splits, calls, tmp_path, budget_gib=40 / GiB) == "disk"
+    assert sorted(p.name for p in (tmp_path / "fc" / rank).iterdir()) == ["0", "1"]
+    assert (tmp_path / "fc" / rank / "1" / "cache.json").is_file()
+    assert splits[1][0]["_cache"].gather([0], 1)[0][0, 0, 0].item() == 7.0
+    assert _attach(_splits(), [], tmp_path / "b", budget_gib=48 / GiB) == "memory"  # exactly the budget fits
+
+
+def test_free_space_is_measured_on_the_nearest_existing_folder(tmp_path, monkeypatch):
+    probed = []
+
+    def disk_usage(path):
+        probed.append(path)
+        return Usage(100 * GiB, 0, 100 * GiB)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    assert decide_cache("auto", 3 * GiB, 2 * GiB, tmp_path / "not-yet" / "made") == "disk"
+    assert probed == [tmp_path]
+    assert decide_cache("auto", 3 * GiB, 2 * GiB, tmp_path) == "disk" and probed[-1] == tmp_path
+
+
+def test_an_empty_split_is_skipped_and_the_later_ones_still_cached(tmp_path):
+    splits = [[{"input_ids": [2, 3]}], [], [{"input_ids": [4]}]]
+    assert _attach(splits, [], tmp_path) == "memory"
+    assert splits[2][0]["_cache"].gather([0], 1)[0][0, 0, 0].item() == 4.0
+
+
+def test_disk_is_used_up_to_exactly_half_its_free_space(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(100 * GiB, 0, 10 * GiB))
+    assert decide_cache("auto", 5 * GiB, 1 * GiB, tmp_path) == "disk"
+    assert decide_cache("auto", 5 * GiB + 1, 1 * GiB, tmp_path) is None
+    assert decide_cache("auto", 1 * GiB, 1 * GiB, tmp_path) == "memory"  # exactly the budget fits in memory
+
+
+def test_default_budget_is_whole_bytes(monkeypatch):
+    import psutil
+
+    from kadapter_cli.feature_cache import default_budget_bytes
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: namedtuple("Memory", "total")(4 * GiB + 3))
+    assert default_budget_bytes() == GiB and isinstance(default_budget_bytes(), int)
+
+
+def test_cache_on_refusal_message_in_full(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(100 * GiB, 0, 10 * GiB))
+    with pytest.raises(BadInput) as caught:
+        decide_cache("on", 30 * GiB, 2 * GiB, tmp_path)
+    assert str(caught.value) == (
+        "--cache-features on: the cache needs 30.00 GiB, over the memory budget (2.00 GiB) and half the free "
+        f"disk (10.00 GiB free under {tmp_path}); raise --cache-budget, free disk space, or use --cache-features auto")
+    with pytest.raises(BadInput) as caught:
+        decide_cache("on", 3 * GiB, 2 * GiB)
+    assert str(caught.value) == (
+        "--cache-features on: the cache needs 3.00 GiB, over the memory budget (2.00 GiB) and half the free "
+        "disk (0.00 GiB free); raise --cache-budget, free disk space, or use --cache-features auto")
+
+
+def test_disk_cache_describes_itself_in_cache_json(tmp_path):
+    import json
+
+    from kadapter_cli.feature_cache import FeatureCache
+
+    def compute(ids, mask):
+        return [ids.float().unsqueeze(-1).expand(-1, -1, 3).clone()] * 2
+
+    cache = FeatureCache.build(compute, [[2, 3], [4]], pad_id=1, batch_size=4, storage="disk", folder=tmp_path)
+    text = (tmp_path / "cache.json").read_text(encoding="utf-8")
+    assert json.loads(text) == {"examples": 2, "tokens": 3, "states": 2, "hidden": 3, "dtype": "float16",
+                                "files": ["state-0.npy", "state-1.npy"], "padded_to": None}
+    assert text.startswith('{\n  "examples": 2,') and text.endswith("}\n")
+    assert (cache.storage, cache.folder) == ("disk", tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"storage": "gpu"}, "storage must be 'memory' or 'disk', got 'gpu'"),
+    ({"storage": "disk"}, "a disk cache needs a folder"),
+    ({"dtype": torch.int8}, "unsupported cache dtype torch.int8; use float16, bfloat16 or float32"),
+])
+def test_build_refusals_in_full(kwargs, message):
+    from kadapter_cli.feature_cache import FeatureCache
+
+    with pytest.raises(ValueError) as caught:
+        FeatureCache.build(lambda ids, mask: [], [[2]], pad_id=1, batch_size=1, **kwargs)
+    assert str(caught.value) == message
+    with pytest.raises(ValueError) as caught:
+        FeatureCache.build(lambda ids, mask: [], [], pad_id=1, batch_size=1)
+    assert str(caught.value) == "no examples to cache"
+    with pytest.raises(ValueError) as caught:
+        FeatureCache.build(lambda ids, mask: [], [[2], [], []], pad_id=1, batch_size=1)
+    assert str(caught.value) == "example 1 has no tokens"

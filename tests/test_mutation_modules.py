@@ -1,0 +1,170 @@
+"""Cases found by mutation testing (docs/MUTATION.md) for fusion and heads: the messages a user
+reads, and head outputs checked by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kadapter_cli.errors import BadInput
+from kadapter_cli.fusion import make_fusion
+from kadapter_cli.heads import LinOriginalHead, LinPointerHead, PretrainingHead, RelationHead, TypingHead, build_head
+
+# ---------------------------------------------------------------- fusion
+
+
+def test_unknown_fusion_names_the_known_ones():
+    with pytest.raises(BadInput) as caught:
+        make_fusion("mean", 8, ["fac"])
+    assert str(caught.value) == "unknown fusion 'mean' (known: concat, add, gated)"
+
+
+def test_fusion_without_adapters_says_so():
+    with pytest.raises(BadInput) as caught:
+        make_fusion("concat", 8, [])
+    assert str(caught.value) == "fusion needs at least one adapter"
+
+
+# ---------------------------------------------------------------- heads
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter random (the pointer head starts at zero, which hides its formula)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    return module.eval()
+
+
+def test_typing_and_relation_heads_compute_their_documented_formula():
+    h = torch.randn(2, 5, 6)
+    typing = _randomise(TypingHead(6, 3))
+    expected = typing.out_proj(typing.dense(h[[0, 1], [3, 1]]))
+    torch.testing.assert_close(typing(h, torch.tensor([3, 1])), expected)
+    relation = _randomise(RelationHead(6, 4))
+    pair = torch.cat([h[[0, 1], [1, 0]], h[[0, 1], [4, 2]]], dim=-1)  # [subject ; object]
+    torch.testing.assert_close(relation(h, torch.tensor([1, 0]), torch.tensor([4, 2])),
+                               relation.out_proj(relation.dense(pair)))
+
+
+def test_pointer_head_scores_by_hand():
+    head = _randomise(LinPointerHead(4, arc_dim=3, max_distance=2))
+    h = torch.randn(1, 5, 4)
+    candidates = torch.tensor([[1, 1, 0, 1, 1]])
+    scores = head(h, candidates)
+    dep, hd = head.dep_mlp(h)[0], head.head_mlp(h)[0]
+    floor = torch.finfo(scores.dtype).min
+    for i in range(5):
+        for j in range(5):
+            if i == j or not candidates[0, j]:
+                assert scores[0, i, j] == floor
+                continue
+            distance = max(-2, min(2, j - i))
+            expected = dep[i] @ head.arc_weight @ hd[j] + hd[j] @ head.head_bias + head.distance_bias[distance + 2]
+            torch.testing.assert_close(scores[0, i, j], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pointer_head_mlps_are_dozat_and_manning_s():
+    head = LinPointerHead(600)
+    assert head.arc_dim == 500 and LinPointerHead(32).arc_dim == 32  # min(500, hidden)
+    for mlp in (head.dep_mlp, head.head_mlp):
+        assert mlp[1].negative_slope == 0.1 and mlp[2].p == 0.33
+    assert head.distance_bias.shape == (65,)  # signed distances -32..32
+    assert not head.arc_weight.any() and not head.head_bias.any()  # uniform scores at the start
+    h = torch.randn(1, 4, 600)
+    # Without candidates every other position may be the head.
+    scores = head.eval()(h, None)
+    assert (scores[0][~torch.eye(4, dtype=torch.bool)] == 0).all()
+
+
+def test_lin_original_head_ignores_padding():
+    head = _randomise(LinOriginalHead(8, max_length=6))
+    h = torch.randn(1, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    changed = h.clone()
+    changed[0, 3:] = torch.randn(2, 8) * 10
+    torch.testing.assert_close(head(changed, mask)[0, :3], head(h, mask)[0, :3])
+    assert not torch.allclose(head(changed, None)[0, :3], head(h, None)[0, :3])
+
+
+def test_pretraining_head_combines_backbone_and_adapter_then_runs_the_inner_head():
+    head = _randomise(build_head({"type": "typing", "num_labels": 3, "com_dense": True}, 4))
+    assert isinstance(head, PretrainingHead)
+    last, adapter_out = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    combined = head.com_dense(torch.cat([last, adapter_out], dim=-1))
+    torch.testing.assert_close(head(last, adapter_out, torch.tensor([0, 2])), head.inner(combined, torch.tensor([0, 2])))
+
+
+def test_pretraining_head_loads_inside_another_module():
+    # The key hooks must respect the prefix: the head as a submodule of a model.
+    def model():
+        return torch.nn.ModuleDict({"head": build_head({"type": "relation", "num_labels": 2, "com_dense": True}, 4)})
+
+    source, target = _randomise(model(), 1), model()
+    state = source.state_dict()
+    assert {"head.com_dense.weight", "head.dense.weight", "head.out_proj.bias"} <= set(state)
+    target.load_state_dict(state, strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), target.parameters()))
+
+
+@pytest.mark.parametrize("spec, dropout", [
+    ({"type": "relation", "num_labels": 2}, 0.1), ({"type": "typing", "num_labels": 2}, 0.1),
+    ({"type": "lin_original", "max_length": 8}, 0.1), ({"type": "lin_pointer"}, 0.33),
+    ({"type": "typing", "num_labels": 2, "dropout": 0.2}, 0.2), ({"type": "relation", "num_labels": 2, "dropout": 0.2}, 0.2),
+    ({"type": "lin_original", "max_length": 8, "dropout": 0.2}, 0.2), ({"type": "lin_pointer", "dropout": 0.2}, 0.2),
+])
+def test_build_head_dropout_defaults(spec, dropout):
+    head = build_head(spec, 8)
+    assert {m.p for m in head.modules() if isinstance(m, torch.nn.Dropout)} == {dropout}
+
+
+def test_lin_original_head_is_the_original_single_head_block():
+    head = build_head({"type": "lin_original", "max_length": 8}, 8)
+    assert head.self_attention.self.num_heads == 1
+    assert head.self_attention.output.LayerNorm.eps == 1e-5
+    assert build_head({"type": "lin_pointer"}, 8).max_distance == 32
+    assert not isinstance(build_head({"type": "typing", "num_labels": 2}, 8), PretrainingHead)  # com_dense: off by default
+
+
+def test_a_nested_head_state_dict_loads_as_it_is():
+    # Keys already in the nested form (`inner.*`, as `state_dict(keep_vars)` of the inner module gives) are kept.
+    head = _randomise(build_head({"type": "typing", "num_labels": 2, "com_dense": True}, 4))
+    nested = {f"inner.{k}": v for k, v in head.inner.state_dict().items()}
+    nested.update({f"com_dense.{k}": v for k, v in head.com_dense.state_dict().items()})
+    copy = build_head({"type": "typing", "num_labels": 2, "com_dense": True}, 4)
+    copy.load_state_dict(nested, strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(copy.parameters(), head.parameters()))
+
+
+def test_pretraining_head_passes_keyword_arguments_to_the_inner_head():
+    head = _randomise(build_head({"type": "typing", "num_labels": 3, "com_dense": True}, 4))
+    last, adapter_out = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    torch.testing.assert_close(head(last, adapter_out, mention_pos=torch.tensor([1, 3])),
+                               head(last, adapter_out, torch.tensor([1, 3])))
+
+
+def test_pointer_head_scores_stay_in_the_autocast_dtype():
+    # Under bf16 autocast (`--precision bf16`) the fp32 distance bias must not promote the scores.
+    head = _randomise(LinPointerHead(4, arc_dim=3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(torch.randn(1, 5, 4), None).dtype == torch.bfloat16
+
+
+def test_build_head_reads_every_key_of_its_spec():
+    pointer = build_head({"type": "lin_pointer", "arc_dim": 6, "max_distance": 3}, 8)
+    assert (pointer.arc_dim, pointer.max_distance, pointer.distance_bias.shape) == (6, 3, (7,))
+    assert build_head({"type": "lin_original", "max_length": 9}, 8).out_proj.out_features == 9
+    assert build_head({"type": "relation", "num_labels": 5}, 8).out_proj.out_features == 5
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"type": "pointer"}, "unknown head type 'pointer' (known: relation, typing, lin_original, lin_pointer)"),
+    ({}, "unknown head type None (known: relation, typing, lin_original, lin_pointer)"),
+    ({"type": "relation"}, "head of type 'relation' needs 'num_labels'"),
+    ({"type": "lin_original"}, "head of type 'lin_original' needs 'max_length'"),
+    ({"type": "typing", "num_labels": 2, "width": 3, "depth": 1}, "unknown key(s) for a typing head: depth, width"),
+])
+def test_build_head_errors_name_the_problem(spec, message):
+    with pytest.raises(BadInput) as caught:
+        build_head(spec, 8)
+    assert str(caught.value) == message

@@ -1,0 +1,222 @@
+"""`make mutation`: mutation testing (mutmut 3) of the modules where a silent change corrupts results.
+
+Each module runs on its own, in a scratch copy of the package and the tests under `--out`
+(default `build/mutation/<module>/`), with only the test files that exercise it; within those,
+mutmut runs for each mutant only the tests that call the mutated function. Modules go smallest
+first. At the end `--out/summary.md` (and `summary.json`) hold the score per module and the diff
+of every surviving mutant; `docs/MUTATION.md` says which survivors are equivalent and why.
+
+    python tools/mutation.py                 # every module in MODULES
+    python tools/mutation.py metrics fusion  # just these
+    python tools/mutation.py --list          # the modules and their tests
+
+Runs are fresh each time (mutmut keeps verdicts of unchanged mutants even when tests change).
+The scratch copies import the mutated package, never the installed one: PYTHONPATH is cleared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+
+class Target(NamedTuple):
+    files: list[str]  # what to mutate (globs relative to the repository)
+    tests: list[str]  # the test files that exercise it
+    functions: tuple[str, ...] = ()  # only mutants of these functions (fnmatch on mutmut's names); () = all
+
+
+# Tests marked slow are left out: they run `kadapter` or `accelerate launch` as subprocesses, which
+# import the installed package, not the mutant.
+LOOP_TESTS = ["tests/test_training.py", "tests/test_mutation_training.py"]
+MODULES: dict[str, Target] = {
+    "fusion": Target(["kadapter_cli/fusion.py"], ["tests/test_model.py", "tests/test_mutation_modules.py"]),
+    "train_setup": Target(["kadapter_cli/train_setup.py"], LOOP_TESTS),
+    "metrics": Target(["kadapter_cli/metrics.py"],
+                      ["tests/test_metrics.py", "tests/test_typing_micro_pr.py", "tests/test_mutation_metrics.py"]),
+    # Not test_import_original.py: its full-size checkpoints make each head mutant take a minute.
+    "heads": Target(["kadapter_cli/heads.py"],
+                    ["tests/test_model.py", "tests/test_adapter_io.py", "tests/test_tasks.py",
+                     "tests/test_mutation_modules.py"]),
+    "checkpoints": Target(["kadapter_cli/checkpoints.py"], LOOP_TESTS),
+    "import_original": Target(["kadapter_cli/import_original.py"],
+                             ["tests/test_import_original.py", "tests/test_untrusted.py", "tests/test_mutation_import.py"]),
+    "feature_cache": Target(["kadapter_cli/feature_cache.py"],
+                            ["tests/test_feature_cache.py", "tests/test_feature_cache_rows.py",
+                             "tests/test_mutation_feature_cache.py"]),
+    "encoding": Target(["kadapter_cli/encoding.py"],
+                       ["tests/test_encoding.py", "tests/test_properties.py", "tests/test_tasks.py",
+                        "tests/test_mutation_encoding.py"]),
+    "tasks": Target(["kadapter_cli/tasks/*"],
+                    ["tests/test_tasks.py", "tests/test_typing_micro_pr.py", "tests/test_untrusted.py",
+                     "tests/test_properties.py"]),
+    # The loop's schedule, clipping and resume: `train` (total steps, schedule, resume or fresh start),
+    # the epoch/step walk that resume re-enters, the optimizer step with clipping, the save/eval points.
+    "training": Target(["kadapter_cli/training.py"], LOOP_TESTS,
+                       ("kadapter_cli.training.x_train*", "kadapter_cli.training.xǁ_Loopǁrun*",
+                        "kadapter_cli.training.xǁ_Loopǁ_train_step*",
+                        "kadapter_cli.training.xǁ_Loopǁ_after_step*")),
+    "adapter": Target(["kadapter_cli/adapter.py"],
+                      ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_import_original.py"]),
+}
+
+# Tests that fail on the unmutated scratch copy itself, so mutmut cannot use them: task discovery
+# imports a test-made package that registers into the installed registry, not the scratch copy's;
+# the source check for unsafe loads reads every mutant's variant, `weights_only=False` included.
+DESELECT = ["tests/test_tasks.py::test_a_new_task_module_is_found_without_registering_it_anywhere",
+            "tests/test_untrusted.py::test_the_package_has_no_unsafe_loads"]
+
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}  # the tests noticed the change
+
+
+def source_lines(module: str) -> int:
+    return sum(len(p.read_text().splitlines()) for pattern in MODULES[module].files for p in REPO.glob(pattern)
+               if p.suffix == ".py")
+
+
+def toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def prepare(module: str, work: Path) -> None:
+    """A scratch copy of the package and the tests, with a pyproject that configures mutmut for `module`."""
+    files, tests, _ = MODULES[module]
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "kadapter_cli", work / "kadapter_cli", ignore=ignore)
+    shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
+    existing = [t for t in tests if (REPO / t).is_file()]
+    config = (REPO / "pyproject.toml").read_text() + f"""
+[tool.mutmut]
+source_paths = ["kadapter_cli"]
+only_mutate = {toml_list(files)}
+pytest_add_cli_args_test_selection = {toml_list(existing + ["-m", "not slow"] + [a for d in DESELECT for a in ("--deselect", d)])}
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+"""
+    (work / "pyproject.toml").write_text(config)
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    shared = Path(os.environ.get("KADAPTER_SHARED_DATA", REPO.parent / "shared" / "data"))
+    env.update(KADAPTER_SHARED_DATA=str(shared), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+class MutmutFailed(Exception):
+    pass
+
+
+def mutmut(work: Path, *args: str, log: Path | None = None) -> str:
+    command = [sys.executable, "-m", "mutmut", *args]
+    if log is None:
+        done = subprocess.run(command, cwd=work, env=environment(), capture_output=True, text=True)
+        return done.stdout
+    with open(log, "w") as out:
+        done = subprocess.run(command, cwd=work, env=environment(), stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise MutmutFailed(f"mutmut run failed for {work.name} (exit {done.returncode}); end of {log}:\n{tail}")
+    return ""
+
+
+def results(work: Path) -> dict[str, str]:
+    """{mutant name: status} from `mutmut results --all true`."""
+    out = mutmut(work, "results", "--all", "true")
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\s+(\S+): (.+)$", out, re.MULTILINE)}
+
+
+def run_module(module: str, out: Path, max_children: int) -> dict:
+    work = out / module
+    prepare(module, work)
+    started = time.monotonic()
+    functions = MODULES[module].functions
+    mutmut(work, "run", "--max-children", str(max_children), *functions, log=out / f"{module}.log")
+    statuses = {name: status for name, status in results(work).items()
+                if not functions or any(fnmatch(name, f) for f in functions)}
+    survivors = sorted(name for name, status in statuses.items() if status not in KILLED)
+    killed = len(statuses) - len(survivors)
+    return {
+        "module": module,
+        "files": MODULES[module].files,
+        "functions": list(functions),
+        "tests": [t for t in MODULES[module].tests if (REPO / t).is_file()],
+        "mutants": len(statuses),
+        "killed": killed,
+        "score": killed / len(statuses) if statuses else None,
+        "seconds": round(time.monotonic() - started),
+        "survivors": [{"name": name, "status": statuses[name], "diff": mutmut(work, "show", name).strip()}
+                      for name in survivors],
+    }
+
+
+def write_summary(out: Path) -> None:
+    """`summary.md` and `summary.json` from every module's latest result (`<module>.json`), so runs of
+    single modules, even two at once, add up to one summary."""
+    ordered = [json.loads((out / f"{m}.json").read_text()) for m in MODULES if (out / f"{m}.json").is_file()]
+    (out / "summary.json").write_text(json.dumps(ordered, indent=2) + "\n")
+    lines = ["# Mutation testing summary", "", "`python tools/mutation.py [MODULE...]`; each module's latest run.", "",
+             "| module | mutants | killed | score | survivors | time (s) |", "|---|---:|---:|---:|---:|---:|"]
+    for r in ordered:
+        score = "—" if r["score"] is None else f"{100 * r['score']:.1f} %"
+        lines.append(f"| {r['module']} | {r['mutants']} | {r['killed']} | {score} | {len(r['survivors'])} "
+                     f"| {r['seconds']} |")
+    for r in ordered:
+        if r["survivors"]:
+            lines += ["", f"## {r['module']}: surviving mutants", ""]
+            for s in r["survivors"]:
+                lines += [f"### {s['name']} ({s['status']})", "", "```diff", s["diff"], "```", ""]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help=f"modules to run (default: all): {', '.join(MODULES)}")
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "mutation", help="scratch and summary folder")
+    parser.add_argument("--max-children", type=int, default=1, help="mutants run in parallel (the machine is shared)")
+    parser.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
+    args = parser.parse_args()
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
+    modules = sorted(args.modules or MODULES, key=source_lines)
+    if args.list:
+        for m in modules:
+            target = MODULES[m]
+            only = f" (only {', '.join(target.functions)})" if target.functions else ""
+            print(f"{m} ({source_lines(m)} lines): {' '.join(target.files)}{only} <- {' '.join(target.tests)}")
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    for module in modules:
+        print(f"mutation: {module} ...", flush=True)
+        try:
+            row = run_module(module, args.out, args.max_children)
+        except MutmutFailed as e:  # the other modules still run; the exit status says one failed
+            print(e, flush=True)
+            failed.append(module)
+            continue
+        (args.out / f"{module}.json").write_text(json.dumps(row, indent=2) + "\n")
+        score = "no mutants" if row["score"] is None else f"{100 * row['score']:.1f} % killed"
+        print(f"mutation: {module}: {row['killed']}/{row['mutants']} {score}, {len(row['survivors'])} survivors, "
+              f"{row['seconds']} s", flush=True)
+        write_summary(args.out)
+    print(f"summary: {args.out / 'summary.md'}")
+    if failed:
+        raise SystemExit(f"mutmut could not run: {', '.join(failed)} (see {args.out}/<module>.log)")
+
+
+if __name__ == "__main__":
+    main()
