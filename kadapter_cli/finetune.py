@@ -420,7 +420,7 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
                        batch_size: int = 32, device: str = "auto", overwrite: bool = False,
                        scores: str = "none") -> dict[str, Any]:
     """Recomputes a split's metrics from a saved model; writes predictions (+ metrics, + `scores`:
-    see `with_scores`) when `out` is set."""
+    see `Task.scored_lines`) when `out` is set."""
     model, tokenizer, task, labels, config = load_finetuned(model_dir)
     if data_dir is None:
         raise BadInput("--data is required (the folder with the task's split files)")
@@ -438,32 +438,17 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
             task.write_predictions(tmp, split, outputs, examples)
             if scores != "none":
                 artifacts.write_jsonl(tmp / f"predictions-{split}.jsonl",
-                                      with_scores(task, task.prediction_lines(outputs, examples), outputs, labels, scores))
+                                      task.scored_lines(task.prediction_lines(outputs, examples), outputs, examples, labels, scores))
             artifacts.write_json(tmp / "metrics.json", {split: metrics})
             artifacts.write_manifest(tmp, "evaluation", config={"model": str(model_dir), "split": split},
                                      inputs=artifacts.sha256_inputs([path]), stats={"examples": len(examples)})
     return {"task": task.name, "split": split, "metrics": metrics, "headline": list(task.headline_metrics)}
 
 
-def with_scores(task, lines: list[dict], predictions: Sequence[dict], labels: Sequence[str], scores: str) -> list[dict]:
-    """Adds `"scores": {label: probability}` to each predictions line: of its predicted labels
-    (`scores="predicted"`, as Hugging Face pipelines give `score`) or of every label (`"all"`)."""
-    if scores == "none":
-        return lines
-    if len(lines) != len(predictions):
-        raise BadInput(f"--scores: task {task.name} does not give one prediction per record")
-    out = []
-    for line, prediction in zip(lines, predictions):
-        probabilities = task.label_scores(prediction, labels)
-        keep = probabilities if scores == "all" else {k: probabilities[k] for k in line["pred"]}
-        out.append({**line, "scores": {k: round(v, 6) for k, v in keep.items()}})
-    return out
-
-
 def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, device: str = "auto",
                     scores: str = "none") -> list[dict]:
     """Labels new records (the task's format); gold labels are optional, and ones the model never
-    saw are ignored for encoding but shown in `gold`. `scores`: see `with_scores`."""
+    saw are ignored for encoding but shown in `gold`. `scores`: see `Task.scored_lines`."""
     model, tokenizer, task, labels, config = load_finetuned(model_dir)
     records = task.read(input_path, labeled=False)
     label_index = {label: i for i, label in enumerate(labels)}
@@ -481,4 +466,4 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
     # Predicting never scores: records may carry no gold at all.
     outputs = predict(model, objective, examples, TrainConfig(batch_size=batch_size, device=device),
                       description="predicting")
-    return with_scores(task, task.prediction_lines(outputs, examples), outputs, labels, scores)
+    return task.scored_lines(task.prediction_lines(outputs, examples), outputs, examples, labels, scores)

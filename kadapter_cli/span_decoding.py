@@ -52,11 +52,10 @@ def best_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, context_mas
     return best, starts, starts + flat % width
 
 
-def combine_answers(candidates: Iterable[tuple[str, float]], mode: str = "max") -> str:
-    """One answer from `(text, probability)` candidates: the normalised answer string whose
-    probabilities combine (`max` or `sum`) highest, spelled as its single best candidate. Texts
-    that normalise to nothing (punctuation, an article) are answers only when nothing else is.
-    No candidates: the empty answer."""
+def ranked_answers(candidates: Iterable[tuple[str, float]], mode: str = "max") -> list[tuple[str, float]]:
+    """`(answer, score)` for every normalised answer string among `(text, probability)` candidates,
+    best first: its probabilities combined (`max` or `sum`), spelled as its single best candidate.
+    Texts that normalise to nothing (punctuation, an article) rank after every other answer."""
     if mode not in COMBINE_MODES:
         raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {mode!r}")
     totals: dict[str, float] = {}
@@ -69,7 +68,12 @@ def combine_answers(candidates: Iterable[tuple[str, float]], mode: str = "max") 
             totals[key] = max(totals.get(key, 0.0), probability)
         if key not in spelled or probability > spelled[key][0]:
             spelled[key] = (probability, text)
-    if not totals:
-        return ""
     ranked = sorted(totals, key=lambda key: (key != "", totals[key]), reverse=True)
-    return spelled[ranked[0]][1]
+    return [(spelled[key][1], totals[key]) for key in ranked]
+
+
+def combine_answers(candidates: Iterable[tuple[str, float]], mode: str = "max") -> str:
+    """One answer from `(text, probability)` candidates: the first of `ranked_answers`. No
+    candidates: the empty answer."""
+    ranked = ranked_answers(candidates, mode)
+    return ranked[0][0] if ranked else ""

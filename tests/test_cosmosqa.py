@@ -334,7 +334,7 @@ def test_cached_candidate_features_give_the_backbones_scores(tiny_backbone, samp
     spec = FinetuneSpec(task="cosmosqa", data=tmp_path, out=tmp_path / "out", adapters=AdapterSet(),
                         cache_features="on")
     assert attach_task_feature_cache(model, [examples], spec, tokenizer.pad_token_id, TrainConfig(device="cpu"),
-                                     tmp_path) == "memory"
+                                     tmp_path, torch.device("cpu")) == "memory"
     assert examples[1]["_row"] == [4, 5, 6, 7]
     batch = objective.collate(examples[1:4])
     assert batch["features"][0].shape[0] == 12  # 3 records x 4 candidates, flat

@@ -98,7 +98,7 @@ def test_out_of_memory_message_in_full():
     error = out_of_memory("training step 3", 16, 256)
     assert str(error) == (
         "out of memory during training step 3 (batch of 16 examples, longest 256 tokens); "
-        "lower --batch-size (raise --grad-accum to keep the effective batch), --max-length, "
+        "lower --micro-batch-size (the effective --batch-size stays), --max-length, "
         "or --cache-budget (--cache-features off turns the feature cache off)")
     assert error.exit_code == 2
 

@@ -134,6 +134,14 @@ def test_searchqa_mrqa_chain_with_adapters(kadapter, shared_data, tmp_path):
     (predicted,) = _lines_of(kadapter("predict", run_dir, sample).stdout)
     assert predicted["pred"] == line["pred"]
 
+    # --scores: the predicted answer's combined span probability; --all-scores: every candidate, best first
+    (scored,) = _lines_of(kadapter("predict", "--scores", run_dir, sample).stdout)
+    assert list(scored["scores"]) == line["pred"] and 0 < scored["scores"][line["pred"][0]] <= 1
+    (every,) = _lines_of(kadapter("predict", "--all-scores", run_dir, sample).stdout)
+    ranked = list(every["scores"].values())
+    assert len(ranked) > 1 and ranked == sorted(ranked, reverse=True)
+    assert next(iter(every["scores"])) == line["pred"][0] and every["scores"][line["pred"][0]] == scored["scores"][line["pred"][0]]
+
 
 def test_quasart_openqa_format_chain(kadapter, shared_data, tmp_path):
     # Real Quasar-T questions and answers; the paragraphs are made up (the sample has none).

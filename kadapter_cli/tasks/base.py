@@ -254,6 +254,23 @@ class Task:
         return [{"index": i, "gold": list(e.get("gold", [])), "pred": list(p["pred"])}
                 for i, (e, p) in enumerate(zip(examples, predictions))]
 
+    def scored_lines(self, lines: list[dict], predictions: Sequence[Prediction], examples: Sequence[dict],
+                     labels: Sequence[str], scores: str) -> list[dict]:
+        """Predictions lines with `"scores": {label: probability}` (`predict`/`evaluate --scores`): of
+        each line's predicted labels (`scores="predicted"`, as Hugging Face pipelines give `score`) or
+        of every label (`"all"`); `"none"` leaves the lines as they are. By default one prediction
+        is one line; a task whose records make several examples overrides this."""
+        if scores == "none":
+            return lines
+        if len(lines) != len(predictions):
+            raise BadInput(f"--scores: task {self.name} does not give one prediction per record")
+        out = []
+        for line, prediction in zip(lines, predictions):
+            probabilities = self.label_scores(prediction, labels)
+            keep = probabilities if scores == "all" else {k: probabilities[k] for k in line["pred"]}
+            out.append({**line, "scores": {k: round(v, 6) for k, v in keep.items()}})
+        return out
+
     def write_predictions(self, folder: Path, split: str, predictions: Sequence[Prediction],
                           examples: Sequence[dict]) -> None:
         """`predictions-<split>.jsonl` in `folder` (a task may add files, e.g. a leaderboard's)."""

@@ -26,7 +26,7 @@ from kadapter_cli.encoding import SPACED_MARKERS, pair_template
 from kadapter_cli.errors import BadInput
 from kadapter_cli.qa_encoding import encode_qa_windows
 from kadapter_cli.qa_formats import FORMATS, QUASAR_CONTEXTS, QAReadOptions, detect_input, find_split, read_qa
-from kadapter_cli.span_decoding import COMBINE_MODES, SPANS_PER_WINDOW, best_spans, combine_answers
+from kadapter_cli.span_decoding import COMBINE_MODES, SPANS_PER_WINDOW, best_spans, ranked_answers
 from kadapter_cli.tasks.base import SPLITS, Batch, Prediction, Task, TaskOption, register_task
 
 if TYPE_CHECKING:
@@ -115,15 +115,21 @@ def answers_by_question(windows: Sequence[dict], spans: Sequence[list[tuple[floa
                         questions: Sequence[int], n_questions: int, combine: str = "max") -> list[str]:
     """One answer per question from the spans of all its windows; `questions[i]` is the index
     (0 ≤ · < n_questions) of window i's question."""
+    return [ranked[0][0] if ranked else ""
+            for ranked in ranked_answers_by_question(windows, spans, questions, n_questions, combine)]
+
+
+def ranked_answers_by_question(windows: Sequence[dict], spans: Sequence[list[tuple[float, int, int]]],
+                               questions: Sequence[int], n_questions: int,
+                               combine: str = "max") -> list[list[tuple[str, float]]]:
+    """Per question, `(answer, score)` over all its windows' spans, best first (`ranked_answers`)."""
     if combine not in COMBINE_MODES:
         raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
     candidates: list[list[tuple[str, float]]] = [[] for _ in range(n_questions)]
     for window, window_spans_, question in zip(windows, spans, questions):
         for probability, start, end in window_spans_:
             candidates[question].append((span_text(window, start, end), probability))
-    return [combine_answers(c, combine) for c in candidates]
-
-
+    return [ranked_answers(c, combine) for c in candidates]
 
 
 # ---------------------------------------------------------------- the tasks
@@ -225,14 +231,32 @@ class OpenQATask(Task):
 
     def answers(self, predictions: Sequence[Prediction], examples: Sequence[dict]) -> list[tuple[dict, str]]:
         """`(first window, answer)` per question, in input order."""
+        return [(first, ranked[0][0] if ranked else "") for first, ranked in self.ranked_answers(predictions, examples)]
+
+    def ranked_answers(self, predictions: Sequence[Prediction],
+                       examples: Sequence[dict]) -> list[tuple[dict, list[tuple[str, float]]]]:
+        """`(first window, [(answer, score), ...] best first)` per question, in input order."""
         firsts: dict[int, dict] = {}
         for example in examples:
             firsts.setdefault(example["record"], example)
         order = sorted(firsts)
         position = {record: i for i, record in enumerate(order)}
-        chosen = answers_by_question(examples, [p["spans"] for p in predictions],
-                                     [position[e["record"]] for e in examples], len(order), self.combine)
-        return [(firsts[record], answer) for record, answer in zip(order, chosen)]
+        ranked = ranked_answers_by_question(examples, [p["spans"] for p in predictions],
+                                            [position[e["record"]] for e in examples], len(order), self.combine)
+        return [(firsts[record], answers) for record, answers in zip(order, ranked)]
+
+    def scored_lines(self, lines: list[dict], predictions: Sequence[Prediction], examples: Sequence[dict],
+                     labels: Sequence[str], scores: str) -> list[dict]:
+        """`"scores": {answer: score}`: the predicted answer's combined span probability (`max` or
+        `sum` over the question's windows, as chosen), or with `all` every candidate answer's, best
+        first (at most `SPANS_PER_WINDOW` per window)."""
+        if scores == "none":
+            return lines
+        out = []
+        for line, (_, ranked) in zip(lines, self.ranked_answers(predictions, examples)):
+            keep = ranked if scores == "all" else ranked[:1]
+            out.append({**line, "scores": {answer: round(score, 6) for answer, score in keep}})
+        return out
 
     def metrics(self, gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
         """`em`, `f1` as the SQuAD v1.1 script (× 100)."""
