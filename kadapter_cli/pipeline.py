@@ -691,12 +691,12 @@ def _interrupted_outputs(stage: Stage) -> list[Path]:
     return [partial_dir(o) for o in stage.outputs if partial_dir(o).is_dir()]
 
 
-def _resume_or_restart(stage: Stage, started: Mapping[str, Any] | None, state: StageState) -> tuple[str, str]:
-    """(flag, message) for a stage whose last run was interrupted: `--resume` when it would run with the
-    same options and inputs, `--overwrite` (start again) otherwise."""
+def _resume_or_restart(stage: Stage, partial: Path, started: Mapping[str, Any] | None,
+                       state: StageState) -> tuple[str, str]:
+    """(flag, message) for a stage whose last run was interrupted, leaving `partial`: `--resume` when
+    it would run with the same options and inputs, `--overwrite` (start again) otherwise."""
     from kadapter_cli.checkpoints import latest_checkpoint
 
-    partial = _interrupted_outputs(stage)[0]
     checkpoint = latest_checkpoint(partial)
     where = checkpoint.name if checkpoint else "the start: no checkpoint was written"
     if started and started.get("options_hash") == options_hash(stage) \
@@ -749,8 +749,9 @@ def run_pipeline(
         for d in plan(pipeline, lock, states, force=force, only=only):
             echo(d.line(dry_run=True))
             stage = pipeline.stage(d.stage)
-            if d.run and _has_option(commands[d.stage], "--resume") and _interrupted_outputs(stage):
-                echo(_resume_or_restart(stage, started.get(d.stage), states[d.stage])[1])
+            partials = _interrupted_outputs(stage) if d.run and _has_option(commands[d.stage], "--resume") else []
+            if partials:
+                echo(_resume_or_restart(stage, partials[0], started.get(d.stage), states[d.stage])[1])
             if d.run:
                 echo("    kadapter " + shlex.join(argvs[d.stage]))
             results.append(StageResult(d.stage, d.run, d.reason, argvs[d.stage]))
@@ -773,8 +774,9 @@ def run_pipeline(
         command = commands[stage.name]
         resumable = _has_option(command, "--resume")
         echo(d.line(dry_run=False))
-        if resumable and _interrupted_outputs(stage) and not {"--resume", "--overwrite"} & set(argv):
-            flag, message = _resume_or_restart(stage, started.get(stage.name), state)
+        partials = _interrupted_outputs(stage) if resumable else []
+        if partials and not {"--resume", "--overwrite"} & set(argv):
+            flag, message = _resume_or_restart(stage, partials[0], started.get(stage.name), state)
             argv = [*argv, flag]
             echo(message)
         elif any(Path(o).exists() for o in stage.outputs) and "--overwrite" not in argv \
