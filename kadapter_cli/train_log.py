@@ -87,26 +87,24 @@ def truncate_log(path: Path, step: int) -> None:
     """Drops log lines written after the checkpoint we resume from: they will be written again."""
     if not path.is_file():
         return
-    kept = []
-    for line in log_lines(path):
-        record = json.loads(line)
-        if record.get("step", 0) <= step and "best_dev" not in record:  # the end-of-run summary is rewritten
-            kept.append(line)
+    kept = [line for line, record in log_lines(path)
+            if record.get("step", 0) <= step and "best_dev" not in record]  # the end-of-run summary is rewritten
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
 
 
-def log_lines(path: Path) -> Iterator[str]:
+def log_lines(path: Path) -> Iterator[tuple[str, dict]]:
+    """`(line, record)` for each complete log line."""
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a kill
             continue
-        yield line
+        yield line, record
 
 
 def flops_per_token(model) -> float:

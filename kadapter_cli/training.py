@@ -44,9 +44,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from kadapter_cli.batching import epoch_batches, restore_order, sequential_batches, shard, step_micro_batches
 from kadapter_cli.checkpoints import (BEST_WEIGHTS, CHECKPOINTS, TrainState, checkpoint_step, copy_into,
-                                      latest_checkpoint,
-                                      load_checkpoint, remove_checkpoints, rng_state, save_weights_atomically,
-                                      trainable_state, write_checkpoint)
+                                      latest_checkpoint, load_checkpoint, remove_checkpoints, rng_state,
+                                      save_weights_atomically, trainable_state, write_checkpoint)
 from kadapter_cli.errors import BadInput, KadapterError
 from kadapter_cli.progress import info, progress
 from kadapter_cli.train_config import BatchSplit, Objective, TrainConfig, TrainResult
@@ -132,14 +131,13 @@ def train(
         if is_main:
             truncate_log(run_dir / LOG_FILE, state.step)
             info(f"resuming from {checkpoint} (step {state.step} of {total_steps})")
-    else:
-        if resume and is_main:
+    elif is_main:
+        if resume:
             info(f"no checkpoint under {run_dir / CHECKPOINTS}; starting fresh")
-        if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            remove_checkpoints(run_dir)
-            (run_dir / LOG_FILE).unlink(missing_ok=True)
-            (run_dir / BEST_WEIGHTS).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_checkpoints(run_dir)
+        (run_dir / LOG_FILE).unlink(missing_ok=True)
+        (run_dir / BEST_WEIGHTS).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
 
     loop = _Loop(accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths, dev,
@@ -160,8 +158,7 @@ class _Loop:
 
     def __init__(self, accelerator, model, unwrapped, optimizer, scheduler, objective, examples, lengths,
                  dev, config: TrainConfig, split: BatchSplit, run_dir: Path, state: TrainState, total_steps: int,
-                 epochs: int,
-                 tracker: RunTracker):
+                 epochs: int, tracker: RunTracker):
         self.accelerator, self.model, self.unwrapped = accelerator, model, unwrapped
         self.tracker = tracker
         self.optimizer, self.scheduler, self.objective = optimizer, scheduler, objective
