@@ -387,12 +387,6 @@ def encode_segments(tokenizer, segments: Sequence[Sequence[int]], max_length: in
     return {"input_ids": ids, "segment_starts": starts, "segment_lengths": kept}
 
 
-def encode_pair(tokenizer, first: Sequence[int], second: Sequence[int], max_length: int) -> dict[str, Any]:
-    """`<s> A </s></s> B </s>` (RoBERTa) / `[CLS] A [SEP] B [SEP]` (BERT) of two sub-token id lists,
-    truncated longest first; see `encode_segments`."""
-    return encode_segments(tokenizer, [first, second], max_length, "pair")
-
-
 def text_pieces(tokenizer, text: str) -> list[int]:
     """The sub-token ids of a whitespace-separated text (each word tokenized as in `word_pieces`)."""
     return [token for pieces in word_pieces(tokenizer, text.split()) for token in pieces]
