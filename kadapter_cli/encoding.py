@@ -356,18 +356,20 @@ def truncate_longest_first(lengths: Sequence[int], budget: int) -> list[int]:
 
 
 def encode_segments(tokenizer, segments: Sequence[Sequence[int]], max_length: int,
-                    separator: str = "pair") -> dict[str, Any]:
+                    separator: str = "pair", template: tuple[list[int], list[int], list[int]] | None = None
+                    ) -> dict[str, Any]:
     """Joins sub-token id segments with the tokenizer's own special tokens, truncating longest first.
 
     `separator="pair"` puts the tokenizer's pair separator between segments (RoBERTa
     `<s> A </s></s> B </s></s> C </s>`, BERT `[CLS] A [SEP] B [SEP] C [SEP]`); `"single"` puts one
     `sep_token` (RoBERTa `<s> A </s> B </s> C </s>`, the original K-Adapter CosmosQA layout). At most
     `max_length` ids. Returns `{"input_ids", "segment_starts", "segment_lengths"}`: where each
-    segment's kept tokens start in `input_ids` and how many were kept.
+    segment's kept tokens start in `input_ids` and how many were kept. `template` is
+    `pair_template(tokenizer)`, read once by callers that encode many sequences.
     """
     if separator not in SEGMENT_SEPARATORS:
         raise ValueError(f"separator must be one of {', '.join(SEGMENT_SEPARATORS)}, got {separator!r}")
-    prefix, middle, suffix = pair_template(tokenizer)
+    prefix, middle, suffix = template or pair_template(tokenizer)
     if separator == "single":
         if tokenizer.sep_token_id is None:
             raise ValueError("the tokenizer has no sep_token for the single-separator layout")
@@ -385,12 +387,6 @@ def encode_segments(tokenizer, segments: Sequence[Sequence[int]], max_length: in
         ids += list(segment[:n])
     ids += suffix
     return {"input_ids": ids, "segment_starts": starts, "segment_lengths": kept}
-
-
-def encode_pair(tokenizer, first: Sequence[int], second: Sequence[int], max_length: int) -> dict[str, Any]:
-    """`<s> A </s></s> B </s>` (RoBERTa) / `[CLS] A [SEP] B [SEP]` (BERT) of two sub-token id lists,
-    truncated longest first; see `encode_segments`."""
-    return encode_segments(tokenizer, [first, second], max_length, "pair")
 
 
 def text_pieces(tokenizer, text: str) -> list[int]:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from kadapter_cli.batching import sequential_batches
 from kadapter_cli.errors import BadInput
+from kadapter_cli.padding import pad_ids
 from kadapter_cli.progress import progress
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class FeatureCache:
         with progress() as bar:
             task = bar.add_task(description, total=len(lengths), unit="examples")
             for indices in batches:
-                ids, mask = _pad([examples_input_ids[i] for i in indices], pad_id, pad_to)
+                ids, mask = pad_ids([examples_input_ids[i] for i in indices], pad_id, pad_to)
                 with torch.inference_mode():
                     outputs = list(compute(ids, mask))
                 _check_outputs(outputs, ids.shape, states)
@@ -251,18 +252,6 @@ def _read_rows(store, rows: "torch.Tensor", dtype: "torch.dtype") -> "torch.Tens
         return store[rows]
     values = torch.from_numpy(store[rows.numpy()])
     return values.view(torch.bfloat16) if dtype == torch.bfloat16 else values
-
-
-def _pad(sequences: list[Sequence[int]], pad_id: int, length: int | None = None) -> tuple["torch.Tensor", "torch.Tensor"]:
-    import torch
-
-    longest = max(len(s) for s in sequences) if length is None else length
-    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(sequences), longest, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, :len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, :len(seq)] = 1
-    return ids, mask
 
 
 def _check_outputs(outputs: list, shape: "torch.Size", states: list) -> None:

@@ -317,7 +317,7 @@ class ClassificationTask(Task):
     def decode(self, outputs: "torch.Tensor", batch: Batch, labels: Sequence[str]) -> list[Prediction]:
         """`{"pred": labels, "scores": the logits in label order}` per example."""
         rows = outputs.float().tolist()
-        return [{"pred": [labels[j] for j in self.predicted_ids(row)], "scores": row} for row in rows]
+        return [{"pred": pred, "scores": row} for pred, row in zip(self.predict(rows, labels), rows)]
 
     def label_scores(self, prediction: Prediction, labels: Sequence[str]) -> dict[str, float]:
         """Multi-label: each label's own probability (the sigmoid of its logit); else a softmax."""

@@ -115,8 +115,9 @@ class CosmosQA(Task):
         separator = LAYOUT_SEPARATORS[self.layout]
         context = encoding.text_pieces(tokenizer, record["context"])
         question = encoding.text_pieces(tokenizer, record["question"])
+        template = encoding.pair_template(tokenizer)  # one tokenizer call per record, not per candidate
         candidates = [encoding.encode_segments(tokenizer, [context, question, encoding.text_pieces(tokenizer, answer)],
-                                               max_length, separator)["input_ids"]
+                                               max_length, separator, template)["input_ids"]
                       for answer in record["answers"]]
         label = record["label"]
         return {"input_ids": candidates, "labels": encoding.IGNORE_INDEX if label is None else label,
