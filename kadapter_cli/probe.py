@@ -36,7 +36,7 @@ from kadapter_cli.errors import BadInput
 from kadapter_cli.finetune import AdapterSet, load_adapters
 from kadapter_cli.model import KAdapterModel, check_fits_backbone
 from kadapter_cli.objectives import IGNORE, pad_ids
-from kadapter_cli.progress import info, progress
+from kadapter_cli.progress import progress
 from kadapter_cli.training import TrainConfig, remove_checkpoints, train
 
 PROBE_CONFIG = "probe_config.json"
@@ -272,8 +272,7 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
                 manifest_config: dict | None = None) -> dict[str, Any]:
     """Trains the probe's masked-LM layer on `spec.corpus` (or, `pretrained_lm_head`, takes the
     backbone's own) and writes `probes/<name>/`; returns the summary."""
-    if resume and spec.out.exists() and not artifacts.partial_dir(spec.out).exists() and not overwrite:
-        info(f"{spec.out} is complete: nothing to resume")
+    if artifacts.nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
         return artifacts.read_json(spec.out / "metrics.json")
     if spec.pretrained_lm_head and spec.adapters.names:
         raise BadInput("--pretrained-lm-head is the baseline over the backbone alone: give no --adapters")
