@@ -416,9 +416,10 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
     facts = [f for rel in relations for f in rel.facts]
     encoded = [encode_query(tokenizer, f) for f in facts]
     gold = torch.tensor([lama.single_token_id(tokenizer, f.obj) for f in facts], dtype=torch.long)
-    cand = torch.tensor(candidates, dtype=torch.long, device=device)
+    cand_cpu = torch.tensor(candidates, dtype=torch.long)
+    cand = cand_cpu.to(device)
     index_of = torch.full((max(candidates + gold.tolist() + [0]) + 1,), -1, dtype=torch.long)
-    index_of[cand.cpu()] = torch.arange(len(candidates))
+    index_of[cand_cpu] = torch.arange(len(candidates))
     gold_in_cand = index_of[gold] if len(gold) else gold
     out: dict[str, list[dict]] = {p.name: [] for p in probes}
     # One backbone pass per batch for the probes that read the same states: same backbone, and the
@@ -447,7 +448,7 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
                 for probe in group:
                     tapped = [by_layer[t] for t in probe.model.body.tap_layers]
                     scores = probe.model(batch, cand, (tapped, last)).float().cpu()
-                    out[probe.name] += rank_predictions(scores, gold_rows, cand.cpu(), top_k)
+                    out[probe.name] += rank_predictions(scores, gold_rows, cand_cpu, top_k)
             bar.advance(task, len(chunk))
     return out
 
