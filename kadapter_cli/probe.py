@@ -415,7 +415,8 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
     tokenizer = probes[0].tokenizer
     facts = [f for rel in relations for f in rel.facts]
     encoded = [encode_query(tokenizer, f) for f in facts]
-    gold = torch.tensor([lama.single_token_id(tokenizer, f.obj) for f in facts], dtype=torch.long)
+    object_ids = {obj: lama.single_token_id(tokenizer, obj) for obj in dict.fromkeys(f.obj for f in facts)}
+    gold = torch.tensor([object_ids[f.obj] for f in facts], dtype=torch.long)  # objects repeat: tokenized once
     cand_cpu = torch.tensor(candidates, dtype=torch.long)
     cand = cand_cpu.to(device)
     index_of = torch.full((max(candidates + gold.tolist() + [0]) + 1,), -1, dtype=torch.long)
