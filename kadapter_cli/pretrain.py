@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kadapter_cli import artifacts
-from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, save_adapter, take_rows
+from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, count_parameters, save_adapter, take_rows
 from kadapter_cli.backbone import (backbone_fingerprint, backbone_shape, load_backbone, load_tokenizer,
                                    padding_position_ids, tapped_states)
 from kadapter_cli.encoding import SPACED_MARKERS, check_marker_style, encode_dependency, encode_relation
@@ -273,8 +273,7 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         (run_dir / "best.safetensors").unlink(missing_ok=True)
         shutil.rmtree(run_dir / "feature-cache", ignore_errors=True)
         stats = {"train_examples": len(train_examples), "dev_examples": len(dev_examples),
-                 "parameters": sum(p.numel() for p in adapter.parameters()),
-                 "head_parameters": sum(p.numel() for p in head.parameters()), **summary}
+                 "parameters": count_parameters(adapter), "head_parameters": count_parameters(head), **summary}
         inputs = artifacts.sha256_inputs(sorted(spec.data.glob("*.json*")))
         write_card(run_dir, adapter_card(adapter_config, summary, inputs, manifest_config or {}, stats))
         artifacts.write_manifest(run_dir, "adapter", config=manifest_config or {}, inputs=inputs, stats=stats)

@@ -36,7 +36,7 @@ from kadapter_cli.errors import BadInput
 from kadapter_cli.finetune import AdapterSet, load_adapters
 from kadapter_cli.model import KAdapterModel, check_fits_backbone
 from kadapter_cli.objectives import IGNORE, pad_ids
-from kadapter_cli.progress import info, progress
+from kadapter_cli.progress import progress
 from kadapter_cli.training import TrainConfig, remove_checkpoints, train
 
 PROBE_CONFIG = "probe_config.json"
@@ -272,8 +272,7 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
                 manifest_config: dict | None = None) -> dict[str, Any]:
     """Trains the probe's masked-LM layer on `spec.corpus` (or, `pretrained_lm_head`, takes the
     backbone's own) and writes `probes/<name>/`; returns the summary."""
-    if resume and spec.out.exists() and not artifacts.partial_dir(spec.out).exists() and not overwrite:
-        info(f"{spec.out} is complete: nothing to resume")
+    if artifacts.nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
         return artifacts.read_json(spec.out / "metrics.json")
     if spec.pretrained_lm_head and spec.adapters.names:
         raise BadInput("--pretrained-lm-head is the baseline over the backbone alone: give no --adapters")
@@ -416,10 +415,12 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
     tokenizer = probes[0].tokenizer
     facts = [f for rel in relations for f in rel.facts]
     encoded = [encode_query(tokenizer, f) for f in facts]
-    gold = torch.tensor([lama.single_token_id(tokenizer, f.obj) for f in facts], dtype=torch.long)
-    cand = torch.tensor(candidates, dtype=torch.long, device=device)
+    object_ids = {obj: lama.single_token_id(tokenizer, obj) for obj in dict.fromkeys(f.obj for f in facts)}
+    gold = torch.tensor([object_ids[f.obj] for f in facts], dtype=torch.long)  # objects repeat: tokenized once
+    cand_cpu = torch.tensor(candidates, dtype=torch.long)
+    cand = cand_cpu.to(device)
     index_of = torch.full((max(candidates + gold.tolist() + [0]) + 1,), -1, dtype=torch.long)
-    index_of[cand.cpu()] = torch.arange(len(candidates))
+    index_of[cand_cpu] = torch.arange(len(candidates))
     gold_in_cand = index_of[gold] if len(gold) else gold
     out: dict[str, list[dict]] = {p.name: [] for p in probes}
     # One backbone pass per batch for the probes that read the same states: same backbone, and the
@@ -448,7 +449,7 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
                 for probe in group:
                     tapped = [by_layer[t] for t in probe.model.body.tap_layers]
                     scores = probe.model(batch, cand, (tapped, last)).float().cpu()
-                    out[probe.name] += rank_predictions(scores, gold_rows, cand.cpu(), top_k)
+                    out[probe.name] += rank_predictions(scores, gold_rows, cand_cpu, top_k)
             bar.advance(task, len(chunk))
     return out
 

@@ -151,6 +151,12 @@ def summarize(values: list[float]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "n": len(values), "values": values}
 
 
+def _summary(members: list[Run], split: str, name: str) -> dict[str, Any] | None:
+    """`summarize` of the runs' numeric `split` values of metric `name`; None when none has one."""
+    values = [float(r.metrics[split][name]) for r in members if _is_number(r.metrics[split].get(name))]
+    return summarize(values) if values else None
+
+
 def paper_results() -> dict[str, Any]:
     return json.loads(resources.files("kadapter_cli").joinpath("resources/paper_results.json").read_text("utf-8"))
 
@@ -169,8 +175,7 @@ def build_report(runs: list[Run], split: str = "test", paper: bool = False) -> d
             members = row.cells.get(task, [])
             metrics = {}
             for name in metric_names:
-                values = [float(r.metrics[split][name]) for r in members if _is_number(r.metrics[split].get(name))]
-                metrics[name] = summarize(values) if values else None
+                metrics[name] = _summary(members, split, name)
                 if reference is not None:
                     paper_value = reference["results"].get(row.paper_key, {}).get(task, {}).get(name)
                     paper_fraction = None if paper_value is None else round(paper_value / 100, 6)
@@ -186,8 +191,7 @@ def build_report(runs: list[Run], split: str = "test", paper: bool = False) -> d
             names = ADAPTER_METRICS.get(kind) or tuple(k for k, v in members[0].metrics["dev"].items() if _is_number(v))
             metrics = {}
             for name in names:
-                values = [float(r.metrics["dev"][name]) for r in members if _is_number(r.metrics["dev"].get(name))]
-                metrics[name] = summarize(values) if values else None
+                metrics[name] = _summary(members, "dev", name)
             adapters.append({"adapter": row.label, "kind": kind, "runs": [str(r.path) for r in members],
                              "metrics": metrics})
     report = {"split": split, "tasks": {t: list(m) for t, m in columns.items()}, "rows": rows, "adapters": adapters}
