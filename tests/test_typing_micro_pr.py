@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from fixed_head import finetune_then_fix_head
 
 from kadapter_cli.metrics import entity_typing_metrics
 from kadapter_cli.tasks import get_task
@@ -70,20 +70,6 @@ def _typing_records(labels: list[list[str]]) -> list[dict]:
     return records
 
 
-def _finetune_then_fix_head(cli, tiny_backbone, task: str, data_dir, bias: list[float]):
-    """A finetuned folder (one step) whose head is then set to output `bias` whatever the input,
-    so its predictions are known by hand."""
-    result = cli("finetune", "--task", task, "--data", data_dir, "--backbone", tiny_backbone, "--max-steps", "1",
-                 "--batch-size", "2", "--max-length", "32")
-    assert result.exit_code == 0, result.output
-    run = cli.workdir / "finetuned" / f"{task}-base"
-    weights = load_file(run / "model.safetensors")
-    weights["head.out_proj.weight"] = torch.zeros_like(weights["head.out_proj.weight"])
-    weights["head.out_proj.bias"] = torch.tensor(bias, dtype=weights["head.out_proj.bias"].dtype)
-    save_file(weights, str(run / "model.safetensors"), metadata={"format": "pt"})
-    return run
-
-
 def _write_splits(data_dir, train: list[list[str]], test: list[list[str]]) -> None:
     data_dir.mkdir(parents=True)
     for split, labels in (("train", train), ("dev", train), ("test", test)):
@@ -95,7 +81,7 @@ def test_cli_evaluate_openentity_micro_pr(cli, tiny_backbone, tmp_path):
     test_gold = [["person"], ["location", "place"], []]
     _write_splits(data, [["person"], ["location"]], test_gold)
     # Every logit +5: all nine labels predicted for every mention.
-    run = _finetune_then_fix_head(cli, tiny_backbone, "openentity", data, [5.0] * len(OPENENTITY_LABELS))
+    run = finetune_then_fix_head(cli, tiny_backbone, "openentity", data, [5.0] * len(OPENENTITY_LABELS))
     result = cli("evaluate", run, "--data", data, "--split", "test", "--json")
     assert result.exit_code == 0, result.output
     m = json.loads(result.stdout)
@@ -112,7 +98,7 @@ def test_cli_evaluate_figer_micro_pr(cli, tiny_backbone, tmp_path):
     _write_splits(data, [["/person", "/person/artist"], ["/location"]],
                   [["/person", "/person/artist"], ["/location"], ["/person"]])
     # Only /person's logit is positive (and the argmax): every mention is predicted [/person].
-    run = _finetune_then_fix_head(cli, tiny_backbone, "figer", data, [-5.0, 5.0, -5.0])
+    run = finetune_then_fix_head(cli, tiny_backbone, "figer", data, [-5.0, 5.0, -5.0])
     result = cli("evaluate", run, "--data", data, "--split", "test", "--json")
     assert result.exit_code == 0, result.output
     m = json.loads(result.stdout)

@@ -9,8 +9,11 @@ of every surviving mutant; `docs/MUTATION.md` says which survivors are equivalen
     python tools/mutation.py                 # every module in MODULES
     python tools/mutation.py metrics fusion  # just these
     python tools/mutation.py --list          # the modules and their tests
+    python tools/mutation.py --recheck tasks # the last run's survivors again, against the current tests
 
 Runs are fresh each time (mutmut keeps verdicts of unchanged mutants even when tests change).
+`--recheck` is the exception: it keeps the last run's mutants and verdicts, renews the tests and runs
+only the survivors again, so a test written for survivors is seen to kill them in minutes.
 The scratch copies import the mutated package, never the installed one: PYTHONPATH is cleared.
 """
 
@@ -57,9 +60,14 @@ MODULES: dict[str, Target] = {
     "encoding": Target(["kadapter_cli/encoding.py"],
                        ["tests/test_encoding.py", "tests/test_properties.py", "tests/test_tasks.py",
                         "tests/test_mutation_encoding.py"]),
-    "tasks": Target(["kadapter_cli/tasks/*"],
+    # tasks/ in two runs that each fit: the registry and the classification tasks, and the QA tasks.
+    "tasks": Target(["kadapter_cli/tasks/__init__.py", "kadapter_cli/tasks/base.py", "kadapter_cli/tasks/openentity.py",
+                     "kadapter_cli/tasks/figer.py", "kadapter_cli/tasks/tacred.py"],
                     ["tests/test_tasks.py", "tests/test_typing_micro_pr.py", "tests/test_untrusted.py",
-                     "tests/test_properties.py"]),
+                     "tests/test_properties.py", "tests/test_bad_inputs.py", "tests/test_mutation_tasks.py"]),
+    "tasks_qa": Target(["kadapter_cli/tasks/cosmosqa.py", "kadapter_cli/tasks/open_qa.py"],
+                       ["tests/test_cosmosqa.py", "tests/test_qa_tasks.py", "tests/test_qa_spans.py",
+                        "tests/test_qa_formats.py"]),
     # The loop's schedule, clipping and resume: `train` (total steps, schedule, resume or fresh start),
     # the epoch/step walk that resume re-enters, the optimizer step with clipping, the save/eval points.
     "training": Target(["kadapter_cli/training.py"], LOOP_TESTS,
@@ -88,13 +96,16 @@ def toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
-def prepare(module: str, work: Path) -> None:
-    """A scratch copy of the package and the tests, with a pyproject that configures mutmut for `module`."""
+def prepare(module: str, work: Path, fresh: bool = True) -> None:
+    """A scratch copy of the package and the tests, with a pyproject that configures mutmut for `module`.
+    `fresh=False` keeps the package copy (and so the mutants and their verdicts) and renews the tests."""
     files, tests, _ = MODULES[module]
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "kadapter_cli", work / "kadapter_cli", ignore=ignore)
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        shutil.copytree(REPO / "kadapter_cli", work / "kadapter_cli", ignore=ignore)
+    shutil.rmtree(work / "tests", ignore_errors=True)
     shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
     existing = [t for t in tests if (REPO / t).is_file()]
     config = (REPO / "pyproject.toml").read_text() + f"""
@@ -116,6 +127,10 @@ def environment() -> dict[str, str]:
 
 
 class MutmutFailed(Exception):
+    pass
+
+
+class RecheckRefused(Exception):
     pass
 
 
@@ -162,6 +177,52 @@ def run_module(module: str, out: Path, max_children: int) -> dict:
     }
 
 
+def changed_sources(module: str, work: Path) -> list[str]:
+    """The module's files that differ from the copy its last run mutated (in `work`)."""
+    changed = []
+    for pattern in MODULES[module].files:
+        for path in sorted(REPO.glob(pattern)):
+            copy = work / path.relative_to(REPO)
+            if not copy.is_file() or copy.read_bytes() != path.read_bytes():
+                changed.append(str(path.relative_to(REPO)))
+    return changed
+
+
+def merge_recheck(row: dict, statuses: dict[str, str], seconds: int) -> dict:
+    """The last run's `row` with the rechecked survivors' new `statuses`: those some test now fails on
+    count as killed, the others stay survivors (with their diff)."""
+    survivors = [{**s, "status": statuses[s["name"]]} for s in row["survivors"]
+                 if statuses[s["name"]] not in KILLED]
+    newly_killed = len(row["survivors"]) - len(survivors)
+    killed = row["killed"] + newly_killed
+    recheck = {"survivors": len(row["survivors"]), "killed": newly_killed, "seconds": seconds}
+    return {**row, "killed": killed, "score": killed / row["mutants"] if row["mutants"] else None,
+            "tests": [t for t in MODULES[row["module"]].tests if (REPO / t).is_file()],
+            "survivors": survivors, "rechecks": [*row.get("rechecks", []), recheck]}
+
+
+def recheck_module(module: str, out: Path, max_children: int) -> dict:
+    """The last run of `module`, its survivors run again against the current tests. mutmut forgets
+    every verdict when the test selection changes (a new test file), so the last run's row keeps them."""
+    work, row_path = out / module, out / f"{module}.json"
+    if not row_path.is_file() or not (work / "mutants").is_dir():
+        raise RecheckRefused(f"{module}: no earlier run in {out} to recheck; run it first")
+    changed = changed_sources(module, work)
+    if changed:
+        raise RecheckRefused(f"{module}: {', '.join(changed)} changed since its last run, so its mutants are not "
+                             f"this code's; run it again without --recheck")
+    row = json.loads(row_path.read_text())
+    names = [s["name"] for s in row["survivors"]]
+    if not names:
+        return row
+    prepare(module, work, fresh=False)
+    started = time.monotonic()
+    mutmut(work, "run", "--max-children", str(max_children), *names, log=out / f"{module}.recheck.log")
+    statuses = results(work)
+    return merge_recheck(row, {name: statuses.get(name, "not checked") for name in names},
+                         round(time.monotonic() - started))
+
+
 def write_summary(out: Path) -> None:
     """`summary.md` and `summary.json` from every module's latest result (`<module>.json`), so runs of
     single modules, even two at once, add up to one summary."""
@@ -171,7 +232,8 @@ def write_summary(out: Path) -> None:
              "| module | mutants | killed | score | survivors | time (s) |", "|---|---:|---:|---:|---:|---:|"]
     for r in ordered:
         score = "—" if r["score"] is None else f"{100 * r['score']:.1f} %"
-        lines.append(f"| {r['module']} | {r['mutants']} | {r['killed']} | {score} | {len(r['survivors'])} "
+        rechecked = " (survivors rechecked)" if r.get("rechecks") else ""
+        lines.append(f"| {r['module']}{rechecked} | {r['mutants']} | {r['killed']} | {score} | {len(r['survivors'])} "
                      f"| {r['seconds']} |")
     for r in ordered:
         if r["survivors"]:
@@ -187,11 +249,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "build" / "mutation", help="scratch and summary folder")
     parser.add_argument("--max-children", type=int, default=1, help="mutants run in parallel (the machine is shared)")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
+    parser.add_argument("--recheck", action="store_true",
+                        help="run only the last run's survivors again, against the current tests (the code must "
+                             "be unchanged since that run)")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
-    modules = sorted(args.modules or MODULES, key=source_lines)
+    default = [m for m in MODULES if (args.out / f"{m}.json").is_file()] if args.recheck else MODULES
+    modules = sorted(args.modules or default, key=source_lines)
     if args.list:
         for m in modules:
             target = MODULES[m]
@@ -201,10 +267,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
     for module in modules:
-        print(f"mutation: {module} ...", flush=True)
+        print(f"mutation: {module}{' (recheck)' if args.recheck else ''} ...", flush=True)
         try:
-            row = run_module(module, args.out, args.max_children)
-        except MutmutFailed as e:  # the other modules still run; the exit status says one failed
+            run = recheck_module if args.recheck else run_module
+            row = run(module, args.out, args.max_children)
+        except (MutmutFailed, RecheckRefused) as e:  # the other modules still run; the exit status says one failed
             print(e, flush=True)
             failed.append(module)
             continue
@@ -215,7 +282,7 @@ def main() -> None:
         write_summary(args.out)
     print(f"summary: {args.out / 'summary.md'}")
     if failed:
-        raise SystemExit(f"mutmut could not run: {', '.join(failed)} (see {args.out}/<module>.log)")
+        raise SystemExit(f"mutmut could not run: {', '.join(failed)} (see above and {args.out}/<module>.log)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,279 @@
+"""What the classification tasks promise beyond their readers, written for the survivors of the
+mutation run of `tasks/` (docs/MUTATION.md): the probabilities `predict --scores` gives, prediction
+inputs whose gold labels the model never saw, a logit of exactly 0, task authors' registry and
+discovery, the batching of candidates, relation tasks without (or with another) negative label,
+and the messages that name what is wrong in a file."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from fixed_head import finetune_then_fix_head
+
+from kadapter_cli.errors import BadInput
+from kadapter_cli.tasks import RelationTask, Task, TaskOption, TypingTask, base, discover_tasks, get_task
+from kadapter_cli.tasks.openentity import OPENENTITY_LABELS
+from kadapter_cli.tasks.tacred import OFFICIAL_LABELS
+
+SENTENCES = ["Alice Smith painted the old harbour at dawn .", "They drove to Paris in the morning ."]
+TOKENS = ["Anna", "works", "for", "ACME", "in", "Paris", "."]
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def softmax(row: list[float]) -> list[float]:
+    exps = [math.exp(x) for x in row]
+    return [e / sum(exps) for e in exps]
+
+
+def _typing(i: int, labels: list[str]) -> dict:
+    sent = SENTENCES[i % len(SENTENCES)]
+    word = sent.split()[1]
+    return {"sent": sent, "start": sent.index(word), "end": sent.index(word) + len(word), "labels": labels}
+
+
+def _relation(relation: str | None) -> dict:
+    return {"id": "r", "token": TOKENS, "subj_start": 0, "subj_end": 0, "obj_start": 3, "obj_end": 3,
+            "relation": relation}
+
+
+def _lines(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines()]
+
+
+# ---------------------------------------------------------------- `predict --scores` (README: "…you need scores")
+
+
+def test_openentity_scores_are_each_labels_sigmoid_and_a_zero_logit_is_not_predicted(cli, tiny_backbone, tmp_path):
+    data = tmp_path / "openentity"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.json").write_text(json.dumps([_typing(0, ["person"]), _typing(1, ["location"])]))
+    # entity +2, location exactly 0 (probability 0.5: not above it), the others negative
+    bias = [2.0, 0.0, -1.0, -2.0, -3.0, -0.5, -4.0, -1.5, -2.5]
+    run = finetune_then_fix_head(cli, tiny_backbone, "openentity", data, bias)
+    # a prediction input may carry gold labels the model never saw: ignored for encoding, shown in gold
+    source = tmp_path / "new.jsonl"
+    source.write_text(json.dumps(_typing(0, ["dragon", "person"])) + "\n" + json.dumps(_typing(1, [])) + "\n")
+
+    plain = cli("predict", run, source)
+    assert plain.exit_code == 0, plain.output
+    assert _lines(plain.stdout) == [{"index": 0, "gold": ["dragon", "person"], "pred": ["entity"]},
+                                    {"index": 1, "gold": [], "pred": ["entity"]}]
+    scored = cli("predict", run, source, "--scores")
+    assert scored.exit_code == 0, scored.output
+    assert [line["scores"] for line in _lines(scored.stdout)] == [{"entity": round(sigmoid(2.0), 6)}] * 2
+    every = cli("predict", run, source, "--all-scores")
+    assert every.exit_code == 0, every.output
+    line = _lines(every.stdout)[0]
+    assert list(line["scores"]) == OPENENTITY_LABELS  # label order
+    assert line["scores"] == {label: round(sigmoid(b), 6) for label, b in zip(OPENENTITY_LABELS, bias)}
+    assert line["scores"]["location"] == 0.5 and line["pred"] == ["entity"]
+
+    # evaluate --scores writes the same lines into its predictions file
+    out = tmp_path / "eval"
+    result = cli("evaluate", run, "--data", data, "--split", "test", "--out", out, "--scores")
+    assert result.exit_code == 0, result.output
+    written = _lines((out / "predictions-test.jsonl").read_text())
+    assert written == [{"index": 0, "gold": ["person"], "pred": ["entity"], "scores": {"entity": 0.880797}},
+                       {"index": 1, "gold": ["location"], "pred": ["entity"], "scores": {"entity": 0.880797}}]
+
+
+def test_tacred_scores_are_a_softmax_over_the_labels(cli, tiny_backbone, tmp_path):
+    data = tmp_path / "tacred"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.json").write_text(json.dumps([_relation("per:employee_of"), _relation("no_relation")]))
+    bias = [0.1 * (i % 7) - 0.2 for i in range(len(OFFICIAL_LABELS))]
+    bias[OFFICIAL_LABELS.index("per:title")] = 3.0
+    run = finetune_then_fix_head(cli, tiny_backbone, "tacred", data, bias)
+    # unlabeled records and relations the model never saw are predicted too
+    source = tmp_path / "new.json"
+    source.write_text(json.dumps([_relation("per:favourite_colour"),
+                                  {k: v for k, v in _relation(None).items() if k != "relation"}]))
+    every = cli("predict", run, source, "--all-scores")
+    assert every.exit_code == 0, every.output
+    lines = _lines(every.stdout)
+    assert [(line["gold"], line["pred"]) for line in lines] == [(["per:favourite_colour"], ["per:title"]),
+                                                                ([], ["per:title"])]
+    assert lines[0]["scores"] == {label: round(p, 6) for label, p in zip(OFFICIAL_LABELS, softmax(bias))}
+    scored = cli("predict", run, source, "--scores")
+    assert scored.exit_code == 0, scored.output
+    assert _lines(scored.stdout)[1]["scores"] == {"per:title": round(softmax(bias)[OFFICIAL_LABELS.index("per:title")], 6)}
+
+
+def test_scored_lines_of_hand_logits():
+    tacred = get_task("tacred")
+    lines = [{"index": 0, "gold": [], "pred": ["b"]}]
+    predictions = [{"pred": ["b"], "scores": [1000.0, 1001.0]}]  # a softmax that must not overflow
+    assert tacred.scored_lines(lines, predictions, [{}], ["a", "b"], "none") == lines
+    assert tacred.scored_lines(lines, predictions, [{}], ["a", "b"], "all")[0]["scores"] == \
+        {"a": round(1 / (1 + math.e), 6), "b": round(math.e / (1 + math.e), 6)}
+    figer = get_task("figer")
+    assert figer.scored_lines(lines, [{"pred": ["b"], "scores": [-1.0, 0.25]}], [{}], ["a", "b"], "predicted") == \
+        [{"index": 0, "gold": [], "pred": ["b"], "scores": {"b": round(sigmoid(0.25), 6)}}]
+    with pytest.raises(BadInput, match="^--scores: task tacred does not give one prediction per record$"):
+        tacred.scored_lines(lines * 2, predictions, [{}], ["a", "b"], "predicted")
+
+
+def test_a_zero_logit_is_not_a_positive_one():
+    labels = ["a", "b", "c"]
+    assert get_task("openentity").predict([[0.0, 1.0, -1.0]], labels) == [["b"]]
+    assert get_task("figer").predict([[0.0, -1.0, 0.5]], labels) == [["c"]]
+
+
+# ---------------------------------------------------------------- labels
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([""], "expected a non-empty JSON list of label strings"),
+    ([5], "expected a non-empty JSON list of label strings"),
+    (["a", "b", "a"], "record 2: label 'a' is listed twice"),
+])
+def test_a_bad_labels_file_is_named_with_the_record(tmp_path, labels, message):
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    with pytest.raises(BadInput) as e:
+        get_task("figer").label_vocab([], tmp_path)
+    assert str(e.value) == f"{tmp_path / 'labels.json'}{', ' if 'record' in message else ': '}{message}"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sent", 5, "'sent' must be a string, got an integer"),
+    ("start", {"at": 0}, "'start' must be an integer, got an object"),
+])
+def test_a_wrongly_typed_field_names_the_json_type(tmp_path, field, value, message):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([_typing(0, ["person"]), {**_typing(1, []), field: value}]))
+    with pytest.raises(BadInput) as e:
+        get_task("openentity").read(path)
+    assert str(e.value) == f"{path}, record 1: {message}"
+
+
+class _Relations(RelationTask):
+    """A relation task of a task author: no "no relation" label (accuracy and macro F1)."""
+
+    name, primary_metric, headline_metrics = "relations", "accuracy", ("accuracy",)
+    defaults = {"lr": 1e-5, "batch_size": 8, "epochs": 1, "max_length": 64, "warmup": 0}
+
+
+class _RelationsWithNA(_Relations):
+    negative_label = "NA"
+
+
+def test_relation_metrics_follow_the_tasks_negative_label():
+    gold, pred = [["x"], ["y"], ["NA"], ["x"]], [["x"], ["x"], ["NA"], ["NA"]]
+    assert _Relations().metrics(gold, pred)["accuracy"] == 0.5
+    m = _RelationsWithNA().metrics(gold, pred)
+    # NA is ignored: 1 of 2 non-NA predictions right, 1 of 3 non-NA gold found
+    assert (m["precision"], m["recall"]) == (0.5, pytest.approx(1 / 3))
+    assert _RelationsWithNA().default_labels([{"relation": "x"}]) == ["NA", "x"]
+    assert _Relations().default_labels([{"relation": "x"}]) == ["x"]
+    assert _RelationsWithNA().default_labels([{"relation": None}]) == []  # no labels: not NA alone
+
+
+def test_relation_encoding_follows_the_adapters_marker_style(tiny_backbone):
+    from kadapter_cli.backbone import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_backbone)
+    tacred = get_task("tacred")
+    record = tacred.normalize(_relation("per:employee_of"), "x.json", 0, True)
+    index = {"no_relation": 0, "per:employee_of": 1}
+    original = tacred.encode(tokenizer, record, index, 32, marker_style="original")
+    assert original["input_ids"][original["subj_pos"]] == tokenizer.convert_tokens_to_ids("@")
+    assert original["input_ids"][original["obj_pos"]] == tokenizer.convert_tokens_to_ids("#")
+    spaced = tacred.encode(tokenizer, record, index, 32)
+    assert spaced["input_ids"][spaced["subj_pos"]] != tokenizer.convert_tokens_to_ids("@")
+
+
+# ---------------------------------------------------------------- candidates, padding and positions
+
+
+class _Pairs(TypingTask):
+    """A task author's task with two candidates per example and two positions per candidate."""
+
+    name, primary_metric, headline_metrics = "pairs", "f1", ("f1",)
+    defaults = {"lr": 1e-5, "batch_size": 8, "epochs": 1, "max_length": 64, "warmup": 0}
+    position_keys = ("left", "right")
+
+
+def test_candidates_are_counted_padded_and_positioned_per_candidate():
+    task = _Pairs()
+    examples = [{"input_ids": [[5, 6, 7], [5, 6]], "left": [0, 1], "right": [2, 1], "labels": 1},
+                {"input_ids": [[5], [5, 6, 7, 8]], "left": [0, 0], "right": [0, 3], "labels": 0}]
+    assert [task.length(e) for e in examples] == [5, 5]  # every candidate's tokens
+    assert task.length({"input_ids": [5, 6, 7]}) == 3
+    batch = task.collate(examples, pad_id=1)
+    assert batch["input_ids"].tolist() == [[[5, 6, 7, 1], [5, 6, 1, 1]], [[5, 1, 1, 1], [5, 6, 7, 8]]]
+    assert batch["attention_mask"].tolist() == [[[1, 1, 1, 0], [1, 1, 0, 0]], [[1, 0, 0, 0], [1, 1, 1, 1]]]
+    assert task.head_positions(batch).tolist() == [[[0, 2], [1, 1]], [[0, 0], [0, 3]]]  # (B, C, P)
+    assert task.collate(examples, pad_id=1, pad_to=6)["input_ids"].shape == (2, 2, 6)
+    single = task.collate([{"input_ids": [5, 6], "left": 0, "right": 1}], pad_id=1, pad_to=4)
+    assert single["input_ids"].tolist() == [[5, 6, 1, 1]] and single["attention_mask"].tolist() == [[1, 1, 0, 0]]
+
+
+class _Tokens(Task):
+    """A task whose head reads every position (as extractive QA does)."""
+
+    name, primary_metric, headline_metrics = "tokens", "accuracy", ("accuracy",)
+    defaults = {"lr": 1e-5, "batch_size": 8, "epochs": 1, "max_length": 64, "warmup": 0}
+
+
+def test_a_head_without_positions_reads_every_position():
+    h = torch.arange(12.0).reshape(1, 4, 3)
+    assert _Tokens().head_positions({"input_ids": torch.zeros(1, 4)}) is None
+    assert torch.equal(_Tokens().run_head(lambda features: features.sum(-1), h, {}), h.sum(-1))
+
+
+# ---------------------------------------------------------------- registry and discovery (task authors)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    return base._REGISTRY
+
+
+def _task_class(name: str = "toy", **attributes):
+    body = {"name": name, "primary_metric": "f1", "headline_metrics": ("f1",),
+            "defaults": {"lr": 1e-5, "batch_size": 8, "epochs": 1, "max_length": 64, "warmup": 0}, **attributes}
+    return type("Toy", (TypingTask,), {k: v for k, v in body.items() if v is not None})
+
+
+@pytest.mark.parametrize("missing", ["name", "primary_metric", "headline_metrics", "defaults"])
+def test_a_task_class_missing_a_required_attribute_is_refused(registry, missing):
+    cls = _task_class(**{missing: None})
+    with pytest.raises(TypeError, match=f"^task class Toy has no '{missing}'$"):
+        base.register_task(cls)
+
+
+def test_register_task_checks_options_and_names(registry):
+    with pytest.raises(TypeError, match=r"^task 'toy': option 'size' must be a TaskOption, not int$"):
+        base.register_task(_task_class(options={"size": 3}))
+    cls = _task_class(options={"size": TaskOption(3, "how many", int)})
+    assert base.register_task(cls) is cls and registry["toy"] is cls
+    assert base.register_task(cls) is cls  # the same class again (a module imported twice) is fine
+    with pytest.raises(TypeError, match=r"^task name 'figer' is taken by kadapter_cli\.tasks\.figer\.Figer$"):
+        base.register_task(_task_class("figer"))
+
+
+def test_discovery_imports_public_modules_only(registry, tmp_path, monkeypatch):
+    package = tmp_path / "authors_tasks"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    task = ("from kadapter_cli.tasks.base import TypingTask, register_task\n"
+            "@register_task\nclass {cls}(TypingTask):\n    name = '{name}'\n    primary_metric = 'f1'\n"
+            "    headline_metrics = ('f1',)\n    defaults = {{'lr': 1e-5, 'batch_size': 8, 'epochs': 1, "
+            "'max_length': 64, 'warmup': 0}}\n")
+    (package / "toy.py").write_text(task.format(cls="Toy", name="toy"))
+    # a private helper and a module called base are not task modules: importing them would fail
+    (package / "_helpers.py").write_text("raise ImportError('a private module was imported')\n")
+    (package / "base.py").write_text("raise ImportError('base was imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = discover_tasks("authors_tasks")
+    assert list(found) == ["toy"] and found["toy"].__module__ == "authors_tasks.toy"
+    assert "figer" not in found  # only the package's own tasks
