@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -154,6 +155,69 @@ def test_a_wrongly_typed_field_names_the_json_type(tmp_path, field, value, messa
     assert str(e.value) == f"{path}, record 1: {message}"
 
 
+def test_figer_training_records_without_labels_need_a_labels_file(tmp_path):
+    with pytest.raises(BadInput) as e:
+        get_task("figer").label_vocab([{"labels": []}], tmp_path)
+    assert str(e.value) == f"{tmp_path}: the training records carry no labels; give the label list in labels.json"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"token": []}, "'token' must be a non-empty list of strings"),
+    ({"relation": 5}, "'relation' must be a string, got int"),
+    # the subject starts on the object's last token
+    ({"subj_start": 3, "subj_end": 4, "obj_start": 1, "obj_end": 3},
+     "subject span [3, 4] and object span [1, 3] overlap"),
+])
+def test_bad_relation_records_say_what_is_wrong(tmp_path, change, message):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([{**_relation("per:title"), **change}]))
+    with pytest.raises(BadInput) as e:
+        get_task("tacred").read(path)
+    assert str(e.value) == f"{path}, record 0: {message}"
+
+
+def test_a_relation_record_with_both_token_spellings_reads_token(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([{**_relation("per:title"), "tokens": ["x"] * len(TOKENS)}]))
+    assert get_task("tacred").read(path)[0]["tokens"] == TOKENS
+
+
+# ---------------------------------------------------------------- --task-option
+
+
+def test_task_options_from_text():
+    tacred, cosmosqa, openentity = (get_task(n).__class__ for n in ("tacred", "cosmosqa", "openentity"))
+    assert base.parse_task_options(tacred, [" max-negatives =44999"]) == {"max_negatives": 44999}
+    assert base.parse_task_options(tacred, ["max_negatives="]) == {"max_negatives": None}
+    assert base.parse_task_options(cosmosqa, ["layout=original"]) == {"layout": "original"}
+    # the value is everything after the first "="; text that is not YAML stays text
+    assert base.parse_task_options(cosmosqa, ["layout=a=b"]) == {"layout": "a=b"}
+    assert base.parse_task_options(cosmosqa, ["layout=[paper"]) == {"layout": "[paper"}
+    for bad in ("max_negatives", "=3"):
+        with pytest.raises(BadInput, match=f"^--task-option must be key=value, got '{re.escape(bad)}'$"):
+            base.parse_task_options(tacred, [bad])
+    with pytest.raises(BadInput, match=r"^task 'tacred' has no option 'layout' \(options: max_negatives\)$"):
+        base.parse_task_options(tacred, ["layout=paper"])
+    with pytest.raises(BadInput, match=r"^task 'openentity' has no option 'size' \(options: none\)$"):
+        base.parse_task_options(openentity, ["size=3"])
+
+
+def test_a_task_option_from_the_command_line_reaches_the_task(cli, tiny_backbone, tmp_path):
+    data = tmp_path / "tacred"
+    data.mkdir()
+    records = [_relation("no_relation"), _relation("per:title"), _relation("no_relation"), _relation("no_relation")]
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.json").write_text(json.dumps(records))
+    result = cli("finetune", "--task", "tacred", "--data", data, "--backbone", tiny_backbone, "--max-steps", "1",
+                 "--task-option", "max-negatives=1", "--max-length", "32")
+    assert result.exit_code == 0, result.output
+    run = cli.workdir / "finetuned" / "tacred-base"
+    assert json.loads((run / "config.json").read_text())["task_options"] == {"max_negatives": 1}
+    result = cli("finetune", "--task", "tacred", "--data", data, "--backbone", tiny_backbone,
+                 "--task-option", "max-negatives", "--name", "other")
+    assert result.exit_code == 2 and "--task-option must be key=value, got 'max-negatives'" in result.output
+
+
 class _Relations(RelationTask):
     """A relation task of a task author: no "no relation" label (accuracy and macro F1)."""
 
@@ -186,6 +250,7 @@ def test_relation_encoding_follows_the_adapters_marker_style(tiny_backbone):
     original = tacred.encode(tokenizer, record, index, 32, marker_style="original")
     assert original["input_ids"][original["subj_pos"]] == tokenizer.convert_tokens_to_ids("@")
     assert original["input_ids"][original["obj_pos"]] == tokenizer.convert_tokens_to_ids("#")
+    assert tacred.examples(tokenizer, record, index, 32, "original") == [original]
     spaced = tacred.encode(tokenizer, record, index, 32)
     assert spaced["input_ids"][spaced["subj_pos"]] != tokenizer.convert_tokens_to_ids("@")
 
