@@ -134,7 +134,7 @@ def toml_list(items: list[str]) -> str:
 def prepare(module: str, work: Path, fresh: bool = True) -> None:
     """A scratch copy of the package and the tests, with a pyproject that configures mutmut for `module`.
     `fresh=False` keeps the package copy (and so the mutants and their verdicts) and renews the tests."""
-    files, tests, _ = MODULES[module]
+    files, tests = MODULES[module].files, MODULES[module].tests
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     if fresh:
         shutil.rmtree(work, ignore_errors=True)
