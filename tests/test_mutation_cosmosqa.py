@@ -84,6 +84,15 @@ def test_a_field_of_the_wrong_type_names_file_and_line(tmp_path):
     assert _read_error(path) == f"{path}, line 2: 'answer3' must be a string, got an integer"
 
 
+def test_an_empty_label_of_a_labeled_split_is_refused(tmp_path):
+    path = tmp_path / "train.jsonl"
+    record = {"id": "q", "context": "c", "question": "q", "answer0": "a", "answer1": "b", "answer2": "c",
+              "answer3": "d", "label": ""}
+    path.write_text(json.dumps(record) + "\n")
+    assert _read_error(path) == f"{path}, line 1: 'label' is empty"
+    assert get_task("cosmosqa").read(path, labeled=False)[0]["label"] is None  # unlabeled: no answer yet
+
+
 def test_a_split_given_twice_names_both_files_and_the_folder(tmp_path):
     (tmp_path / "train.jsonl").write_text("")
     (tmp_path / "train.csv").write_text("")
