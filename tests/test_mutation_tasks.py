@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 
 import pytest
 import torch
@@ -327,7 +328,10 @@ def test_register_task_checks_options_and_names(registry):
 
 
 def test_discovery_imports_public_modules_only(registry, tmp_path, monkeypatch):
-    package = tmp_path / "authors_tasks"
+    # A new package name each time: a process that ran this test before (mutmut's runs fork from
+    # one) still holds the last one in sys.modules, and importing it again would register nothing.
+    name = f"authors_tasks_{uuid.uuid4().hex}"
+    package = tmp_path / name
     package.mkdir()
     (package / "__init__.py").write_text("")
     task = ("from kadapter_cli.tasks.base import TypingTask, register_task\n"
@@ -339,6 +343,6 @@ def test_discovery_imports_public_modules_only(registry, tmp_path, monkeypatch):
     (package / "_helpers.py").write_text("raise ImportError('a private module was imported')\n")
     (package / "base.py").write_text("raise ImportError('base was imported')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    found = discover_tasks("authors_tasks")
-    assert list(found) == ["toy"] and found["toy"].__module__ == "authors_tasks.toy"
+    found = discover_tasks(name)
+    assert list(found) == ["toy"] and found["toy"].__module__ == f"{name}.toy"
     assert "figer" not in found  # only the package's own tasks
