@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,10 @@ def test_all_three_tasks_are_discovered_from_their_modules():
 
 
 def test_a_new_task_module_is_found_without_registering_it_anywhere(tmp_path, monkeypatch):
-    package = tmp_path / "more_tasks"
+    # A new package name each time: a process that imported the last one (mutmut forks its test
+    # runs from one) would not import it again, so nothing would register.
+    name = f"more_tasks_{uuid.uuid4().hex}"
+    package = tmp_path / name
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "toy.py").write_text(
@@ -55,8 +59,8 @@ def test_a_new_task_module_is_found_without_registering_it_anywhere(tmp_path, mo
         "    defaults = {'lr': 1e-5, 'batch_size': 8, 'epochs': 1, 'max_length': 64, 'warmup': 0}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-    found = discover_tasks("more_tasks")
-    assert list(found) == ["toy"] and found["toy"].__module__ == "more_tasks.toy"
+    found = discover_tasks(name)
+    assert list(found) == ["toy"] and found["toy"].__module__ == f"{name}.toy"
 
 
 def test_unknown_task_and_option_are_bad_input():
