@@ -76,7 +76,7 @@ MODULES: dict[str, Target] = {
                                  "tests/test_properties.py", "tests/test_bad_inputs.py",
                                  "tests/test_mutation_tasks.py"], skip=TASK_READERS),
     "tasks_readers": Target(TASK_FILES, ["tests/test_tasks.py", "tests/test_mutation_tasks.py"], TASK_READERS),
-    "tasks_cosmosqa": Target(["kadapter_cli/tasks/cosmosqa.py"], ["tests/test_cosmosqa.py"]),
+    "tasks_cosmosqa": Target(["kadapter_cli/tasks/cosmosqa.py"], ["tests/test_cosmosqa.py", "tests/test_mutation_cosmosqa.py"]),
     "tasks_open_qa": Target(["kadapter_cli/tasks/open_qa.py"],
                             ["tests/test_qa_tasks.py", "tests/test_qa_spans.py", "tests/test_qa_formats.py"]),
     # The loop's schedule, clipping and resume: `train` (total steps, schedule, resume or fresh start),
