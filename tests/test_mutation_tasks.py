@@ -106,7 +106,8 @@ def test_tacred_scores_are_a_softmax_over_the_labels(cli, tiny_backbone, tmp_pat
     assert lines[0]["scores"] == {label: round(p, 6) for label, p in zip(OFFICIAL_LABELS, softmax(bias))}
     scored = cli("predict", run, source, "--scores")
     assert scored.exit_code == 0, scored.output
-    assert _lines(scored.stdout)[1]["scores"] == {"per:title": round(softmax(bias)[OFFICIAL_LABELS.index("per:title")], 6)}
+    title = softmax(bias)[OFFICIAL_LABELS.index("per:title")]
+    assert _lines(scored.stdout)[1]["scores"] == {"per:title": round(title, 6)}
 
 
 def test_scored_lines_of_hand_logits():
