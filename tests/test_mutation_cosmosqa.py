@@ -43,6 +43,8 @@ def test_csv_records_keep_their_text_and_errors_name_the_line_a_record_starts_on
     lines = [HEADER, _row(1, "First line\n\ufeffsecond line"), _row(2), "q3,too,few"]
     path = _csv(tmp_path, *lines, bom=True)
     assert _read_error(path) == f"{path}, line 5: expected 8 fields, got 3"
+    first = _csv(tmp_path, HEADER, "q1,too,few", name="first.csv")
+    assert _read_error(first) == f"{first}, line 2: expected 8 fields, got 3"
     good = _csv(tmp_path, *lines[:3], bom=True, name="good.csv")
     records = get_task("cosmosqa").read(good)
     assert [r["context"] for r in records] == ["First line\n\ufeffsecond line", "We went out ."]
