@@ -204,6 +204,15 @@ def test_task_options_from_text():
         base.parse_task_options(openentity, ["size=3"])
 
 
+def test_the_task_option_help_lists_each_tasks_options_with_their_defaults():
+    from kadapter_cli.tasks import task_options_help
+
+    text = task_options_help()  # what `finetune --help` says of --task-option
+    assert text.startswith('cosmosqa: layout="paper" — paper: <s> context')
+    assert "; tacred: max_negatives=null — keep only the first N no_relation training examples (the original: " \
+           "44999; default: all)" in text
+
+
 def test_a_task_option_from_the_command_line_reaches_the_task(cli, tiny_backbone, tmp_path):
     data = tmp_path / "tacred"
     data.mkdir()
