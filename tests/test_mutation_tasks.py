@@ -97,12 +97,14 @@ def test_tacred_scores_are_a_softmax_over_the_labels(cli, tiny_backbone, tmp_pat
     # unlabeled records and relations the model never saw are predicted too
     source = tmp_path / "new.json"
     source.write_text(json.dumps([_relation("per:favourite_colour"),
-                                  {k: v for k, v in _relation(None).items() if k != "relation"}]))
+                                  {k: v for k, v in _relation(None).items() if k != "relation"},
+                                  _relation("per:employee_of")]))
     every = cli("predict", run, source, "--all-scores")
     assert every.exit_code == 0, every.output
     lines = _lines(every.stdout)
     assert [(line["gold"], line["pred"]) for line in lines] == [(["per:favourite_colour"], ["per:title"]),
-                                                                ([], ["per:title"])]
+                                                                ([], ["per:title"]),
+                                                                (["per:employee_of"], ["per:title"])]
     assert lines[0]["scores"] == {label: round(p, 6) for label, p in zip(OFFICIAL_LABELS, softmax(bias))}
     scored = cli("predict", run, source, "--scores")
     assert scored.exit_code == 0, scored.output
@@ -202,6 +204,9 @@ def test_task_options_from_text():
         base.parse_task_options(tacred, ["layout=paper"])
     with pytest.raises(BadInput, match=r"^task 'openentity' has no option 'size' \(options: none\)$"):
         base.parse_task_options(openentity, ["size=3"])
+    two = _task_class(options={"b": TaskOption(1, "b", int), "a": TaskOption(2, "a", int)})
+    with pytest.raises(BadInput, match=r"^task 'toy' has no option 'c' \(options: a, b\)$"):
+        base.parse_task_options(two, ["c=3"])
 
 
 def test_the_task_option_help_lists_each_tasks_options_with_their_defaults():
