@@ -293,7 +293,7 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
                  "feature_cache": cached or "off", **{f"{k}_examples": len(v) for k, v in encoded.items()},
                  "parameters": {row["component"]: row for row in model.body.parameter_table()},
                  **task.read_stats()}
-        task_inputs = artifacts.sha256_inputs([p for p in files.values() if p.exists()])
+        task_inputs = artifacts.sha256_inputs([f for p in files.values() if p.exists() for f in task.input_files(p)])
         inputs = task_inputs + artifacts.sha256_inputs(spec.adapters.paths)
         write_card(run_dir, finetuned_card(spec.out.name, task, artifacts.read_json(run_dir / CONFIG), labels, results,
                                            inputs, manifest_config or {}, stats, task_inputs=task_inputs))
@@ -441,7 +441,8 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
                                       task.scored_lines(task.prediction_lines(outputs, examples), outputs, examples, labels, scores))
             artifacts.write_json(tmp / "metrics.json", {split: metrics})
             artifacts.write_manifest(tmp, "evaluation", config={"model": str(model_dir), "split": split},
-                                     inputs=artifacts.sha256_inputs([path]), stats={"examples": len(examples)})
+                                     inputs=artifacts.sha256_inputs(task.input_files(path)),
+                                     stats={"examples": len(examples)})
     return {"task": task.name, "split": split, "metrics": metrics, "headline": list(task.headline_metrics)}
 
 

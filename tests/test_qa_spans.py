@@ -8,7 +8,7 @@ import torch
 from kadapter_cli.backbone import load_tokenizer
 from kadapter_cli.metrics import squad_normalize
 from kadapter_cli.encoding import pair_template
-from kadapter_cli.qa_encoding import answer_char_spans, encode_qa_windows, normalized_words
+from kadapter_cli.qa_encoding import answer_char_spans, encode_qa_paragraphs, encode_qa_windows, normalized_words
 from kadapter_cli.qa_formats import detect_input, read_qa
 from kadapter_cli.span_decoding import best_spans, combine_answers
 
@@ -73,6 +73,19 @@ def test_windows_overlap_by_stride_and_carry_every_answer_occurrence(tokenizers,
             assert paragraph[lo:hi] == "Samos"
             seen.add(lo)
     assert seen == {s for s, _ in answer_char_spans(paragraph, ["Samos"])} and len(seen) == 6
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_a_questions_paragraphs_encoded_in_one_call_give_the_windows_of_one_call_each(tokenizers, kind):
+    # The batched tokenizer call (one per question) must cut exactly the windows, offsets and labels
+    # that tokenising each paragraph on its own gave.
+    tokenizer = tokenizers[kind]
+    paragraphs = ["Samos is an island.", " ".join(f"w{i} Samos, near Turkey;" for i in range(30)), "x", "Lou Gehrig (Samos)"]
+    batched = encode_qa_paragraphs(tokenizer, "Which island?", paragraphs, max_length=40, stride=6, answers=["samos"])
+    single = [encode_qa_windows(tokenizer, "Which island?", p, max_length=40, stride=6, answers=["samos"])
+              for p in paragraphs]
+    assert batched == single and [len(w) for w in batched][1] > 2 and sum(len(w["starts"]) for ws in batched for w in ws) > 30
+    assert encode_qa_paragraphs(tokenizer, "Which island?", [], max_length=40, stride=6) == []
 
 
 def test_long_questions_keep_at_most_half_the_window(tokenizers):

@@ -10,11 +10,13 @@ saved model, one prediction line per question, the `{id: answer}` file, bad inpu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from qa_samples import quasart_questions, write_openqa, write_quasar
@@ -155,6 +157,8 @@ def test_quasart_openqa_format_chain(kadapter, shared_data, tmp_path):
     assert [x["gold"] for x in lines] == [q["answers"] for q in questions[30:]]
     assert [x["id"] for x in lines] == [str(n) for n in range(1, 7)]  # OpenQA has no ids: the line numbers
     _evaluate_recomputes(kadapter, run_dir, tmp_path, "test")
+    assert _hashed_inputs(run_dir) == {tmp_path / f"{split}.{ext}" for split in ("train", "dev", "test")
+                                       for ext in ("txt", "json")}
     out = _lines_of(kadapter("predict", run_dir, tmp_path / "test.txt").stdout)
     assert [x["pred"] for x in out] == [x["pred"] for x in lines]
 
@@ -170,6 +174,23 @@ def test_quasart_official_format_chain_with_a_composition(kadapter, shared_data,
     lines = _lines(run_dir / "predictions-dev.jsonl")
     assert [x["id"] for x in lines] == [q["question_id"] for q in questions[24:]]
     _evaluate_recomputes(kadapter, run_dir, tmp_path, "dev")
+    # every file read is hashed: the questions and the contexts of each split
+    def split_files(split: str) -> set[Path]:
+        return {tmp_path / "questions" / f"{split}_questions.json.gz", tmp_path / "contexts" / "short" / f"{split}_contexts.json.gz"}
+
+    task_inputs = {p for p in _hashed_inputs(run_dir) if tmp_path in p.parents}  # the rest: the adapters
+    assert task_inputs == split_files("train") | split_files("dev")
+    assert _hashed_inputs(kadapter.workdir / "evaluations" / f"{run_dir.name}-dev") == split_files("dev")
+    card = yaml.safe_load((run_dir / "README.md").read_text().split("---")[1])  # the Hub's front matter
+    assert card["pipeline_tag"] == "question-answering"
+    assert {r["task"]["type"] for r in card["model-index"][0]["results"]} == {"question-answering"}
+
+
+def _hashed_inputs(folder: Path) -> set[Path]:
+    """The files a manifest lists as inputs, each with a hash of its bytes."""
+    inputs = json.loads((folder / "manifest.json").read_text())["inputs"]
+    assert all(i["sha256"] == hashlib.sha256(Path(i["path"]).read_bytes()).hexdigest() for i in inputs)
+    return {Path(i["path"]) for i in inputs}
 
 
 def test_bad_question_exits_2_naming_file_and_line_or_is_skipped_and_counted(kadapter, shared_data, tmp_path):
