@@ -363,13 +363,15 @@ def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequ
     })
 
 
-def load_finetuned(folder: str | Path) -> tuple[TaskModel, Any, Any, list[str], dict]:
-    """`(model, tokenizer, task, labels, config)` from a finetuned folder alone."""
+def load_finetuned(folder: str | Path, task_options: dict[str, Any] | None = None
+                   ) -> tuple[TaskModel, Any, Any, list[str], dict]:
+    """`(model, tokenizer, task, labels, config)` from a finetuned folder alone; `task_options` set
+    over the saved ones (how to read and decode new data: `max_answer_length`, ...)."""
     with waiting(f"loading model {folder}"):
-        return _load_finetuned(Path(folder))
+        return _load_finetuned(Path(folder), task_options or {})
 
 
-def _load_finetuned(folder: Path) -> tuple[TaskModel, Any, Any, list[str], dict]:
+def _load_finetuned(folder: Path, task_options: dict[str, Any]) -> tuple[TaskModel, Any, Any, list[str], dict]:
     from transformers import AutoConfig, AutoModel
 
     manifest = artifacts.read_manifest(folder)
@@ -378,7 +380,7 @@ def _load_finetuned(folder: Path) -> tuple[TaskModel, Any, Any, list[str], dict]
                        "`kadapter finetune` makes one)", folder)
     config = artifacts.read_json(folder / CONFIG)
     labels = artifacts.read_json(folder / LABELS)
-    task = get_task(config["task"], **config.get("task_options", {}))
+    task = get_task(config["task"], **{**config.get("task_options", {}), **task_options})
     tokenizer = load_tokenizer(str(folder / TOKENIZER_DIR))
     backbone_config = AutoConfig.from_pretrained(str(folder / BACKBONE_DIR))
     with torch.device("meta"):
@@ -418,10 +420,10 @@ def _rebuild_buffer(model: nn.Module, name: str, backbone_config) -> None:
 
 def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: Path | None,
                        batch_size: int = 32, device: str = "auto", overwrite: bool = False,
-                       scores: str = "none") -> dict[str, Any]:
+                       scores: str = "none", task_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Recomputes a split's metrics from a saved model; writes predictions (+ metrics, + `scores`:
-    see `Task.scored_lines`) when `out` is set."""
-    model, tokenizer, task, labels, config = load_finetuned(model_dir)
+    see `Task.scored_lines`) when `out` is set. `task_options`: over the saved ones."""
+    model, tokenizer, task, labels, config = load_finetuned(model_dir, task_options)
     if data_dir is None:
         raise BadInput("--data is required (the folder with the task's split files)")
     path = task.task_files(data_dir)[split]
@@ -447,10 +449,11 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
 
 
 def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, device: str = "auto",
-                    scores: str = "none") -> list[dict]:
+                    scores: str = "none", task_options: dict[str, Any] | None = None) -> list[dict]:
     """Labels new records (the task's format); gold labels are optional, and ones the model never
-    saw are ignored for encoding but shown in `gold`. `scores`: see `Task.scored_lines`."""
-    model, tokenizer, task, labels, config = load_finetuned(model_dir)
+    saw are ignored for encoding but shown in `gold`. `scores`: see `Task.scored_lines`;
+    `task_options`: over the saved ones."""
+    model, tokenizer, task, labels, config = load_finetuned(model_dir, task_options)
     records = task.read(input_path, labeled=False)
     label_index = {label: i for i, label in enumerate(labels)}
     examples = []

@@ -23,7 +23,7 @@ from qa_samples import quasart_questions, write_openqa, write_quasar
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--batch-size", "4", "--lr", "2e-3", "--max-length", "64", "--task-option", "max_paragraphs=4"]
+FAST = ["--batch-size", "4", "--lr", "2e-3", "--max-length", "64", "--max-paragraphs", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +162,22 @@ def test_quasart_openqa_format_chain(kadapter, shared_data, tmp_path):
     out = _lines_of(kadapter("predict", run_dir, tmp_path / "test.txt").stdout)
     assert [x["pred"] for x in out] == [x["pred"] for x in lines]
 
+    # decoding options of the saved model can be changed for new data: one-sub-token answers
+    assert any(" " in x["pred"][0] for x in lines)  # the 30-sub-token default gives longer ones here
+    short = _lines_of(kadapter("predict", run_dir, tmp_path / "test.txt", "--max-answer-length", "1").stdout)
+    assert all(" " not in x["pred"][0] for x in short) and [x["id"] for x in short] == [x["id"] for x in lines]
+    evaluated = json.loads(kadapter("evaluate", run_dir, "--data", tmp_path, "--split", "test", "--max-answer-length", "1",
+                                    "--max-paragraphs", "1", "--out", tmp_path / "short", "--json").stdout)
+    assert set(evaluated) == {"em", "f1"}
+    assert all(" " not in x["pred"][0] for x in _lines(tmp_path / "short" / "predictions-test.jsonl"))
+
+
+@pytest.mark.parametrize("flag", [["--max-paragraphs", "3"], ["--no-answer", "cls"], ["--max-answer-length", "5"], ["--skip-bad"]])
+def test_qa_flags_are_refused_by_tasks_without_the_option(kadapter, flag, tmp_path):
+    result = kadapter("finetune", "--backbone", kadapter.backbone, "--task", "openentity", "--data", tmp_path, *flag, code=2)
+    option = flag[0][2:].replace("-", "_")
+    assert f"task 'openentity' has no option '{option}'" in result.output
+
 
 def test_quasart_official_format_chain_with_a_composition(kadapter, shared_data, tmp_path):
     # Real questions, made-up contexts files (the official ones are not available offline).
@@ -169,10 +185,12 @@ def test_quasart_official_format_chain_with_a_composition(kadapter, shared_data,
     write_quasar(tmp_path, "train", questions[:24])
     write_quasar(tmp_path, "dev", questions[24:])
     kadapter("finetune", "--backbone", kadapter.backbone, "--task", "quasart", "--data", tmp_path, "--adapters", "fac+lin", "--name", "quasart-official",
-             "--epochs", "2", *FAST, "--task-option", "no_answer=cls", "--task-option", "combine=sum")
+             "--epochs", "2", *FAST, "--no-answer", "cls", "--task-option", "combine=sum")
     run_dir = kadapter.workdir / "finetuned" / "quasart-official"
     lines = _lines(run_dir / "predictions-dev.jsonl")
     assert [x["id"] for x in lines] == [q["question_id"] for q in questions[24:]]
+    config = json.loads((run_dir / "config.json").read_text())["task_options"]
+    assert (config["no_answer"], config["combine"], config["max_paragraphs"]) == ("cls", "sum", 4)
     _evaluate_recomputes(kadapter, run_dir, tmp_path, "dev")
     # every file read is hashed: the questions and the contexts of each split
     def split_files(split: str) -> set[Path]:
@@ -205,7 +223,7 @@ def test_bad_question_exits_2_naming_file_and_line_or_is_skipped_and_counted(kad
     assert "dev.json, line 3: the question has no paragraphs" in result.output
     assert not (kadapter.workdir / "finetuned" / "bad").exists()
     kadapter("finetune", "--backbone", kadapter.backbone, "--task", "quasart", "--data", tmp_path, "--name", "bad", "--epochs", "1", *FAST,
-             "--task-option", "skip_bad=true")
+             "--skip-bad")
     run_dir = kadapter.workdir / "finetuned" / "bad"
     assert json.loads((run_dir / "manifest.json").read_text())["stats"]["skipped_bad_questions"] == 1
     assert len(_lines(run_dir / "predictions-dev.jsonl")) == 3
