@@ -276,7 +276,6 @@ def flag_task_options(task_class, options: dict[str, Any]) -> dict[str, Any]:
     return parse_task_options(task_class, given)
 
 
-
 @app.command("finetune")
 def finetune_cli(
     ctx: typer.Context,
