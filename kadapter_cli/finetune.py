@@ -371,14 +371,20 @@ def load_finetuned(folder: str | Path, task_options: dict[str, Any] | None = Non
         return _load_finetuned(Path(folder), task_options or {})
 
 
-def _load_finetuned(folder: Path, task_options: dict[str, Any]) -> tuple[TaskModel, Any, Any, list[str], dict]:
-    from transformers import AutoConfig, AutoModel
-
+def finetuned_config(folder: str | Path) -> dict[str, Any]:
+    """A finetuned folder's `config.json` (its task, options, adapters); `BadInput` for any other folder."""
+    folder = Path(folder)
     manifest = artifacts.read_manifest(folder)
     if manifest["kind"] != "finetuned" or not (folder / CONFIG).is_file():
         raise BadInput(f"not a finetuned model folder (its manifest says {manifest['kind']!r}; "
                        "`kadapter finetune` makes one)", folder)
-    config = artifacts.read_json(folder / CONFIG)
+    return artifacts.read_json(folder / CONFIG)
+
+
+def _load_finetuned(folder: Path, task_options: dict[str, Any]) -> tuple[TaskModel, Any, Any, list[str], dict]:
+    from transformers import AutoConfig, AutoModel
+
+    config = finetuned_config(folder)
     labels = artifacts.read_json(folder / LABELS)
     task = get_task(config["task"], **{**config.get("task_options", {}), **task_options})
     tokenizer = load_tokenizer(str(folder / TOKENIZER_DIR))

@@ -351,13 +351,10 @@ def finetune_cli(
 
 def _saved_task(model_dir: Path):
     """The task class of a finetuned folder, from its config.json (before loading the model)."""
-    from kadapter_cli.artifacts import read_json
-    from kadapter_cli.finetune import CONFIG as FT_CONFIG
+    from kadapter_cli.finetune import finetuned_config
     from kadapter_cli.tasks import get_task
 
-    if not (model_dir / FT_CONFIG).is_file():
-        raise BadInput("not a finetuned model folder (no config.json)", model_dir)
-    return type(get_task(read_json(model_dir / FT_CONFIG)["task"]))
+    return type(get_task(finetuned_config(model_dir)["task"]))
 
 
 @app.command("evaluate")
