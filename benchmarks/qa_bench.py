@@ -163,8 +163,10 @@ def _pipeline_answer(windows: list[dict], max_answer_len: int, top_k: int = 1) -
     return sorted(answers, key=lambda a: a["score"], reverse=True)[:top_k][0]
 
 
-def hf_pipeline_answers(model, tokenizer, records: list[dict], batch_size: int) -> tuple[list[str], int]:
-    """The baseline: (best answer per question, windows run)."""
+def hf_pipeline_answers(model, tokenizer, records: list[dict], batch_size: int,
+                        device: str = "cpu") -> tuple[list[str], int]:
+    """The baseline: (best answer per question, windows run). On a GPU the batch goes to the device
+    and the model's outputs, with the batch, come back to the CPU, as `Pipeline.forward` did."""
     features = [(q, f) for q, record in enumerate(records) for paragraph in record["paragraphs"]
                 for f in _pipeline_features(tokenizer, record["question"], paragraph)]
     best: list[tuple[float, str]] = [(-1.0, "")] * len(records)
@@ -172,9 +174,11 @@ def hf_pipeline_answers(model, tokenizer, records: list[dict], batch_size: int) 
     for lo in range(0, len(features), batch_size):
         chunk = features[lo:lo + batch_size]
         batch = _pad_collate([f for _, f in chunk], tokenizer.pad_token_id)
+        on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with torch.inference_mode():
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        outputs = {"start": out.start_logits, "end": out.end_logits, **batch}
+            out = model(input_ids=on_device["input_ids"], attention_mask=on_device["attention_mask"])
+        outputs = {k: v.cpu() if isinstance(v, torch.Tensor) else v
+                   for k, v in {"start": out.start_logits, "end": out.end_logits, **on_device}.items()}
         for i, (q, _) in enumerate(chunk):
             window = {key: value[i].unsqueeze(0) if isinstance(value, torch.Tensor) else value[i]
                       for key, value in outputs.items()}
@@ -187,7 +191,8 @@ def hf_pipeline_answers(model, tokenizer, records: list[dict], batch_size: int) 
     return [text for _, text in best], len(features)
 
 
-def kadapter_answers(model, tokenizer, records: list[dict], batch_size: int) -> tuple[list[str], int]:
+def kadapter_answers(model, tokenizer, records: list[dict], batch_size: int,
+                     device: str = "cpu") -> tuple[list[str], int]:
     """What `kadapter evaluate` does with a searchqa model (`finetune.evaluate_finetuned`)."""
     from kadapter_cli.finetune import encode_split
     from kadapter_cli.objectives import TaskObjective
@@ -197,7 +202,7 @@ def kadapter_answers(model, tokenizer, records: list[dict], batch_size: int) -> 
     task = model.task
     examples = encode_split(task, tokenizer, records, [], MAX_LENGTH, CORPUS, "encoding")
     objective = TaskObjective(tokenizer.pad_token_id, task, [], model.body.padded_length(MAX_LENGTH))
-    _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device="cpu"))
+    _, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device))
     return [answer for _, answer in task.answers(outputs, examples)], len(examples)
 
 
@@ -216,7 +221,7 @@ def composed_flops(shape: BenchShape, config, fusion: torch.nn.Module, n_adapter
 
 
 def qa_inference(shape: BenchShape, n_questions: int, paragraphs: int, batch_size: int, repeats: int,
-                 warmup: int = 1, seed: int = 0) -> dict[str, Any]:
+                 warmup: int = 1, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """`qa_eval_vs_hf_pipeline` (kadapter windows/s over the baseline's, ≥ 1.5) and
     `qa_composed_eval_vs_base` (fac+lin composed over kadapter without adapters, beside the FLOP ratio)."""
     from transformers import RobertaForQuestionAnswering
@@ -237,19 +242,21 @@ def qa_inference(shape: BenchShape, n_questions: int, paragraphs: int, batch_siz
     backbone = build_backbone(qa_shape, seed)
     torch.manual_seed(seed + 1)
     head = SpanHead(qa_shape.hidden)
-    hf_model = RobertaForQuestionAnswering(backbone.config).eval()
+    hf_model = RobertaForQuestionAnswering(backbone.config)
     hf_model.roberta, hf_model.qa_outputs = backbone, head.qa_outputs  # the very same weights
+    hf_model = hf_model.to(device).eval()
     task = get_task("searchqa", stride=STRIDE, max_answer_length=MAX_ANSWER_LENGTH)
-    base = TaskModel(KAdapterModel(backbone, {}, None, qa_shape.hidden), head, task).eval()
+    base = TaskModel(KAdapterModel(backbone, {}, None, qa_shape.hidden), head, task).to(device).eval()
     adapters = {kind: KnowledgeAdapter(adapter_config(backbone, kind)) for kind in ("fac", "lin")}
-    composed = TaskModel(KAdapterModel(backbone, adapters, "concat", qa_shape.hidden), SpanHead(qa_shape.hidden), task).eval()
+    composed = TaskModel(KAdapterModel(backbone, adapters, "concat", qa_shape.hidden), SpanHead(qa_shape.hidden),
+                         task).to(device).eval()
     records = qa_records(n_questions, paragraphs, seed)
 
     results: dict[str, tuple[list[str], int]] = {}
 
     def member(name: str, fn, model):
         def go() -> None:
-            results[name] = fn(model, tokenizer, records, batch_size)
+            results[name] = fn(model, tokenizer, records, batch_size, device)
         return go
 
     times = timing.interleaved({"kadapter": member("kadapter", kadapter_answers, base),

@@ -202,6 +202,9 @@ def test_gpu_check_runs_at_tiny_shapes_on_the_cpu_and_reports_every_figure(capsy
     assert full["step_s"] > 0 and full["adapter_step_vs_full_finetune"] > 0
     assert cache["storage"] == "memory" and cache["examples"] == 8 and cache["cached_vs_uncached_epoch"] > 0
     assert report["matmul_bf16"]["tflops"] > 0 and report["wall_s"] > 0
+    qa = report["qa_eval"]["qa_eval_vs_hf_pipeline"]
+    assert qa["value"] > 0 and qa["detail"]["questions"] == 2 and qa["detail"]["paragraphs_per_question"] == 2
+    assert qa["detail"]["windows"] >= 4 and report["qa_eval"]["qa_composed_eval_vs_base"]["flop_ratio"] > 1
     # the full-size shape is RoBERTa-large's
     assert (gpu.ROBERTA_LARGE.layers, gpu.ROBERTA_LARGE.hidden, gpu.ROBERTA_LARGE.heads,
             gpu.ROBERTA_LARGE.ffn) == (24, 1024, 16, 4096)
