@@ -361,3 +361,19 @@ def test_discovery_imports_public_modules_only(registry, tmp_path, monkeypatch):
     found = discover_tasks(name)
     assert list(found) == ["toy"] and found["toy"].__module__ == f"{name}.toy"
     assert "figer" not in found  # only the package's own tasks
+
+
+def test_converting_figer_never_replaces_a_file_unless_asked(tmp_path):
+    from kadapter_cli.errors import OutputExists
+    from kadapter_cli.tasks.figer import convert_figer_raw
+
+    source = tmp_path / "exp.label"
+    source.write_text("Paris\tB-/location\nis\tO\n\t\n")
+    output = tmp_path / "test.json"
+    output.write_text("kept")
+    with pytest.raises(OutputExists):
+        convert_figer_raw(source, output)
+    assert output.read_text() == "kept"
+    assert convert_figer_raw(source, output, overwrite=True) == {"sentences": 1, "mentions": 1, "labels": 1}
+    assert json.loads(output.read_text()) == [{"sent": "Paris is", "start": 0, "end": 5, "labels": ["/location"],
+                                               "ents": []}]
