@@ -363,17 +363,23 @@ def test_discovery_imports_public_modules_only(registry, tmp_path, monkeypatch):
     assert "figer" not in found  # only the package's own tasks
 
 
-def test_converting_figer_never_replaces_a_file_unless_asked(tmp_path):
+def test_converting_figer_never_replaces_a_file_unless_asked(cli, tmp_path):
     from kadapter_cli.errors import OutputExists
     from kadapter_cli.tasks.figer import convert_figer_raw
 
     source = tmp_path / "exp.label"
-    source.write_text("Paris\tB-/location\nis\tO\n\t\n")
+    source.write_text("Zürich\tB-/location\nis\tO\n\t\n", encoding="utf-8")
     output = tmp_path / "test.json"
     output.write_text("kept")
     with pytest.raises(OutputExists):
-        convert_figer_raw(source, output)
+        convert_figer_raw(source, output)  # the library's default too
+    again = cli("convert", "figer-raw", source, output)
+    assert again.exit_code == 2 and f"{output}: already exists; pass --overwrite to replace it" in again.stderr
     assert output.read_text() == "kept"
-    assert convert_figer_raw(source, output, overwrite=True) == {"sentences": 1, "mentions": 1, "labels": 1}
-    assert json.loads(output.read_text()) == [{"sent": "Paris is", "start": 0, "end": 5, "labels": ["/location"],
-                                               "ents": []}]
+    folder = cli("convert", "figer-raw", source, tmp_path)
+    assert folder.exit_code == 2
+    assert f"{tmp_path}: is a folder; give the file to write, e.g. tasks/figer/test.json" in folder.stderr
+    replaced = cli("convert", "figer-raw", source, output, "--overwrite")
+    assert replaced.exit_code == 0, replaced.stderr
+    assert json.loads(output.read_bytes().decode("utf-8")) == [
+        {"sent": "Zürich is", "start": 0, "end": 6, "labels": ["/location"], "ents": []}]
