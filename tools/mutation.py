@@ -9,8 +9,13 @@ of every surviving mutant; `docs/MUTATION.md` says which survivors are equivalen
     python tools/mutation.py                 # every module in MODULES
     python tools/mutation.py metrics fusion  # just these
     python tools/mutation.py --list          # the modules and their tests
+    python tools/mutation.py --recheck checkpoints  # only its survivors again, with the current tests
 
 Runs are fresh each time (mutmut keeps verdicts of unchanged mutants even when tests change).
+`--recheck` is the exception: it re-runs just the previous survivors of a module in its existing
+scratch copy, with the current test files copied in (new test functions are found and traced; the
+module's source and its list of test files must be what that run used, or its mutant names and
+test selection would be stale).
 The scratch copies import the mutated package, never the installed one: PYTHONPATH is cleared.
 """
 
@@ -142,24 +147,70 @@ def run_module(module: str, out: Path, max_children: int) -> dict:
     work = out / module
     prepare(module, work)
     started = time.monotonic()
+    mutmut(work, "run", "--max-children", str(max_children), *MODULES[module].functions, log=out / f"{module}.log")
+    return module_row(module, work, round(time.monotonic() - started))
+
+
+def statuses_of(module: str, work: Path) -> dict[str, str]:
+    """{mutant name: status} of the mutants `module` counts (its `functions`, if any)."""
     functions = MODULES[module].functions
-    mutmut(work, "run", "--max-children", str(max_children), *functions, log=out / f"{module}.log")
-    statuses = {name: status for name, status in results(work).items()
-                if not functions or any(fnmatch(name, f) for f in functions)}
+    return {name: status for name, status in results(work).items()
+            if not functions or any(fnmatch(name, f) for f in functions)}
+
+
+def module_row(module: str, work: Path, seconds: int) -> dict:
+    """The `<module>.json` record of the verdicts now in `work`."""
+    statuses = statuses_of(module, work)
     survivors = sorted(name for name, status in statuses.items() if status not in KILLED)
     killed = len(statuses) - len(survivors)
     return {
         "module": module,
         "files": MODULES[module].files,
-        "functions": list(functions),
+        "functions": list(MODULES[module].functions),
         "tests": [t for t in MODULES[module].tests if (REPO / t).is_file()],
         "mutants": len(statuses),
         "killed": killed,
         "score": killed / len(statuses) if statuses else None,
-        "seconds": round(time.monotonic() - started),
+        "seconds": seconds,
         "survivors": [{"name": name, "status": statuses[name], "diff": mutmut(work, "show", name).strip()}
                       for name in survivors],
     }
+
+
+class CannotRecheck(Exception):
+    pass
+
+
+def recheck_module(module: str, out: Path, max_children: int) -> dict:
+    """Re-runs the survivors of `module`'s previous run (`out/<module>/`) with the current test files."""
+    work, previous_file = out / module, out / f"{module}.json"
+    if not (work / "mutants").is_dir() or not previous_file.is_file():
+        raise CannotRecheck(f"{module}: no earlier run under {out} to recheck; run it first "
+                            f"(python tools/mutation.py {module})")
+    previous = json.loads(previous_file.read_text())
+    changed = [str(p.relative_to(REPO)) for pattern in MODULES[module].files for p in sorted(REPO.glob(pattern))
+               if p.suffix == ".py" and not _same_file(p, work / p.relative_to(REPO))]
+    if changed:
+        raise CannotRecheck(f"{module}: {', '.join(changed)} changed since its run, so the mutant names are "
+                            f"stale; run it fresh (python tools/mutation.py {module})")
+    tests = [t for t in MODULES[module].tests if (REPO / t).is_file()]
+    if tests != previous["tests"]:
+        raise CannotRecheck(f"{module}: its test files are now {tests}, the run used {previous['tests']}; "
+                            f"run it fresh (python tools/mutation.py {module})")
+    shutil.copytree(REPO / "tests", work / "tests", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    survivors = sorted(name for name, status in statuses_of(module, work).items() if status not in KILLED)
+    started = time.monotonic()
+    if survivors:
+        mutmut(work, "run", "--max-children", str(max_children), *survivors, log=out / f"{module}.recheck.log")
+    row = module_row(module, work, previous["seconds"])
+    row["rechecked"] = {"mutants": len(survivors), "seconds": round(time.monotonic() - started),
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return row
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return b.is_file() and a.read_bytes() == b.read_bytes()
 
 
 def write_summary(out: Path) -> None:
@@ -174,6 +225,11 @@ def write_summary(out: Path) -> None:
         lines.append(f"| {r['module']} | {r['mutants']} | {r['killed']} | {score} | {len(r['survivors'])} "
                      f"| {r['seconds']} |")
     for r in ordered:
+        if "rechecked" in r:
+            again = r["rechecked"]
+            lines.append(f"\n{r['module']}: the survivors of its run ({again['mutants']}) rechecked with the tests of "
+                         f"{again['date']} (`--recheck`, {again['seconds']} s).")
+    for r in ordered:
         if r["survivors"]:
             lines += ["", f"## {r['module']}: surviving mutants", ""]
             for s in r["survivors"]:
@@ -187,6 +243,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "build" / "mutation", help="scratch and summary folder")
     parser.add_argument("--max-children", type=int, default=1, help="mutants run in parallel (the machine is shared)")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
+    parser.add_argument("--recheck", action="store_true",
+                        help="re-run only the previous survivors of each module, in its scratch copy, with the current "
+                             "tests copied in (after adding tests that should kill them)")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -199,12 +258,17 @@ def main() -> None:
             print(f"{m} ({source_lines(m)} lines): {' '.join(target.files)}{only} <- {' '.join(target.tests)}")
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.recheck and not args.modules:
+        parser.error("--recheck needs the module(s) to recheck")
     failed: list[str] = []
     for module in modules:
-        print(f"mutation: {module} ...", flush=True)
+        print(f"mutation: {module}{' (recheck)' if args.recheck else ''} ...", flush=True)
         try:
-            row = run_module(module, args.out, args.max_children)
-        except MutmutFailed as e:  # the other modules still run; the exit status says one failed
+            if args.recheck:
+                row = recheck_module(module, args.out, args.max_children)
+            else:
+                row = run_module(module, args.out, args.max_children)
+        except (MutmutFailed, CannotRecheck) as e:  # the other modules still run; the exit status says one failed
             print(e, flush=True)
             failed.append(module)
             continue
