@@ -200,3 +200,281 @@ def test_resume_refusals_name_the_checkpoint_and_the_difference(tmp_path):
         run(max_steps=2)
     assert str(caught.value) == (f"{checkpoint}: checkpoint was written by 2 processes, this run has 1; "
                                  "resume with the same number")
+
+
+# -- resume across machines, the grad scaler, CUDA generators, untrusted files (docs/MUTATION.md)
+
+def _toy_config(**overrides) -> TrainConfig:
+    return TrainConfig(**{**dict(epochs=1, batch_size=8, lr=3e-3, seed=7, device="cpu", save_every=2), **overrides})
+
+
+class _Killed(Exception):
+    pass
+
+
+def _toy_run(run_dir, resume=False, model=None, killed_at: int | None = None, **overrides):
+    """The toy run (4 steps, a checkpoint every 2); `killed_at`: it stops in that step (1-based)."""
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    class Objective(ToyObjective):
+        calls = 0
+
+        def loss(self, model, batch):
+            self.calls += 1
+            if self.calls == killed_at:
+                raise _Killed
+            return super().loss(model, batch)
+
+    model = model if model is not None else build_model(7)
+    try:
+        train(model, Objective(), toy_examples(32, 1), None, _toy_config(**overrides), run_dir, resume=resume)
+    except _Killed:
+        pass
+    return model
+
+
+def _save_as_on_a_gpu(path):
+    """Rewrites a torch file as a CUDA run writes it: every tensor's storage tagged `cuda:0`."""
+    import torch.serialization
+
+    content = torch.load(path, weights_only=True)
+    tag = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda storage: "cuda:0"
+    try:
+        torch.save(content, path)
+    finally:
+        torch.serialization.location_tag = tag
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu_only_machine(tmp_path):
+    uninterrupted = _toy_run(tmp_path / "whole")
+    _toy_run(tmp_path / "run", killed_at=4)  # a checkpoint at step 2 of the 4
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    # A GPU run's optimizer state (AdamW's moments and step counts) lives on the device.
+    _save_as_on_a_gpu(checkpoint / "optimizer.pt")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(checkpoint / "optimizer.pt", weights_only=True)  # as written: not loadable here without mapping
+    resumed = _toy_run(tmp_path / "run", resume=True)
+    for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def _checkpoint_and_loop(tmp_path):
+    """A complete checkpoint of the toy run, and a fresh model, optimizer and schedule to load it into."""
+    from train_toy import build_model
+
+    _toy_run(tmp_path / "run", killed_at=4)
+    model = build_model(7)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = adamw(trainable, _toy_config())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return latest_checkpoint(tmp_path / "run"), model, optimizer, scheduler
+
+
+def _process(scaler=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(num_processes=1, process_index=0, scaler=scaler)
+
+
+def test_resume_restores_the_fp16_grad_scaler_from_the_checkpoint(tmp_path):
+    from kadapter_cli.checkpoints import load_checkpoint
+
+    checkpoint, model, optimizer, scheduler = _checkpoint_and_loop(tmp_path)
+    saved = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    optim = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    torch.save({**optim, "scaler": saved.state_dict()}, checkpoint / "optimizer.pt")  # as an fp16 run writes it
+
+    scaler = torch.amp.GradScaler("cpu")  # this run's, at its initial scale 65536
+    state = load_checkpoint(checkpoint, model, optimizer, scheduler, _process(scaler), _toy_config())
+    assert state.step == 2
+    assert scaler.get_scale() == 512.0 and scaler.get_growth_interval() == 7
+    # An accelerator without a scaler (fp32 / bf16) resumes from the same files, ignoring the scaler state.
+    load_checkpoint(checkpoint, model, optimizer, scheduler, _process(None), _toy_config())
+    # A checkpoint of a run without a scaler leaves this run's scaler as it is.
+    torch.save({**optim, "scaler": None}, checkpoint / "optimizer.pt")
+    fresh = torch.amp.GradScaler("cpu")
+    load_checkpoint(checkpoint, model, optimizer, scheduler, _process(fresh), _toy_config())
+    assert fresh.get_scale() == 65536.0
+
+
+class _PickledCode:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+@pytest.mark.parametrize("file", ["optimizer.pt", "rng.pt"])
+def test_resume_refuses_a_checkpoint_file_that_would_run_pickled_code(tmp_path, capsys, file):
+    import pickle
+
+    from kadapter_cli.checkpoints import load_checkpoint
+
+    checkpoint, model, optimizer, scheduler = _checkpoint_and_loop(tmp_path)
+    content = torch.load(checkpoint / file, weights_only=True)
+    torch.save({**content, "extra": _PickledCode()}, checkpoint / file)
+    capsys.readouterr()
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(checkpoint, model, optimizer, scheduler, _process(), _toy_config())
+    assert "pickled code ran" not in capsys.readouterr().out
+
+
+class _CudaGenerators:
+    """Stands in for torch.cuda's generator calls on a machine without CUDA; records what is set."""
+
+    def __init__(self, monkeypatch, available=True, initialized=True):
+        self.states = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+        self.got, self.set = [], []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialized)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: self.got.append(1) or self.states)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", self.set.append)
+
+
+def test_cuda_generator_states_are_checkpointed_and_restored_when_cuda_is_in_use(monkeypatch):
+    cuda = _CudaGenerators(monkeypatch)
+    state = rng_state()
+    assert state["cuda"] is cuda.states
+    set_rng_state(state)
+    assert cuda.set == [cuda.states]
+    # A checkpoint of a CPU run carries no CUDA states: nothing is set.
+    set_rng_state({k: v for k, v in state.items() if k != "cuda"})
+    assert cuda.set == [cuda.states]
+
+
+def test_cuda_generators_are_left_alone_when_cuda_is_not_in_use(monkeypatch):
+    # --device cpu on a GPU machine: CUDA is there but never initialised; reading its generators would start it.
+    cuda = _CudaGenerators(monkeypatch, available=True, initialized=False)
+    assert "cuda" not in rng_state() and cuda.got == []
+    # A GPU run's checkpoint resumed where there is no CUDA: its CUDA states cannot be set, and are not.
+    cuda = _CudaGenerators(monkeypatch, available=False, initialized=False)
+    state = {**rng_state(), "cuda": cuda.states}
+    set_rng_state(state)
+    assert cuda.set == [] and cuda.got == []
+
+
+def test_weight_mismatch_messages_list_three_names_and_name_the_file(tmp_path):
+    model = torch.nn.Sequential(*(torch.nn.Linear(1, 1) for _ in range(3)))  # 6 parameters: 0.weight ... 2.bias
+    source = tmp_path / "model.safetensors"
+    with pytest.raises(BadInput) as caught:
+        copy_into(model, {f"other.{i}": torch.zeros(1) for i in range(5)}, source)
+    assert str(caught.value) == (f"{source}: weights do not match the model's trainable parameters (missing "
+                                 "['0.bias', '0.weight', '1.bias'], unexpected ['other.0', 'other.1', 'other.2'])")
+    weights = {n: torch.zeros(2, 2) if n == "1.weight" else p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(BadInput) as caught:
+        copy_into(model, weights, source)
+    assert str(caught.value) == f"{source}: 1.weight: saved shape (2, 2), model has (1, 1)"
+
+
+def test_resume_into_a_model_with_other_trainable_parameters_names_the_checkpoint_s_weights_file(tmp_path):
+    from train_toy import build_model
+
+    _toy_run(tmp_path / "run", killed_at=4)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    model = build_model(7)
+    model.frozen_projection.requires_grad_(True)
+    with pytest.raises(BadInput) as caught:
+        _toy_run(tmp_path / "run", resume=True, model=model)
+    assert str(caught.value) == (f"{checkpoint / 'model.safetensors'}: weights do not match the model's trainable "
+                                 "parameters (missing ['frozen_projection.bias', 'frozen_projection.weight'], "
+                                 "unexpected [])")
+
+
+def test_a_checkpoint_that_records_no_options_is_taken_to_have_run_at_the_defaults(tmp_path):
+    from kadapter_cli.train_config import TRAJECTORY_OPTIONS
+
+    _toy_run(tmp_path / "run", killed_at=4)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    state = json.loads((checkpoint / "state.json").read_text())
+    del state["config"]
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    defaults, ours = TrainConfig(), _toy_config()
+    changed = [f"--{k.replace('_', '-')} {getattr(defaults, k)!r} → {getattr(ours, k)!r}"
+               for k in TRAJECTORY_OPTIONS if getattr(defaults, k) != getattr(ours, k)]
+    assert len(changed) == 4  # epochs, batch_size, lr, seed
+    with pytest.raises(BadInput) as caught:
+        _toy_run(tmp_path / "run", resume=True)
+    assert str(caught.value) == (f"{checkpoint}: cannot resume with different training options ("
+                                 + "; ".join(changed) + "); use the checkpoint's options or start again without "
+                                 "--resume")
+
+
+# -- what make_accelerator and adamw decide on a machine with CUDA (Accelerate and AdamW stood in for)
+
+class _Recorder:
+    """Stands in for `accelerate.Accelerator`: records its keyword arguments; optionally fails first."""
+
+    def __init__(self, monkeypatch, fail_with: list[Exception] | None = None):
+        import accelerate
+        from accelerate.state import AcceleratorState
+
+        self.calls, self.resets, self.fail_with = [], [], list(fail_with or [])
+        recorder = self
+
+        class Accelerator:
+            def __init__(self, **kwargs):
+                recorder.calls.append(kwargs)
+                if recorder.fail_with:
+                    raise recorder.fail_with.pop(0)
+
+        monkeypatch.setattr(accelerate, "Accelerator", Accelerator)
+        monkeypatch.setattr(AcceleratorState, "_reset_state", staticmethod(lambda *a, **k: self.resets.append(1)))
+
+
+@pytest.mark.parametrize("cuda, device, precision, cpu, mixed", [
+    (True, "cpu", "fp32", True, "no"),  # --device cpu on a GPU machine stays on the CPU
+    (True, "cpu", "bf16", True, "bf16"),
+    (True, "auto", "fp32", False, "no"),  # auto takes the GPU
+    (True, "auto", "fp16", False, "fp16"),  # fp16 is allowed there, with Accelerate's fp16 autocast
+    (True, "cuda", "bf16", False, "bf16"),
+    (False, "auto", "fp32", True, "no"),  # cpu=True also without CUDA: torchrun's processes join over gloo
+])
+def test_device_and_precision_reach_accelerate(monkeypatch, cuda, device, precision, cpu, mixed):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    accelerate = _Recorder(monkeypatch)
+    make_accelerator(TrainConfig(device=device, precision=precision))
+    assert accelerate.calls == [{"cpu": cpu, "mixed_precision": mixed, "log_with": None}]
+
+
+def test_a_second_accelerator_in_one_process_resets_accelerate_s_state_and_keeps_the_options(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    accelerate = _Recorder(monkeypatch, [ValueError("AcceleratorState has already been initialized and cannot be "
+                                                    "changed, restart your runtime completely")])
+    make_accelerator(TrainConfig(device="cpu", precision="bf16"))
+    assert accelerate.resets == [1]
+    assert accelerate.calls == [{"cpu": True, "mixed_precision": "bf16", "log_with": None}] * 2
+
+
+def test_other_accelerate_errors_are_not_retried(monkeypatch):
+    accelerate = _Recorder(monkeypatch, [ValueError("unsupported mixed precision")])
+    with pytest.raises(ValueError, match="unsupported mixed precision"):
+        make_accelerator(TrainConfig(device="cpu"))
+    assert len(accelerate.calls) == 1 and accelerate.resets == []
+
+
+def test_under_a_launch_of_two_processes_accelerate_s_state_is_never_reset(monkeypatch):
+    import accelerate.state
+
+    class TwoProcesses:
+        num_processes = 2
+
+    monkeypatch.setattr(accelerate.state, "PartialState", TwoProcesses)
+    recorder = _Recorder(monkeypatch, [ValueError("AcceleratorState has already been initialized")])
+    with pytest.raises(ValueError, match="already been initialized"):
+        make_accelerator(TrainConfig(device="cpu"))
+    assert len(recorder.calls) == 1 and recorder.resets == []
+
+
+def test_adamw_uses_the_fused_kernel_for_cuda_parameters(monkeypatch):
+    from types import SimpleNamespace
+
+    made = []
+    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, **kwargs: made.append(kwargs["fused"]))
+
+    def on(device):
+        return SimpleNamespace(ndim=2, device=torch.device(device))
+
+    adamw([("w", on("cuda")), ("v", on("cuda:1"))], TrainConfig())
+    adamw([("w", on("cuda")), ("v", on("meta"))], TrainConfig())
+    assert made == [True, False]
