@@ -478,3 +478,117 @@ def test_adamw_uses_the_fused_kernel_for_cuda_parameters(monkeypatch):
     adamw([("w", on("cuda")), ("v", on("cuda:1"))], TrainConfig())
     adamw([("w", on("cuda")), ("v", on("meta"))], TrainConfig())
     assert made == [True, False]
+
+
+# -- the loop itself: epoch orders, gradient sync, what it counts, the training bar (docs/MUTATION.md)
+
+def test_each_epoch_trains_on_batchings_order_for_that_epoch_and_seed(tmp_path):
+    from kadapter_cli.batching import epoch_batches
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    seen: list[list[int]] = []
+
+    class Recording(ToyObjective):
+        def loss(self, model, batch):
+            seen.append(sorted(batch["example_ids"].tolist()))
+            return super().loss(model, batch)
+
+    examples = toy_examples(32, 1)
+    config = TrainConfig(epochs=3, batch_size=4, lr=3e-3, seed=5, device="cpu", bucket_size=2)
+    train(build_model(7), Recording(), examples, None, config, tmp_path / "run")
+    lengths = [len(e["ids"]) for e in examples]
+    expected = [sorted(examples[j]["id"] for j in step) for epoch in range(3)
+                for step in epoch_batches(lengths, 4, 5, epoch, 2)]
+    assert seen == expected
+    # Meaningful only because the orders differ between epochs, seeds and pool sizes:
+    orders = [epoch_batches(lengths, 4, 5, 0, 2), epoch_batches(lengths, 4, 5, 1, 2),
+              epoch_batches(lengths, 4, 6, 0, 2), epoch_batches(lengths, 4, 5, 0, 100)]
+    assert all(a != b for i, a in enumerate(orders) for b in orders[i + 1:])
+
+
+def test_gradients_are_all_reduced_only_on_each_step_s_last_micro_batch(tmp_path, monkeypatch):
+    # On one process no_sync changes nothing; under DDP it is what keeps accumulation from syncing
+    # every micro-batch (or, wrong the other way, never): record where each micro-batch's loss ran.
+    from contextlib import contextmanager
+
+    import accelerate
+
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    inside_no_sync, unsynced = [False], []
+
+    @contextmanager
+    def no_sync(self, model):
+        inside_no_sync[0] = True
+        try:
+            yield
+        finally:
+            inside_no_sync[0] = False
+
+    monkeypatch.setattr(accelerate.Accelerator, "no_sync", no_sync)
+
+    class Recording(ToyObjective):
+        def loss(self, model, batch):
+            unsynced.append(inside_no_sync[0])
+            return super().loss(model, batch)
+
+    config = TrainConfig(epochs=1, batch_size=12, micro_batch_size=4, lr=3e-3, seed=7, device="cpu")
+    train(build_model(7), Recording(), toy_examples(24, 1), None, config, tmp_path / "run")
+    assert unsynced == [True, True, False] * 2  # 2 steps of 3 micro-batches
+
+
+def test_checkpoints_count_the_examples_and_tokens_trained_on(tmp_path):
+    from train_toy import toy_examples
+
+    _toy_run(tmp_path / "run", epochs=2)
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert state["examples_seen"] == 2 * 32
+    assert state["tokens_seen"] == 2 * sum(len(e["ids"]) for e in toy_examples(32, 1))
+
+
+def _terminal(monkeypatch, interactive: bool):
+    import io
+
+    from rich.console import Console
+
+    import kadapter_cli.progress
+
+    screen = io.StringIO()
+    monkeypatch.setenv("KADAPTER_PROGRESS", "1" if interactive else "0")
+    monkeypatch.setattr(kadapter_cli.progress, "console", Console(file=screen, force_terminal=interactive, width=200))
+    return screen
+
+
+def test_the_training_bar_counts_steps_and_shows_the_loss_on_a_terminal(tmp_path, monkeypatch):
+    import re
+
+    screen = _terminal(monkeypatch, interactive=True)
+    _toy_run(tmp_path / "run")
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    last = plain.rsplit("train ", 1)[-1]
+    assert re.match(r"[━╺╸ ]+ 4/4 ([\d,.]+|–) steps/s loss \d+\.\d{4} · \d+ ex/s · \d+ ms/step", last), plain
+
+
+def test_the_training_bar_stays_silent_when_not_on_a_terminal(tmp_path, monkeypatch):
+    screen = _terminal(monkeypatch, interactive=False)
+    _toy_run(tmp_path / "run")
+    assert "steps/s" not in screen.getvalue() and "4/4" not in screen.getvalue()
+
+
+def test_a_resumed_run_s_bar_starts_at_the_checkpoint_s_step(tmp_path, monkeypatch):
+    import rich.progress
+
+    started = []
+    add_task = rich.progress.Progress.add_task
+
+    def recording(self, description, **fields):
+        started.append((description, fields))
+        return add_task(self, description, **fields)
+
+    monkeypatch.setattr(rich.progress.Progress, "add_task", recording)
+    _toy_run(tmp_path / "run", killed_at=3)
+    _toy_run(tmp_path / "run", resume=True)
+    assert started == [("train", dict(total=4, completed=0, status="", unit="steps")),
+                       ("train", dict(total=4, completed=2, status="", unit="steps"))]
