@@ -517,10 +517,11 @@ def test_gradients_are_all_reduced_only_on_each_step_s_last_micro_batch(tmp_path
     from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
 
-    inside_no_sync, unsynced = [False], []
+    inside_no_sync, unsynced, models = [False], [], []
 
     @contextmanager
     def no_sync(self, model):
+        models.append(model)
         inside_no_sync[0] = True
         try:
             yield
@@ -535,17 +536,44 @@ def test_gradients_are_all_reduced_only_on_each_step_s_last_micro_batch(tmp_path
             return super().loss(model, batch)
 
     config = TrainConfig(epochs=1, batch_size=12, micro_batch_size=4, lr=3e-3, seed=7, device="cpu")
-    train(build_model(7), Recording(), toy_examples(24, 1), None, config, tmp_path / "run")
+    model = build_model(7)
+    train(model, Recording(), toy_examples(24, 1), None, config, tmp_path / "run")
     assert unsynced == [True, True, False] * 2  # 2 steps of 3 micro-batches
+    assert len(models) == 4 and all(m is model for m in models)  # the model DDP wraps (here: itself)
 
 
 def test_checkpoints_count_the_examples_and_tokens_trained_on(tmp_path):
-    from train_toy import toy_examples
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
 
-    _toy_run(tmp_path / "run", epochs=2)
+    # Steps of 8 in micro-batches of 3, 3, 2; the short last step (1 example) also gets two stand-in
+    # micro-batches of share 0, which are not examples seen.
+    examples = toy_examples(33, 1)
+    config = TrainConfig(epochs=2, batch_size=8, micro_batch_size=3, lr=3e-3, seed=7, device="cpu")
+    train(build_model(7), ToyObjective(), examples, None, config, tmp_path / "run")
     state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
-    assert state["examples_seen"] == 2 * 32
-    assert state["tokens_seen"] == 2 * sum(len(e["ids"]) for e in toy_examples(32, 1))
+    assert state["examples_seen"] == 2 * 33
+    assert state["tokens_seen"] == 2 * sum(len(e["ids"]) for e in examples)
+
+
+def test_micro_batches_train_the_weights_and_log_the_loss_of_the_whole_batch(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    def run(name, micro):
+        model = build_model(7, dropout=0.0)  # no dropout: the split changes the order of random draws
+        config = TrainConfig(epochs=2, batch_size=10, micro_batch_size=micro, lr=3e-3, seed=7, device="cpu",
+                             log_every=1)
+        train(model, ToyObjective(), toy_examples(30, 1), None, config, tmp_path / name)
+        lines = [json.loads(x) for x in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+        return model, [line["loss"] for line in lines if "loss" in line]
+
+    whole, whole_losses = run("whole", None)
+    split, split_losses = run("split", 4)  # each step in parts of 3, 4 and 3 examples: shares 0.3, 0.4, 0.3
+    assert len(split_losses) == len(whole_losses) == 6
+    assert split_losses == pytest.approx(whole_losses, rel=1e-5)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), split.state_dict().items()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
 
 
 def _terminal(monkeypatch, interactive: bool):
