@@ -144,3 +144,69 @@ def test_build_refusals_in_full(kwargs, message):
     with pytest.raises(ValueError) as caught:
         FeatureCache.build(lambda ids, mask: [], [[2], [], []], pad_id=1, batch_size=1)
     assert str(caught.value) == "example 1 has no tokens"
+
+
+# -- what `FeatureCache.build` refuses from `compute`, and the bar it shows
+
+def _build(compute, ids=([2, 3, 4], [5, 6], [7]), batch_size=2):
+    from kadapter_cli.feature_cache import FeatureCache
+
+    return FeatureCache.build(compute, [list(x) for x in ids], pad_id=1, batch_size=batch_size)
+
+
+def _states(ids, width=4):
+    return ids.float().unsqueeze(-1).expand(-1, -1, width).clone()
+
+
+@pytest.mark.parametrize("returned, message", [
+    (lambda ids: [], "compute returned no states"),
+    (lambda ids: [_states(ids), _states(ids)[:, :, 0]],
+     "compute returned state 1 of shape ({b}, {l}); expected ({b}, {l}, hidden)"),
+    (lambda ids: [_states(ids)[:, :-1]], "compute returned state 0 of shape ({b}, {l1}, 4); expected ({b}, {l}, hidden)"),
+    (lambda ids: [_states(ids)[:1]], "compute returned state 0 of shape (1, {l}, 4); expected ({b}, {l}, hidden)"),
+])
+def test_build_refuses_states_of_the_wrong_shape_naming_it(returned, message):
+    shapes = []
+
+    def compute(ids, mask):
+        shapes.append(tuple(ids.shape))
+        return returned(ids)
+
+    with pytest.raises(ValueError) as caught:
+        _build(compute)
+    b, l = shapes[0]
+    assert str(caught.value) == message.format(b=b, l=l, l1=l - 1)
+
+
+@pytest.mark.parametrize("later", [
+    lambda ids: [_states(ids), _states(ids)],  # one state more than for the first batch
+    lambda ids: [_states(ids, width=5)],  # another width
+])
+def test_build_refuses_later_batches_that_differ_from_the_first(later):
+    calls = []
+
+    def compute(ids, mask):
+        calls.append(1)
+        return [_states(ids)] if len(calls) == 1 else later(ids)
+
+    with pytest.raises(ValueError) as caught:
+        _build(compute)
+    assert str(caught.value) == "compute returned a different number or width of states than for the first batch"
+    # The same states in every batch are accepted (two batches of the three examples).
+    assert len(_build(lambda ids, mask: [_states(ids), _states(ids, width=5)])) == 3
+
+
+def test_building_shows_a_bar_of_the_examples_cached_on_a_terminal(monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    import kadapter_cli.progress
+
+    screen = io.StringIO()
+    monkeypatch.setenv("KADAPTER_PROGRESS", "1")
+    monkeypatch.setattr(kadapter_cli.progress, "console", Console(file=screen, force_terminal=True, width=200))
+    _build(lambda ids, mask: [_states(ids)])
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    assert re.search(r"caching features [━╺╸ ]+ 3/3 ([\d,.]+|–) examples/s", plain), plain
