@@ -546,10 +546,10 @@ def test_checkpoints_count_the_examples_and_tokens_trained_on(tmp_path):
     from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
 
-    # Steps of 8 in micro-batches of 3, 3, 2; the short last step (1 example) also gets two stand-in
+    # Steps of 8 in 4 micro-batches of 2; the short last step (1 example) also gets three stand-in
     # micro-batches of share 0, which are not examples seen.
     examples = toy_examples(33, 1)
-    config = TrainConfig(epochs=2, batch_size=8, micro_batch_size=3, lr=3e-3, seed=7, device="cpu")
+    config = TrainConfig(epochs=2, batch_size=8, micro_batch_size=2, lr=3e-3, seed=7, device="cpu")
     train(build_model(7), ToyObjective(), examples, None, config, tmp_path / "run")
     state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
     assert state["examples_seen"] == 2 * 33
@@ -562,15 +562,16 @@ def test_micro_batches_train_the_weights_and_log_the_loss_of_the_whole_batch(tmp
 
     def run(name, micro):
         model = build_model(7, dropout=0.0)  # no dropout: the split changes the order of random draws
-        config = TrainConfig(epochs=2, batch_size=10, micro_batch_size=micro, lr=3e-3, seed=7, device="cpu",
+        config = TrainConfig(epochs=2, batch_size=8, micro_batch_size=micro, lr=3e-3, seed=7, device="cpu",
                              log_every=1)
         train(model, ToyObjective(), toy_examples(30, 1), None, config, tmp_path / name)
         lines = [json.loads(x) for x in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
         return model, [line["loss"] for line in lines if "loss" in line]
 
     whole, whole_losses = run("whole", None)
-    split, split_losses = run("split", 4)  # each step in parts of 3, 4 and 3 examples: shares 0.3, 0.4, 0.3
-    assert len(split_losses) == len(whole_losses) == 6
+    # 4 micro-batches of 2 a step; the short last step of 6 in parts of 2, 1, 1, 2: shares 1/3, 1/6, 1/6, 1/3.
+    split, split_losses = run("split", 2)
+    assert len(split_losses) == len(whole_losses) == 8
     assert split_losses == pytest.approx(whole_losses, rel=1e-5)
     for (name, a), (_, b) in zip(whole.state_dict().items(), split.state_dict().items()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
@@ -620,3 +621,43 @@ def test_a_resumed_run_s_bar_starts_at_the_checkpoint_s_step(tmp_path, monkeypat
     _toy_run(tmp_path / "run", resume=True)
     assert started == [("train", dict(total=4, completed=0, status="", unit="steps")),
                        ("train", dict(total=4, completed=2, status="", unit="steps"))]
+
+
+def test_train_starts_afresh_unless_told_to_resume(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    _toy_run(tmp_path / "run", killed_at=3)  # leaves a checkpoint at step 2
+    assert latest_checkpoint(tmp_path / "run") is not None
+    model = build_model(7)
+    result = train(model, ToyObjective(), toy_examples(32, 1), None, _toy_config(), tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert result.steps == 4 and [line["step"] for line in lines if "loss" in line] == [2, 4]
+    fresh = _toy_run(tmp_path / "fresh")
+    for (name, a), (_, b) in zip(fresh.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_out_of_memory_in_a_training_step_names_the_step_the_micro_batch_and_the_longest_example(tmp_path):
+    from kadapter_cli.batching import epoch_batches
+    from kadapter_cli.train_setup import TrainingOutOfMemory, out_of_memory
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    class OutOfMemory(ToyObjective):
+        calls = 0
+
+        def loss(self, model, batch):
+            self.calls += 1
+            if self.calls == 9:  # the first micro-batch of step 3 (4 micro-batches of 2 a step)
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().loss(model, batch)
+
+    examples = toy_examples(32, 1)
+    with pytest.raises(TrainingOutOfMemory) as caught:
+        train(build_model(7), OutOfMemory(), examples, None, _toy_config(micro_batch_size=2), tmp_path / "run")
+    lengths = [len(e["ids"]) for e in examples]
+    step = epoch_batches(lengths, 8, 7, 0, 100)[2]
+    longest = max(lengths[j] for j in step)
+    assert longest < max(lengths)  # the step's longest, not the data's
+    assert str(caught.value) == str(out_of_memory("training step 3", 2, longest))
