@@ -661,3 +661,24 @@ def test_out_of_memory_in_a_training_step_names_the_step_the_micro_batch_and_the
     longest = max(lengths[j] for j in step)
     assert longest < max(lengths)  # the step's longest, not the data's
     assert str(caught.value) == str(out_of_memory("training step 3", 2, longest))
+
+
+def test_limit_takes_the_first_examples_of_train_and_dev(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    config = _toy_config(limit=16, save_every=None)
+    result = train(build_model(7), ToyObjective(), toy_examples(32, 1), toy_examples(24, 2), config, tmp_path / "run")
+    assert result.steps == 2  # 16 examples in steps of 8
+    assert result.final_metrics["n"] == 16.0  # the dev examples scored
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert state["examples_seen"] == 16
+
+
+def test_no_training_examples_is_bad_input(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model
+
+    with pytest.raises(BadInput) as caught:
+        train(build_model(7), ToyObjective(), [], None, _toy_config(), tmp_path / "run")
+    assert str(caught.value) == "no training examples"
