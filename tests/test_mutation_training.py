@@ -682,3 +682,35 @@ def test_no_training_examples_is_bad_input(tmp_path):
     with pytest.raises(BadInput) as caught:
         train(build_model(7), ToyObjective(), [], None, _toy_config(), tmp_path / "run")
     assert str(caught.value) == "no training examples"
+
+
+def test_without_max_steps_the_schedule_spans_every_epoch_and_ends_at_zero(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    config = _toy_config(epochs=2, warmup=2, log_every=1, save_every=None)
+    result = train(build_model(7), ToyObjective(), toy_examples(32, 1), None, config, tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    lrs = {line["step"]: line["lr"] for line in lines if "lr" in line}
+    assert result.steps == 8  # 2 epochs of 32 examples in steps of 8
+    assert lrs == pytest.approx({s: 3e-3 * (s / 2 if s < 2 else (8 - s) / 6) for s in range(1, 9)})
+
+
+@pytest.mark.parametrize("warmup, warned", [(3, False), (4, True), (5, True)])
+def test_a_warmup_as_long_as_the_run_is_warned_about(tmp_path, capsys, warmup, warned):
+    # 4 steps: step k trains at the schedule's multiplier after k-1 steps, so warm-up 4 never reaches --lr.
+    _toy_run(tmp_path / "run", warmup=warmup)
+    message = (f"warning: --warmup {warmup} steps is not shorter than the run (4 steps): the learning rate never "
+               "reaches --lr 0.003; give a share instead (--warmup 0.1 = the first 10%)")
+    assert (message in capsys.readouterr().err) is warned
+
+
+def test_a_model_without_trainable_parameters_is_refused(tmp_path):
+    from kadapter_cli.errors import KadapterError
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    model = build_model(7).requires_grad_(False)
+    with pytest.raises(KadapterError) as caught:
+        train(model, ToyObjective(), toy_examples(8, 1), None, _toy_config(), tmp_path / "run")
+    assert str(caught.value) == "the model has no trainable parameters (every parameter has requires_grad=False)"
