@@ -714,3 +714,19 @@ def test_a_model_without_trainable_parameters_is_refused(tmp_path):
     with pytest.raises(KadapterError) as caught:
         train(model, ToyObjective(), toy_examples(8, 1), None, _toy_config(), tmp_path / "run")
     assert str(caught.value) == "the model has no trainable parameters (every parameter has requires_grad=False)"
+
+
+def test_resuming_says_from_where_and_a_finished_run_says_it_is_complete(tmp_path, capsys):
+    _toy_run(tmp_path / "run", killed_at=3)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    capsys.readouterr()
+    _toy_run(tmp_path / "run", resume=True)
+    assert f"resuming from {checkpoint} (step 2 of 4)" in capsys.readouterr().err
+    _toy_run(tmp_path / "run", resume=True)
+    said = capsys.readouterr().err
+    assert "training already complete at step 4" in said and "resuming from" in said
+
+
+def test_the_run_folder_is_made_with_its_parents(tmp_path):
+    _toy_run(tmp_path / "runs" / "today" / "run")
+    assert (tmp_path / "runs" / "today" / "run" / "best.safetensors").is_file()
