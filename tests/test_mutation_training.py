@@ -730,3 +730,63 @@ def test_resuming_says_from_where_and_a_finished_run_says_it_is_complete(tmp_pat
 def test_the_run_folder_is_made_with_its_parents(tmp_path):
     _toy_run(tmp_path / "runs" / "today" / "run")
     assert (tmp_path / "runs" / "today" / "run" / "best.safetensors").is_file()
+
+
+# -- --threads: explicit, OMP_NUM_THREADS, or the cores idle now (train_setup.auto_threads)
+
+def _machine(monkeypatch, load=(0.0, 0.0, 0.0), affinity=None, cpu_count=16, omp=None):
+    import os
+
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    if affinity is None:
+        monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    else:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: cpu_count)
+
+    def getloadavg():
+        if load is None:
+            raise OSError("no load average here")
+        return load
+
+    monkeypatch.setattr(os, "getloadavg", getloadavg)
+
+
+@pytest.mark.parametrize("machine, threads", [
+    (dict(omp="3", load=(64.0, 64.0, 64.0)), 3),  # OMP_NUM_THREADS wins over what is idle
+    (dict(omp=" 4 "), 4),
+    (dict(omp="0"), 1),  # at least one
+    (dict(omp="many", affinity=8, load=(2.6, 5.0, 7.0)), 5),  # not a number: what is idle
+    (dict(affinity=8, load=(2.6, 5.0, 7.0)), 5),  # 8 cores less the 1-minute load 2.6, rounded
+    (dict(affinity=8, load=(2.4, 0.0, 0.0)), 6),
+    (dict(affinity=8, load=(0.0, 5.0, 5.0)), 8),  # never more than the cores
+    (dict(affinity=8, load=(64.0, 64.0, 64.0)), 1),  # every core busy: one thread
+    (dict(affinity=8, load=None), 8),  # no load average on this system: every core counts as idle
+    (dict(affinity=3, cpu_count=16), 3),  # the cores this process may use, not all the machine's
+    (dict(cpu_count=16), 16),  # no affinity call on this system: the machine's cores
+    (dict(cpu_count=None), 1),  # not even a core count
+])
+def test_automatic_threads_are_omp_num_threads_or_the_idle_cores(monkeypatch, machine, threads):
+    from kadapter_cli.train_setup import auto_threads
+
+    _machine(monkeypatch, **machine)
+    assert auto_threads() == threads
+
+
+def test_threads_are_set_as_given_and_zero_is_refused(monkeypatch):
+    from kadapter_cli.train_setup import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_threads(2) == 2 and torch.get_num_threads() == 2
+        _machine(monkeypatch, omp="3")
+        assert set_threads(None) == 3 and torch.get_num_threads() == 3
+        with pytest.raises(BadInput) as caught:
+            set_threads(0)
+        assert str(caught.value) == "--threads must be at least 1, got 0"
+    finally:
+        torch.set_num_threads(before)
