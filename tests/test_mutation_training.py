@@ -441,9 +441,18 @@ def test_a_second_accelerator_in_one_process_resets_accelerate_s_state_and_keeps
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     accelerate = _Recorder(monkeypatch, [ValueError("AcceleratorState has already been initialized and cannot be "
                                                     "changed, restart your runtime completely")])
-    make_accelerator(TrainConfig(device="cpu", precision="bf16"))
+    trackers = [object()]  # what tracking.RunTracker hands over for --report-to
+    make_accelerator(TrainConfig(device="cpu", precision="bf16"), log_with=trackers)
     assert accelerate.resets == [1]
-    assert accelerate.calls == [{"cpu": True, "mixed_precision": "bf16", "log_with": None}] * 2
+    assert accelerate.calls == [{"cpu": True, "mixed_precision": "bf16", "log_with": trackers}] * 2
+
+
+def test_the_run_s_trackers_reach_accelerate_and_no_trackers_is_none(monkeypatch):
+    accelerate = _Recorder(monkeypatch)
+    trackers = [object()]
+    make_accelerator(TrainConfig(device="cpu"), log_with=trackers)
+    make_accelerator(TrainConfig(device="cpu"), log_with=[])
+    assert [call["log_with"] for call in accelerate.calls] == [trackers, None]
 
 
 def test_other_accelerate_errors_are_not_retried(monkeypatch):
