@@ -638,11 +638,12 @@ def test_train_starts_afresh_unless_told_to_resume(tmp_path):
 
     _toy_run(tmp_path / "run", killed_at=3)  # leaves a checkpoint at step 2
     assert latest_checkpoint(tmp_path / "run") is not None
+    # Another --lr: resuming would be refused; starting afresh is what happens.
     model = build_model(7)
-    result = train(model, ToyObjective(), toy_examples(32, 1), None, _toy_config(), tmp_path / "run")
+    result = train(model, ToyObjective(), toy_examples(32, 1), None, _toy_config(lr=1e-3), tmp_path / "run")
     lines = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert result.steps == 4 and [line["step"] for line in lines if "loss" in line] == [2, 4]
-    fresh = _toy_run(tmp_path / "fresh")
+    fresh = _toy_run(tmp_path / "fresh", lr=1e-3)
     for (name, a), (_, b) in zip(fresh.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b), name
 
