@@ -800,3 +800,28 @@ def test_threads_are_set_as_given_and_zero_is_refused(monkeypatch):
         assert str(caught.value) == "--threads must be at least 1, got 0"
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_parameter_without_a_gradient_in_a_step_is_not_moved_in_it(tmp_path):
+    # Gradients are freed after each step, not zeroed: a parameter a step does not use (a head only
+    # some batches reach) gets no AdamW update from its momentum in that step.
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    class FirstStepOnly(ToyObjective):
+        calls = 0
+
+        def loss(self, model, batch):
+            self.calls += 1
+            loss = super().loss(model, batch)
+            return loss + model.extra.sum() if self.calls == 1 else loss
+
+    def run(name, **overrides):
+        model = build_model(7)
+        model.extra = torch.nn.Parameter(torch.ones(2))
+        train(model, FirstStepOnly(), toy_examples(32, 1), None, _toy_config(**overrides), tmp_path / name)
+        return model.extra.detach().clone()
+
+    after_one_step = run("one", max_steps=1)
+    assert not torch.equal(after_one_step, torch.ones(2))
+    assert torch.equal(run("four"), after_one_step)
