@@ -1,6 +1,8 @@
 """Cases found by mutation testing (docs/MUTATION.md) for the training loop: the learning-rate schedule's
-numbers at its edges, which parameters AdamW decays, which errors count as out of memory, and the
-checkpoint files that exact resume reads (RNG states, complete folders, weights)."""
+numbers at its edges, which parameters AdamW decays, which errors count as out of memory, the
+checkpoint files that exact resume reads (RNG states, complete folders, weights, the grad scaler, a
+GPU run's files on a CPU), what the loop does with epochs, micro-batches and its bar, and what
+`make_accelerator`, `adamw` and `--threads` decide on a machine stood in for (CUDA, cores, load)."""
 
 from __future__ import annotations
 
