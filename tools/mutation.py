@@ -56,7 +56,7 @@ MODULES: dict[str, Target] = {
                              "tests/test_mutation_feature_cache.py"]),
     "encoding": Target(["kadapter_cli/encoding.py"],
                        ["tests/test_encoding.py", "tests/test_properties.py", "tests/test_tasks.py",
-                        "tests/test_mutation_encoding.py"]),
+                        "tests/test_mutation_encoding.py", "tests/test_mutation_encoding_squeeze.py"]),
     "tasks": Target(["kadapter_cli/tasks/*"],
                     ["tests/test_tasks.py", "tests/test_typing_micro_pr.py", "tests/test_untrusted.py",
                      "tests/test_properties.py"]),
@@ -75,6 +75,14 @@ MODULES: dict[str, Target] = {
 # the source check for unsafe loads reads every mutant's variant, `weights_only=False` included.
 DESELECT = ["tests/test_tasks.py::test_a_new_task_module_is_found_without_registering_it_anywhere",
             "tests/test_untrusted.py::test_the_package_has_no_unsafe_loads"]
+
+# A mutant may loop forever (a `while` whose exit it breaks). mutmut stops a mutant after
+# (its tests' measured call time + TIMEOUT_CONSTANT s) x TIMEOUT_MULTIPLIER and counts it a timeout
+# (killed). mutmut's defaults (1 s, x15) let one looping mutant of a function that slow tests call hold
+# a run for over ten minutes. The measured time leaves out fixture set-up (a tiny backbone, MiniLM),
+# which the constant covers; x3 leaves room for the shared machine's load changing during a run.
+TIMEOUT_CONSTANT = 10.0
+TIMEOUT_MULTIPLIER = 3.0
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}  # the tests noticed the change
 
@@ -103,6 +111,8 @@ source_paths = ["kadapter_cli"]
 only_mutate = {toml_list(files)}
 pytest_add_cli_args_test_selection = {toml_list(existing + ["-m", "not slow"] + [a for d in DESELECT for a in ("--deselect", d)])}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+timeout_multiplier = {TIMEOUT_MULTIPLIER}
+timeout_constant = {TIMEOUT_CONSTANT}
 """
     (work / "pyproject.toml").write_text(config)
 
