@@ -56,7 +56,8 @@ MODULES: dict[str, Target] = {
                              "tests/test_mutation_feature_cache.py"]),
     "encoding": Target(["kadapter_cli/encoding.py"],
                        ["tests/test_encoding.py", "tests/test_properties.py", "tests/test_tasks.py",
-                        "tests/test_mutation_encoding.py", "tests/test_mutation_encoding_squeeze.py"]),
+                        "tests/test_cosmosqa.py", "tests/test_qa_spans.py", "tests/test_mutation_encoding.py",
+                        "tests/test_mutation_encoding_squeeze.py", "tests/test_mutation_encoding_styles.py"]),
     "tasks": Target(["kadapter_cli/tasks/*"],
                     ["tests/test_tasks.py", "tests/test_typing_micro_pr.py", "tests/test_untrusted.py",
                      "tests/test_properties.py"]),
@@ -66,8 +67,11 @@ MODULES: dict[str, Target] = {
                        ("kadapter_cli.training.x_train*", "kadapter_cli.training.xǁ_Loopǁrun*",
                         "kadapter_cli.training.xǁ_Loopǁ_train_step*",
                         "kadapter_cli.training.xǁ_Loopǁ_after_step*")),
+    # Not test_import_original.py: its full-size checkpoints cost ~10 s per mutant it runs for; the
+    # small checkpoints of test_mutation_import.py exercise the same adapter code.
     "adapter": Target(["kadapter_cli/adapter.py"],
-                      ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_import_original.py"]),
+                      ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_mutation_adapter.py",
+                       "tests/test_mutation_import.py"]),
 }
 
 # Tests that fail on the unmutated scratch copy itself, so mutmut cannot use them: task discovery

@@ -1,0 +1,95 @@
+"""Cases found by mutation testing (docs/MUTATION.md) for encoding: the `original` marker style's ids,
+and what each kind of tokenizer a user may bring is told (their messages reach the user as
+`BadInput`). Small word-level tokenizers built here stand for the unusual ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from kadapter_cli.backbone import load_tokenizer
+from kadapter_cli.encoding import encode_dependency, encode_relation, encode_typing
+
+WORDS = ["[UNK]", "[CLS]", "[SEP]", "a", "b", "c", "@", "#"]
+ID = {w: i for i, w in enumerate(WORDS)}
+
+
+def word_level(*, vocab=WORDS, specials: bool = True, pre_tokenizer=None):
+    """A fast word-level tokenizer: `[CLS] A [SEP]` around a sequence if `specials`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.WhitespaceSplit()
+    if specials:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+
+def _message(call) -> str:
+    with pytest.raises(ValueError) as caught:
+        call()
+    return str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def roberta(tiny_backbone):
+    return load_tokenizer(tiny_backbone)
+
+
+def test_original_style_relation_on_byte_level_bpe_is_the_bare_markers_exactly(roberta):
+    tokens = ["she", "was", "born", "in", "the", "city"]
+    enc = encode_relation(roberta, tokens, (0, 0), (5, 5), 32, marker_style="original")
+    assert roberta.convert_ids_to_tokens(enc["input_ids"]) == [
+        "<s>", "@", "Ġshe", "@", "Ġwas", "Ġborn", "Ġin", "Ġthe", "#", "Ġcity", "#", "</s>"]
+    assert (enc["subj_pos"], enc["obj_pos"]) == (1, 8)
+    # kadapter's spaced style: each marker is a word with its leading space (" @" is two pieces in the
+    # tiny vocabulary, " #" one)
+    spaced = encode_relation(roberta, tokens, (0, 0), (5, 5), 32)
+    assert roberta.convert_ids_to_tokens(spaced["input_ids"]) == [
+        "<s>", "Ġ", "@", "Ġshe", "Ġ", "@", "Ġwas", "Ġborn", "Ġin", "Ġthe", "Ġ#", "Ġcity", "Ġ#", "</s>"]
+    assert (spaced["subj_pos"], spaced["obj_pos"]) == (1, 10)
+
+
+def test_original_style_markers_are_one_sub_token_when_the_entities_are_squeezed(roberta):
+    # "@ she was @ in # the city #": 9 sub-tokens, 5 kept
+    enc = encode_relation(roberta, ["she", "was", "in", "the", "city"], (0, 1), (3, 4), 7, marker_style="original")
+    assert roberta.convert_ids_to_tokens(enc["input_ids"]) == ["<s>", "@", "Ġshe", "Ġwas", "#", "Ġthe", "</s>"]
+
+
+def test_original_style_on_word_level_tokenizers():
+    tok = word_level()
+    enc = encode_relation(tok, ["a", "b", "c"], (0, 0), (2, 2), 16, marker_style="original")
+    assert enc == {"input_ids": [ID[w] for w in "[CLS] @ a @ b # c # [SEP]".split()], "subj_pos": 1, "obj_pos": 5}
+    no_at = word_level(vocab=[w for w in WORDS if w != "@"])
+    assert _message(lambda: encode_relation(no_at, ["a", "b", "c"], (0, 0), (2, 2), 16, marker_style="original")) \
+        == "the tokenizer has no bare '@' token for the original marker style"
+    no_hash = word_level(vocab=[w for w in WORDS if w != "#"])
+    assert _message(lambda: encode_relation(no_hash, ["a", "b", "c"], (0, 0), (2, 2), 16, marker_style="original")) \
+        == "the tokenizer has no bare '#' token for the original marker style"
+    # the spaced style encodes a missing marker as the unknown word, like any other word
+    assert encode_relation(no_at, ["a", "b", "c"], (0, 0), (2, 2), 16)["subj_pos"] == 1
+    assert _message(lambda: encode_relation(tok, ["a", "b", "c"], (0, 0), (2, 2), 16, marker_style="bare")) == \
+        "marker style must be one of spaced, original, got 'bare'"
+
+
+def test_dependency_needs_a_leading_special_token_for_the_root():
+    assert _message(lambda: encode_dependency(word_level(specials=False), ["a", "b"], [0, 1], 8)) == \
+        "the tokenizer adds no leading special token, so the root has no position to point at"
+    enc = encode_dependency(word_level(), ["a", "b"], [0, 1], 8)
+    assert enc == {"input_ids": [ID["[CLS]"], ID["a"], ID["b"], ID["[SEP]"]], "word_starts": [1, 2],
+                   "head_targets": [-100, 0, 1, -100]}
+
+
+def test_byte_level_inside_a_pre_tokenizer_sequence_also_needs_the_prefix_space():
+    from tokenizers import pre_tokenizers
+
+    def sequence(add_prefix_space: bool):
+        return word_level(pre_tokenizer=pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)]))
+
+    assert _message(lambda: encode_typing(sequence(False), "a b c", 2, 3, 16)) == (
+        "byte-level BPE tokenizers must be loaded with add_prefix_space=True "
+        "(kadapter_cli.backbone.load_tokenizer does this)")
+    assert encode_typing(sequence(True), "a b c", 2, 3, 16)["mention_pos"] == 2
