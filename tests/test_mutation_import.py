@@ -115,3 +115,122 @@ def test_import_original_needs_a_checkpoint_and_two_names(tmp_path):
         import_original(tmp_path / "a.bin", tmp_path / "b.bin", tmp_path, name_fac="k", name_lin="k")
     assert str(caught.value) == (f"the fac and lin adapters would both be written to {tmp_path / 'k'}; "
                                  "give different names")
+
+
+# ---------------------------------------------------------------- `kadapter import-original`, end to end, fast
+# Narrow checkpoints (64-wide adapters on RoBERTa-large's 1024-wide states, few relations): the same code
+# paths as the full-size ones of test_import_original.py in a fraction of the time.
+
+NARROW = {"width": 64, "ffn": 96, "n_rel": 5, "lin_max": 12}
+NOTES = [
+    "The original checkpoints do not store their tap layers; 0,11,22 are those of the released pretraining "
+    "and fine-tuning scripts (the paper says 0,11,23).",
+    "Attention heads assumed 64 wide (12 for 768), as the original code hard-codes.",
+    "The adapter attends to padding (mask_padding false): batches are padded to max length with the backbone's "
+    "pad-token states, as the original padded every sequence.",
+]
+FAC_NOTE = "Entity markers: the bare '@'/'#' ids the original fac adapter learned (marker_style original)."
+LABELS_NOTE = "The checkpoint has no relation ids; labels are rel_0..rel_{n-1} (pass --relations to name them)."
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory):
+    from original_checkpoint import original_state_dict
+
+    folder = tmp_path_factory.mktemp("narrow")
+    states = {"fac": original_state_dict("fac", 1, **NARROW), "lin": original_state_dict("lin", 2, **NARROW)}
+    for kind, state in states.items():
+        torch.save(state, folder / f"{kind}.bin")
+    return folder, states
+
+
+def _parameters(state, prefix_adapter: bool) -> int:
+    return sum(v.numel() for k, v in state.items() if k.startswith("adapter.") == prefix_adapter)
+
+
+def test_import_writes_exact_weights_config_manifest_and_card(cli, narrow, tmp_path):
+    from kadapter_cli.adapter import load_adapter
+
+    folder, states = narrow
+    relations = tmp_path / "relations.txt"
+    relations.write_text("P17\nP19\nP27\nP31\nP36\n")
+    result = cli("import-original", "--fac", folder / "fac.bin", "--lin", folder / "lin.bin", "--relations", relations)
+    assert result.exit_code == 0, result.stderr
+    for kind, labels, max_length, head in (
+            ("fac", ["P17", "P19", "P27", "P31", "P36"], 256,
+             {"type": "relation", "num_labels": 5, "dropout": 0.1, "com_dense": True}),
+            ("lin", [], 12, {"type": "lin_original", "max_length": 12, "dropout": 0.1, "com_dense": True})):
+        target = cli.workdir / "adapters" / kind
+        adapter, config, head_state = load_adapter(target)
+        original = states[kind]
+        weights = {**adapter.state_dict(), **head_state}
+        assert set(weights) == set(original) and all(torch.equal(weights[k], original[k]) for k in original)
+        assert (config.name, config.kind, config.labels, config.head, config.max_length) == \
+            (kind, kind, labels, head, max_length)
+        assert (config.adapter_width, config.ffn_size, config.num_heads, config.layers_per_tap) == (64, 96, 1, 2)
+        assert (config.backbone, config.backbone_hidden_size, config.backbone_num_layers) == ("roberta-large", 1024, 24)
+        assert (config.tap_layers, config.mask_padding, config.init_std) == ([0, 11, 22], False, 0.0002)
+
+        manifest = json.loads((target / "manifest.json").read_text())
+        assert manifest["config"] == {
+            "source": "microsoft/K-Adapter", "checkpoint": str(folder / f"{kind}.bin"), "kind": kind, "name": kind,
+            "tap_layers": [0, 11, 22], "mask_padding": False, "marker_style": "original" if kind == "fac" else None,
+            "head": head, "notes": NOTES + ([FAC_NOTE] if kind == "fac" else [])}
+        assert [i["path"] for i in manifest["inputs"]] == \
+            [str(folder / f"{kind}.bin")] + ([str(relations)] if kind == "fac" else [])
+        assert manifest["stats"] == {"adapter_parameters": _parameters(original, True),
+                                     "head_parameters": _parameters(original, False), "tensors": len(original)}
+        card = (target / "README.md").read_text()
+        assert f"{_parameters(original, True):,}" in card
+
+
+def test_import_without_relations_names_them_rel_i_and_says_so(cli, narrow):
+    folder, _ = narrow
+    result = cli("import-original", "--fac", folder / "fac.bin", "--name-fac", "facts", "--taps", "0,5,9")
+    assert result.exit_code == 0, result.stderr
+    target = cli.workdir / "adapters" / "facts"
+    config = json.loads((target / "adapter_config.json").read_text())
+    assert (config["name"], config["labels"], config["tap_layers"]) == \
+        ("facts", [f"rel_{i}" for i in range(5)], [0, 5, 9])
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["config"]["notes"] == NOTES + [FAC_NOTE, LABELS_NOTE]
+    assert manifest["config"]["tap_layers"] == [0, 5, 9]
+    assert [i["path"] for i in manifest["inputs"]] == [str(folder / "fac.bin")]
+    assert not (cli.workdir / "adapters" / "lin").exists()
+
+
+def test_import_refuses_to_replace_unless_told(cli, narrow):
+    folder, states = narrow
+    assert cli("import-original", "--lin", folder / "lin.bin").exit_code == 0
+    again = cli("import-original", "--lin", folder / "lin.bin")
+    assert again.exit_code == 2
+    target = cli.workdir / "adapters" / "lin"
+    assert f"{target}: already exists; pass --overwrite to replace it" in again.stderr
+    assert cli("import-original", "--lin", folder / "lin.bin", "--overwrite").exit_code == 0
+    assert (target / "adapter.safetensors").is_file()
+
+
+def test_a_half_precision_checkpoint_imports_as_float32(cli, narrow, tmp_path):
+    from kadapter_cli.adapter import load_adapter
+
+    _, states = narrow
+    half = {k: v.half() for k, v in states["lin"].items()}
+    torch.save(half, tmp_path / "lin16.bin")
+    assert cli("import-original", "--lin", tmp_path / "lin16.bin").exit_code == 0
+    adapter, _, head_state = load_adapter(cli.workdir / "adapters" / "lin")
+    weights = {**adapter.state_dict(), **head_state}
+    assert all(v.dtype == torch.float32 and torch.equal(v, half[k].float()) for k, v in weights.items())
+
+
+def test_a_checkpoint_of_another_shape_names_what_differs_and_writes_nothing(cli, narrow, tmp_path):
+    folder, states = narrow
+    broken = dict(states["fac"])
+    broken["adapter.0.encoder.layer.0.output.dense.weight"] = torch.zeros(64, 7)
+    broken["extra.weight"] = torch.zeros(1)
+    torch.save(broken, tmp_path / "fac.bin")
+    result = cli("import-original", "--fac", tmp_path / "fac.bin", "--lin", folder / "lin.bin")
+    assert result.exit_code == 2
+    assert (f"{tmp_path / 'fac.bin'}: not a K-Adapter fac checkpoint as released: shape mismatch "
+            "adapter.0.encoder.layer.0.output.dense.weight [64, 7] != [64, 96]; unexpected keys extra.weight") \
+        in " ".join(result.stderr.split())
+    assert not (cli.workdir / "adapters" / "lin").exists()
