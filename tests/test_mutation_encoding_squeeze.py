@@ -80,6 +80,12 @@ def test_words_between_the_entities_go_first_earliest_kept(bert):
     assert (enc["subj_pos"], enc["obj_pos"]) == (1, 4)
 
 
+def test_context_outside_the_entities_is_dropped_before_any_word_between_them(bert):
+    tokens = "the red one two cat dog cow pig black blue and".split()
+    enc = encode_relation(bert, tokens, (1, 1), (4, 9), 12 + 2)
+    assert " ".join(kept(bert, enc)) == "@ red @ one # cat dog cow pig black blue #"
+
+
 def test_a_typing_mention_longer_than_max_length_keeps_its_first_sub_tokens(bert):
     sent = "we saw red green unbelievably blue here"
     enc = encode_typing(bert, sent, 7, 34, 7)

@@ -93,3 +93,15 @@ def test_byte_level_inside_a_pre_tokenizer_sequence_also_needs_the_prefix_space(
         "byte-level BPE tokenizers must be loaded with add_prefix_space=True "
         "(kadapter_cli.backbone.load_tokenizer does this)")
     assert encode_typing(sequence(True), "a b c", 2, 3, 16)["mention_pos"] == 2
+
+
+def test_a_python_tokenizer_is_told_that_encoding_needs_a_fast_one():
+    from transformers import ByT5Tokenizer  # pure Python: no backend_tokenizer, no word_ids()
+
+    from kadapter_cli.encoding import encode_segments
+
+    slow = ByT5Tokenizer()
+    assert _message(lambda: encode_typing(slow, "a b c", 2, 3, 16)) == \
+        "encoding needs a fast tokenizer (one that reports word_ids())"
+    assert _message(lambda: encode_segments(slow, [[1], [2]], 16)) == \
+        "encoding needs a fast tokenizer (one that reports sequence_ids())"
