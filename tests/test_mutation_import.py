@@ -234,3 +234,12 @@ def test_a_checkpoint_of_another_shape_names_what_differs_and_writes_nothing(cli
             "adapter.0.encoder.layer.0.output.dense.weight [64, 7] != [64, 96]; unexpected keys extra.weight") \
         in " ".join(result.stderr.split())
     assert not (cli.workdir / "adapters" / "lin").exists()
+
+
+def test_a_checkpoint_in_the_legacy_pickle_format_is_read(tmp_path, narrow):
+    # torch.save before PyTorch 1.6 wrote a bare pickle (it starts with the protocol byte 0x80), not a zip
+    _, states = narrow
+    torch.save(states["lin"], tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    assert (tmp_path / "legacy.bin").read_bytes()[:1] == b"\x80"
+    state = read_checkpoint(tmp_path / "legacy.bin")
+    assert set(state) == set(states["lin"]) and all(torch.equal(state[k], v) for k, v in states["lin"].items())
