@@ -93,3 +93,26 @@ def test_a_typing_mention_longer_than_max_length_keeps_its_first_sub_tokens(bert
     assert enc["mention_pos"] == 1
     enc = encode_typing(bert, sent, 7, 34, 11)
     assert " ".join(kept(bert, enc)) == "@ red green un ##bel ##ie ##va ##bly blue"
+
+
+# ---------------------------------------------------------------- the context window around the entities
+
+
+def test_a_sequence_that_fits_keeps_every_context_word_on_both_sides(bert):
+    # one word before the first entity, several after the last: all kept when they fit
+    tokens = "the red cat sat down here .".split()
+    enc = encode_relation(bert, tokens, (1, 1), (2, 2), 64)
+    assert " ".join(kept(bert, enc)) == "the @ red @ # cat # sat down here ."
+    assert (enc["subj_pos"], enc["obj_pos"]) == (2, 5)
+    # room for exactly the context: still all of it
+    assert " ".join(kept(bert, encode_relation(bert, tokens, (1, 1), (2, 2), 13))) == \
+        "the @ red @ # cat # sat down here ."
+    # one slot less: the window grows left first, then alternates, so the last word goes
+    assert " ".join(kept(bert, encode_relation(bert, tokens, (1, 1), (2, 2), 12))) == "the @ red @ # cat # sat down here"
+
+
+def test_a_long_word_that_does_not_fit_closes_its_side_only(bert):
+    # "unbelievably" (5 pieces) on the left does not fit in 3: the right side still grows
+    tokens = "unbelievably red cat sat down here".split()
+    enc = encode_relation(bert, tokens, (1, 1), (2, 2), 2 + 6 + 3)  # [CLS] [SEP], the core, 3 more
+    assert " ".join(kept(bert, enc)) == "@ red @ # cat # sat down here"
