@@ -214,3 +214,17 @@ def test_an_adapter_in_bfloat16_masks_padding_as_in_float32():
     half = adapter.to(torch.bfloat16)([t.bfloat16() for t in tapped], mask)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), full, atol=0.1, rtol=0.05)
+
+
+def test_a_weights_file_with_missing_and_extra_tensors_lists_both(saved):
+    from safetensors.torch import load_file, save_file
+
+    _, path = saved
+    weights = path.parent / "adapter.safetensors"
+    state = load_file(str(weights))
+    del state["adapter.1.up_project.bias"]
+    save_file({**state, "extra.0": torch.zeros(1)}, str(weights))
+    with pytest.raises(BadInput) as caught:
+        load_adapter(path.parent)
+    assert str(caught.value) == (f"{weights}: weights disagree with the config: missing keys adapter.1.up_project.bias; "
+                                 "unexpected keys extra.0")
