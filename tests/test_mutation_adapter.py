@@ -167,12 +167,16 @@ def test_parameter_counts_count_all_or_only_the_trainable_ones():
     assert (count_parameters(adapter), count_parameters(adapter, trainable_only=True)) == (total, 2 * per_layer)
 
 
-def test_the_weights_file_is_a_plain_pt_safetensors_file(saved):
+def test_the_weight_files_are_plain_pt_safetensors_files(tmp_path):
     from safetensors import safe_open
 
-    _, path = saved
-    with safe_open(str(path.parent / "adapter.safetensors"), "pt") as f:
-        assert f.metadata() == {"format": "pt"}
+    from kadapter_cli.heads import build_head
+
+    config = _config(head={"type": "relation", "num_labels": 3, "dropout": 0.1, "com_dense": True})
+    save_adapter(tmp_path / "fac", KnowledgeAdapter(config), config, build_head(config.head, 64))
+    for name in ("adapter.safetensors", "head.safetensors"):
+        with safe_open(str(tmp_path / "fac" / name), "pt") as f:
+            assert f.metadata() == {"format": "pt"}, name
 
 
 def test_an_all_padding_row_stays_finite_with_masked_padding():
