@@ -65,6 +65,22 @@ def test_a_checkpoint_that_does_not_fit_is_refused_with_the_reason(change, messa
     assert str(caught.value) == f"{PATH}: {message}"
 
 
+def test_adapters_without_encoder_layers_or_their_first_tensors_are_refused_by_name():
+    no_layers = {k: v for k, v in small_state("fac").items() if ".encoder." not in k}
+    with pytest.raises(BadInput) as caught:
+        infer_config(no_layers, "fac", "fac", PATH, backbone=SMALL)
+    assert str(caught.value) == f"{PATH}: no adapter.{{i}}.encoder.layer.{{j}}.* keys (not a K-Adapter checkpoint?)"
+    for key in ("adapter.0.down_project.weight", "adapter.0.encoder.layer.0.intermediate.dense.weight"):
+        with pytest.raises(BadInput) as caught:
+            infer_config({k: v for k, v in small_state("fac").items() if k != key}, "fac", "fac", PATH, backbone=SMALL)
+        assert str(caught.value) == f"{PATH}: missing key {key} (not a K-Adapter checkpoint?)"
+
+
+def test_a_single_adapter_layer_with_one_tap_is_read():
+    config = infer_config(small_state("fac", depth=1), "fac", "fac", PATH, backbone=SMALL, tap_layers=[7])
+    assert (config.tap_layers, config.layers_per_tap) == ([7], 2)
+
+
 def test_relation_count_must_match_the_head():
     with pytest.raises(BadInput) as caught:
         infer_config(small_state("fac"), "fac", "fac", PATH, backbone=SMALL, labels=["P17"])
@@ -182,6 +198,12 @@ def test_import_writes_exact_weights_config_manifest_and_card(cli, narrow, tmp_p
                                      "head_parameters": _parameters(original, False), "tensors": len(original)}
         card = (target / "README.md").read_text()
         assert f"{_parameters(original, True):,}" in card
+        saved = json.loads((target / "adapter_config.json").read_text())
+        assert [type(saved[k]) for k in ("num_heads", "adapter_width", "ffn_size")] == [int, int, int]
+        # the imported adapter runs: 1024-wide states in, 1024-wide out, at every position
+        tapped = [torch.randn(2, 5, 1024) for _ in config.tap_layers]
+        out = adapter.eval()(tapped, torch.ones(2, 5))
+        assert out.shape == (2, 5, 1024) and torch.isfinite(out).all()
 
 
 def test_import_without_relations_names_them_rel_i_and_says_so(cli, narrow):
