@@ -105,3 +105,27 @@ def test_a_python_tokenizer_is_told_that_encoding_needs_a_fast_one():
         "encoding needs a fast tokenizer (one that reports word_ids())"
     assert _message(lambda: encode_segments(slow, [[1], [2]], 16)) == \
         "encoding needs a fast tokenizer (one that reports sequence_ids())"
+
+
+def test_a_word_without_sub_tokens_needs_an_unknown_token():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from kadapter_cli.encoding import word_pieces
+
+    tok = Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    no_unk = PreTrainedTokenizerFast(tokenizer_object=tok)
+    assert _message(lambda: word_pieces(no_unk, ["", "a", " "])) == \
+        "word 0 ('') has no sub-tokens and the tokenizer has no unknown token"
+
+
+def test_long_sentences_raise_no_false_length_warning(minilm, capfd):
+    # kadapter truncates to max_length itself; the tokenizer's "longer than the maximum ... will result in
+    # indexing errors" warning about the untruncated words would only mislead.
+    from transformers import AutoTokenizer
+
+    bert = AutoTokenizer.from_pretrained(minilm)  # a fresh one: the tokenizer warns once per instance
+    tokens = ["word"] * 600
+    assert len(encode_relation(bert, tokens, (0, 0), (599, 599), 64)["input_ids"]) == 64
+    assert "longer than the specified maximum" not in capfd.readouterr().err
