@@ -47,7 +47,10 @@ def test_default_taps_and_width_round_half_up(layers, hidden, taps, width):
 
 def test_a_width_given_alone_keeps_64_wide_heads_and_a_4x_ffn():
     assert (_config(adapter_width=128).num_heads, _config(adapter_width=128).ffn_size) == (2, 512)
-    assert (_config(adapter_width=100).num_heads, _config(adapter_width=100).ffn_size) == (1, 400)
+    # not a multiple of 64: one head (160 = 2 x 64 + 32 would make 2 floor-divided heads)
+    assert (_config(adapter_width=160).num_heads, _config(adapter_width=160).ffn_size) == (1, 640)
+    # whole numbers in adapter_config.json
+    assert json.loads(json.dumps(_config(adapter_width=128).to_dict()))["num_heads"].__class__ is int
     given = _config(adapter_width=128, num_heads=4, ffn_size=100)
     assert (given.num_heads, given.ffn_size) == (4, 100)
     assert (_config(num_heads=2).adapter_width, _config(ffn_size=7).ffn_size) == (64, 7)
@@ -232,3 +235,69 @@ def test_a_weights_file_with_missing_and_extra_tensors_lists_both(saved):
         load_adapter(path.parent)
     assert str(caught.value) == (f"{weights}: weights disagree with the config: missing keys adapter.1.up_project.bias; "
                                  "unexpected keys extra.0")
+
+
+def _bert_encoder(config: AdapterConfig, encoder) -> "torch.nn.Module":
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertEncoder
+
+    bert_config = BertConfig(hidden_size=config.adapter_width, num_attention_heads=config.num_heads,
+                             intermediate_size=config.ffn_size, num_hidden_layers=config.layers_per_tap,
+                             hidden_act="gelu", layer_norm_eps=config.layer_norm_eps)
+    bert_config._attn_implementation = "eager"
+    reference = BertEncoder(bert_config).eval()
+    reference.load_state_dict(encoder.state_dict(), strict=True)
+    return reference
+
+
+@pytest.mark.parametrize("taps", [[0, 2, 4], [3]])
+def test_each_adapter_layer_adds_its_projected_encoding_to_its_input_and_the_next_reads_the_sum(taps):
+    # reference §1.2-1.3: layer k reads tapped[k] + state_{k-1} and returns its input + up(encoder(down(input)))
+    import torch.nn.functional as F
+
+    config = _config(tap_layers=taps, mask_padding=False)
+    torch.manual_seed(0)
+    adapter = KnowledgeAdapter(config).eval()
+    for p in adapter.parameters():  # far from the near-identity init, so every term shows
+        torch.nn.init.normal_(p, std=0.1)
+    tapped = [torch.randn(2, 5, 64) for _ in taps]
+    state = None
+    for layer, hidden in zip(adapter.adapter, tapped):
+        x = hidden if state is None else hidden + state
+        down = F.linear(x, layer.down_project.weight, layer.down_project.bias)
+        encoded = _bert_encoder(config, layer.encoder)(down).last_hidden_state
+        state = x + F.linear(encoded, layer.up_project.weight, layer.up_project.bias)
+    torch.testing.assert_close(adapter(tapped, torch.ones(2, 5)), state, atol=1e-5, rtol=1e-5)
+    masked = KnowledgeAdapter(_config(tap_layers=taps))
+    masked.load_state_dict(adapter.state_dict())
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2])
+    assert torch.isfinite(masked.eval()(tapped, mask)).all()
+
+
+def test_fresh_projections_are_drawn_around_zero():
+    layer = KnowledgeAdapter(_config(init_std=0.01)).adapter[0]
+    for proj in (layer.down_project, layer.up_project):  # 4096 weights: the mean of N(0, 0.01) is within 0.002
+        assert abs(proj.weight.mean().item()) < 0.002 and proj.weight.std().item() == pytest.approx(0.01, rel=0.1)
+        assert torch.count_nonzero(proj.bias) == 0
+
+
+def test_attention_probabilities_are_dropped_in_training_only():
+    # as BERT's attention_probs_dropout_prob: with every hidden-state dropout (nn.Dropout) switched off,
+    # two training passes still differ, and evaluation passes do not
+    adapter = KnowledgeAdapter(_config(dropout=0.5))
+    for p in adapter.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    adapter.train()
+    for module in adapter.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    tapped = [torch.randn(1, 6, 64) for _ in range(3)]
+    assert not torch.equal(adapter(tapped), adapter(tapped))
+    adapter.eval()
+    assert torch.equal(adapter(tapped), adapter(tapped))
+
+
+def test_an_unrecorded_backbone_fingerprint_reads_as_empty(saved):
+    write, _ = saved
+    assert load_config(write(backbone_fingerprint=None)).backbone_fingerprint == {}
+    assert _config().to_dict()["backbone_fingerprint"] == {}
