@@ -315,3 +315,31 @@ def test_a_relations_file_that_cannot_be_read_is_named(tmp_path):
     assert str(caught.value) == f"{tmp_path / 'folder'}: cannot read: [Errno 21] Is a directory: '{tmp_path / 'folder'}'"
     (tmp_path / "ids.txt").write_text("P17\nPaís\n", encoding="utf-8")
     assert read_relations(tmp_path / "ids.txt") == ["P17", "País"]
+
+
+def test_the_library_call_writes_named_adapters_with_its_command_and_returns_them(narrow, tmp_path):
+    folder, _ = narrow
+    command = ["kadapter", "import-original", "--fac", "fac.bin", "--lin", "lin.bin"]
+    written = import_original(folder / "fac.bin", folder / "lin.bin", tmp_path / "adapters", command=command)
+    assert written == [tmp_path / "adapters" / "fac", tmp_path / "adapters" / "lin"]
+    for target in written:
+        manifest = json.loads((target / "manifest.json").read_text())
+        assert (manifest["kind"], manifest["command"]) == ("adapter", command)
+        assert " ".join(command) in (target / "README.md").read_text()
+    with pytest.raises(BadInput) as caught:
+        import_original(None, folder / "lin.bin", tmp_path / "adapters")
+    assert str(caught.value) == f"{tmp_path / 'adapters' / 'lin'}: already exists; pass --overwrite to replace it"
+
+
+def test_the_cli_names_what_it_imported_and_each_refused_file(cli, narrow, tmp_path):
+    folder, states = narrow
+    result = cli("import-original", "--lin", folder / "lin.bin")
+    assert result.exit_code == 0 and f"imported {cli.workdir / 'adapters' / 'lin'}" in " ".join(result.stderr.split())
+    missing = cli("import-original", "--fac", tmp_path / "nope.bin")
+    assert missing.exit_code == 2 and f"{tmp_path / 'nope.bin'}: file not found" in " ".join(missing.stderr.split())
+    narrow_states = {k: v[:, :768] if k == "adapter.0.down_project.weight" else v for k, v in states["fac"].items()}
+    torch.save(narrow_states, tmp_path / "base.bin")
+    wrong = cli("import-original", "--fac", tmp_path / "base.bin")
+    assert wrong.exit_code == 2
+    assert f"{tmp_path / 'base.bin'}: adapters read 768-wide states, but roberta-large is 1024 wide" in \
+        " ".join(wrong.stderr.split())
