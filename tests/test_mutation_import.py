@@ -333,3 +333,15 @@ def test_the_cli_names_what_it_imported_and_each_refused_file(cli, narrow, tmp_p
     assert wrong.exit_code == 2
     assert f"{tmp_path / 'base.bin'}: adapters read 768-wide states, but roberta-large is 1024 wide" in \
         " ".join(wrong.stderr.split())
+
+
+def test_an_unreadable_or_non_tensor_checkpoint_is_refused_with_the_reason(tmp_path):
+    (tmp_path / "cut.bin").write_bytes(b"PK\x03\x04" + b"\0" * 20)  # a zip cut short: a failed download
+    assert _refusal(read_checkpoint, tmp_path / "cut.bin") == (
+        f"{tmp_path / 'cut.bin'}: not a readable PyTorch checkpoint (RuntimeError: PytorchStreamReader failed reading "
+        "zip archive: failed finding central directory. This is an internal miniz error. If you are seeing this "
+        "error, there is a high likelihood that your checkpoint file is)")  # torch's reason, cut at 200 characters
+    for name, state in (("numbers.bin", {"x": 1}), ("keys.bin", {1: torch.zeros(1)})):
+        torch.save(state, tmp_path / name)
+        assert _refusal(read_checkpoint, tmp_path / name) == \
+            f"{tmp_path / name}: expected a state dict (a mapping of names to tensors)"
