@@ -134,10 +134,10 @@ def test_import_original_needs_a_checkpoint_and_two_names(tmp_path):
 
 
 # ---------------------------------------------------------------- `kadapter import-original`, end to end, fast
-# Narrow checkpoints (64-wide adapters on RoBERTa-large's 1024-wide states, few relations): the same code
+# Narrow checkpoints (128-wide adapters on RoBERTa-large's 1024-wide states, few relations): the same code
 # paths as the full-size ones of test_import_original.py in a fraction of the time.
 
-NARROW = {"width": 64, "ffn": 96, "n_rel": 5, "lin_max": 12}
+NARROW = {"width": 128, "ffn": 96, "n_rel": 5, "lin_max": 12}
 NOTES = [
     "The original checkpoints do not store their tap layers; 0,11,22 are those of the released pretraining "
     "and fine-tuning scripts (the paper says 0,11,23).",
@@ -183,7 +183,7 @@ def test_import_writes_exact_weights_config_manifest_and_card(cli, narrow, tmp_p
         assert set(weights) == set(original) and all(torch.equal(weights[k], original[k]) for k in original)
         assert (config.name, config.kind, config.labels, config.head, config.max_length) == \
             (kind, kind, labels, head, max_length)
-        assert (config.adapter_width, config.ffn_size, config.num_heads, config.layers_per_tap) == (64, 96, 1, 2)
+        assert (config.adapter_width, config.ffn_size, config.num_heads, config.layers_per_tap) == (128, 96, 2, 2)
         assert (config.backbone, config.backbone_hidden_size, config.backbone_num_layers) == ("roberta-large", 1024, 24)
         assert (config.tap_layers, config.mask_padding, config.init_std) == ([0, 11, 22], False, 0.0002)
 
@@ -247,13 +247,13 @@ def test_a_half_precision_checkpoint_imports_as_float32(cli, narrow, tmp_path):
 def test_a_checkpoint_of_another_shape_names_what_differs_and_writes_nothing(cli, narrow, tmp_path):
     folder, states = narrow
     broken = dict(states["fac"])
-    broken["adapter.0.encoder.layer.0.output.dense.weight"] = torch.zeros(64, 7)
+    broken["adapter.0.encoder.layer.0.output.dense.weight"] = torch.zeros(128, 7)
     broken["extra.weight"] = torch.zeros(1)
     torch.save(broken, tmp_path / "fac.bin")
     result = cli("import-original", "--fac", tmp_path / "fac.bin", "--lin", folder / "lin.bin")
     assert result.exit_code == 2
     assert (f"{tmp_path / 'fac.bin'}: not a K-Adapter fac checkpoint as released: shape mismatch "
-            "adapter.0.encoder.layer.0.output.dense.weight [64, 7] != [64, 96]; unexpected keys extra.weight") \
+            "adapter.0.encoder.layer.0.output.dense.weight [128, 7] != [128, 96]; unexpected keys extra.weight") \
         in " ".join(result.stderr.split())
     assert not (cli.workdir / "adapters" / "lin").exists()
 
