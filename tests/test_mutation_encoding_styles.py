@@ -13,8 +13,8 @@ WORDS = ["[UNK]", "[CLS]", "[SEP]", "a", "b", "c", "@", "#"]
 ID = {w: i for i, w in enumerate(WORDS)}
 
 
-def word_level(*, vocab=WORDS, specials: bool = True, pre_tokenizer=None):
-    """A fast word-level tokenizer: `[CLS] A [SEP]` around a sequence if `specials`."""
+def word_level(*, vocab=WORDS, specials: bool = True, pre_tokenizer=None, single: str = "[CLS] $A [SEP]"):
+    """A fast word-level tokenizer: `single` (`[CLS] A [SEP]`) around a sequence if `specials`."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -22,7 +22,7 @@ def word_level(*, vocab=WORDS, specials: bool = True, pre_tokenizer=None):
     tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.WhitespaceSplit()
     if specials:
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            single=single, pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
 
@@ -129,3 +129,21 @@ def test_long_sentences_raise_no_false_length_warning(minilm, capfd):
     tokens = ["word"] * 600
     assert len(encode_relation(bert, tokens, (0, 0), (599, 599), 64)["input_ids"]) == 64
     assert "longer than the specified maximum" not in capfd.readouterr().err
+
+
+def test_special_tokens_of_different_lengths_before_and_after_are_kept_whole():
+    tok = word_level(single="[CLS] $A [SEP] [SEP]")
+    enc = encode_relation(tok, ["a", "b", "c"], (0, 0), (2, 2), 16)
+    assert enc["input_ids"] == [ID[w] for w in "[CLS] @ a @ b # c # [SEP] [SEP]".split()]
+    assert len(encode_relation(tok, ["a", "b", "c"], (0, 0), (2, 2), 7)["input_ids"]) == 7
+
+
+def test_segments_also_refuse_byte_level_bpe_without_the_prefix_space(tiny_backbone):
+    from transformers import AutoTokenizer
+
+    from kadapter_cli.encoding import encode_segments
+
+    plain = AutoTokenizer.from_pretrained(tiny_backbone)
+    assert _message(lambda: encode_segments(plain, [[5], [6]], 16)) == (
+        "byte-level BPE tokenizers must be loaded with add_prefix_space=True "
+        "(kadapter_cli.backbone.load_tokenizer does this)")
