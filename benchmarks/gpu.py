@@ -18,7 +18,13 @@ Reported:
   two steps' times;
 - `feature_cache`: building the cache of the frozen backbone's states on the device (examples/s,
   size) and an epoch's steps from the cache against the same steps running the backbone;
-- `matmul_bf16`: a dense bf16 matmul's TFLOP/s, the device's attainable peak beside the nominal one.
+- `matmul_bf16`: a dense bf16 matmul's TFLOP/s, the device's attainable peak beside the nominal one;
+- `qa_eval`: `benchmarks/qa_bench.py` on the device (fp32, RoBERTa-large's layers and width, 32
+  SearchQA-like questions × 50 paragraphs, batch 64): kadapter's extractive-QA evaluation against the
+  transformers 4.x question-answering pipeline's procedure (`qa_eval_vs_hf_pipeline`, target ≥ 1.5),
+  and fac+lin composed against no adapters. On a CPU the forward pass is 97 % of both sides' time, so
+  the ratio there is bounded by the padding the pipeline computes; on a GPU its per-window Python
+  and NumPy work is what remains.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 
 import torch  # noqa: E402
 
-from benchmarks import timing  # noqa: E402
+from benchmarks import qa_bench, timing  # noqa: E402
 from benchmarks.workloads import (NUM_RELATIONS, PAD_ID, BenchShape, FullFinetune, TrainStep,  # noqa: E402
                                   adapter_config, adapter_pretrainer, adapter_step_flops, build_backbone,
                                   fac_examples, full_finetune_flops, trex_like_lengths)
@@ -118,7 +124,8 @@ def _feature_cache(backbone, config, objective, shape: BenchShape, device: torch
 
 
 def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cache_examples: int,
-        matmul_n: int, peak_tflops: float | None = None, seed: int = 0) -> dict[str, Any]:
+        matmul_n: int, peak_tflops: float | None = None, seed: int = 0,
+        qa_sizes: tuple[int, int, int] = (32, 50, 64)) -> dict[str, Any]:
     from kadapter_cli.objectives import RelationObjective
 
     started = time.perf_counter()
@@ -157,6 +164,9 @@ def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cach
     report["feature_cache"] = _feature_cache(backbone, config, objective, shape, device, cache_examples,
                                              max(1, repeats // 3), seed)
     report["matmul_bf16"] = _matmul(device, matmul_n, repeats)
+    questions, paragraphs, qa_batch = qa_sizes
+    report["qa_eval"] = qa_bench.qa_inference(shape, questions, paragraphs, qa_batch, max(1, repeats // 3),
+                                              warmup=1, seed=seed, device=device.type)
     if device.type == "cuda":
         report["max_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     report["wall_s"] = round(time.perf_counter() - started, 1)
@@ -182,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     repeats = args.repeats or (1 if args.tiny else 10)
     report = run(shape, device, repeats, warmup=1 if args.tiny else 3,
                  cache_examples=args.cache_examples or (8 if args.tiny else 4096),
-                 matmul_n=64 if args.tiny else 8192, peak_tflops=args.peak_tflops)
+                 matmul_n=64 if args.tiny else 8192, peak_tflops=args.peak_tflops,
+                 qa_sizes=(2, 2, 2) if args.tiny else (32, 50, 64))
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -53,8 +53,14 @@ def epoch_batches(
     return [batches[i] for i in shuffled]
 
 
-def sequential_batches(lengths: Sequence[int], batch_size: int) -> list[Batch]:
+def sequential_batches(lengths: Sequence[int], batch_size: int, batch_overhead: int | None = None) -> list[Batch]:
     """Evaluation order: all examples sorted by length (stable), cut into batches; no randomness.
+
+    With `batch_overhead` (a forward pass's fixed cost, in tokens' worth of compute) a batch is also
+    cut before an example that would add more padding to the examples already in it (each padded up
+    to its length) than starting a new batch costs. A large evaluation set has many examples of
+    each length and pads little either way; a small one (a few questions' windows) has lengths
+    spread out, and fixed-size batches would pad a sixth of the tokens or more.
 
     Concatenating the batches gives a permutation of `range(len(lengths))`; an output computed for
     `batches[b][j]` belongs to example `batches[b][j]` (see `restore_order`).
@@ -62,7 +68,18 @@ def sequential_batches(lengths: Sequence[int], batch_size: int) -> list[Batch]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if batch_overhead is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[Batch] = []
+    current: Batch = []
+    for i in order:
+        # sorted: the batch's longest so far is its last example
+        if current and (len(current) >= batch_size
+                        or len(current) * (lengths[i] - lengths[current[-1]]) > batch_overhead):
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + ([current] if current else [])
 
 
 def shard(batches: Sequence[Batch], rank: int, world_size: int) -> list[Batch]:

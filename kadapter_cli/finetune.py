@@ -293,7 +293,7 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
                  "feature_cache": cached or "off", **{f"{k}_examples": len(v) for k, v in encoded.items()},
                  "parameters": {row["component"]: row for row in model.body.parameter_table()},
                  **task.read_stats()}
-        task_inputs = artifacts.sha256_inputs([p for p in files.values() if p.exists()])
+        task_inputs = artifacts.sha256_inputs([f for p in files.values() if p.exists() for f in task.input_files(p)])
         inputs = task_inputs + artifacts.sha256_inputs(spec.adapters.paths)
         write_card(run_dir, finetuned_card(spec.out.name, task, artifacts.read_json(run_dir / CONFIG), labels, results,
                                            inputs, manifest_config or {}, stats, task_inputs=task_inputs))
@@ -363,22 +363,30 @@ def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequ
     })
 
 
-def load_finetuned(folder: str | Path) -> tuple[TaskModel, Any, Any, list[str], dict]:
-    """`(model, tokenizer, task, labels, config)` from a finetuned folder alone."""
+def load_finetuned(folder: str | Path, task_options: dict[str, Any] | None = None
+                   ) -> tuple[TaskModel, Any, Any, list[str], dict]:
+    """`(model, tokenizer, task, labels, config)` from a finetuned folder alone; `task_options` set
+    over the saved ones (how to read and decode new data: `max_answer_length`, ...)."""
     with waiting(f"loading model {folder}"):
-        return _load_finetuned(Path(folder))
+        return _load_finetuned(Path(folder), task_options or {})
 
 
-def _load_finetuned(folder: Path) -> tuple[TaskModel, Any, Any, list[str], dict]:
-    from transformers import AutoConfig, AutoModel
-
+def finetuned_config(folder: str | Path) -> dict[str, Any]:
+    """A finetuned folder's `config.json` (its task, options, adapters); `BadInput` for any other folder."""
+    folder = Path(folder)
     manifest = artifacts.read_manifest(folder)
     if manifest["kind"] != "finetuned" or not (folder / CONFIG).is_file():
         raise BadInput(f"not a finetuned model folder (its manifest says {manifest['kind']!r}; "
                        "`kadapter finetune` makes one)", folder)
-    config = artifacts.read_json(folder / CONFIG)
+    return artifacts.read_json(folder / CONFIG)
+
+
+def _load_finetuned(folder: Path, task_options: dict[str, Any]) -> tuple[TaskModel, Any, Any, list[str], dict]:
+    from transformers import AutoConfig, AutoModel
+
+    config = finetuned_config(folder)
     labels = artifacts.read_json(folder / LABELS)
-    task = get_task(config["task"], **config.get("task_options", {}))
+    task = get_task(config["task"], **{**config.get("task_options", {}), **task_options})
     tokenizer = load_tokenizer(str(folder / TOKENIZER_DIR))
     backbone_config = AutoConfig.from_pretrained(str(folder / BACKBONE_DIR))
     with torch.device("meta"):
@@ -418,10 +426,10 @@ def _rebuild_buffer(model: nn.Module, name: str, backbone_config) -> None:
 
 def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: Path | None,
                        batch_size: int = 32, device: str = "auto", overwrite: bool = False,
-                       scores: str = "none") -> dict[str, Any]:
+                       scores: str = "none", task_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Recomputes a split's metrics from a saved model; writes predictions (+ metrics, + `scores`:
-    see `Task.scored_lines`) when `out` is set."""
-    model, tokenizer, task, labels, config = load_finetuned(model_dir)
+    see `Task.scored_lines`) when `out` is set. `task_options`: over the saved ones."""
+    model, tokenizer, task, labels, config = load_finetuned(model_dir, task_options)
     if data_dir is None:
         raise BadInput("--data is required (the folder with the task's split files)")
     path = task.task_files(data_dir)[split]
@@ -441,15 +449,17 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
                                       task.scored_lines(task.prediction_lines(outputs, examples), outputs, examples, labels, scores))
             artifacts.write_json(tmp / "metrics.json", {split: metrics})
             artifacts.write_manifest(tmp, "evaluation", config={"model": str(model_dir), "split": split},
-                                     inputs=artifacts.sha256_inputs([path]), stats={"examples": len(examples)})
+                                     inputs=artifacts.sha256_inputs(task.input_files(path)),
+                                     stats={"examples": len(examples)})
     return {"task": task.name, "split": split, "metrics": metrics, "headline": list(task.headline_metrics)}
 
 
 def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, device: str = "auto",
-                    scores: str = "none") -> list[dict]:
+                    scores: str = "none", task_options: dict[str, Any] | None = None) -> list[dict]:
     """Labels new records (the task's format); gold labels are optional, and ones the model never
-    saw are ignored for encoding but shown in `gold`. `scores`: see `Task.scored_lines`."""
-    model, tokenizer, task, labels, config = load_finetuned(model_dir)
+    saw are ignored for encoding but shown in `gold`. `scores`: see `Task.scored_lines`;
+    `task_options`: over the saved ones."""
+    model, tokenizer, task, labels, config = load_finetuned(model_dir, task_options)
     records = task.read(input_path, labeled=False)
     label_index = {label: i for i, label in enumerate(labels)}
     examples = []

@@ -194,10 +194,10 @@ def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequen
     headline = list(task.headline_metrics)
     splits = {s: {k: v for k, v in (metrics.get(s) or {}).items() if k in headline}
               for s in ("dev", "test") if s in metrics}
-    task_type = "text-classification"
+    task_type = task.hub_task
     tags = ["kadapter", "k-adapter", task.name, *(f"{a['config']['kind']}-adapter" for a in adapters)]
-    meta = _meta(model_config["backbone"], tags,
-                 license_, _model_index(name, task_type, task.name, task.name, splits))
+    meta = {**_meta(model_config["backbone"], tags,
+                    license_, _model_index(name, task_type, task.name, task.name, splits)), "pipeline_tag": task_type}
     adapter_lines = [f"- `{a['name']}` ({a['config']['kind']}): taps {', '.join(map(str, a['config']['tap_layers']))}, "
                      f"width {a['config']['adapter_width']}, {a['config']['layers_per_tap']} layers per tap, frozen"
                      for a in adapters] or ["- none: this is the baseline (the backbone and the task head only)"]

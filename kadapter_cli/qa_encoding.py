@@ -75,21 +75,40 @@ def encode_qa_windows(tokenizer, question: str, paragraph: str, max_length: int,
     the sub-token at `context_start + i`, and `starts`/`ends` the positions (in `input_ids`) of the
     answer occurrences wholly inside the window (empty when none or no answers are given).
     `template` is `encoding.pair_template(tokenizer)`, read once by callers that encode many pairs."""
+    return encode_qa_paragraphs(tokenizer, question, [paragraph], max_length, stride, answers, template)[0]
+
+
+def encode_qa_paragraphs(tokenizer, question: str, paragraphs: Sequence[str], max_length: int, stride: int,
+                         answers: Sequence[str] = (),
+                         template: tuple[list[int], list[int], list[int]] | None = None) -> list[list[dict[str, Any]]]:
+    """The windows (as `encode_qa_windows`) of each of a question's paragraphs, one list per
+    paragraph: the question is tokenised once and all paragraphs in one batched call, which a fast
+    tokenizer runs in Rust instead of one Python round trip per paragraph."""
     prefix, middle, suffix = template or pair_template(tokenizer)
     n_special = len(prefix) + len(middle) + len(suffix)
     q_ids = tokenizer(question, add_special_tokens=False)["input_ids"][: max(1, (max_length - n_special) // 2)]
     room = max_length - n_special - len(q_ids)
     if room < 1:
         raise ValueError(f"max_length {max_length} leaves no room for the paragraph")
-    enc = tokenizer(paragraph, add_special_tokens=False, return_offsets_mapping=True)
-    p_ids, offsets = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
-    token_spans = _token_spans(answer_char_spans(paragraph, answers), offsets) if answers else []
+    if not paragraphs:
+        return []
+    enc = tokenizer(list(paragraphs), add_special_tokens=False, return_offsets_mapping=True)
     step = room - min(stride, room // 2)
     head = [*prefix, *q_ids, *middle]
+    return [_paragraph_windows(head, suffix, p_ids, [tuple(o) for o in offsets],
+                               _token_spans(answer_char_spans(paragraph, answers), offsets) if answers else [],
+                               room, step)
+            for paragraph, p_ids, offsets in zip(paragraphs, enc["input_ids"], enc["offset_mapping"])]
+
+
+def _paragraph_windows(head: list[int], suffix: list[int], p_ids: list[int], offsets: list[tuple[int, int]],
+                       token_spans: Sequence[tuple[int, int]], room: int, step: int) -> list[dict[str, Any]]:
+    """A paragraph's sub-tokens cut into windows of `room` starting every `step`, each between the
+    question's `head` and the `suffix`; answer spans kept where wholly inside."""
     windows = []
+    context_start = len(head)
     for lo in range(0, max(len(p_ids), 1), step):
         hi = min(lo + room, len(p_ids))
-        context_start = len(head)
         inside = [(s, e) for s, e in token_spans if lo <= s and e < hi]
         windows.append({
             "input_ids": [*head, *p_ids[lo:hi], *suffix],

@@ -65,6 +65,18 @@ def test_sequential_batches_sort_by_length_and_restore_input_order():
     assert restore_order(indices, outputs, len(lengths)) == [f"out-{i}" for i in range(len(lengths))]
 
 
+def test_sequential_batches_cut_where_padding_costs_more_than_a_batch():
+    lengths = [40, 10, 90, 11, 41, 10, 12]
+    plain = sequential_batches(lengths, batch_size=4)
+    cut = sequential_batches(lengths, batch_size=4, batch_overhead=8)
+    assert [[lengths[i] for i in b] for b in plain] == [[10, 10, 11, 12], [40, 41, 90]]
+    # 90 would pad 40 and 41 by 99 tokens, more than the 8 a batch costs; no batch grows past 4
+    assert [[lengths[i] for i in b] for b in cut] == [[10, 10, 11, 12], [40, 41], [90]]
+    assert sorted(i for b in cut for i in b) == list(range(len(lengths)))
+    assert sequential_batches(lengths, batch_size=4, batch_overhead=10**6) == plain
+    assert [len(b) for b in sequential_batches([5] * 9, batch_size=4, batch_overhead=0)] == [4, 4, 1]
+
+
 def test_restore_order_refuses_missing_or_duplicate_outputs():
     with pytest.raises(ValueError, match="no output"):
         restore_order([0, 1], ["a", "b"], 3)

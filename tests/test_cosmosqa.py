@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kadapter_cli import encoding
 from kadapter_cli.errors import BadInput
@@ -265,6 +266,9 @@ def test_finetune_evaluate_predict_on_the_real_sample(chain, sample, tiny_backbo
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["config"]["task_option"] == ['layout="original"']
     assert manifest["config"]["lr"] == 1e-3 and manifest["config"]["warmup"] == 0  # paper default warm-up
+    card = yaml.safe_load((folder / "README.md").read_text().split("---")[1])  # the Hub's front matter
+    assert card["pipeline_tag"] == "multiple-choice"
+    assert {r["task"]["type"] for r in card["model-index"][0]["results"]} == {"multiple-choice"}
 
     dev = [json.loads(x) for x in _lines(folder / "predictions-dev.jsonl")]
     gold = [json.loads(x)["label"] for x in _lines(data / "valid.jsonl")]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from kadapter_cli.backbone import load_tokenizer
 from kadapter_cli.metrics import squad_normalize
 from kadapter_cli.encoding import pair_template
-from kadapter_cli.qa_encoding import answer_char_spans, encode_qa_windows, normalized_words
+from kadapter_cli.qa_encoding import answer_char_spans, encode_qa_paragraphs, encode_qa_windows, normalized_words
 from kadapter_cli.qa_formats import detect_input, read_qa
 from kadapter_cli.span_decoding import best_spans, combine_answers
 
@@ -73,6 +75,19 @@ def test_windows_overlap_by_stride_and_carry_every_answer_occurrence(tokenizers,
             assert paragraph[lo:hi] == "Samos"
             seen.add(lo)
     assert seen == {s for s, _ in answer_char_spans(paragraph, ["Samos"])} and len(seen) == 6
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_a_questions_paragraphs_encoded_in_one_call_give_the_windows_of_one_call_each(tokenizers, kind):
+    # The batched tokenizer call (one per question) must cut exactly the windows, offsets and labels
+    # that tokenising each paragraph on its own gave.
+    tokenizer = tokenizers[kind]
+    paragraphs = ["Samos is an island.", " ".join(f"w{i} Samos, near Turkey;" for i in range(30)), "x", "Lou Gehrig (Samos)"]
+    batched = encode_qa_paragraphs(tokenizer, "Which island?", paragraphs, max_length=40, stride=6, answers=["samos"])
+    single = [encode_qa_windows(tokenizer, "Which island?", p, max_length=40, stride=6, answers=["samos"])
+              for p in paragraphs]
+    assert batched == single and [len(w) for w in batched][1] > 2 and sum(len(w["starts"]) for ws in batched for w in ws) > 30
+    assert encode_qa_paragraphs(tokenizer, "Which island?", [], max_length=40, stride=6) == []
 
 
 def test_long_questions_keep_at_most_half_the_window(tokenizers):
@@ -156,3 +171,38 @@ def test_span_loss_is_the_likelihood_of_all_occurrences():
     loss = span_loss(logits, {"answer_mask": mask, "start_targets": starts, "end_targets": ends})
     # start: both allowed positions are gold → −log 1 = 0; end: −log softmax([2, 0.5])[1]
     assert loss.item() == pytest.approx(-torch.log_softmax(torch.tensor([2.0, 0.5]), 0)[1].item())
+
+
+def test_evaluation_batches_cut_on_padding_give_the_answers_of_fixed_size_batches(tiny_backbone, monkeypatch):
+    # On a CPU `training.evaluate` cuts its length-sorted batches where padding would cost more than
+    # a batch; the spans and answers must be those of the fixed-size batches it used before.
+    from kadapter_cli import training
+    from kadapter_cli.backbone import load_backbone
+    from kadapter_cli.batching import sequential_batches
+    from kadapter_cli.finetune import build_task_model, encode_split
+    from kadapter_cli.objectives import TaskObjective
+    from kadapter_cli.tasks import get_task
+    from kadapter_cli.train_config import TrainConfig
+
+    tokenizer, task = load_tokenizer(tiny_backbone), get_task("searchqa")
+    records = [{"id": str(i), "question": f"which {'word ' * i}comes?", "answers": ["Samos"],
+                "paragraphs": [" ".join(["Samos is an island"] * (1 + (i * j) % 7)) for j in range(4)]}
+               for i in range(6)]
+    examples = encode_split(task, tokenizer, records, [], 64, Path("records"), "encoding")
+    torch.manual_seed(0)
+    model = build_task_model(task, [], {}, "concat", load_backbone(tiny_backbone)).eval()
+    objective = TaskObjective(tokenizer.pad_token_id, task, [])
+    lengths = [len(e["input_ids"]) for e in examples]
+    batch_size = len(examples)  # fixed-size batching: all the windows, of spread-out lengths, in one
+    assert sequential_batches(lengths, batch_size, training.CPU_BATCH_OVERHEAD_TOKENS) != sequential_batches(lengths, batch_size)
+
+    def outputs() -> list:
+        return training.evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device="cpu"))[1]
+
+    cut = outputs()
+    monkeypatch.setattr(training, "CPU_BATCH_OVERHEAD_TOKENS", None)
+    fixed = outputs()
+    assert task.answers(cut, examples) == task.answers(fixed, examples)
+    for a, b in zip(cut, fixed):
+        assert [s[1:] for s in a["spans"]] == [s[1:] for s in b["spans"]]
+        assert [s[0] for s in a["spans"]] == pytest.approx([s[0] for s in b["spans"]], rel=1e-4)

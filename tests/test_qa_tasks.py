@@ -10,18 +10,20 @@ saved model, one prediction line per question, the `{id: answer}` file, bad inpu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from qa_samples import quasart_questions, write_openqa, write_quasar
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--batch-size", "4", "--lr", "2e-3", "--max-length", "64", "--task-option", "max_paragraphs=4"]
+FAST = ["--batch-size", "4", "--lr", "2e-3", "--max-length", "64", "--max-paragraphs", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +157,26 @@ def test_quasart_openqa_format_chain(kadapter, shared_data, tmp_path):
     assert [x["gold"] for x in lines] == [q["answers"] for q in questions[30:]]
     assert [x["id"] for x in lines] == [str(n) for n in range(1, 7)]  # OpenQA has no ids: the line numbers
     _evaluate_recomputes(kadapter, run_dir, tmp_path, "test")
+    assert _hashed_inputs(run_dir) == {tmp_path / f"{split}.{ext}" for split in ("train", "dev", "test")
+                                       for ext in ("txt", "json")}
     out = _lines_of(kadapter("predict", run_dir, tmp_path / "test.txt").stdout)
     assert [x["pred"] for x in out] == [x["pred"] for x in lines]
+
+    # decoding options of the saved model can be changed for new data: one-sub-token answers
+    assert any(" " in x["pred"][0] for x in lines)  # the 30-sub-token default gives longer ones here
+    short = _lines_of(kadapter("predict", run_dir, tmp_path / "test.txt", "--max-answer-length", "1").stdout)
+    assert all(" " not in x["pred"][0] for x in short) and [x["id"] for x in short] == [x["id"] for x in lines]
+    evaluated = json.loads(kadapter("evaluate", run_dir, "--data", tmp_path, "--split", "test", "--max-answer-length", "1",
+                                    "--max-paragraphs", "1", "--out", tmp_path / "short", "--json").stdout)
+    assert set(evaluated) == {"em", "f1"}
+    assert all(" " not in x["pred"][0] for x in _lines(tmp_path / "short" / "predictions-test.jsonl"))
+
+
+@pytest.mark.parametrize("flag", [["--max-paragraphs", "3"], ["--no-answer", "cls"], ["--max-answer-length", "5"], ["--skip-bad"]])
+def test_qa_flags_are_refused_by_tasks_without_the_option(kadapter, flag, tmp_path):
+    result = kadapter("finetune", "--backbone", kadapter.backbone, "--task", "openentity", "--data", tmp_path, *flag, code=2)
+    option = flag[0][2:].replace("-", "_")
+    assert f"task 'openentity' has no option '{option}'" in result.output
 
 
 def test_quasart_official_format_chain_with_a_composition(kadapter, shared_data, tmp_path):
@@ -165,11 +185,30 @@ def test_quasart_official_format_chain_with_a_composition(kadapter, shared_data,
     write_quasar(tmp_path, "train", questions[:24])
     write_quasar(tmp_path, "dev", questions[24:])
     kadapter("finetune", "--backbone", kadapter.backbone, "--task", "quasart", "--data", tmp_path, "--adapters", "fac+lin", "--name", "quasart-official",
-             "--epochs", "2", *FAST, "--task-option", "no_answer=cls", "--task-option", "combine=sum")
+             "--epochs", "2", *FAST, "--no-answer", "cls", "--task-option", "combine=sum")
     run_dir = kadapter.workdir / "finetuned" / "quasart-official"
     lines = _lines(run_dir / "predictions-dev.jsonl")
     assert [x["id"] for x in lines] == [q["question_id"] for q in questions[24:]]
+    config = json.loads((run_dir / "config.json").read_text())["task_options"]
+    assert (config["no_answer"], config["combine"], config["max_paragraphs"]) == ("cls", "sum", 4)
     _evaluate_recomputes(kadapter, run_dir, tmp_path, "dev")
+    # every file read is hashed: the questions and the contexts of each split
+    def split_files(split: str) -> set[Path]:
+        return {tmp_path / "questions" / f"{split}_questions.json.gz", tmp_path / "contexts" / "short" / f"{split}_contexts.json.gz"}
+
+    task_inputs = {p for p in _hashed_inputs(run_dir) if tmp_path in p.parents}  # the rest: the adapters
+    assert task_inputs == split_files("train") | split_files("dev")
+    assert _hashed_inputs(kadapter.workdir / "evaluations" / f"{run_dir.name}-dev") == split_files("dev")
+    card = yaml.safe_load((run_dir / "README.md").read_text().split("---")[1])  # the Hub's front matter
+    assert card["pipeline_tag"] == "question-answering"
+    assert {r["task"]["type"] for r in card["model-index"][0]["results"]} == {"question-answering"}
+
+
+def _hashed_inputs(folder: Path) -> set[Path]:
+    """The files a manifest lists as inputs, each with a hash of its bytes."""
+    inputs = json.loads((folder / "manifest.json").read_text())["inputs"]
+    assert all(i["sha256"] == hashlib.sha256(Path(i["path"]).read_bytes()).hexdigest() for i in inputs)
+    return {Path(i["path"]) for i in inputs}
 
 
 def test_bad_question_exits_2_naming_file_and_line_or_is_skipped_and_counted(kadapter, shared_data, tmp_path):
@@ -184,7 +223,7 @@ def test_bad_question_exits_2_naming_file_and_line_or_is_skipped_and_counted(kad
     assert "dev.json, line 3: the question has no paragraphs" in result.output
     assert not (kadapter.workdir / "finetuned" / "bad").exists()
     kadapter("finetune", "--backbone", kadapter.backbone, "--task", "quasart", "--data", tmp_path, "--name", "bad", "--epochs", "1", *FAST,
-             "--task-option", "skip_bad=true")
+             "--skip-bad")
     run_dir = kadapter.workdir / "finetuned" / "bad"
     assert json.loads((run_dir / "manifest.json").read_text())["stats"]["skipped_bad_questions"] == 1
     assert len(_lines(run_dir / "predictions-dev.jsonl")) == 3

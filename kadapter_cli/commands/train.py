@@ -257,6 +257,24 @@ def compose_cli(
 
 # ---------------------------------------------------------------- finetune
 
+# Task options the issues name as flags of their own; each is also `--task-option KEY=VALUE`, and a
+# task that does not declare it refuses it (exit 2). evaluate and predict take those that change
+# how a saved model reads and decodes data, over the ones it was trained with.
+TASK_OPTION_FLAGS = ("max_negatives", "max_paragraphs", "no_answer", "max_answer_length", "skip_bad")
+MAX_PARAGRAPHS = typer.Option(None, "--max-paragraphs",
+                              help="Same as --task-option max_paragraphs=N (searchqa, quasart): paragraphs kept per question.")
+SKIP_BAD = typer.Option(False, "--skip-bad",
+                        help="Same as --task-option skip_bad=true (searchqa, quasart): skip bad questions, counted in the manifest.")
+MAX_ANSWER_LENGTH = typer.Option(None, "--max-answer-length",
+                                 help="Same as --task-option max_answer_length=N (searchqa, quasart): longest answer, in sub-tokens.")
+
+
+def flag_task_options(task_class, options: dict[str, Any]) -> dict[str, Any]:
+    """The task options set by their own flags (`TASK_OPTION_FLAGS`; unset flags are None or False),
+    checked against what the task declares as `parse_task_options` checks `--task-option`."""
+    given = [f"{key}={json.dumps(options[key])}" for key in TASK_OPTION_FLAGS if options.get(key) not in (None, False)]
+    return parse_task_options(task_class, given)
+
 
 @app.command("finetune")
 def finetune_cli(
@@ -272,6 +290,10 @@ def finetune_cli(
     task_option: list[str] = typer.Option([], "--task-option", metavar="KEY=VALUE",
                                           help=f"A task's own option (repeatable). {task_options_help()}."),
     max_negatives: Optional[int] = typer.Option(None, "--max-negatives", help="Same as --task-option max_negatives=N (tacred)."),
+    max_paragraphs: Optional[int] = MAX_PARAGRAPHS, skip_bad: bool = SKIP_BAD, max_answer_length: Optional[int] = MAX_ANSWER_LENGTH,
+    no_answer: Optional[str] = typer.Option(
+        None, "--no-answer", metavar="skip|cls",
+        help="Same as --task-option no_answer=... (searchqa, quasart): training windows without the answer are skipped, or point at <s>."),
     allow_backbone_mismatch: bool = ALLOW_MISMATCH,
     keep_adapter_dropout: bool = typer.Option(
         False, "--keep-adapter-dropout",
@@ -299,9 +321,7 @@ def finetune_cli(
     set_threads(options["threads"])
     workdir = get_workdir(ctx)
     task_class = type(get_task(options["task"]))
-    task_options = parse_task_options(task_class, options["task_option"] or [])
-    if options["max_negatives"] is not None:
-        task_options.update(parse_task_options(task_class, [f"max_negatives={options['max_negatives']}"]))
+    task_options = {**parse_task_options(task_class, options["task_option"] or []), **flag_task_options(task_class, options)}
     task_obj = get_task(options["task"], **task_options)
     adapter_set = resolve_adapters(options["adapters"], workdir, options["fusion"])
     train_config, resolved = _train_config(options, task_obj.defaults_for(adapter_set.names))
@@ -329,6 +349,14 @@ def finetune_cli(
 # ---------------------------------------------------------------- evaluate, predict
 
 
+def _saved_task(model_dir: Path):
+    """The task class of a finetuned folder, from its config.json (before loading the model)."""
+    from kadapter_cli.finetune import finetuned_config
+    from kadapter_cli.tasks import get_task
+
+    return type(get_task(finetuned_config(model_dir)["task"]))
+
+
 @app.command("evaluate")
 def evaluate_cli(
     ctx: typer.Context,
@@ -341,24 +369,23 @@ def evaluate_cli(
     threads: Optional[int] = THREADS,
     overwrite: bool = OVERWRITE,
     scores: bool = SCORES, all_scores: bool = ALL_SCORES,
+    max_paragraphs: Optional[int] = MAX_PARAGRAPHS, skip_bad: bool = SKIP_BAD, max_answer_length: Optional[int] = MAX_ANSWER_LENGTH,
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Recompute a split's metrics from a saved finetuned model and write its predictions."""
-    from kadapter_cli.artifacts import read_json
-    from kadapter_cli.finetune import CONFIG as FT_CONFIG
     from kadapter_cli.finetune import evaluate_finetuned
 
     if split not in ("train", "dev", "test"):
         raise BadInput(f"--split must be train, dev or test, got {split!r}")
     set_threads(threads)
     workdir = get_workdir(ctx)
-    task_name = read_json(model_dir / FT_CONFIG)["task"] if (model_dir / FT_CONFIG).is_file() else None
-    if task_name is None:
-        raise BadInput("not a finetuned model folder (no config.json)", model_dir)
+    task_class = _saved_task(model_dir)
+    overrides = flag_task_options(task_class, {"max_paragraphs": max_paragraphs, "skip_bad": skip_bad,
+                                               "max_answer_length": max_answer_length})
     target = out or workdir / "evaluations" / f"{model_dir.name}-{split}"
-    result = evaluate_finetuned(model_dir, data or workdir / "tasks" / task_name, split, target,
+    result = evaluate_finetuned(model_dir, data or workdir / "tasks" / task_class.name, split, target,
                                 batch_size=batch_size, device=device, overwrite=overwrite,
-                                scores=_scores_mode(scores, all_scores))
+                                scores=_scores_mode(scores, all_scores), task_options=overrides)
     if json_out:
         echo_json(result["metrics"])
     else:
@@ -377,6 +404,7 @@ def predict_cli(
     threads: Optional[int] = THREADS,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),
     scores: bool = SCORES, all_scores: bool = ALL_SCORES,
+    max_paragraphs: Optional[int] = MAX_PARAGRAPHS, skip_bad: bool = SKIP_BAD, max_answer_length: Optional[int] = MAX_ANSWER_LENGTH,
 ) -> None:
     """Label new records with a finetuned model; one JSON line per input record, in input order."""
     from kadapter_cli.errors import OutputExists
@@ -385,9 +413,11 @@ def predict_cli(
     if out is not None and out.exists() and not overwrite:
         raise OutputExists("already exists; pass --overwrite to replace it", out)
     set_threads(threads)
+    overrides = flag_task_options(_saved_task(model_dir), {"max_paragraphs": max_paragraphs, "skip_bad": skip_bad,
+                                                           "max_answer_length": max_answer_length})
     with stdin_as_file(input_path) as path:
         rows = predict_records(model_dir, path, batch_size=batch_size, device=device,
-                               scores=_scores_mode(scores, all_scores))
+                               scores=_scores_mode(scores, all_scores), task_options=overrides)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if out is None:
         sys.stdout.write(lines)

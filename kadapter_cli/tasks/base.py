@@ -95,6 +95,9 @@ class Task:
     # rows of the fused features (adapters' last layers, fusion). () = the head reads every position.
     position_keys: ClassVar[tuple[str, ...]] = ()
     test_labels_optional: ClassVar[bool] = False  # the test split may come without labels (a leaderboard's)
+    # What the model does, as a Hugging Face Hub task id: the model card's `pipeline_tag` and
+    # `model-index` task type ("question-answering" for span extraction, "multiple-choice", ...).
+    hub_task: ClassVar[str] = "text-classification"
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -118,6 +121,10 @@ class Task:
     def task_files(self, data_dir: str | Path) -> dict[str, Path]:
         """The split files of a data folder: `train.json`, `dev.json`, `test.json` (CONTRACT §1)."""
         return {split: Path(data_dir) / f"{split}.json" for split in SPLITS}
+
+    def input_files(self, path: str | Path) -> list[Path]:
+        """Every file `read(path)` reads (hashed into manifests): the split file itself by default."""
+        return [Path(path)]
 
     def read(self, path: str | Path, labeled: bool = True) -> list[dict]:
         """Reads and validates a split file (a JSON list, or JSON Lines); `labeled=False` for `predict`

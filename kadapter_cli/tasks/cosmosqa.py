@@ -50,6 +50,7 @@ class CosmosQA(Task):
     name = "cosmosqa"
     primary_metric = "accuracy"
     headline_metrics = ("accuracy",)
+    hub_task = "multiple-choice"
     # Paper appendix C: 3 epochs, batch 64, lr 1e-5, warm-up 0, max length 256 (README: batch 64
     # via gradient accumulation; the released script: effective batch 16, 20,000 steps).
     defaults = {"lr": 1e-5, "batch_size": 64, "epochs": 3, "max_length": 256, "warmup": 0}

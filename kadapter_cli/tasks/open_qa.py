@@ -24,7 +24,7 @@ from kadapter_cli import metrics
 from kadapter_cli.artifacts import write_json, write_jsonl
 from kadapter_cli.encoding import SPACED_MARKERS, pair_template
 from kadapter_cli.errors import BadInput
-from kadapter_cli.qa_encoding import encode_qa_windows
+from kadapter_cli.qa_encoding import encode_qa_paragraphs
 from kadapter_cli.qa_formats import FORMATS, QUASAR_CONTEXTS, QAReadOptions, detect_input, find_split, read_qa
 from kadapter_cli.span_decoding import COMBINE_MODES, SPANS_PER_WINDOW, best_spans, ranked_answers
 from kadapter_cli.tasks.base import SPLITS, Batch, Prediction, Task, TaskOption, register_task
@@ -44,10 +44,11 @@ def encode_question(tokenizer, record: dict, max_length: int, stride: int, train
     if no_answer not in NO_ANSWER_MODES:
         raise ValueError(f"no_answer must be one of {', '.join(NO_ANSWER_MODES)}, got {no_answer!r}")
     answers = record["answers"] if training else ()
-    template = pair_template(tokenizer)
     windows = []
-    for paragraph in record["paragraphs"]:
-        for window in encode_qa_windows(tokenizer, record["question"], paragraph, max_length, stride, answers, template):
+    per_paragraph = encode_qa_paragraphs(tokenizer, record["question"], record["paragraphs"], max_length, stride,
+                                         answers, pair_template(tokenizer))
+    for paragraph, paragraph_windows in zip(record["paragraphs"], per_paragraph):
+        for window in paragraph_windows:
             if training and not window["starts"]:
                 if no_answer == "skip":
                     continue
@@ -142,6 +143,7 @@ class OpenQATask(Task):
 
     primary_metric = "f1"
     headline_metrics = ("em", "f1")
+    hub_task = "question-answering"  # extractive: a span of the paragraph
     options = {
         "format": TaskOption("auto", "data format: auto (detected from the files), " + ", ".join(FORMATS), str,
                              ("auto", *FORMATS)),
@@ -174,6 +176,11 @@ class OpenQATask(Task):
             source = find_split(data_dir, split, self.format, self.contexts)
             files[split] = source.main if source is not None else Path(data_dir) / f"{split}.json"
         return files
+
+    def input_files(self, path: str | Path) -> list[Path]:
+        """All the files of the split `path` names: OpenQA `.txt` + `.json`, Quasar-T questions +
+        contexts, ..."""
+        return detect_input(path, self.contexts, self.format).paths
 
     def read(self, path: str | Path, labeled: bool = True) -> list[dict]:
         source = detect_input(path, self.contexts, self.format)
