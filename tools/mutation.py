@@ -54,14 +54,18 @@ MODULES: dict[str, Target] = {
                     ["tests/test_model.py", "tests/test_adapter_io.py", "tests/test_tasks.py",
                      "tests/test_mutation_modules.py"]),
     "checkpoints": Target(["kadapter_cli/checkpoints.py"], LOOP_TESTS),
+    # Not test_import_original.py (full-size checkpoints, ~10 s per mutant): test_mutation_import.py runs
+    # `import-original` end to end on narrow checkpoints of the same layout.
     "import_original": Target(["kadapter_cli/import_original.py"],
-                             ["tests/test_import_original.py", "tests/test_untrusted.py", "tests/test_mutation_import.py"]),
+                             ["tests/test_untrusted.py", "tests/test_mutation_import.py"]),
     "feature_cache": Target(["kadapter_cli/feature_cache.py"],
                             ["tests/test_feature_cache.py", "tests/test_feature_cache_rows.py",
                              "tests/test_mutation_feature_cache.py"]),
     "encoding": Target(["kadapter_cli/encoding.py"],
                        ["tests/test_encoding.py", "tests/test_properties.py", "tests/test_tasks.py",
-                        "tests/test_mutation_encoding.py"]),
+                        "tests/test_cosmosqa.py", "tests/test_qa_spans.py", "tests/test_mutation_encoding.py",
+                        "tests/test_mutation_encoding_squeeze.py", "tests/test_mutation_encoding_styles.py",
+                        "tests/test_mutation_encoding_segments.py"]),
     "tasks": Target(["kadapter_cli/tasks/*"],
                     ["tests/test_tasks.py", "tests/test_typing_micro_pr.py", "tests/test_untrusted.py",
                      "tests/test_properties.py"]),
@@ -71,8 +75,11 @@ MODULES: dict[str, Target] = {
                        ("kadapter_cli.training.x_train*", "kadapter_cli.training.xǁ_Loopǁrun*",
                         "kadapter_cli.training.xǁ_Loopǁ_train_step*",
                         "kadapter_cli.training.xǁ_Loopǁ_after_step*")),
+    # Not test_import_original.py: its full-size checkpoints cost ~10 s per mutant it runs for; the
+    # small checkpoints of test_mutation_import.py exercise the same adapter code.
     "adapter": Target(["kadapter_cli/adapter.py"],
-                      ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_import_original.py"]),
+                      ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_mutation_adapter.py",
+                       "tests/test_mutation_import.py"]),
 }
 
 # Tests that fail on the unmutated scratch copy itself, so mutmut cannot use them: task discovery
@@ -80,6 +87,14 @@ MODULES: dict[str, Target] = {
 # the source check for unsafe loads reads every mutant's variant, `weights_only=False` included.
 DESELECT = ["tests/test_tasks.py::test_a_new_task_module_is_found_without_registering_it_anywhere",
             "tests/test_untrusted.py::test_the_package_has_no_unsafe_loads"]
+
+# A mutant may loop forever (a `while` whose exit it breaks). mutmut stops a mutant after
+# (its tests' measured call time + TIMEOUT_CONSTANT s) x TIMEOUT_MULTIPLIER and counts it a timeout
+# (killed). mutmut's defaults (1 s, x15) let one looping mutant of a function that slow tests call hold
+# a run for over ten minutes. The measured time leaves out fixture set-up (a tiny backbone, MiniLM),
+# which the constant covers; x3 leaves room for the shared machine's load changing during a run.
+TIMEOUT_CONSTANT = 10.0
+TIMEOUT_MULTIPLIER = 3.0
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}  # the tests noticed the change
 
@@ -108,6 +123,8 @@ source_paths = ["kadapter_cli"]
 only_mutate = {toml_list(files)}
 pytest_add_cli_args_test_selection = {toml_list(existing + ["-m", "not slow"] + [a for d in DESELECT for a in ("--deselect", d)])}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+timeout_multiplier = {TIMEOUT_MULTIPLIER}
+timeout_constant = {TIMEOUT_CONSTANT}
 """
     (work / "pyproject.toml").write_text(config)
 
