@@ -67,11 +67,18 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _unpickler_reason(error: Exception) -> str:
-    """The one line of torch's weights-only error that says what was refused (not its advice to
-    load the file unsafely)."""
+    """The part of torch's weights-only error that says what was refused, not its advice to load the
+    file unsafely nor its pointer to the documentation. torch says it after "WeightsUnpickler error:"
+    (a global that is not allowed, an unknown opcode) or, for a global of a blocked module (`os.system`,
+    what a pickle that runs code calls), in a paragraph of its own before the pointer."""
     text = str(error)
     match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s+Please|\n\n|$)", text, re.S)
-    return " ".join((match.group(1) if match else text.strip().splitlines()[-1]).split())[:200]
+    if match:
+        reason = match.group(1)
+    else:
+        paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if not p.startswith("Check the documentation")]
+        reason = paragraphs[-1] if paragraphs else text
+    return " ".join(reason.split())[:200]
 
 
 def _require(state: dict[str, torch.Tensor], key: str, path: Path) -> torch.Tensor:

@@ -114,9 +114,10 @@ def train(
     total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     warmup_steps = config.warmup_steps(total_steps)
-    if warmup_steps > total_steps and is_main:
-        info(f"warning: --warmup {warmup_steps:,} steps is longer than the run ({total_steps:,} steps): the learning "
-             f"rate never reaches --lr {config.lr:g}; give a share instead (--warmup 0.1 = the first 10%)")
+    # Step k trains at the multiplier of step k-1, so a warm-up as long as the run never gets to 1 either.
+    if warmup_steps >= total_steps and is_main:
+        info(f"warning: --warmup {warmup_steps:,} steps is not shorter than the run ({total_steps:,} steps): the "
+             f"learning rate never reaches --lr {config.lr:g}; give a share instead (--warmup 0.1 = the first 10%)")
 
     # device_specific: each process draws its own dropout masks.
     set_seed(config.seed, device_specific=True)

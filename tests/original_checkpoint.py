@@ -8,9 +8,11 @@ import torch
 H, W, FFN, N_REL, LIN_MAX = 1024, 768, 3072, 410, 64
 
 
-def original_state_dict(kind: str, seed: int, scale: float = 0.02) -> dict[str, torch.Tensor]:
-    """A full-size state dict with exactly the original AdapterModel's key names and shapes; Linear
-    weights and biases ~ N(0, scale)."""
+def original_state_dict(kind: str, seed: int, scale: float = 0.02, *, width: int = W, ffn: int = FFN,
+                        n_rel: int = N_REL, lin_max: int = LIN_MAX) -> dict[str, torch.Tensor]:
+    """A state dict with exactly the original AdapterModel's key names and, by default, full shapes;
+    Linear weights and biases ~ N(0, scale). Narrower adapters (`width`, `ffn`) and fewer relations
+    or positions keep the tests that do not need the full size fast."""
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
 
@@ -23,26 +25,26 @@ def original_state_dict(kind: str, seed: int, scale: float = 0.02) -> dict[str, 
         state[f"{name}.bias"] = torch.randn(size, generator=generator) * 0.02
 
     for i in range(3):
-        linear(f"adapter.{i}.down_project", W, H)
+        linear(f"adapter.{i}.down_project", width, H)
         for j in range(2):
             layer = f"adapter.{i}.encoder.layer.{j}"
             for part in ("query", "key", "value"):
-                linear(f"{layer}.attention.self.{part}", W, W)
-            linear(f"{layer}.attention.output.dense", W, W)
-            layer_norm(f"{layer}.attention.output.LayerNorm", W)
-            linear(f"{layer}.intermediate.dense", FFN, W)
-            linear(f"{layer}.output.dense", W, FFN)
-            layer_norm(f"{layer}.output.LayerNorm", W)
-        linear(f"adapter.{i}.up_project", H, W)
+                linear(f"{layer}.attention.self.{part}", width, width)
+            linear(f"{layer}.attention.output.dense", width, width)
+            layer_norm(f"{layer}.attention.output.LayerNorm", width)
+            linear(f"{layer}.intermediate.dense", ffn, width)
+            linear(f"{layer}.output.dense", width, ffn)
+            layer_norm(f"{layer}.output.LayerNorm", width)
+        linear(f"adapter.{i}.up_project", H, width)
     linear("com_dense", H, 2 * H)
     if kind == "fac":
         linear("dense", H, 2 * H)
-        linear("out_proj", N_REL, H)
+        linear("out_proj", n_rel, H)
     else:
         for part in ("query", "key", "value"):
             linear(f"self_attention.self.{part}", H, H)
         linear("self_attention.output.dense", H, H)
         layer_norm("self_attention.output.LayerNorm", H)
         linear("dense", H, H)
-        linear("out_proj", LIN_MAX, H)
+        linear("out_proj", lin_max, H)
     return state

@@ -5,10 +5,11 @@ module the mutation check must cover is there, its files exist, and no listed te
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,32 +54,57 @@ def test_the_tasks_and_their_readers_share_the_task_files_without_overlap():
     assert "kadapter_cli.tasks.base.xǁTaskǁscored_lines__mutmut_*" in tasks
 
 
-def _row(survivors: list[str]) -> dict:
-    return {"module": "tasks", "mutants": 10, "killed": 10 - len(survivors), "score": (10 - len(survivors)) / 10,
-            "survivors": [{"name": n, "status": "survived", "diff": f"- {n}"} for n in survivors]}
+def _toy_repository(root: Path, test_body: str) -> None:
+    """A package of one function and one test file: the smallest thing `tools/mutation.py` can run on."""
+    (root / "kadapter_cli").mkdir(parents=True)
+    (root / "kadapter_cli" / "__init__.py").write_text("")
+    (root / "kadapter_cli" / "toy.py").write_text("def add_one(x):\n    return x + 1\n")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_toy.py").write_text("from kadapter_cli.toy import add_one\n\n\n" + test_body)
+    (root / "pyproject.toml").write_text("[project]\nname = \"toy\"\nversion = \"0\"\n")
 
 
-def test_a_recheck_counts_the_survivors_the_current_tests_kill():
+@pytest.mark.slow
+def test_recheck_reruns_only_the_survivors_with_the_tests_added_since(tmp_path, monkeypatch, capsys):
+    import json
+
+    pytest.importorskip("mutmut", reason="mutmut comes with the `mutation` extra (make mutation installs it)")
     driver = _driver()
-    row = driver.merge_recheck(_row(["a", "b", "c"]), {"a": "killed", "b": "survived", "c": "timeout"}, 42)
-    assert (row["mutants"], row["killed"], row["score"]) == (10, 9, 0.9)
-    assert row["survivors"] == [{"name": "b", "status": "survived", "diff": "- b"}]
-    assert row["rechecks"] == [{"survivors": 3, "killed": 2, "seconds": 42}]
-    again = driver.merge_recheck(row, {"b": "killed"}, 7)
-    assert (again["killed"], again["survivors"], len(again["rechecks"])) == (10, [], 2)
+    repo, out = tmp_path / "repo", tmp_path / "out"
+    # Only checks that add_one returns something: the mutants of `+ 1` survive.
+    _toy_repository(repo, "def test_returns_a_number():\n    assert add_one(1) is not None\n")
+    monkeypatch.setattr(driver, "REPO", repo)
+    monkeypatch.setattr(driver, "MODULES", {"toy": driver.Target(["kadapter_cli/toy.py"], ["tests/test_toy.py"])})
+    monkeypatch.setattr(sys, "argv", ["mutation.py", "toy", "--out", str(out)])
+    driver.main()
+    first = json.loads((out / "toy.json").read_text())
+    assert first["mutants"] >= 2 and first["killed"] == 0 and len(first["survivors"]) == first["mutants"]
+
+    # A test that pins the number, added after the run: --recheck re-runs the survivors with it.
+    with open(repo / "tests" / "test_toy.py", "a") as f:
+        f.write("\n\ndef test_adds_one():\n    assert add_one(1) == 2\n")
+    monkeypatch.setattr(sys, "argv", ["mutation.py", "--recheck", "toy", "--out", str(out)])
+    driver.main()
+    again = json.loads((out / "toy.json").read_text())
+    assert again["mutants"] == first["mutants"] and again["killed"] == again["mutants"] and again["survivors"] == []
+    assert again["rechecked"]["mutants"] == first["mutants"]
+    summary = (out / "summary.md").read_text()
+    assert f"| toy | {first['mutants']} | {first['mutants']} | 100.0 % | 0 |" in summary
+    assert f"toy: the survivors of its run ({first['mutants']}) rechecked" in summary
+
+    # The module's source changed since the run: its mutant names are stale, so no recheck.
+    (repo / "kadapter_cli" / "toy.py").write_text("def add_one(x):\n    return 1 + x\n")
+    with pytest.raises(SystemExit, match="mutmut could not run: toy"):
+        driver.main()
+    assert "toy: kadapter_cli/toy.py changed since its run" in capsys.readouterr().out
+    assert json.loads((out / "toy.json").read_text()) == again  # nothing rewritten
 
 
-def test_a_recheck_needs_the_last_run_of_unchanged_code(tmp_path):
-    def recheck():
-        return subprocess.run([sys.executable, str(REPO / "tools" / "mutation.py"), "--recheck", "fusion",
-                               "--out", str(tmp_path)], capture_output=True, text=True)
-
-    done = recheck()
-    assert done.returncode != 0 and f"fusion: no earlier run in {tmp_path} to recheck; run it first" in done.stdout
-    (tmp_path / "fusion.json").write_text(json.dumps(_row([])))
-    (tmp_path / "fusion" / "mutants").mkdir(parents=True)
-    (tmp_path / "fusion" / "kadapter_cli").mkdir()
-    (tmp_path / "fusion" / "kadapter_cli" / "fusion.py").write_text("# the code as it was\n")
-    done = recheck()
-    assert done.returncode != 0
-    assert "fusion: kadapter_cli/fusion.py changed since its last run" in done.stdout
+def test_recheck_without_an_earlier_run_says_to_run_the_module_first(tmp_path, monkeypatch, capsys):
+    driver = _driver()
+    monkeypatch.setattr(sys, "argv", ["mutation.py", "--recheck", "metrics", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        driver.main()
+    assert (f"metrics: no earlier run under {tmp_path} to recheck; run it first (python tools/mutation.py metrics)"
+            in capsys.readouterr().out)
+    assert list(tmp_path.iterdir()) == []

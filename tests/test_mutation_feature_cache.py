@@ -144,3 +144,131 @@ def test_build_refusals_in_full(kwargs, message):
     with pytest.raises(ValueError) as caught:
         FeatureCache.build(lambda ids, mask: [], [[2], [], []], pad_id=1, batch_size=1)
     assert str(caught.value) == "example 1 has no tokens"
+
+
+# -- what `FeatureCache.build` refuses from `compute`, and the bar it shows
+
+def _build(compute, ids=([2, 3, 4], [5, 6], [7]), batch_size=2):
+    from kadapter_cli.feature_cache import FeatureCache
+
+    return FeatureCache.build(compute, [list(x) for x in ids], pad_id=1, batch_size=batch_size)
+
+
+def _states(ids, width=4):
+    return ids.float().unsqueeze(-1).expand(-1, -1, width).clone()
+
+
+@pytest.mark.parametrize("returned, message", [
+    (lambda ids: [], "compute returned no states"),
+    (lambda ids: [_states(ids), _states(ids)[:, :, 0]],
+     "compute returned state 1 of shape ({b}, {l}); expected ({b}, {l}, hidden)"),
+    (lambda ids: [_states(ids)[:, :-1]], "compute returned state 0 of shape ({b}, {l1}, 4); expected ({b}, {l}, hidden)"),
+    (lambda ids: [_states(ids)[:1]], "compute returned state 0 of shape (1, {l}, 4); expected ({b}, {l}, hidden)"),
+])
+def test_build_refuses_states_of_the_wrong_shape_naming_it(returned, message):
+    shapes = []
+
+    def compute(ids, mask):
+        shapes.append(tuple(ids.shape))
+        return returned(ids)
+
+    with pytest.raises(ValueError) as caught:
+        _build(compute)
+    b, l = shapes[0]
+    assert str(caught.value) == message.format(b=b, l=l, l1=l - 1)
+
+
+@pytest.mark.parametrize("later", [
+    lambda ids: [_states(ids), _states(ids)],  # one state more than for the first batch
+    lambda ids: [_states(ids, width=5)],  # another width
+])
+def test_build_refuses_later_batches_that_differ_from_the_first(later):
+    calls = []
+
+    def compute(ids, mask):
+        calls.append(1)
+        return [_states(ids)] if len(calls) == 1 else later(ids)
+
+    with pytest.raises(ValueError) as caught:
+        _build(compute)
+    assert str(caught.value) == "compute returned a different number or width of states than for the first batch"
+    # The same states in every batch are accepted (two batches of the three examples).
+    assert len(_build(lambda ids, mask: [_states(ids), _states(ids, width=5)])) == 3
+
+
+def test_building_shows_a_bar_of_the_examples_cached_on_a_terminal(monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    import kadapter_cli.progress
+
+    screen = io.StringIO()
+    monkeypatch.setenv("KADAPTER_PROGRESS", "1")
+    monkeypatch.setattr(kadapter_cli.progress, "console", Console(file=screen, force_terminal=True, width=200))
+    _build(lambda ids, mask: [_states(ids)])
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    assert re.search(r"caching features [━╺╸ ]+ 3/3 ([\d,.]+|–) examples/s", plain), plain
+
+
+def test_build_refuses_an_example_longer_than_pad_to_naming_the_first():
+    from kadapter_cli.feature_cache import FeatureCache
+
+    examples = [[2, 3, 4], [5, 6, 7, 8, 9], [2], [3, 4, 5, 6, 7]]
+    with pytest.raises(ValueError) as caught:
+        FeatureCache.build(lambda ids, mask: [_states(ids)], examples, pad_id=1, batch_size=2, pad_to=4)
+    assert str(caught.value) == "example 1 has 5 tokens, over pad_to=4"
+    # As long as pad_to is fine: every example is stored padded to it (pad id 1 here).
+    cache = FeatureCache.build(lambda ids, mask: [_states(ids)], examples, pad_id=1, batch_size=2, pad_to=5)
+    assert cache.gather([2], 5)[0][0, :, 0].tolist() == [2.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_attach_with_pad_to_budgets_and_stores_every_example_padded(tmp_path):
+    splits, calls = _splits(), []
+    # Padded to 5: 3 examples × 5 positions × 4 wide × 2 bytes = 120 bytes, over a budget of 100
+    # that the 6 real tokens (48 bytes) would fit.
+    assert _attach(splits, calls, tmp_path, budget_gib=100 / GiB, pad_to=5) == "disk"
+    splits = _splits()
+    assert _attach(splits, calls, tmp_path, budget_gib=120 / GiB, pad_to=5) == "memory"
+    second = splits[0][1]  # input ids [5, 6]
+    assert second["_cache"].gather([second["_row"]], 5)[0][0, :, 0].tolist() == [5.0, 6.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("local_processes, storage", [(None, "memory"), ("1", "memory"), ("2", "disk")])
+def test_the_default_memory_budget_is_shared_by_the_processes_of_a_machine(tmp_path, monkeypatch, local_processes,
+                                                                          storage):
+    import kadapter_cli.feature_cache
+
+    monkeypatch.setattr(kadapter_cli.feature_cache, "default_budget_bytes", lambda: 80)
+    if local_processes is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_processes)
+    # 48 bytes: within 80, not within 80 // 2.
+    assert _attach(_splits(), [], tmp_path, budget_gib=None) == storage
+
+
+def test_decide_cache_without_a_budget_uses_the_default_one(monkeypatch):
+    import kadapter_cli.feature_cache
+
+    monkeypatch.setattr(kadapter_cli.feature_cache, "default_budget_bytes", lambda: 80)
+    assert decide_cache("auto", 80) == "memory"
+    assert decide_cache("auto", 81) is None
+
+
+@pytest.mark.parametrize("names, labels", [(["train", "dev"], ["caching features (train)", "caching features (dev)"]),
+                                           (None, ["caching features", "caching features"])])
+def test_each_split_s_bar_is_labelled_with_its_name(tmp_path, monkeypatch, names, labels):
+    import rich.progress
+
+    started = []
+    add_task = rich.progress.Progress.add_task
+
+    def recording(self, description, **fields):
+        started.append(description)
+        return add_task(self, description, **fields)
+
+    monkeypatch.setattr(rich.progress.Progress, "add_task", recording)
+    _attach(_splits(), [], tmp_path, budget_gib=1.0, names=names)
+    assert started == labels

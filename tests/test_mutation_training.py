@@ -1,6 +1,8 @@
 """Cases found by mutation testing (docs/MUTATION.md) for the training loop: the learning-rate schedule's
-numbers at its edges, which parameters AdamW decays, which errors count as out of memory, and the
-checkpoint files that exact resume reads (RNG states, complete folders, weights)."""
+numbers at its edges, which parameters AdamW decays, which errors count as out of memory, the
+checkpoint files that exact resume reads (RNG states, complete folders, weights, the grad scaler, a
+GPU run's files on a CPU), what the loop does with epochs, micro-batches and its bar, and what
+`make_accelerator`, `adamw` and `--threads` decide on a machine stood in for (CUDA, cores, load)."""
 
 from __future__ import annotations
 
@@ -200,3 +202,628 @@ def test_resume_refusals_name_the_checkpoint_and_the_difference(tmp_path):
         run(max_steps=2)
     assert str(caught.value) == (f"{checkpoint}: checkpoint was written by 2 processes, this run has 1; "
                                  "resume with the same number")
+
+
+# -- resume across machines, the grad scaler, CUDA generators, untrusted files (docs/MUTATION.md)
+
+def _toy_config(**overrides) -> TrainConfig:
+    return TrainConfig(**{**dict(epochs=1, batch_size=8, lr=3e-3, seed=7, device="cpu", save_every=2), **overrides})
+
+
+class _Killed(Exception):
+    pass
+
+
+def _toy_run(run_dir, resume=False, model=None, killed_at: int | None = None, **overrides):
+    """The toy run (4 steps, a checkpoint every 2); `killed_at`: it stops in that step (1-based)."""
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    class Objective(ToyObjective):
+        calls = 0
+
+        def loss(self, model, batch):
+            self.calls += 1
+            if self.calls == killed_at:
+                raise _Killed
+            return super().loss(model, batch)
+
+    model = model if model is not None else build_model(7)
+    try:
+        train(model, Objective(), toy_examples(32, 1), None, _toy_config(**overrides), run_dir, resume=resume)
+    except _Killed:
+        pass
+    return model
+
+
+def _save_as_on_a_gpu(path):
+    """Rewrites a torch file as a CUDA run writes it: every tensor's storage tagged `cuda:0`."""
+    import torch.serialization
+
+    content = torch.load(path, weights_only=True)
+    tag = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda storage: "cuda:0"
+    try:
+        torch.save(content, path)
+    finally:
+        torch.serialization.location_tag = tag
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu_only_machine(tmp_path):
+    uninterrupted = _toy_run(tmp_path / "whole")
+    _toy_run(tmp_path / "run", killed_at=4)  # a checkpoint at step 2 of the 4
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    # A GPU run's optimizer state (AdamW's moments and step counts) lives on the device.
+    _save_as_on_a_gpu(checkpoint / "optimizer.pt")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(checkpoint / "optimizer.pt", weights_only=True)  # as written: not loadable here without mapping
+    resumed = _toy_run(tmp_path / "run", resume=True)
+    for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def _checkpoint_and_loop(tmp_path):
+    """A complete checkpoint of the toy run, and a fresh model, optimizer and schedule to load it into."""
+    from train_toy import build_model
+
+    _toy_run(tmp_path / "run", killed_at=4)
+    model = build_model(7)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = adamw(trainable, _toy_config())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return latest_checkpoint(tmp_path / "run"), model, optimizer, scheduler
+
+
+def _process(scaler=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(num_processes=1, process_index=0, scaler=scaler)
+
+
+def test_resume_restores_the_fp16_grad_scaler_from_the_checkpoint(tmp_path):
+    from kadapter_cli.checkpoints import load_checkpoint
+
+    checkpoint, model, optimizer, scheduler = _checkpoint_and_loop(tmp_path)
+    saved = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    optim = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    torch.save({**optim, "scaler": saved.state_dict()}, checkpoint / "optimizer.pt")  # as an fp16 run writes it
+
+    scaler = torch.amp.GradScaler("cpu")  # this run's, at its initial scale 65536
+    state = load_checkpoint(checkpoint, model, optimizer, scheduler, _process(scaler), _toy_config())
+    assert state.step == 2
+    assert scaler.get_scale() == 512.0 and scaler.get_growth_interval() == 7
+    # An accelerator without a scaler (fp32 / bf16) resumes from the same files, ignoring the scaler state.
+    load_checkpoint(checkpoint, model, optimizer, scheduler, _process(None), _toy_config())
+    # A checkpoint of a run without a scaler leaves this run's scaler as it is.
+    torch.save({**optim, "scaler": None}, checkpoint / "optimizer.pt")
+    fresh = torch.amp.GradScaler("cpu")
+    load_checkpoint(checkpoint, model, optimizer, scheduler, _process(fresh), _toy_config())
+    assert fresh.get_scale() == 65536.0
+
+
+class _PickledCode:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+@pytest.mark.parametrize("file", ["optimizer.pt", "rng.pt"])
+def test_resume_refuses_a_checkpoint_file_that_would_run_pickled_code(tmp_path, capsys, file):
+    import pickle
+
+    from kadapter_cli.checkpoints import load_checkpoint
+
+    checkpoint, model, optimizer, scheduler = _checkpoint_and_loop(tmp_path)
+    content = torch.load(checkpoint / file, weights_only=True)
+    torch.save({**content, "extra": _PickledCode()}, checkpoint / file)
+    capsys.readouterr()
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(checkpoint, model, optimizer, scheduler, _process(), _toy_config())
+    assert "pickled code ran" not in capsys.readouterr().out
+
+
+class _CudaGenerators:
+    """Stands in for torch.cuda's generator calls on a machine without CUDA; records what is set."""
+
+    def __init__(self, monkeypatch, available=True, initialized=True):
+        self.states = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+        self.got, self.set = [], []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialized)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: self.got.append(1) or self.states)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", self.set.append)
+
+
+def test_cuda_generator_states_are_checkpointed_and_restored_when_cuda_is_in_use(monkeypatch):
+    cuda = _CudaGenerators(monkeypatch)
+    state = rng_state()
+    assert state["cuda"] is cuda.states
+    set_rng_state(state)
+    assert cuda.set == [cuda.states]
+    # A checkpoint of a CPU run carries no CUDA states: nothing is set.
+    set_rng_state({k: v for k, v in state.items() if k != "cuda"})
+    assert cuda.set == [cuda.states]
+
+
+def test_cuda_generators_are_left_alone_when_cuda_is_not_in_use(monkeypatch):
+    # --device cpu on a GPU machine: CUDA is there but never initialised; reading its generators would start it.
+    cuda = _CudaGenerators(monkeypatch, available=True, initialized=False)
+    assert "cuda" not in rng_state() and cuda.got == []
+    # A GPU run's checkpoint resumed where there is no CUDA: its CUDA states cannot be set, and are not.
+    cuda = _CudaGenerators(monkeypatch, available=False, initialized=False)
+    state = {**rng_state(), "cuda": cuda.states}
+    set_rng_state(state)
+    assert cuda.set == [] and cuda.got == []
+
+
+def test_weight_mismatch_messages_list_three_names_and_name_the_file(tmp_path):
+    model = torch.nn.Sequential(*(torch.nn.Linear(1, 1) for _ in range(3)))  # 6 parameters: 0.weight ... 2.bias
+    source = tmp_path / "model.safetensors"
+    with pytest.raises(BadInput) as caught:
+        copy_into(model, {f"other.{i}": torch.zeros(1) for i in range(5)}, source)
+    assert str(caught.value) == (f"{source}: weights do not match the model's trainable parameters (missing "
+                                 "['0.bias', '0.weight', '1.bias'], unexpected ['other.0', 'other.1', 'other.2'])")
+    weights = {n: torch.zeros(2, 2) if n == "1.weight" else p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(BadInput) as caught:
+        copy_into(model, weights, source)
+    assert str(caught.value) == f"{source}: 1.weight: saved shape (2, 2), model has (1, 1)"
+
+
+def test_resume_into_a_model_with_other_trainable_parameters_names_the_checkpoint_s_weights_file(tmp_path):
+    from train_toy import build_model
+
+    _toy_run(tmp_path / "run", killed_at=4)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    model = build_model(7)
+    model.frozen_projection.requires_grad_(True)
+    with pytest.raises(BadInput) as caught:
+        _toy_run(tmp_path / "run", resume=True, model=model)
+    assert str(caught.value) == (f"{checkpoint / 'model.safetensors'}: weights do not match the model's trainable "
+                                 "parameters (missing ['frozen_projection.bias', 'frozen_projection.weight'], "
+                                 "unexpected [])")
+
+
+def test_a_checkpoint_that_records_no_options_is_taken_to_have_run_at_the_defaults(tmp_path):
+    from kadapter_cli.train_config import TRAJECTORY_OPTIONS
+
+    _toy_run(tmp_path / "run", killed_at=4)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    state = json.loads((checkpoint / "state.json").read_text())
+    del state["config"]
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    defaults, ours = TrainConfig(), _toy_config()
+    changed = [f"--{k.replace('_', '-')} {getattr(defaults, k)!r} → {getattr(ours, k)!r}"
+               for k in TRAJECTORY_OPTIONS if getattr(defaults, k) != getattr(ours, k)]
+    assert len(changed) == 4  # epochs, batch_size, lr, seed
+    with pytest.raises(BadInput) as caught:
+        _toy_run(tmp_path / "run", resume=True)
+    assert str(caught.value) == (f"{checkpoint}: cannot resume with different training options ("
+                                 + "; ".join(changed) + "); use the checkpoint's options or start again without "
+                                 "--resume")
+
+
+# -- what make_accelerator and adamw decide on a machine with CUDA (Accelerate and AdamW stood in for)
+
+class _Recorder:
+    """Stands in for `accelerate.Accelerator`: records its keyword arguments; optionally fails first."""
+
+    def __init__(self, monkeypatch, fail_with: list[Exception] | None = None):
+        import accelerate
+        from accelerate.state import AcceleratorState
+
+        self.calls, self.resets, self.fail_with = [], [], list(fail_with or [])
+        recorder = self
+
+        class Accelerator:
+            def __init__(self, **kwargs):
+                recorder.calls.append(kwargs)
+                if recorder.fail_with:
+                    raise recorder.fail_with.pop(0)
+
+        monkeypatch.setattr(accelerate, "Accelerator", Accelerator)
+        monkeypatch.setattr(AcceleratorState, "_reset_state", staticmethod(lambda *a, **k: self.resets.append(1)))
+
+
+@pytest.mark.parametrize("cuda, device, precision, cpu, mixed", [
+    (True, "cpu", "fp32", True, "no"),  # --device cpu on a GPU machine stays on the CPU
+    (True, "cpu", "bf16", True, "bf16"),
+    (True, "auto", "fp32", False, "no"),  # auto takes the GPU
+    (True, "auto", "fp16", False, "fp16"),  # fp16 is allowed there, with Accelerate's fp16 autocast
+    (True, "cuda", "bf16", False, "bf16"),
+    (False, "auto", "fp32", True, "no"),  # cpu=True also without CUDA: torchrun's processes join over gloo
+])
+def test_device_and_precision_reach_accelerate(monkeypatch, cuda, device, precision, cpu, mixed):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    accelerate = _Recorder(monkeypatch)
+    make_accelerator(TrainConfig(device=device, precision=precision))
+    assert accelerate.calls == [{"cpu": cpu, "mixed_precision": mixed, "log_with": None}]
+
+
+def test_a_second_accelerator_in_one_process_resets_accelerate_s_state_and_keeps_the_options(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    accelerate = _Recorder(monkeypatch, [ValueError("AcceleratorState has already been initialized and cannot be "
+                                                    "changed, restart your runtime completely")])
+    trackers = [object()]  # what tracking.RunTracker hands over for --report-to
+    make_accelerator(TrainConfig(device="cpu", precision="bf16"), log_with=trackers)
+    assert accelerate.resets == [1]
+    assert accelerate.calls == [{"cpu": True, "mixed_precision": "bf16", "log_with": trackers}] * 2
+
+
+def test_the_run_s_trackers_reach_accelerate_and_no_trackers_is_none(monkeypatch):
+    accelerate = _Recorder(monkeypatch)
+    trackers = [object()]
+    make_accelerator(TrainConfig(device="cpu"), log_with=trackers)
+    make_accelerator(TrainConfig(device="cpu"), log_with=[])
+    assert [call["log_with"] for call in accelerate.calls] == [trackers, None]
+
+
+def test_other_accelerate_errors_are_not_retried(monkeypatch):
+    accelerate = _Recorder(monkeypatch, [ValueError("unsupported mixed precision")])
+    with pytest.raises(ValueError, match="unsupported mixed precision"):
+        make_accelerator(TrainConfig(device="cpu"))
+    assert len(accelerate.calls) == 1 and accelerate.resets == []
+
+
+def test_under_a_launch_of_two_processes_accelerate_s_state_is_never_reset(monkeypatch):
+    import accelerate.state
+
+    class TwoProcesses:
+        num_processes = 2
+
+    monkeypatch.setattr(accelerate.state, "PartialState", TwoProcesses)
+    recorder = _Recorder(monkeypatch, [ValueError("AcceleratorState has already been initialized")])
+    with pytest.raises(ValueError, match="already been initialized"):
+        make_accelerator(TrainConfig(device="cpu"))
+    assert len(recorder.calls) == 1 and recorder.resets == []
+
+
+def test_adamw_uses_the_fused_kernel_for_cuda_parameters(monkeypatch):
+    from types import SimpleNamespace
+
+    made = []
+    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, **kwargs: made.append(kwargs["fused"]))
+
+    def on(device):
+        return SimpleNamespace(ndim=2, device=torch.device(device))
+
+    adamw([("w", on("cuda")), ("v", on("cuda:1"))], TrainConfig())
+    adamw([("w", on("cuda")), ("v", on("meta"))], TrainConfig())
+    assert made == [True, False]
+
+
+# -- the loop itself: epoch orders, gradient sync, what it counts, the training bar (docs/MUTATION.md)
+
+def test_each_epoch_trains_on_batchings_order_for_that_epoch_and_seed(tmp_path):
+    from kadapter_cli.batching import epoch_batches
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    seen: list[list[int]] = []
+
+    class Recording(ToyObjective):
+        def loss(self, model, batch):
+            seen.append(sorted(batch["example_ids"].tolist()))
+            return super().loss(model, batch)
+
+    examples = toy_examples(32, 1)
+    config = TrainConfig(epochs=3, batch_size=4, lr=3e-3, seed=5, device="cpu", bucket_size=2)
+    train(build_model(7), Recording(), examples, None, config, tmp_path / "run")
+    lengths = [len(e["ids"]) for e in examples]
+    expected = [sorted(examples[j]["id"] for j in step) for epoch in range(3)
+                for step in epoch_batches(lengths, 4, 5, epoch, 2)]
+    assert seen == expected
+    # Meaningful only because the orders differ between epochs, seeds and pool sizes:
+    orders = [epoch_batches(lengths, 4, 5, 0, 2), epoch_batches(lengths, 4, 5, 1, 2),
+              epoch_batches(lengths, 4, 6, 0, 2), epoch_batches(lengths, 4, 5, 0, 100)]
+    assert all(a != b for i, a in enumerate(orders) for b in orders[i + 1:])
+
+
+def test_gradients_are_all_reduced_only_on_each_step_s_last_micro_batch(tmp_path, monkeypatch):
+    # On one process no_sync changes nothing; under DDP it is what keeps accumulation from syncing
+    # every micro-batch (or, wrong the other way, never): record where each micro-batch's loss ran.
+    from contextlib import contextmanager
+
+    import accelerate
+
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    inside_no_sync, unsynced, models = [False], [], []
+
+    @contextmanager
+    def no_sync(self, model):
+        models.append(model)
+        inside_no_sync[0] = True
+        try:
+            yield
+        finally:
+            inside_no_sync[0] = False
+
+    monkeypatch.setattr(accelerate.Accelerator, "no_sync", no_sync)
+
+    class Recording(ToyObjective):
+        def loss(self, model, batch):
+            unsynced.append(inside_no_sync[0])
+            return super().loss(model, batch)
+
+    config = TrainConfig(epochs=1, batch_size=12, micro_batch_size=4, lr=3e-3, seed=7, device="cpu")
+    model = build_model(7)
+    train(model, Recording(), toy_examples(24, 1), None, config, tmp_path / "run")
+    assert unsynced == [True, True, False] * 2  # 2 steps of 3 micro-batches
+    assert len(models) == 4 and all(m is model for m in models)  # the model DDP wraps (here: itself)
+
+
+def test_checkpoints_count_the_examples_and_tokens_trained_on(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    # Steps of 8 in 4 micro-batches of 2; the short last step (1 example) also gets three stand-in
+    # micro-batches of share 0, which are not examples seen.
+    examples = toy_examples(33, 1)
+    config = TrainConfig(epochs=2, batch_size=8, micro_batch_size=2, lr=3e-3, seed=7, device="cpu")
+    train(build_model(7), ToyObjective(), examples, None, config, tmp_path / "run")
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert state["examples_seen"] == 2 * 33
+    assert state["tokens_seen"] == 2 * sum(len(e["ids"]) for e in examples)
+
+
+def test_micro_batches_train_the_weights_and_log_the_loss_of_the_whole_batch(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    def run(name, micro):
+        model = build_model(7, dropout=0.0)  # no dropout: the split changes the order of random draws
+        config = TrainConfig(epochs=2, batch_size=8, micro_batch_size=micro, lr=3e-3, seed=7, device="cpu",
+                             log_every=1)
+        train(model, ToyObjective(), toy_examples(30, 1), None, config, tmp_path / name)
+        lines = [json.loads(x) for x in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+        return model, [line["loss"] for line in lines if "loss" in line]
+
+    whole, whole_losses = run("whole", None)
+    # 4 micro-batches of 2 a step; the short last step of 6 in parts of 2, 1, 1, 2: shares 1/3, 1/6, 1/6, 1/3.
+    split, split_losses = run("split", 2)
+    assert len(split_losses) == len(whole_losses) == 8
+    assert split_losses == pytest.approx(whole_losses, rel=1e-5)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), split.state_dict().items()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+
+def _terminal(monkeypatch, interactive: bool):
+    import io
+
+    from rich.console import Console
+
+    import kadapter_cli.progress
+
+    screen = io.StringIO()
+    monkeypatch.setenv("KADAPTER_PROGRESS", "1" if interactive else "0")
+    monkeypatch.setattr(kadapter_cli.progress, "console", Console(file=screen, force_terminal=interactive, width=200))
+    return screen
+
+
+def test_the_training_bar_counts_steps_and_shows_the_loss_on_a_terminal(tmp_path, monkeypatch):
+    import re
+
+    screen = _terminal(monkeypatch, interactive=True)
+    _toy_run(tmp_path / "run")
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    last = plain.rsplit("train ", 1)[-1]
+    assert re.match(r"[━╺╸ ]+ 4/4 ([\d,.]+|–) steps/s loss \d+\.\d{4} · \d+ ex/s · \d+ ms/step", last), plain
+
+
+def test_the_training_bar_stays_silent_when_not_on_a_terminal(tmp_path, monkeypatch):
+    screen = _terminal(monkeypatch, interactive=False)
+    _toy_run(tmp_path / "run")
+    assert "steps/s" not in screen.getvalue() and "4/4" not in screen.getvalue()
+
+
+def test_a_resumed_run_s_bar_starts_at_the_checkpoint_s_step(tmp_path, monkeypatch):
+    import rich.progress
+
+    started = []
+    add_task = rich.progress.Progress.add_task
+
+    def recording(self, description, **fields):
+        started.append((description, fields))
+        return add_task(self, description, **fields)
+
+    monkeypatch.setattr(rich.progress.Progress, "add_task", recording)
+    _toy_run(tmp_path / "run", killed_at=3)
+    _toy_run(tmp_path / "run", resume=True)
+    assert started == [("train", dict(total=4, completed=0, status="", unit="steps")),
+                       ("train", dict(total=4, completed=2, status="", unit="steps"))]
+
+
+def test_train_starts_afresh_unless_told_to_resume(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    _toy_run(tmp_path / "run", killed_at=3)  # leaves a checkpoint at step 2
+    assert latest_checkpoint(tmp_path / "run") is not None
+    # Another --lr: resuming would be refused; starting afresh is what happens.
+    model = build_model(7)
+    result = train(model, ToyObjective(), toy_examples(32, 1), None, _toy_config(lr=1e-3), tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert result.steps == 4 and [line["step"] for line in lines if "loss" in line] == [2, 4]
+    fresh = _toy_run(tmp_path / "fresh", lr=1e-3)
+    for (name, a), (_, b) in zip(fresh.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_out_of_memory_in_a_training_step_names_the_step_the_micro_batch_and_the_longest_example(tmp_path):
+    from kadapter_cli.batching import epoch_batches
+    from kadapter_cli.train_setup import TrainingOutOfMemory, out_of_memory
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    class OutOfMemory(ToyObjective):
+        calls = 0
+
+        def loss(self, model, batch):
+            self.calls += 1
+            if self.calls == 9:  # the first micro-batch of step 3 (4 micro-batches of 2 a step)
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().loss(model, batch)
+
+    examples = toy_examples(32, 1)
+    with pytest.raises(TrainingOutOfMemory) as caught:
+        train(build_model(7), OutOfMemory(), examples, None, _toy_config(micro_batch_size=2), tmp_path / "run")
+    lengths = [len(e["ids"]) for e in examples]
+    step = epoch_batches(lengths, 8, 7, 0, 100)[2]
+    longest = max(lengths[j] for j in step)
+    assert longest < max(lengths)  # the step's longest, not the data's
+    assert str(caught.value) == str(out_of_memory("training step 3", 2, longest))
+
+
+def test_limit_takes_the_first_examples_of_train_and_dev(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    config = _toy_config(limit=16, save_every=None)
+    result = train(build_model(7), ToyObjective(), toy_examples(32, 1), toy_examples(24, 2), config, tmp_path / "run")
+    assert result.steps == 2  # 16 examples in steps of 8
+    assert result.final_metrics["n"] == 16.0  # the dev examples scored
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert state["examples_seen"] == 16
+
+
+def test_no_training_examples_is_bad_input(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model
+
+    with pytest.raises(BadInput) as caught:
+        train(build_model(7), ToyObjective(), [], None, _toy_config(), tmp_path / "run")
+    assert str(caught.value) == "no training examples"
+
+
+def test_without_max_steps_the_schedule_spans_every_epoch_and_ends_at_zero(tmp_path):
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    config = _toy_config(epochs=2, warmup=2, log_every=1, save_every=None)
+    result = train(build_model(7), ToyObjective(), toy_examples(32, 1), None, config, tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    lrs = {line["step"]: line["lr"] for line in lines if "lr" in line}
+    assert result.steps == 8  # 2 epochs of 32 examples in steps of 8
+    assert lrs == pytest.approx({s: 3e-3 * (s / 2 if s < 2 else (8 - s) / 6) for s in range(1, 9)})
+
+
+@pytest.mark.parametrize("warmup, warned", [(3, False), (4, True), (5, True)])
+def test_a_warmup_as_long_as_the_run_is_warned_about(tmp_path, capsys, warmup, warned):
+    # 4 steps: step k trains at the schedule's multiplier after k-1 steps, so warm-up 4 never reaches --lr.
+    _toy_run(tmp_path / "run", warmup=warmup)
+    message = (f"warning: --warmup {warmup} steps is not shorter than the run (4 steps): the learning rate never "
+               "reaches --lr 0.003; give a share instead (--warmup 0.1 = the first 10%)")
+    assert (message in capsys.readouterr().err) is warned
+
+
+def test_a_model_without_trainable_parameters_is_refused(tmp_path):
+    from kadapter_cli.errors import KadapterError
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    model = build_model(7).requires_grad_(False)
+    with pytest.raises(KadapterError) as caught:
+        train(model, ToyObjective(), toy_examples(8, 1), None, _toy_config(), tmp_path / "run")
+    assert str(caught.value) == "the model has no trainable parameters (every parameter has requires_grad=False)"
+
+
+def test_resuming_says_from_where_and_a_finished_run_says_it_is_complete(tmp_path, capsys):
+    _toy_run(tmp_path / "run", killed_at=3)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    capsys.readouterr()
+    _toy_run(tmp_path / "run", resume=True)
+    assert f"resuming from {checkpoint} (step 2 of 4)" in capsys.readouterr().err
+    _toy_run(tmp_path / "run", resume=True)
+    said = capsys.readouterr().err
+    assert "training already complete at step 4" in said and "resuming from" in said
+
+
+def test_the_run_folder_is_made_with_its_parents(tmp_path):
+    _toy_run(tmp_path / "runs" / "today" / "run")
+    assert (tmp_path / "runs" / "today" / "run" / "best.safetensors").is_file()
+
+
+# -- --threads: explicit, OMP_NUM_THREADS, or the cores idle now (train_setup.auto_threads)
+
+def _machine(monkeypatch, load=(0.0, 0.0, 0.0), affinity=None, cpu_count=16, omp=None):
+    import os
+
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    if affinity is None:
+        monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    else:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: cpu_count)
+
+    def getloadavg():
+        if load is None:
+            raise OSError("no load average here")
+        return load
+
+    monkeypatch.setattr(os, "getloadavg", getloadavg)
+
+
+@pytest.mark.parametrize("machine, threads", [
+    (dict(omp="3", load=(64.0, 64.0, 64.0)), 3),  # OMP_NUM_THREADS wins over what is idle
+    (dict(omp=" 4 "), 4),
+    (dict(omp="0"), 1),  # at least one
+    (dict(omp="many", affinity=8, load=(2.6, 5.0, 7.0)), 5),  # not a number: what is idle
+    (dict(affinity=8, load=(2.6, 5.0, 7.0)), 5),  # 8 cores less the 1-minute load 2.6, rounded
+    (dict(affinity=8, load=(2.4, 0.0, 0.0)), 6),
+    (dict(affinity=8, load=(0.0, 5.0, 5.0)), 8),  # never more than the cores
+    (dict(affinity=8, load=(64.0, 64.0, 64.0)), 1),  # every core busy: one thread
+    (dict(affinity=8, load=None), 8),  # no load average on this system: every core counts as idle
+    (dict(affinity=3, cpu_count=16), 3),  # the cores this process may use, not all the machine's
+    (dict(cpu_count=16), 16),  # no affinity call on this system: the machine's cores
+    (dict(cpu_count=None), 1),  # not even a core count
+])
+def test_automatic_threads_are_omp_num_threads_or_the_idle_cores(monkeypatch, machine, threads):
+    from kadapter_cli.train_setup import auto_threads
+
+    _machine(monkeypatch, **machine)
+    assert auto_threads() == threads
+
+
+def test_threads_are_set_as_given_and_zero_is_refused(monkeypatch):
+    from kadapter_cli.train_setup import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_threads(2) == 2 and torch.get_num_threads() == 2
+        _machine(monkeypatch, omp="3")
+        assert set_threads(None) == 3 and torch.get_num_threads() == 3
+        with pytest.raises(BadInput) as caught:
+            set_threads(0)
+        assert str(caught.value) == "--threads must be at least 1, got 0"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_parameter_without_a_gradient_in_a_step_is_not_moved_in_it(tmp_path):
+    # Gradients are freed after each step, not zeroed: a parameter a step does not use (a head only
+    # some batches reach) gets no AdamW update from its momentum in that step.
+    from kadapter_cli.training import train
+    from train_toy import ToyObjective, build_model, toy_examples
+
+    class FirstStepOnly(ToyObjective):
+        calls = 0
+
+        def loss(self, model, batch):
+            self.calls += 1
+            loss = super().loss(model, batch)
+            return loss + model.extra.sum() if self.calls == 1 else loss
+
+    def run(name, **overrides):
+        model = build_model(7)
+        model.extra = torch.nn.Parameter(torch.ones(2))
+        train(model, FirstStepOnly(), toy_examples(32, 1), None, _toy_config(**overrides), tmp_path / name)
+        return model.extra.detach().clone()
+
+    after_one_step = run("one", max_steps=1)
+    assert not torch.equal(after_one_step, torch.ones(2))
+    assert torch.equal(run("four"), after_one_step)

@@ -124,7 +124,7 @@ def test_max_steps_overrides_the_epoch_count_and_a_long_warmup_is_warned(cli, tm
     assert "warning" not in longer.stderr
     warned = cli(*base, "--max-steps", "3", "--warmup", "1000", "--overwrite")
     assert warned.exit_code == 0
-    assert ("warning: --warmup 1,000 steps is longer than the run (3 steps): the learning rate never reaches "
+    assert ("warning: --warmup 1,000 steps is not shorter than the run (3 steps): the learning rate never reaches "
             "--lr 2e-05; give a share instead (--warmup 0.1 = the first 10%)") in warned.stderr
     assert _manifest(cli.workdir / "adapters" / "fac")["stats"]["steps"] == 3
 

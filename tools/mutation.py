@@ -9,11 +9,13 @@ of every surviving mutant; `docs/MUTATION.md` says which survivors are equivalen
     python tools/mutation.py                 # every module in MODULES
     python tools/mutation.py metrics fusion  # just these
     python tools/mutation.py --list          # the modules and their tests
-    python tools/mutation.py --recheck tasks # the last run's survivors again, against the current tests
+    python tools/mutation.py --recheck checkpoints  # only its survivors again, with the current tests
 
 Runs are fresh each time (mutmut keeps verdicts of unchanged mutants even when tests change).
-`--recheck` is the exception: it keeps the last run's mutants and verdicts, renews the tests and runs
-only the survivors again, so a test written for survivors is seen to kill them in minutes.
+`--recheck` is the exception: it re-runs just the previous survivors of a module in its existing
+scratch copy, with the current test files copied in (new test functions are found and traced; the
+module's source and its list of test files must be what that run used, or its mutant names and
+test selection would be stale).
 The scratch copies import the mutated package, never the installed one: PYTHONPATH is cleared.
 """
 
@@ -62,14 +64,18 @@ MODULES: dict[str, Target] = {
                     ["tests/test_model.py", "tests/test_adapter_io.py", "tests/test_tasks.py",
                      "tests/test_mutation_modules.py"]),
     "checkpoints": Target(["kadapter_cli/checkpoints.py"], LOOP_TESTS),
+    # Not test_import_original.py (full-size checkpoints, ~10 s per mutant): test_mutation_import.py runs
+    # `import-original` end to end on narrow checkpoints of the same layout.
     "import_original": Target(["kadapter_cli/import_original.py"],
-                             ["tests/test_import_original.py", "tests/test_untrusted.py", "tests/test_mutation_import.py"]),
+                             ["tests/test_untrusted.py", "tests/test_mutation_import.py"]),
     "feature_cache": Target(["kadapter_cli/feature_cache.py"],
                             ["tests/test_feature_cache.py", "tests/test_feature_cache_rows.py",
                              "tests/test_mutation_feature_cache.py"]),
     "encoding": Target(["kadapter_cli/encoding.py"],
                        ["tests/test_encoding.py", "tests/test_properties.py", "tests/test_tasks.py",
-                        "tests/test_mutation_encoding.py"]),
+                        "tests/test_cosmosqa.py", "tests/test_qa_spans.py", "tests/test_mutation_encoding.py",
+                        "tests/test_mutation_encoding_squeeze.py", "tests/test_mutation_encoding_styles.py",
+                        "tests/test_mutation_encoding_segments.py"]),
     # tasks/ in four runs that each fit: the classification tasks' labels, model side, scoring and registry;
     # their readers (called by nearly every test, so run with the readers' own tests only); CosmosQA; open QA.
     "tasks": Target(TASK_FILES, ["tests/test_tasks.py", "tests/test_typing_micro_pr.py", "tests/test_untrusted.py",
@@ -86,13 +92,24 @@ MODULES: dict[str, Target] = {
                        ("kadapter_cli.training.x_train*", "kadapter_cli.training.xǁ_Loopǁrun*",
                         "kadapter_cli.training.xǁ_Loopǁ_train_step*",
                         "kadapter_cli.training.xǁ_Loopǁ_after_step*")),
+    # Not test_import_original.py: its full-size checkpoints cost ~10 s per mutant it runs for; the
+    # small checkpoints of test_mutation_import.py exercise the same adapter code.
     "adapter": Target(["kadapter_cli/adapter.py"],
-                      ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_import_original.py"]),
+                      ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_mutation_adapter.py",
+                       "tests/test_mutation_import.py"]),
 }
 
 # Tests that fail on the unmutated scratch copy itself, so mutmut cannot use them: the source check
 # for unsafe loads reads every mutant's variant, `weights_only=False` included.
 DESELECT = ["tests/test_untrusted.py::test_the_package_has_no_unsafe_loads"]
+
+# A mutant may loop forever (a `while` whose exit it breaks). mutmut stops a mutant after
+# (its tests' measured call time + TIMEOUT_CONSTANT s) x TIMEOUT_MULTIPLIER and counts it a timeout
+# (killed). mutmut's defaults (1 s, x15) let one looping mutant of a function that slow tests call hold
+# a run for over ten minutes. The measured time leaves out fixture set-up (a tiny backbone, MiniLM),
+# which the constant covers; x3 leaves room for the shared machine's load changing during a run.
+TIMEOUT_CONSTANT = 10.0
+TIMEOUT_MULTIPLIER = 3.0
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}  # the tests noticed the change
 
@@ -130,16 +147,13 @@ def toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
-def prepare(module: str, work: Path, fresh: bool = True) -> None:
-    """A scratch copy of the package and the tests, with a pyproject that configures mutmut for `module`.
-    `fresh=False` keeps the package copy (and so the mutants and their verdicts) and renews the tests."""
+def prepare(module: str, work: Path) -> None:
+    """A scratch copy of the package and the tests, with a pyproject that configures mutmut for `module`."""
     files, tests = MODULES[module].files, MODULES[module].tests
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    if fresh:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        shutil.copytree(REPO / "kadapter_cli", work / "kadapter_cli", ignore=ignore)
-    shutil.rmtree(work / "tests", ignore_errors=True)
+    shutil.copytree(REPO / "kadapter_cli", work / "kadapter_cli", ignore=ignore)
     shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
     existing = [t for t in tests if (REPO / t).is_file()]
     config = (REPO / "pyproject.toml").read_text() + f"""
@@ -148,6 +162,8 @@ source_paths = ["kadapter_cli"]
 only_mutate = {toml_list(files)}
 pytest_add_cli_args_test_selection = {toml_list(existing + ["-m", "not slow"] + [a for d in DESELECT for a in ("--deselect", d)])}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+timeout_multiplier = {TIMEOUT_MULTIPLIER}
+timeout_constant = {TIMEOUT_CONSTANT}
 """
     (work / "pyproject.toml").write_text(config)
 
@@ -161,10 +177,6 @@ def environment() -> dict[str, str]:
 
 
 class MutmutFailed(Exception):
-    pass
-
-
-class RecheckRefused(Exception):
     pass
 
 
@@ -195,17 +207,22 @@ def run_module(module: str, out: Path, max_children: int) -> dict:
     return module_row(module, work, round(time.monotonic() - started))
 
 
-def module_row(module: str, work: Path, seconds: int) -> dict:
-    """The score and the survivors (with their diffs) of the module's mutants that mutmut has checked in `work`."""
+def statuses_of(module: str, work: Path) -> dict[str, str]:
+    """{mutant name: status} of the mutants `module` counts (its `functions`, if any)."""
     functions = selected_functions(module)
-    statuses = {name: status for name, status in results(work).items()
-                if not functions or any(fnmatch(name, f) for f in functions)}
+    return {name: status for name, status in results(work).items()
+            if not functions or any(fnmatch(name, f) for f in functions)}
+
+
+def module_row(module: str, work: Path, seconds: int) -> dict:
+    """The `<module>.json` record of the verdicts now in `work`."""
+    statuses = statuses_of(module, work)
     survivors = sorted(name for name, status in statuses.items() if status not in KILLED)
     killed = len(statuses) - len(survivors)
     return {
         "module": module,
         "files": MODULES[module].files,
-        "functions": list(functions),
+        "functions": list(selected_functions(module)),
         "tests": [t for t in MODULES[module].tests if (REPO / t).is_file()],
         "mutants": len(statuses),
         "killed": killed,
@@ -216,50 +233,40 @@ def module_row(module: str, work: Path, seconds: int) -> dict:
     }
 
 
-def changed_sources(module: str, work: Path) -> list[str]:
-    """The module's files that differ from the copy its last run mutated (in `work`)."""
-    changed = []
-    for pattern in MODULES[module].files:
-        for path in sorted(REPO.glob(pattern)):
-            copy = work / path.relative_to(REPO)
-            if not copy.is_file() or copy.read_bytes() != path.read_bytes():
-                changed.append(str(path.relative_to(REPO)))
-    return changed
-
-
-def merge_recheck(row: dict, statuses: dict[str, str], seconds: int) -> dict:
-    """The last run's `row` with the rechecked survivors' new `statuses`: those some test now fails on
-    count as killed, the others stay survivors (with their diff)."""
-    survivors = [{**s, "status": statuses[s["name"]]} for s in row["survivors"]
-                 if statuses[s["name"]] not in KILLED]
-    newly_killed = len(row["survivors"]) - len(survivors)
-    killed = row["killed"] + newly_killed
-    recheck = {"survivors": len(row["survivors"]), "killed": newly_killed, "seconds": seconds}
-    return {**row, "killed": killed, "score": killed / row["mutants"] if row["mutants"] else None,
-            "tests": [t for t in MODULES[row["module"]].tests if (REPO / t).is_file()],
-            "survivors": survivors, "rechecks": [*row.get("rechecks", []), recheck]}
+class CannotRecheck(Exception):
+    pass
 
 
 def recheck_module(module: str, out: Path, max_children: int) -> dict:
-    """The last run of `module`, its survivors run again against the current tests. mutmut forgets
-    every verdict when the test selection changes (a new test file), so the last run's row keeps them."""
-    work, row_path = out / module, out / f"{module}.json"
-    if not row_path.is_file() or not (work / "mutants").is_dir():
-        raise RecheckRefused(f"{module}: no earlier run in {out} to recheck; run it first")
-    changed = changed_sources(module, work)
+    """Re-runs the survivors of `module`'s previous run (`out/<module>/`) with the current test files."""
+    work, previous_file = out / module, out / f"{module}.json"
+    if not (work / "mutants").is_dir() or not previous_file.is_file():
+        raise CannotRecheck(f"{module}: no earlier run under {out} to recheck; run it first "
+                            f"(python tools/mutation.py {module})")
+    previous = json.loads(previous_file.read_text())
+    changed = [str(p.relative_to(REPO)) for pattern in MODULES[module].files for p in sorted(REPO.glob(pattern))
+               if p.suffix == ".py" and not _same_file(p, work / p.relative_to(REPO))]
     if changed:
-        raise RecheckRefused(f"{module}: {', '.join(changed)} changed since its last run, so its mutants are not "
-                             f"this code's; run it again without --recheck")
-    row = json.loads(row_path.read_text())
-    names = [s["name"] for s in row["survivors"]]
-    if not names:
-        return row
-    prepare(module, work, fresh=False)
+        raise CannotRecheck(f"{module}: {', '.join(changed)} changed since its run, so the mutant names are "
+                            f"stale; run it fresh (python tools/mutation.py {module})")
+    tests = [t for t in MODULES[module].tests if (REPO / t).is_file()]
+    if tests != previous["tests"]:
+        raise CannotRecheck(f"{module}: its test files are now {tests}, the run used {previous['tests']}; "
+                            f"run it fresh (python tools/mutation.py {module})")
+    shutil.copytree(REPO / "tests", work / "tests", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    survivors = sorted(name for name, status in statuses_of(module, work).items() if status not in KILLED)
     started = time.monotonic()
-    mutmut(work, "run", "--max-children", str(max_children), *names, log=out / f"{module}.recheck.log")
-    statuses = results(work)
-    return merge_recheck(row, {name: statuses.get(name, "not checked") for name in names},
-                         round(time.monotonic() - started))
+    if survivors:
+        mutmut(work, "run", "--max-children", str(max_children), *survivors, log=out / f"{module}.recheck.log")
+    row = module_row(module, work, previous["seconds"])
+    row["rechecked"] = {"mutants": len(survivors), "seconds": round(time.monotonic() - started),
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return row
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return b.is_file() and a.read_bytes() == b.read_bytes()
 
 
 def write_summary(out: Path) -> None:
@@ -271,9 +278,13 @@ def write_summary(out: Path) -> None:
              "| module | mutants | killed | score | survivors | time (s) |", "|---|---:|---:|---:|---:|---:|"]
     for r in ordered:
         score = "—" if r["score"] is None else f"{100 * r['score']:.1f} %"
-        rechecked = " (survivors rechecked)" if r.get("rechecks") else ""
-        lines.append(f"| {r['module']}{rechecked} | {r['mutants']} | {r['killed']} | {score} | {len(r['survivors'])} "
+        lines.append(f"| {r['module']} | {r['mutants']} | {r['killed']} | {score} | {len(r['survivors'])} "
                      f"| {r['seconds']} |")
+    for r in ordered:
+        if "rechecked" in r:
+            again = r["rechecked"]
+            lines.append(f"\n{r['module']}: the survivors of its run ({again['mutants']}) rechecked with the tests of "
+                         f"{again['date']} (`--recheck`, {again['seconds']} s).")
     for r in ordered:
         if r["survivors"]:
             lines += ["", f"## {r['module']}: surviving mutants", ""]
@@ -289,14 +300,13 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=1, help="mutants run in parallel (the machine is shared)")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
     parser.add_argument("--recheck", action="store_true",
-                        help="run only the last run's survivors again, against the current tests (the code must "
-                             "be unchanged since that run)")
+                        help="re-run only the previous survivors of each module, in its scratch copy, with the current "
+                             "tests copied in (after adding tests that should kill them)")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
-    default = [m for m in MODULES if (args.out / f"{m}.json").is_file()] if args.recheck else MODULES
-    modules = sorted(args.modules or default, key=source_lines)
+    modules = sorted(args.modules or MODULES, key=source_lines)
     if args.list:
         for m in modules:
             target = MODULES[m]
@@ -305,13 +315,17 @@ def main() -> None:
             print(f"{m} ({source_lines(m)} lines): {' '.join(target.files)}{only} <- {' '.join(target.tests)}")
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.recheck and not args.modules:
+        parser.error("--recheck needs the module(s) to recheck")
     failed: list[str] = []
     for module in modules:
         print(f"mutation: {module}{' (recheck)' if args.recheck else ''} ...", flush=True)
         try:
-            run = recheck_module if args.recheck else run_module
-            row = run(module, args.out, args.max_children)
-        except (MutmutFailed, RecheckRefused) as e:  # the other modules still run; the exit status says one failed
+            if args.recheck:
+                row = recheck_module(module, args.out, args.max_children)
+            else:
+                row = run_module(module, args.out, args.max_children)
+        except (MutmutFailed, CannotRecheck) as e:  # the other modules still run; the exit status says one failed
             print(e, flush=True)
             failed.append(module)
             continue
@@ -322,7 +336,7 @@ def main() -> None:
         write_summary(args.out)
     print(f"summary: {args.out / 'summary.md'}")
     if failed:
-        raise SystemExit(f"mutmut could not run: {', '.join(failed)} (see above and {args.out}/<module>.log)")
+        raise SystemExit(f"mutmut could not run: {', '.join(failed)} (see {args.out}/<module>.log)")
 
 
 if __name__ == "__main__":
