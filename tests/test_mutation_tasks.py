@@ -383,3 +383,18 @@ def test_converting_figer_never_replaces_a_file_unless_asked(cli, tmp_path):
     assert replaced.exit_code == 0, replaced.stderr
     assert json.loads(output.read_bytes().decode("utf-8")) == [
         {"sent": "Zürich is", "start": 0, "end": 6, "labels": ["/location"], "ents": []}]
+
+
+def test_tacred_training_records_without_any_relation_are_refused_not_trained_to_nan(cli, tiny_backbone, tmp_path):
+    """With no relation in any training record every target would be ignored and the loss NaN;
+    `finetune` refuses it as bad input, as it does for the other tasks, before training."""
+    data = tmp_path / "tacred"
+    data.mkdir()
+    records = [_relation(None) for _ in range(3)]  # `"relation": null`: unlabeled, as prediction inputs are
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.json").write_text(json.dumps(records))
+    result = cli("finetune", "--task", "tacred", "--data", data, "--backbone", tiny_backbone, "--max-steps", "1",
+                 "--max-length", "32")
+    assert result.exit_code == 2, result.output
+    assert "the training records carry no labels; give the label list in labels.json" in result.output
+    assert not (cli.workdir / "finetuned" / "tacred-base").exists()

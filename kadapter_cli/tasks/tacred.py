@@ -50,9 +50,10 @@ class Tacred(RelationTask):
 
     def default_labels(self, train_records: Sequence[dict]) -> list[str]:
         """The official 42 labels (sorted) when the training labels are TACRED's; otherwise (a variant
-        such as Re-TACRED) the sorted training labels with `no_relation`."""
+        such as Re-TACRED) the sorted training labels with `no_relation`; none when no training record
+        has a relation (refused by `label_vocab`: every target would be ignored and the loss NaN)."""
         seen = super().default_labels(train_records)
-        return OFFICIAL_LABELS if set(seen) <= set(OFFICIAL_LABELS) else seen
+        return OFFICIAL_LABELS if seen and set(seen) <= set(OFFICIAL_LABELS) else seen
 
     def prepare_train(self, records: list[dict]) -> list[dict]:
         if self.max_negatives is None:
