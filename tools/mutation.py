@@ -85,7 +85,8 @@ MODULES: dict[str, Target] = {
     "tasks_cosmosqa": Target(["kadapter_cli/tasks/cosmosqa.py"],
                              ["tests/test_cosmosqa.py", "tests/test_mutation_cosmosqa.py"]),
     "tasks_open_qa": Target(["kadapter_cli/tasks/open_qa.py"],
-                            ["tests/test_qa_tasks.py", "tests/test_qa_spans.py", "tests/test_qa_formats.py"]),
+                            ["tests/test_qa_tasks.py", "tests/test_qa_spans.py", "tests/test_qa_formats.py",
+                             "tests/test_mutation_open_qa.py"]),
     # The loop's schedule, clipping and resume: `train` (total steps, schedule, resume or fresh start),
     # the epoch/step walk that resume re-enters, the optimizer step with clipping, the save/eval points.
     "training": Target(["kadapter_cli/training.py"], LOOP_TESTS,

@@ -272,7 +272,9 @@ MAX_ANSWER_LENGTH = typer.Option(None, "--max-answer-length",
 def flag_task_options(task_class, options: dict[str, Any]) -> dict[str, Any]:
     """The task options set by their own flags (`TASK_OPTION_FLAGS`; unset flags are None or False),
     checked against what the task declares as `parse_task_options` checks `--task-option`."""
-    given = [f"{key}={json.dumps(options[key])}" for key in TASK_OPTION_FLAGS if options.get(key) not in (None, False)]
+    # `is`, not `in (None, False)`: 0 == False, and `--max-paragraphs 0` must be refused, not dropped
+    given = [f"{key}={json.dumps(options[key])}" for key in TASK_OPTION_FLAGS
+             if options.get(key) is not None and options.get(key) is not False]
     return parse_task_options(task_class, given)
 
 
