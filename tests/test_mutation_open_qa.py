@@ -323,3 +323,115 @@ def test_examples_tag_windows_with_id_and_gold(tiny_backbone):
     trained = task.examples(tokenizer, task.prepare_train([record])[0], {}, 32)
     assert trained and all(w["starts"] for w in trained) and len(trained) < len(windows)
     assert task.has_gold(record) and not task.has_gold({**record, "answers": []})
+
+
+def test_window_spans_respect_max_answer_length_top_k_and_drop_impossible_spans():
+    import torch
+
+    from kadapter_cli.tasks.open_qa import window_spans
+
+    # positions 3..5 are the paragraph; the best start is 3 and the best end 4 (a 2-sub-token span)
+    start = torch.tensor([[0.0, 0.0, 0.0, 5.0, 1.0, 0.0, 0.0]])
+    end = torch.tensor([[0.0, 0.0, 0.0, 1.0, 5.0, 0.0, 0.0]])
+    logits = torch.stack([start, end], dim=-1)
+    batch = {"context_mask": torch.tensor([[0, 0, 0, 1, 1, 1, 0]], dtype=torch.bool)}
+    (spans,) = window_spans(logits, batch, max_answer_length=30)
+    assert (spans[0][1], spans[0][2]) == (3, 4) and len(spans) == 5  # 6 possible spans, 5 kept
+    assert [p for p, _, _ in spans] == sorted((p for p, _, _ in spans), reverse=True)
+    (short,) = window_spans(logits, batch, max_answer_length=1)
+    assert all(s == e for _, s, e in short) and len(short) == 3  # only 3 one-sub-token spans exist
+    (one,) = window_spans(logits, batch, max_answer_length=30, top_k=1)
+    assert [(s, e) for _, s, e in one] == [(3, 4)]
+    swapped = torch.stack([end, start], dim=-1)  # start and end channels are not interchangeable
+    assert [(s, e) for _, s, e in window_spans(swapped, batch, 30)[0][:1]] == [(3, 3)]
+
+
+def test_span_loss_reads_start_and_end_channels_separately():
+    import torch
+
+    batch = {"answer_mask": torch.tensor([[False, True, True]]),
+             "start_targets": torch.tensor([[False, True, False]]), "end_targets": torch.tensor([[False, False, True]])}
+    logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]]])
+    expected = 2 * torch.log1p(torch.exp(torch.tensor(-2.0)))  # each channel puts e² on its gold of e² + 1
+    assert span_loss(logits, batch).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _hand_examples() -> tuple[list[dict], list[dict]]:
+    """Three windows of two questions (records 4 and 9) and their decoded spans."""
+    a = {**_window("Samos is an island", [(0, 5), (6, 8), (9, 11), (12, 18)]), "record": 4, "id": "a", "gold": ["Samos"]}
+    b = {**_window("Davos or Samos", [(0, 5), (6, 8), (9, 14)]), "record": 4, "id": "a", "gold": ["Samos"]}
+    c = {**_window("Junior is small", [(0, 6), (7, 9), (10, 15)]), "record": 9, "id": "b", "gold": []}
+    predictions = [{"pred": [], "spans": [[0.4, 3, 3]]}, {"pred": [], "spans": [[0.3, 5, 5], [0.5, 3, 3]]},
+                   {"pred": [], "spans": []}]
+    return [a, b, c], predictions
+
+
+def test_task_answers_scores_and_lines_on_hand_made_spans(tmp_path):
+    examples, predictions = _hand_examples()
+    maximum, total = get_task("searchqa"), get_task("searchqa", combine="sum")
+    assert [(first["id"], answer) for first, answer in maximum.answers(predictions, examples)] == [("a", "Davos"), ("b", "")]
+    assert [answer for _, answer in total.answers(predictions, examples)] == ["Samos", ""]
+    assert total.ranked_answers(predictions, examples)[0][1] == [("Samos", pytest.approx(0.7)), ("Davos", 0.5)]
+    # only questions with gold answers are scored; none: no metrics
+    assert maximum.score(predictions, examples) == {"em": 0.0, "f1": 0.0}
+    assert total.score(predictions, examples) == {"em": 100.0, "f1": 100.0}
+    assert maximum.score(predictions, [{**e, "gold": []} for e in examples]) == {}
+    lines = total.prediction_lines(predictions, examples)
+    assert lines == [{"index": 0, "id": "a", "gold": ["Samos"], "pred": ["Samos"]},
+                     {"index": 1, "id": "b", "gold": [], "pred": [""]}]
+    assert total.scored_lines(lines, predictions, examples, [], "none") == lines
+    assert [x["scores"] for x in total.scored_lines(lines, predictions, examples, [], "top")] == [{"Samos": 0.7}, {}]
+    assert [x["scores"] for x in total.scored_lines(lines, predictions, examples, [], "all")] == [{"Samos": 0.7, "Davos": 0.5}, {}]
+    total.write_predictions(tmp_path, "dev", predictions, examples)
+    assert _lines(tmp_path / "predictions-dev.jsonl") == lines
+    assert json.loads((tmp_path / "answers-dev.json").read_text()) == {"a": "Samos", "b": ""}
+
+
+def test_task_decode_collate_and_no_answer_option(tiny_backbone):
+    import torch
+
+    from kadapter_cli.backbone import load_tokenizer
+
+    task = get_task("searchqa", no_answer="cls")
+    tokenizer = load_tokenizer(tiny_backbone)
+    record = {"id": "x", "question": "Where?", "answers": ["Samos"], "train": True,
+              "paragraphs": ["Born on Samos.", "Elsewhere entirely."]}
+    windows = task.examples(tokenizer, record, {}, 64)
+    assert len(windows) == 2 and windows[1]["starts"] == [0]  # with skip the second is left out
+    assert len(get_task("searchqa").examples(tokenizer, record, {}, 64)) == 1
+    batch = task.collate(windows, 1, 40)
+    assert batch["input_ids"].shape == (2, 40) and batch["answer_mask"][:, 0].tolist() == [True, True]
+    decoded = task.decode(torch.zeros(2, 40, 2), batch, [])
+    assert all(set(d) == {"pred", "spans"} and d["pred"] == [] and 0 < len(d["spans"]) <= 5 for d in decoded)
+
+
+def test_labeled_read_refuses_questions_without_answers_and_counts_skips_per_file(shared_data, tmp_path):
+    records = tmp_path / "new.jsonl"
+    records.write_text(json.dumps({"id": "q", "question": "Which island?", "paragraphs": ["Born on Samos."]}) + "\n")
+    task = get_task("searchqa")
+    with pytest.raises(BadInput):
+        task.read(records)
+    assert task.read(records, labeled=False)[0]["answers"] == []
+    questions = quasart_questions(shared_data, 4)
+    skipping = get_task("quasart", skip_bad=True)
+    for split in ("dev", "test"):
+        _, paragraphs = write_openqa(tmp_path / "oq", split, questions)
+        lines = paragraphs.read_text().splitlines()
+        lines[0] = "[]"
+        paragraphs.write_text("\n".join(lines) + "\n")
+        assert len(skipping.read(tmp_path / "oq" / f"{split}.txt")) == 3
+    assert skipping.read_stats() == {"skipped_bad_questions": 2}
+
+
+def test_contexts_and_format_options_choose_the_files(shared_data, tmp_path, searchqa_data):
+    questions = quasart_questions(shared_data, 2)
+    write_quasar(tmp_path, "dev", questions, kind="long")  # long contexts only
+    q = tmp_path / "questions" / "dev_questions.json.gz"
+    assert get_task("quasart", contexts="long").task_files(tmp_path)["dev"] == q
+    with pytest.raises(BadInput, match="Quasar-T questions without contexts: expected .*contexts/short/dev_contexts"):
+        get_task("quasart").task_files(tmp_path)
+    # a named format reads only that format
+    with pytest.raises(BadInput):
+        get_task("searchqa", format="mrqa").read(searchqa_data / "test")
+    with pytest.raises(BadInput):
+        get_task("searchqa", format="mrqa").input_files(searchqa_data / "test")
