@@ -12,6 +12,26 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from collections.abc import Callable
+
+
+def kadapter_in(workdir: Path) -> Callable:
+    """`run(args..., code=0)`: `kadapter --workdir <workdir> args...` in-process, its exit code
+    asserted (the output shown when it differs); returns the click result. For module fixtures
+    that build one workdir and reuse it (the `cli` fixture is per test)."""
+    from typer.testing import CliRunner
+
+    from kadapter_cli.cli import app
+
+    runner = CliRunner()
+
+    def run(*args, code: int = 0):
+        result = runner.invoke(app, ["--workdir", str(workdir), *map(str, args)], catch_exceptions=False)
+        assert result.exit_code == code, f"kadapter {' '.join(map(str, args))}:\n{result.output}"
+        return result
+
+    run.workdir = workdir
+    return run
 
 
 def quasart_questions(shared_data: Path, n: int) -> list[dict]:

@@ -15,14 +15,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from kadapter_cli import metrics
 from kadapter_cli.errors import BadInput
 from kadapter_cli.tasks import get_task
 from kadapter_cli.tasks.open_qa import (answers_by_question, collate_windows, encode_question,
                                         ranked_answers_by_question, span_loss)
-from qa_samples import quasart_questions, write_openqa, write_quasar
+from qa_samples import kadapter_in, quasart_questions, write_openqa, write_quasar
 
 FAST = ["--batch-size", "4", "--lr", "2e-3", "--max-length", "64", "--max-paragraphs", "4"]
 TEST_IDS = [(0, "528", ["tried & treed"]), (1, "1506", ["Joseph Smith"])]
@@ -57,20 +56,11 @@ def searchqa_data(tmp_path_factory, shared_data) -> Path:
 @pytest.fixture(scope="module")
 def kadapter(tmp_path_factory, tiny_backbone, searchqa_data):
     """`kadapter(args..., code=0)` in one workdir holding one tiny searchqa run, `kadapter.run_dir`."""
-    from kadapter_cli.cli import app
-
-    workdir = tmp_path_factory.mktemp("oq") / "work"
-    runner = CliRunner()
-
-    def run(*args, code: int = 0):
-        result = runner.invoke(app, ["--workdir", str(workdir), *map(str, args)], catch_exceptions=False)
-        assert result.exit_code == code, f"kadapter {' '.join(map(str, args))}:\n{result.output}"
-        return result
-
-    run.workdir, run.backbone = workdir, tiny_backbone
+    run = kadapter_in(tmp_path_factory.mktemp("oq") / "work")
+    run.backbone = tiny_backbone
     run("finetune", "--backbone", tiny_backbone, "--task", "searchqa", "--data", searchqa_data, "--name", "sq",
         "--epochs", "1", "--max-steps", "2", *FAST)
-    run.run_dir = workdir / "finetuned" / "sq"
+    run.run_dir = run.workdir / "finetuned" / "sq"
     return run
 
 

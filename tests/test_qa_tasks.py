@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from qa_samples import quasart_questions, write_openqa, write_quasar
+from qa_samples import kadapter_in, quasart_questions, write_openqa, write_quasar
 
 pytestmark = pytest.mark.slow
 
@@ -31,17 +30,7 @@ def kadapter(tmp_path_factory, shared_data, tiny_backbone):
     """`kadapter(args...)` in one workdir that holds fac and lin adapters (a few steps on the real
     T-REx and UD samples) and their composition; returns the click result (exit 0 asserted unless
     `code` says otherwise)."""
-    from kadapter_cli.cli import app
-
-    workdir = tmp_path_factory.mktemp("qa") / "work"
-    runner = CliRunner()
-
-    def run(*args, code: int = 0):
-        result = runner.invoke(app, ["--workdir", str(workdir), *map(str, args)], catch_exceptions=False)
-        assert result.exit_code == code, f"kadapter {' '.join(map(str, args))}:\n{result.output}"
-        return result
-
-    run.workdir = workdir
+    run = kadapter_in(tmp_path_factory.mktemp("qa") / "work")
     run.backbone = tiny_backbone
     run("prepare-trex", shared_data / "trex", "--min-count", "1")
     run("parse", "--parser", "conllu", shared_data / "ud-english-ewt" / "en_ewt-ud-dev.first1006.conllu", "--limit", "100")
