@@ -398,3 +398,32 @@ def test_tacred_training_records_without_any_relation_are_refused_not_trained_to
     assert result.exit_code == 2, result.output
     assert "the training records carry no labels; give the label list in labels.json" in result.output
     assert not (cli.workdir / "finetuned" / "tacred-base").exists()
+
+
+def test_typing_mention_offsets_an_empty_mention_and_one_ending_the_sentence(tmp_path):
+    """`end` is exclusive: a mention may end at the sentence's last character; an empty one
+    (start == end) is refused as reversed offsets, with the sentence's length in the message."""
+    sent = "Obama visited Paris"
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps([{"sent": sent, "start": 14, "end": len(sent), "labels": ["location"]}]))
+    (record,) = get_task("openentity").read(path)
+    assert sent[record["start"]:record["end"]] == "Paris"
+    path.write_text(json.dumps([{"sent": sent, "start": 6, "end": 6, "labels": []}]))
+    with pytest.raises(BadInput) as e:
+        get_task("openentity").read(path)
+    assert str(e.value) == (f"{path}, record 0: mention offsets start=6, end=6 are reversed or outside the sentence "
+                            f"({len(sent)} characters; end is exclusive)")
+
+
+def test_typing_prediction_inputs_may_lack_labels_but_bad_labels_are_named(tmp_path):
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps([{"sent": "Obama visited Paris", "start": 0, "end": 5}]))
+    (record,) = get_task("figer").read(path, labeled=False)  # what `kadapter predict` reads
+    assert record["labels"] == []
+    with pytest.raises(BadInput) as e:
+        get_task("figer").read(path)  # training and scoring need them
+    assert "'labels'" in str(e.value) and str(e.value).startswith(f"{path}, record 0: ")
+    path.write_text(json.dumps([{"sent": "Obama visited Paris", "start": 0, "end": 5, "labels": "person"}]))
+    with pytest.raises(BadInput) as e:
+        get_task("figer").read(path, labeled=False)
+    assert str(e.value) == f"{path}, record 0: 'labels' must be a list of strings"
