@@ -359,6 +359,13 @@ def _saved_task(model_dir: Path):
     return type(get_task(finetuned_config(model_dir)["task"]))
 
 
+def _reading_overrides(task_class, max_paragraphs: Optional[int], skip_bad: bool,
+                       max_answer_length: Optional[int]) -> dict[str, Any]:
+    """The flags of evaluate and predict that override how a saved model reads and decodes data."""
+    return flag_task_options(task_class, {"max_paragraphs": max_paragraphs, "skip_bad": skip_bad,
+                                          "max_answer_length": max_answer_length})
+
+
 @app.command("evaluate")
 def evaluate_cli(
     ctx: typer.Context,
@@ -382,8 +389,7 @@ def evaluate_cli(
     set_threads(threads)
     workdir = get_workdir(ctx)
     task_class = _saved_task(model_dir)
-    overrides = flag_task_options(task_class, {"max_paragraphs": max_paragraphs, "skip_bad": skip_bad,
-                                               "max_answer_length": max_answer_length})
+    overrides = _reading_overrides(task_class, max_paragraphs, skip_bad, max_answer_length)
     target = out or workdir / "evaluations" / f"{model_dir.name}-{split}"
     result = evaluate_finetuned(model_dir, data or workdir / "tasks" / task_class.name, split, target,
                                 batch_size=batch_size, device=device, overwrite=overwrite,
@@ -415,8 +421,7 @@ def predict_cli(
     if out is not None and out.exists() and not overwrite:
         raise OutputExists("already exists; pass --overwrite to replace it", out)
     set_threads(threads)
-    overrides = flag_task_options(_saved_task(model_dir), {"max_paragraphs": max_paragraphs, "skip_bad": skip_bad,
-                                                           "max_answer_length": max_answer_length})
+    overrides = _reading_overrides(_saved_task(model_dir), max_paragraphs, skip_bad, max_answer_length)
     with stdin_as_file(input_path) as path:
         rows = predict_records(model_dir, path, batch_size=batch_size, device=device,
                                scores=_scores_mode(scores, all_scores), task_options=overrides)
