@@ -427,3 +427,126 @@ def test_typing_prediction_inputs_may_lack_labels_but_bad_labels_are_named(tmp_p
     with pytest.raises(BadInput) as e:
         get_task("figer").read(path, labeled=False)
     assert str(e.value) == f"{path}, record 0: 'labels' must be a list of strings"
+
+
+# ---------------------------------------------------------------- the readers (tasks_readers survivors)
+
+
+def test_a_task_options_value_is_checked_against_its_choices_then_its_type():
+    """What `--task-option key=value` (or a config file's `task_options`) says of a bad value; a
+    task author's `TaskOption` gives these messages for their own options too."""
+    style = TaskOption("paper", "layout", str, ("paper", "original"))
+    assert style.check("toy", "layout", "original") == "original"
+    with pytest.raises(BadInput) as e:
+        style.check("toy", "layout", "both")
+    assert str(e.value) == "task option layout of 'toy' must be one of paper, original, got 'both'"
+    with pytest.raises(BadInput) as e:  # choices come first: an int outside them is named as such
+        TaskOption(1, "level", int, (1, 2)).check("toy", "level", 3)
+    assert str(e.value) == "task option level of 'toy' must be one of 1, 2, got 3"
+
+    count = TaskOption(50, "how many", int)
+    assert count.check("toy", "n", 7) == 7
+    for bad, shown in (("7", "'7'"), (7.0, "7.0"), (True, "True"), (None, "None")):
+        with pytest.raises(BadInput) as e:
+            count.check("toy", "n", bad)
+        assert str(e.value) == f"task option n of 'toy' must be int, got {shown}"  # a bool is not a count
+
+    limit = TaskOption(None, "keep the first N", int)  # None is accepted when it is the default
+    assert limit.check("toy", "limit", None) is None and limit.check("toy", "limit", 3) == 3
+    with pytest.raises(BadInput) as e:
+        limit.check("toy", "limit", "all")
+    assert str(e.value) == "task option limit of 'toy' must be int or null, got 'all'"
+
+    number = TaskOption(0.5, "a ratio", (int, float))
+    assert number.check("toy", "ratio", 1) == 1 and number.check("toy", "ratio", 0.25) == 0.25
+    with pytest.raises(BadInput) as e:
+        number.check("toy", "ratio", False)
+    assert str(e.value) == "task option ratio of 'toy' must be int or float, got False"
+    flag = TaskOption(False, "a switch", bool)
+    assert flag.check("toy", "on", True) is True
+    with pytest.raises(BadInput) as e:
+        flag.check("toy", "on", 1)
+    assert str(e.value) == "task option on of 'toy' must be bool, got 1"
+    assert TaskOption(None, "anything").check("toy", "free", {"a": [1]}) == {"a": [1]}  # no kind: no check
+
+
+def test_the_task_option_help_when_no_task_has_options(monkeypatch):
+    import kadapter_cli.tasks as tasks
+
+    monkeypatch.setattr(tasks, "TASKS", {"openentity": get_task("openentity").__class__})
+    assert tasks.task_options_help() == "no task has options"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("Ann\tB-/person\nLee\n", "line 2: expected TOKEN<TAB>TAG"),
+    ("Ann\tB-/person\n\n\t\nLee\n", "line 4: expected TOKEN<TAB>TAG"),  # blank lines are counted
+    ("Ann\tB-/person\n \tO\n", "line 2: empty token"),
+    ("Ann\tX-/person\n", "line 1: tag 'X-/person' is not O, B-<types> or I-<types>"),
+    ("Ann\tb-/person\n", "line 1: tag 'b-/person' is not O, B-<types> or I-<types>"),
+    ("Ann\tO\nLee\t\n", "line 2: tag '' is not O, B-<types> or I-<types>"),
+    ("Ann\tO\nLee\tB-/person,\n", "line 2: tag 'B-/person,' has an empty type"),
+    ("Ann\tO\nLee\tI-\n", "line 2: tag 'I-' has an empty type"),
+    ("Ann\tO\nLee\tB-/a, ,/b\n", "line 2: tag 'B-/a, ,/b' has an empty type"),
+    ("\ufeffAnn\tO\nLee\tQ\n", "line 2: tag 'Q' is not O, B-<types> or I-<types>"),
+    ("Ann\tO\n\t\nLee\tO\n", "no mentions (no B-/I- tags) in the file"),
+])
+def test_each_bad_bio_line_is_named_with_its_number(tmp_path, text, message):
+    raw = tmp_path / "exp.label"
+    raw.write_bytes(text.encode("utf-8"))
+    with pytest.raises(BadInput) as e:
+        get_task("figer").read(raw)
+    assert str(e.value) == f"{raw}, {message}" if message.startswith("line") else f"{raw}: {message}"
+
+
+def test_bio_sentences_keep_their_tokens_tags_and_line_numbers(tmp_path):
+    from kadapter_cli.tasks.figer import iter_bio_sentences
+
+    raw = tmp_path / "exp.label"
+    raw.write_bytes("\ufeff Ann \t B-/person \textra\n\n\t\nLee\tI-/person\r\nsaw\tO\n\nit\tO".encode("utf-8"))
+    assert list(iter_bio_sentences(raw)) == [
+        (["Ann"], ["B-/person"], [1]),  # the byte-order mark, spaces around fields and extra fields dropped
+        (["Lee", "saw"], ["I-/person", "O"], [4, 5]),
+        (["it"], ["O"], [7]),  # the last sentence needs no blank line after it
+    ]
+
+
+@pytest.mark.parametrize("content, where", [
+    (b"A\xffn\tB-/person\nLee\tI-/person\n", "line 1"),
+    (b"Ann\tB-/person\nLee\tI-/person\n\t\nwas\tO\nZ\xfcrich\tB-/location\n", "line 5"),  # Latin-1 bytes
+])
+def test_a_bio_file_with_invalid_utf8_is_bad_input_naming_the_line(cli, tmp_path, content, where):
+    """The format sniffing reads past bad bytes; the reader then names their line (exit 2, no traceback)."""
+    raw = tmp_path / "exp.label"
+    raw.write_bytes(content)
+    with pytest.raises(BadInput) as e:
+        get_task("figer").read(raw)
+    assert str(e.value).startswith(f"{raw}, {where}: not valid UTF-8 (invalid start byte at byte ")
+    result = cli("convert", "figer-raw", raw, tmp_path / "test.json")
+    assert result.exit_code == 2 and f"{raw}, {where}: not valid UTF-8" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_converted_figer_keeps_non_ascii_text_and_is_utf8_on_any_locale(tmp_path):
+    """The JSON file holds the characters themselves (as the FIGER/ERNIE files do), encoded as UTF-8
+    even where the locale's encoding is ASCII (checked in a process started with the C locale)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import kadapter_cli
+
+    source = tmp_path / "exp.label"
+    source.write_bytes("Zürich\tB-/location\nliegt\tO\n\t\n".encode("utf-8"))
+    output = tmp_path / "test.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHON"))}
+    env.update(LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", PYTHONIOENCODING="utf-8")
+    code = ("import locale, sys; from kadapter_cli.tasks.figer import convert_figer_raw; "
+            "print(locale.getpreferredencoding(False)); convert_figer_raw(sys.argv[1], sys.argv[2])")
+    done = subprocess.run([sys.executable, "-c", code, str(source), str(output)], env=env, capture_output=True,
+                          text=True, cwd=Path(kadapter_cli.__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().lower() in ("ansi_x3.4-1968", "ascii", "us-ascii")  # the locale really is ASCII
+    text = output.read_bytes().decode("utf-8")
+    assert '"sent": "Zürich liegt"' in text and "\\u00fc" not in text
+    assert json.loads(text) == [{"sent": "Zürich liegt", "start": 0, "end": 6, "labels": ["/location"], "ents": []}]
