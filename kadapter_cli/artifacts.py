@@ -62,7 +62,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Windows editors) is skipped
             return json.load(f)
     except FileNotFoundError:
         raise BadInput("file not found", path) from None
@@ -88,6 +88,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yields `(line_number, record)`; a malformed line is `BadInput` naming the file and line."""
     path = Path(path)
     for lineno, line in iter_text_lines(path):
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark
         if not line.strip():
             continue
         try:

@@ -550,3 +550,81 @@ def test_converted_figer_keeps_non_ascii_text_and_is_utf8_on_any_locale(tmp_path
     text = output.read_bytes().decode("utf-8")
     assert '"sent": "Zürich liegt"' in text and "\\u00fc" not in text
     assert json.loads(text) == [{"sent": "Zürich liegt", "start": 0, "end": 6, "labels": ["/location"], "ents": []}]
+
+
+RECORD = {"sent": "Obama visited Paris", "start": 0, "end": 5, "labels": ["person"]}
+
+
+@pytest.mark.parametrize("name, content", [
+    ("list.json", json.dumps([RECORD])),
+    ("indented.json", "\n\n    " + json.dumps([RECORD], indent=2)),
+    ("after-4-KiB-of-blank-lines.json", "\n" * 5000 + json.dumps([RECORD])),  # past the first chunk sniffed
+    ("lines.jsonl", json.dumps(RECORD) + "\n"),
+    ("bom.json", "\ufeff" + json.dumps([RECORD])),  # saved by a Windows editor
+    ("bom.jsonl", "\ufeff" + json.dumps(RECORD) + "\r\n\r\n"),
+])
+def test_task_files_are_read_whatever_their_layout(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content.encode("utf-8"))
+    assert get_task("openentity").read(path) == [RECORD]
+    assert base.detect_format(path) == ("jsonl" if name.endswith(".jsonl") else "json")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[]", "no records"),
+    ("\n\n  ", "empty file"),
+    ('"records"', "expected a JSON list of records or JSON Lines"),
+    ("sent\tstart\n", "expected a JSON list of records or JSON Lines"),
+    # one pretty-printed object, even after a blank line: not JSON Lines
+    (json.dumps({"records": [RECORD]}, indent=2), "expected a JSON list of records or JSON Lines, got one JSON object"),
+    ("\n" + json.dumps(RECORD, indent=1), "expected a JSON list of records or JSON Lines, got one JSON object"),
+])
+def test_a_task_file_that_holds_no_records_says_what_it_holds(tmp_path, content, message):
+    path = tmp_path / "dev.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(BadInput) as e:
+        get_task("openentity").read(path)
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_a_bad_json_line_is_named_by_its_number(tmp_path):
+    path = tmp_path / "dev.jsonl"
+    path.write_bytes((json.dumps(RECORD) + "\n\n" + '{"sent": "x",\n').encode("utf-8"))
+    with pytest.raises(BadInput) as e:
+        get_task("openentity").read(path)
+    assert str(e.value) == f"{path}, line 3: malformed JSON: Expecting property name enclosed in double quotes"
+    path.write_bytes((json.dumps(RECORD) + "\n").encode("utf-8") + b'{"sent": "Z\xfcrich"}\n')  # Latin-1 bytes
+    with pytest.raises(BadInput) as e:
+        get_task("openentity").read(path)
+    assert str(e.value) == f"{path}, line 2: not valid UTF-8 (invalid start byte at byte 11 of the line)"
+    assert base.detect_format(tmp_path / "dev.jsonl") == "jsonl"
+    path.write_bytes(b"Z\xfcrich\tB-/location\n")
+    assert base.detect_format(path) == "text"
+
+
+def test_a_task_file_that_cannot_be_read_is_named_with_why(tmp_path):
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)  # a link to itself: the system refuses to open it
+    empty = tmp_path / "empty.json"
+    empty.write_bytes(b"")
+    for path, message in ((tmp_path / "nope.json", "file not found"), (tmp_path, "is a folder, expected a file"),
+                          (loop, "cannot read: Too many levels of symbolic links"), (empty, "empty file")):
+        with pytest.raises(BadInput) as e:
+            get_task("openentity").read(path)
+        assert str(e.value) == f"{path}: {message}"
+
+
+def test_unknown_tasks_and_options_are_named_with_what_is_known():
+    with pytest.raises(BadInput) as e:
+        get_task("trex")
+    assert str(e.value) == "unknown task 'trex' (known: cosmosqa, figer, openentity, quasart, searchqa, tacred)"
+    with pytest.raises(BadInput) as e:
+        get_task("openentity", layout="paper")
+    assert str(e.value) == "task 'openentity' has no option 'layout' (options: none)"
+    with pytest.raises(BadInput) as e:
+        get_task("quasart", size=3)
+    assert str(e.value).startswith("task 'quasart' has no option 'size' (options: combine, contexts, format, ")
+    with pytest.raises(BadInput) as e:  # a bad value names the task and the option
+        get_task("cosmosqa", layout="both")
+    assert str(e.value) == "task option layout of 'cosmosqa' must be one of paper, original, got 'both'"
+    assert get_task("tacred", max_negatives=3).max_negatives == 3

@@ -541,18 +541,19 @@ def iter_raw_records(path: str | Path) -> Iterator[tuple[Where, Any]]:
     """`(where, record)` from a JSON list (where = index) or JSON Lines (where = "line N")."""
     kind = detect_format(path)
     if kind == "jsonl":
+        first = True
         try:
             for lineno, record in iter_jsonl(path):
+                first = False
                 yield f"line {lineno}", record
-        except BadInput as e:
-            if e.record == "line 1" and isinstance(_whole_json(path), dict):
+        except BadInput:
+            # The first record does not parse: perhaps the file is one (indented) JSON object. Only
+            # then is the whole file read again, never for a bad line further into a large file.
+            if first and isinstance(_whole_json(path), dict):
                 raise BadInput("expected a JSON list of records or JSON Lines, got one JSON object", path) from None
             raise
     elif kind == "json":
-        data = read_json(path)
-        if not isinstance(data, list):
-            raise BadInput(f"expected a JSON list of records, got {type(data).__name__}", path)
-        yield from enumerate(data)
+        yield from enumerate(read_json(path))  # a list: the file's first character is "["
     else:
         raise BadInput("expected a JSON list of records or JSON Lines", path)
 

@@ -86,7 +86,7 @@ def iter_bio_sentences(path: str | Path) -> Iterator[tuple[list[str], list[str],
                 yield tokens, tags, lines
             tokens, tags, lines = [], [], []
             continue
-        fields = line.rstrip("\r\n").split("\t")
+        fields = line.split("\t")  # the token and tag are stripped, and with them the line end
         if len(fields) < 2:
             raise BadInput("expected TOKEN<TAB>TAG", path, f"line {lineno}")
         token, tag = fields[0].strip(), fields[1].strip()
