@@ -220,8 +220,10 @@ def test_training_killed_then_resumed_ends_with_the_same_weights(tmp_path, tiny_
 TYPING = REPO / "kadapter_cli" / "demo_data" / "typing"
 
 
+# 24 steps, each saved: the interrupts come after step 3 or 5, and a loaded machine may be slow to
+# see a checkpoint and send the signal, so the run must still be training well after it.
 def _training_args(command: str, tiny_backbone: Path, data: Path) -> tuple:
-    loop = ("--max-steps", "8", "--batch-size", "4", "--max-length", "24", "--device", "cpu",
+    loop = ("--max-steps", "24", "--batch-size", "4", "--max-length", "24", "--device", "cpu",
             "--save-every", "1", "--eval-every", "4", "--seed", "3", "--lr", "1e-3", "--limit", "40")
     if command == "train-adapter":
         return ("train-adapter", "--kind", "fac", "--data", data, "--backbone", tiny_backbone,
@@ -302,7 +304,7 @@ RUN_PIPELINE = """\
 stages:
   - name: train-fac
     command: train-adapter
-    options: {{kind: fac, data: {data}, backbone: {backbone}, max-steps: 8, batch-size: 4, max-length: 24,
+    options: {{kind: fac, data: {data}, backbone: {backbone}, max-steps: 24, batch-size: 4, max-length: 24,
               device: cpu, save-every: 1, eval-every: 4, seed: 3, lr: 1.0e-3, cache-features: "off"}}
 """
 

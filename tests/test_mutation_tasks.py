@@ -495,7 +495,7 @@ def test_each_bad_bio_line_is_named_with_its_number(tmp_path, text, message):
     raw.write_bytes(text.encode("utf-8"))
     with pytest.raises(BadInput) as e:
         get_task("figer").read(raw)
-    assert str(e.value) == f"{raw}, {message}" if message.startswith("line") else f"{raw}: {message}"
+    assert str(e.value) == (f"{raw}, {message}" if message.startswith("line") else f"{raw}: {message}")
 
 
 def test_bio_sentences_keep_their_tokens_tags_and_line_numbers(tmp_path):
@@ -536,8 +536,13 @@ def test_converted_figer_keeps_non_ascii_text_and_is_utf8_on_any_locale(tmp_path
 
     import kadapter_cli
 
+    from kadapter_cli.tasks.figer import convert_figer_raw
+
     source = tmp_path / "exp.label"
     source.write_bytes("Zürich\tB-/location\nliegt\tO\n\t\n".encode("utf-8"))
+    here = tmp_path / "here.json"
+    assert convert_figer_raw(source, here) == {"sentences": 1, "mentions": 1, "labels": 1}
+    assert '"sent": "Zürich liegt"' in here.read_bytes().decode("utf-8")  # not "Z\u00fcrich"
     output = tmp_path / "test.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHON"))}
     env.update(LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", PYTHONIOENCODING="utf-8")
@@ -593,6 +598,10 @@ def test_a_bad_json_line_is_named_by_its_number(tmp_path):
     with pytest.raises(BadInput) as e:
         get_task("openentity").read(path)
     assert str(e.value) == f"{path}, line 3: malformed JSON: Expecting property name enclosed in double quotes"
+    path.write_bytes(('{"sent": "x",\n' + json.dumps(RECORD) + "\n").encode("utf-8"))  # a bad first line
+    with pytest.raises(BadInput) as e:
+        get_task("openentity").read(path)
+    assert str(e.value) == f"{path}, line 1: malformed JSON: Expecting property name enclosed in double quotes"
     path.write_bytes((json.dumps(RECORD) + "\n").encode("utf-8") + b'{"sent": "Z\xfcrich"}\n')  # Latin-1 bytes
     with pytest.raises(BadInput) as e:
         get_task("openentity").read(path)
