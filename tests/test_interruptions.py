@@ -43,6 +43,13 @@ def _no_process_outlives_its_test():
             process.wait(timeout=60)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child before it starts: SIGINT raises KeyboardInterrupt, as after Ctrl-C in a terminal.
+    A shell starts a background job (`make test &`, `nohup ... &`) with SIGINT ignored, its children
+    inherit that, and Python then leaves it ignored: the test's Ctrl-C would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(workdir: Path, *args: object, log: Path | None = None) -> subprocess.Popen:
     """`kadapter --workdir W args...` as a separate process (one thread: runs are comparable)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -51,7 +58,7 @@ def start(workdir: Path, *args: object, log: Path | None = None) -> subprocess.P
     with open(log or os.devnull, "w") as out:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [sys.executable, "-m", "kadapter_cli.cli", "--workdir", str(workdir), *map(str, args)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_ctrl_c_as_in_a_terminal)
     _started.append(process)
     return process
 
@@ -220,10 +227,8 @@ def test_training_killed_then_resumed_ends_with_the_same_weights(tmp_path, tiny_
 TYPING = REPO / "kadapter_cli" / "demo_data" / "typing"
 
 
-# 24 steps, each saved: the interrupts come after step 3 or 5, and a loaded machine may be slow to
-# see a checkpoint and send the signal, so the run must still be training well after it.
 def _training_args(command: str, tiny_backbone: Path, data: Path) -> tuple:
-    loop = ("--max-steps", "24", "--batch-size", "4", "--max-length", "24", "--device", "cpu",
+    loop = ("--max-steps", "8", "--batch-size", "4", "--max-length", "24", "--device", "cpu",
             "--save-every", "1", "--eval-every", "4", "--seed", "3", "--lr", "1e-3", "--limit", "40")
     if command == "train-adapter":
         return ("train-adapter", "--kind", "fac", "--data", data, "--backbone", tiny_backbone,
@@ -304,7 +309,7 @@ RUN_PIPELINE = """\
 stages:
   - name: train-fac
     command: train-adapter
-    options: {{kind: fac, data: {data}, backbone: {backbone}, max-steps: 24, batch-size: 4, max-length: 24,
+    options: {{kind: fac, data: {data}, backbone: {backbone}, max-steps: 8, batch-size: 4, max-length: 24,
               device: cpu, save-every: 1, eval-every: 4, seed: 3, lr: 1.0e-3, cache-features: "off"}}
 """
 
