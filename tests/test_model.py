@@ -64,6 +64,9 @@ def test_state_dict_keys_are_the_original_ones():
 
 
 def test_projections_start_near_zero_so_a_fresh_adapter_sums_its_taps():
+    # Seeded: the largest deviation depends on the draw (0.006-0.010 over 40 seeds), and unseeded it
+    # came from whatever tests ran before (0.0107 once, in a mutation run's order).
+    torch.manual_seed(0)
     config = AdapterConfig.for_backbone(BackboneShape("roberta", 64, 4, 4, "t"), "fac")
     adapter = KnowledgeAdapter(config).eval()
     layer = adapter.adapter[0]
