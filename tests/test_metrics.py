@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kadapter_cli import metrics
 from kadapter_cli.metrics import classification_metrics, entity_typing_metrics, relation_metrics, uas
 
 
@@ -117,3 +118,19 @@ def test_uas_per_word_with_ignored_positions():
     assert uas([[-100]], [[3]]) == 0.0
     with pytest.raises(ValueError, match="sentence 0"):
         uas([[1, 0]], [[1]])
+
+
+# ---------------------------------------------------------------- LAMA probing
+
+
+def test_lama_metrics_are_macro_over_relations_with_micro_beside():
+    m = metrics.lama_metrics({"P19": [1, 1, 2, 11], "P17": [1], "P36": []})
+    assert m["per_relation"]["P19"] == {"p_at_1": 0.5, "p_at_10": 0.75, "mrr": (1 + 1 + 0.5 + 1 / 11) / 4, "facts": 4}
+    assert m["p_at_1"] == (0.5 + 1.0) / 2  # P36 kept no fact: not averaged
+    assert m["p_at_1_micro"] == 3 / 5
+    assert m["p_at_10"] == (0.75 + 1.0) / 2
+    assert m["mrr"] == ((1 + 1 + 0.5 + 1 / 11) / 4 + 1.0) / 2
+    assert (m["facts"], m["relations"]) == (5, 2)
+    assert metrics.lama_metrics({})["p_at_1"] == 0.0
+    with pytest.raises(ValueError):
+        metrics.lama_metrics({"P19": [0]})

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from kadapter_cli import metrics
 
 P17 = "P17=[X] is located in [Y] ."
 
@@ -48,22 +47,6 @@ def base_probe(tmp_path_factory, tiny_backbone, corpus) -> Path:
                                       "--corpus", str(corpus), *TRAIN], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return workdir / "probes" / "base"
-
-
-# ---------------------------------------------------------------- metrics
-
-
-def test_lama_metrics_are_macro_over_relations_with_micro_beside():
-    m = metrics.lama_metrics({"P19": [1, 1, 2, 11], "P17": [1], "P36": []})
-    assert m["per_relation"]["P19"] == {"p_at_1": 0.5, "p_at_10": 0.75, "mrr": (1 + 1 + 0.5 + 1 / 11) / 4, "facts": 4}
-    assert m["p_at_1"] == (0.5 + 1.0) / 2  # P36 kept no fact: not averaged
-    assert m["p_at_1_micro"] == 3 / 5
-    assert m["p_at_10"] == (0.75 + 1.0) / 2
-    assert m["mrr"] == ((1 + 1 + 0.5 + 1 / 11) / 4 + 1.0) / 2
-    assert (m["facts"], m["relations"]) == (5, 2)
-    assert metrics.lama_metrics({})["p_at_1"] == 0.0
-    with pytest.raises(ValueError):
-        metrics.lama_metrics({"P19": [0]})
 
 
 # ---------------------------------------------------------------- training the probe layer

@@ -58,7 +58,8 @@ MODULES: dict[str, Target] = {
     "fusion": Target(["kadapter_cli/fusion.py"], ["tests/test_model.py", "tests/test_mutation_modules.py"]),
     "train_setup": Target(["kadapter_cli/train_setup.py"], LOOP_TESTS),
     "metrics": Target(["kadapter_cli/metrics.py"],
-                      ["tests/test_metrics.py", "tests/test_typing_micro_pr.py", "tests/test_mutation_metrics.py"]),
+                      ["tests/test_metrics.py", "tests/test_typing_micro_pr.py", "tests/test_qa_metrics.py",
+                       "tests/test_mutation_metrics.py"]),
     # Not test_import_original.py: its full-size checkpoints make each head mutant take a minute.
     "heads": Target(["kadapter_cli/heads.py"],
                     ["tests/test_model.py", "tests/test_adapter_io.py", "tests/test_tasks.py",
