@@ -168,3 +168,35 @@ def test_build_head_errors_name_the_problem(spec, message):
     with pytest.raises(BadInput) as caught:
         build_head(spec, 8)
     assert str(caught.value) == message
+
+
+# ---------------------------------------------------------------- the QA heads
+
+
+def test_the_choice_head_scores_each_candidates_first_token():
+    """CosmosQA's head: dropout (0.1, as RoBERTa's multiple-choice head) then `out_proj` H→1, one
+    score per candidate; its weights are named as in the original and Hugging Face."""
+    from kadapter_cli.heads import ChoiceHead
+
+    torch.manual_seed(0)
+    head = ChoiceHead(8)
+    assert {k: tuple(v.shape) for k, v in head.state_dict().items()} == {"out_proj.weight": (1, 8),
+                                                                         "out_proj.bias": (1,)}
+    assert head.dropout.p == 0.1 and ChoiceHead(8, dropout=0.3).dropout.p == 0.3
+    first_token = torch.randn(3, 8)
+    head.eval()
+    expected = first_token @ head.out_proj.weight[0] + head.out_proj.bias[0]
+    torch.testing.assert_close(head(first_token), expected)
+    assert head(first_token[:1]).shape == (1,)  # one candidate is still a vector
+    head.train()  # dropout drops features in training, and only then
+    assert not torch.equal(head(first_token.repeat(50, 1)), expected.repeat(50))
+
+
+def test_the_span_head_gives_start_and_end_logits_at_every_position():
+    from kadapter_cli.heads import SpanHead
+
+    head = SpanHead(8)
+    assert {k: tuple(v.shape) for k, v in head.state_dict().items()} == {"qa_outputs.weight": (2, 8),
+                                                                         "qa_outputs.bias": (2,)}
+    h = torch.randn(2, 5, 8)
+    torch.testing.assert_close(head(h), h @ head.qa_outputs.weight.T + head.qa_outputs.bias)
