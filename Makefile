@@ -25,10 +25,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
 
 # Mutation testing of the modules where a silent change corrupts results (docs/MUTATION.md);
-# slow (over an hour for all modules on 2 cores), so not part of `make test`. One module: make mutation MODULES=metrics
+# slow (~40 minutes for all modules on a quiet 2-core machine with MUTATION_ARGS="--max-children 2"), so not part
+# of `make test`. One module: make mutation MODULES=metrics
 mutation: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[mutation]'
-	nice -n 15 $(BIN)/python tools/mutation.py $(MODULES)
+	nice -n 15 $(BIN)/python tools/mutation.py $(MUTATION_ARGS) $(MODULES)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
