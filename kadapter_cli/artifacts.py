@@ -88,8 +88,6 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yields `(line_number, record)`; a malformed line is `BadInput` naming the file and line."""
     path = Path(path)
     for lineno, line in iter_text_lines(path):
-        if lineno == 1:
-            line = line.removeprefix("\ufeff")  # a byte-order mark
         if not line.strip():
             continue
         try:
@@ -102,7 +100,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 
 def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """Yields `(line_number, line)` of a UTF-8 text file, newline kept; unreadable files and
+    """Yields `(line_number, line)` of a UTF-8 text file, newline kept, a leading byte-order mark
+    dropped (every reader built on it accepts files saved by Windows editors); unreadable files and
     invalid UTF-8 are `BadInput` naming the file and the line that holds the bad bytes.
 
     Lines are decoded one at a time: a text-mode reader decodes whole chunks ahead of the line it
@@ -120,7 +119,7 @@ def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     with f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                yield lineno, raw.decode("utf-8")
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise BadInput(f"not valid UTF-8 ({e.reason} at byte {e.start} of the line)", path,
                                f"line {lineno}") from None

@@ -184,8 +184,7 @@ def _answer_index(label: Any, path: str | Path, where: Where) -> int:
 def iter_csv_records(path: str | Path) -> Iterator[tuple[str, dict]]:
     """`("line N", record)` of the authors' CSV; the header must be theirs (`label` may be absent,
     as in an unlabeled test file). N is the line the record starts on."""
-    lines = (line.removeprefix("\ufeff") if n == 1 else line for n, line in iter_text_lines(path))
-    reader = csv.reader(lines)
+    reader = csv.reader(line for _, line in iter_text_lines(path))
     try:
         header = next(reader)
     except StopIteration:

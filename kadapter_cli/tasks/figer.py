@@ -79,8 +79,6 @@ def iter_bio_sentences(path: str | Path) -> Iterator[tuple[list[str], list[str],
     tags: list[str] = []
     lines: list[int] = []
     for lineno, line in iter_text_lines(path):
-        if lineno == 1:
-            line = line.removeprefix("\ufeff")  # a byte-order mark
         if not line.strip():
             if tokens:
                 yield tokens, tags, lines
