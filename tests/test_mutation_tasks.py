@@ -645,3 +645,18 @@ def test_unknown_tasks_and_options_are_named_with_what_is_known():
         get_task("cosmosqa", layout="both")
     assert str(e.value) == "task option layout of 'cosmosqa' must be one of paper, original, got 'both'"
     assert get_task("tacred", max_negatives=3).max_negatives == 3
+
+
+def test_finetune_reads_task_files_saved_with_a_byte_order_mark(cli, tiny_backbone, tmp_path):
+    """The README's promise, the way a user meets it: split files written by a Windows editor."""
+    data = tmp_path / "openentity"
+    data.mkdir()
+    records = [_typing(i, ["person"] if i % 2 else ["location"]) for i in range(4)]
+    (data / "train.json").write_bytes(("\ufeff" + json.dumps(records)).encode("utf-8"))
+    for split in ("dev", "test"):  # JSON Lines
+        (data / f"{split}.json").write_bytes(("\ufeff" + "\n".join(map(json.dumps, records)) + "\n").encode("utf-8"))
+    result = cli("finetune", "--task", "openentity", "--data", data, "--backbone", tiny_backbone, "--max-steps", "1",
+                 "--max-length", "32")
+    assert result.exit_code == 0, result.output
+    out = cli.workdir / "finetuned" / "openentity-base"
+    assert len((out / "predictions-test.jsonl").read_text().splitlines()) == 4
