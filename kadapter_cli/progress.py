@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-
-import contextlib
 from typing import Iterator
 
 from rich.console import Console

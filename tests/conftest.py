@@ -23,7 +23,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
     """A tiny random RoBERTa + byte-level BPE tokenizer (what `kadapter tiny-backbone` writes)."""
-    from kadapter_cli.tiny_backbone import make_tiny_backbone
+    from kadapter_cli.modeling.tiny_backbone import make_tiny_backbone
 
     path = tmp_path_factory.mktemp("tiny") / "backbone"
     make_tiny_backbone(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kadapter_cli.training import latest_checkpoint
+from kadapter_cli.artifacts.output import latest_checkpoint
 
 
 def kill_after_checkpoint(command: list[str], env: dict[str, str], run_dir: Path, min_step: int,

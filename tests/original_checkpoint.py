@@ -1,5 +1,5 @@
 """A microsoft/K-Adapter checkpoint as released, written from scratch: the original `AdapterModel`'s
-key names and full shapes (reference §6), random values. Shared by the tests of `import-original`."""
+key names and full shapes, random values. Shared by the tests of `import-original`."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 
 def kadapter_in(workdir: Path) -> Callable:

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, load_adapter, load_config, save_adapter
-from kadapter_cli.backbone import BackboneShape
 from kadapter_cli.errors import BadInput
-from kadapter_cli.heads import build_head
+from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, load_adapter, load_config, save_adapter
+from kadapter_cli.modeling.backbone import BackboneShape
+from kadapter_cli.modeling.heads import build_head
 
 SHAPE = BackboneShape("roberta", 64, 4, 4, "tiny-roberta")
 

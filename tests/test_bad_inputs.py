@@ -1,4 +1,4 @@
-"""Bad input never gives a traceback: every reader, through the real CLI (CONTRACT §6).
+"""Bad input never gives a traceback: every reader, through the real CLI: exit 2 and one line naming the file and record.
 
 Each file under `tests/bad_inputs/` is one kind of damage users meet in third-party data. It is
 staged where the command reads it (a T-REx dump, a task's `train.json`, a `trex-rc/` artifact, a
@@ -268,9 +268,9 @@ def good_adapter(tmp_path_factory) -> Path:
     """A small, valid adapter artifact built without a backbone (shape only)."""
     import torch
 
-    from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, save_adapter
-    from kadapter_cli.artifacts import write_manifest
-    from kadapter_cli.backbone import BackboneShape
+    from kadapter_cli.artifacts.manifest import write_manifest
+    from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, save_adapter
+    from kadapter_cli.modeling.backbone import BackboneShape
 
     folder = tmp_path_factory.mktemp("adapters") / "fac"
     folder.mkdir()

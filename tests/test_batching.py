@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kadapter_cli.batching import epoch_batches, restore_order, sequential_batches, shard, step_micro_batches
+from kadapter_cli.training.batching import epoch_batches, restore_order, sequential_batches, shard, step_micro_batches
 
 
 def _lengths(n: int, seed: int = 0) -> list[int]:

@@ -91,8 +91,14 @@ def test_step_flop_formula_matches_torch_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
     from benchmarks.training_bench import _objective
-    from benchmarks.workloads import (TrainStep, adapter_config, adapter_pretrainer, adapter_step_flops,
-                                      build_backbone, fac_examples)
+    from benchmarks.workloads import (
+        TrainStep,
+        adapter_config,
+        adapter_pretrainer,
+        adapter_step_flops,
+        build_backbone,
+        fac_examples,
+    )
 
     shape = run.TOY_SHAPE
     backbone = build_backbone(shape)
@@ -171,7 +177,7 @@ def test_banded_span_decoding_picks_the_pipelines_best_span():
     import torch
 
     from benchmarks.qa_bench import _select_starts_ends
-    from kadapter_cli.span_decoding import best_spans
+    from kadapter_cli.tasks.open_qa.decoding import best_spans
 
     generator = torch.Generator().manual_seed(0)
     for trial in range(20):

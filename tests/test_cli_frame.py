@@ -1,4 +1,4 @@
-"""The CLI frame (CONTRACT §1, §6) and the artifacts module (CONTRACT §2)."""
+"""The CLI frame (global options, exit codes, error lines) and the artifacts module (manifests, atomic folders)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,10 @@ import pytest
 import typer
 
 from kadapter_cli import __version__
-from kadapter_cli.artifacts import (
-    atomic_output,
-    iter_jsonl,
-    partial_dir,
-    read_manifest,
-    resolve_artifact,
-    verify_files,
-    write_manifest,
-)
+from kadapter_cli.artifacts.io import iter_jsonl
+from kadapter_cli.artifacts.layout import resolve_artifact
+from kadapter_cli.artifacts.manifest import read_manifest, verify_files, write_manifest
+from kadapter_cli.artifacts.output import atomic_output, partial_dir
 from kadapter_cli.commands import _hoist_global_options
 from kadapter_cli.errors import BadInput, OutputExists
 

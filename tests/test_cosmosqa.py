@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kadapter_cli import encoding
+from kadapter_cli.data import encoding
 from kadapter_cli.errors import BadInput
 from kadapter_cli.tasks import get_task
 
@@ -92,7 +92,7 @@ def test_the_data_folder_may_use_the_datasets_own_file_names(tmp_path, sample):
 
 
 def test_candidates_use_the_tokenizers_pair_separators(tiny_backbone, minilm):
-    from kadapter_cli.backbone import load_tokenizer
+    from kadapter_cli.modeling.backbone import load_tokenizer
 
     record = {"context": "I went home .", "question": "Why ?", "answers": ["Tired .", "b", "c", "d"], "label": 0}
     roberta = load_tokenizer(str(tiny_backbone))
@@ -110,7 +110,7 @@ def test_candidates_use_the_tokenizers_pair_separators(tiny_backbone, minilm):
 
 
 def test_long_candidates_are_truncated_longest_first_to_max_length(tiny_backbone, sample):
-    from kadapter_cli.backbone import load_tokenizer
+    from kadapter_cli.modeling.backbone import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_backbone))
     task = get_task("cosmosqa")
@@ -140,8 +140,8 @@ def test_longest_first_truncation_is_hugging_faces_token_by_token_rule(lengths, 
 def test_candidates_are_flattened_for_the_body_and_scored_side_by_side(tiny_backbone, sample):
     import torch
 
-    from kadapter_cli.backbone import load_backbone, load_tokenizer
-    from kadapter_cli.finetune import build_task_model
+    from kadapter_cli.modeling.backbone import load_backbone, load_tokenizer
+    from kadapter_cli.stages.finetune import build_task_model
 
     task = get_task("cosmosqa")
     tokenizer = load_tokenizer(str(tiny_backbone))
@@ -318,11 +318,12 @@ def test_cached_candidate_features_give_the_backbones_scores(tiny_backbone, samp
     """Each candidate's cached states come back in the order the model runs the candidates."""
     import torch
 
-    from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter
-    from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer
-    from kadapter_cli.finetune import AdapterSet, FinetuneSpec, attach_task_feature_cache, build_task_model
-    from kadapter_cli.objectives import TaskObjective
-    from kadapter_cli.train_config import TrainConfig
+    from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter
+    from kadapter_cli.modeling.backbone import backbone_shape, load_backbone, load_tokenizer
+    from kadapter_cli.stages.compose import AdapterSet
+    from kadapter_cli.stages.finetune import FinetuneSpec, attach_task_feature_cache, build_task_model
+    from kadapter_cli.training.config import TrainConfig
+    from kadapter_cli.training.objectives import TaskObjective
 
     task = get_task("cosmosqa")
     tokenizer = load_tokenizer(str(tiny_backbone))
@@ -347,7 +348,8 @@ def test_cached_candidate_features_give_the_backbones_scores(tiny_backbone, samp
 
 def test_a_pipeline_stage_sets_task_options_as_the_command_line_does(tmp_path):
     from kadapter_cli.cli import app
-    from kadapter_cli.pipeline import app_commands, load_pipeline, stage_argv
+    from kadapter_cli.commands.dispatch import app_commands, stage_argv
+    from kadapter_cli.workflow.pipeline import load_pipeline
 
     path = tmp_path / "cosmos.yaml"
     path.write_text("vars: {workdir: w}\nstages:\n  - {name: ft, command: finetune, "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kadapter_cli.pipeline import DEMO_DATA
+from kadapter_cli.artifacts.layout import DEMO_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 OPENENTITY_LABELS = {"entity", "location", "time", "organization", "object", "event", "place", "person", "group"}

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kadapter_cli.encoding import (
+from kadapter_cli.data.encoding import (
     IGNORE_INDEX,
     encode_dependency,
     encode_relation,
@@ -121,7 +121,7 @@ def test_relation_entities_longer_than_max_length_keep_both_opening_markers(bert
 
 
 def test_typing_real_openentity_record(shared_data, tokenizer):
-    from kadapter_cli.artifacts import read_json
+    from kadapter_cli.artifacts.io import read_json
 
     record = read_json(shared_data / "openentity" / "ernie-format" / "train.json")[3]
     assert record["sent"][record["start"]:record["end"]] == "USPS"

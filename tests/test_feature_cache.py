@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kadapter_cli.errors import BadInput
-from kadapter_cli.feature_cache import GiB, FeatureCache, decide_cache, default_budget_bytes, estimate_bytes
+from kadapter_cli.training.feature_cache import FeatureCache, GiB, decide_cache, default_budget_bytes, estimate_bytes
 
 PAD = 1
 

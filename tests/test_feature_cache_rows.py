@@ -14,12 +14,13 @@ import random
 import pytest
 import torch
 
-from kadapter_cli.backbone import load_backbone, load_tokenizer
-from kadapter_cli.feature_cache import attach_cache
-from kadapter_cli.finetune import build_task_model, encode_split
-from kadapter_cli.objectives import TaskObjective
+from kadapter_cli.modeling.backbone import load_backbone, load_tokenizer
+from kadapter_cli.stages.finetune import build_task_model, encode_split
 from kadapter_cli.tasks import get_task
-from kadapter_cli.training import TrainConfig, train
+from kadapter_cli.training.config import TrainConfig
+from kadapter_cli.training.feature_cache import attach_cache
+from kadapter_cli.training.loop import train
+from kadapter_cli.training.objectives import TaskObjective
 
 FP16 = {"atol": 3e-3, "rtol": 2e-3}
 
@@ -36,8 +37,8 @@ def _task_setup(tiny_backbone, shared_data, n: int = 24):
 
 
 def _frozen_model(task, labels, tiny_backbone, seed: int = 0):
-    from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter
-    from kadapter_cli.backbone import backbone_shape
+    from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter
+    from kadapter_cli.modeling.backbone import backbone_shape
 
     backbone = load_backbone(str(tiny_backbone))
     torch.manual_seed(seed)

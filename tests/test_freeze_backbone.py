@@ -13,7 +13,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from kadapter_cli.backbone import load_backbone
+from kadapter_cli.modeling.backbone import load_backbone
 
 
 @pytest.mark.parametrize("cache", ["off", "auto"])

@@ -1,4 +1,4 @@
-"""`kadapter import-original`: microsoft/K-Adapter checkpoints (reference §6) → adapter artifacts."""
+"""`kadapter import-original`: microsoft/K-Adapter checkpoints → adapter artifacts."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import os
 
 import pytest
 import torch
+from original_checkpoint import FFN, LIN_MAX, N_REL, H, W, original_state_dict
 
-from kadapter_cli.adapter import load_adapter
-from kadapter_cli.heads import build_head
-from original_checkpoint import FFN, H, LIN_MAX, N_REL, W, original_state_dict
+from kadapter_cli.modeling.adapter import load_adapter
+from kadapter_cli.modeling.heads import build_head
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_imports_full_size_fac_and_lin_weights_exactly(cli, checkpoints, tmp_pat
     report = json.loads(shown.stdout)
     rows = {r["component"]: r for r in report["parameters"]}
     assert rows["adapter:fac"]["total"] == 47_251_200
-    assert rows["head"]["total"] == 4_616_602  # com_dense + dense (2H→H each) + out_proj (H→410): reference §1.6
+    assert rows["head"]["total"] == 4_616_602  # com_dense + dense (2H→H each) + out_proj (H→410), the original's fac head
     assert report["total_parameters"] == sum(r["total"] for r in report["parameters"])
     table = cli("inspect", cli.workdir / "adapters" / "lin")
     assert table.exit_code == 0 and "47,251,200" in table.stdout and "adapter:lin" in table.stdout

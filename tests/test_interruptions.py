@@ -1,4 +1,4 @@
-"""kill -9 at any moment loses nothing and leaves nothing half-written (CONTRACT §2, §6).
+"""kill -9 at any moment loses nothing and leaves nothing half-written (docs/what-happens-when.md).
 
 Each stage runs as a real process (`python -m kadapter_cli.cli`) and is killed with SIGKILL at
 seeded random moments while it writes. Its output folder must then be either absent or complete
@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import _write_trex_rc as _trex_rc  # noqa: F401  (other test modules import it from here)
-from kadapter_cli.artifacts import verify_files
+
+from kadapter_cli.artifacts.manifest import verify_files
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TREX = REPO / "kadapter_cli" / "demo_data" / "trex" / "re-nlg_demo-0.json"

@@ -1,5 +1,5 @@
 """Entity-marker style: an adapter records how its pretraining encoded "@" / "#" (kadapter's spaced
-words, or the original's bare ids, reference §2, §8.10), a model's encoding follows its adapters,
+words, or the original's bare ids), a model's encoding follows its adapters,
 and adapters of different styles do not compose."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from kadapter_cli.adapter import load_config
-from kadapter_cli.backbone import load_tokenizer
-from kadapter_cli.encoding import encode_relation, encode_typing, word_pieces
+from kadapter_cli.data.encoding import encode_relation, encode_typing, word_pieces
+from kadapter_cli.modeling.adapter import load_config
+from kadapter_cli.modeling.backbone import load_tokenizer
 
 TOKENS = ["Anna", "lives", "in", "Paris", "."]
 SHORT = ["--max-steps", "2", "--limit", "24", "--batch-size", "8", "--max-length", "48", "--eval-every", "2"]
@@ -112,7 +112,7 @@ def test_an_adapter_written_before_the_field_existed_reads_as_spaced(adapters, t
 
 
 def test_finetuning_encodes_with_the_adapters_style_and_evaluate_and_predict_follow_it(adapters, shared_data):
-    from kadapter_cli.finetune import load_finetuned
+    from kadapter_cli.stages.finetune import load_finetuned
 
     cli, workdir = adapters
     data = shared_data / "tacred" / "gcn-over-pruned-trees-sample"

@@ -1,11 +1,11 @@
-"""CONTRACT §4 metrics against hand-computed cases (the arithmetic is written next to each number)."""
+"""The task metrics against hand-computed cases (the arithmetic is written next to each number)."""
 
 from __future__ import annotations
 
 import pytest
 
-from kadapter_cli import metrics
-from kadapter_cli.metrics import classification_metrics, entity_typing_metrics, relation_metrics, uas
+from kadapter_cli.tasks import metrics
+from kadapter_cli.tasks.metrics import classification_metrics, entity_typing_metrics, relation_metrics, uas
 
 
 def approx(x):

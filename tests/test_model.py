@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, count_parameters
-from kadapter_cli.backbone import BackboneShape, backbone_shape, load_backbone, load_tokenizer, tapped_states
 from kadapter_cli.errors import BadInput
-from kadapter_cli.heads import LinOriginalHead, LinPointerHead, RelationHead, TypingHead, build_head
-from kadapter_cli.model import KAdapterModel, check_composable
+from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, count_parameters
+from kadapter_cli.modeling.backbone import BackboneShape, backbone_shape, load_backbone, load_tokenizer, tapped_states
+from kadapter_cli.modeling.heads import LinOriginalHead, LinPointerHead, RelationHead, TypingHead, build_head
+from kadapter_cli.modeling.kadapter import KAdapterModel, check_composable
 
 ROBERTA_LARGE = BackboneShape("roberta", 1024, 24, 16, "roberta-large")
 
@@ -250,7 +250,7 @@ def test_rows_only_forward_equals_the_full_forward_at_those_rows(tiny, fusion):
 
 
 def test_task_model_computes_only_the_marker_rows_with_the_same_logits(tiny):
-    from kadapter_cli.finetune import TaskModel
+    from kadapter_cli.modeling.task_model import TaskModel
     from kadapter_cli.tasks import get_task
 
     backbone, tokenizer = tiny

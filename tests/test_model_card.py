@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kadapter_cli.artifacts import sha256_file, verify_files
-from kadapter_cli.model_card import command_line, data_license
+from kadapter_cli.artifacts.cards import command_line, data_license
+from kadapter_cli.artifacts.io import sha256_file
+from kadapter_cli.artifacts.manifest import verify_files
 
 
 def read_card(folder: Path) -> tuple[dict, str]:
@@ -51,7 +52,7 @@ def test_the_command_is_shown_as_typed():
 
 
 def test_data_licenses_known_and_unknown(tmp_path):
-    from kadapter_cli.model_card import DEMO_DATA
+    from kadapter_cli.artifacts.layout import DEMO_DATA
 
     assert data_license("tacred", [{"path": str(tmp_path / "train.json")}])[2].startswith("TACRED is licensed by the LDC")
     assert data_license("openentity", [{"path": str(tmp_path / "train.json")}]) is None

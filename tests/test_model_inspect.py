@@ -7,9 +7,10 @@ import json
 import torch
 from safetensors.torch import save_file
 
-from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, count_parameters, save_adapter
-from kadapter_cli.artifacts import write_json, write_manifest
-from kadapter_cli.backbone import BackboneShape
+from kadapter_cli.artifacts.io import write_json
+from kadapter_cli.artifacts.manifest import write_manifest
+from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, count_parameters, save_adapter
+from kadapter_cli.modeling.backbone import BackboneShape
 
 SHAPE = BackboneShape("roberta", 64, 4, 4, "tiny-roberta")
 

@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
-
 from kill_helpers import kill_after_checkpoint
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 

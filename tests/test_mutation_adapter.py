@@ -1,4 +1,4 @@
-"""Cases found by mutation testing (docs/MUTATION.md) for `kadapter_cli.adapter`: the default-size rule
+"""Cases found by mutation testing (docs/MUTATION.md) for `kadapter_cli.modeling.adapter`: the default-size rule
 at its rounding edges, every refusal of an `adapter_config.json` in full (they reach the user as
 `BadInput` naming the file), the parameter counts the manifests report, and the weights file."""
 
@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from kadapter_cli.adapter import (
+from kadapter_cli.errors import BadInput
+from kadapter_cli.modeling.adapter import (
     AdapterConfig,
     KnowledgeAdapter,
     count_parameters,
@@ -17,8 +18,7 @@ from kadapter_cli.adapter import (
     load_config,
     save_adapter,
 )
-from kadapter_cli.backbone import BackboneShape
-from kadapter_cli.errors import BadInput
+from kadapter_cli.modeling.backbone import BackboneShape
 
 SHAPE = BackboneShape("roberta", 64, 4, 4, "tiny-roberta")
 
@@ -173,7 +173,7 @@ def test_parameter_counts_count_all_or_only_the_trainable_ones():
 def test_the_weight_files_are_plain_pt_safetensors_files(tmp_path):
     from safetensors import safe_open
 
-    from kadapter_cli.heads import build_head
+    from kadapter_cli.modeling.heads import build_head
 
     config = _config(head={"type": "relation", "num_labels": 3, "dropout": 0.1, "com_dense": True})
     save_adapter(tmp_path / "fac", KnowledgeAdapter(config), config, build_head(config.head, 64))
@@ -252,7 +252,7 @@ def _bert_encoder(config: AdapterConfig, encoder) -> "torch.nn.Module":
 
 @pytest.mark.parametrize("taps", [[0, 2, 4], [3]])
 def test_each_adapter_layer_adds_its_projected_encoding_to_its_input_and_the_next_reads_the_sum(taps):
-    # reference §1.2-1.3: layer k reads tapped[k] + state_{k-1} and returns its input + up(encoder(down(input)))
+    # the paper, §3.1: layer k reads tapped[k] + state_{k-1} and returns its input + up(encoder(down(input)))
     import torch.nn.functional as F
 
     config = _config(tap_layers=taps, mask_padding=False)

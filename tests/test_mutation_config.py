@@ -40,7 +40,7 @@ def test_list_prints_each_module_with_its_tests():
                           text=True, check=True)
     lines = done.stdout.splitlines()
     assert len(lines) == len(_driver().MODULES) and lines[0].startswith("fusion (")  # smallest first
-    assert any(line.startswith("training (") and "(only " in line and "kadapter_cli.training.xǁ_Loopǁ_train_step*" in line
+    assert any(line.startswith("training (") and "(only " in line and "kadapter_cli.training.loop.xǁ_Loopǁ_train_step*" in line
                for line in lines)
 
 

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from kadapter_cli import encoding
+from kadapter_cli.data import encoding
 from kadapter_cli.errors import BadInput
 from kadapter_cli.tasks import get_task
 
@@ -142,7 +142,7 @@ def test_an_unlabeled_split_gets_the_leaderboard_file_and_a_labeled_one_does_not
 
 
 def test_an_unlabeled_record_is_encoded_and_batched_without_a_target(tiny_backbone):
-    from kadapter_cli.backbone import load_tokenizer
+    from kadapter_cli.modeling.backbone import load_tokenizer
 
     task = get_task("cosmosqa")
     tokenizer = load_tokenizer(tiny_backbone)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kadapter_cli.encoding import encode_dependency, encode_relation, encode_typing
+from kadapter_cli.data.encoding import encode_dependency, encode_relation, encode_typing
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_byte_level_bpe_without_prefix_space_message(tiny_backbone):
     plain = AutoTokenizer.from_pretrained(tiny_backbone)
     assert _message(lambda: encode_typing(plain, "a b c", 2, 3, 16)) == (
         "byte-level BPE tokenizers must be loaded with add_prefix_space=True "
-        "(kadapter_cli.backbone.load_tokenizer does this)")
+        "(kadapter_cli.modeling.backbone.load_tokenizer does this)")
 
 
 def test_dependency_edges_of_the_head_range(bert):

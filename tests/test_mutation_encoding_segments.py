@@ -1,4 +1,4 @@
-"""Cases found by mutation testing (docs/MUTATION.md) for the segment encoders of `kadapter_cli.encoding`
+"""Cases found by mutation testing (docs/MUTATION.md) for the segment encoders of `kadapter_cli.data.encoding`
 (CosmosQA's context + question + answer, sentence pairs): the exact layouts, where each segment lands,
 longest-first truncation against Hugging Face's token-by-token rule, and every refusal's message."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from kadapter_cli.backbone import load_tokenizer
-from kadapter_cli.encoding import encode_segments, pair_template, truncate_longest_first
 from test_mutation_encoding_styles import ID, word_level
+
+from kadapter_cli.data.encoding import encode_segments, pair_template, truncate_longest_first
+from kadapter_cli.modeling.backbone import load_tokenizer
 
 A, B, C = [11, 12, 13, 14], [21, 22], [31, 32, 33]
 

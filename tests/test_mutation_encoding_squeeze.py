@@ -1,5 +1,5 @@
 """Which sub-tokens an example keeps when its entities alone exceed `max_length` (the `_squeeze_core`
-rule in `kadapter_cli.encoding`, found untested by mutation testing, docs/MUTATION.md): every opening
+rule in `kadapter_cli.data.encoding`, found untested by mutation testing, docs/MUTATION.md): every opening
 marker; then each entity's sub-tokens by their distance from its opening marker, ties to the earlier
 one; then the words between the entities, earliest first; kept sub-tokens in their original order.
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from kadapter_cli.encoding import encode_relation, encode_typing
+from kadapter_cli.data.encoding import encode_relation, encode_typing
 
 # "@ red green blue black @ one two # cat dog cow pig #" = 14 sub-tokens
 COLOURS_ANIMALS = "red green blue black one two cat dog cow pig".split()

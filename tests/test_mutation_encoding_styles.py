@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from kadapter_cli.backbone import load_tokenizer
-from kadapter_cli.encoding import encode_dependency, encode_relation, encode_typing
+from kadapter_cli.data.encoding import encode_dependency, encode_relation, encode_typing
+from kadapter_cli.modeling.backbone import load_tokenizer
 
 WORDS = ["[UNK]", "[CLS]", "[SEP]", "a", "b", "c", "@", "#"]
 ID = {w: i for i, w in enumerate(WORDS)}
@@ -91,14 +91,14 @@ def test_byte_level_inside_a_pre_tokenizer_sequence_also_needs_the_prefix_space(
 
     assert _message(lambda: encode_typing(sequence(False), "a b c", 2, 3, 16)) == (
         "byte-level BPE tokenizers must be loaded with add_prefix_space=True "
-        "(kadapter_cli.backbone.load_tokenizer does this)")
+        "(kadapter_cli.modeling.backbone.load_tokenizer does this)")
     assert encode_typing(sequence(True), "a b c", 2, 3, 16)["mention_pos"] == 2
 
 
 def test_a_python_tokenizer_is_told_that_encoding_needs_a_fast_one():
     from transformers import ByT5Tokenizer  # pure Python: no backend_tokenizer, no word_ids()
 
-    from kadapter_cli.encoding import encode_segments
+    from kadapter_cli.data.encoding import encode_segments
 
     slow = ByT5Tokenizer()
     assert _message(lambda: encode_typing(slow, "a b c", 2, 3, 16)) == \
@@ -111,7 +111,7 @@ def test_a_word_without_sub_tokens_needs_an_unknown_token():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from kadapter_cli.encoding import word_pieces
+    from kadapter_cli.data.encoding import word_pieces
 
     tok = Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -141,9 +141,9 @@ def test_special_tokens_of_different_lengths_before_and_after_are_kept_whole():
 def test_segments_also_refuse_byte_level_bpe_without_the_prefix_space(tiny_backbone):
     from transformers import AutoTokenizer
 
-    from kadapter_cli.encoding import encode_segments
+    from kadapter_cli.data.encoding import encode_segments
 
     plain = AutoTokenizer.from_pretrained(tiny_backbone)
     assert _message(lambda: encode_segments(plain, [[5], [6]], 16)) == (
         "byte-level BPE tokenizers must be loaded with add_prefix_space=True "
-        "(kadapter_cli.backbone.load_tokenizer does this)")
+        "(kadapter_cli.modeling.backbone.load_tokenizer does this)")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kadapter_cli.errors import BadInput
-from kadapter_cli.feature_cache import GiB, attach_cache, decide_cache
+from kadapter_cli.training.feature_cache import GiB, attach_cache, decide_cache
 
 Usage = namedtuple("Usage", "total used free")
 
@@ -91,7 +91,7 @@ def test_disk_is_used_up_to_exactly_half_its_free_space(tmp_path, monkeypatch):
 def test_default_budget_is_whole_bytes(monkeypatch):
     import psutil
 
-    from kadapter_cli.feature_cache import default_budget_bytes
+    from kadapter_cli.training.feature_cache import default_budget_bytes
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: namedtuple("Memory", "total")(4 * GiB + 3))
     assert default_budget_bytes() == GiB and isinstance(default_budget_bytes(), int)
@@ -114,7 +114,7 @@ def test_cache_on_refusal_message_in_full(tmp_path, monkeypatch):
 def test_disk_cache_describes_itself_in_cache_json(tmp_path):
     import json
 
-    from kadapter_cli.feature_cache import FeatureCache
+    from kadapter_cli.training.feature_cache import FeatureCache
 
     def compute(ids, mask):
         return [ids.float().unsqueeze(-1).expand(-1, -1, 3).clone()] * 2
@@ -133,7 +133,7 @@ def test_disk_cache_describes_itself_in_cache_json(tmp_path):
     ({"dtype": torch.int8}, "unsupported cache dtype torch.int8; use float16, bfloat16 or float32"),
 ])
 def test_build_refusals_in_full(kwargs, message):
-    from kadapter_cli.feature_cache import FeatureCache
+    from kadapter_cli.training.feature_cache import FeatureCache
 
     with pytest.raises(ValueError) as caught:
         FeatureCache.build(lambda ids, mask: [], [[2]], pad_id=1, batch_size=1, **kwargs)
@@ -149,7 +149,7 @@ def test_build_refusals_in_full(kwargs, message):
 # -- what `FeatureCache.build` refuses from `compute`, and the bar it shows
 
 def _build(compute, ids=([2, 3, 4], [5, 6], [7]), batch_size=2):
-    from kadapter_cli.feature_cache import FeatureCache
+    from kadapter_cli.training.feature_cache import FeatureCache
 
     return FeatureCache.build(compute, [list(x) for x in ids], pad_id=1, batch_size=batch_size)
 
@@ -213,7 +213,7 @@ def test_building_shows_a_bar_of_the_examples_cached_on_a_terminal(monkeypatch):
 
 
 def test_build_refuses_an_example_longer_than_pad_to_naming_the_first():
-    from kadapter_cli.feature_cache import FeatureCache
+    from kadapter_cli.training.feature_cache import FeatureCache
 
     examples = [[2, 3, 4], [5, 6, 7, 8, 9], [2], [3, 4, 5, 6, 7]]
     with pytest.raises(ValueError) as caught:
@@ -238,9 +238,9 @@ def test_attach_with_pad_to_budgets_and_stores_every_example_padded(tmp_path):
 @pytest.mark.parametrize("local_processes, storage", [(None, "memory"), ("1", "memory"), ("2", "disk")])
 def test_the_default_memory_budget_is_shared_by_the_processes_of_a_machine(tmp_path, monkeypatch, local_processes,
                                                                           storage):
-    import kadapter_cli.feature_cache
+    import kadapter_cli.training.feature_cache
 
-    monkeypatch.setattr(kadapter_cli.feature_cache, "default_budget_bytes", lambda: 80)
+    monkeypatch.setattr(kadapter_cli.training.feature_cache, "default_budget_bytes", lambda: 80)
     if local_processes is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:
@@ -250,9 +250,9 @@ def test_the_default_memory_budget_is_shared_by_the_processes_of_a_machine(tmp_p
 
 
 def test_decide_cache_without_a_budget_uses_the_default_one(monkeypatch):
-    import kadapter_cli.feature_cache
+    import kadapter_cli.training.feature_cache
 
-    monkeypatch.setattr(kadapter_cli.feature_cache, "default_budget_bytes", lambda: 80)
+    monkeypatch.setattr(kadapter_cli.training.feature_cache, "default_budget_bytes", lambda: 80)
     assert decide_cache("auto", 80) == "memory"
     assert decide_cache("auto", 81) is None
 

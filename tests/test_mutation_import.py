@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kadapter_cli.backbone import BackboneShape
 from kadapter_cli.errors import BadInput
-from kadapter_cli.import_original import import_original, infer_config, read_checkpoint, read_relations
+from kadapter_cli.modeling.backbone import BackboneShape
+from kadapter_cli.modeling.original import import_original, infer_config, read_checkpoint, read_relations
 
 SMALL = BackboneShape(model_type="roberta", hidden_size=32, num_layers=24, num_heads=2, name_or_path="small")
 PATH = Path("ckpt.bin")
@@ -165,7 +165,7 @@ def _parameters(state, prefix_adapter: bool) -> int:
 
 
 def test_import_writes_exact_weights_config_manifest_and_card(cli, narrow, tmp_path):
-    from kadapter_cli.adapter import load_adapter
+    from kadapter_cli.modeling.adapter import load_adapter
 
     folder, states = narrow
     relations = tmp_path / "relations.txt"
@@ -233,7 +233,7 @@ def test_import_refuses_to_replace_unless_told(cli, narrow):
 
 
 def test_a_half_precision_checkpoint_imports_as_float32(cli, narrow, tmp_path):
-    from kadapter_cli.adapter import load_adapter
+    from kadapter_cli.modeling.adapter import load_adapter
 
     _, states = narrow
     half = {k: v.half() for k, v in states["lin"].items()}

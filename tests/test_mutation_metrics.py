@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kadapter_cli.metrics import classification_metrics
+from kadapter_cli.tasks.metrics import classification_metrics
 
 
 def test_classification_macro_f1_counts_every_tp_fp_fn_of_a_label():
@@ -21,7 +21,7 @@ def test_classification_macro_f1_counts_every_tp_fp_fn_of_a_label():
 
 
 def test_lama_p_at_10_counts_rank_10_and_relations_after_an_empty_one_are_scored():
-    from kadapter_cli.metrics import lama_metrics
+    from kadapter_cli.tasks.metrics import lama_metrics
 
     m = lama_metrics({"P36": [], "P19": [10, 11], "P17": [1]})  # the empty relation first
     assert m["per_relation"]["P19"] == {"p_at_1": 0.0, "p_at_10": 0.5, "mrr": (1 / 10 + 1 / 11) / 2, "facts": 2}
@@ -32,7 +32,7 @@ def test_lama_p_at_10_counts_rank_10_and_relations_after_an_empty_one_are_scored
 
 
 def test_extractive_qa_skips_unanswerable_questions_anywhere_and_an_empty_list_is_the_empty_answer():
-    from kadapter_cli.metrics import extractive_qa_metrics
+    from kadapter_cli.tasks.metrics import extractive_qa_metrics
 
     # A question without gold answers is skipped wherever it stands; the others are still scored.
     assert extractive_qa_metrics([["Paris"], [], ["the Seine river"]], ["paris", "x", "Seine"]) == {

@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from kadapter_cli.errors import BadInput
-from kadapter_cli.fusion import make_fusion
-from kadapter_cli.heads import LinOriginalHead, LinPointerHead, PretrainingHead, RelationHead, TypingHead, build_head
+from kadapter_cli.modeling.fusion import make_fusion
+from kadapter_cli.modeling.heads import (
+    LinOriginalHead,
+    LinPointerHead,
+    PretrainingHead,
+    RelationHead,
+    TypingHead,
+    build_head,
+)
 
 # ---------------------------------------------------------------- fusion
 
@@ -176,7 +183,7 @@ def test_build_head_errors_name_the_problem(spec, message):
 def test_the_choice_head_scores_each_candidates_first_token():
     """CosmosQA's head: dropout (0.1, as RoBERTa's multiple-choice head) then `out_proj` H→1, one
     score per candidate; its weights are named as in the original and Hugging Face."""
-    from kadapter_cli.heads import ChoiceHead
+    from kadapter_cli.modeling.heads import ChoiceHead
 
     torch.manual_seed(0)
     head = ChoiceHead(8)
@@ -193,7 +200,7 @@ def test_the_choice_head_scores_each_candidates_first_token():
 
 
 def test_the_span_head_gives_start_and_end_logits_at_every_position():
-    from kadapter_cli.heads import SpanHead
+    from kadapter_cli.modeling.heads import SpanHead
 
     head = SpanHead(8)
     assert {k: tuple(v.shape) for k, v in head.state_dict().items()} == {"qa_outputs.weight": (2, 8),

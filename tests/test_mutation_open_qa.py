@@ -15,13 +15,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from kadapter_cli import metrics
-from kadapter_cli.errors import BadInput
-from kadapter_cli.tasks import get_task
-from kadapter_cli.tasks.open_qa import (answers_by_question, collate_windows, encode_question,
-                                        ranked_answers_by_question, span_loss)
 from qa_samples import kadapter_in, quasart_questions, write_openqa, write_quasar
+
+from kadapter_cli.errors import BadInput
+from kadapter_cli.tasks import get_task, metrics
+from kadapter_cli.tasks.open_qa.task import (
+    answers_by_question,
+    collate_windows,
+    encode_question,
+    ranked_answers_by_question,
+    span_loss,
+)
 
 FAST = ["--batch-size", "4", "--lr", "2e-3", "--max-length", "64", "--max-paragraphs", "4"]
 TEST_IDS = [(0, "528", ["tried & treed"]), (1, "1506", ["Joseph Smith"])]
@@ -124,7 +128,7 @@ def test_predict_lines_and_scores(kadapter, searchqa_data):
 
 
 def test_predict_max_answer_length_one_gives_one_subtoken_answers(kadapter, searchqa_data, tiny_backbone):
-    from kadapter_cli.backbone import load_tokenizer
+    from kadapter_cli.modeling.backbone import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_backbone)
     out = _stdout_lines(kadapter("predict", kadapter.run_dir, searchqa_data / "test", "--max-answer-length", "1").stdout)
@@ -279,7 +283,7 @@ def test_collate_windows_masks_and_targets():
 
 
 def test_encode_question_training_windows_skip_or_point_at_cls(tiny_backbone):
-    from kadapter_cli.backbone import load_tokenizer
+    from kadapter_cli.modeling.backbone import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_backbone)
     record = {"question": "Where was Pythagoras born?", "answers": ["Samos"],
@@ -301,7 +305,7 @@ def test_encode_question_training_windows_skip_or_point_at_cls(tiny_backbone):
 
 
 def test_examples_tag_windows_with_id_and_gold(tiny_backbone):
-    from kadapter_cli.backbone import load_tokenizer
+    from kadapter_cli.modeling.backbone import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_backbone)
     task = get_task("searchqa", stride=8)
@@ -318,7 +322,7 @@ def test_examples_tag_windows_with_id_and_gold(tiny_backbone):
 def test_window_spans_respect_max_answer_length_top_k_and_drop_impossible_spans():
     import torch
 
-    from kadapter_cli.tasks.open_qa import window_spans
+    from kadapter_cli.tasks.open_qa.task import window_spans
 
     # positions 3..5 are the paragraph; the best start is 3 and the best end 4 (a 2-sub-token span)
     start = torch.tensor([[0.0, 0.0, 0.0, 5.0, 1.0, 0.0, 0.0]])
@@ -380,7 +384,7 @@ def test_task_answers_scores_and_lines_on_hand_made_spans(tmp_path):
 def test_task_decode_collate_and_no_answer_option(tiny_backbone):
     import torch
 
-    from kadapter_cli.backbone import load_tokenizer
+    from kadapter_cli.modeling.backbone import load_tokenizer
 
     task = get_task("searchqa", no_answer="cls")
     tokenizer = load_tokenizer(tiny_backbone)

@@ -257,7 +257,7 @@ def test_relation_metrics_follow_the_tasks_negative_label():
 
 
 def test_relation_encoding_follows_the_adapters_marker_style(tiny_backbone):
-    from kadapter_cli.backbone import load_tokenizer
+    from kadapter_cli.modeling.backbone import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_backbone)
     tacred = get_task("tacred")

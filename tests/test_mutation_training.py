@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from kadapter_cli.checkpoints import (copy_into, latest_checkpoint, remove_checkpoints, rng_state, set_rng_state,
-                                      write_checkpoint)
+from kadapter_cli.artifacts.output import latest_checkpoint, remove_checkpoints
 from kadapter_cli.errors import BadInput
-from kadapter_cli.train_config import TrainConfig
-from kadapter_cli.train_setup import adamw, is_out_of_memory, make_accelerator, warmup_then_linear_decay
+from kadapter_cli.training.checkpoints import copy_into, write_checkpoint
+from kadapter_cli.training.config import TrainConfig
+from kadapter_cli.training.rng import rng_state, set_rng_state
+from kadapter_cli.training.setup import adamw, is_out_of_memory, make_accelerator, warmup_then_linear_decay
 
 
 @pytest.mark.parametrize("step, warmup, total, multiplier", [
@@ -95,7 +96,7 @@ def test_accelerator_follows_device_and_precision_across_runs_in_one_process():
 
 
 def test_out_of_memory_message_in_full():
-    from kadapter_cli.train_setup import out_of_memory
+    from kadapter_cli.training.setup import out_of_memory
 
     error = out_of_memory("training step 3", 16, 256)
     assert str(error) == (
@@ -183,8 +184,9 @@ def test_copy_into_refuses_other_names_or_shapes(tmp_path):
 
 
 def test_resume_refusals_name_the_checkpoint_and_the_difference(tmp_path):
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.training.loop import train
 
     def run(**overrides):
         config = TrainConfig(**{**dict(epochs=1, batch_size=8, lr=3e-3, seed=7, device="cpu", save_every=2), **overrides})
@@ -216,8 +218,9 @@ class _Killed(Exception):
 
 def _toy_run(run_dir, resume=False, model=None, killed_at: int | None = None, **overrides):
     """The toy run (4 steps, a checkpoint every 2); `killed_at`: it stops in that step (1-based)."""
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.training.loop import train
 
     class Objective(ToyObjective):
         calls = 0
@@ -282,7 +285,7 @@ def _process(scaler=None):
 
 
 def test_resume_restores_the_fp16_grad_scaler_from_the_checkpoint(tmp_path):
-    from kadapter_cli.checkpoints import load_checkpoint
+    from kadapter_cli.training.checkpoints import load_checkpoint
 
     checkpoint, model, optimizer, scheduler = _checkpoint_and_loop(tmp_path)
     saved = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
@@ -311,7 +314,7 @@ class _PickledCode:
 def test_resume_refuses_a_checkpoint_file_that_would_run_pickled_code(tmp_path, capsys, file):
     import pickle
 
-    from kadapter_cli.checkpoints import load_checkpoint
+    from kadapter_cli.training.checkpoints import load_checkpoint
 
     checkpoint, model, optimizer, scheduler = _checkpoint_and_loop(tmp_path)
     content = torch.load(checkpoint / file, weights_only=True)
@@ -384,7 +387,7 @@ def test_resume_into_a_model_with_other_trainable_parameters_names_the_checkpoin
 
 
 def test_a_checkpoint_that_records_no_options_is_taken_to_have_run_at_the_defaults(tmp_path):
-    from kadapter_cli.train_config import TRAJECTORY_OPTIONS
+    from kadapter_cli.training.config import TRAJECTORY_OPTIONS
 
     _toy_run(tmp_path / "run", killed_at=4)
     checkpoint = latest_checkpoint(tmp_path / "run")
@@ -494,9 +497,10 @@ def test_adamw_uses_the_fused_kernel_for_cuda_parameters(monkeypatch):
 # -- the loop itself: epoch orders, gradient sync, what it counts, the training bar (docs/MUTATION.md)
 
 def test_each_epoch_trains_on_batchings_order_for_that_epoch_and_seed(tmp_path):
-    from kadapter_cli.batching import epoch_batches
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.training.batching import epoch_batches
+    from kadapter_cli.training.loop import train
 
     seen: list[list[int]] = []
 
@@ -524,9 +528,9 @@ def test_gradients_are_all_reduced_only_on_each_step_s_last_micro_batch(tmp_path
     from contextlib import contextmanager
 
     import accelerate
-
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.training.loop import train
 
     inside_no_sync, unsynced, models = [False], [], []
 
@@ -554,8 +558,9 @@ def test_gradients_are_all_reduced_only_on_each_step_s_last_micro_batch(tmp_path
 
 
 def test_checkpoints_count_the_examples_and_tokens_trained_on(tmp_path):
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.training.loop import train
 
     # Steps of 8 in 4 micro-batches of 2; the short last step (1 example) also gets three stand-in
     # micro-batches of share 0, which are not examples seen.
@@ -568,8 +573,9 @@ def test_checkpoints_count_the_examples_and_tokens_trained_on(tmp_path):
 
 
 def test_micro_batches_train_the_weights_and_log_the_loss_of_the_whole_batch(tmp_path):
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.training.loop import train
 
     def run(name, micro):
         model = build_model(7, dropout=0.0)  # no dropout: the split changes the order of random draws
@@ -635,8 +641,9 @@ def test_a_resumed_run_s_bar_starts_at_the_checkpoint_s_step(tmp_path, monkeypat
 
 
 def test_train_starts_afresh_unless_told_to_resume(tmp_path):
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.training.loop import train
 
     _toy_run(tmp_path / "run", killed_at=3)  # leaves a checkpoint at step 2
     assert latest_checkpoint(tmp_path / "run") is not None
@@ -651,10 +658,11 @@ def test_train_starts_afresh_unless_told_to_resume(tmp_path):
 
 
 def test_out_of_memory_in_a_training_step_names_the_step_the_micro_batch_and_the_longest_example(tmp_path):
-    from kadapter_cli.batching import epoch_batches
-    from kadapter_cli.train_setup import TrainingOutOfMemory, out_of_memory
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.training.batching import epoch_batches
+    from kadapter_cli.training.loop import train
+    from kadapter_cli.training.setup import TrainingOutOfMemory, out_of_memory
 
     class OutOfMemory(ToyObjective):
         calls = 0
@@ -676,8 +684,9 @@ def test_out_of_memory_in_a_training_step_names_the_step_the_micro_batch_and_the
 
 
 def test_limit_takes_the_first_examples_of_train_and_dev(tmp_path):
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.training.loop import train
 
     config = _toy_config(limit=16, save_every=None)
     result = train(build_model(7), ToyObjective(), toy_examples(32, 1), toy_examples(24, 2), config, tmp_path / "run")
@@ -688,8 +697,9 @@ def test_limit_takes_the_first_examples_of_train_and_dev(tmp_path):
 
 
 def test_no_training_examples_is_bad_input(tmp_path):
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model
+
+    from kadapter_cli.training.loop import train
 
     with pytest.raises(BadInput) as caught:
         train(build_model(7), ToyObjective(), [], None, _toy_config(), tmp_path / "run")
@@ -697,8 +707,9 @@ def test_no_training_examples_is_bad_input(tmp_path):
 
 
 def test_without_max_steps_the_schedule_spans_every_epoch_and_ends_at_zero(tmp_path):
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.training.loop import train
 
     config = _toy_config(epochs=2, warmup=2, log_every=1, save_every=None)
     result = train(build_model(7), ToyObjective(), toy_examples(32, 1), None, config, tmp_path / "run")
@@ -718,9 +729,10 @@ def test_a_warmup_as_long_as_the_run_is_warned_about(tmp_path, capsys, warmup, w
 
 
 def test_a_model_without_trainable_parameters_is_refused(tmp_path):
-    from kadapter_cli.errors import KadapterError
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.errors import KadapterError
+    from kadapter_cli.training.loop import train
 
     model = build_model(7).requires_grad_(False)
     with pytest.raises(KadapterError) as caught:
@@ -782,14 +794,14 @@ def _machine(monkeypatch, load=(0.0, 0.0, 0.0), affinity=None, cpu_count=16, omp
     (dict(cpu_count=None), 1),  # not even a core count
 ])
 def test_automatic_threads_are_omp_num_threads_or_the_idle_cores(monkeypatch, machine, threads):
-    from kadapter_cli.train_setup import auto_threads
+    from kadapter_cli.training.setup import auto_threads
 
     _machine(monkeypatch, **machine)
     assert auto_threads() == threads
 
 
 def test_threads_are_set_as_given_and_zero_is_refused(monkeypatch):
-    from kadapter_cli.train_setup import set_threads
+    from kadapter_cli.training.setup import set_threads
 
     before = torch.get_num_threads()
     try:
@@ -807,8 +819,9 @@ def test_threads_are_set_as_given_and_zero_is_refused(monkeypatch):
 def test_a_parameter_without_a_gradient_in_a_step_is_not_moved_in_it(tmp_path):
     # Gradients are freed after each step, not zeroed: a parameter a step does not use (a head only
     # some batches reach) gets no AdamW update from its momentum in that step.
-    from kadapter_cli.training import train
     from train_toy import ToyObjective, build_model, toy_examples
+
+    from kadapter_cli.training.loop import train
 
     class FirstStepOnly(ToyObjective):
         calls = 0

@@ -1,4 +1,4 @@
-"""`kadapter parse`: text / CoNLL-U → parsed/ (CONTRACT §2, §6; reference §3)."""
+"""`kadapter parse`: text / CoNLL-U → parsed/ (records, errors, the parsers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kadapter_cli.parsing import sentence_record, stanza_sentences
+from kadapter_cli.data.parsing import sentence_record, stanza_sentences
 
 MWT_SENTENCE = """# sent_id = mwt-1
 # text = We've moved on.

@@ -1,4 +1,4 @@
-"""`kadapter run` (CONTRACT §5): stages, variables, the lock file, skip/force/dry-run/only.
+"""`kadapter run` (docs/pipelines.md): stages, variables, the lock file, skip/force/dry-run/only.
 
 The runner is tested on a throwaway app whose commands have the real names and CLI frame (exit
 codes, --workdir) but only copy their inputs into an artifact, so each test runs in milliseconds
@@ -19,11 +19,12 @@ import yaml
 from typer.testing import CliRunner
 
 from kadapter_cli import __version__
-from kadapter_cli.artifacts import atomic_output, write_manifest
+from kadapter_cli.artifacts.manifest import write_manifest
+from kadapter_cli.artifacts.output import atomic_output
+from kadapter_cli.commands.dispatch import ClickCommands, app_commands, stage_argv
 from kadapter_cli.errors import BadInput
-from kadapter_cli.pipeline import (
+from kadapter_cli.workflow.pipeline import (
     StageState,
-    app_commands,
     decide,
     load_pipeline,
     lock_path_for,
@@ -31,7 +32,6 @@ from kadapter_cli.pipeline import (
     plan,
     read_lock,
     run_pipeline,
-    stage_argv,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def stub_app(calls: list[str]) -> typer.Typer:
-    """Commands named like the real ones; each writes its CONTRACT output folder from its inputs."""
+    """Commands named like the real ones; each writes its default output folder from its inputs."""
     from kadapter_cli.commands import KadapterGroup, main_callback
     from kadapter_cli.commands.common import get_workdir
     from kadapter_cli.commands.pipeline import demo_cli, run_cli
@@ -156,7 +156,7 @@ def project(tmp_path):
     def run(overrides=None, pipeline_path=path, **kw):
         calls.clear()
         lines.clear()
-        run_pipeline(load_pipeline(pipeline_path, overrides), app=app, echo=lines.append, **kw)
+        run_pipeline(load_pipeline(pipeline_path, overrides), ClickCommands(app), echo=lines.append, **kw)
         return list(calls)
 
     run.data, run.workdir, run.path, run.lines, run.app, run.calls = data, workdir, path, lines, app, calls
@@ -213,7 +213,7 @@ def test_changed_input_file_reruns_its_reader_and_downstream(project):
 
 def test_unchanged_inputs_are_not_read_again(project, monkeypatch):
     """Size and mtime as recorded: the lock's digest is reused (big dumps are hashed once)."""
-    from kadapter_cli import pipeline as lib
+    from kadapter_cli.workflow import pipeline as lib
 
     project()
     read: list[str] = []
@@ -244,7 +244,7 @@ def test_missing_output_reruns_the_stage_with_overwrite_where_needed(project):
 
 def test_dry_run_says_what_would_run_and_why_and_runs_nothing(project, tmp_path):
     lines = []
-    run_pipeline(load_pipeline(project.path), app=project.app, dry_run=True, echo=lines.append)
+    run_pipeline(load_pipeline(project.path), ClickCommands(project.app), dry_run=True, echo=lines.append)
     assert project.calls == [] and not project.workdir.exists()
     assert lines[0] == "prepare: would run: never run"
     assert lines[1].startswith("    kadapter --workdir") and lines[1].endswith("prepare-trex %s --min-count 5" % (project.data / "trex.json"))
@@ -254,7 +254,7 @@ def test_dry_run_says_what_would_run_and_why_and_runs_nothing(project, tmp_path)
     shutil.rmtree(project.workdir / "parsed")
     lines.clear()
     project.calls.clear()
-    results = run_pipeline(load_pipeline(project.path), app=project.app, dry_run=True, echo=lines.append)
+    results = run_pipeline(load_pipeline(project.path), ClickCommands(project.app), dry_run=True, echo=lines.append)
     decisions = {r.stage: r.reason for r in results}
     assert decisions == {
         "prepare": "options changed",
@@ -389,7 +389,7 @@ def load_and_argv(path, commands):
 
 def test_demo_runs_its_pipeline_and_reports_every_variant(project, monkeypatch):
     """`demo` on a stand-in pipeline: the summary reads each stage's metrics and time."""
-    from kadapter_cli import pipeline as lib
+    from kadapter_cli.workflow import pipeline as lib
 
     text = project.path.read_text() + """
   - name: ft-base
@@ -416,8 +416,8 @@ def test_demo_runs_its_pipeline_and_reports_every_variant(project, monkeypatch):
 
 
 def test_auto_backbone_is_minilm_or_a_tiny_one_made_once(tmp_path, monkeypatch):
-    from kadapter_cli import pipeline as lib
-    from kadapter_cli import tiny_backbone
+    from kadapter_cli.modeling import tiny_backbone
+    from kadapter_cli.workflow import pipeline as lib
 
     made = []
 
@@ -473,7 +473,7 @@ def test_shipped_pipelines_dry_run_on_the_real_commands(cli, name):
 
 
 def test_paper_pipeline_holds_the_papers_settings():
-    """Reference §2–§4: the numbers a reproduction depends on."""
+    """The paper's settings (its appendix, the released scripts otherwise): the numbers a reproduction depends on."""
     p = load_pipeline(REPO / "pipelines" / "paper.yaml")
     assert p.variables["backbone"] == "roberta-large"
     trex = p.stage("prepare-trex").options
@@ -514,14 +514,14 @@ def test_paper_sh_passes_the_data_locations(tmp_path):
 
 
 def test_packaged_demo_pipeline_is_the_repository_copy():
-    from kadapter_cli.pipeline import DEMO_PIPELINE
+    from kadapter_cli.workflow.pipeline import DEMO_PIPELINE
 
     assert DEMO_PIPELINE.read_bytes() == (REPO / "pipelines" / "demo.yaml").read_bytes()
 
 
 def test_real_prepare_trex_and_parse_on_the_demo_data(tmp_path):
     """The runner drives the real commands: the demo's first two stages, then a skip."""
-    from kadapter_cli.artifacts import read_manifest
+    from kadapter_cli.artifacts.manifest import read_manifest
     from kadapter_cli.cli import app
 
     demo = yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())
@@ -530,7 +530,7 @@ def test_real_prepare_trex_and_parse_on_the_demo_data(tmp_path):
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(pipe))
     lines: list[str] = []
-    results = run_pipeline(load_pipeline(path, {"seed": "42"}), app=app, echo=lines.append)
+    results = run_pipeline(load_pipeline(path, {"seed": "42"}), ClickCommands(app), echo=lines.append)
     assert [r.exit_code for r in results] == [0, 0]
     trex = read_manifest(tmp_path / "w" / "trex-rc")["stats"]
     assert trex["relations"] >= 8 and trex["train"] > 3000 and trex["dev"] > 200
@@ -539,7 +539,7 @@ def test_real_prepare_trex_and_parse_on_the_demo_data(tmp_path):
     parsed = read_manifest(tmp_path / "w" / "parsed")["stats"]
     assert parsed["train"] + parsed["dev"] == 2000
     lines.clear()
-    results = run_pipeline(load_pipeline(path, {"seed": "42"}), app=app, echo=lines.append)
+    results = run_pipeline(load_pipeline(path, {"seed": "42"}), ClickCommands(app), echo=lines.append)
     assert lines == ["prepare-trex: skip: unchanged", "parse: skip: unchanged"]
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-
 P17 = "P17=[X] is located in [Y] ."
 
 
@@ -25,7 +24,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A small WikiText-style corpus: headings and blank lines are skipped."""
-    from kadapter_cli.pipeline import DEMO_DATA
+    from kadapter_cli.artifacts.layout import DEMO_DATA
 
     lines = (DEMO_DATA / "corpus" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:120]
     path = tmp_path_factory.mktemp("corpus") / "wiki.train.raw"
@@ -53,7 +52,7 @@ def base_probe(tmp_path_factory, tiny_backbone, corpus) -> Path:
 
 
 def test_train_probe_writes_an_artifact_and_reads_only_text_lines(base_probe, corpus):
-    from kadapter_cli.artifacts import read_manifest, verify_files
+    from kadapter_cli.artifacts.manifest import read_manifest, verify_files
 
     manifest = read_manifest(base_probe)
     verify_files(base_probe, manifest)
@@ -68,8 +67,9 @@ def test_train_probe_writes_an_artifact_and_reads_only_text_lines(base_probe, co
 
 
 def test_masking_is_15_percent_80_10_10_and_logits_come_only_from_masked_rows(tiny_backbone):
-    from kadapter_cli.backbone import load_backbone
-    from kadapter_cli.probe import MaskedLMObjective, ProbeModel
+    from kadapter_cli.modeling.backbone import load_backbone
+    from kadapter_cli.modeling.probe_model import ProbeModel
+    from kadapter_cli.training.objectives import MaskedLMObjective
 
     objective = MaskedLMObjective(pad_id=1, mask_id=4, vocab_size=1000)
     examples = [{"input_ids": [0] + [500 + (i % 7)] * 400 + [2], "maskable": list(range(1, 401))} for i in range(50)]
@@ -91,7 +91,7 @@ def test_masking_is_15_percent_80_10_10_and_logits_come_only_from_masked_rows(ti
 
 
 def test_train_probe_resumes_exactly(tmp_path, cli, tiny_backbone, corpus, monkeypatch):
-    from kadapter_cli import training
+    from kadapter_cli.training import loop as training
 
     args = ("train-probe", "--backbone", tiny_backbone, "--corpus", corpus, "--batch-size", "8", "--micro-batch-size",
             "4", "--max-steps", "4", "--save-every", "2", "--max-length", "32")
@@ -223,7 +223,7 @@ def test_each_filter_drops_what_it_should(cli, base_probe, hand_lama):
 
 
 def test_the_template_option_and_string_match_helpers():
-    from kadapter_cli import lama
+    from kadapter_cli.data import lama
     from kadapter_cli.errors import BadInput
 
     assert lama.parse_template_options([P17]) == {"P17": "[X] is located in [Y] ."}
@@ -238,9 +238,9 @@ def test_the_template_option_and_string_match_helpers():
 
 
 def test_probe_table_puts_base_and_adapter_probes_side_by_side(cli, tiny_backbone, corpus, hand_lama, tmp_path):
-    from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, save_adapter
-    from kadapter_cli.artifacts import write_manifest
-    from kadapter_cli.backbone import BackboneShape
+    from kadapter_cli.artifacts.manifest import write_manifest
+    from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, save_adapter
+    from kadapter_cli.modeling.backbone import BackboneShape
 
     folder = cli.workdir / "adapters" / "fac"
     folder.mkdir(parents=True)
@@ -280,7 +280,7 @@ def tiny_mlm(tmp_path_factory, tiny_backbone) -> Path:
 def test_pretrained_lm_head_baseline_scores_as_the_backbones_own_masked_lm(cli, tiny_mlm, hand_lama):
     from transformers import AutoModelForMaskedLM
 
-    from kadapter_cli.backbone import load_tokenizer
+    from kadapter_cli.modeling.backbone import load_tokenizer
 
     result = cli("train-probe", "--backbone", tiny_mlm, "--pretrained-lm-head")
     assert result.exit_code == 0, result.output
@@ -359,8 +359,8 @@ def test_demo_probe_stages_run_and_the_demo_prints_the_probe_table(tmp_path, tin
     import yaml
     from typer.testing import CliRunner
 
-    from kadapter_cli import pipeline as lib
     from kadapter_cli.cli import app
+    from kadapter_cli.workflow import pipeline as lib
 
     repo = Path(__file__).resolve().parents[1]
     demo = yaml.safe_load((repo / "pipelines" / "demo.yaml").read_text())
@@ -373,9 +373,9 @@ def test_demo_probe_stages_run_and_the_demo_prints_the_probe_table(tmp_path, tin
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump({"vars": {**demo["vars"], "workdir": str(workdir), "backbone": str(tiny_backbone)},
                                     "stages": stages}))
-    from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter, save_adapter
-    from kadapter_cli.artifacts import write_manifest
-    from kadapter_cli.backbone import BackboneShape
+    from kadapter_cli.artifacts.manifest import write_manifest
+    from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, save_adapter
+    from kadapter_cli.modeling.backbone import BackboneShape
 
     fac = workdir / "adapters" / "fac"
     fac.mkdir(parents=True)

@@ -97,7 +97,7 @@ def trex_documents(draw):
 @SETTINGS
 @given(trex_documents())
 def test_trex_example_spans_spell_the_entities(drawn):
-    from kadapter_cli.trex import document_examples
+    from kadapter_cli.data.trex import document_examples
 
     doc, entities = drawn
     result = document_examples(doc)
@@ -119,7 +119,7 @@ def test_trex_example_spans_spell_the_entities(drawn):
 def test_trex_damaged_word_boundaries_are_refused_or_still_spell_the_entities(drawn, data):
     """Word boundaries from a broken aligner (overlapping, unordered, empty) never yield a span
     whose words differ from the entity: the document is refused, or its examples are still right."""
-    from kadapter_cli.trex import document_examples
+    from kadapter_cli.data.trex import document_examples
 
     doc, entities = drawn
     n = len(doc["text"])
@@ -143,7 +143,7 @@ def test_trex_damaged_word_boundaries_are_refused_or_still_spell_the_entities(dr
     st.sampled_from(["docid", "text", "sentences_boundaries", "words_boundaries", "triples", "entities"]),
     JSON, max_size=6)))
 def test_trex_arbitrary_json_is_a_value_error_never_a_crash(doc):
-    from kadapter_cli.trex import document_examples
+    from kadapter_cli.data.trex import document_examples
 
     try:
         document_examples(doc)
@@ -157,7 +157,7 @@ def test_trex_arbitrary_json_is_a_value_error_never_a_crash(doc):
 @SETTINGS
 @given(st.lists(JSON, max_size=6), st.integers(1, 40), st.sampled_from([None, 1]))
 def test_json_array_stream_equals_json_loads_at_any_chunk_size(tmp_path_factory, values, chunk, indent):
-    from kadapter_cli.trex import iter_json_array
+    from kadapter_cli.data.trex import iter_json_array
 
     path = tmp_path_factory.mktemp("stream") / "dump.json"
     path.write_text(json.dumps(values, indent=indent, ensure_ascii=False), encoding="utf-8")
@@ -167,7 +167,7 @@ def test_json_array_stream_equals_json_loads_at_any_chunk_size(tmp_path_factory,
 @SETTINGS
 @given(st.lists(JSON, min_size=1, max_size=5), st.integers(1, 40), st.data())
 def test_json_array_stream_truncated_anywhere_is_bad_input(tmp_path_factory, values, chunk, data):
-    from kadapter_cli.trex import iter_json_array
+    from kadapter_cli.data.trex import iter_json_array
 
     text = json.dumps(values, ensure_ascii=False)
     cut = data.draw(st.integers(0, len(text) - 1))
@@ -202,7 +202,7 @@ def conllu_text(trees, sent_ids: bool) -> str:
 @SETTINGS
 @given(st.lists(conllu_trees(), min_size=1, max_size=4), st.booleans())
 def test_conllu_trees_round_trip(tmp_path_factory, trees, sent_ids):
-    from kadapter_cli.parsing import read_conllu, sentence_record
+    from kadapter_cli.data.parsing import read_conllu, sentence_record
 
     path = tmp_path_factory.mktemp("conllu") / "trees.conllu"
     path.write_text(conllu_text(trees, sent_ids), encoding="utf-8")
@@ -219,7 +219,7 @@ def test_conllu_trees_round_trip(tmp_path_factory, trees, sent_ids):
 def test_conllu_damage_is_bad_input_or_skipped(tmp_path_factory, trees, data):
     from collections import Counter
 
-    from kadapter_cli.parsing import read_conllu
+    from kadapter_cli.data.parsing import read_conllu
 
     lines = conllu_text(trees, sent_ids=True).split("\n")
     k = data.draw(st.integers(0, len(lines) - 1))
@@ -284,25 +284,28 @@ def test_task_records_are_normalized_or_bad_input(raw):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_backbone):
-    from kadapter_cli.backbone import load_tokenizer
+    from kadapter_cli.modeling.backbone import load_tokenizer
 
     return load_tokenizer(str(tiny_backbone))
 
 
 @st.composite
 def relation_inputs(draw):
+    # Two disjoint inclusive spans in either order, drawn directly (filtering overlapping draws
+    # discards most of them, and Hypothesis' health check then fails the test for some seeds).
     tokens = draw(st.lists(WORD, min_size=2, max_size=12))
     n = len(tokens)
-    a = sorted(draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=2)))
-    b = sorted(draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=2)))
-    assume(a[1] < b[0] or b[1] < a[0])
+    first = sorted(draw(st.lists(st.integers(0, n - 2), min_size=2, max_size=2)))
+    start = draw(st.integers(first[1] + 1, n - 1))
+    second = [start, draw(st.integers(start, n - 1))]
+    a, b = (first, second) if draw(st.booleans()) else (second, first)
     return tokens, tuple(a), tuple(b)
 
 
 @FEW
 @given(relation_inputs(), st.booleans())
 def test_relation_markers_wrap_exactly_the_entity_sub_tokens(tokenizer, drawn, swap):
-    from kadapter_cli.encoding import encode_relation, word_pieces
+    from kadapter_cli.data.encoding import encode_relation, word_pieces
 
     tokens, subj, obj = drawn
     if swap:
@@ -321,7 +324,7 @@ def test_relation_markers_wrap_exactly_the_entity_sub_tokens(tokenizer, drawn, s
 @FEW
 @given(relation_inputs(), st.integers(3, 24))
 def test_relation_truncation_keeps_the_markers_the_heads_read(tokenizer, drawn, max_length):
-    from kadapter_cli.encoding import encode_relation, word_pieces
+    from kadapter_cli.data.encoding import encode_relation, word_pieces
 
     tokens, subj, obj = drawn
     try:
@@ -347,7 +350,7 @@ def typing_inputs(draw):
 @FEW
 @given(typing_inputs())
 def test_typing_marker_wraps_exactly_the_mention(tokenizer, drawn):
-    from kadapter_cli.encoding import encode_typing, word_pieces
+    from kadapter_cli.data.encoding import encode_typing, word_pieces
 
     sent, start, end = drawn
     encoded = encode_typing(tokenizer, sent, start, end, max_length=512)

@@ -9,10 +9,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from qa_samples import made_up_paragraphs, quasart_questions, write_openqa, write_quasar
 
 from kadapter_cli.errors import BadInput
-from kadapter_cli.qa_formats import QAReadOptions, detect_input, find_split, read_qa
-from qa_samples import made_up_paragraphs, quasart_questions, write_openqa, write_quasar
+from kadapter_cli.tasks.open_qa.formats import QAReadOptions, detect_input, find_split, read_qa
 
 
 @pytest.fixture(scope="module")

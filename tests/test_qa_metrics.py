@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from kadapter_cli.metrics import extractive_qa_metrics, squad_exact_match, squad_f1, squad_normalize
+from kadapter_cli.tasks.metrics import extractive_qa_metrics, squad_exact_match, squad_f1, squad_normalize
 
 
 def test_normalisation_steps_of_the_squad_script():

@@ -7,13 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from kadapter_cli.backbone import load_tokenizer
-from kadapter_cli.metrics import squad_normalize
-from kadapter_cli.encoding import pair_template
-from kadapter_cli.qa_encoding import answer_char_spans, encode_qa_paragraphs, encode_qa_windows, normalized_words
-from kadapter_cli.qa_formats import detect_input, read_qa
-from kadapter_cli.span_decoding import best_spans, combine_answers
-
+from kadapter_cli.data.encoding import pair_template
+from kadapter_cli.modeling.backbone import load_tokenizer
+from kadapter_cli.tasks.metrics import squad_normalize
+from kadapter_cli.tasks.open_qa.decoding import best_spans, combine_answers
+from kadapter_cli.tasks.open_qa.encoding import (
+    answer_char_spans,
+    encode_qa_paragraphs,
+    encode_qa_windows,
+    normalized_words,
+)
+from kadapter_cli.tasks.open_qa.formats import detect_input, read_qa
 
 # ---------------------------------------------------------------- distant supervision
 
@@ -144,7 +148,7 @@ def test_combine_answers_max_or_sum_of_equal_normalised_strings():
 
 
 def test_no_answer_skip_or_cls_on_the_real_sample(shared_data, tokenizers):
-    from kadapter_cli.tasks.open_qa import collate_windows, encode_question
+    from kadapter_cli.tasks.open_qa.task import collate_windows, encode_question
 
     tokenizer = tokenizers["roberta"]
     gehrig, mystery = read_qa(detect_input(shared_data / "searchqa" / "original-json" / "train")).records
@@ -162,7 +166,7 @@ def test_no_answer_skip_or_cls_on_the_real_sample(shared_data, tokenizers):
 
 
 def test_span_loss_is_the_likelihood_of_all_occurrences():
-    from kadapter_cli.tasks.open_qa import span_loss
+    from kadapter_cli.tasks.open_qa.task import span_loss
 
     logits = torch.tensor([[[0.0, 0.0], [1.0, 2.0], [3.0, 0.5], [9.0, 9.0]]])  # (B=1, L=4, 2); position 3 is padding
     mask = torch.tensor([[False, True, True, False]])
@@ -176,13 +180,13 @@ def test_span_loss_is_the_likelihood_of_all_occurrences():
 def test_evaluation_batches_cut_on_padding_give_the_answers_of_fixed_size_batches(tiny_backbone, monkeypatch):
     # On a CPU `training.evaluate` cuts its length-sorted batches where padding would cost more than
     # a batch; the spans and answers must be those of the fixed-size batches it used before.
-    from kadapter_cli import training
-    from kadapter_cli.backbone import load_backbone
-    from kadapter_cli.batching import sequential_batches
-    from kadapter_cli.finetune import build_task_model, encode_split
-    from kadapter_cli.objectives import TaskObjective
+    from kadapter_cli.modeling.backbone import load_backbone
+    from kadapter_cli.stages.finetune import build_task_model, encode_split
     from kadapter_cli.tasks import get_task
-    from kadapter_cli.train_config import TrainConfig
+    from kadapter_cli.training import loop as training
+    from kadapter_cli.training.batching import sequential_batches
+    from kadapter_cli.training.config import TrainConfig
+    from kadapter_cli.training.objectives import TaskObjective
 
     tokenizer, task = load_tokenizer(tiny_backbone), get_task("searchqa")
     records = [{"id": str(i), "question": f"which {'word ' * i}comes?", "answers": ["Samos"],

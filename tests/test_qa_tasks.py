@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from qa_samples import kadapter_in, quasart_questions, write_openqa, write_quasar
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,7 @@
 """Released (imported) checkpoints behave as in the original: adapters that attend to padding see
 every sequence padded to its max length with the backbone's pad-token states, so the same record
 gets the same outputs alone, in a batch with a long record, and from the feature cache
-(reference §1.2, §6, §8.10)."""
+(docs/differences.md)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import json
 
 import pytest
 import torch
-
-from kadapter_cli.adapter import AdapterConfig, KnowledgeAdapter
-from kadapter_cli.backbone import backbone_shape, load_backbone, load_tokenizer, padding_position_ids
-from kadapter_cli.encoding import encode_relation
-from kadapter_cli.feature_cache import attach_cache
-from kadapter_cli.finetune import build_task_model
-from kadapter_cli.heads import build_head
-from kadapter_cli.objectives import RelationObjective, TaskObjective
-from kadapter_cli.pretrain import AdapterPretrainer
-from kadapter_cli.tasks import get_task
 from original_checkpoint import original_state_dict
+
+from kadapter_cli.data.encoding import encode_relation
+from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter
+from kadapter_cli.modeling.backbone import backbone_shape, load_backbone, load_tokenizer, padding_position_ids
+from kadapter_cli.modeling.heads import build_head
+from kadapter_cli.modeling.pretrainer import AdapterPretrainer
+from kadapter_cli.stages.finetune import build_task_model
+from kadapter_cli.tasks import get_task
+from kadapter_cli.training.feature_cache import attach_cache
+from kadapter_cli.training.objectives import RelationObjective, TaskObjective
 
 MAX_LENGTH = 40
 SENTENCES = [
@@ -122,7 +122,7 @@ def imported_model(tmp_path_factory, shared_data):
     from typer.testing import CliRunner
 
     from kadapter_cli.cli import app
-    from kadapter_cli.tiny_backbone import make_tiny_backbone
+    from kadapter_cli.modeling.tiny_backbone import make_tiny_backbone
 
     root = tmp_path_factory.mktemp("released")
     workdir = root / "work"

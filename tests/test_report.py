@@ -22,7 +22,7 @@ VARIANTS = ("base", "fac", "lin", "fac+lin")
 
 def _small_demo(folder: Path, workdir: Path, backbone: Path) -> Path:
     """pipelines/demo.yaml with the tiny backbone and a few steps per stage."""
-    from kadapter_cli.pipeline import DEMO_PIPELINE
+    from kadapter_cli.workflow.pipeline import DEMO_PIPELINE
 
     spec = yaml.safe_load(DEMO_PIPELINE.read_text())
     spec["vars"].update(workdir=str(workdir), backbone=str(backbone))
@@ -39,7 +39,7 @@ def _small_demo(folder: Path, workdir: Path, backbone: Path) -> Path:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, tiny_backbone):
     """(workdir, the demo's stdout); the workdir also holds a second seed of the base row."""
-    from kadapter_cli import pipeline
+    from kadapter_cli.workflow import pipeline
 
     folder = tmp_path_factory.mktemp("demo")
     workdir = folder / "work"
@@ -152,8 +152,9 @@ def test_report_of_an_empty_or_missing_folder(tmp_path):
 
 
 def test_demo_artifacts_carry_model_cards(demo):
-    from kadapter_cli.artifacts import verify_files
     from test_model_card import read_card
+
+    from kadapter_cli.artifacts.manifest import verify_files
 
     workdir, _ = demo
     out = workdir / "finetuned" / "openentity-fac+lin"

@@ -391,7 +391,7 @@ def test_task_metrics_report_their_headline_numbers():
 
 
 def test_build_head_output_shape():
-    heads = pytest.importorskip("kadapter_cli.heads")
+    heads = pytest.importorskip("kadapter_cli.modeling.heads")
     import torch
 
     h = torch.zeros(2, 7, 16)

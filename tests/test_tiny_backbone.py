@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kadapter_cli.tiny_backbone import SPECIAL_TOKENS, corpus_lines, make_tiny_backbone
+from kadapter_cli.modeling.tiny_backbone import SPECIAL_TOKENS, corpus_lines, make_tiny_backbone
 
 
 def test_bundled_corpus_is_a_few_hundred_lines_of_prose():

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from kadapter_cli import tracking
-from kadapter_cli.artifacts import verify_files
-from kadapter_cli.training import TrainConfig, train
-
-from test_training import InterruptingObjective, Interrupted, _config
+from test_training import Interrupted, InterruptingObjective, _config
 from train_toy import ToyObjective, build_model, toy_examples
+
+from kadapter_cli.artifacts.manifest import verify_files
+from kadapter_cli.training import tracking
+from kadapter_cli.training.config import TrainConfig
+from kadapter_cli.training.loop import train
 
 EXTRA_HINT = "pip install kadapter[tracking]"
 
@@ -169,7 +169,7 @@ def test_a_tracker_that_cannot_start_stops_the_run_with_its_reason(tmp_path, mon
 
 def test_finetune_reports_to_wandb_offline_under_its_run_name(cli, tiny_backbone, monkeypatch):
     pytest.importorskip("wandb", reason=f"wandb is not installed ({EXTRA_HINT})")
-    from kadapter_cli.pipeline import DEMO_DATA
+    from kadapter_cli.artifacts.layout import DEMO_DATA
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

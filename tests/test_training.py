@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from kadapter_cli.errors import BadInput, KadapterError
-from kadapter_cli.training import TrainConfig, TrainingOutOfMemory, evaluate, latest_checkpoint, train
-
 from kill_helpers import kill_after_checkpoint
+from safetensors.torch import load_file
 from train_toy import ToyObjective, build_model, toy_examples
+
+from kadapter_cli.artifacts.output import latest_checkpoint
+from kadapter_cli.errors import BadInput, KadapterError
+from kadapter_cli.training.config import TrainConfig
+from kadapter_cli.training.loop import evaluate, train
+from kadapter_cli.training.setup import TrainingOutOfMemory
 
 TOY_SCRIPT = Path(__file__).with_name("train_toy.py")
 REPO = TOY_SCRIPT.parents[1]
@@ -160,7 +162,7 @@ def test_invalid_options_are_bad_input_naming_the_option(option, value, shown):
 
 
 def test_adamw_takes_betas_and_eps_from_the_config():
-    from kadapter_cli.train_setup import adamw as _adamw
+    from kadapter_cli.training.setup import adamw as _adamw
 
     params = [("w", torch.nn.Parameter(torch.zeros(2, 2))), ("b", torch.nn.Parameter(torch.zeros(2)))]
     optimizer = _adamw(params, TrainConfig(adam_beta1=0.8, adam_beta2=0.9, adam_eps=1e-6))
@@ -466,7 +468,7 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused():
 
 
 def test_every_default_batch_splits_on_one_process_and_on_four():
-    from kadapter_cli.pretrain import KIND_DEFAULTS
+    from kadapter_cli.stages.pretrain import KIND_DEFAULTS
     from kadapter_cli.tasks import TASKS, get_task
 
     defaults = [*KIND_DEFAULTS.values(), *(get_task(name).defaults_for([]) for name in TASKS)]
@@ -497,7 +499,7 @@ def test_help_says_the_batch_is_effective(cli):
 
 
 def test_separate_clipping_clips_the_backbone_and_the_rest_each_on_their_own():
-    from kadapter_cli.train_setup import clip_gradients, clip_groups, make_accelerator
+    from kadapter_cli.training.setup import clip_gradients, clip_groups, make_accelerator
 
     model = torch.nn.ModuleDict({"backbone": torch.nn.Linear(1, 1, bias=False), "head": torch.nn.Linear(1, 1, bias=False)})
     accelerator = make_accelerator(TrainConfig(device="cpu"))

@@ -1,4 +1,4 @@
-"""`kadapter prepare-trex`: T-REx dumps → trex-rc/ (CONTRACT §2, §6; reference §2)."""
+"""`kadapter prepare-trex`: T-REx dumps → trex-rc/ (records, errors, the original's relation set)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kadapter_cli.trex import iter_json_array
+from kadapter_cli.data.trex import iter_json_array
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "prepare_trex_rss.py"
 SPLIT_FILES = ("train.jsonl", "dev.jsonl", "relations.json")
@@ -27,7 +27,7 @@ def sample_docs(sample) -> list[dict]:
 
 
 def expected_examples(docs: list[dict], entities_only: bool = False) -> dict[tuple, dict]:
-    """The examples the rules give, written out plainly (independent of kadapter_cli.trex): the
+    """The examples the rules give, written out plainly (independent of kadapter_cli.data.trex): the
     subject a Q-item, the object a Q-item or (unless `entities_only`) a typed literal."""
     out: dict[tuple, dict] = {}
     for doc in docs:
@@ -286,7 +286,7 @@ def test_unreadable_input_and_bad_options_are_exit_2(cli, sample, tmp_path):
 
 
 def test_external_sort_with_tiny_runs_gives_the_same_files(cli, sample, tmp_path, monkeypatch):
-    from kadapter_cli import trex
+    from kadapter_cli.data import trex
 
     run_ok(cli, sample, sample, "--min-count", "1", "--out", tmp_path / "normal")
     monkeypatch.setattr(trex, "RUN_CHARS", 3000)  # ~2 examples a run → dozens of runs

@@ -1,6 +1,6 @@
 """Loose micro precision and recall of entity typing keep their own denominators (issue 16).
 
-P = Σ|p∩g| / Σ|p| and R = Σ|p∩g| / Σ|g| (CONTRACT §4). Every case here has Σ|p| ≠ Σ|g|, so a
+P = Σ|p∩g| / Σ|p| and R = Σ|p∩g| / Σ|g| (OpenEntity's scorer). Every case here has Σ|p| ≠ Σ|g|, so a
 swap of the two denominators changes P and R (F1 alone would not show it: it is symmetric).
 Checked through the metric, each typing task's `predict` + `metrics`, and `kadapter evaluate`.
 """
@@ -13,8 +13,8 @@ import pytest
 import torch
 from fixed_head import finetune_then_fix_head
 
-from kadapter_cli.metrics import entity_typing_metrics
 from kadapter_cli.tasks import get_task
+from kadapter_cli.tasks.metrics import entity_typing_metrics
 from kadapter_cli.tasks.openentity import OPENENTITY_LABELS
 
 

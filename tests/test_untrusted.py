@@ -1,4 +1,4 @@
-"""Untrusted files run no one's code; a full disk or memory fails clearly (CONTRACT §6).
+"""Untrusted files run no one's code; a full disk or memory fails clearly (exit 2, one line).
 
 - The code reads weights only through safetensors or `torch.load(weights_only=True)` and YAML
   only through `safe_load`: checked on the source itself, so a later change cannot slip one in.
@@ -169,7 +169,7 @@ def _no_scratch_left(parent: Path, name: str) -> bool:
 
 
 def test_prepare_trex_out_of_disk_fails_clearly_and_leaves_no_output(cli, monkeypatch, tmp_path):
-    import kadapter_cli.trex as trex
+    import kadapter_cli.data.trex as trex
 
     monkeypatch.setattr(trex, "write_json", _enospc)  # relations.json, the last data file written
     result = cli("prepare-trex", CORPUS / "trex" / "good.json", "--min-count", "1")
@@ -182,7 +182,7 @@ def test_prepare_trex_out_of_disk_fails_clearly_and_leaves_no_output(cli, monkey
 
 
 def test_parse_out_of_disk_fails_clearly_and_leaves_no_output(cli, monkeypatch):
-    import kadapter_cli.parsing as parsing
+    import kadapter_cli.data.parsing as parsing
 
     monkeypatch.setattr(parsing, "write_manifest", _enospc)
     result = cli("parse", CORPUS / "conllu" / "good.conllu", "--parser", "conllu")
@@ -237,12 +237,12 @@ TRAIN_FAST = ("--max-steps", "2", "--batch-size", "4", "--max-length", "24", "--
 def test_training_out_of_memory_names_the_options_to_lower(cli, monkeypatch, tmp_path, tiny_backbone):
     import torch
 
-    from kadapter_cli import objectives
+    from kadapter_cli.training.objectives import RelationObjective
 
     def oom(self, model, batch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(objectives.RelationObjective, "loss", oom)
+    monkeypatch.setattr(RelationObjective, "loss", oom)
     result = cli("train-adapter", "--kind", "fac", "--data", _trex_rc(tmp_path), "--backbone", tiny_backbone,
                  *TRAIN_FAST)
     assert result.exit_code == 2, result.stderr
@@ -257,7 +257,7 @@ def test_training_out_of_memory_names_the_options_to_lower(cli, monkeypatch, tmp
 def test_training_out_of_disk_keeps_its_checkpoints_for_resume(cli, monkeypatch, tmp_path, tiny_backbone):
     """Disk full while saving the adapter at the end: exit 2, no adapter folder, and `--resume`
     (with space again) finishes from the kept checkpoint."""
-    import kadapter_cli.pretrain as pretrain
+    import kadapter_cli.stages.pretrain as pretrain
 
     data = _trex_rc(tmp_path)
     with monkeypatch.context() as patch:
@@ -274,7 +274,7 @@ def test_training_out_of_disk_keeps_its_checkpoints_for_resume(cli, monkeypatch,
                  "--resume")
     assert result.exit_code == 0, result.stderr
     assert "training already complete at step 2" in result.stderr
-    from kadapter_cli.artifacts import verify_files
+    from kadapter_cli.artifacts.manifest import verify_files
 
     verify_files(out)
     assert not partial.exists()

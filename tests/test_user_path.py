@@ -33,7 +33,7 @@ def two_backbones(tmp_path_factory, tiny_backbone) -> tuple[Path, Path]:
 
 def test_adapters_record_the_backbone_fingerprint_and_mismatches_are_refused(cli, tmp_path, two_backbones,
                                                                              make_trex_rc):
-    from kadapter_cli.artifacts import sha256_file
+    from kadapter_cli.artifacts.io import sha256_file
 
     first, other = two_backbones
     data = make_trex_rc(tmp_path / "trex-rc", 16, 4)
@@ -132,7 +132,7 @@ def test_max_steps_overrides_the_epoch_count_and_a_long_warmup_is_warned(cli, tm
 def test_help_shows_the_papers_defaults_per_kind_and_task(cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     from kadapter_cli.commands.train import KIND_PAPER_DEFAULTS
-    from kadapter_cli.pretrain import KIND_DEFAULTS
+    from kadapter_cli.stages.pretrain import KIND_DEFAULTS
     from kadapter_cli.tasks import TASKS
 
     assert KIND_PAPER_DEFAULTS == KIND_DEFAULTS  # the spelled-out copy --help reads

@@ -100,7 +100,8 @@ def build_model(seed: int, dropout: float = 0.2) -> ToyModel:
 def main(argv: list[str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    from kadapter_cli.training import TrainConfig, train
+    from kadapter_cli.training.config import TrainConfig
+    from kadapter_cli.training.loop import train
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir", type=Path)

@@ -55,24 +55,24 @@ TASK_READERS = tuple(f"kadapter_cli.tasks.{f}__mutmut_*" for f in (
     "figer.x_iter_bio_sentences", "figer.x__check_tag", "figer.x__split_types", "figer.x_bio_mentions",
     "figer.x_read_figer_raw", "figer.x_convert_figer_raw"))
 MODULES: dict[str, Target] = {
-    "fusion": Target(["kadapter_cli/fusion.py"], ["tests/test_model.py", "tests/test_mutation_modules.py"]),
-    "train_setup": Target(["kadapter_cli/train_setup.py"], LOOP_TESTS),
-    "metrics": Target(["kadapter_cli/metrics.py"],
+    "fusion": Target(["kadapter_cli/modeling/fusion.py"], ["tests/test_model.py", "tests/test_mutation_modules.py"]),
+    "train_setup": Target(["kadapter_cli/training/setup.py"], LOOP_TESTS),
+    "metrics": Target(["kadapter_cli/tasks/metrics.py"],
                       ["tests/test_metrics.py", "tests/test_typing_micro_pr.py", "tests/test_qa_metrics.py",
                        "tests/test_mutation_metrics.py"]),
     # Not test_import_original.py: its full-size checkpoints make each head mutant take a minute.
-    "heads": Target(["kadapter_cli/heads.py"],
+    "heads": Target(["kadapter_cli/modeling/heads.py"],
                     ["tests/test_model.py", "tests/test_adapter_io.py", "tests/test_tasks.py",
                      "tests/test_mutation_modules.py"]),
-    "checkpoints": Target(["kadapter_cli/checkpoints.py"], LOOP_TESTS),
+    "checkpoints": Target(["kadapter_cli/training/checkpoints.py", "kadapter_cli/training/rng.py"], LOOP_TESTS),
     # Not test_import_original.py (full-size checkpoints, ~10 s per mutant): test_mutation_import.py runs
     # `import-original` end to end on narrow checkpoints of the same layout.
-    "import_original": Target(["kadapter_cli/import_original.py"],
+    "import_original": Target(["kadapter_cli/modeling/original.py"],
                              ["tests/test_untrusted.py", "tests/test_mutation_import.py"]),
-    "feature_cache": Target(["kadapter_cli/feature_cache.py"],
+    "feature_cache": Target(["kadapter_cli/training/feature_cache.py"],
                             ["tests/test_feature_cache.py", "tests/test_feature_cache_rows.py",
                              "tests/test_mutation_feature_cache.py"]),
-    "encoding": Target(["kadapter_cli/encoding.py"],
+    "encoding": Target(["kadapter_cli/data/encoding.py"],
                        ["tests/test_encoding.py", "tests/test_properties.py", "tests/test_tasks.py",
                         "tests/test_cosmosqa.py", "tests/test_qa_spans.py", "tests/test_mutation_encoding.py",
                         "tests/test_mutation_encoding_squeeze.py", "tests/test_mutation_encoding_styles.py",
@@ -85,18 +85,18 @@ MODULES: dict[str, Target] = {
     "tasks_readers": Target(TASK_FILES, ["tests/test_tasks.py", "tests/test_mutation_tasks.py"], TASK_READERS),
     "tasks_cosmosqa": Target(["kadapter_cli/tasks/cosmosqa.py"],
                              ["tests/test_cosmosqa.py", "tests/test_mutation_cosmosqa.py"]),
-    "tasks_open_qa": Target(["kadapter_cli/tasks/open_qa.py"],
+    "tasks_open_qa": Target(["kadapter_cli/tasks/open_qa/task.py"],
                             ["tests/test_qa_tasks.py", "tests/test_qa_spans.py", "tests/test_qa_formats.py",
                              "tests/test_mutation_open_qa.py"]),
     # The loop's schedule, clipping and resume: `train` (total steps, schedule, resume or fresh start),
     # the epoch/step walk that resume re-enters, the optimizer step with clipping, the save/eval points.
-    "training": Target(["kadapter_cli/training.py"], LOOP_TESTS,
-                       ("kadapter_cli.training.x_train*", "kadapter_cli.training.xǁ_Loopǁrun*",
-                        "kadapter_cli.training.xǁ_Loopǁ_train_step*",
-                        "kadapter_cli.training.xǁ_Loopǁ_after_step*")),
+    "training": Target(["kadapter_cli/training/loop.py"], LOOP_TESTS,
+                       ("kadapter_cli.training.loop.x_train*", "kadapter_cli.training.loop.xǁ_Loopǁrun*",
+                        "kadapter_cli.training.loop.xǁ_Loopǁ_train_step*",
+                        "kadapter_cli.training.loop.xǁ_Loopǁ_after_step*")),
     # Not test_import_original.py: its full-size checkpoints cost ~10 s per mutant it runs for; the
     # small checkpoints of test_mutation_import.py exercise the same adapter code.
-    "adapter": Target(["kadapter_cli/adapter.py"],
+    "adapter": Target(["kadapter_cli/modeling/adapter.py"],
                       ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_mutation_adapter.py",
                        "tests/test_mutation_import.py"]),
 }

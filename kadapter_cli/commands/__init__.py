@@ -11,17 +11,16 @@ from pathlib import Path
 import typer
 from typer.core import TyperArgument, TyperGroup
 
-from kadapter_cli.commands._click import ClickException, Context, get_current_context
-
 from kadapter_cli import __version__
-from kadapter_cli.artifacts import is_disk_full
+from kadapter_cli.artifacts.output import is_disk_full
+from kadapter_cli.commands._click import ClickException, Context, get_current_context
 from kadapter_cli.errors import KadapterError
 
 # Hugging Face's own tqdm bars ("Writing model shards") would interleave with ours and leak into
 # pipes; kadapter shows its own. Set before transformers is imported; a user's setting wins.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-# Global options that may also be given after the command name (CONTRACT §1).
+# Global options that may also be given after the command name (as `kadapter train-adapter --workdir W`).
 _GLOBAL_WITH_VALUE = ("--workdir",)
 _GLOBAL_FLAGS = ("--debug",)
 

@@ -12,9 +12,8 @@ from typing import Any, Iterator
 
 import typer
 
+from kadapter_cli.artifacts.io import load_yaml_mapping
 from kadapter_cli.commands._click import BadParameter, Context, ParameterSource
-
-from kadapter_cli.artifacts import load_yaml_mapping
 from kadapter_cli.errors import BadInput
 
 

@@ -1,6 +1,6 @@
 """Data commands: `prepare-trex` (T-REx → `trex-rc/`) and `parse` (text/CoNLL-U → `parsed/`).
 
-Thin typer functions: they parse options and call `kadapter_cli.trex` / `kadapter_cli.parsing`.
+Thin typer functions: they parse options and call `kadapter_cli.data.trex` / `kadapter_cli.data.parsing`.
 Parsers (Stanza, spaCy) are imported inside the library functions so `kadapter --help` stays fast.
 """
 
@@ -71,7 +71,7 @@ def prepare_trex_cli(
     --entities-only), de-duplicates, drops rare and --drop'ed
     relations and splits train/dev by a seeded hash of each example id.
     """
-    from kadapter_cli.trex import merge_trex_shards, prepare_trex
+    from kadapter_cli.data.trex import merge_trex_shards, prepare_trex
 
     workdir = get_workdir(ctx)
     relations = [r for r in drop if r.strip()]
@@ -144,7 +144,7 @@ def parse_cli(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's stats as JSON on stdout."),
 ) -> None:
     """Dependency-parse text (Stanza or spaCy) or read gold CoNLL-U trees into parsed/ for the lin adapter."""
-    from kadapter_cli.parsing import ParserSpec, merge_parsed_shards, parse
+    from kadapter_cli.data.parsing import ParserSpec, merge_parsed_shards, parse
 
     target = out or get_workdir(ctx) / "parsed"
     shard_spec = parse_shard(shard)

@@ -30,8 +30,9 @@ def tiny_backbone_cli(
 
     The folder loads with AutoModel/AutoTokenizer and can be given to any `--backbone` option.
     """
-    from kadapter_cli.artifacts import atomic_output, write_manifest
-    from kadapter_cli.tiny_backbone import make_tiny_backbone
+    from kadapter_cli.artifacts.manifest import write_manifest
+    from kadapter_cli.artifacts.output import atomic_output
+    from kadapter_cli.modeling.tiny_backbone import make_tiny_backbone
 
     config = {"hidden_size": hidden_size, "num_layers": layers, "num_heads": heads, "vocab_size": vocab_size, "seed": seed}
     with atomic_output(folder, overwrite=overwrite) as tmp:
@@ -73,7 +74,7 @@ def import_original_cli(
     import sys
 
     from kadapter_cli.commands.common import get_workdir
-    from kadapter_cli.import_original import import_original
+    from kadapter_cli.modeling.original import import_original
 
     written = import_original(
         fac, lin, get_workdir(ctx) / "adapters", overwrite,
@@ -90,9 +91,9 @@ def inspect_cli(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Show an artifact's manifest summary and its parameter table."""
-    from kadapter_cli.artifacts import resolve_artifact
+    from kadapter_cli.artifacts.layout import resolve_artifact
     from kadapter_cli.commands.common import echo_json, get_workdir
-    from kadapter_cli.inspect_artifact import inspect
+    from kadapter_cli.stages.inspect import inspect
 
     report = inspect(resolve_artifact(folder, get_workdir(ctx), "adapters"))
     if as_json:

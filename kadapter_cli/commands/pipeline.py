@@ -1,4 +1,4 @@
-"""`kadapter run PIPELINE.yaml` and `kadapter demo`: thin wrappers over `kadapter_cli.pipeline`."""
+"""`kadapter run PIPELINE.yaml` and `kadapter demo`: thin wrappers over `kadapter_cli.workflow.pipeline`."""
 
 from __future__ import annotations
 
@@ -48,15 +48,16 @@ def run_cli(
 
     Relative paths in the file (and in --set values) are relative to the file's folder, as in weasel. A global --workdir (or KADAPTER_WORKDIR) replaces the pipeline's workdir variable.
     """
-    from kadapter_cli.pipeline import in_folder, load_pipeline_resolved, parse_assignments, run_pipeline
+    from kadapter_cli.commands.dispatch import ClickCommands
     from kadapter_cli.progress import info
+    from kadapter_cli.workflow.pipeline import in_folder, load_pipeline_resolved, parse_assignments, run_pipeline
 
     overrides = {**_workdir_override(ctx), **parse_assignments(assignments)}
     pipeline_file = pipeline_file.absolute()
     echo = typer.echo if dry_run and not json_output else info
     with in_folder(pipeline_file.parent):
         pipeline = load_pipeline_resolved(pipeline_file, overrides, create_backbone=not dry_run)
-        results = run_pipeline(pipeline, app=ctx.find_root().command, force=force, dry_run=dry_run, only=only,
+        results = run_pipeline(pipeline, ClickCommands(ctx.find_root().command), force=force, dry_run=dry_run, only=only,
                                echo=echo)
         if json_output:
             echo_json({"pipeline": str(pipeline_file), "workdir": str(pipeline.workdir.absolute()),
@@ -80,20 +81,27 @@ def demo_cli(
     """
     import torch
 
-    from kadapter_cli.pipeline import DEMO_PIPELINE, DEMO_THREADS, demo_summary, load_pipeline_resolved, run_pipeline
+    from kadapter_cli.commands.dispatch import ClickCommands
     from kadapter_cli.progress import info
+    from kadapter_cli.workflow.pipeline import (
+        DEMO_PIPELINE,
+        DEMO_THREADS,
+        demo_summary,
+        load_pipeline_resolved,
+        run_pipeline,
+    )
 
     # The thread count decides the order in which matrix products add up: pinned, every machine with
     # the same CPU kernels prints the same table (README, "The demo").
     torch.set_num_threads(DEMO_THREADS)
     pipeline = load_pipeline_resolved(DEMO_PIPELINE, _workdir_override(ctx))
     info(f"demo: workdir {pipeline.workdir}, backbone {pipeline.variables['backbone']}")
-    run_pipeline(pipeline, app=ctx.find_root().command, force=force, echo=info)
+    run_pipeline(pipeline, ClickCommands(ctx.find_root().command), force=force, echo=info)
     summary = demo_summary(pipeline)
     if json_output:
         echo_json(summary)
     else:
-        from kadapter_cli.report import build_report, collect, print_tables
+        from kadapter_cli.stages.report import build_report, collect, print_tables
 
         _print_demo_tables(summary)
         # `kadapter report --paper` on the workdir: the paper-style table, the paper's numbers beside

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Optional
 
@@ -11,9 +10,30 @@ import typer
 
 from kadapter_cli.commands import app
 from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config
-from kadapter_cli.commands.train import (ADAM_BETA1, ADAM_BETA2, ADAM_EPS, CONFIG, DEVICE, EPOCHS, LIMIT, LOG_EVERY,
-                                         LR, MAX_LENGTH, MAX_STEPS, OVERWRITE, PRECISION, REPORT_TO, RESUME, RUN_NAME,
-                                         SAVE_EVERY, SEED, TRACKING_DIR, WARMUP, WEIGHT_DECAY, _train_config)
+from kadapter_cli.commands.train import (
+    ADAM_BETA1,
+    ADAM_BETA2,
+    ADAM_EPS,
+    CONFIG,
+    DEVICE,
+    EPOCHS,
+    LIMIT,
+    LOG_EVERY,
+    LR,
+    MAX_LENGTH,
+    MAX_STEPS,
+    OVERWRITE,
+    PRECISION,
+    REPORT_TO,
+    RESUME,
+    RUN_NAME,
+    SAVE_EVERY,
+    SEED,
+    TRACKING_DIR,
+    WARMUP,
+    WEIGHT_DECAY,
+    _train_config,
+)
 from kadapter_cli.errors import BadInput
 
 
@@ -40,8 +60,8 @@ def train_probe_cli(
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Train the probe's masked-LM layer over the frozen backbone and adapters (paper App. D)."""
-    from kadapter_cli.finetune import resolve_adapters
-    from kadapter_cli.probe import PROBE_DEFAULTS, ProbeTrainingSpec, train_probe
+    from kadapter_cli.stages.compose import resolve_adapters
+    from kadapter_cli.stages.probe import PROBE_DEFAULTS, ProbeTrainingSpec, train_probe
 
     options = merged_config(ctx, config)
     workdir = get_workdir(ctx)
@@ -83,9 +103,9 @@ def probe_cli(
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """P@1 (macro over relations), micro P@1, P@10 and MRR of each probe on LAMA, side by side."""
-    from kadapter_cli.artifacts import resolve_artifact
-    from kadapter_cli.lama import parse_template_options
-    from kadapter_cli.probe import LamaSpec, evaluate_probes
+    from kadapter_cli.artifacts.layout import resolve_artifact
+    from kadapter_cli.data.lama import parse_template_options
+    from kadapter_cli.stages.probe import LamaSpec, evaluate_probes
 
     workdir = get_workdir(ctx)
     if device not in ("auto", "cpu", "cuda"):

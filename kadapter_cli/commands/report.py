@@ -25,7 +25,9 @@ def report_cli(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write PNG figures here: loss and dev metric per step, headline bars."),
 ) -> None:
     """Collect every finetuned run and adapter into one table: rows adapter sets, columns each task's headline metrics."""
-    from kadapter_cli.report import build_report, collect, markdown as to_markdown, plot as write_plots, print_tables, to_csv
+    from kadapter_cli.stages.report import build_report, collect, print_tables, to_csv
+    from kadapter_cli.stages.report import markdown as to_markdown
+    from kadapter_cli.stages.report import plot as write_plots
 
     if sum((markdown, csv_out, json_out)) > 1:
         raise BadInput("choose one of --markdown, --csv, --json")

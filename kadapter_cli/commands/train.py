@@ -12,8 +12,8 @@ import typer
 from kadapter_cli.commands import app
 from kadapter_cli.commands.common import echo_json, get_workdir, is_main_process, jsonable, merged_config, stdin_as_file
 from kadapter_cli.errors import BadInput
-from kadapter_cli.train_setup import set_threads
 from kadapter_cli.tasks import TASKS, parse_task_options, task_options_help
+from kadapter_cli.training.setup import set_threads
 
 # ---------------------------------------------------------------- shared training options
 # Options left at None take the paper's value for the kind / task (`kadapter_cli.pretrain`,
@@ -108,7 +108,7 @@ SCORES = typer.Option(False, "--scores", help="Add each prediction's probability
 ALL_SCORES = typer.Option(False, "--all-scores", help="Add the probability of every label (implies --scores).")
 ALLOW_MISMATCH = typer.Option(False, "--allow-backbone-mismatch",
                               help="Use adapters whose recorded backbone fingerprint differs from the backbone's.")
-# Experiment tracking (kadapter_cli/tracking.py): a training command takes all three with one line,
+# Experiment tracking (kadapter_cli/training/tracking.py): a training command takes all three with one line,
 #   report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
 # and TrainConfig.from_options picks them up.
 REPORT_TO = typer.Option("none", "--report-to",
@@ -119,7 +119,7 @@ TRACKING_DIR = typer.Option(None, "--tracking-dir", help="The trackers' folder (
 
 
 def _train_config(options: dict[str, Any], defaults: dict[str, Any]):
-    from kadapter_cli.train_config import TrainConfig
+    from kadapter_cli.training.config import TrainConfig
 
     values = {k: (defaults.get(k) if options.get(k) is None else options.get(k)) for k in options}
     for key, value in defaults.items():
@@ -200,7 +200,7 @@ def train_adapter_cli(
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Pretrain a knowledge adapter on the frozen backbone (fac: T-REx relations; lin: dependency heads)."""
-    from kadapter_cli.pretrain import DEFAULT_INPUT, KIND_DEFAULTS, KINDS, AdapterTrainingSpec, train_adapter
+    from kadapter_cli.stages.pretrain import DEFAULT_INPUT, KIND_DEFAULTS, KINDS, AdapterTrainingSpec, train_adapter
 
     options = merged_config(ctx, config)
     set_threads(options["threads"])
@@ -245,7 +245,7 @@ def compose_cli(
     allow_backbone_mismatch: bool = ALLOW_MISMATCH,
 ) -> None:
     """Check that adapters share a backbone and write their composition."""
-    from kadapter_cli.finetune import compose
+    from kadapter_cli.stages.compose import compose
 
     workdir = get_workdir(ctx)
     names = [Path(a).name for a in adapters]
@@ -316,7 +316,8 @@ def finetune_cli(
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Fine-tune a task on the backbone with frozen adapters (or none: the baseline); select on dev."""
-    from kadapter_cli.finetune import FinetuneSpec, finetune, resolve_adapters
+    from kadapter_cli.stages.compose import resolve_adapters
+    from kadapter_cli.stages.finetune import FinetuneSpec, finetune
     from kadapter_cli.tasks import get_task
 
     options = merged_config(ctx, config)
@@ -353,7 +354,7 @@ def finetune_cli(
 
 def _saved_task(model_dir: Path):
     """The task class of a finetuned folder, from its config.json (before loading the model)."""
-    from kadapter_cli.finetune import finetuned_config
+    from kadapter_cli.stages.finetune import finetuned_config
     from kadapter_cli.tasks import get_task
 
     return type(get_task(finetuned_config(model_dir)["task"]))
@@ -382,7 +383,7 @@ def evaluate_cli(
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Recompute a split's metrics from a saved finetuned model and write its predictions."""
-    from kadapter_cli.finetune import evaluate_finetuned
+    from kadapter_cli.stages.finetune import evaluate_finetuned
 
     if split not in ("train", "dev", "test"):
         raise BadInput(f"--split must be train, dev or test, got {split!r}")
@@ -416,7 +417,7 @@ def predict_cli(
 ) -> None:
     """Label new records with a finetuned model; one JSON line per input record, in input order."""
     from kadapter_cli.errors import OutputExists
-    from kadapter_cli.finetune import predict_records
+    from kadapter_cli.stages.finetune import predict_records
 
     if out is not None and out.exists() and not overwrite:
         raise OutputExists("already exists; pass --overwrite to replace it", out)

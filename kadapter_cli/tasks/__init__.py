@@ -12,8 +12,16 @@ import json
 from typing import Any
 
 from kadapter_cli.errors import BadInput
-from kadapter_cli.tasks.base import (ClassificationTask, RelationTask, Task, TaskOption, TypingTask, discover_tasks,
-                                     parse_task_options, register_task)
+from kadapter_cli.tasks.base import (
+    ClassificationTask,
+    RelationTask,
+    Task,
+    TaskOption,
+    TypingTask,
+    discover_tasks,
+    parse_task_options,
+    register_task,
+)
 
 TASKS: dict[str, type[Task]] = discover_tasks(__name__)
 

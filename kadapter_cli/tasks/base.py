@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Sequence
 
-from kadapter_cli import encoding, metrics
-from kadapter_cli.artifacts import iter_jsonl, read_json, write_jsonl
+from kadapter_cli.artifacts.io import iter_jsonl, read_json, write_jsonl
+from kadapter_cli.data import encoding
 from kadapter_cli.errors import BadInput
+from kadapter_cli.tasks import metrics
 
 if TYPE_CHECKING:  # torch is imported inside methods: importing the registry stays cheap
     import torch
@@ -119,7 +120,7 @@ class Task:
     # ------------------------------------------------------------ data
 
     def task_files(self, data_dir: str | Path) -> dict[str, Path]:
-        """The split files of a data folder: `train.json`, `dev.json`, `test.json` (CONTRACT §1)."""
+        """The split files of a data folder: `train.json`, `dev.json`, `test.json`."""
         return {split: Path(data_dir) / f"{split}.json" for split in SPLITS}
 
     def input_files(self, path: str | Path) -> list[Path]:
@@ -174,7 +175,7 @@ class Task:
         """Features of one record: `input_ids` (one id list, or C of them for C candidates), the
         `position_keys`, `labels` (the training target, if any) and `gold` (the label strings, for
         predictions files). `marker_style`: how the model's adapters learned entity markers
-        (`kadapter_cli.encoding`; tasks without markers ignore it). Run `check_labels` first: an
+        (`kadapter_cli.data.encoding`; tasks without markers ignore it). Run `check_labels` first: an
         unknown label here is a `KeyError`."""
         raise NotImplementedError
 
@@ -187,7 +188,7 @@ class Task:
 
     def length(self, example: dict) -> int:
         """Tokens the model reads for the example (length bucketing, tokens/s): all candidates'."""
-        from kadapter_cli.padding import is_choices
+        from kadapter_cli.data.padding import is_choices
 
         ids = example["input_ids"]
         return sum(len(seq) for seq in ids) if is_choices(ids) else len(ids)
@@ -198,7 +199,7 @@ class Task:
         (B, C), and `labels` when the examples have them."""
         import torch
 
-        from kadapter_cli.padding import is_choices, pad_choices, pad_ids
+        from kadapter_cli.data.padding import is_choices, pad_choices, pad_ids
 
         seqs = [e["input_ids"] for e in examples]
         ids, mask = (pad_choices if is_choices(seqs[0]) else pad_ids)(seqs, pad_id, pad_to)
@@ -243,7 +244,7 @@ class Task:
     # ------------------------------------------------------------ scoring and predictions files
 
     def metrics(self, gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
-        """CONTRACT §4 metrics of label lists."""
+        """The task's metrics (`kadapter_cli/tasks/metrics.py`) of label lists."""
         raise NotImplementedError
 
     def score(self, predictions: Sequence[Prediction], examples: Sequence[dict]) -> dict[str, float]:
@@ -256,7 +257,7 @@ class Task:
         return dict(zip(labels, softmax(prediction["scores"])))
 
     def prediction_lines(self, predictions: Sequence[Prediction], examples: Sequence[dict]) -> list[dict]:
-        """The lines of a predictions file, one per input record (CONTRACT §2); by default one
+        """The lines of a predictions file, one per input record, in input order; by default one
         example is one record."""
         return [{"index": i, "gold": list(e.get("gold", [])), "pred": list(p["pred"])}
                 for i, (e, p) in enumerate(zip(examples, predictions))]
@@ -382,7 +383,7 @@ class TypingTask(ClassificationTask):
         return features
 
     def build_head(self, hidden: int, n_labels: int) -> "nn.Module":
-        from kadapter_cli.heads import TypingHead
+        from kadapter_cli.modeling.heads import TypingHead
 
         return TypingHead(hidden, n_labels)
 
@@ -442,7 +443,7 @@ class RelationTask(ClassificationTask):
         return features
 
     def build_head(self, hidden: int, n_labels: int) -> "nn.Module":
-        from kadapter_cli.heads import RelationHead
+        from kadapter_cli.modeling.heads import RelationHead
 
         return RelationHead(hidden, n_labels)
 

@@ -19,11 +19,22 @@ import csv
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from kadapter_cli import encoding
-from kadapter_cli.artifacts import iter_text_lines
+from kadapter_cli.artifacts.io import iter_text_lines
+from kadapter_cli.data import encoding
 from kadapter_cli.errors import BadInput
-from kadapter_cli.tasks.base import (SPLITS, Batch, Prediction, Task, TaskOption, Where, _fields, _json_type, argmax,
-                                     iter_raw_records, register_task)
+from kadapter_cli.tasks.base import (
+    SPLITS,
+    Batch,
+    Prediction,
+    Task,
+    TaskOption,
+    Where,
+    _fields,
+    _json_type,
+    argmax,
+    iter_raw_records,
+    register_task,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -125,7 +136,7 @@ class CosmosQA(Task):
                 "gold": self.gold(record)}
 
     def build_head(self, hidden: int, n_labels: int) -> "nn.Module":
-        from kadapter_cli.heads import ChoiceHead
+        from kadapter_cli.modeling.heads import ChoiceHead
 
         return ChoiceHead(hidden)
 

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from kadapter_cli.artifacts import iter_text_lines
+from kadapter_cli.artifacts.io import iter_text_lines
 from kadapter_cli.errors import BadInput, OutputExists
 from kadapter_cli.tasks.base import TypingTask, argmax, detect_format, register_task
 
@@ -47,7 +47,7 @@ class Figer(TypingTask):
 
     def default_labels(self, train_records: Sequence[dict]) -> list[str]:
         # Sorted, so label ids do not depend on the order of train.json (the original used first
-        # appearance, reference §8.6).
+        # appearance; docs/differences.md).
         return sorted({label for record in train_records for label in record["labels"]})
 
     def predicted_ids(self, row: Sequence[float]) -> list[int]:

@@ -18,7 +18,7 @@ class OpenEntity(TypingTask):
     primary_metric = "f1"  # the loose micro F1 the paper reports
     headline_metrics = ("precision", "recall", "f1", "strict_acc", "macro_f1")
     # Paper / README best settings (batch 4, lr 5e-6, warm-up 500 with fac, 1,000 with lin and
-    # fac+lin); the released script used lr 1e-4 (reference §8.8). The paper gives no epoch count:
+    # fac+lin); the released script used lr 1e-4 (docs/differences.md). The paper gives no epoch count:
     # the script's 12,000 steps at batch 4 over the 1,998 training examples are 24 epochs.
     defaults = {"lr": 5e-6, "batch_size": 4, "micro_batch_size": 4, "epochs": 24, "max_length": 256, "warmup": 500}
     adapter_defaults = {"lin": {"warmup": 1000}, "fac+lin": {"warmup": 1000}}

@@ -28,7 +28,7 @@ class Tacred(RelationTask):
     """42 relations including `no_relation`, which precision and recall ignore (official scorer).
 
     Option `max_negatives`: keep only the first N `no_relation` training examples (file order).
-    The original always kept 44,999 of ~55k without saying so (reference §8.7); here the default,
+    The original always kept 44,999 of ~55k without saying so (docs/differences.md); here the default,
     None, keeps them all, and the original's setting is `max_negatives=44999`.
     """
 

@@ -1,0 +1,96 @@
+"""`manifest.json`, which makes every artifact folder self-describing: its kind, format version,
+kadapter version, creation time, command, configuration, inputs and files (each with its sha256),
+and statistics."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from kadapter_cli import __version__
+from kadapter_cli.artifacts.io import read_json, sha256_file, write_json
+from kadapter_cli.errors import BadInput
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def write_manifest(
+    folder: str | Path,
+    kind: str,
+    config: dict | None = None,
+    inputs: list[dict] | None = None,
+    stats: dict | None = None,
+    command: list[str] | None = None,
+) -> dict:
+    """Writes `manifest.json` listing the sha256 of every file in `folder` (checkpoints excluded)."""
+    folder = Path(folder)
+    files = {}
+    for f in sorted(folder.rglob("*")):
+        rel = f.relative_to(folder).as_posix()
+        if f.is_file() and rel != MANIFEST and not rel.startswith("checkpoints/"):
+            files[rel] = sha256_file(f)
+    manifest = {
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "kadapter_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": list(sys.argv if command is None else command),
+        "config": config or {},
+        "inputs": inputs or [],
+        "files": files,
+        "stats": stats or {},
+    }
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInput("no such artifact folder", folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise BadInput("not a kadapter artifact (no manifest.json)", folder)
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or "kind" not in manifest:
+        raise BadInput("manifest.json has no 'kind'", path)
+    if manifest.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise BadInput(
+            f"format_version {manifest['format_version']} is newer than this kadapter understands "
+            f"({FORMAT_VERSION}); upgrade kadapter",
+            path,
+        )
+    return manifest
+
+
+def verify_files(folder: str | Path, manifest: dict | None = None) -> None:
+    """Checks every file listed in the manifest against its sha256; `BadInput` names the first that differs."""
+    folder = Path(folder)
+    manifest = manifest or read_manifest(folder)
+    for name, digest in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise BadInput("listed in manifest.json but missing", path)
+        if sha256_file(path) != digest:
+            raise BadInput("sha256 differs from manifest.json (file changed or corrupted)", path)
+
+
+def find_artifacts(paths: Iterable[str | Path], what: str) -> list[Path]:
+    """Artifact folders named by `paths`: an artifact folder itself, or a folder whose subfolders
+    are artifacts (sorted), as `--merge SHARD_DIR...` takes them. `what` names them in errors."""
+    found: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if (path / MANIFEST).is_file():
+            found.append(path)
+        elif path.is_dir() and (subs := sorted(p for p in path.iterdir() if (p / MANIFEST).is_file())):
+            found.extend(subs)
+        else:
+            raise BadInput(f"not a {what} (no manifest.json in it or its subfolders)", path)
+    return found

@@ -1,0 +1,584 @@
+"""Text or CoNLL-U → `parsed/` (dependency trees for the lin adapter).
+
+Three sources of trees, one record format (docs/artifacts.md):
+`{"id", "text", "tokens", "heads", "deprels"}` with `heads[i]` the 1-based index of token i's head
+and 0 for the root.
+
+- `stanza`: Stanford's neural pipeline (tokenize, pos, lemma, depparse), the closest thing to the
+  Stanford parser K-Adapter used (the paper, §3.2). Models are never downloaded here: a missing model
+  is `BadInput` with the command that downloads it.
+- `spacy`: any installed spaCy pipeline with a parser; each `doc.sents` is one record.
+- `conllu`: gold trees read from CoNLL-U files (also chosen for any `.conllu` input).
+
+Every source yields `ParsedSentence`s and `sentence_record` turns each into a record, so the three
+agree by construction. Text input is one sentence or paragraph per line; blank lines are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Protocol, Sequence
+
+from kadapter_cli.artifacts.io import in_dev_split, iter_text_lines, sha256_inputs
+from kadapter_cli.artifacts.io import input_files as artifacts_input_files
+from kadapter_cli.artifacts.manifest import find_artifacts, read_manifest, verify_files, write_manifest
+from kadapter_cli.artifacts.output import atomic_output
+from kadapter_cli.errors import BadInput
+
+PARSED_KIND = "parsed"
+PARSERS = ("stanza", "spacy", "conllu")
+DEFAULT_SPACY_MODEL = "en_core_web_sm"
+UNITS_PER_CHUNK = 256  # lines handed to a parser (and to a worker) at a time
+
+# Why a sentence is not emitted; keys of `stats["dropped"]`.
+TOO_LONG = "too_long"  # more words than --max-words
+EMPTY = "empty"  # a parser returned a sentence without words
+BAD_SENTENCE = "bad_sentence"  # malformed CoNLL-U sentence skipped with --skip-bad
+DUPLICATE_ID = "duplicate_id"  # a CoNLL-U sent_id seen earlier in the same file, skipped with --skip-bad
+
+
+@dataclass
+class ParsedSentence:
+    """One dependency tree as any parser gives it: words, 1-based heads (0 = root), relations."""
+
+    words: list[str]
+    heads: list[int]
+    deprels: list[str]
+    text: str | None = None  # the raw sentence; rebuilt from the words when unknown
+
+
+def sentence_record(record_id: str, sentence: ParsedSentence) -> dict:
+    """The `parsed/` record of one sentence; the one conversion every parser goes through."""
+    n = len(sentence.words)
+    if len(sentence.heads) != n or len(sentence.deprels) != n:
+        raise ValueError(f"{n} words but {len(sentence.heads)} heads and {len(sentence.deprels)} relations")
+    for i, head in enumerate(sentence.heads):
+        if not 0 <= head <= n:
+            raise ValueError(f"word {i + 1} ({sentence.words[i]!r}) has head {head}, outside the sentence ({n} words)")
+    return {
+        "id": record_id,
+        "text": sentence.text if sentence.text is not None else " ".join(sentence.words),
+        "tokens": list(sentence.words),
+        "heads": list(sentence.heads),
+        "deprels": list(sentence.deprels),
+    }
+
+
+# ---------------------------------------------------------------- parser output → ParsedSentence
+
+
+def stanza_sentences(doc: Any) -> Iterator[ParsedSentence]:
+    """The sentences of a `stanza.Document` (syntactic words: multi-word tokens are split)."""
+    for sentence in doc.sentences:
+        words = sentence.words
+        yield ParsedSentence(
+            words=[w.text for w in words],
+            heads=[int(w.head) for w in words],
+            deprels=[w.deprel for w in words],
+            text=sentence.text,
+        )
+
+
+def spacy_sentences(doc: Any) -> Iterator[ParsedSentence]:
+    """The sentences of a spaCy `Doc`; heads made sentence-relative and 1-based, `ROOT` → `root`."""
+    for sent in doc.sents:
+        tokens = [t for t in sent if not t.is_space]  # whitespace tokens are not words
+        if not tokens:
+            continue
+        position = {t.i: k + 1 for k, t in enumerate(tokens)}
+        heads = []
+        for t in tokens:
+            # spaCy's root is its own head; a head on a dropped whitespace token falls back to root
+            heads.append(0 if t.head.i == t.i else position.get(t.head.i, 0))
+        yield ParsedSentence(
+            words=[t.text for t in tokens],
+            heads=heads,
+            deprels=["root" if t.dep_ == "ROOT" else t.dep_ for t in tokens],
+            text=sent.text.strip(),
+        )
+
+
+# ---------------------------------------------------------------- CoNLL-U
+
+
+class ConlluError(ValueError):
+    """A malformed CoNLL-U line; `line` is its 1-based number."""
+
+    def __init__(self, message: str, line: int):
+        super().__init__(message)
+        self.line = line
+
+
+class DuplicateSentenceId(ConlluError):
+    """A CoNLL-U `sent_id` that an earlier sentence of the same file already has."""
+
+
+def _conllu_text(surface: list[tuple[str, bool]]) -> str:
+    """Text rebuilt from surface tokens and their SpaceAfter=No flags."""
+    return "".join(form + ("" if no_space else " ") for form, no_space in surface).rstrip()
+
+
+def _no_space_after(misc: str) -> bool:
+    return "SpaceAfter=No" in misc.split("|")
+
+
+def _conllu_sentence(block: list[tuple[int, str]]) -> tuple[str | None, ParsedSentence]:
+    """One sentence block (numbered lines) → (sent_id, sentence); `ConlluError` on a bad line."""
+    sent_id = text = None
+    words: list[str] = []
+    heads: list[tuple[int, int]] = []  # (head, line)
+    deprels: list[str] = []
+    surface: list[tuple[str, bool]] = []
+    covered_until = 0  # last word id covered by a multi-word token range
+    for number, line in block:
+        if line.startswith("#"):
+            key, sep, value = line[1:].partition("=")
+            if sep and key.strip() == "sent_id":
+                sent_id = value.strip()
+            elif sep and key.strip() == "text":
+                text = value.strip()
+            continue
+        columns = line.split("\t")
+        if len(columns) != 10:
+            raise ConlluError(f"expected 10 tab-separated columns, found {len(columns)}", number)
+        word_id, form, head, deprel, misc = columns[0], columns[1], columns[6], columns[7], columns[9]
+        if "-" in word_id:  # multi-word token range N-M: surface text only
+            first, _, last = word_id.partition("-")
+            if not (first.isdigit() and last.isdigit()):
+                raise ConlluError(f"malformed token range {word_id!r}", number)
+            covered_until = int(last)
+            surface.append((form, _no_space_after(misc)))
+            continue
+        if "." in word_id:  # empty node of the enhanced graph: not part of the basic tree
+            continue
+        if not word_id.isdigit() or int(word_id) != len(words) + 1:
+            raise ConlluError(f"word id {word_id!r} out of sequence (expected {len(words) + 1})", number)
+        try:
+            head_index = int(head)
+        except ValueError:
+            raise ConlluError(f"HEAD {head!r} is not an integer", number) from None
+        words.append(form)
+        heads.append((head_index, number))
+        deprels.append(deprel)
+        if int(word_id) > covered_until:
+            surface.append((form, _no_space_after(misc)))
+    if not words:
+        raise ConlluError("sentence has no words", block[-1][0])
+    for head_index, number in heads:
+        if not 0 <= head_index <= len(words):
+            raise ConlluError(f"HEAD {head_index} points outside the sentence ({len(words)} words)", number)
+    sentence = ParsedSentence(words, [h for h, _ in heads], deprels, text if text is not None else _conllu_text(surface))
+    return sent_id, sentence
+
+
+def read_conllu(path: str | Path, skip_bad: bool = False, dropped: Counter | None = None) -> Iterator[tuple[str, ParsedSentence]]:
+    """Yields `(record_id, sentence)` from a CoNLL-U file, streaming.
+
+    Multi-word token ranges (`N-M`) and empty nodes (`N.M`) are skipped; the text is `# text =`
+    or rebuilt from the forms and `SpaceAfter=No`. The id is `# sent_id =` or `<file name>-<n>`.
+    A malformed sentence, or one whose `sent_id` repeats an earlier one of the file (record ids
+    must be unique), is `BadInput` naming the file and line, or with `skip_bad` skipped and counted
+    in `dropped[BAD_SENTENCE]` / `dropped[DUPLICATE_ID]`.
+    """
+    path = Path(path)
+    ordinal = 0
+    first_line: dict[str, int] = {}  # sent_id → line of its sentence (ids are short; one file's worth)
+    for block in _conllu_blocks(path):
+        ordinal += 1
+        try:
+            sent_id, sentence = _conllu_sentence(block)
+            if sent_id is not None and sent_id in first_line:
+                raise DuplicateSentenceId(f"sent_id {sent_id!r} repeats that of line {first_line[sent_id]}", block[0][0])
+        except ConlluError as e:
+            if not skip_bad:
+                raise BadInput(str(e), path, f"line {e.line}") from None
+            if dropped is not None:
+                dropped[DUPLICATE_ID if isinstance(e, DuplicateSentenceId) else BAD_SENTENCE] += 1
+            continue
+        if sent_id is not None:
+            first_line[sent_id] = block[0][0]
+        yield sent_id or f"{path.name}-{ordinal}", sentence
+
+
+def _conllu_blocks(path: Path) -> Iterator[list[tuple[int, str]]]:
+    block: list[tuple[int, str]] = []
+    for number, line in _numbered_lines(path):
+        if line.strip():
+            block.append((number, line))
+        elif block:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """`(line number, line without its newline)`; unreadable files and bad UTF-8 are `BadInput`."""
+    for number, line in iter_text_lines(path):
+        yield number, line.rstrip("\r\n")
+
+
+# ---------------------------------------------------------------- parsers for raw text
+
+
+@dataclass
+class ParserSpec:
+    """Everything needed to build a parser, in a worker process too (it pickles)."""
+
+    kind: str = "stanza"
+    lang: str = "en"
+    model: str | None = None  # spaCy pipeline name or path
+    model_dir: str | None = None  # Stanza resources folder
+    device: str = "cpu"
+    pretokenized: bool = False
+    tokenize_batch_size: int = 32
+    pos_batch_size: int = 5000
+    depparse_batch_size: int = 5000
+    batch_size: int = 64  # spaCy nlp.pipe
+    n_process: int = 1  # spaCy nlp.pipe
+
+    def model_name(self) -> str:
+        if self.kind == "spacy":
+            return self.model or DEFAULT_SPACY_MODEL
+        if self.kind == "stanza":
+            return f"stanza:{self.lang}"
+        return "gold"
+
+    def load(self) -> "TextParser":
+        if self.kind == "stanza":
+            return StanzaParser(self)
+        if self.kind == "spacy":
+            return SpacyParser(self)
+        raise BadInput(f"--parser {self.kind} reads CoNLL-U, not raw text; use --parser stanza or spacy for text")
+
+
+def _use_gpu(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch
+
+    if device == "auto":
+        return torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        raise BadInput(f"--device {device} asked for, but no CUDA device is available")
+    return True
+
+
+class TextParser(Protocol):
+    """Parses a batch of texts; returns the sentences of each text, in order."""
+
+    def __call__(self, texts: Sequence[str]) -> list[list[ParsedSentence]]: ...
+
+
+class StanzaParser:
+    """Stanza's tokenize,pos,lemma,depparse pipeline; texts go through `bulk_process` together."""
+
+    def __init__(self, spec: ParserSpec):
+        import stanza
+        from stanza.resources.common import DEFAULT_MODEL_DIR
+
+        model_dir = spec.model_dir or DEFAULT_MODEL_DIR
+        try:
+            self.nlp = stanza.Pipeline(
+                spec.lang,
+                dir=model_dir,
+                processors="tokenize,pos,lemma,depparse",
+                download_method=None,  # never touch the network
+                use_gpu=_use_gpu(spec.device),
+                tokenize_pretokenized=spec.pretokenized,
+                tokenize_batch_size=spec.tokenize_batch_size,
+                pos_batch_size=spec.pos_batch_size,
+                depparse_batch_size=spec.depparse_batch_size,
+                logging_level="WARN",
+            )
+        except FileNotFoundError as e:  # no resources.json, language or model file not downloaded
+            raise BadInput(
+                f"Stanza models for language '{spec.lang}' are not installed ({_first_line(e)}). Download them "
+                f"with: python -c \"import stanza; stanza.download('{spec.lang}', model_dir='{model_dir}')\"",
+                model_dir,
+            ) from None
+        self.stanza = stanza
+
+    def __call__(self, texts: Sequence[str]) -> list[list[ParsedSentence]]:
+        docs = [self.stanza.Document([], text=t) for t in texts]
+        return [list(stanza_sentences(d)) for d in self.nlp.bulk_process(docs)]
+
+
+class SpacyParser:
+    """A spaCy pipeline with a parser, run with `nlp.pipe`."""
+
+    def __init__(self, spec: ParserSpec):
+        import spacy
+
+        name = spec.model or DEFAULT_SPACY_MODEL
+        if _use_gpu(spec.device):
+            spacy.require_gpu()
+        try:
+            self.nlp = spacy.load(name)
+        except OSError as e:
+            raise BadInput(
+                f"spaCy model '{name}' is not installed ({_first_line(e)}). Install it with: "
+                f"python -m spacy download {name} (or pip install its package), or pass --model NAME_OR_PATH",
+            ) from None
+        if "parser" not in self.nlp.pipe_names:
+            raise BadInput(f"spaCy model '{name}' has no dependency parser (pipes: {', '.join(self.nlp.pipe_names)})")
+        self.spec = spec
+
+    def __call__(self, texts: Sequence[str]) -> list[list[ParsedSentence]]:
+        from spacy.tokens import Doc
+
+        inputs: Iterable[Any] = texts
+        if self.spec.pretokenized:
+            inputs = [Doc(self.nlp.vocab, words=t.split()) for t in texts]
+        docs = self.nlp.pipe(inputs, batch_size=self.spec.batch_size, n_process=self.spec.n_process)
+        return [list(spacy_sentences(d)) for d in docs]
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+# ---------------------------------------------------------------- the stage
+
+
+TEXT_SUFFIXES = (".txt", ".text")
+CONLLU_SUFFIXES = (".conllu", ".conll")
+
+
+def input_files(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders walked in sorted order for text (.txt, .text) and CoNLL-U files."""
+    return artifacts_input_files(inputs, lambda p: p.suffix in TEXT_SUFFIXES + CONLLU_SUFFIXES,
+                                 ".txt, .text or .conllu")
+
+
+def _is_conllu(path: Path, parser: str) -> bool:
+    return parser == "conllu" or path.suffix in CONLLU_SUFFIXES
+
+
+@dataclass
+class Chunk:
+    """Consecutive input units of one kind: gold trees (`(id, ParsedSentence)`) or text lines (`(id, str)`)."""
+
+    gold: bool
+    units: list[tuple[str, Any]] = field(default_factory=list)
+
+
+def _chunks(files: Sequence[Path], parser: str, skip_bad: bool, dropped: Counter,
+            shard: tuple[int, int] | None, limit: int | None) -> Iterator[Chunk]:
+    """Input units in order, after sharding and `limit`, grouped into chunks for the parser."""
+    ordinal = taken = 0
+    for path in files:
+        gold = _is_conllu(path, parser)
+        units: Iterator[tuple[str, Any]]
+        if gold:
+            units = read_conllu(path, skip_bad, dropped)
+        else:
+            units = ((f"{path.name}:{number}", line.strip()) for number, line in _numbered_lines(path) if line.strip())
+        chunk = Chunk(gold)
+        for unit in units:
+            ordinal += 1
+            if shard is not None and (ordinal - 1) % shard[1] != shard[0] - 1:
+                continue
+            if limit is not None and taken >= limit:
+                break
+            taken += 1
+            chunk.units.append(unit)
+            if len(chunk.units) >= UNITS_PER_CHUNK:
+                yield chunk
+                chunk = Chunk(gold)
+        if chunk.units:
+            yield chunk
+        if limit is not None and taken >= limit:
+            return
+
+
+_parser_spec: ParserSpec | None = None
+_parser: TextParser | None = None
+
+
+def _init_parser(spec: ParserSpec) -> None:
+    global _parser_spec, _parser
+    _parser_spec, _parser = spec, None
+
+
+def _parse_chunk(chunk: Chunk) -> list[list[tuple[str, ParsedSentence]]]:
+    """For every unit of the chunk, its `(record id, sentence)`s; the parser is loaded on first use.
+
+    A gold sentence keeps its id; the k-th sentence of text line `<file>:<line>` is `<file>:<line>.<k>`.
+    """
+    global _parser
+    if chunk.gold:
+        return [[(unit_id, sentence)] for unit_id, sentence in chunk.units]
+    if _parser is None:
+        assert _parser_spec is not None, "_init_parser must run first"
+        _parser = _parser_spec.load()
+    parsed = _parser([text for _, text in chunk.units])
+    return [[(f"{unit_id}.{k}", s) for k, s in enumerate(sentences, start=1)]
+            for (unit_id, _), sentences in zip(chunk.units, parsed)]
+
+
+def _parsed_chunks(chunks: Iterator[Chunk], spec: ParserSpec,
+                   workers: int) -> Iterator[list[list[tuple[str, ParsedSentence]]]]:
+    if workers <= 1:
+        _init_parser(spec)
+        try:
+            yield from map(_parse_chunk, chunks)
+        finally:
+            _init_parser(spec)  # drop the model
+        return
+    import multiprocessing
+
+    # spawn, not fork: torch and the parsers hold threads that a forked child would inherit broken
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_parser, initargs=(spec,)) as pool:
+        yield from pool.imap(_parse_chunk, chunks)
+
+
+def parse(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    spec: ParserSpec | None = None,
+    max_words: int | None = None,
+    dev_ratio: float = 0.1,
+    seed: int = 42,
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    limit: int | None = None,
+) -> dict:
+    """Text or CoNLL-U files (or folders) → a `parsed/` artifact at `out`; returns its manifest.
+
+    `shard=(i, n)` keeps only input units (text lines, CoNLL-U sentences) whose 0-based position
+    is `i-1` modulo `n`; `limit` keeps the first N units. Each sentence goes to dev by the seeded
+    hash of its id, so the split does not depend on workers or shards.
+    """
+    from rich.progress import TextColumn
+
+    from kadapter_cli.progress import progress
+
+    spec = spec or ParserSpec()
+    if spec.kind not in PARSERS:
+        raise BadInput(f"--parser must be one of {', '.join(PARSERS)}, got {spec.kind!r}")
+    if not 0.0 <= dev_ratio < 1.0:
+        raise BadInput(f"--dev-ratio must be in [0, 1), got {dev_ratio}")
+    for name, value in (("--workers", workers), ("--limit", limit), ("--max-words", max_words)):
+        if value is not None and value < 1:
+            raise BadInput(f"{name} must be 1 or more, got {value}")
+    if shard is not None and limit is not None:
+        raise BadInput("--limit cannot be combined with --shard (shards must cover their inputs whole)")
+    files = input_files(inputs)
+    kinds = sorted({"conllu" if _is_conllu(f, spec.kind) else spec.kind for f in files})
+
+    dropped: Counter = Counter()
+    counts: Counter = Counter()
+    started = time.monotonic()
+
+    def shown() -> dict:
+        seconds = max(time.monotonic() - started, 1e-9)
+        return {"sentences": counts["sentences"], "rate": f"{counts['sentences'] / seconds:,.0f}",
+                "words_rate": f"{counts['words'] / seconds:,.0f}"}
+
+    columns = TextColumn("{task.fields[sentences]:,} sentences, {task.fields[rate]} sentences/s, "
+                         "{task.fields[words_rate]} words/s")
+    with atomic_output(out, overwrite=overwrite) as folder, progress(columns) as bar, \
+            open(folder / "train.jsonl", "w", encoding="utf-8") as train, \
+            open(folder / "dev.jsonl", "w", encoding="utf-8") as dev:
+        task = bar.add_task("parsing", total=None, unit="inputs", **shown())
+        chunks = _chunks(files, spec.kind, skip_bad, dropped, shard, limit)
+        for results in _parsed_chunks(chunks, spec, workers):
+            for unit in results:
+                counts["units"] += 1
+                for record_id, sentence in unit:
+                    if not sentence.words:
+                        dropped[EMPTY] += 1
+                        continue
+                    if max_words is not None and len(sentence.words) > max_words:
+                        dropped[TOO_LONG] += 1
+                        continue
+                    record = sentence_record(record_id, sentence)
+                    split = "dev" if in_dev_split(record_id, seed, dev_ratio) else "train"
+                    (dev if split == "dev" else train).write(_json_line(record))
+                    counts[split] += 1
+                    counts["sentences"] += 1
+                    counts["words"] += len(sentence.words)
+            bar.update(task, completed=counts["units"], **shown())
+        bar.update(task, total=counts["units"])  # the count is known at the end: the bar ends full, not at 0/?
+        seconds = time.monotonic() - started
+        if counts["sentences"] == 0 and shard is None:  # (a shard of few inputs may rightly be empty)
+            raise BadInput(f"no sentences in the input ({counts['units']} non-blank lines or CoNLL-U sentences read"
+                           + (f"; dropped: {dict(dropped)}" if dropped else "") + ")",
+                           files[0] if len(files) == 1 else ", ".join(map(str, inputs)))
+        train.close()
+        dev.close()
+        stats = {
+            "units": counts["units"],
+            "sentences": counts["sentences"],
+            "words": counts["words"],
+            "train": counts["train"],
+            "dev": counts["dev"],
+            "dropped": dict(sorted(dropped.items())),
+            "parser": kinds,
+            "model": "gold" if kinds == ["conllu"] else spec.model_name(),
+            "seconds": round(seconds, 3),
+            "words_per_second": round(counts["words"] / max(seconds, 1e-9), 1),
+        }
+        if shard is not None:
+            stats["shard"] = f"{shard[0]}/{shard[1]}"
+        config = {**asdict(spec), "max_words": max_words, "dev_ratio": dev_ratio, "seed": seed,
+                  "workers": workers, "shard": list(shard) if shard else None, "skip_bad": skip_bad, "limit": limit}
+        return write_manifest(folder, PARSED_KIND, config=config, inputs=sha256_inputs(files), stats=stats)
+
+
+def _json_line(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def merge_parsed_shards(shards: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> dict:
+    """The N `parsed/` outputs of `parse --shard I/N` → one `parsed/` artifact; returns its manifest.
+
+    Records are concatenated in shard order (1..N). Each record's split comes from its id, so train
+    and dev hold the same records as a single run's.
+    """
+    folders = find_artifacts(shards, "parsed/ shard")
+    manifests = []
+    for folder in folders:
+        manifest = read_manifest(folder)
+        if manifest["kind"] != PARSED_KIND or not manifest["config"].get("shard"):
+            raise BadInput("not a shard written by `parse --shard I/N`", folder)
+        verify_files(folder, manifest)
+        manifests.append(manifest)
+    specs = [tuple(m["config"]["shard"]) for m in manifests]
+    totals = {n for _, n in specs}
+    if len(totals) != 1 or len(set(specs)) != len(specs):
+        raise BadInput("shards must be distinct parts of one sharding, got " + ", ".join(f"{i}/{n}" for i, n in specs))
+    (total,) = totals
+    missing = sorted(set(range(1, total + 1)) - {i for i, _ in specs})
+    if missing:
+        raise BadInput(f"shards {', '.join(f'{i}/{total}' for i in missing)} are missing; merge needs all {total}")
+    ordered = [f for _, f in sorted(zip(specs, folders))]
+    ordered_manifests = [m for _, m in sorted(zip(specs, manifests), key=lambda x: x[0])]
+    with atomic_output(out, overwrite=overwrite) as folder:
+        for name in ("train.jsonl", "dev.jsonl"):
+            with open(folder / name, "w", encoding="utf-8") as f:
+                for shard_folder in ordered:
+                    with open(shard_folder / name, encoding="utf-8") as part:
+                        for line in part:
+                            f.write(line)
+        stats: dict[str, Any] = {key: sum(m["stats"][key] for m in ordered_manifests)
+                                 for key in ("units", "sentences", "words", "train", "dev", "seconds")}
+        dropped: Counter = Counter()
+        for m in ordered_manifests:
+            dropped.update(m["stats"]["dropped"])
+        stats["dropped"] = dict(sorted(dropped.items()))
+        stats["parser"] = sorted({p for m in ordered_manifests for p in m["stats"]["parser"]})
+        stats["model"] = ordered_manifests[0]["stats"]["model"]
+        stats["words_per_second"] = round(stats["words"] / max(stats["seconds"], 1e-9), 1)
+        config = {**{k: v for k, v in ordered_manifests[0]["config"].items() if k not in ("shard", "workers")},
+                  "merged_shards": [str(f) for f in ordered]}
+        inputs = [entry for m in ordered_manifests for entry in m["inputs"]]
+        return write_manifest(folder, PARSED_KIND, config=config, inputs=inputs, stats=stats)

@@ -1,0 +1,275 @@
+"""The frozen encoder under the adapters: load any Hugging Face encoder, know its shape, tap it.
+
+Nothing here knows a model by name or size: RoBERTa, BERT/MiniLM and DeBERTa all work, as does any
+encoder whose forward accepts `output_hidden_states=True`. Hidden state index 0 is the embedding
+output and index k the output of layer k (the convention of transformers and of the original code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import socket
+import urllib.parse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from kadapter_cli.errors import BadInput
+from kadapter_cli.progress import waiting
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class BackboneShape:
+    """What an adapter must know about the encoder it was built on."""
+
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    name_or_path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _truthy_env(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    return _truthy_env("HF_HUB_OFFLINE") or _truthy_env("TRANSFORMERS_OFFLINE")
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable() -> bool:
+    """One quick connection attempt to the hub (once per process and endpoint): an offline machine is
+    told at once, instead of after transformers' retries."""
+    return _can_connect(hub_endpoint())
+
+
+@functools.lru_cache(maxsize=4)
+def _can_connect(endpoint: str, timeout: float = 3.0) -> bool:
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silences transformers' load reports and progress bars; our own `info()` lines say what happened."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
+    """`loader(name_or_path)` from a local folder, the hub cache, or (when online) the hub.
+
+    The cache is tried first so that an offline machine fails fast instead of retrying the network.
+    Every failure to find the files is a `BadInput` naming the id or folder; a `ValueError` from the
+    loader (an option the architecture does not support) propagates for the caller to handle.
+    """
+    local = Path(name_or_path).expanduser()
+    with _quiet_transformers():
+        if local.exists() or name_or_path.startswith((".", "/", "~")):
+            if not local.exists():
+                raise BadInput("no such folder (expected a Hugging Face model id or a local model folder)", local)
+            if not local.is_dir():
+                raise BadInput("not a folder (expected a Hugging Face model id or a local model folder)", local)
+            if what == "backbone" and not (local / "config.json").is_file():
+                raise BadInput("not a Hugging Face model folder (no config.json)", local)
+            try:
+                return loader(str(local), **kwargs)
+            except OSError as e:
+                raise BadInput(f"cannot load the {what}: {str(e).splitlines()[0]}", local) from None
+        try:
+            return loader(name_or_path, local_files_only=True, **kwargs)
+        except OSError:
+            reason = "HF_HUB_OFFLINE is set" if hub_offline() else None if hub_reachable() else \
+                f"{hub_endpoint()} cannot be reached"
+            if reason:
+                raise BadInput(
+                    f"{what} '{name_or_path}' is not a local folder and not in the Hugging Face cache, and {reason}: "
+                    f"download it where there is a network (`hf download {name_or_path}`) or pass a local folder"
+                ) from None
+        try:
+            return loader(name_or_path, **kwargs)
+        except OSError as e:
+            raise BadInput(
+                f"{what} '{name_or_path}' could not be found: not a local folder, not in the Hugging Face cache, "
+                f"and not downloadable ({str(e).splitlines()[0]})"
+            ) from None
+
+
+# What `from_pretrained` reads from a model folder: the config and the weight files.
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "tf_model.h5", "flax_model.msgpack")
+
+
+def backbone_fingerprint(name_or_path: str | Path, model: "PreTrainedModel") -> dict[str, Any]:
+    """What identifies the weights an adapter was trained on, beyond their shape.
+
+    A local folder: the sha256 of its config.json and of its weight files (what loading it read).
+    A hub id: the id and the revision (commit) that was loaded from the cache or the hub.
+    """
+    from kadapter_cli.artifacts.io import sha256_file
+
+    local = Path(str(name_or_path)).expanduser()
+    if local.is_dir():
+        weights = sorted(f for pattern in _WEIGHT_PATTERNS for f in local.glob(pattern) if f.is_file())
+        combined = "\n".join(f"{f.name} {sha256_file(f)}" for f in weights)
+        return {"folder": str(local.resolve()), "config_sha256": sha256_file(local / "config.json"),
+                "weights_sha256": hashlib.sha256(combined.encode()).hexdigest()}
+    return {"hub_id": str(name_or_path), "revision": getattr(model.config, "_commit_hash", None)}
+
+
+def same_backbone(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two fingerprints name the same weights; an unrecorded one ({}) cannot be checked and passes."""
+    if not a or not b:
+        return True
+    if "weights_sha256" in a and "weights_sha256" in b:
+        return (a["config_sha256"], a["weights_sha256"]) == (b["config_sha256"], b["weights_sha256"])
+    if "hub_id" in a and "hub_id" in b:
+        same_id = a["hub_id"].rsplit("/", 1)[-1] == b["hub_id"].rsplit("/", 1)[-1]
+        return same_id and (a.get("revision") == b.get("revision") or None in (a.get("revision"), b.get("revision")))
+    return False
+
+
+def describe_fingerprint(fingerprint: dict[str, Any]) -> str:
+    """One short phrase for messages: `folder /m/tiny (config 1a2b3c4d5e6f, weights 0f9e8d7c6b5a)`."""
+    if not fingerprint:
+        return "an unrecorded backbone"
+    if "weights_sha256" in fingerprint:
+        return (f"folder {fingerprint['folder']} (config {fingerprint['config_sha256'][:12]}, "
+                f"weights {fingerprint['weights_sha256'][:12]})")
+    revision = fingerprint.get("revision")
+    return f"{fingerprint['hub_id']} at revision {revision[:12] if revision else 'unknown'}"
+
+
+def load_backbone(name_or_path: str | Path, dtype: "torch.dtype | None" = None) -> "PreTrainedModel":
+    """The encoder (`AutoModel`) for a hub id or local folder, with SDPA attention where supported.
+
+    Architectures without an SDPA implementation fall back to their default attention. A missing
+    id or folder is `BadInput`, never a traceback.
+    """
+    from transformers import AutoModel
+
+    name = str(name_or_path)
+    kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
+    with waiting(f"loading backbone {name}"):
+        try:
+            return _from_pretrained(AutoModel.from_pretrained, name, "backbone", attn_implementation="sdpa", **kwargs)
+        except ValueError:
+            pass  # transformers refuses attn_implementation="sdpa" for architectures that lack it
+        try:
+            return _from_pretrained(AutoModel.from_pretrained, name, "backbone", **kwargs)
+        except ValueError as e:
+            raise BadInput(f"cannot load the backbone '{name}': {e}") from None
+
+
+def load_tokenizer(name_or_path: str | Path) -> "PreTrainedTokenizerBase":
+    """The fast tokenizer of a backbone; byte-level BPE ones (RoBERTa, GPT-2) get `add_prefix_space=True`.
+
+    Without it, byte-level BPE refuses `is_split_into_words=True`, and a word at the start of a
+    segment would be encoded differently from the same word inside a sentence.
+    """
+    from transformers import AutoTokenizer
+
+    name = str(name_or_path)
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
+    if is_byte_level(tokenizer) and not getattr(tokenizer, "add_prefix_space", False):
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer", add_prefix_space=True)
+    # transformers builds an empty tokenizer from a folder without vocabulary files instead of failing.
+    probe = tokenizer("the and of", add_special_tokens=False)["input_ids"]
+    if not probe or all(i == tokenizer.unk_token_id for i in probe):
+        raise BadInput(f"tokenizer of '{name}' has no usable vocabulary (are its tokenizer files missing?)")
+    return tokenizer
+
+
+def is_byte_level(tokenizer: "PreTrainedTokenizerBase") -> bool:
+    """Whether the tokenizer pre-tokenizes with byte-level BPE (RoBERTa/GPT-2 style)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    pre_tokenizer = json.loads(backend.to_str()).get("pre_tokenizer")
+    return "ByteLevel" in json.dumps(pre_tokenizer)
+
+
+def backbone_shape(model: "PreTrainedModel") -> BackboneShape:
+    """The encoder's type, hidden size, depth and head count, read from its config."""
+    config = model.config
+    name = getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or ""
+    return BackboneShape(
+        model_type=str(config.model_type),
+        hidden_size=int(config.hidden_size),
+        num_layers=int(config.num_hidden_layers),
+        num_heads=int(config.num_attention_heads),
+        name_or_path=str(name),
+    )
+
+
+def padding_position_ids(backbone: "PreTrainedModel", input_ids: "torch.Tensor") -> "torch.Tensor | None":
+    """Position ids that number padded positions like real ones, or None where the encoder does so itself.
+
+    RoBERTa-style embeddings (those that derive positions from the ids, skipping the padding index)
+    give every pad token the padding index's position in transformers; pytorch_transformers 1.2,
+    which the original adapters were trained under, numbered all positions `padding_idx + 1 ...`
+    (docs/differences.md). Real tokens get the same ids either way; only the pad-token states, which
+    adapters that attend to padding read, differ. BERT- and DeBERTa-style embeddings already number
+    every position.
+    """
+    import torch
+
+    embeddings = getattr(backbone, "embeddings", None)
+    if not hasattr(embeddings, "create_position_ids_from_input_ids"):
+        return None
+    padding_idx = embeddings.padding_idx
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device) + int(padding_idx) + 1
+    return positions.expand_as(input_ids)
+
+
+def tapped_states(
+    backbone: "PreTrainedModel",
+    input_ids: "torch.Tensor",
+    attention_mask: "torch.Tensor | None",
+    taps: Sequence[int],
+    position_ids: "torch.Tensor | None" = None,
+) -> "tuple[list[torch.Tensor], torch.Tensor]":
+    """Runs the encoder once; returns `([hidden_states[t] for t in taps], last_hidden_state)`.
+
+    `taps` index the encoder's hidden states: 0 = embedding output, k = output of layer k.
+    `position_ids` (default: the encoder's own) see `padding_position_ids`.
+    """
+    num_layers = int(backbone.config.num_hidden_layers)
+    bad = [t for t in taps if not 0 <= int(t) <= num_layers]
+    if bad:
+        raise BadInput(f"tap layers {bad} are outside 0..{num_layers} (the backbone has {num_layers} layers)")
+    extra = {} if position_ids is None else {"position_ids": position_ids}
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True,
+                   **extra)
+    hidden = out.hidden_states
+    return [hidden[int(t)] for t in taps], out.last_hidden_state

@@ -1,0 +1,63 @@
+"""The model an adapter is pretrained as: the frozen backbone, one adapter and its pretraining head
+(fac: relation classification; lin: dependency heads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from kadapter_cli.modeling.adapter import KnowledgeAdapter, take_rows
+from kadapter_cli.modeling.backbone import padding_position_ids, tapped_states
+
+# ---------------------------------------------------------------- the model being pretrained
+
+
+class AdapterPretrainer(nn.Module):
+    """Frozen backbone (eval mode, no autograd) + one adapter + its pretraining head.
+
+    `backbone` may be None when every batch carries cached `features` (tapped states + last).
+    """
+
+    def __init__(self, backbone: nn.Module | None, adapter: KnowledgeAdapter, head: nn.Module, head_type: str):
+        super().__init__()
+        self.backbone = backbone
+        if backbone is not None:
+            backbone.requires_grad_(False)
+            backbone.eval()
+        self.adapter = adapter
+        self.head = head
+        self.head_type = head_type
+
+    def train(self, mode: bool = True) -> "AdapterPretrainer":
+        super().train(mode)
+        if self.backbone is not None:
+            self.backbone.eval()  # frozen: never dropout
+        return self
+
+    def backbone_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """[tapped states..., last hidden state] without autograd."""
+        # no_grad, not inference_mode: inference tensors cannot be saved for the adapter's backward,
+        # so they would need a copy of every state at every step.
+        # An adapter that attends to padding reads pad-token states numbered as the original did.
+        positions = None if self.adapter.config.mask_padding else padding_position_ids(self.backbone, input_ids)
+        with torch.no_grad():
+            tapped, last = tapped_states(self.backbone, input_ids, attention_mask, self.adapter.tap_layers, positions)
+        return [*tapped, last]
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        states = batch.get("features") or self.backbone_features(batch["input_ids"], mask)
+        *tapped, last = states
+        if self.head_type == "relation":
+            # The relation head reads two positions, and com_dense and the adapter's last layer work
+            # row by row there: computing only those two rows gives the same logits for less work.
+            pair = torch.stack([batch["subj_pos"], batch["obj_pos"]], dim=1).long()
+            out = self.adapter(tapped, mask, positions=pair)
+            subj, obj = torch.zeros_like(pair[:, 0]), torch.ones_like(pair[:, 1])
+            return self.head(take_rows(last, pair), out, subj, obj)
+        out = self.adapter(tapped, mask)
+        if self.head_type == "lin_pointer":
+            return self.head(last, out, batch.get("candidates", mask))
+        return self.head(last, out, mask)

@@ -1,0 +1,91 @@
+"""The knowledge probe's model: frozen backbone (+ frozen adapters) → one new Linear to the
+vocabulary, computed at the masked rows only; and the backbone's own pretrained LM head, for the
+baseline row and for `--init-from-lm-head`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kadapter_cli.errors import BadInput
+from kadapter_cli.modeling.adapter import KnowledgeAdapter
+from kadapter_cli.modeling.kadapter import KAdapterModel
+
+# ---------------------------------------------------------------- the probe model
+
+
+class ProbeModel(nn.Module):
+    """Frozen backbone + frozen adapters (+ frozen LM-head transform) → one trainable Linear to the vocabulary."""
+
+    def __init__(self, backbone: nn.Module | None, adapters: dict[str, KnowledgeAdapter], hidden: int,
+                 vocab_size: int, transform: nn.Module | None = None):
+        super().__init__()
+        # The adapters' outputs are read unfused (`encode`); "add" fusion only satisfies the
+        # container and has no weights.
+        self.body = KAdapterModel(backbone, adapters, "add" if adapters else None, hidden)
+        self.body.freeze_backbone()
+        self.body.freeze_adapters()
+        self.transform = transform
+        if transform is not None:
+            transform.requires_grad_(False)
+            transform.eval()
+        self.adapter_names = list(adapters)
+        self.mlm = nn.Linear(hidden * (1 + len(adapters)), vocab_size)
+        nn.init.normal_(self.mlm.weight, std=0.02)
+        nn.init.zeros_(self.mlm.bias)
+
+    def train(self, mode: bool = True) -> "ProbeModel":
+        super().train(mode)
+        if self.transform is not None:
+            self.transform.eval()  # frozen: never dropout
+        return self
+
+    def features(self, batch: dict[str, Any], states=None) -> torch.Tensor:
+        """`[h ; a_1 ; ...]` at the batch's valid `positions`: (N, (1 + k) H), outside inference mode.
+
+        `states` = (tapped at `body.tap_layers`, last) computed elsewhere (shared by several probes)."""
+        with torch.inference_mode():
+            last, outs = self.body.encode(batch["input_ids"], batch["attention_mask"], states, batch["positions"])
+            if self.transform is not None:
+                last = self.transform(last)
+            rows = torch.cat([last, *(outs[n] for n in self.adapter_names)], dim=-1)[batch["valid"]]
+        return rows.clone()  # a normal tensor: the Linear's backward saves it
+
+    def forward(self, batch: dict[str, Any], candidates: torch.Tensor | None = None, states=None) -> torch.Tensor:
+        """Logits (N, V) at the valid positions only, or (N, |candidates|) over those vocabulary ids."""
+        rows = self.features(batch, states).to(self.mlm.weight.dtype)
+        if candidates is None:
+            return self.mlm(rows)
+        return F.linear(rows, self.mlm.weight[candidates], self.mlm.bias[candidates])
+
+
+def load_lm_head(backbone_id: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """(the LM head's transform, decoder weight (V, H), decoder bias (V,)) of a backbone that has a
+    pretrained masked-LM head; `BadInput` when it has none (e.g. a sentence-embedding checkpoint)."""
+    from transformers import AutoModelForMaskedLM
+
+    from kadapter_cli.modeling.backbone import _from_pretrained
+
+    try:
+        mlm, loading = _from_pretrained(AutoModelForMaskedLM.from_pretrained, str(backbone_id), "backbone",
+                                        output_loading_info=True)
+    except ValueError as e:
+        raise BadInput(f"backbone '{backbone_id}' has no masked-LM head class: {e}") from None
+    prefix = mlm.base_model_prefix
+    missing = [k for k in loading.get("missing_keys", []) if not k.startswith(prefix + ".")]
+    heads = [(name, module) for name, module in mlm.named_children() if name != prefix]
+    decoder = mlm.get_output_embeddings()
+    if missing or len(heads) != 1 or decoder is None:
+        raise BadInput(f"backbone '{backbone_id}' has no pretrained LM head (missing {', '.join(missing[:3])})"
+                       if missing else f"backbone '{backbone_id}': cannot find its LM head")
+    head = heads[0][1]
+    weight = decoder.weight.detach().clone()
+    bias = (decoder.bias if decoder.bias is not None else torch.zeros(weight.shape[0])).detach().clone()
+    decoder_name = next(name for name, module in head.named_modules() if module is decoder)
+    parent_name, _, leaf = decoder_name.rpartition(".")
+    # What is left of the head without its decoder is the transform (dense, activation, norm).
+    setattr(head.get_submodule(parent_name) if parent_name else head, leaf, nn.Identity())
+    return head, weight, bias

@@ -1,0 +1,101 @@
+"""`compose`: adapters that share a backbone, written as one self-contained composition folder; and
+how every stage that reads adapters resolves them (a name, a folder, a composition, a list)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json
+from kadapter_cli.artifacts.layout import resolve_artifact
+from kadapter_cli.artifacts.manifest import write_manifest
+from kadapter_cli.artifacts.output import atomic_output
+from kadapter_cli.errors import BadInput
+from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, load_adapter
+from kadapter_cli.modeling.kadapter import check_composable, marker_style
+
+# ---------------------------------------------------------------- adapters and compositions
+
+
+@dataclass
+class AdapterSet:
+    """The adapters a run uses (in order) and how they are fused."""
+
+    names: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    fusion: str = "concat"
+
+
+def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> AdapterSet:
+    """`fac,lin` (names or paths), a composition folder, or empty/`none` for the baseline."""
+    if spec is None or spec.strip() in ("", "none", "base"):
+        return AdapterSet([], [], fusion or "concat")
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) == 1:
+        path = resolve_artifact(parts[0], workdir, "compositions")
+        if (path / "composition.json").is_file():
+            comp = read_json(path / "composition.json")
+            names = [a["name"] for a in comp["adapters"]]
+            if fusion is not None and fusion != comp["fusion"]:
+                raise BadInput(f"--fusion {fusion}: this composition fuses with {comp['fusion']}; leave --fusion "
+                               f"out, or compose again with --fusion {fusion}", path)
+            return AdapterSet(names, [path / "adapters" / n for n in names], comp["fusion"])
+    paths = [resolve_artifact(p, workdir, "adapters") for p in parts]
+    names = [Path(p).name for p in parts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BadInput(f"two adapters share the name '{twice[0]}': give each adapter once, or rename one "
+                       "with --name when training it")
+    return AdapterSet(names, paths, fusion or "concat")
+
+
+def load_adapters(adapter_set: AdapterSet, allow_backbone_mismatch: bool = False,
+                  ) -> tuple[dict[str, KnowledgeAdapter], list[AdapterConfig]]:
+    adapters, configs = {}, []
+    for name, path in zip(adapter_set.names, adapter_set.paths):
+        adapter, config, _ = load_adapter(path)
+        adapters[name] = adapter
+        configs.append(config)
+    check_composable(configs, adapter_set.paths, allow_backbone_mismatch)
+    return adapters, configs
+
+
+def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str, overwrite: bool = False,
+            allow_backbone_mismatch: bool = False) -> dict:
+    """Checks that adapters compose and writes `compositions/<a>+<b>/` (adapters hard-linked in)."""
+    if fusion not in ("concat", "add", "gated"):
+        raise BadInput(f"--fusion must be concat, add or gated, got {fusion!r}")
+    adapter_set = resolve_adapters(",".join(adapter_names), workdir, fusion)
+    _, configs = load_adapters(adapter_set, allow_backbone_mismatch)
+    first = configs[0]
+    for config, path in zip(configs[1:], adapter_set.paths[1:]):
+        if config.backbone_hidden_size != first.backbone_hidden_size:
+            raise BadInput(f"adapter width differs: {first.backbone_hidden_size} vs {config.backbone_hidden_size}", path)
+    with atomic_output(out, overwrite=overwrite) as tmp:
+        for name, path in zip(adapter_set.names, adapter_set.paths):
+            _link_tree(path, tmp / "adapters" / name)
+        comp = {"fusion": fusion, "backbone": first.backbone, "marker_style": marker_style(configs),
+                "adapters": [{"name": n, "source": str(p), "kind": c.kind, "tap_layers": c.tap_layers,
+                              "adapter_width": c.adapter_width}
+                             for n, p, c in zip(adapter_set.names, adapter_set.paths, configs)]}
+        write_json(tmp / "composition.json", comp)
+        write_manifest(tmp, "composition", config={"adapters": list(adapter_names), "fusion": fusion},
+                                 inputs=sha256_inputs(adapter_set.paths), stats={"adapters": len(configs)})
+    return comp
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard links (copies across file systems) of an artifact folder: a composition is self-contained."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.rglob("*"):
+        target = dst / f.relative_to(src)
+        if f.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.hardlink_to(f)
+        except OSError:
+            shutil.copy2(f, target)

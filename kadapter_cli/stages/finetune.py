@@ -1,0 +1,367 @@
+"""Downstream fine-tuning, evaluation and prediction: `finetune`, `evaluate`, `predict`.
+
+The model is the backbone (trainable by default, as in the paper; `--freeze-backbone` freezes
+it), the frozen knowledge adapters (eval mode: no dropout, unlike the original), their fusion and
+the task's head. The checkpoint is selected on dev. A finetuned folder holds everything needed to
+load it again: the backbone's config, the tokenizer, every weight, the labels and the task.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from kadapter_cli.artifacts.cards import finetuned_card, write_card
+from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json, write_jsonl
+from kadapter_cli.artifacts.manifest import read_manifest, write_manifest
+from kadapter_cli.artifacts.output import (
+    atomic_output,
+    check_output,
+    nothing_to_resume,
+    remove_checkpoints,
+    training_output,
+)
+from kadapter_cli.data.encoding import SPACED_MARKERS
+from kadapter_cli.data.padding import is_choices
+from kadapter_cli.errors import BadInput
+from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
+from kadapter_cli.modeling.backbone import backbone_fingerprint, backbone_shape, load_backbone, load_tokenizer
+from kadapter_cli.modeling.kadapter import KAdapterModel, check_fits_backbone, marker_style
+from kadapter_cli.modeling.task_model import TaskModel
+from kadapter_cli.progress import progress, waiting
+from kadapter_cli.stages.compose import AdapterSet, load_adapters
+from kadapter_cli.tasks import get_task
+from kadapter_cli.training.config import TrainConfig
+from kadapter_cli.training.loop import evaluate, predict, train
+from kadapter_cli.training.objectives import TaskObjective
+from kadapter_cli.training.setup import make_accelerator
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+LABELS = "labels.json"
+TOKENIZER_DIR = "tokenizer"
+BACKBONE_DIR = "backbone"
+DEFAULT_BACKBONE = "roberta-large"
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+@dataclass
+class FinetuneSpec:
+    task: str
+    data: Path
+    out: Path
+    adapters: AdapterSet
+    backbone: str | None = None
+    freeze_backbone: bool = False
+    max_length: int = 256
+    task_options: dict[str, Any] = field(default_factory=dict)
+    cache_features: str = "auto"
+    cache_budget_gb: float | None = None
+    allow_backbone_mismatch: bool = False
+    keep_adapter_dropout: bool = False  # the original code: frozen adapters stay in train mode
+
+
+def read_task_data(task, data_dir: Path, need_train: bool = True) -> dict[str, list[dict]]:
+    """The splits found in `data_dir`; train and dev must be there (and labeled), test may be missing,
+    and unlabeled where the task allows it (`test_labels_optional`)."""
+    files = task.task_files(data_dir)
+    splits = {}
+    for split, path in files.items():
+        if path.exists():
+            splits[split] = task.read(path, labeled=split != "test" or not task.test_labels_optional)
+        elif split in ("train", "dev") and need_train:
+            raise BadInput(f"the {split} split is missing (expected {path.name})", data_dir)
+    return splits
+
+
+def build_task_model(task, labels: Sequence[str], adapters: dict[str, KnowledgeAdapter], fusion: str,
+                     backbone: nn.Module) -> TaskModel:
+    hidden = backbone_shape(backbone).hidden_size
+    body = KAdapterModel(backbone, adapters, fusion if adapters else None, hidden)
+    return TaskModel(body, task.build_head(hidden, len(labels)), task)
+
+
+def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str], max_length: int,
+                 path: Path, description: str, marker_style: str = SPACED_MARKERS) -> list[dict]:
+    """The model's examples of a split's records, each tagged with `record` (its record's index)."""
+    label_index = {label: i for i, label in enumerate(labels)}
+    task.check_labels(records, labels, path)
+    out = []
+    with progress() as bar:
+        t = bar.add_task(description, total=len(records), unit="examples")
+        for i, rec in enumerate(records):
+            out += _record_examples(task, tokenizer, rec, label_index, max_length, marker_style, path, i)
+            bar.advance(t)
+    return out
+
+
+def _record_examples(task, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
+                     marker_style: str, path: Path, index: int) -> list[dict]:
+    try:
+        examples = task.examples(tokenizer, record, label_index, max_length, marker_style)
+    except ValueError as e:
+        raise BadInput(str(e), path, index) from None
+    for example in examples:
+        example["record"] = index
+    return examples
+
+
+def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, resume: bool = False,
+             manifest_config: dict | None = None) -> dict[str, Any]:
+    """Fine-tunes a task model, selects on dev, writes the finetuned artifact; returns its metrics."""
+    if nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
+        return read_json(spec.out / "metrics.json")
+    check_output(spec.out, overwrite=overwrite, resume=resume, resumable=True)
+    task = get_task(spec.task, **spec.task_options)
+    splits = read_task_data(task, spec.data)
+    files = task.task_files(spec.data)
+    train_records = task.prepare_train(splits["train"])
+    labels = task.label_vocab(train_records, spec.data)
+
+    adapters, adapter_configs = load_adapters(spec.adapters, spec.allow_backbone_mismatch)
+    backbone_id = spec.backbone or (adapter_configs[0].backbone if adapter_configs else DEFAULT_BACKBONE)
+    tokenizer = load_tokenizer(backbone_id)
+    backbone = load_backbone(backbone_id)
+    fingerprint = backbone_fingerprint(backbone_id, backbone)
+    for config_ in adapter_configs:
+        check_fits_backbone(config_, backbone_shape(backbone), fingerprint, spec.allow_backbone_mismatch)
+
+    splits["train"] = train_records
+    if config.limit:  # the first N of every split, before the work of encoding them
+        splits = {k: v[: config.limit] for k, v in splits.items()}
+    markers = marker_style(adapter_configs)  # encode the entity markers as the adapters learned them
+    encoded = {split: encode_split(task, tokenizer, recs, labels, spec.max_length, files[split], f"encoding {split}",
+                                   markers)
+               for split, recs in splits.items()}
+
+    torch.manual_seed(config.seed)  # fusion and head initial weights follow the seed
+    model = build_task_model(task, labels, adapters, spec.adapters.fusion, backbone)
+    model.body.freeze_adapters(keep_dropout=spec.keep_adapter_dropout)
+    if spec.freeze_backbone:
+        model.body.freeze_backbone()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_to = model.body.padded_length(spec.max_length)
+    objective = TaskObjective(pad_id, task, labels, pad_to)
+
+    processes = make_accelerator(config)  # joins the other processes of `accelerate launch` / `torchrun`
+    with training_output(spec.out, processes, overwrite=overwrite, resume=resume) as run_dir:
+        cached = None
+        if spec.freeze_backbone:
+            cached = attach_task_feature_cache(model, encoded, spec, pad_id, config, run_dir, processes.device,
+                                               pad_to)
+        result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume,
+                       hparams=manifest_config)
+        results: dict[str, dict] = {}
+        for split in ("dev", "test"):
+            if split not in encoded:
+                continue
+            # Every process evaluates its share; each gets all outputs back, in input order.
+            metrics, outputs = evaluate(model, objective, encoded[split], config,
+                                        description=f"evaluating {split}")
+            if all(task.has_gold(r) for r in splits[split]):  # an unlabeled test split only gets predictions
+                results[split] = metrics
+            if processes.is_main_process:
+                task.write_predictions(run_dir, split, outputs, encoded[split])
+        if not processes.is_main_process:  # the main process writes the artifact
+            return results
+        remove_checkpoints(run_dir)
+        (run_dir / "best.safetensors").unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "feature-cache", ignore_errors=True)
+        save_finetuned(run_dir, model, tokenizer, task, labels, spec, backbone_id, adapter_configs, fingerprint)
+        write_json(run_dir / "metrics.json", results)
+        stats = {"best_step": result.best_step, "steps": result.steps, "batch_split": result.batch_split,
+                 "throughput": result.throughput,
+                 "feature_cache": cached or "off", **{f"{k}_examples": len(v) for k, v in encoded.items()},
+                 "parameters": {row["component"]: row for row in model.body.parameter_table()},
+                 **task.read_stats()}
+        task_inputs = sha256_inputs([f for p in files.values() if p.exists() for f in task.input_files(p)])
+        inputs = task_inputs + sha256_inputs(spec.adapters.paths)
+        write_card(run_dir, finetuned_card(spec.out.name, task, read_json(run_dir / CONFIG), labels, results,
+                                           inputs, manifest_config or {}, stats, task_inputs=task_inputs))
+        write_manifest(run_dir, "finetuned", config=manifest_config or {}, inputs=inputs, stats=stats)
+    return results
+
+
+def attach_task_feature_cache(model: TaskModel, splits: dict[str, list[dict]] | Sequence[list[dict]],
+                              spec: FinetuneSpec, pad_id: int, config: TrainConfig, run_dir: Path,
+                              device: torch.device, pad_to: int | None = None) -> str | None:
+    """With a frozen backbone, its tapped states (+ last) are computed once per sequence. An example
+    with candidates gets one cache row per candidate (`_row` is then their list, in candidate order).
+    `splits` by name (the names label the progress bars) or as a list. Computed on this process's
+    `device`."""
+    from kadapter_cli.training.feature_cache import attach_cache
+
+    body = model.body
+    names = list(splits) if isinstance(splits, dict) else None
+    splits = list(splits.values()) if isinstance(splits, dict) else list(splits)
+    sequences = [[{"input_ids": seq} for ex in split for seq in ex["input_ids"]]
+                 if split and is_choices(split[0]["input_ids"]) else split for split in splits]
+    if spec.cache_features != "off":
+        body.backbone.to(device)
+
+    def compute(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            tapped, last = body.backbone_features(input_ids.to(device), attention_mask.to(device))
+            return [t.clone() for t in (*tapped, last)]
+
+    storage = attach_cache(sequences, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
+                           batch_size=max(config.forward_batch_size, 32), mode=spec.cache_features,
+                           budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to,
+                           names=names)
+    for split, seqs in zip(splits, sequences):
+        if storage is None or seqs is split:
+            continue
+        rows = iter(seqs)
+        for ex in split:
+            candidates = [next(rows) for _ in ex["input_ids"]]
+            ex["_cache"], ex["_row"] = candidates[0]["_cache"], [c["_row"] for c in candidates]
+    return storage
+
+
+# ---------------------------------------------------------------- the finetuned artifact
+
+
+def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequence[str], spec: FinetuneSpec,
+                   backbone_id: str, adapter_configs: Sequence[AdapterConfig], fingerprint: dict) -> None:
+    from safetensors.torch import save_file
+
+    body = model.body
+    body.backbone.config.save_pretrained(folder / BACKBONE_DIR)
+    tokenizer.save_pretrained(folder / TOKENIZER_DIR)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
+    write_json(folder / LABELS, list(labels))
+    write_json(folder / CONFIG, {
+        "task": task.name,
+        "task_options": task.option_values(),
+        "backbone": backbone_id,
+        "backbone_fingerprint": fingerprint,
+        "max_length": spec.max_length,
+        "fusion": body.fusion_mode,
+        "marker_style": marker_style(adapter_configs),
+        "freeze_backbone": spec.freeze_backbone,
+        "adapters": [{"name": n, "config": c.to_dict()} for n, c in zip(spec.adapters.names, adapter_configs)],
+    })
+
+
+def load_finetuned(folder: str | Path, task_options: dict[str, Any] | None = None
+                   ) -> tuple[TaskModel, Any, Any, list[str], dict]:
+    """`(model, tokenizer, task, labels, config)` from a finetuned folder alone; `task_options` set
+    over the saved ones (how to read and decode new data: `max_answer_length`, ...)."""
+    with waiting(f"loading model {folder}"):
+        return _load_finetuned(Path(folder), task_options or {})
+
+
+def finetuned_config(folder: str | Path) -> dict[str, Any]:
+    """A finetuned folder's `config.json` (its task, options, adapters); `BadInput` for any other folder."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest["kind"] != "finetuned" or not (folder / CONFIG).is_file():
+        raise BadInput(f"not a finetuned model folder (its manifest says {manifest['kind']!r}; "
+                       "`kadapter finetune` makes one)", folder)
+    return read_json(folder / CONFIG)
+
+
+def _load_finetuned(folder: Path, task_options: dict[str, Any]) -> tuple[TaskModel, Any, Any, list[str], dict]:
+    from transformers import AutoConfig, AutoModel
+
+    config = finetuned_config(folder)
+    labels = read_json(folder / LABELS)
+    task = get_task(config["task"], **{**config.get("task_options", {}), **task_options})
+    tokenizer = load_tokenizer(str(folder / TOKENIZER_DIR))
+    backbone_config = AutoConfig.from_pretrained(str(folder / BACKBONE_DIR))
+    with torch.device("meta"):
+        try:
+            backbone = AutoModel.from_config(backbone_config, attn_implementation="sdpa")
+        except ValueError:
+            backbone = AutoModel.from_config(backbone_config)
+        adapters = {a["name"]: KnowledgeAdapter(AdapterConfig.from_dict(a["config"])) for a in config["adapters"]}
+        model = build_task_model(task, labels, adapters, config["fusion"] or "concat", backbone)
+    state = read_safetensors(folder / WEIGHTS)
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    buffers_only = {k for k in missing if k.endswith(("position_ids", "token_type_ids"))}
+    if missing - buffers_only or unexpected:
+        raise BadInput(f"weights disagree with config.json: missing {sorted(missing - buffers_only)[:5]}, "
+                       f"unexpected {sorted(unexpected)[:5]}", folder / WEIGHTS)
+    model.load_state_dict(state, strict=False, assign=True)
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:  # non-persistent buffers (position ids) are rebuilt, not stored
+            _rebuild_buffer(model, name, backbone_config)
+    model.body.freeze_adapters()
+    model.eval()
+    # Folders written before the field existed: their adapters' style (kadapter's, then).
+    config.setdefault("marker_style", marker_style([a.config for a in adapters.values()]))
+    return model, tokenizer, task, labels, config
+
+
+def _rebuild_buffer(model: nn.Module, name: str, backbone_config) -> None:
+    module_name, _, buf_name = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    old = getattr(module, buf_name)
+    if buf_name == "position_ids":
+        new = torch.arange(old.shape[-1]).expand(old.shape).clone()
+    else:
+        new = torch.zeros(old.shape, dtype=old.dtype)
+    module.register_buffer(buf_name, new, persistent=False)
+
+
+def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: Path | None,
+                       batch_size: int = 32, device: str = "auto", overwrite: bool = False,
+                       scores: str = "none", task_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recomputes a split's metrics from a saved model; writes predictions (+ metrics, + `scores`:
+    see `Task.scored_lines`) when `out` is set. `task_options`: over the saved ones."""
+    model, tokenizer, task, labels, config = load_finetuned(model_dir, task_options)
+    if data_dir is None:
+        raise BadInput("--data is required (the folder with the task's split files)")
+    path = task.task_files(data_dir)[split]
+    records = task.read(path, labeled=split != "test" or not task.test_labels_optional)
+    if not all(task.has_gold(r) for r in records):
+        raise BadInput(f"the {split} split has no labels to score against; use `kadapter predict` for it", path)
+    examples = encode_split(task, tokenizer, records, labels, config["max_length"], path, f"encoding {split}",
+                            config["marker_style"])
+    objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
+    metrics, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device),
+                                description=f"evaluating {split}")
+    if out is not None:
+        with atomic_output(out, overwrite=overwrite) as tmp:
+            task.write_predictions(tmp, split, outputs, examples)
+            if scores != "none":
+                write_jsonl(tmp / f"predictions-{split}.jsonl",
+                                      task.scored_lines(task.prediction_lines(outputs, examples), outputs, examples, labels, scores))
+            write_json(tmp / "metrics.json", {split: metrics})
+            write_manifest(tmp, "evaluation", config={"model": str(model_dir), "split": split},
+                                     inputs=sha256_inputs(task.input_files(path)),
+                                     stats={"examples": len(examples)})
+    return {"task": task.name, "split": split, "metrics": metrics, "headline": list(task.headline_metrics)}
+
+
+def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, device: str = "auto",
+                    scores: str = "none", task_options: dict[str, Any] | None = None) -> list[dict]:
+    """Labels new records (the task's format); gold labels are optional, and ones the model never
+    saw are ignored for encoding but shown in `gold`. `scores`: see `Task.scored_lines`;
+    `task_options`: over the saved ones."""
+    model, tokenizer, task, labels, config = load_finetuned(model_dir, task_options)
+    records = task.read(input_path, labeled=False)
+    label_index = {label: i for i, label in enumerate(labels)}
+    examples = []
+    with progress() as bar:
+        encoding = bar.add_task("encoding", total=len(records), unit="examples")
+        for i, rec in enumerate(records):
+            known = task.without_unknown_labels(rec, label_index)
+            for ex in _record_examples(task, tokenizer, known, label_index, config["max_length"],
+                                       config["marker_style"], input_path, i):
+                ex["gold"] = task.gold(rec)
+                examples.append(ex)
+            bar.advance(encoding)
+    objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
+    # Predicting never scores: records may carry no gold at all.
+    outputs = predict(model, objective, examples, TrainConfig(batch_size=batch_size, device=device),
+                      description="predicting")
+    return task.scored_lines(task.prediction_lines(outputs, examples), outputs, examples, labels, scores)

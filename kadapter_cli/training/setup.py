@@ -1,0 +1,138 @@
+"""The pieces a run is built from: the Accelerate `Accelerator` for `--device` / `--precision`, the CPU
+threads (`--threads`), AdamW, the warm-up + linear-decay schedule, gradient clipping (`--clip-mode`),
+and the out-of-memory error that names what to lower."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from kadapter_cli.errors import BadInput
+from kadapter_cli.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+
+class TrainingOutOfMemory(BadInput):
+    """Training or evaluation ran out of device or host memory; the message names what to lower."""
+
+
+def auto_threads() -> int:
+    """`OMP_NUM_THREADS` when set; otherwise the cores this process may use that are idle now
+    (cores minus the 1-minute load average, at least 1). On a busy machine, threads that compete
+    with other processes for the same cores make every matrix product wait for the slowest one."""
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def set_threads(threads: int | None) -> int:
+    """Sets torch's CPU threads to `threads` (`--threads`), or to `auto_threads()`; returns the number."""
+    import torch
+
+    if threads is not None and threads < 1:
+        raise BadInput(f"--threads must be at least 1, got {threads}")
+    chosen = threads or auto_threads()
+    torch.set_num_threads(chosen)
+    return chosen
+
+
+def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Accelerator":
+    """An `Accelerator` for `--device` / `--precision`; the launcher (if any) decides the processes.
+
+    `log_with`: Accelerate tracker objects (`tracking.RunTracker` builds them)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is visible to this process")
+    on_cpu = config.device == "cpu" or not torch.cuda.is_available()
+    if config.precision == "fp16" and on_cpu:
+        raise BadInput("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision]
+    # Gradient accumulation is the loop's own (`batching.step_micro_batches`), not Accelerate's
+    # counter: checkpoints then fall on optimizer-step boundaries and an epoch's short last step is
+    # averaged over its own examples.
+    # cpu=True also on a machine without CUDA: only then does Accelerate join processes started by
+    # torchrun / `accelerate launch --multi_gpu` over gloo instead of running each one alone.
+    try:
+        return Accelerator(cpu=on_cpu, mixed_precision=mixed, log_with=log_with or None)
+    except ValueError as e:
+        # Accelerate's state is process-wide: a second run in one process (a pipeline, a test) with
+        # another precision or device must reset it. Under a multi-process launch it cannot be.
+        if "already been initialized" not in str(e) or PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state()
+        return Accelerator(cpu=on_cpu, mixed_precision=mixed, log_with=log_with or None)
+
+
+def adamw(named_params: list, config: TrainConfig):
+    import torch
+
+    # Decay matrices only: decaying biases and LayerNorm gains pulls them towards 0 for no benefit.
+    decay = [p for n, p in named_params if p.ndim >= 2]
+    no_decay = [p for n, p in named_params if p.ndim < 2]
+    param_groups = [g for g in ({"params": decay, "weight_decay": config.weight_decay},
+                                {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    # The fused kernel updates every parameter in one pass: the per-tensor loop costs 3-5x more per
+    # step, which is a tenth of an adapter step on CPU (benchmarks/RESULTS.md).
+    fused = all(p.device.type in ("cpu", "cuda") for _, p in named_params)
+    return torch.optim.AdamW(param_groups, lr=config.lr, eps=config.adam_eps,
+                             betas=(config.adam_beta1, config.adam_beta2), fused=fused)
+
+
+def warmup_then_linear_decay(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: 0 → 1 over `warmup` steps, then linearly to 0 at `total` (as HF's linear schedule)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+
+def clip_groups(model, mode: str) -> list[list]:
+    """The trainable parameters in the groups `clip_gradients` clips: one (`joint`), or the backbone's
+    and the rest (`separate`, the original code's two `clip_grad_norm_` calls)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if mode == "joint":
+        return [[p for _, p in named]]
+    backbone = [p for n, p in named if "backbone" in n.split(".")]
+    rest = [p for n, p in named if "backbone" not in n.split(".")]
+    return [g for g in (backbone, rest) if g]
+
+
+def clip_gradients(accelerator: "Accelerator", groups: list[list], max_norm: float):
+    """Clips each group's gradients to `max_norm`; returns the norm over all of them before clipping
+    (None when `max_norm` is 0: clipping off)."""
+    import torch
+
+    if max_norm <= 0:
+        return None
+    if len(groups) == 1:
+        return accelerator.clip_grad_norm_(groups[0], max_norm)
+    accelerator.unscale_gradients()  # once: a grad scaler refuses a second unscale in one step
+    norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in groups]
+    return torch.stack([n.float() for n in norms]).square().sum().sqrt()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    message = str(error)
+    return "out of memory" in message or "can't allocate memory" in message or "not enough memory" in message
+
+
+def out_of_memory(where: str, batch_examples: int, longest: int) -> TrainingOutOfMemory:
+    return TrainingOutOfMemory(
+        f"out of memory during {where} (batch of {batch_examples} examples, longest {longest} tokens); "
+        "lower --micro-batch-size (the effective --batch-size stays), --max-length, "
+        "or --cache-budget (--cache-features off turns the feature cache off)"
+    )
