@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kadapter-installed
 
-.PHONY: demo test bench mutation install clean
+.PHONY: demo test bench mutation docs install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
 
-# Mutation testing of the modules where a silent change corrupts results (docs/MUTATION.md);
+# Mutation testing of the modules where a silent change corrupts results (docs/mutation.md);
 # slow (~40 minutes for all modules on a quiet 2-core machine with MUTATION_ARGS="--max-children 2"), so not part
 # of `make test`. One module: make mutation MODULES=metrics
 mutation: $(STAMP)
@@ -33,6 +33,10 @@ mutation: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
+
+# The documentation site (mkdocs.yml) into build/site; `.venv/bin/mkdocs serve` to read it while editing
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict -d build/site
 
 clean:
 	rm -rf $(VENV) kadapter-work kadapter-work-demo kadapter-work-demo.lock.yaml pipelines/kadapter-work-demo pipelines/kadapter-work-demo.lock.yaml
