@@ -136,7 +136,9 @@ def classification_metrics(
         else:
             fp[p] += 1
             fn[g] += 1
-    labels = set(tp) | set(fp) | set(fn)
+    # In order of first appearance, not a set's: a set of strings iterates in an order that changes with
+    # PYTHONHASHSEED, and so would the last digit of the sum below.
+    labels = dict.fromkeys([*tp, *fp, *fn])
     per_label = [_ratio(2 * tp[label], 2 * tp[label] + fp[label] + fn[label]) for label in labels]
     return {"accuracy": _ratio(sum(tp.values()), len(gold)), "macro_f1": _ratio(sum(per_label), len(per_label))}
 
