@@ -10,9 +10,12 @@ a Linear(H → 2) head gives start/end logits at every position (`heads.SpanHead
   (`no_answer=skip`, default) or points at the first token, `<s>`, which then joins the softmax
   (`no_answer=cls`); the paper does not say which it did.
 - Evaluation: every window of every paragraph, in length-sorted batches (the loop's order), the
-  best spans of each (`span_decoding.best_spans`, ≤ `max_answer_length` sub-tokens), then one answer
-  per question: equal normalised strings combined over its paragraphs by `max` (the paper's "no
-  ranking") or `sum` (`span_decoding.combine_answers`). Metrics `em`, `f1` (SQuAD v1.1, × 100).
+  best spans of each (`decoding.best_spans`, ≤ `max_answer_length` sub-tokens), their
+  probabilities under the training loss's softmax (with `<s>` for `no_answer=cls`, so a window's
+  no-answer mass lowers its spans), then one answer per question: one candidate per (paragraph,
+  character span), equal normalised strings combined over its paragraphs by `max` (the paper's "no
+  ranking") or `sum` (`decoding.ranked_answers`). Metrics `em`, `f1` (SQuAD v1.1, × 100); OpenQA
+  files' gold answers are tokenised like their paragraphs (`formats`, `ptb`).
 """
 
 from __future__ import annotations
