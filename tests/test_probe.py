@@ -262,21 +262,6 @@ def test_probe_table_puts_base_and_adapter_probes_side_by_side(cli, tiny_backbon
     assert set(metrics_file["results"]) == {"base", "fac"}
 
 
-@pytest.fixture(scope="module")
-def tiny_mlm(tmp_path_factory, tiny_backbone) -> Path:
-    """The tiny RoBERTa with a (random) masked-LM head saved beside it: a backbone that has one."""
-    from transformers import AutoConfig, AutoTokenizer, RobertaForMaskedLM
-
-    torch.manual_seed(3)
-    model = RobertaForMaskedLM(AutoConfig.from_pretrained(tiny_backbone))
-    with torch.no_grad():
-        model.lm_head.bias.normal_(std=0.5)
-    folder = tmp_path_factory.mktemp("mlm") / "tiny-mlm"
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_backbone).save_pretrained(folder)
-    return folder
-
-
 def test_pretrained_lm_head_baseline_scores_as_the_backbones_own_masked_lm(cli, tiny_mlm, hand_lama):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 

@@ -13,38 +13,11 @@ import torch
 
 from kadapter_cli.data import lama
 
-TRAIN = ("--batch-size", "16", "--micro-batch-size", "8", "--max-steps", "2", "--max-length", "32", "--lr", "1e-2")
-
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    from kadapter_cli.artifacts.layout import DEMO_DATA
-
-    lines = (DEMO_DATA / "corpus" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:60]
-    path = tmp_path_factory.mktemp("corpus") / "wiki.train.raw"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_mlm(tmp_path_factory, tiny_backbone) -> Path:
-    """The tiny RoBERTa with a (random) masked-LM head: a backbone that has its own LM head."""
-    from transformers import AutoConfig, AutoTokenizer, RobertaForMaskedLM
-
-    torch.manual_seed(3)
-    model = RobertaForMaskedLM(AutoConfig.from_pretrained(tiny_backbone))
-    with torch.no_grad():
-        model.lm_head.bias.normal_(std=0.5)
-    folder = tmp_path_factory.mktemp("mlm") / "tiny-mlm"
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_backbone).save_pretrained(folder)
-    return folder
 
 
 # ---------------------------------------------------------------- 6. Google-RE judgments
@@ -161,30 +134,27 @@ def test_wordpiece_queries_are_unchanged_by_the_prefix_space_option(minilm):
     assert encode_query(tokenizer, fact)["input_ids"] == expected == encode_query(tokenizer, fact, prefix_space=True)["input_ids"]
 
 
-@pytest.mark.parametrize("prefix_space", [False, True])
-def test_the_pretrained_lm_head_probe_predicts_what_the_masked_lm_predicts_for_lamas_query(cli, tiny_mlm, tmp_path,
-                                                                                         prefix_space):
+def test_query_prefix_space_scores_the_queries_as_the_corpus_lines_are_encoded(cli, tiny_mlm, tmp_path):
+    # Without the flag (LAMA's encoding) tests/test_probe.py checks the same against the masked LM.
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     assert cli("train-probe", "--backbone", tiny_mlm, "--pretrained-lm-head").exit_code == 0
     trex = tmp_path / "TREx"
     _write_jsonl(tmp_path / "relations.jsonl", [{"relation": "P131", "template": "[X] is in the [Y] ."}])
     _write_jsonl(trex / "P131.jsonl", [{"sub_label": s, "obj_label": "city"} for s in ("Quintara", "Anna", "Ostrava")])
-    flag = ["--query-prefix-space"] if prefix_space else []
-    result = cli("probe", "base-lm-head", "--trex", trex, "--top-k", "5", "--json", *flag)
+    result = cli("probe", "base-lm-head", "--trex", trex, "--top-k", "5", "--json", "--query-prefix-space")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["query_prefix_space"] is prefix_space
+    assert json.loads(result.stdout)["query_prefix_space"] is True
     rows = [json.loads(line) for line in (cli.workdir / "probe-results" / "base-lm-head" /
                                           "predictions-base-lm-head.jsonl").read_text().splitlines()]
-    first = AutoTokenizer.from_pretrained(tiny_mlm, add_prefix_space=prefix_space)
-    rest = AutoTokenizer.from_pretrained(tiny_mlm, add_prefix_space=False)
+    spaced = AutoTokenizer.from_pretrained(tiny_mlm, add_prefix_space=True)
+    plain = AutoTokenizer.from_pretrained(tiny_mlm, add_prefix_space=False)
     mlm = AutoModelForMaskedLM.from_pretrained(tiny_mlm).eval()
-    special = set(rest.all_special_ids)
-    allowed = torch.tensor([i for i in range(len(rest)) if i not in special])
+    allowed = torch.tensor([i for i in range(len(plain)) if i not in set(plain.all_special_ids)])
     for row in rows:
-        before = first(f"{row['sub_label']} is in the", add_special_tokens=False)["input_ids"]
-        after = rest(" .", add_special_tokens=False)["input_ids"]
-        ids = [rest.cls_token_id, *before, rest.mask_token_id, *after, rest.sep_token_id]
+        before = spaced(f"{row['sub_label']} is in the", add_special_tokens=False)["input_ids"]
+        after = plain(" .", add_special_tokens=False)["input_ids"]
+        ids = [plain.cls_token_id, *before, plain.mask_token_id, *after, plain.sep_token_id]
         with torch.no_grad():
             logits = mlm(input_ids=torch.tensor([ids])).logits[0, len(before) + 1]
         assert row["pred_ids"] == allowed[torch.sort(-logits[allowed], stable=True).indices[:5]].tolist()
