@@ -71,3 +71,19 @@ def _write_trex_rc(folder: Path, train: int = 48, dev: int = 8) -> Path:
 def make_trex_rc():
     """`make_trex_rc(folder, train=48, dev=8)` writes a small `trex-rc/` artifact and returns its folder."""
     return _write_trex_rc
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm(tmp_path_factory, tiny_backbone) -> Path:
+    """The tiny RoBERTa with a (random) masked-LM head saved beside it: a backbone that has one."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, RobertaForMaskedLM
+
+    torch.manual_seed(3)
+    model = RobertaForMaskedLM(AutoConfig.from_pretrained(tiny_backbone))
+    with torch.no_grad():
+        model.lm_head.bias.normal_(std=0.5)
+    folder = tmp_path_factory.mktemp("mlm") / "tiny-mlm"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_backbone).save_pretrained(folder)
+    return folder

@@ -192,7 +192,7 @@ def test_task_files_and_input_files_of_openqa_layout(shared_data, tmp_path):
     assert [r["answers"] for r in records] == [q["answers"] for q in questions[3:]]
     assert [r["id"] for r in records] == ["1", "2", "3"]
     assert all(len(r["paragraphs"]) == 2 for r in records)  # the 5-token paragraph is dropped
-    assert task.read_stats() == {"skipped_bad_questions": 0}
+    assert task.read_stats() == {"skipped_bad_questions": 0, "questions_without_paragraphs": 0}
     assert [len(r["paragraphs"]) for r in get_task("quasart", max_paragraphs=1).read(tmp_path / "dev.txt")] == [1, 1, 1]
     assert [r["answers"] for r in task.read(tmp_path / "dev.txt", labeled=False)] == [q["answers"] for q in questions[3:]]
 
@@ -231,9 +231,9 @@ def test_skip_bad_counts_skipped_questions_per_read(shared_data, tmp_path):
     with pytest.raises(BadInput, match="dev.json, line 2: the question has no paragraphs"):
         get_task("quasart").read(tmp_path / "dev.txt")
     task = get_task("quasart", skip_bad=True)
-    assert len(task.read(tmp_path / "dev.txt")) == 3
+    assert len(task.read(tmp_path / "dev.txt")) == 4  # kept without paragraphs: scored as wrong
     task.read(tmp_path / "dev.txt")  # the same file read again counts once
-    assert task.read_stats() == {"skipped_bad_questions": 1}
+    assert task.read_stats() == {"skipped_bad_questions": 0, "questions_without_paragraphs": 1}
 
 
 # ---------------------------------------------------------------- windows, loss and answer choice
@@ -413,8 +413,8 @@ def test_labeled_read_refuses_questions_without_answers_and_counts_skips_per_fil
         lines = paragraphs.read_text().splitlines()
         lines[0] = "[]"
         paragraphs.write_text("\n".join(lines) + "\n")
-        assert len(skipping.read(tmp_path / "oq" / f"{split}.txt")) == 3
-    assert skipping.read_stats() == {"skipped_bad_questions": 2}
+        assert len(skipping.read(tmp_path / "oq" / f"{split}.txt")) == 4
+    assert skipping.read_stats() == {"skipped_bad_questions": 0, "questions_without_paragraphs": 2}
 
 
 def test_contexts_and_format_options_choose_the_files(shared_data, tmp_path, searchqa_data):

@@ -111,9 +111,10 @@ def test_question_without_paragraphs_is_bad_or_skipped(shared_data, tmp_path):
     js.write_text("\n".join(lines) + "\n")
     with pytest.raises(BadInput, match=r"dev\.json, line 2: the question has no paragraphs"):
         read_qa(find_split(tmp_path, "dev"))
+    # with skip_bad it is kept without paragraphs (scored as wrong on dev/test), and counted apart
     data = read_qa(find_split(tmp_path, "dev"), QAReadOptions(skip_bad=True))
-    assert [r["question"] for r in data.records] == [questions[0]["question"], questions[2]["question"]]
-    assert data.skipped == 1
+    assert [r["question"] for r in data.records] == [q["question"] for q in questions]
+    assert data.records[1]["paragraphs"] == [] and (data.skipped, data.without_paragraphs) == (0, 1)
 
 
 def test_official_quasart_files_joined_on_uid(shared_data, tmp_path):
@@ -135,7 +136,7 @@ def test_official_quasart_files_joined_on_uid(shared_data, tmp_path):
             f.write(json.dumps({"uid": q["question_id"], "contexts": [[0.5, "a long pseudo-document"]]}) + "\n")
     with pytest.raises(BadInput, match=r"dev_questions\.json\.gz, line 3: the question has no paragraphs"):
         read_qa(find_split(tmp_path, "dev", contexts="long"))
-    assert read_qa(find_split(tmp_path, "dev", contexts="long"), QAReadOptions(skip_bad=True)).skipped == 2
+    assert read_qa(find_split(tmp_path, "dev", contexts="long"), QAReadOptions(skip_bad=True)).without_paragraphs == 2
 
 
 def test_quasart_context_without_question_names_contexts_file_and_line(shared_data, tmp_path):

@@ -34,7 +34,9 @@ def test_every_normalised_occurrence_is_a_span():
     spans = answer_char_spans(paragraph, ["(Lou) Gehrig"])
     # "lou gehrig" twice; "gehrig's" → "gehrigs" and "lou-gehrig" → "lougehrig" do not match
     assert [paragraph[s:e] for s, e in spans] == ["Lou Gehrig"]
-    assert answer_char_spans("Elvis rode the mystery train.", ['the "Mystery Train"']) == [(15, 28)]
+    # the answer's words, articles kept: "the mystery train", not "mystery train" alone
+    assert answer_char_spans("Elvis rode the mystery train.", ['the "Mystery Train"']) == [(11, 28)]
+    assert answer_char_spans("Elvis rode a mystery train.", ['the "Mystery Train"']) == []
     assert answer_char_spans("the end", ["the"]) == []  # an answer that normalises to nothing
 
 

@@ -213,5 +213,6 @@ def test_bad_question_exits_2_naming_file_and_line_or_is_skipped_and_counted(kad
     kadapter("finetune", "--backbone", kadapter.backbone, "--task", "quasart", "--data", tmp_path, "--name", "bad", "--epochs", "1", *FAST,
              "--skip-bad")
     run_dir = kadapter.workdir / "finetuned" / "bad"
-    assert json.loads((run_dir / "manifest.json").read_text())["stats"]["skipped_bad_questions"] == 1
-    assert len(_lines(run_dir / "predictions-dev.jsonl")) == 3
+    stats = json.loads((run_dir / "manifest.json").read_text())["stats"]
+    assert (stats["skipped_bad_questions"], stats["questions_without_paragraphs"]) == (0, 1)
+    assert len(_lines(run_dir / "predictions-dev.jsonl")) == 4  # the question without paragraphs scores as wrong

@@ -95,6 +95,10 @@ def probe_cli(
     google_re: Optional[Path] = typer.Option(None, "--google-re", help="LAMA Google-RE folder: {place_of_birth,date_of_birth,place_of_death}_test.jsonl."),
     common_vocab: Optional[Path] = typer.Option(None, "--common-vocab", help="One word a line (LAMA's common_vocab_cased.txt): objects outside it are dropped and predictions are restricted to it."),
     uhn: bool = typer.Option(False, "--uhn", help="UHN: drop facts whose object is a substring of the subject (string match)."),
+    query_prefix_space: bool = typer.Option(
+        False, "--query-prefix-space",
+        help="Byte-level BPE (RoBERTa): encode the query's first word after a space, as the probe's training corpus lines "
+             "are encoded (default: without one, as LAMA does)."),
     template: list[str] = typer.Option([], "--template", metavar="REL=TEMPLATE", help="Add or replace a T-REx template, e.g. 'P17=[X] is located in [Y] .' (repeatable)."),
     top_k: int = typer.Option(10, "--top-k", help="Predicted tokens kept per fact in the predictions files."),
     batch_size: int = typer.Option(64, "--batch-size", help="Queries per batch."),
@@ -112,7 +116,8 @@ def probe_cli(
         raise BadInput(f"--device must be auto, cpu or cuda, got {device!r}")
     dirs = [resolve_artifact(p, workdir, "probes") for p in probes]
     spec = LamaSpec(trex=trex, google_re=google_re, common_vocab=common_vocab, uhn=uhn,
-                    templates=parse_template_options(template), top_k=top_k, batch_size=batch_size)
+                    templates=parse_template_options(template), top_k=top_k, batch_size=batch_size,
+                    query_prefix_space=query_prefix_space)
     target = out or workdir / "probe-results" / ("+".join(d.name for d in dirs) + ("-uhn" if uhn else ""))
     summary = evaluate_probes(dirs, spec, target, device=device,
                               manifest_config=jsonable({**ctx.params, "probes": [str(d) for d in dirs]}))

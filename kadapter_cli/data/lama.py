@@ -8,9 +8,11 @@
 A fact becomes a cloze query: the template with `[X]` = the subject and `[Y]` = the model's mask
 token. The filters follow LAMA, each counted per relation in the order they apply:
 
-1. `judgments`: Google-RE facts with more "no" than "yes" human judgments;
+1. `judgments`: Google-RE facts with more "no" than "yes" human judgments, where every judgment
+   other than "yes" (LAMA's data also holds "skip") counts as "no", as LAMA counts them;
 2. `multi_token`: the object is not one token of the model's vocabulary (for byte-level BPE the
-   space-prefixed token, as the object follows a space in every template);
+   space-prefixed token, as the object follows a space in every template), or its token is one
+   the tokenizer added beyond the model's embedding matrix, which the model cannot predict;
 3. `common_vocab`: the object is not in `--common-vocab FILE` (when given);
 4. `uhn`: with `--uhn`, the string-match filter of Poerner et al. (the lower-cased object is a
    substring of the lower-cased subject);
@@ -176,9 +178,11 @@ def read_common_vocab(path: Path) -> set[str]:
 
 
 def more_no_than_yes(record: dict) -> bool:
-    """LAMA drops a Google-RE fact whose human judgments hold more "no" than "yes"."""
-    judgments = [str(j.get("judgment", "")).lower() for j in record.get("judgments", [])]
-    return judgments.count("no") > judgments.count("yes")
+    """LAMA drops a Google-RE fact whose human judgments hold more "no" than "yes"; like LAMA's
+    `filter_samples`, every judgment other than "yes" ("no", "skip", ...) counts as "no"."""
+    judgments = [j.get("judgment") for j in record.get("judgments", [])]
+    yes = judgments.count("yes")
+    return len(judgments) - yes > yes
 
 
 def string_match(subject: str, obj: str) -> bool:

@@ -338,7 +338,7 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
             write_json(tmp / "metrics.json", {split: metrics})
             write_manifest(tmp, "evaluation", config={"model": str(model_dir), "split": split},
                                      inputs=sha256_inputs(task.input_files(path)),
-                                     stats={"examples": len(examples)})
+                                     stats={"examples": len(examples), **task.read_stats()})
     return {"task": task.name, "split": split, "metrics": metrics, "headline": list(task.headline_metrics)}
 
 

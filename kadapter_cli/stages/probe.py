@@ -20,9 +20,10 @@ restricted to the vocabulary in use; probes on the same backbone share one backb
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -204,6 +205,7 @@ class LamaSpec:
     templates: dict[str, str] = field(default_factory=dict)
     top_k: int = 10
     batch_size: int = 64
+    query_prefix_space: bool = False  # byte-level BPE: encode the query's first word after a space
 
 
 def read_lama(spec: LamaSpec) -> list[tuple[lama.RelationFacts, list]]:
@@ -217,12 +219,17 @@ def read_lama(spec: LamaSpec) -> list[tuple[lama.RelationFacts, list]]:
     return relations
 
 
-def filtered_facts(raw_relations, tokenizer, common_vocab: set[str] | None, uhn: bool) -> list[lama.RelationFacts]:
+def filtered_facts(raw_relations, tokenizer, common_vocab: set[str] | None, uhn: bool,
+                   vocab_size: int | None = None) -> list[lama.RelationFacts]:
+    """The LAMA filters (`lama.filter_facts`) for this tokenizer. An object whose token id is
+    `vocab_size` or more (a token the tokenizer added beyond the model's embedding matrix) is not a
+    token the model can predict: it is dropped with the multi-token objects."""
     cache: dict[str, int | None] = {}
 
     def object_token(word: str) -> int | None:
         if word not in cache:
-            cache[word] = lama.single_token_id(tokenizer, word)
+            token = lama.single_token_id(tokenizer, word)
+            cache[word] = None if token is None or (vocab_size is not None and token >= vocab_size) else token
         return cache[word]
 
     return [lama.filter_facts(lama.RelationFacts(rel.dataset, rel.relation, rel.template), raw, object_token,
@@ -230,31 +237,84 @@ def filtered_facts(raw_relations, tokenizer, common_vocab: set[str] | None, uhn:
             for rel, raw in raw_relations]
 
 
-def encode_query(tokenizer, fact: lama.Fact) -> dict:
-    """The cloze query's ids and the position of its one mask token."""
+def query_encoder(tokenizer, prefix_space: bool = False) -> Callable[[lama.Fact], dict]:
+    """`encode(fact)` → the cloze query's ids and the position of its one mask token, as LAMA's
+    connectors build them.
+
+    WordPiece (LAMA's BERT connector): the query as one text. Byte-level BPE (LAMA's RoBERTa
+    connector): the text before the mask and the text after it are encoded separately, each with
+    its trailing spaces stripped, around the mask token, so the mask stands for the space-prefixed
+    word (`Ġword`) and no lone space token precedes it; the query's first word is encoded without
+    a leading space (`Paris`, not `ĠParis`), as LAMA encodes it, unless `prefix_space` (the way the
+    project's tokenizer, with `add_prefix_space=True`, encodes the start of every text, probe
+    training corpus lines included)."""
     from kadapter_cli.modeling.backbone import is_byte_level
 
-    ids = tokenizer(fact.query(tokenizer.mask_token))["input_ids"]
-    where = [i for i, t in enumerate(ids) if t == tokenizer.mask_token_id]
+    mask, mask_id = tokenizer.mask_token, tokenizer.mask_token_id
+    if not is_byte_level(tokenizer):
+        def encode(fact: lama.Fact) -> dict:
+            ids = tokenizer(fact.query(mask))["input_ids"]
+            return {"input_ids": ids, "mask_pos": _one_mask(fact, mask, [i for i, t in enumerate(ids) if t == mask_id])}
+
+        return encode
+
+    from kadapter_cli.data.encoding import special_tokens
+
+    plain = _bpe_without_prefix_space(tokenizer)
+    first = (lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]) if prefix_space else plain
+    prefix, suffix = special_tokens(tokenizer)
+
+    def encode_bpe(fact: lama.Fact) -> dict:
+        parts = fact.query(mask).split(mask)
+        _one_mask(fact, mask, parts[1:])
+        before = first(parts[0].rstrip())
+        ids = [*prefix, *before, mask_id, *plain(parts[1].rstrip()), *suffix]
+        return {"input_ids": ids, "mask_pos": len(prefix) + len(before)}
+
+    return encode_bpe
+
+
+def encode_query(tokenizer, fact: lama.Fact, prefix_space: bool = False) -> dict:
+    """The cloze query's ids and the position of its one mask token (`query_encoder`)."""
+    return query_encoder(tokenizer, prefix_space)(fact)
+
+
+def _one_mask(fact: lama.Fact, mask: str, where: Sequence) -> Any:
     if len(where) != 1:
-        raise BadInput(f"the query {fact.query(tokenizer.mask_token)!r} holds {len(where)} mask tokens, not 1",
-                       fact.source)
-    space = tokenizer.convert_tokens_to_ids("\u0120") if is_byte_level(tokenizer) else None
-    if where[0] > 0 and space is not None and ids[where[0] - 1] == space:
-        # A byte-level mask token that does not absorb the space before it (no lstrip) leaves that
-        # space as a token of its own, where the masked-LM layer only ever saw `<mask>` stand for `Ġword`.
-        del ids[where[0] - 1]
-        where[0] -= 1
-    return {"input_ids": ids, "mask_pos": where[0]}
+        raise BadInput(f"the query {fact.query(mask)!r} holds {len(where)} mask tokens, not 1", fact.source)
+    return where[0]
+
+
+def _bpe_without_prefix_space(tokenizer) -> Callable[[str], list[int]]:
+    """The tokenizer's byte-level BPE with `add_prefix_space` off: text is encoded as written."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+
+    def no_prefix(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "ByteLevel" and "add_prefix_space" in node:
+                node["add_prefix_space"] = False
+            for value in node.values():
+                no_prefix(value)
+        elif isinstance(node, list):
+            for value in node:
+                no_prefix(value)
+
+    no_prefix(spec.get("pre_tokenizer"))
+    backend = Tokenizer.from_str(json.dumps(spec))
+    return lambda text: backend.encode(text, add_special_tokens=False).ids
 
 
 def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts], candidates: list[int],
-                 top_k: int, batch_size: int, device: torch.device) -> dict[str, list[dict]]:
+                 top_k: int, batch_size: int, device: torch.device,
+                 query_prefix_space: bool = False) -> dict[str, list[dict]]:
     """Per probe, one prediction per kept fact (in relation, then file order): gold id, rank among
     `candidates`, top-k ids. Probes that share a backbone share its pass over each batch."""
     tokenizer = probes[0].tokenizer
     facts = [f for rel in relations for f in rel.facts]
-    encoded = [encode_query(tokenizer, f) for f in facts]
+    encode = query_encoder(tokenizer, query_prefix_space)
+    encoded = [encode(f) for f in facts]
     object_ids = {obj: lama.single_token_id(tokenizer, obj) for obj in dict.fromkeys(f.obj for f in facts)}
     gold = torch.tensor([object_ids[f.obj] for f in facts], dtype=torch.long)  # objects repeat: tokenized once
     cand_cpu = torch.tensor(candidates, dtype=torch.long)
@@ -296,7 +356,11 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
 
 def rank_predictions(scores: torch.Tensor, gold: torch.Tensor, candidates: torch.Tensor, top_k: int) -> list[dict]:
     """Ranks by score, ties broken by vocabulary order (a stable sort), so the top-1 of the top-k
-    list is rank 1 exactly when the gold object is predicted first."""
+    list is rank 1 exactly when the gold object is predicted first. `gold` holds each fact's index
+    in `candidates`; a gold outside them (index -1) cannot be ranked and is refused (the filters
+    drop such facts before)."""
+    if len(gold) and int(gold.min()) < 0:
+        raise ValueError("a gold object is not among the candidates: it can be neither ranked nor predicted")
     order = torch.sort(-scores, dim=-1, stable=True).indices
     rank = (order == gold[:, None]).float().argmax(-1) + 1
     return [{"gold_id": int(candidates[g]), "rank": int(r), "pred_ids": candidates[o[:top_k]].tolist()}
@@ -306,7 +370,7 @@ def rank_predictions(scores: torch.Tensor, gold: torch.Tensor, candidates: torch
 def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, device: str = "auto",
                     overwrite: bool = True, manifest_config: dict | None = None) -> dict[str, Any]:
     """P@1 etc. of each probe on LAMA; writes `metrics.json`, one predictions file per probe and the
-    manifest to `out`; returns {"probes", "uhn", "results": {probe: {dataset: metrics}},
+    manifest to `out`; returns {"probes", "uhn", "query_prefix_space", "results": {probe: {dataset: metrics}},
     "filters": {probe: {"dataset/relation": facts read, kept and dropped by each filter}}}."""
     if spec.top_k < 1:
         raise BadInput(f"--top-k must be at least 1, got {spec.top_k}")
@@ -325,14 +389,14 @@ def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, devic
     for backbone_id in dict.fromkeys(p.config["backbone"] for p in probes):
         group = [p for p in probes if p.config["backbone"] == backbone_id]
         tokenizer = group[0].tokenizer
-        relations = filtered_facts(raw, tokenizer, common, spec.uhn)
         vocab = group[0].model.mlm.out_features
+        relations = filtered_facts(raw, tokenizer, common, spec.uhn, vocab)
         candidates = [i for i in lama.candidate_ids(tokenizer, common) if i < vocab]
         if not candidates:
             raise BadInput("no word of the common vocabulary is a single token of the backbone's vocabulary",
                            spec.common_vocab)
         counts = {f"{rel.dataset}/{rel.relation}": rel.counts() for rel in relations}
-        scored = score_probes(group, relations, candidates, spec.top_k, spec.batch_size, dev)
+        scored = score_probes(group, relations, candidates, spec.top_k, spec.batch_size, dev, spec.query_prefix_space)
         facts = [f for rel in relations for f in rel.facts]
         for probe in group:
             rows = [prediction_row(tokenizer, f, s) for f, s in zip(facts, scored[probe.name])]
@@ -342,7 +406,8 @@ def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, devic
     with atomic_output(out, overwrite=overwrite) as tmp:
         for name, rows in predictions.items():
             write_jsonl(tmp / PREDICTIONS.format(probe=name), rows)
-        summary = {"probes": names, "uhn": spec.uhn, "results": results, "filters": filters}
+        summary = {"probes": names, "uhn": spec.uhn, "query_prefix_space": spec.query_prefix_space,
+                   "results": results, "filters": filters}
         write_json(tmp / "metrics.json", summary)
         inputs = [p for d in (spec.trex, spec.google_re) if d is not None for p in sorted(Path(d).glob("*.jsonl"))]
         inputs += [spec.common_vocab] if spec.common_vocab else []

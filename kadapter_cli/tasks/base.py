@@ -140,7 +140,7 @@ class Task:
         raise NotImplementedError
 
     def read_stats(self) -> dict[str, Any]:
-        """What reading the splits counted (e.g. bad records skipped), for the finetuned manifest."""
+        """What reading the splits counted (e.g. bad records skipped), for the finetuned and evaluation manifests."""
         return {}
 
     def prepare_train(self, records: list[dict]) -> list[dict]:

@@ -1,9 +1,12 @@
 """Extractive QA decoding: the best answer spans of each window, then one answer per question.
 
 `best_spans` scores every span start s, end e (s ≤ e < s + max_answer_length) of a batch of
-windows as log p_start(s) + log p_end(e), both softmaxes over the window's paragraph positions,
-without materialising (L × L) matrices: the end scores are viewed as an (L × max_answer_length)
-band (`unfold`) beside each start, so the work is O(L · max_answer_length).
+windows as log p_start(s) + log p_end(e), without materialising (L × L) matrices: the end scores
+are viewed as an (L × max_answer_length) band (`unfold`) beside each start, so the work is
+O(L · max_answer_length). Both softmaxes run over the positions the model was trained to choose
+among (`norm_mask`: the paragraph, plus `<s>` for a model trained with `no_answer=cls`), and spans
+start and end on the paragraph only: a window that puts its mass on `<s>` ("no answer here") gives
+its spans little probability, so they lose to the spans of a window that holds the answer.
 
 `combine_answers` turns the spans of all a question's windows (over all its paragraphs) into one
 answer: equal answer strings after the SQuAD normalisation have their probabilities combined by
@@ -25,21 +28,26 @@ SPANS_PER_WINDOW = 5  # candidates kept per window: `sum` can only add up what i
 
 
 def best_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, context_mask: torch.Tensor,
-               max_answer_length: int, top_k: int = SPANS_PER_WINDOW
+               max_answer_length: int, top_k: int = SPANS_PER_WINDOW, norm_mask: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(log_probs, starts, ends)`, each (B, k): the k best spans of each window, best first.
 
-    `context_mask` (B, L) marks the paragraph positions; spans start and end on them only. A
-    window with fewer than k spans has `-inf` log-probabilities in the rest.
+    `context_mask` (B, L) marks the paragraph positions; spans start and end on them only.
+    `norm_mask` (B, L) marks the positions of the softmaxes (the training loss's; default the
+    paragraph). A window with fewer than k spans has `-inf` log-probabilities in the rest.
     """
     import torch
 
     if max_answer_length < 1:
         raise ValueError(f"max_answer_length must be at least 1, got {max_answer_length}")
     mask = context_mask.bool()
+    norm = mask if norm_mask is None else norm_mask.bool() | mask
     neg_inf = torch.finfo(torch.float32).min
-    log_start = torch.log_softmax(start_logits.float().masked_fill(~mask, neg_inf), dim=-1).masked_fill(~mask, -torch.inf)
-    log_end = torch.log_softmax(end_logits.float().masked_fill(~mask, neg_inf), dim=-1).masked_fill(~mask, -torch.inf)
+
+    def log_probs(logits: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits.float().masked_fill(~norm, neg_inf), dim=-1).masked_fill(~mask, -torch.inf)
+
+    log_start, log_end = log_probs(start_logits), log_probs(end_logits)
     batch, length = log_start.shape
     width = min(max_answer_length, length)
     # band[b, s, d] = log_end[b, s + d]: the end scores of the spans that start at s

@@ -1,10 +1,11 @@
 """Extractive QA encoding: distant-supervision labels and question + paragraph windows.
 
-- Labels are distant (`answer_char_spans`): every occurrence of a gold answer in a paragraph,
-  matched after the SQuAD normalisation (lower-case, punctuation and a/an/the dropped, whitespace
-  collapsed), so `"(Lou) Gehrig"` is found in "Lou Gehrig played", and `"the \\"Mystery Train\\""`
-  in "mystery train". Matching runs on the paragraph's normalised words, each of which remembers
-  its characters in the original text, so a match maps back to an exact character span.
+- Labels are distant (`answer_char_spans`): every occurrence of a gold answer's words in a
+  paragraph, compared lower-cased and without punctuation but with every word kept, articles
+  included (as OpenQA's `has_answer` compares tokens), so `"(Lou) Gehrig"` is found in "Lou Gehrig
+  played", while "The Who" is not found in "who knows" nor "Vitamin A" in "vitamin C". Matching runs
+  on the paragraph's words, each of which remembers its characters in the original text, so a
+  match maps back to an exact character span.
 - A window is the tokenizer's pair layout around the question and a slice of the paragraph's
   sub-tokens (`<s> question </s></s> paragraph </s>` for RoBERTa, `[CLS] q [SEP] p [SEP]` for
   BERT; the layout is read from the tokenizer, not hard-coded). The question keeps at most half
@@ -28,11 +29,12 @@ _WORD = re.compile(r"\S+")
 # ---------------------------------------------------------------- distant supervision
 
 
-def normalized_words(text: str) -> list[tuple[str, int, int]]:
+def normalized_words(text: str, articles: bool = False) -> list[tuple[str, int, int]]:
     """`(word, start, end)` of the SQuAD-normalised words of `text`, each with the character span
     (end exclusive) of its original word less leading and trailing punctuation. Joined with spaces,
     the words are exactly `squad_normalize(text)`: whitespace splits the same way before and after
-    normalising, so normalising word by word is normalising the whole."""
+    normalising, so normalising word by word is normalising the whole. `articles`: keep a/an/the
+    (then only case and punctuation are normalised)."""
     words = []
     for match in _WORD.finditer(text):
         raw = match.group()
@@ -41,21 +43,22 @@ def normalized_words(text: str) -> list[tuple[str, int, int]]:
             continue
         start, end = match.start() + kept[0], match.start() + kept[-1] + 1
         lowered = "".join(ch for ch in raw.lower() if ch not in _SQUAD_PUNCTUATION)
-        for piece in _SQUAD_ARTICLES.sub(" ", lowered).split():
+        for piece in (lowered if articles else _SQUAD_ARTICLES.sub(" ", lowered)).split():
             words.append((piece, start, end))
     return words
 
 
 def answer_char_spans(paragraph: str, answers: Sequence[str]) -> list[tuple[int, int]]:
     """Every occurrence of every answer in the paragraph, as sorted distinct character spans (end
-    exclusive), matched on normalised words. An answer that normalises to nothing matches nothing."""
-    words = normalized_words(paragraph)
+    exclusive), matched on lower-cased words without punctuation, articles kept. An answer that
+    the SQuAD normalisation leaves empty (an article, punctuation) matches nothing."""
+    words = normalized_words(paragraph, articles=True)
     tokens = [w for w, _, _ in words]
     spans = set()
     for answer in answers:
-        target = squad_normalize(answer).split()
+        target = [w for w, _, _ in normalized_words(answer, articles=True)]
         n = len(target)
-        if not n:
+        if not n or not squad_normalize(answer):
             continue
         for i in range(len(tokens) - n + 1):
             if tokens[i:i + n] == target:

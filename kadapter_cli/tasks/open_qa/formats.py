@@ -5,7 +5,9 @@ Every reader returns records `{"id", "question", "answers": [str], "paragraphs":
 
 - `openqa`: thunlp/OpenQA's `{split}.txt` (JSON Lines `{"question", "answers"}`) + `{split}.json`
   (line-aligned, each line a JSON list of `{"question": [tok], "document": [tok]}`). OpenQA's rules:
-  paragraphs of 5 tokens or fewer are dropped.
+  paragraphs of 5 tokens or fewer are dropped, and the raw gold answers are tokenised as the
+  paragraphs were (CoreNLP's PTB tokens, approximated offline by `open_qa.ptb`: `halley's comet`
+  → `halley 's comet`), so that they are matched and scored under the same tokenisation.
 - `searchqa`: the original SearchQA JSON, one file per question (`question`, `answer`,
   `search_results[].snippet`, optional `title`), in a folder or a zip per split.
 - `mrqa`: MRQA 2019 JSON Lines (`.jsonl` or `.jsonl.gz`), a header line, then one context per line
@@ -19,7 +21,9 @@ Every reader returns records `{"id", "question", "answers": [str], "paragraphs":
 
 In every format a question keeps at most `max_paragraphs` paragraphs (OpenQA: 50). Bad input is
 `BadInput` naming the file and line (or record), or with `skip_bad` the question is skipped and
-counted. An OpenQA `.json` whose line count differs from its `.txt` is always an error: the
+counted. A question left without paragraphs is bad input too, but with `skip_bad` it is kept, with
+no paragraphs, and counted apart: it cannot be trained on, but a dev or test question still counts,
+as wrong, as the SQuAD script and OpenQA count a question they have no answer for. An OpenQA `.json` whose line count differs from its `.txt` is always an error: the
 alignment of every later line is then unknown.
 """
 
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from kadapter_cli.errors import BadInput
+from kadapter_cli.tasks.open_qa.ptb import ptb_join
 
 FORMATS = ("openqa", "searchqa", "mrqa", "quasar", "records")
 SPLIT_NAMES = {"train": ("train",), "dev": ("dev", "val", "validation"), "test": ("test",)}
@@ -66,6 +71,7 @@ class QAData:
     records: list[dict]
     skipped: int = 0
     source: QASource | None = None
+    without_paragraphs: int = 0  # kept with `skip_bad`, no paragraphs (scored as wrong)
 
 
 class _BadCounter:
@@ -210,18 +216,19 @@ def read_qa(source: QASource, options: QAReadOptions | None = None, labeled: boo
         "openqa": _read_openqa, "searchqa": _read_searchqa, "mrqa": _read_mrqa, "quasar": _read_quasar,
         "records": _read_records}[source.format]
     records = []
+    without_paragraphs = 0
     for record, path, where in reader(source.paths, options, bad):
         record["paragraphs"] = record["paragraphs"][: options.max_paragraphs]
-        if not record["paragraphs"]:
-            bad(BadInput("the question has no paragraphs", path, where))
-            continue
+        if not record["paragraphs"] and not options.skip_bad:
+            raise BadInput("the question has no paragraphs", path, where)
         if labeled and not record["answers"]:
             bad(BadInput("the question has no answers", path, where))
             continue
+        without_paragraphs += not record["paragraphs"]
         records.append(record)
     if not records:
         raise BadInput("no questions" + (f" ({len(bad.where)} skipped as bad)" if bad.where else ""), source.main)
-    return QAData(records, len(bad.where), source)
+    return QAData(records, len(bad.where), source, without_paragraphs)
 
 
 def _record(id_: Any, question: Any, answers: Any, paragraphs: list[str], path: Path, where: str) -> dict:
@@ -268,7 +275,9 @@ def _read_openqa(paths: Sequence[Path], options: QAReadOptions, bad: _BadCounter
                     raise BadInput("each paragraph must be an object with a 'document' token list", js, where)
                 if len(tokens) >= OPENQA_MIN_TOKENS:
                     paragraphs.append(" ".join(tokens))
-            yield _record(lineno, question["question"], question.get("answers"), paragraphs, js, where), js, where
+            record = _record(lineno, question["question"], question.get("answers"), paragraphs, js, where)
+            record["answers"] = [ptb_join(answer) for answer in record["answers"]]
+            yield record, js, where
         except BadInput as e:
             bad(e)
 

@@ -10,9 +10,12 @@ a Linear(H → 2) head gives start/end logits at every position (`heads.SpanHead
   (`no_answer=skip`, default) or points at the first token, `<s>`, which then joins the softmax
   (`no_answer=cls`); the paper does not say which it did.
 - Evaluation: every window of every paragraph, in length-sorted batches (the loop's order), the
-  best spans of each (`span_decoding.best_spans`, ≤ `max_answer_length` sub-tokens), then one answer
-  per question: equal normalised strings combined over its paragraphs by `max` (the paper's "no
-  ranking") or `sum` (`span_decoding.combine_answers`). Metrics `em`, `f1` (SQuAD v1.1, × 100).
+  best spans of each (`decoding.best_spans`, ≤ `max_answer_length` sub-tokens), their
+  probabilities under the training loss's softmax (with `<s>` for `no_answer=cls`, so a window's
+  no-answer mass lowers its spans), then one answer per question: one candidate per (paragraph,
+  character span), equal normalised strings combined over its paragraphs by `max` (the paper's "no
+  ranking") or `sum` (`decoding.ranked_answers`). Metrics `em`, `f1` (SQuAD v1.1, × 100); OpenQA
+  files' gold answers are tokenised like their paragraphs (`formats`, `ptb`).
 """
 
 from __future__ import annotations
@@ -46,21 +49,25 @@ NO_ANSWER_MODES = ("skip", "cls")
 def encode_question(tokenizer, record: dict, max_length: int, stride: int, training: bool,
                     no_answer: str = "skip") -> list[dict[str, Any]]:
     """The windows of one question over all its paragraphs. Each carries `paragraph` (the text its
-    offsets point into) and, for training, answer positions; with
-    `training`, windows without an answer are dropped (`skip`) or labelled at position 0 (`cls`)."""
+    offsets point into), `paragraph_index` and, for training, answer positions; with
+    `training`, windows without an answer are dropped (`skip`) or labelled at position 0 (`cls`).
+    A question without paragraphs (kept by `skip_bad`) gets no training window, and for evaluation
+    one window with an empty paragraph: it has no span, so its answer is empty and scores as wrong."""
     if no_answer not in NO_ANSWER_MODES:
         raise ValueError(f"no_answer must be one of {', '.join(NO_ANSWER_MODES)}, got {no_answer!r}")
     answers = record["answers"] if training else ()
+    paragraphs = record["paragraphs"] or ([] if training else [""])
     windows = []
-    per_paragraph = encode_qa_paragraphs(tokenizer, record["question"], record["paragraphs"], max_length, stride,
+    per_paragraph = encode_qa_paragraphs(tokenizer, record["question"], paragraphs, max_length, stride,
                                          answers, pair_template(tokenizer))
-    for paragraph, paragraph_windows in zip(record["paragraphs"], per_paragraph):
+    for index, (paragraph, paragraph_windows) in enumerate(zip(paragraphs, per_paragraph)):
         for window in paragraph_windows:
             if training and not window["starts"]:
                 if no_answer == "skip":
                     continue
                 window["starts"], window["ends"] = [0], [0]
             window["paragraph"] = paragraph
+            window["paragraph_index"] = index
             window["cls_slot"] = no_answer == "cls"
             windows.append(window)
     return windows
@@ -104,19 +111,28 @@ def span_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Ten
 
 def window_spans(logits: torch.Tensor, batch: dict[str, torch.Tensor], max_answer_length: int,
                  top_k: int = SPANS_PER_WINDOW) -> list[list[tuple[float, int, int]]]:
-    """Per window its best `(probability, start, end)` spans, positions in `input_ids`."""
-    scores, starts, ends = best_spans(logits[..., 0], logits[..., 1], batch["context_mask"], max_answer_length, top_k)
+    """Per window its best `(probability, start, end)` spans, positions in `input_ids`, the
+    probabilities under the training loss's softmax (`answer_mask`: with `no_answer=cls` it holds
+    `<s>`, whose mass then lowers the window's spans)."""
+    scores, starts, ends = best_spans(logits[..., 0], logits[..., 1], batch["context_mask"], max_answer_length, top_k,
+                                      batch.get("answer_mask"))
     out = []
     for row_scores, row_starts, row_ends in zip(scores.exp().tolist(), starts.tolist(), ends.tolist()):
         out.append([(p, s, e) for p, s, e in zip(row_scores, row_starts, row_ends) if p > 0.0])
     return out
 
 
+def span_chars(window: dict, start: int, end: int) -> tuple[int, int]:
+    """The character span (end exclusive) in the window's paragraph of a span given as positions in
+    its `input_ids`."""
+    offsets = window["offsets"]
+    return offsets[start - window["context_start"]][0], offsets[end - window["context_start"]][1]
+
+
 def span_text(window: dict, start: int, end: int) -> str:
     """The paragraph text of a span given as positions in the window's `input_ids`."""
-    offsets = window["offsets"]
-    text = window["paragraph"][offsets[start - window["context_start"]][0]: offsets[end - window["context_start"]][1]]
-    return text.strip()
+    lo, hi = span_chars(window, start, end)
+    return window["paragraph"][lo:hi].strip()
 
 
 def answers_by_question(windows: Sequence[dict], spans: Sequence[list[tuple[float, int, int]]],
@@ -130,14 +146,21 @@ def answers_by_question(windows: Sequence[dict], spans: Sequence[list[tuple[floa
 def ranked_answers_by_question(windows: Sequence[dict], spans: Sequence[list[tuple[float, int, int]]],
                                questions: Sequence[int], n_questions: int,
                                combine: str = "max") -> list[list[tuple[str, float]]]:
-    """Per question, `(answer, score)` over all its windows' spans, best first (`ranked_answers`)."""
+    """Per question, `(answer, score)` over all its windows' spans, best first (`ranked_answers`).
+
+    A span of a paragraph is one candidate however many windows hold it: consecutive windows of a
+    long paragraph overlap, and a span in the overlap is decoded in both. It counts once, with the
+    probability of the window that scores it highest, so `sum` adds up distinct occurrences only."""
     if combine not in COMBINE_MODES:
         raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
-    candidates: list[list[tuple[str, float]]] = [[] for _ in range(n_questions)]
+    candidates: list[dict[tuple, tuple[str, float]]] = [{} for _ in range(n_questions)]
     for window, window_spans_, question in zip(windows, spans, questions):
+        paragraph = window.get("paragraph_index", window["paragraph"])
         for probability, start, end in window_spans_:
-            candidates[question].append((span_text(window, start, end), probability))
-    return [ranked_answers(c, combine) for c in candidates]
+            key = (paragraph, *span_chars(window, start, end))
+            if key not in candidates[question] or probability > candidates[question][key][1]:
+                candidates[question][key] = (span_text(window, start, end), probability)
+    return [ranked_answers(c.values(), combine) for c in candidates]
 
 
 # ---------------------------------------------------------------- the tasks
@@ -172,6 +195,7 @@ class OpenQATask(Task):
             if getattr(self, key) < (0 if key == "stride" else 1):
                 raise BadInput(f"task option {key} of '{self.name}' must be positive, got {getattr(self, key)}")
         self.skipped: dict[str, int] = {}  # bad questions skipped per file read (with skip_bad)
+        self.without_paragraphs: dict[str, int] = {}  # questions kept without paragraphs per file (skip_bad)
 
     # ------------------------------------------------------------ data
 
@@ -193,14 +217,19 @@ class OpenQATask(Task):
         source = detect_input(path, self.contexts, self.format)
         data = read_qa(source, QAReadOptions(self.max_paragraphs, self.titles, self.skip_bad), labeled)
         self.skipped[str(path)] = data.skipped
+        self.without_paragraphs[str(path)] = data.without_paragraphs
         return data.records
 
     def read_stats(self) -> dict[str, Any]:
-        return {"skipped_bad_questions": sum(self.skipped.values())}
+        """Bad questions skipped (`skip_bad`), and questions kept without paragraphs: left out of
+        training, scored as wrong on dev and test."""
+        return {"skipped_bad_questions": sum(self.skipped.values()),
+                "questions_without_paragraphs": sum(self.without_paragraphs.values())}
 
     def prepare_train(self, records: list[dict]) -> list[dict]:
-        """Training records get answer labels and the `no_answer` rule (dev and test keep every window)."""
-        return [{**record, "train": True} for record in records]
+        """Training records get answer labels and the `no_answer` rule (dev and test keep every
+        window); a question without paragraphs has nothing to train on and is left out."""
+        return [{**record, "train": True} for record in records if record["paragraphs"]]
 
     def gold(self, record: dict) -> list[str]:
         return list(record["answers"])
