@@ -10,9 +10,10 @@ from typing import Any, Optional
 import typer
 
 from kadapter_cli.commands import app
-from kadapter_cli.commands.common import echo_json, get_workdir, is_main_process, jsonable, merged_config, stdin_as_file
+from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config, stdin_as_file
 from kadapter_cli.errors import BadInput
 from kadapter_cli.modeling.backbone import DEFAULT_BACKBONE
+from kadapter_cli.processes import is_main_process
 from kadapter_cli.tasks import TASKS, parse_task_options, task_options_help
 from kadapter_cli.training.config import KIND_DEFAULTS, TrainConfig, kind_defaults
 from kadapter_cli.training.setup import set_threads
@@ -217,7 +218,7 @@ def train_adapter_cli(
         tap_layers=_parse_taps(options["taps"]), adapter_width=options["adapter_width"],
         adapter_layers=options["adapter_layers"], adapter_heads=options["adapter_heads"],
         mask_padding=options["mask_padding"], marker_style=options["marker_style"], lin_head=options["lin_head"],
-        cache_features=options["cache_features"], cache_budget_gb=options["cache_budget"],
+        cache_features=options["cache_features"], cache_budget=options["cache_budget"],
     )
     summary = train_adapter(spec, train_config, resume=options["resume"], overwrite=options["overwrite"],
                             manifest_config=jsonable(resolved))
@@ -334,7 +335,7 @@ def finetune_cli(
         out=Path(options["out"] or finetuned_dir(workdir, run_name)), adapters=adapter_set,
         backbone=options["backbone"], freeze_backbone=options["freeze_backbone"],
         max_length=int(resolved["max_length"]), task_options=task_options,
-        cache_features=options["cache_features"], cache_budget_gb=options["cache_budget"],
+        cache_features=options["cache_features"], cache_budget=options["cache_budget"],
         allow_backbone_mismatch=options["allow_backbone_mismatch"],
         keep_adapter_dropout=options["keep_adapter_dropout"],
     )
@@ -416,11 +417,11 @@ def predict_cli(
     max_paragraphs: Optional[int] = MAX_PARAGRAPHS, skip_bad: bool = SKIP_BAD, max_answer_length: Optional[int] = MAX_ANSWER_LENGTH,
 ) -> None:
     """Label new records with a finetuned model; one JSON line per input record, in input order."""
-    from kadapter_cli.errors import OutputExists
+    from kadapter_cli.artifacts.output import check_output
     from kadapter_cli.stages.finetune import predict_records
 
-    if out is not None and out.exists() and not overwrite:
-        raise OutputExists("already exists; pass --overwrite to replace it", out)
+    if out is not None:
+        check_output(out, overwrite=overwrite)
     set_threads(threads)
     overrides = _reading_overrides(_saved_task(model_dir), max_paragraphs, skip_bad, max_answer_length)
     with stdin_as_file(input_path) as path:
