@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import typer
 
 from kadapter_cli.artifacts.io import load_yaml_mapping
+from kadapter_cli.artifacts.layout import DEFAULT_WORKDIR
 from kadapter_cli.commands._click import BadParameter, Context, ParameterSource
 from kadapter_cli.errors import BadInput
 
@@ -22,7 +23,7 @@ def get_workdir(ctx: Context) -> Path:
         if isinstance(ctx.obj, dict) and "workdir" in ctx.obj:
             return Path(ctx.obj["workdir"])
         ctx = ctx.parent
-    return Path("kadapter-work")
+    return DEFAULT_WORKDIR
 
 
 def merged_config(ctx: Context, config_file: Path | None, exclude: tuple[str, ...] = ("config",)) -> dict[str, Any]:
@@ -83,10 +84,9 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-def is_main_process() -> bool:
-    """Whether this is the process that reports, under `accelerate launch` / `torchrun` (they set
-    RANK) or alone: the others train beside it and print nothing."""
-    return os.environ.get("RANK", "0") == "0"
+def default_of(function: Any, parameter: str) -> Any:
+    """The default of a library function's parameter, for the flag that sets it: one value, one place."""
+    return inspect.signature(function).parameters[parameter].default
 
 
 def echo_json(obj: Any) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kadapter_cli.data.encoding import SPACED_MARKERS
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, ParamText
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, take_rows
 from kadapter_cli.modeling.backbone import (
     BackboneShape,
@@ -57,11 +57,11 @@ def check_composable(configs: Sequence[AdapterConfig], paths: Sequence[str | Pat
         fingerprinted = first.backbone_fingerprint and config.backbone_fingerprint
         if fingerprinted and not allow_backbone_mismatch \
                 and not same_backbone(first.backbone_fingerprint, config.backbone_fingerprint):
-            raise BadInput(
-                f"adapters were trained on different backbones: '{names[0]}' on "
-                f"{describe_fingerprint(first.backbone_fingerprint)}, '{name}' on "
-                f"{describe_fingerprint(config.backbone_fingerprint)}; pass --allow-backbone-mismatch to use them anyway"
-            )
+            raise BadInput(ParamText(
+                "adapters were trained on different backbones: '{first}' on {first_backbone}, '{other}' on "
+                "{other_backbone}; pass {allow_backbone_mismatch:True} to use them anyway",
+                first=names[0], first_backbone=describe_fingerprint(first.backbone_fingerprint), other=name,
+                other_backbone=describe_fingerprint(config.backbone_fingerprint)))
         fields = [
             ("backbone model type", first.backbone_model_type, config.backbone_model_type),
             ("backbone hidden size", first.backbone_hidden_size, config.backbone_hidden_size),
@@ -86,10 +86,11 @@ def marker_style(configs: Sequence[AdapterConfig], paths: Sequence[str | Path] |
     styled = [(c.marker_style, name) for c, name in zip(configs, names) if c.marker_style is not None]
     for style, name in styled[1:]:
         if style != styled[0][0]:
-            raise BadInput(
-                f"adapters were trained with different entity-marker styles: '{styled[0][1]}' uses "
-                f"{styled[0][0]!r} but '{name}' uses {style!r} ('original' = the bare \"@\"/\"#\" ids of "
-                "microsoft/K-Adapter, 'spaced' = kadapter's); train one again with --marker-style to match")
+            raise BadInput(ParamText(
+                "adapters were trained with different entity-marker styles: '{first}' uses {first_style!r} but "
+                "'{other}' uses {other_style!r} ('original' = the bare \"@\"/\"#\" ids of microsoft/K-Adapter, "
+                "'spaced' = kadapter's); train one again with {marker_style} to match",
+                first=styled[0][1], first_style=styled[0][0], other=name, other_style=style))
     return styled[0][0] if styled else SPACED_MARKERS
 
 
@@ -98,11 +99,11 @@ def check_fits_backbone(config: AdapterConfig, shape: BackboneShape, fingerprint
     """`BadInput` when an adapter cannot run on a backbone of this shape (width or depth), or when
     `fingerprint` (of the backbone about to be used) is not that of the backbone it was trained on."""
     if fingerprint and not allow_backbone_mismatch and not same_backbone(config.backbone_fingerprint, fingerprint):
-        raise BadInput(
-            f"adapter '{config.name}' was trained on {describe_fingerprint(config.backbone_fingerprint)}, "
-            f"but the backbone given is {describe_fingerprint(fingerprint)}; pass --allow-backbone-mismatch "
-            "to use it anyway"
-        )
+        raise BadInput(ParamText(
+            "adapter '{adapter}' was trained on {trained_on}, but the backbone given is {given}; "
+            "pass {allow_backbone_mismatch:True} to use it anyway",
+            adapter=config.name, trained_on=describe_fingerprint(config.backbone_fingerprint),
+            given=describe_fingerprint(fingerprint)))
     if config.backbone_hidden_size != shape.hidden_size:
         raise BadInput(
             f"adapter '{config.name}' was built on a {config.backbone_hidden_size}-wide backbone "

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Sequence
 
 from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json
-from kadapter_cli.artifacts.layout import resolve_artifact
+from kadapter_cli.artifacts.layout import ADAPTERS, COMPOSITIONS, NO_ADAPTERS, adapter_dir, resolve_artifact
 from kadapter_cli.artifacts.manifest import write_manifest
 from kadapter_cli.artifacts.output import atomic_output
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, load_adapter
 from kadapter_cli.modeling.kadapter import check_composable, marker_style
 
@@ -30,24 +30,24 @@ class AdapterSet:
 
 def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> AdapterSet:
     """`fac,lin` (names or paths), a composition folder, or empty/`none` for the baseline."""
-    if spec is None or spec.strip() in ("", "none", "base"):
+    if spec is None or spec.strip() in ("", "none", NO_ADAPTERS):
         return AdapterSet([], [], fusion or "concat")
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if len(parts) == 1:
-        path = resolve_artifact(parts[0], workdir, "compositions")
+        path = resolve_artifact(parts[0], workdir, COMPOSITIONS)
         if (path / "composition.json").is_file():
             comp = read_json(path / "composition.json")
             names = [a["name"] for a in comp["adapters"]]
             if fusion is not None and fusion != comp["fusion"]:
-                raise BadInput(f"--fusion {fusion}: this composition fuses with {comp['fusion']}; leave --fusion "
-                               f"out, or compose again with --fusion {fusion}", path)
-            return AdapterSet(names, [path / "adapters" / n for n in names], comp["fusion"])
-    paths = [resolve_artifact(p, workdir, "adapters") for p in parts]
+                raise BadParameter("{fusion:{value}}: this composition fuses with {saved}; leave {fusion} out, "
+                                   "or compose again with {fusion:{value}}", fusion, path, saved=comp["fusion"])
+            return AdapterSet(names, [adapter_dir(path, n) for n in names], comp["fusion"])
+    paths = [resolve_artifact(p, workdir, ADAPTERS) for p in parts]
     names = [Path(p).name for p in parts]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise BadInput(f"two adapters share the name '{twice[0]}': give each adapter once, or rename one "
-                       "with --name when training it")
+        raise BadInput(ParamText("two adapters share the name '{twice}': give each adapter once, or rename one "
+                                 "with {name} when training it", twice=twice[0]))
     return AdapterSet(names, paths, fusion or "concat")
 
 
@@ -66,7 +66,7 @@ def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str,
             allow_backbone_mismatch: bool = False) -> dict:
     """Checks that adapters compose and writes `compositions/<a>+<b>/` (adapters hard-linked in)."""
     if fusion not in ("concat", "add", "gated"):
-        raise BadInput(f"--fusion must be concat, add or gated, got {fusion!r}")
+        raise BadParameter("{fusion} must be concat, add or gated, got {value!r}", fusion)
     adapter_set = resolve_adapters(",".join(adapter_names), workdir, fusion)
     _, configs = load_adapters(adapter_set, allow_backbone_mismatch)
     first = configs[0]
@@ -75,7 +75,7 @@ def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str,
             raise BadInput(f"adapter width differs: {first.backbone_hidden_size} vs {config.backbone_hidden_size}", path)
     with atomic_output(out, overwrite=overwrite) as tmp:
         for name, path in zip(adapter_set.names, adapter_set.paths):
-            _link_tree(path, tmp / "adapters" / name)
+            _link_tree(path, adapter_dir(tmp, name))
         comp = {"fusion": fusion, "backbone": first.backbone, "marker_style": marker_style(configs),
                 "adapters": [{"name": n, "source": str(p), "kind": c.kind, "tap_layers": c.tap_layers,
                               "adapter_width": c.adapter_width}

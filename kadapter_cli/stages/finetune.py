@@ -28,11 +28,18 @@ from kadapter_cli.artifacts.output import (
 )
 from kadapter_cli.data.encoding import SPACED_MARKERS
 from kadapter_cli.data.padding import is_choices
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
-from kadapter_cli.modeling.backbone import backbone_fingerprint, backbone_shape, load_backbone, load_tokenizer
+from kadapter_cli.modeling.backbone import (
+    DEFAULT_BACKBONE,
+    backbone_fingerprint,
+    backbone_shape,
+    load_backbone,
+    load_tokenizer,
+)
 from kadapter_cli.modeling.kadapter import KAdapterModel, check_fits_backbone, marker_style
 from kadapter_cli.modeling.task_model import TaskModel
+from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import progress, waiting
 from kadapter_cli.stages.compose import AdapterSet, load_adapters
 from kadapter_cli.tasks import get_task
@@ -46,7 +53,6 @@ WEIGHTS = "model.safetensors"
 LABELS = "labels.json"
 TOKENIZER_DIR = "tokenizer"
 BACKBONE_DIR = "backbone"
-DEFAULT_BACKBONE = "roberta-large"
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -63,7 +69,7 @@ class FinetuneSpec:
     max_length: int = 256
     task_options: dict[str, Any] = field(default_factory=dict)
     cache_features: str = "auto"
-    cache_budget_gb: float | None = None
+    cache_budget: float | None = None  # GiB
     allow_backbone_mismatch: bool = False
     keep_adapter_dropout: bool = False  # the original code: frozen adapters stay in train mode
 
@@ -167,9 +173,9 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
                                         description=f"evaluating {split}")
             if all(task.has_gold(r) for r in splits[split]):  # an unlabeled test split only gets predictions
                 results[split] = metrics
-            if processes.is_main_process:
+            if is_main_process():
                 task.write_predictions(run_dir, split, outputs, encoded[split])
-        if not processes.is_main_process:  # the main process writes the artifact
+        if not is_main_process():  # the main process writes the artifact
             return results
         remove_checkpoints(run_dir)
         (run_dir / "best.safetensors").unlink(missing_ok=True)
@@ -213,7 +219,7 @@ def attach_task_feature_cache(model: TaskModel, splits: dict[str, list[dict]] | 
 
     storage = attach_cache(sequences, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
                            batch_size=max(config.forward_batch_size, 32), mode=spec.cache_features,
-                           budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to,
+                           budget_gib=spec.cache_budget, folder=run_dir / "feature-cache", pad_to=pad_to,
                            names=names)
     for split, seqs in zip(splits, sequences):
         if storage is None or seqs is split:
@@ -319,7 +325,7 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
     see `Task.scored_lines`) when `out` is set. `task_options`: over the saved ones."""
     model, tokenizer, task, labels, config = load_finetuned(model_dir, task_options)
     if data_dir is None:
-        raise BadInput("--data is required (the folder with the task's split files)")
+        raise BadParameter("{data_dir} is required (the folder with the task's split files)")
     path = task.task_files(data_dir)[split]
     records = task.read(path, labeled=split != "test" or not task.test_labels_optional)
     if not all(task.has_gold(r) for r in records):

@@ -21,29 +21,19 @@ from kadapter_cli.artifacts.io import iter_jsonl, read_json, sha256_inputs, writ
 from kadapter_cli.artifacts.manifest import write_manifest
 from kadapter_cli.artifacts.output import check_output, nothing_to_resume, remove_checkpoints, training_output
 from kadapter_cli.data.encoding import SPACED_MARKERS, check_marker_style, encode_dependency, encode_relation
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, count_parameters, save_adapter
 from kadapter_cli.modeling.backbone import backbone_fingerprint, backbone_shape, load_backbone, load_tokenizer
 from kadapter_cli.modeling.heads import build_head
 from kadapter_cli.modeling.pretrainer import AdapterPretrainer
+from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import progress
-from kadapter_cli.training.config import TrainConfig
+from kadapter_cli.training.config import TrainConfig, kind_defaults
 from kadapter_cli.training.loop import train
 from kadapter_cli.training.objectives import DependencyObjective, RelationObjective
 from kadapter_cli.training.setup import make_accelerator
 
-KINDS = ("fac", "lin")
 LIN_HEADS = ("pointer", "original")
-
-# The paper's settings (App. A.1/A.2); every one is a flag. Warm-up is not in the
-# paper; the scripts' 1200 (fac) / 500 (lin) steps assume millions of examples, so a share is used.
-# batch_size is the paper's effective batch; micro_batch_size what one 24 GB GPU holds at a time
-# with roberta-large frozen (the adapter's activations: about 8,000 tokens a micro-batch).
-KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fac": {"epochs": 5, "batch_size": 128, "micro_batch_size": 128, "lr": 2e-5, "warmup": 0.05, "max_length": 64},
-    "lin": {"epochs": 10, "batch_size": 256, "micro_batch_size": 64, "lr": 1e-5, "warmup": 0.05, "max_length": 128},
-}
-DEFAULT_INPUT = {"fac": "trex-rc", "lin": "parsed"}
 
 
 @dataclass
@@ -64,7 +54,7 @@ class AdapterTrainingSpec:
     marker_style: str = SPACED_MARKERS  # fac: how "@"/"#" become ids (kadapter_cli.data.encoding)
     lin_head: str = "pointer"
     cache_features: str = "auto"
-    cache_budget_gb: float | None = None
+    cache_budget: float | None = None  # GiB
 
 
 # ---------------------------------------------------------------- data
@@ -151,14 +141,13 @@ def head_spec(spec: AdapterTrainingSpec, relations: Sequence[str]) -> dict[str, 
 def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool = False, overwrite: bool = False,
                   manifest_config: dict | None = None) -> dict[str, Any]:
     """Pretrains one adapter and writes its artifact to `spec.out`; returns the summary."""
-    if spec.kind not in KINDS:
-        raise BadInput(f"--kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
+    kind_defaults(spec.kind)  # a kind that is not one is refused
     if spec.lin_head not in LIN_HEADS:
-        raise BadInput(f"--lin-head must be one of {', '.join(LIN_HEADS)}, got {spec.lin_head!r}")
+        raise BadParameter("{lin_head} must be one of {heads}, got {value!r}", spec.lin_head, heads=", ".join(LIN_HEADS))
     try:
         check_marker_style(spec.marker_style)
     except ValueError as e:
-        raise BadInput(f"--marker-style: {e}") from None
+        raise BadParameter("{marker_style}: {error}", spec.marker_style, error=e) from None
     if nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
         return read_json(spec.out / "metrics.json")
     check_output(spec.out, overwrite=overwrite, resume=resume, resumable=True)
@@ -188,7 +177,8 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     if max_positions and backbone.config.model_type in ("roberta", "xlm-roberta", "camembert"):
         max_positions -= 2  # RoBERTa's positions start after the padding index
     if max_positions and spec.max_length > max_positions:
-        raise BadInput(f"--max-length {spec.max_length} exceeds what {spec.backbone} supports ({max_positions})")
+        raise BadParameter("{max_length} {value} exceeds what {backbone} supports ({supported})", spec.max_length,
+                           backbone=spec.backbone, supported=max_positions)
 
     train_examples = encode_examples(spec.kind, tokenizer, train_records, spec.max_length, relations, "encoding train",
                                      spec.marker_style)
@@ -216,7 +206,7 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         summary = {"dev": result.best_metrics, "best_step": result.best_step, "steps": result.steps,
                    "batch_split": result.batch_split, "throughput": result.throughput,
                    "feature_cache": cached or "off"}
-        if not processes.is_main_process:  # the main process writes the artifact
+        if not is_main_process():  # the main process writes the artifact
             return summary
         save_adapter(run_dir, adapter, adapter_config, head)
         write_json(run_dir / "metrics.json", summary)
@@ -247,5 +237,5 @@ def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]],
     return attach_cache(splits, compute, n_states=len(model.adapter.tap_layers) + 1,
                         hidden=model.adapter.config.backbone_hidden_size, pad_id=pad_id,
                         batch_size=max(config.forward_batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to,
+                        budget_gib=spec.cache_budget, folder=run_dir / "feature-cache", pad_to=pad_to,
                         names=["train", "dev"])

@@ -34,7 +34,7 @@ from kadapter_cli.artifacts.output import atomic_output, nothing_to_resume, remo
 from kadapter_cli.data import lama
 from kadapter_cli.data.corpus import encode_corpus, read_corpus
 from kadapter_cli.data.padding import pad_ids
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
 from kadapter_cli.modeling.backbone import (
     backbone_shape,
@@ -48,7 +48,7 @@ from kadapter_cli.modeling.probe_model import ProbeModel, load_lm_head
 from kadapter_cli.progress import progress
 from kadapter_cli.stages.compose import AdapterSet, load_adapters
 from kadapter_cli.tasks import metrics
-from kadapter_cli.training.config import TrainConfig
+from kadapter_cli.training.config import PROBE_DEFAULTS, TrainConfig
 from kadapter_cli.training.loop import train
 from kadapter_cli.training.objectives import MaskedLMObjective
 
@@ -56,9 +56,6 @@ PROBE_CONFIG = "probe_config.json"
 PROBE_WEIGHTS = "probe.safetensors"
 PREDICTIONS = "predictions-{probe}.jsonl"
 
-# The paper's probe settings (App. D); the learning rate is not given there: ours, a flag.
-PROBE_DEFAULTS: dict[str, Any] = {"epochs": 2, "batch_size": 1024, "micro_batch_size": 16, "lr": 1e-3,
-                                  "warmup": 0, "max_length": 512}
 
 
 # ---------------------------------------------------------------- training and the probe artifact
@@ -72,7 +69,7 @@ class ProbeTrainingSpec:
     adapters: AdapterSet
     backbone: str | None
     corpus: Path | None
-    max_length: int = 512
+    max_length: int = PROBE_DEFAULTS["max_length"]
     init_from_lm_head: bool = False
     pretrained_lm_head: bool = False
 
@@ -116,13 +113,14 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
     if nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
         return read_json(spec.out / "metrics.json")
     if spec.pretrained_lm_head and spec.adapters.names:
-        raise BadInput("--pretrained-lm-head is the baseline over the backbone alone: give no --adapters")
+        raise BadParameter("{pretrained_lm_head:True} is the baseline over the backbone alone: give no {adapters}",
+                           spec.adapters.names)
     if not spec.pretrained_lm_head and spec.corpus is None:
-        raise BadInput("--corpus FILE is needed to train the probe (or --pretrained-lm-head for the baseline)")
+        raise BadParameter("{corpus} FILE is needed to train the probe (or {pretrained_lm_head:True} for the baseline)")
     adapters, adapter_configs = load_adapters(spec.adapters)
     backbone_id = spec.backbone or (adapter_configs[0].backbone if adapter_configs else None)
     if backbone_id is None:
-        raise BadInput("--backbone is needed for a probe without adapters")
+        raise BadParameter("{backbone} is needed for a probe without adapters")
     lines = read_corpus(spec.corpus) if not spec.pretrained_lm_head else []
     model, tokenizer = build_probe_model(spec, backbone_id, adapters, config.seed)
     if tokenizer.mask_token_id is None:
@@ -210,7 +208,7 @@ class LamaSpec:
 
 def read_lama(spec: LamaSpec) -> list[tuple[lama.RelationFacts, list]]:
     if spec.trex is None and spec.google_re is None:
-        raise BadInput("give the LAMA data: --trex DIR and/or --google-re DIR")
+        raise BadInput(ParamText("give the LAMA data: {trex} DIR and/or {google_re} DIR"))
     relations = []
     if spec.trex is not None:
         relations += lama.read_trex(spec.trex, spec.templates)
@@ -373,7 +371,7 @@ def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, devic
     manifest to `out`; returns {"probes", "uhn", "query_prefix_space", "results": {probe: {dataset: metrics}},
     "filters": {probe: {"dataset/relation": facts read, kept and dropped by each filter}}}."""
     if spec.top_k < 1:
-        raise BadInput(f"--top-k must be at least 1, got {spec.top_k}")
+        raise BadParameter("{top_k} must be at least 1, got {value}", spec.top_k)
     raw = read_lama(spec)
     common = lama.read_common_vocab(spec.common_vocab) if spec.common_vocab is not None else None
     dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")

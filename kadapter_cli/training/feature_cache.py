@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from kadapter_cli.data.padding import pad_ids
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadParameter
+from kadapter_cli.processes import process_index
 from kadapter_cli.progress import progress
 from kadapter_cli.training.batching import sequential_batches
 
@@ -188,7 +189,7 @@ def decide_cache(mode: str, n_bytes: int, budget_bytes: int | None = None, folde
     - `on`: as auto, but `BadInput` instead of None.
     """
     if mode not in ("auto", "on", "off"):
-        raise BadInput(f"--cache-features must be auto, on or off, got {mode!r}")
+        raise BadParameter("{cache_features} must be auto, on or off, got {value!r}", mode)
     if mode == "off":
         return None
     budget = default_budget_bytes() if budget_bytes is None else budget_bytes
@@ -198,11 +199,12 @@ def decide_cache(mode: str, n_bytes: int, budget_bytes: int | None = None, folde
     if n_bytes <= free // 2:
         return "disk"
     if mode == "on":
-        raise BadInput(
-            f"--cache-features on: the cache needs {n_bytes / GiB:.2f} GiB, over the memory budget "
-            f"({budget / GiB:.2f} GiB) and half the free disk ({free / GiB:.2f} GiB free"
-            + (f" under {folder}" if folder is not None else "") + "); raise --cache-budget, free disk space, "
-            "or use --cache-features auto"
+        raise BadParameter(
+            "{cache_features:{value}}: the cache needs {need:.2f} GiB, over the memory budget "
+            "({budget:.2f} GiB) and half the free disk ({free:.2f} GiB free"
+            + (" under {folder}" if folder is not None else "") + "); raise {cache_budget}, free disk space, "
+            "or use {cache_features:auto}", mode, need=n_bytes / GiB, budget=budget / GiB, free=free / GiB,
+            folder=folder,
         )
     return None
 
@@ -301,7 +303,7 @@ def attach_cache(
     storage = decide_cache(mode, estimate_bytes(n_tokens, n_states, hidden), budget, folder)
     if storage is None:
         return None
-    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    rank = str(process_index())
     for i, examples in enumerate(splits):
         if not examples:
             continue
