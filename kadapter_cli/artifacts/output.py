@@ -3,7 +3,11 @@
 one. A lock file beside the output stops two commands from writing the same folder at once.
 Resumable training builds under a fixed sibling (`.<name>.partial`) that survives interruption and
 is picked up again by `--resume`, with its checkpoints in `checkpoints/step-<N>/`; under several
-processes (`accelerate launch`, `torchrun`) the main one owns it (`training_output`)."""
+processes (`accelerate launch`, `torchrun`) the main one owns it (`training_output`).
+
+When an output is complete, every file and folder in it gets the permissions the umask gives new
+ones (0644 and 0755 under umask 022), whatever wrote it: safetensors' `save_file` writes its files
+0600, which a colleague reading a shared folder could not open (`share_tree`)."""
 
 from __future__ import annotations
 
@@ -107,6 +111,7 @@ def atomic_output(
         try:
             tmp.mkdir(parents=True, exist_ok=True)
             yield tmp
+            share_tree(tmp)
             _fsync_tree(tmp)
         except BaseException as e:
             if not resumable:
@@ -200,6 +205,34 @@ def _remove_abandoned_scratch(final: Path) -> None:
             pid = scratch.name.rsplit("-", 1)[-1]
             if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
                 shutil.rmtree(scratch, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process's umask: from `/proc/self/status` where Linux offers it, else by setting and
+    restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_tree(folder: str | Path) -> None:
+    """Gives `folder`, and every file and folder under it, the mode a new one gets under the umask:
+    `0o666 & ~umask` for files, `0o777 & ~umask` for folders (links are left alone)."""
+    mask = current_umask()
+    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    folder = Path(folder)
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        wanted = dir_mode if path.is_dir() else file_mode
+        if path.stat().st_mode & 0o7777 != wanted:
+            path.chmod(wanted)
 
 
 def _fsync_tree(folder: Path) -> None:
