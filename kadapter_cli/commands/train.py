@@ -380,9 +380,13 @@ def evaluate_cli(
     overwrite: bool = OVERWRITE,
     scores: bool = SCORES, all_scores: bool = ALL_SCORES,
     max_paragraphs: Optional[int] = MAX_PARAGRAPHS, skip_bad: bool = SKIP_BAD, max_answer_length: Optional[int] = MAX_ANSWER_LENGTH,
+    no_save: bool = typer.Option(False, "--no-save", help="Print the metrics and write nothing (no --out folder)."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
-    """Recompute a split's metrics from a saved finetuned model and write its predictions."""
+    """Recompute a split's metrics from a saved finetuned model and write its predictions.
+
+    An existing output folder is refused before anything is computed (--overwrite replaces it);
+    --no-save only prints the metrics."""
     from kadapter_cli.artifacts.layout import evaluation_dir, task_data_dir
     from kadapter_cli.stages.finetune import evaluate_finetuned
 
@@ -392,14 +396,17 @@ def evaluate_cli(
     workdir = get_workdir(ctx)
     task_class = _saved_task(model_dir)
     overrides = _reading_overrides(task_class, max_paragraphs, skip_bad, max_answer_length)
-    target = out or evaluation_dir(workdir, model_dir.name, split)
+    if no_save and out is not None:
+        raise BadInput("--no-save writes nothing: leave out --out")
+    target = None if no_save else out or evaluation_dir(workdir, model_dir.name, split)
     result = evaluate_finetuned(model_dir, data or task_data_dir(workdir, task_class.name), split, target,
                                 batch_size=batch_size, device=device, overwrite=overwrite,
                                 scores=_scores_mode(scores, all_scores), task_options=overrides)
     if json_out:
         echo_json(result["metrics"])
     else:
-        _print_metrics(f"{model_dir.name} on {split} ({result['task']}) → {target}", {split: result["metrics"]},
+        where = "" if target is None else f" → {target}"
+        _print_metrics(f"{model_dir.name} on {split} ({result['task']}){where}", {split: result["metrics"]},
                        result["headline"])
 
 

@@ -322,7 +322,10 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
                        batch_size: int = 32, device: str = "auto", overwrite: bool = False,
                        scores: str = "none", task_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Recomputes a split's metrics from a saved model; writes predictions (+ metrics, + `scores`:
-    see `Task.scored_lines`) when `out` is set. `task_options`: over the saved ones."""
+    see `Task.scored_lines`) when `out` is set, and nothing when it is None. `task_options`: over
+    the saved ones. An existing `out` is refused (without `overwrite`) before anything is computed."""
+    if out is not None:
+        check_output(out, overwrite=overwrite)
     model, tokenizer, task, labels, config = load_finetuned(model_dir, task_options)
     if data_dir is None:
         raise BadParameter("{data_dir} is required (the folder with the task's split files)")

@@ -336,7 +336,7 @@ def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
             reads.append(_artifact(workdir, layout.COMPOSITIONS if "+" in a else layout.ADAPTERS, a))
         run = opts.get("name") or layout.finetuned_run_name(task, [Path(a).name for a in adapters])
         return reads, [_artifact(workdir, layout.FINETUNED, str(output or run))]
-    if cmd == "evaluate" and stage.inputs:
+    if cmd == "evaluate" and stage.inputs and not opts.get("no-save"):
         split = opts.get("split", "test")
         return [], out(layout.evaluation_dir(workdir, Path(stage.inputs[0]).name, split))
     if cmd == "train-probe":
