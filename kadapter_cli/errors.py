@@ -120,11 +120,17 @@ class BadInput(KadapterError):
         if self.path is not None:
             where = self.path
             if self.record is not None:
-                where += f", {self.record if isinstance(self.record, str) else f'record {self.record}'}"
+                where += f", {record_text(self.record)}"
             where += ": "
         elif self.record is not None:
-            where = f"{self.record if isinstance(self.record, str) else f'record {self.record}'}: "
+            where = f"{record_text(self.record)}: "
         return where
+
+
+def record_text(record: str | int) -> str:
+    """How a message names a record: as given (`line 5`: a line of JSON Lines or CSV, counted from 1),
+    or for an index into a JSON list `record 4 (counted from 0)`, saying which way it counts."""
+    return record if isinstance(record, str) else f"record {record} (counted from 0)"
 
 
 class BadParameter(BadInput):

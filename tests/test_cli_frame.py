@@ -56,7 +56,7 @@ def test_bad_input_is_exit_2_with_one_line_and_no_traceback():
 
     result = CliRunner().invoke(_app_with(boom), ["boom"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: data/train.json, record 7: missing field 'sent'"
+    assert result.stderr.strip() == "error: data/train.json, record 7 (counted from 0): missing field 'sent'"
     assert "Traceback" not in result.output
 
 

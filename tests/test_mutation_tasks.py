@@ -138,7 +138,7 @@ def test_a_zero_logit_is_not_a_positive_one():
 @pytest.mark.parametrize("labels, message", [
     ([""], "expected a non-empty JSON list of label strings"),
     ([5], "expected a non-empty JSON list of label strings"),
-    (["a", "b", "a"], "record 2: label 'a' is listed twice"),
+    (["a", "b", "a"], "record 2 (counted from 0): label 'a' is listed twice"),
 ])
 def test_a_bad_labels_file_is_named_with_the_record(tmp_path, labels, message):
     (tmp_path / "labels.json").write_text(json.dumps(labels))
@@ -156,13 +156,14 @@ def test_a_wrongly_typed_field_names_the_json_type(tmp_path, field, value, messa
     path.write_text(json.dumps([_typing(0, ["person"]), {**_typing(1, []), field: value}]))
     with pytest.raises(BadInput) as e:
         get_task("openentity").read(path)
-    assert str(e.value) == f"{path}, record 1: {message}"
+    assert str(e.value) == f"{path}, record 1 (counted from 0): {message}"
 
 
 def test_figer_training_records_without_labels_need_a_labels_file(tmp_path):
     with pytest.raises(BadInput) as e:
         get_task("figer").label_vocab([{"labels": []}], tmp_path)
-    assert str(e.value) == f"{tmp_path}: the training records carry no labels; give the label list in labels.json"
+    assert str(e.value) == (f"{tmp_path}: the training records carry no labels; list the labels in a file (a JSON "
+                            "list, or one label a line) and pass labels FILE, or save it as labels.json in the data folder")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -177,7 +178,7 @@ def test_bad_relation_records_say_what_is_wrong(tmp_path, change, message):
     path.write_text(json.dumps([{**_relation("per:title"), **change}]))
     with pytest.raises(BadInput) as e:
         get_task("tacred").read(path)
-    assert str(e.value) == f"{path}, record 0: {message}"
+    assert str(e.value) == f"{path}, record 0 (counted from 0): {message}"
 
 
 def test_a_relation_record_with_both_token_spellings_reads_token(tmp_path):
@@ -396,7 +397,8 @@ def test_tacred_training_records_without_any_relation_are_refused_not_trained_to
     result = cli("finetune", "--task", "tacred", "--data", data, "--backbone", tiny_backbone, "--max-steps", "1",
                  "--max-length", "32")
     assert result.exit_code == 2, result.output
-    assert "the training records carry no labels; give the label list in labels.json" in result.output
+    assert ("the training records carry no labels; list the labels in a file (a JSON list, or one label a line) "
+            "and pass --labels FILE, or save it as labels.json in the data folder") in result.output
     assert not (cli.workdir / "finetuned" / "tacred-base").exists()
 
 
@@ -411,7 +413,7 @@ def test_typing_mention_offsets_an_empty_mention_and_one_ending_the_sentence(tmp
     path.write_text(json.dumps([{"sent": sent, "start": 6, "end": 6, "labels": []}]))
     with pytest.raises(BadInput) as e:
         get_task("openentity").read(path)
-    assert str(e.value) == (f"{path}, record 0: mention offsets start=6, end=6 are reversed or outside the sentence "
+    assert str(e.value) == (f"{path}, record 0 (counted from 0): mention offsets start=6, end=6 are reversed or outside the sentence "
                             f"({len(sent)} characters; end is exclusive)")
 
 
@@ -422,11 +424,11 @@ def test_typing_prediction_inputs_may_lack_labels_but_bad_labels_are_named(tmp_p
     assert record["labels"] == []
     with pytest.raises(BadInput) as e:
         get_task("figer").read(path)  # training and scoring need them
-    assert "'labels'" in str(e.value) and str(e.value).startswith(f"{path}, record 0: ")
+    assert "'labels'" in str(e.value) and str(e.value).startswith(f"{path}, record 0 (counted from 0): ")
     path.write_text(json.dumps([{"sent": "Obama visited Paris", "start": 0, "end": 5, "labels": "person"}]))
     with pytest.raises(BadInput) as e:
         get_task("figer").read(path, labeled=False)
-    assert str(e.value) == f"{path}, record 0: 'labels' must be a list of strings"
+    assert str(e.value) == f"{path}, record 0 (counted from 0): 'labels' must be a list of strings"
 
 
 # ---------------------------------------------------------------- the readers (tasks_readers survivors)

@@ -270,7 +270,7 @@ def test_task_records_are_normalized_or_bad_input(raw):
         try:
             record = task.normalize(raw, "data.json", 3, labeled=True)
         except BadInput as e:
-            assert str(e).startswith("data.json, record 3: ")
+            assert str(e).startswith("data.json, record 3 (counted from 0): ")
             continue
         if task.head == "typing":
             assert 0 <= record["start"] < record["end"] <= len(record["sent"])

@@ -208,7 +208,7 @@ def test_bad_typing_records_name_file_and_record(tmp_path, task_name, bad, messa
     path = write_json(tmp_path / "dev.json", [GOOD_TYPING, bad])
     with pytest.raises(BadInput) as err:
         get_task(task_name).read(path)
-    assert str(err.value).startswith(f"{path}, record 1: ")
+    assert str(err.value).startswith(f"{path}, record 1 (counted from 0): ")
     assert message in str(err.value)
 
 
@@ -227,7 +227,7 @@ def test_bad_tacred_records_name_file_and_record(tmp_path, bad, message):
     path = write_json(tmp_path / "train.json", [GOOD_TACRED, GOOD_TACRED, bad])
     with pytest.raises(BadInput) as err:
         get_task("tacred").read(path)
-    assert str(err.value).startswith(f"{path}, record 2: ")
+    assert str(err.value).startswith(f"{path}, record 2 (counted from 0): ")
     assert message in str(err.value)
 
 
@@ -300,7 +300,7 @@ def test_gold_label_outside_the_vocabulary_names_file_and_record(tmp_path):
                                              {**GOOD_TYPING, "labels": ["/person", "/martian"]}])
     with pytest.raises(BadInput) as err:
         task.check_labels(task.read(dev), labels, dev)
-    assert str(err.value) == f"{dev}, record 1: label '/martian' is not one of the task's 1 labels"
+    assert str(err.value) == f"{dev}, record 1 (counted from 0): label '/martian' is not one of the 1 labels of the task (/person)"
     with pytest.raises(BadInput, match="no labels"):
         task.label_vocab([{**GOOD_TYPING, "labels": []}], tmp_path / "nowhere")
 

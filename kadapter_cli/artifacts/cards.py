@@ -187,18 +187,25 @@ def adapter_card(config, metrics: dict[str, Any], inputs: Sequence[dict], settin
 def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequence[str],
                    metrics: dict[str, dict[str, Any]], inputs: Sequence[dict], settings: dict[str, Any],
                    stats: dict[str, Any], command: Sequence[str] | None = None,
-                   task_inputs: Sequence[dict] | None = None) -> str:
+                   task_inputs: Sequence[dict] | None = None, dataset: str | None = None) -> str:
     """The card of a `finetuned/<run>/` artifact (`model_config`: its config.json). The license is
-    that of the task data (`task_inputs`; default all `inputs`), not of the adapters' data."""
+    that of the task data (`task_inputs`; default all `inputs`), not of the adapters' data.
+    `dataset`: the name of your own data (its folder's); None for the task's benchmark, which the
+    card then names, with its license, as the data set."""
     adapters = model_config.get("adapters", [])
-    license_ = data_license(task.name, inputs if task_inputs is None else task_inputs)
+    own = dataset is not None
+    license_ = data_license("" if own else task.name, inputs if task_inputs is None else task_inputs)
     headline = list(task.headline_metrics)
     splits = {s: {k: v for k, v in (metrics.get(s) or {}).items() if k in headline}
               for s in ("dev", "test") if s in metrics}
     task_type = task.hub_task
-    tags = ["kadapter", "k-adapter", task.name, *(f"{a['config']['kind']}-adapter" for a in adapters)]
+    dataset = dataset or task.name
+    tags = ["kadapter", "k-adapter", *([] if own else [task.name]), *(f"{a['config']['kind']}-adapter" for a in adapters)]
     meta = {**_meta(model_config["backbone"], tags,
-                    license_, _model_index(name, task_type, task.name, task.name, splits)), "pipeline_tag": task_type}
+                    license_, _model_index(name, task_type, task.name, dataset, splits)), "pipeline_tag": task_type}
+    labelled = f"{len(labels)} labels" + (f": {', '.join(labels[:12])}{', …' if len(labels) > 12 else ''}" if own else "")
+    about = (f"**{dataset}** (own data in the {task.name} format, {labelled})" if own else
+             f"**{task.name}**{f' ({labelled})' if labels else ''}")
     adapter_lines = [f"- `{a['name']}` ({a['config']['kind']}): taps {', '.join(map(str, a['config']['tap_layers']))}, "
                      f"width {a['config']['adapter_width']}, {a['config']['layers_per_tap']} layers per tap, frozen"
                      for a in adapters] or ["- none: this is the baseline (the backbone and the task head only)"]
@@ -207,10 +214,9 @@ def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequen
                    for row in params.values() if isinstance(row, dict)]
     return "\n".join([
         _front_matter(meta),
-        f"# {name}: {task.name} with {'+'.join(a['name'] for a in adapters) or 'no'} adapters",
+        f"# {name}: {dataset if own else task.name} with {'+'.join(a['name'] for a in adapters) or 'no'} adapters",
         "",
-        f"A fine-tuned K-Adapter model for **{task.name}**{f' ({len(labels)} labels)' if labels else ''}, made with "
-        "kadapter: the backbone "
+        f"A fine-tuned K-Adapter model for {about}, made with kadapter: the backbone "
         f"`{model_config['backbone']}` ({'frozen' if model_config.get('freeze_backbone') else 'fine-tuned'}), "
         "the frozen knowledge adapters below, their fusion "
         f"(`{model_config.get('fusion') or 'none'}`) and the task head. The checkpoint is the one selected on dev.",
@@ -232,7 +238,7 @@ def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequen
         "## How to use",
         "",
         "```bash",
-        f"kadapter evaluate path/to/{name} --data path/to/{task.name}-data --split test",
+        f"kadapter evaluate path/to/{name} --data path/to/{dataset if own else task.name + '-data'} --split test",
         f"kadapter predict path/to/{name} records.jsonl > predictions.jsonl",
         "```",
         "",

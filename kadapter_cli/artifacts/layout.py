@@ -113,9 +113,16 @@ def task_data_dir(workdir: str | Path, task: str) -> Path:
     return Path(workdir) / TASKS / task
 
 
-def finetuned_run_name(task: str, adapter_names: Sequence[str]) -> str:
-    """`<task>-<a>+<b>`, or `<task>-base` without adapters."""
-    return f"{task}-{joined_name(adapter_names) or NO_ADAPTERS}"
+def data_name(data_dir: str | Path) -> str:
+    """What a run calls data of your own: its folder's name (`data/biomed` → `biomed`)."""
+    return Path(data_dir).name or Path(os.path.abspath(data_dir)).name or "data"
+
+
+def finetuned_run_name(data: str, adapter_names: Sequence[str]) -> str:
+    """`<data>-<a>+<b>`, or `<data>-base` without adapters. `data` is the task's name for the
+    benchmark's data and the data folder's name (`data_name`) for your own: the fine-tuning stage
+    decides which (`Task.run_data_name`)."""
+    return f"{data}-{joined_name(adapter_names) or NO_ADAPTERS}"
 
 
 def finetuned_dir(workdir: str | Path, run_name: str) -> Path:

@@ -284,8 +284,14 @@ def finetune_cli(
     adapters: Optional[str] = typer.Option(None, "--adapters", help="fac,lin (names or folders), a composition, or none for the baseline."),
     fusion: Optional[str] = typer.Option(None, "--fusion", metavar="concat|add|gated", help="How adapters are fused (default: concat, or the composition's)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Folder with train.json, dev.json, test.json (or the task's own file names; default <workdir>/tasks/<task>)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <workdir>/finetuned/<task>-<a>+<b>, -base without adapters)."),
+    out: Optional[Path] = typer.Option(None, "--out", help=(
+        "Output folder (default <workdir>/finetuned/<data>-<a>+<b>, -base without adapters; <data> is the task's name "
+        "for the benchmark's data, the --data folder's name for your own labels).")),
     name: Optional[str] = typer.Option(None, "--name", help="Run name under <workdir>/finetuned/."),
+    labels: Optional[Path] = typer.Option(None, "--labels", metavar="FILE", help=(
+        "The label set, a JSON list or one label a line (typing and relation tasks). Default: labels.json in the "
+        "data folder, else the benchmark's labels when every training label is one of them, else the labels of "
+        "the training split.")),
     backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Backbone id or folder (default: the adapters', else {DEFAULT_BACKBONE})."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Freeze the backbone (the paper trains it); enables the feature cache."),
     task_option: list[str] = typer.Option([], "--task-option", metavar="KEY=VALUE",
@@ -329,9 +335,11 @@ def finetune_cli(
     adapter_set = resolve_adapters(options["adapters"], workdir, options["fusion"])
     train_config, resolved = _train_config(options, task_obj.defaults_for(adapter_set.names))
     resolved["task_option"] = [f"{k}={json.dumps(v)}" for k, v in task_obj.option_values().items()]
-    run_name = options["name"] or finetuned_run_name(task_obj.name, adapter_set.names)
+    data_dir = Path(options["data"] or task_data_dir(workdir, task_obj.name))
+    run_name = options["name"] or finetuned_run_name(task_obj.run_data_name(data_dir, options["labels"]),
+                                                     adapter_set.names)
     spec = FinetuneSpec(
-        task=task_obj.name, data=Path(options["data"] or task_data_dir(workdir, task_obj.name)),
+        task=task_obj.name, data=data_dir, labels=options["labels"],
         out=Path(options["out"] or finetuned_dir(workdir, run_name)), adapters=adapter_set,
         backbone=options["backbone"], freeze_backbone=options["freeze_backbone"],
         max_length=int(resolved["max_length"]), task_options=task_options,

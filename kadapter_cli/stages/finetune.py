@@ -18,6 +18,7 @@ from torch import nn
 
 from kadapter_cli.artifacts.cards import finetuned_card, write_card
 from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json, write_jsonl
+from kadapter_cli.artifacts.layout import data_name
 from kadapter_cli.artifacts.manifest import read_manifest, write_manifest
 from kadapter_cli.artifacts.output import (
     atomic_output,
@@ -40,9 +41,10 @@ from kadapter_cli.modeling.backbone import (
 from kadapter_cli.modeling.kadapter import KAdapterModel, check_fits_backbone, marker_style
 from kadapter_cli.modeling.task_model import TaskModel
 from kadapter_cli.processes import is_main_process
-from kadapter_cli.progress import progress, waiting
+from kadapter_cli.progress import info, progress, waiting
 from kadapter_cli.stages.compose import AdapterSet, load_adapters
 from kadapter_cli.tasks import get_task
+from kadapter_cli.tasks.base import LabelSet, located, where_of
 from kadapter_cli.training.config import TrainConfig
 from kadapter_cli.training.loop import evaluate, predict, train
 from kadapter_cli.training.objectives import TaskObjective
@@ -72,6 +74,9 @@ class FinetuneSpec:
     cache_budget: float | None = None  # GiB
     allow_backbone_mismatch: bool = False
     keep_adapter_dropout: bool = False  # the original code: frozen adapters stay in train mode
+    # A labels file (a JSON list, or one label a line); default: labels.json in `data`, else the
+    # benchmark's labels or those of the training split (`ClassificationTask.label_set`).
+    labels: Path | None = None
 
 
 def read_task_data(task, data_dir: Path, need_train: bool = True) -> dict[str, list[dict]]:
@@ -94,11 +99,12 @@ def build_task_model(task, labels: Sequence[str], adapters: dict[str, KnowledgeA
     return TaskModel(body, task.build_head(hidden, len(labels)), task)
 
 
-def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str], max_length: int,
+def encode_split(task, tokenizer, records: Sequence[dict], labels: Sequence[str] | LabelSet, max_length: int,
                  path: Path, description: str, marker_style: str = SPACED_MARKERS) -> list[dict]:
-    """The model's examples of a split's records, each tagged with `record` (its record's index)."""
-    label_index = {label: i for i, label in enumerate(labels)}
+    """The model's examples of a split's records, each tagged with `record` (its record's index).
+    `labels`: the label list, or the `LabelSet` it came from (its unknown-label message says more)."""
     task.check_labels(records, labels, path)
+    label_index = {label: i for i, label in enumerate(labels.labels if isinstance(labels, LabelSet) else labels)}
     out = []
     with progress() as bar:
         t = bar.add_task(description, total=len(records), unit="examples")
@@ -113,7 +119,7 @@ def _record_examples(task, tokenizer, record: dict, label_index: dict[str, int],
     try:
         examples = task.examples(tokenizer, record, label_index, max_length, marker_style)
     except ValueError as e:
-        raise BadInput(str(e), path, index) from None
+        raise BadInput(str(e), path, where_of(record, index)) from None
     for example in examples:
         example["record"] = index
     return examples
@@ -129,7 +135,12 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     splits = read_task_data(task, spec.data)
     files = task.task_files(spec.data)
     train_records = task.prepare_train(splits["train"])
-    labels = task.label_vocab(train_records, spec.data)
+    label_set = task.label_set(train_records, spec.data, spec.labels)
+    labels = list(label_set.labels)
+    if labels:
+        info(label_set.describe())
+    for split, records in splits.items():  # an unknown label is refused before the model loads
+        task.check_labels(records, label_set, files[split])
 
     adapters, adapter_configs = load_adapters(spec.adapters, spec.allow_backbone_mismatch)
     backbone_id = spec.backbone or (adapter_configs[0].backbone if adapter_configs else DEFAULT_BACKBONE)
@@ -143,8 +154,8 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     if config.limit:  # the first N of every split, before the work of encoding them
         splits = {k: v[: config.limit] for k, v in splits.items()}
     markers = marker_style(adapter_configs)  # encode the entity markers as the adapters learned them
-    encoded = {split: encode_split(task, tokenizer, recs, labels, spec.max_length, files[split], f"encoding {split}",
-                                   markers)
+    encoded = {split: encode_split(task, tokenizer, recs, label_set, spec.max_length, files[split],
+                                   f"encoding {split}", markers)
                for split, recs in splits.items()}
 
     torch.manual_seed(config.seed)  # fusion and head initial weights follow the seed
@@ -190,7 +201,8 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         task_inputs = sha256_inputs([f for p in files.values() if p.exists() for f in task.input_files(p)])
         inputs = task_inputs + sha256_inputs(spec.adapters.paths)
         write_card(run_dir, finetuned_card(spec.out.name, task, read_json(run_dir / CONFIG), labels, results,
-                                           inputs, manifest_config or {}, stats, task_inputs=task_inputs))
+                                           inputs, manifest_config or {}, stats, task_inputs=task_inputs,
+                                           dataset=None if label_set.benchmark else data_name(spec.data)))
         write_manifest(run_dir, "finetuned", config=manifest_config or {}, inputs=inputs, stats=stats)
     return results
 
@@ -333,7 +345,9 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
     records = task.read(path, labeled=split != "test" or not task.test_labels_optional)
     if not all(task.has_gold(r) for r in records):
         raise BadInput(f"the {split} split has no labels to score against; use `kadapter predict` for it", path)
-    examples = encode_split(task, tokenizer, records, labels, config["max_length"], path, f"encoding {split}",
+    trained = LabelSet(labels, "the model was trained on", benchmark=False,
+                       fix="the model cannot score it; fine-tune with every label ({labels} FILE)")
+    examples = encode_split(task, tokenizer, records, trained, config["max_length"], path, f"encoding {split}",
                             config["marker_style"])
     objective = TaskObjective(tokenizer.pad_token_id or 0, task, labels, model.body.padded_length(config["max_length"]))
     metrics, outputs = evaluate(model, objective, examples, TrainConfig(batch_size=batch_size, device=device),
@@ -363,7 +377,7 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
     with progress() as bar:
         encoding = bar.add_task("encoding", total=len(records), unit="examples")
         for i, rec in enumerate(records):
-            known = task.without_unknown_labels(rec, label_index)
+            known = located(task.without_unknown_labels(rec, label_index), where_of(rec, i))
             for ex in _record_examples(task, tokenizer, known, label_index, config["max_length"],
                                        config["marker_style"], input_path, i):
                 ex["gold"] = task.gold(rec)

@@ -22,8 +22,11 @@ vocabulary and paper hyper-parameters — `TypingTask` (a marked mention, multi-
 - typing: `{"sent", "start", "end", "labels"}` (character offsets, end exclusive);
 - relation: `{"id", "tokens", "subj_start", "subj_end", "obj_start", "obj_end", "relation"}`
   (inclusive word spans).
-Bad input is `BadInput` naming the file and the record (its 0-based index in a JSON list, the
-same number as `index` in predictions files) or the line (JSON Lines, CSV).
+Bad input is `BadInput` naming the file and the record: its line in JSON Lines and CSV (`line 5`,
+counted from 1 as editors count), its index in a JSON list (`record 4 (counted from 0)`, the same
+number as `index` in predictions files). Records remember where they were read (`Record.where`),
+so an error found after reading (an unknown label, a mention the tokenizer cannot encode) names
+the record the same way the reader would.
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Sequence
 
-from kadapter_cli.artifacts.io import iter_jsonl, read_json, write_jsonl
+from kadapter_cli.artifacts.io import iter_jsonl, iter_text_lines, read_json, write_jsonl
+from kadapter_cli.artifacts.layout import data_name
 from kadapter_cli.data import encoding
-from kadapter_cli.errors import BadInput, BadParameter
+from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.tasks import metrics
 
 if TYPE_CHECKING:  # torch is imported inside methods: importing the registry stays cheap
@@ -53,6 +57,26 @@ DEFAULT_MICRO_BATCH = 8
 Where = int | str  # a record index in a JSON list, or "line N" in JSON Lines and CSV
 Batch = dict[str, Any]
 Prediction = dict[str, Any]  # at least {"pred": [labels as strings]}; plain Python values only
+
+
+class Record(dict):
+    """A normalised record that remembers where it was read (`where`), for errors found later. It
+    compares, copies into a plain dict (`{**record}`) and serialises as the dict it is."""
+
+    where: Where | None = None
+
+
+def located(record: dict, where: Where) -> Record:
+    """`record` as a `Record` read at `where`."""
+    out = record if isinstance(record, Record) else Record(record)
+    out.where = where
+    return out
+
+
+def where_of(record: dict, index: int) -> Where:
+    """Where `record` was read; records made in memory (no `where`) are named by their `index`."""
+    where = getattr(record, "where", None)
+    return index if where is None else where
 
 
 @dataclass(frozen=True)
@@ -130,7 +154,7 @@ class Task:
     def read(self, path: str | Path, labeled: bool = True) -> list[dict]:
         """Reads and validates a split file (a JSON list, or JSON Lines); `labeled=False` for `predict`
         inputs, whose records may lack gold labels."""
-        records = [self.normalize(raw, path, where, labeled) for where, raw in iter_raw_records(path)]
+        records = [located(self.normalize(raw, path, where, labeled), where) for where, raw in iter_raw_records(path)]
         if not records:
             raise BadInput("no records", path)
         return records
@@ -157,11 +181,26 @@ class Task:
 
     # ------------------------------------------------------------ labels
 
+    def label_set(self, train_records: Sequence[dict], data_dir: str | Path | None = None,
+                  labels: str | Path | None = None) -> "LabelSet":
+        """The label list and where it comes from (`labels`: a labels file); an empty set for a
+        task without a label vocabulary, which refuses a labels file."""
+        if labels is not None:
+            raise BadParameter("task '{task}' has no label set: {labels} does not apply to it", value=labels,
+                               task=self.name)
+        return LabelSet([], "", benchmark=True)
+
+    def run_data_name(self, data_dir: str | Path, labels: str | Path | None = None) -> str:
+        """What a run's default name calls its data (`artifacts.layout.finetuned_run_name`): the
+        task's name for the benchmark's data; a task with a label set also tells your own data
+        (`ClassificationTask.run_data_name`)."""
+        return self.name
+
     def label_vocab(self, train_records: Sequence[dict], data_dir: str | Path | None = None) -> list[str]:
         """The label list (index = label id); `[]` for a task without a label vocabulary."""
-        return []
+        return list(self.label_set(train_records, data_dir).labels)
 
-    def check_labels(self, records: Sequence[dict], labels: Sequence[str], path: str | Path) -> None:
+    def check_labels(self, records: Sequence[dict], labels: "Sequence[str] | LabelSet", path: str | Path) -> None:
         """`BadInput` naming the file and record of the first gold label outside `labels`."""
 
     def without_unknown_labels(self, record: dict, label_index: dict[str, int]) -> dict:
@@ -292,26 +331,84 @@ class ClassificationTask(Task):
     """A head with one logit per label of a closed vocabulary; single- or multi-label."""
 
     multilabel: ClassVar[bool]
+    # The benchmark's closed label set, when it has one. Training labels all within it mean the
+    # data is the benchmark's; any other label means your own data, whose labels are then read
+    # from the training split (`label_set`, docs/tasks.md).
+    benchmark_labels: ClassVar[tuple[str, ...] | None] = None
 
-    def label_vocab(self, train_records: Sequence[dict], data_dir: str | Path | None = None) -> list[str]:
-        """`labels.json` in `data_dir` if present, else the task's rule (`default_labels`)."""
-        if data_dir is not None and (Path(data_dir) / LABELS_FILE).is_file():
-            return read_label_file(Path(data_dir) / LABELS_FILE)
-        labels = self.default_labels(train_records)
-        if not labels:
-            raise BadInput(f"the training records carry no labels; give the label list in {LABELS_FILE}", data_dir)
-        return labels
+    def label_set(self, train_records: Sequence[dict], data_dir: str | Path | None = None,
+                  labels: str | Path | None = None) -> "LabelSet":
+        """The label list (index = label id), from the first of:
+
+        1. `labels`, a labels file (`finetune --labels FILE`: a JSON list, or one label a line);
+        2. `labels.json` in `data_dir`;
+        3. the training labels, when they are all the benchmark's (`benchmark_labels`): the
+           benchmark's list (`benchmark_label_set`) — the data is the benchmark's;
+        4. otherwise the labels of the training split, sorted (`own_labels`) — your own data.
+        """
+        given = None if labels is None else Path(labels)
+        if given is None and data_dir is not None and (Path(data_dir) / LABELS_FILE).is_file():
+            given = Path(data_dir) / LABELS_FILE
+        if given is not None:
+            from_file = read_label_file(given)
+            return LabelSet(from_file, f"from {given}", self.is_benchmark(from_file), fix=f"add it to {given}")
+        seen = self.training_labels(train_records)
+        if not seen:
+            raise BadInput(ParamText("the training records carry no labels; list the labels in a file (a JSON list, "
+                                     "or one label a line) and pass {labels} FILE, or save it as {file} in the "
+                                     "data folder", file=LABELS_FILE), data_dir)
+        return self.benchmark_label_set(seen) if self.is_benchmark(seen) else \
+            LabelSet(self.own_labels(seen), "from the training split", benchmark=False, fix=OWN_LABELS_FIX)
+
+    def run_data_name(self, data_dir: str | Path, labels: str | Path | None = None) -> str:
+        """The task's name when the data is the benchmark's (its labels, as `label_set` finds them,
+        are all the benchmark's), else the data folder's name (`data_name`): your own data. A folder
+        named after the task, or one without a training split yet (a pipeline planning ahead), is
+        named without reading records."""
+        folder = data_name(data_dir)
+        if folder == self.name:
+            return folder
+        records: list[dict] = []
+        if labels is None and not (Path(data_dir) / LABELS_FILE).is_file():  # the training split decides
+            train = self.task_files(data_dir)["train"]
+            if not train.exists():
+                return folder
+            records = self.read(train)
+        return self.name if self.label_set(records, data_dir, labels).benchmark else folder
+
+    def training_labels(self, train_records: Sequence[dict]) -> list[str]:
+        """The distinct gold labels of the training records, sorted."""
+        return sorted({label for record in train_records for label in self.gold(record)})
+
+    def is_benchmark(self, labels: Iterable[str]) -> bool:
+        """Whether these labels are all the benchmark's (False for a task without a closed set)."""
+        return self.benchmark_labels is not None and set(labels) <= set(self.benchmark_labels)
+
+    def benchmark_label_set(self, seen: list[str]) -> "LabelSet":
+        """The labels of the benchmark's data (`seen`: its training labels): its closed set, in its order."""
+        return LabelSet(list(self.benchmark_labels or seen), f"of the {self.name} benchmark", benchmark=True,
+                        fix=BENCHMARK_FIX)
+
+    def own_labels(self, seen: list[str]) -> list[str]:
+        """The label list of your own data, from its training labels `seen` (sorted): those labels."""
+        return list(seen)
 
     def default_labels(self, train_records: Sequence[dict]) -> list[str]:
-        """The label list when no `labels.json` is given."""
-        raise NotImplementedError
+        """The label list when no labels file is given; [] when the training records carry no labels."""
+        seen = self.training_labels(train_records)
+        if not seen:
+            return []
+        return list(self.benchmark_label_set(seen).labels) if self.is_benchmark(seen) else self.own_labels(seen)
 
-    def check_labels(self, records: Sequence[dict], labels: Sequence[str], path: str | Path) -> None:
-        known = set(labels)
+    def check_labels(self, records: Sequence[dict], labels: "Sequence[str] | LabelSet", path: str | Path) -> None:
+        """`BadInput` naming the file and record of the first gold label outside `labels`; with a
+        `LabelSet`, the message lists the labels, says where they came from and how to change them."""
+        label_set = labels if isinstance(labels, LabelSet) else LabelSet(list(labels), "of the task", self.is_benchmark(labels))
+        known = set(label_set.labels)
         for i, record in enumerate(records):
             for label in self.gold(record):
                 if label not in known:
-                    raise BadInput(f"label {label!r} is not one of the task's {len(known)} labels", path, i)
+                    raise BadInput(label_set.unknown(label), path, where_of(record, i))
 
     def loss(self, outputs: "torch.Tensor", batch: Batch) -> "torch.Tensor":
         """Binary cross-entropy per label (multi-label) or cross-entropy over classes."""
@@ -360,6 +457,11 @@ class TypingTask(ClassificationTask):
                 f"({len(sent)} characters; end is exclusive)", path, where)
         if not sent[start:end].strip():
             raise BadInput(f"mention [{start}, {end}) is blank", path, where)
+        cut = cut_word(sent, start, end)
+        if cut:
+            raise BadInput(f"mention [{start}, {end}) {sent[start:end]!r} {cut}: start and end are character offsets "
+                           "into 'sent', end exclusive (the offset just after the mention's last character)",
+                           path, where)
         labels = record.get("labels", [])
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise BadInput("'labels' must be a list of strings", path, where)
@@ -426,11 +528,9 @@ class RelationTask(ClassificationTask):
     def without_unknown_labels(self, record: dict, label_index: dict[str, int]) -> dict:
         return {**record, "relation": record["relation"] if record["relation"] in label_index else None}
 
-    def default_labels(self, train_records: Sequence[dict]) -> list[str]:
-        labels = {r["relation"] for r in train_records if r["relation"] is not None}
-        if labels and self.negative_label is not None:
-            labels.add(self.negative_label)
-        return sorted(labels)
+    def own_labels(self, seen: list[str]) -> list[str]:
+        """The training relations, with the negative label (if the task has one) added, sorted."""
+        return sorted({*seen, self.negative_label} if self.negative_label is not None else seen)
 
     def encode(self, tokenizer, record: dict, label_index: dict[str, int], max_length: int,
                marker_style: str = encoding.SPACED_MARKERS) -> dict[str, Any]:
@@ -567,17 +667,62 @@ def _whole_json(path: str | Path) -> Any:
         return None
 
 
+# ---------------------------------------------------------------- label sets
+
+OWN_LABELS_FIX = ("if it is right, list every label in a file (a JSON list, or one label a line) and pass "
+                  "{labels} FILE")
+BENCHMARK_FIX = ("the training labels are all the benchmark's, so its label set is used; for labels of your own, "
+                 "list them in a file (a JSON list, or one label a line) and pass {labels} FILE")
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """A task's label list (index = label id), where it comes from (`origin`, words after "the N
+    labels": "from the training split", "of the openentity benchmark", "from labels.txt"), whether
+    it is the benchmark's (then the data is taken to be the benchmark's: the run is named after the
+    task and its card names the benchmark), and how to give other labels (`fix`, a `ParamText`
+    template)."""
+
+    labels: list[str]
+    origin: str
+    benchmark: bool
+    fix: str = ""
+
+    def describe(self) -> str:
+        """`labels: 3 from the training split (disease, drug, gene)`: what a run says it uses."""
+        return f"labels: {len(self.labels)} {self.origin} ({listed(self.labels)})"
+
+    def unknown(self, label: str) -> ParamText:
+        """The message for a gold label outside the set: the labels, their origin, the fix."""
+        return ParamText("label {label!r} is not one of the {count} labels {origin} ({known})"
+                         + (f"; {self.fix}" if self.fix else ""),
+                         label=label, count=len(self.labels), origin=self.origin, known=listed(self.labels))
+
+
+def listed(labels: Sequence[str], most: int = 12) -> str:
+    """`a, b, c`, or the first `most` and how many more."""
+    shown = ", ".join(labels[:most])
+    return shown if len(labels) <= most else f"{shown}, … {len(labels) - most} more"
+
+
 def read_label_file(path: Path) -> list[str]:
-    """A `labels.json`: a JSON list of distinct, non-empty label strings."""
-    labels = read_json(path)
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+    """A labels file: a JSON list of distinct, non-empty label strings (`labels.json`), or text with
+    one label a line (blank lines skipped, spaces around a label dropped)."""
+    if detect_format(path) == "json":
+        labels = read_json(path)
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+            raise BadInput("expected a non-empty JSON list of label strings", path)
+        located_labels: list[tuple[Where, str]] = list(enumerate(labels))
+    elif Path(path).suffix.lower() == ".json":
         raise BadInput("expected a non-empty JSON list of label strings", path)
-    seen = set()
-    for i, label in enumerate(labels):
+    else:
+        located_labels = [(f"line {n}", line.strip()) for n, line in iter_text_lines(path) if line.strip()]
+    seen: set[str] = set()
+    for where, label in located_labels:
         if label in seen:
-            raise BadInput(f"label {label!r} is listed twice", path, i)
+            raise BadInput(f"label {label!r} is listed twice", path, where)
         seen.add(label)
-    return labels
+    return [label for _, label in located_labels]
 
 
 def _fields(raw: Any, path: str | Path, where: Where, required: Sequence[str]) -> dict:
@@ -601,6 +746,34 @@ def _typed(record: dict, key: str, kind: type, path: str | Path, where: Where) -
 def _json_type(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+# Scripts written without spaces between words: there a mention may end inside a run of letters.
+_UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
+
+
+def _in_word(a: str, b: str) -> bool:
+    """Whether the boundary between characters `a` and `b` falls inside a word of a spaced script."""
+    import unicodedata
+
+    return a.isalnum() and b.isalnum() and not any(
+        unicodedata.name(c, "").startswith(_UNSPACED_SCRIPTS) for c in (a, b))
+
+
+def cut_word(sent: str, start: int, end: int) -> str | None:
+    """How the mention `[start, end)` cuts a word of `sent` ("starts inside the word 'paracetamol'",
+    "ends inside ..."), or None when it starts and ends on word boundaries — as spaCy's
+    `Doc.char_span` refuses a span that does not align with its tokens. Inclusive end offsets
+    (`end - 1`) and word offsets read as character offsets land inside words."""
+    for at, side in ((start, "starts"), (end, "ends")):
+        if 0 < at < len(sent) and _in_word(sent[at - 1], sent[at]):
+            left, right = at, at
+            while left > 0 and _in_word(sent[left - 1], sent[left]):
+                left -= 1
+            while right < len(sent) and _in_word(sent[right - 1], sent[right]):
+                right += 1
+            return f"{side} inside the word {sent[left:right]!r}"
+    return None
 
 
 def softmax(row: Sequence[float]) -> list[float]:

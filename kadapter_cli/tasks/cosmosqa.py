@@ -33,6 +33,7 @@ from kadapter_cli.tasks.base import (
     _json_type,
     argmax,
     iter_raw_records,
+    located,
     register_task,
 )
 
@@ -87,7 +88,7 @@ class CosmosQA(Task):
 
     def read(self, path: str | Path, labeled: bool = True) -> list[dict]:
         raw_records = iter_csv_records(path) if Path(path).suffix.lower() == ".csv" else iter_raw_records(path)
-        records = [self.normalize(raw, path, where, labeled) for where, raw in raw_records]
+        records = [located(self.normalize(raw, path, where, labeled), where) for where, raw in raw_records]
         if not records:
             raise BadInput("no records", path)
         return records

@@ -23,8 +23,43 @@ from typing import Iterator, Sequence
 from kadapter_cli.artifacts.io import iter_text_lines
 from kadapter_cli.artifacts.output import check_output
 from kadapter_cli.errors import BadInput
-from kadapter_cli.tasks.base import TypingTask, argmax, detect_format, register_task
+from kadapter_cli.tasks.base import (
+    OWN_LABELS_FIX,
+    LabelSet,
+    TypingTask,
+    argmax,
+    detect_format,
+    located,
+    register_task,
+)
 
+# FIGER's 113 types (Ling & Weld 2012, the type map of the FIGER release): the benchmark's label set.
+FIGER_TYPES = (
+    "/art", "/art/film", "/astral_body", "/award", "/biology", "/body_part", "/broadcast/tv_channel",
+    "/broadcast_network", "/broadcast_program", "/building", "/building/airport", "/building/dam",
+    "/building/hospital", "/building/hotel", "/building/library", "/building/power_station",
+    "/building/restaurant", "/building/sports_facility", "/building/theater", "/chemistry",
+    "/computer/algorithm", "/computer/programming_language", "/disease", "/education/department",
+    "/education/educational_degree", "/event", "/event/attack", "/event/election", "/event/military_conflict",
+    "/event/natural_disaster", "/event/protest", "/event/sports_event", "/event/terrorist_attack",
+    "/finance/currency", "/finance/stock_exchange", "/food", "/game", "/geography/glacier",
+    "/geography/island", "/geography/mountain", "/god", "/government/government",
+    "/government/political_party", "/government_agency", "/internet/website", "/language", "/law",
+    "/living_thing", "/livingthing/animal", "/location", "/location/body_of_water", "/location/bridge",
+    "/location/cemetery", "/location/city", "/location/country", "/location/county", "/location/province",
+    "/medicine/drug", "/medicine/medical_treatment", "/medicine/symptom", "/metropolitan_transit/transit_line",
+    "/military", "/music", "/news_agency", "/newspaper", "/organization", "/organization/airline",
+    "/organization/company", "/organization/educational_institution", "/organization/fraternity_sorority",
+    "/organization/sports_league", "/organization/sports_team", "/organization/terrorist_organization",
+    "/park", "/people/ethnicity", "/person", "/person/actor", "/person/architect", "/person/artist",
+    "/person/athlete", "/person/author", "/person/coach", "/person/director", "/person/doctor",
+    "/person/engineer", "/person/monarch", "/person/musician", "/person/politician",
+    "/person/religious_leader", "/person/soldier", "/person/terrorist", "/play", "/product",
+    "/product/airplane", "/product/camera", "/product/car", "/product/computer", "/product/engine_device",
+    "/product/instrument", "/product/mobile_phone", "/product/ship", "/product/spacecraft", "/product/weapon",
+    "/rail/railway", "/religion/religion", "/software", "/time", "/title", "/train", "/transit",
+    "/transportation/road", "/visual_art/color", "/written_work",
+)
 
 @register_task
 class Figer(TypingTask):
@@ -46,10 +81,12 @@ class Figer(TypingTask):
             return read_figer_raw(path)[0]
         return super().read(path, labeled)
 
-    def default_labels(self, train_records: Sequence[dict]) -> list[str]:
-        # Sorted, so label ids do not depend on the order of train.json (the original used first
-        # appearance; docs/differences.md).
-        return sorted({label for record in train_records for label in record["labels"]})
+    benchmark_labels = FIGER_TYPES
+
+    def benchmark_label_set(self, seen: list[str]) -> LabelSet:
+        """FIGER's data: its training labels, sorted, so label ids do not depend on the order of
+        train.json (the original used first appearance; docs/differences.md)."""
+        return LabelSet(list(seen), "from the training split (FIGER types)", benchmark=True, fix=OWN_LABELS_FIX)
 
     def predicted_ids(self, row: Sequence[float]) -> list[int]:
         best = argmax(row)
@@ -131,11 +168,12 @@ def read_figer_raw(path: str | Path) -> tuple[list[dict], int]:
     """Typing records `{"sent", "start", "end", "labels"}` of a BIO file, and its number of sentences.
 
     `sent` is the sentence's tokens joined by single spaces; `start`/`end` are the character
-    offsets of a mention in it (end exclusive). Sentences without mentions give no record.
+    offsets of a mention in it (end exclusive). Sentences without mentions give no record. Each
+    record is located at the line of its mention's first token (errors found later name it).
     """
     records: list[dict] = []
     sentences = 0
-    for tokens, tags, _ in iter_bio_sentences(path):
+    for tokens, tags, lines in iter_bio_sentences(path):
         sentences += 1
         offsets, position = [], 0
         for token in tokens:
@@ -145,7 +183,8 @@ def read_figer_raw(path: str | Path) -> tuple[list[dict], int]:
         for first, stop, types in bio_mentions(tags):
             start = offsets[first]
             end = offsets[stop - 1] + len(tokens[stop - 1])
-            records.append({"sent": sent, "start": start, "end": end, "labels": types})
+            records.append(located({"sent": sent, "start": start, "end": end, "labels": types},
+                                   f"line {lines[first]}"))
     if not records:
         raise BadInput("no mentions (no B-/I- tags) in the file", path)
     return records, sentences

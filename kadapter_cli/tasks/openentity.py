@@ -23,8 +23,7 @@ class OpenEntity(TypingTask):
     defaults = {"lr": 5e-6, "batch_size": 4, "micro_batch_size": 4, "epochs": 24, "max_length": 256, "warmup": 500}
     adapter_defaults = {"lin": {"warmup": 1000}, "fac+lin": {"warmup": 1000}}
 
-    def default_labels(self, train_records: Sequence[dict]) -> list[str]:
-        return list(OPENENTITY_LABELS)
+    benchmark_labels = tuple(OPENENTITY_LABELS)  # in K-Adapter's order, the label ids of its released models
 
     def predicted_ids(self, row: Sequence[float]) -> list[int]:
         return [j for j, logit in enumerate(row) if logit > 0]

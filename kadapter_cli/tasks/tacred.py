@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from kadapter_cli.errors import BadInput
 from kadapter_cli.tasks.base import RelationTask, TaskOption, register_task
 
@@ -48,12 +46,9 @@ class Tacred(RelationTask):
         if self.max_negatives is not None and self.max_negatives < 0:
             raise BadInput(f"max_negatives must be a non-negative integer or None, got {self.max_negatives!r}")
 
-    def default_labels(self, train_records: Sequence[dict]) -> list[str]:
-        """The official 42 labels (sorted) when the training labels are TACRED's; otherwise (a variant
-        such as Re-TACRED) the sorted training labels with `no_relation`; none when no training record
-        has a relation (refused by `label_vocab`: every target would be ignored and the loss NaN)."""
-        seen = super().default_labels(train_records)
-        return OFFICIAL_LABELS if seen and set(seen) <= set(OFFICIAL_LABELS) else seen
+    # The official 42 (sorted) when the training labels are TACRED's; otherwise (a variant such as
+    # Re-TACRED, or your own relations) the sorted training labels with `no_relation`.
+    benchmark_labels = tuple(OFFICIAL_LABELS)
 
     def prepare_train(self, records: list[dict]) -> list[dict]:
         if self.max_negatives is None:

@@ -301,6 +301,16 @@ def _adapter_names(value: Any) -> list[str]:
     return [a for a in _names(value) if a not in ("none", layout.NO_ADAPTERS)]
 
 
+def _run_data_name(task: str, data: Any, labels: Any, workdir: Path) -> str:
+    """What `finetune` names a run's data, decided as the command decides it (`Task.run_data_name`)."""
+    from kadapter_cli.tasks import TASKS, get_task
+
+    if task not in TASKS:
+        return task  # the stage fails when it runs, with the command's own message
+    data_dir = Path(str(data)) if data else layout.task_data_dir(workdir, task)
+    return get_task(task).run_data_name(data_dir, None if labels in (None, "") else Path(str(labels)))
+
+
 def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
     """(default inputs, default outputs) of a stage's command (docs/commands.md), by the rules of
     `kadapter_cli.artifacts.layout` that the commands follow.
@@ -334,7 +344,8 @@ def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
         reads = [] if opts.get("data") else [_norm(str(layout.task_data_dir(workdir, task)))]
         for a in adapters:
             reads.append(_artifact(workdir, layout.COMPOSITIONS if "+" in a else layout.ADAPTERS, a))
-        run = opts.get("name") or layout.finetuned_run_name(task, [Path(a).name for a in adapters])
+        run = opts.get("name") or output or layout.finetuned_run_name(
+            _run_data_name(task, opts.get("data"), opts.get("labels"), workdir), [Path(a).name for a in adapters])
         return reads, [_artifact(workdir, layout.FINETUNED, str(output or run))]
     if cmd == "evaluate" and stage.inputs and not opts.get("no-save"):
         split = opts.get("split", "test")

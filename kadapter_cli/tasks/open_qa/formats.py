@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, record_text
 from kadapter_cli.tasks.open_qa.ptb import ptb_join
 
 FORMATS = ("openqa", "searchqa", "mrqa", "quasar", "records")
@@ -484,14 +484,14 @@ def _parsed(values: Iterator[tuple[int | str, Any]], bad: _BadCounter) -> Iterat
 
 
 def _iter_json_values(path: Path) -> Iterator[tuple[str, Any]]:
-    """Records of a JSON list (`record N`) or JSON Lines (`line N`)."""
+    """Records of a JSON list (`record N (counted from 0)`) or JSON Lines (`line N`)."""
     first = next((line for _, line in _iter_lines(path) if line.strip()), "")
     if first.lstrip().startswith("["):
         data = _load_json(path)
         if not isinstance(data, list):
             raise BadInput("expected a JSON list of records", path)
         for i, value in enumerate(data):
-            yield f"record {i}", value
+            yield record_text(i), value
     else:
         for lineno, value in _iter_json_lines(path):
             yield f"line {lineno}", value
