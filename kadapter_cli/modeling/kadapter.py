@@ -12,7 +12,6 @@ kept dropout on during fine-tuning (docs/differences.md).
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,11 +24,11 @@ from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, take_
 from kadapter_cli.modeling.backbone import (
     BackboneShape,
     backbone_shape,
+    backbone_states,
     describe_fingerprint,
-    padding_position_ids,
     same_backbone,
-    tapped_states,
 )
+from kadapter_cli.modeling.freezing import FreezableModule
 from kadapter_cli.modeling.fusion import make_fusion
 
 Features = tuple[Sequence[torch.Tensor], torch.Tensor]
@@ -116,7 +115,7 @@ def check_fits_backbone(config: AdapterConfig, shape: BackboneShape, fingerprint
         )
 
 
-class KAdapterModel(nn.Module):
+class KAdapterModel(FreezableModule):
     """backbone (optional) + adapters + fusion → fused representation (B, L, H).
 
     Submodule names: `backbone`, `adapters.<name>` (each a `KnowledgeAdapter`), `fusion`.
@@ -152,7 +151,6 @@ class KAdapterModel(nn.Module):
                 check_fits_backbone(config, backbone_shape(backbone))
         # The union of all taps is computed once; each adapter picks its own from it.
         self.tap_layers: list[int] = sorted({t for c in configs for t in c.tap_layers})
-        self._frozen: set[str] = set()
         # Heads read token states, never the backbone's pooled output: its pooler gets no gradient,
         # and under DDP a trainable parameter without one stops training at the second step.
         pooler = getattr(backbone, "pooler", None)
@@ -164,7 +162,7 @@ class KAdapterModel(nn.Module):
     def freeze_backbone(self) -> None:
         """No gradients for the backbone, and it stays in eval mode (no dropout) through `train()`."""
         if self.backbone is not None:
-            self._freeze("backbone")
+            self.freeze("backbone")
 
     def freeze_adapters(self, names: Sequence[str] | None = None, keep_dropout: bool = False) -> None:
         """No gradients for the named adapters (all by default); they stay in eval mode through
@@ -172,23 +170,7 @@ class KAdapterModel(nn.Module):
         for name in self.adapters if names is None else names:
             if name not in self.adapters:
                 raise BadInput(f"no adapter named '{name}' (have: {', '.join(self.adapters)})")
-            self._freeze(f"adapters.{name}", eval_mode=not keep_dropout)
-
-    def _freeze(self, path: str, eval_mode: bool = True) -> None:
-        module = self.get_submodule(path)
-        module.requires_grad_(False)
-        if eval_mode:
-            module.eval()
-            self._frozen.add(path)
-
-    def is_frozen(self, path: str) -> bool:
-        return path in self._frozen
-
-    def train(self, mode: bool = True) -> "KAdapterModel":
-        super().train(mode)
-        for path in self._frozen:
-            self.get_submodule(path).eval()
-        return self
+            self.freeze(f"adapters.{name}", eval_mode=not keep_dropout)
 
     # ------------------------------------------------------------ padding
 
@@ -214,11 +196,9 @@ class KAdapterModel(nn.Module):
         """(tapped states at `self.tap_layers`, last hidden state): what the feature cache stores."""
         if self.backbone is None:
             raise ValueError("this model has no backbone: pass precomputed `features`")
-        positions = padding_position_ids(self.backbone, input_ids) if self.attends_to_padding else None
         # A frozen backbone needs no autograd graph: its inputs are token ids, its weights fixed.
-        grad = contextlib.nullcontext() if not self.is_frozen("backbone") else torch.no_grad()
-        with grad:
-            return tapped_states(self.backbone, input_ids, attention_mask, self.tap_layers, positions)
+        return backbone_states(self.backbone, input_ids, attention_mask, self.tap_layers, self.attends_to_padding,
+                               grad=not self.is_frozen("backbone"))
 
     def encode(
         self,

@@ -29,6 +29,7 @@ from kadapter_cli.modeling.pretrainer import AdapterPretrainer
 from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import progress
 from kadapter_cli.training.config import TrainConfig, kind_defaults
+from kadapter_cli.training.feature_cache import FEATURE_CACHE_DIR, attach_backbone_cache
 from kadapter_cli.training.loop import train
 from kadapter_cli.training.objectives import DependencyObjective, RelationObjective
 from kadapter_cli.training.setup import make_accelerator
@@ -197,8 +198,8 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
 
     processes = make_accelerator(config)  # joins the other processes of `accelerate launch` / `torchrun`
     with training_output(spec.out, processes, overwrite=overwrite, resume=resume) as run_dir:
-        cached = attach_feature_cache(model, [train_examples, dev_examples], spec, pad_id, config, run_dir,
-                                      processes.device, pad_to)
+        cached = attach_backbone_cache(model, {"train": train_examples, "dev": dev_examples}, pad_id, config,
+                                       run_dir, processes.device, spec.cache_features, spec.cache_budget, pad_to)
         if cached:
             model.backbone = None  # every batch now carries its features
         result = train(model, objective, train_examples, dev_examples, config, run_dir, resume=resume,
@@ -212,7 +213,7 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         write_json(run_dir / "metrics.json", summary)
         remove_checkpoints(run_dir)
         (run_dir / "best.safetensors").unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "feature-cache", ignore_errors=True)
+        shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
         stats = {"train_examples": len(train_examples), "dev_examples": len(dev_examples),
                  "parameters": count_parameters(adapter), "head_parameters": count_parameters(head), **summary}
         inputs = sha256_inputs(sorted(spec.data.glob("*.json*")))
@@ -220,22 +221,3 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         write_manifest(run_dir, "adapter", config=manifest_config or {}, inputs=inputs, stats=stats)
     return summary
 
-
-def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]], spec: AdapterTrainingSpec,
-                         pad_id: int, config: TrainConfig, run_dir: Path, device: torch.device,
-                         pad_to: int | None = None) -> str | None:
-    """Computes the frozen backbone's states (taps + last) once per example, on this process's
-    `device`, when the budget allows."""
-    from kadapter_cli.training.feature_cache import attach_cache
-
-    if spec.cache_features != "off":
-        model.backbone.to(device)
-
-    def compute(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-        return model.backbone_features(input_ids.to(device), attention_mask.to(device))
-
-    return attach_cache(splits, compute, n_states=len(model.adapter.tap_layers) + 1,
-                        hidden=model.adapter.config.backbone_hidden_size, pad_id=pad_id,
-                        batch_size=max(config.forward_batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget, folder=run_dir / "feature-cache", pad_to=pad_to,
-                        names=["train", "dev"])

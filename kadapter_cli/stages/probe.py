@@ -36,13 +36,7 @@ from kadapter_cli.data.corpus import encode_corpus, read_corpus
 from kadapter_cli.data.padding import pad_ids
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
-from kadapter_cli.modeling.backbone import (
-    backbone_shape,
-    load_backbone,
-    load_tokenizer,
-    padding_position_ids,
-    tapped_states,
-)
+from kadapter_cli.modeling.backbone import backbone_shape, backbone_states, load_backbone, load_tokenizer
 from kadapter_cli.modeling.kadapter import check_fits_backbone
 from kadapter_cli.modeling.probe_model import ProbeModel, load_lm_head
 from kadapter_cli.progress import progress
@@ -341,8 +335,8 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
                          "valid": torch.ones(len(chunk), 1, dtype=torch.bool, device=device)}
                 backbone = group[0].model.body.backbone
                 taps = sorted({t for p in group for t in p.model.body.tap_layers})
-                position_ids = padding_position_ids(backbone, batch["input_ids"]) if pad_to is not None else None
-                states, last = tapped_states(backbone, batch["input_ids"], batch["attention_mask"], taps, position_ids)
+                states, last = backbone_states(backbone, batch["input_ids"], batch["attention_mask"], taps,
+                                               attends_to_padding=pad_to is not None)
                 by_layer = dict(zip(taps, states))
                 for probe in group:
                     tapped = [by_layer[t] for t in probe.model.body.tap_layers]
