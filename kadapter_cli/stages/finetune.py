@@ -136,8 +136,6 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     train_records = task.prepare_train(splits["train"])
     label_set = task.label_set(train_records, spec.data, spec.labels)
     labels = list(label_set.labels)
-    if labels:
-        info(label_set.describe())
     for split, records in splits.items():  # an unknown label is refused before the model loads
         task.check_labels(records, label_set, files[split])
 
@@ -148,6 +146,8 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     fingerprint = backbone_fingerprint(backbone_id, backbone)
     for config_ in adapter_configs:
         check_fits_backbone(config_, backbone_shape(backbone), fingerprint, spec.allow_backbone_mismatch)
+    if labels and is_main_process():
+        info(label_set.describe())
 
     splits["train"] = train_records
     if config.limit:  # the first N of every split, before the work of encoding them

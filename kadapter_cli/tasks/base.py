@@ -363,8 +363,8 @@ class ClassificationTask(Task):
     def run_data_name(self, data_dir: str | Path, labels: str | Path | None = None) -> str:
         """The task's name when the data is the benchmark's (its labels, as `label_set` finds them,
         are all the benchmark's), else the data folder's name (`data_name`): your own data. A folder
-        named after the task, or one without a training split yet (a pipeline planning ahead), is
-        named without reading records."""
+        named after the task is named without reading records, and so is one without a training
+        split yet (a pipeline planning ahead): the task's name, as before there were own labels."""
         folder = data_name(data_dir)
         if folder == self.name:
             return folder
@@ -372,7 +372,7 @@ class ClassificationTask(Task):
         if labels is None and not (Path(data_dir) / LABELS_FILE).is_file():  # the training split decides
             train = self.task_files(data_dir)["train"]
             if not train.exists():
-                return folder
+                return self.name
             records = self.read(train)
         return self.name if self.label_set(records, data_dir, labels).benchmark else folder
 

@@ -302,13 +302,18 @@ def _adapter_names(value: Any) -> list[str]:
 
 
 def _run_data_name(task: str, data: Any, labels: Any, workdir: Path) -> str:
-    """What `finetune` names a run's data, decided as the command decides it (`Task.run_data_name`)."""
+    """What `finetune` names a run's data, decided as the command decides it (`Task.run_data_name`).
+    Data that cannot be read yet names the run after the task: the stage itself then stops with the
+    reader's message when it runs."""
     from kadapter_cli.tasks import TASKS, get_task
 
     if task not in TASKS:
         return task  # the stage fails when it runs, with the command's own message
     data_dir = Path(str(data)) if data else layout.task_data_dir(workdir, task)
-    return get_task(task).run_data_name(data_dir, None if labels in (None, "") else Path(str(labels)))
+    try:
+        return get_task(task).run_data_name(data_dir, None if labels in (None, "") else Path(str(labels)))
+    except BadInput:
+        return task
 
 
 def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:

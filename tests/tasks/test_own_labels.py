@@ -148,7 +148,11 @@ def test_a_pipeline_plans_the_run_name_finetune_gives(tmp_path, biomed):
     labels.write_text(json.dumps(["person", "location"]))  # only the benchmark's labels: its data
     assert planned(data=str(biomed), labels=str(labels)) == str(work / "finetuned" / "openentity-fac")
     assert planned(data=str(biomed), name="mine") == str(work / "finetuned" / "mine")
-    assert planned(data=str(tmp_path / "not-yet")) == str(work / "finetuned" / "not-yet-fac")
+    # data the planner cannot read yet (an earlier stage writes it) or cannot read at all: the task's name
+    assert planned(data=str(tmp_path / "not-yet")) == str(work / "finetuned" / "openentity-fac")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "train.json").write_text("[{")
+    assert planned(data=str(tmp_path / "broken")) == str(work / "finetuned" / "openentity-fac")
 
 
 @pytest.mark.parametrize("content, message", [
