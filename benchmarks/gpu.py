@@ -252,9 +252,9 @@ def fac_pretraining(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
 def feature_cache(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
     """Builds the cache on the device, then times an epoch's steps from it against the same steps
     running the backbone (interleaved, step by step)."""
-    from kadapter_cli.stages.pretrain import AdapterTrainingSpec, attach_feature_cache
     from kadapter_cli.training.batching import epoch_batches
     from kadapter_cli.training.config import TrainConfig
+    from kadapter_cli.training.feature_cache import attach_backbone_cache
     from kadapter_cli.training.objectives import RelationObjective
 
     shape, device, seed, n_examples = ctx["shape"], ctx["device"], ctx["seed"], ctx["cache_examples"]
@@ -267,11 +267,10 @@ def feature_cache(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
     uncached, cached = adapter_pretrainer(backbone, config), adapter_pretrainer(backbone, config)
     train_config = TrainConfig(device=device.type, batch_size=shape.batch_size, precision=PRECISION)
     with tempfile.TemporaryDirectory(prefix="kadapter-gpu-") as tmp:
-        spec = AdapterTrainingSpec(kind="fac", name="fac", data=Path(tmp), out=Path(tmp) / "out", backbone="bench",
-                                   max_length=shape.max_length, cache_features="on", cache_budget_gb=64.0)
         _sync(device)
         started = time.perf_counter()
-        storage = attach_feature_cache(cached, [cached_examples], spec, PAD_ID, train_config, Path(tmp), device)
+        storage = attach_backbone_cache(cached, {"train": cached_examples}, PAD_ID, train_config, Path(tmp), device,
+                                        mode="on", budget_gib=64.0)
         _sync(device)
         build_s = time.perf_counter() - started
     cached.backbone = None  # as `train_adapter` does: every batch carries its features

@@ -14,6 +14,7 @@ from kadapter_cli.artifacts.manifest import write_manifest
 from kadapter_cli.artifacts.output import atomic_output
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, load_adapter
+from kadapter_cli.modeling.fusion import DEFAULT_FUSION, FUSION_MODES
 from kadapter_cli.modeling.kadapter import check_composable, marker_style
 
 # ---------------------------------------------------------------- adapters and compositions
@@ -25,13 +26,13 @@ class AdapterSet:
 
     names: list[str] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
-    fusion: str = "concat"
+    fusion: str = DEFAULT_FUSION
 
 
 def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> AdapterSet:
     """`fac,lin` (names or paths), a composition folder, or empty/`none` for the baseline."""
     if spec is None or spec.strip() in ("", "none", NO_ADAPTERS):
-        return AdapterSet([], [], fusion or "concat")
+        return AdapterSet([], [], fusion or DEFAULT_FUSION)
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if len(parts) == 1:
         path = resolve_artifact(parts[0], workdir, COMPOSITIONS)
@@ -48,7 +49,7 @@ def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> Ada
     if twice:
         raise BadInput(ParamText("two adapters share the name '{twice}': give each adapter once, or rename one "
                                  "with {name} when training it", twice=twice[0]))
-    return AdapterSet(names, paths, fusion or "concat")
+    return AdapterSet(names, paths, fusion or DEFAULT_FUSION)
 
 
 def load_adapters(adapter_set: AdapterSet, allow_backbone_mismatch: bool = False,
@@ -65,7 +66,7 @@ def load_adapters(adapter_set: AdapterSet, allow_backbone_mismatch: bool = False
 def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str, overwrite: bool = False,
             allow_backbone_mismatch: bool = False) -> dict:
     """Checks that adapters compose and writes `compositions/<a>+<b>/` (adapters hard-linked in)."""
-    if fusion not in ("concat", "add", "gated"):
+    if fusion not in FUSION_MODES:
         raise BadParameter("{fusion} must be concat, add or gated, got {value!r}", fusion)
     adapter_set = resolve_adapters(",".join(adapter_names), workdir, fusion)
     _, configs = load_adapters(adapter_set, allow_backbone_mismatch)

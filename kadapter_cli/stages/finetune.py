@@ -37,6 +37,7 @@ from kadapter_cli.modeling.backbone import (
     load_backbone,
     load_tokenizer,
 )
+from kadapter_cli.modeling.fusion import DEFAULT_FUSION
 from kadapter_cli.modeling.kadapter import KAdapterModel, check_fits_backbone, marker_style
 from kadapter_cli.modeling.task_model import TaskModel
 from kadapter_cli.processes import is_main_process
@@ -266,7 +267,7 @@ def _load_finetuned(folder: Path, task_options: dict[str, Any], config: dict | N
         except ValueError:
             backbone = AutoModel.from_config(backbone_config)
         adapters = {a["name"]: KnowledgeAdapter(AdapterConfig.from_dict(a["config"])) for a in config["adapters"]}
-        model = build_task_model(task, labels, adapters, config["fusion"] or "concat", backbone)
+        model = build_task_model(task, labels, adapters, config["fusion"] or DEFAULT_FUSION, backbone)
     state = read_safetensors(folder / WEIGHTS)
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     buffers_only = {k for k in missing if k.endswith(("position_ids", "token_type_ids"))}
