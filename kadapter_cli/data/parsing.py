@@ -656,6 +656,8 @@ def _ray_outputs(files: Sequence[Path], spec: ParserSpec, *, workers: int, limit
     # With --skip-bad, skipped CoNLL-U sentences do not count towards --limit: read on until it is met.
     segments, total = index_segments(files, spec.kind, None if limit is None or (skip_bad and any(gold)) else limit)
     on_total(total)
+    if not segments:
+        return
     kwargs = {"files": [str(f) for f in files], "gold": gold, "spec": spec, "max_words": max_words, "seed": seed,
               "dev_ratio": dev_ratio}
     items = [{"pos": s.pos, "pieces": json.dumps(s.pieces)} for s in segments]
