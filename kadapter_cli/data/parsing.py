@@ -216,7 +216,7 @@ def _keep_gold(path: Path, line: int, sent_id: str | None, error: ConlluError | 
                skip_bad: bool, dropped: Counter | None) -> bool:
     """Whether the CoNLL-U sentence at `line` is kept: not malformed (`error`), its `sent_id` not one
     an earlier sentence of the file has (`first_line`, updated). Otherwise `BadInput` naming the file
-    and line, or with `skip_bad` False and the reason counted in `dropped`."""
+    and line, or, with `skip_bad`, False and the reason counted in `dropped`."""
     try:
         if error is not None:
             raise error
