@@ -144,7 +144,10 @@ class WorkerHooks:
     def started(self, key: Any) -> None:
         import ray
 
-        ray.get(self.ledger.started.remote(key))
+        try:
+            ray.get(self.ledger.started.remote(key))
+        except ray.exceptions.RayActorError:  # the ledger is lost: a count missing, not a reason to fail the job
+            pass
 
     def produced(self) -> None:
         if self.kill_once is None:
@@ -174,7 +177,11 @@ def map_items(items: Sequence[dict], worker: Callable | type, *, workers: int, o
     """
     ray = _import_ray()
     pool = max(1, min(workers, len(items)))
-    ledger = ray.remote(num_cpus=0)(Ledger).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On the driver's node, which lives as long as the job does
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    ledger = ray.remote(num_cpus=0, scheduling_strategy=here)(Ledger).remote()
     hooks = WorkerHooks(ledger, os.environ.get(KILL_ONCE_ENV) or None)
     blocks = block_count(len(items), pool)
     actors = inspect.isclass(worker)
