@@ -90,6 +90,8 @@ def ray_session(options: RayOptions) -> Iterator[dict[str, Any]]:
         try:
             ray.init(address=options.address or "local", **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as e:
+            if options.address is None:
+                raise BadInput(f"--engine ray: cannot start a local Ray instance ({e})") from None
             raise BadInput(f"--ray-address {options.address}: cannot connect to a Ray cluster ({e})") from None
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars, context.enable_operator_progress_bars
@@ -102,7 +104,7 @@ def ray_session(options: RayOptions) -> Iterator[dict[str, Any]]:
         data_logger.setLevel(logging.WARNING)  # not the INFO lines on each execution's start and end
         progress_logger.addFilter(quiet_filter)
     try:
-        yield {"address": options.address or ("local" if started else "connected"),
+        yield {"address": (options.address or "local") if started else "connected",
                "cpus": int(ray.cluster_resources().get("CPU", 0)),
                "gpus": float(ray.cluster_resources().get("GPU", 0))}
     finally:
