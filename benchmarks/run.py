@@ -4,6 +4,7 @@
     python benchmarks/run.py                  # more examples and repeats
     python benchmarks/run.py --quick --only mfu,adapter_step_vs_full_finetune
     python benchmarks/run.py --quick --only probe   # the knowledge probe's training step
+    python benchmarks/run.py --only ray             # parse --engine ray against --workers (minutes; only on request)
 
 Each entry is `{"value", "target", "met", "detail"}`; rates (words/s, documents/s) have no target.
 Every ratio's members are timed in the same run, interleaved, after warm-up, as medians of several
@@ -25,7 +26,7 @@ from typing import Any, Callable
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import data_bench, probe_bench, qa_bench, timing, training_bench  # noqa: E402
+from benchmarks import data_bench, probe_bench, qa_bench, ray_bench, timing, training_bench  # noqa: E402
 from benchmarks.workloads import BenchShape  # noqa: E402
 
 
@@ -48,6 +49,7 @@ class Sizes:
     qa_paragraphs: int = 10
     choice_records: int = 2  # CosmosQA records per step (4 candidates each)
     choice_length: int = 128  # their padded length (the paper's is 256)
+    ray_lines: int = 20_000  # the corpus of the `ray` group (parse three ways, each in a fresh process)
 
 
 QUICK = Sizes(repeats=5, warmup=1, epoch_examples=128, epoch_batch_size=32, batches_timed=4, inference_examples=32, parse_sentences=300,
@@ -57,7 +59,7 @@ FULL = Sizes(repeats=7, warmup=2, epoch_examples=256, epoch_batch_size=32, batch
 # For tests: a shallow, narrow backbone and a handful of examples; the numbers mean nothing.
 TOY = Sizes(repeats=1, warmup=0, epoch_examples=4, epoch_batch_size=4, batches_timed=2, inference_examples=4, parse_sentences=5,
             batch_size=2, inference_batch_size=2, trex_copies=2, matmul_n=64, qa_questions=2, qa_paragraphs=2,
-            choice_records=1, choice_length=32)
+            choice_records=1, choice_length=32, ray_lines=300)
 TOY_SHAPE = BenchShape(layers=4, hidden=64, heads=2, ffn=128, vocab=1000, max_length=32)
 
 # The groups of entries, in the order they run; `--only` picks groups by any of their entry names.
@@ -71,7 +73,11 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "probe": ("probe_step_masked_rows_vs_every_position",),
     "prepare_trex": ("prepare_trex_rss_10x_over_1x", "prepare_trex_docs_per_s"),
     "parse": ("parse_conllu_words_per_s", "parse_spacy_words_per_s", "parse_stanza_words_per_s"),
+    "ray": ("parse_one_process_sentences_per_s", "parse_workers_sentences_per_s", "parse_ray_sentences_per_s",
+            "parse_ray_time_over_workers", "parse_ray_speedup_over_one_process"),
 }
+# Groups that take minutes whatever the size: they run only when --only names them.
+ON_REQUEST = ("ray",)
 
 
 def _runners(shape: BenchShape, sizes: Sizes, trex_dump: Path) -> dict[str, Callable[[], dict[str, Any]]]:
@@ -90,6 +96,7 @@ def _runners(shape: BenchShape, sizes: Sizes, trex_dump: Path) -> dict[str, Call
         "probe": lambda: probe_bench.probe_step(shape, r, w),
         "prepare_trex": lambda: data_bench.prepare_trex_memory(trex_dump, sizes.trex_copies),
         "parse": lambda: data_bench.parse_speed(sizes.parse_sentences),
+        "ray": lambda: ray_bench.parse_engines(sizes.ray_lines, workers=2),
     }
 
 
@@ -104,7 +111,7 @@ def run_benchmarks(shape: BenchShape, sizes: Sizes, threads: int, only: set[str]
     report: dict[str, Any] = {"machine": timing.machine_info(threads), "shape": shape.to_dict()}
     runners = _runners(shape, sizes, trex_dump or data_bench.default_trex_dump())
     for group, names in GROUPS.items():
-        if only is None or group in only or only & set(names):
+        if (only is None and group not in ON_REQUEST) or (only is not None and (group in only or only & set(names))):
             report.update(runners[group]())
     report["targets_met"] = sum(1 for v in report.values() if isinstance(v, dict) and v.get("met") is True)
     report["targets_missed"] = sorted(k for k, v in report.items() if isinstance(v, dict) and v.get("met") is False)

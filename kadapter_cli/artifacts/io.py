@@ -89,6 +89,13 @@ def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     Lines are decoded one at a time: a text-mode reader decodes whole chunks ahead of the line it
     returns, so its error would point at the wrong line.
     """
+    for lineno, _, line in iter_text_line_offsets(path):
+        yield lineno, line
+
+
+def iter_text_line_offsets(path: str | Path, offset: int = 0, first_line: int = 1) -> Iterator[tuple[int, int, str]]:
+    """`iter_text_lines` with each line's byte offset: `(line_number, offset, line)`, starting at byte
+    `offset`, which is the start of line `first_line` (a reader of one part of a file starts there)."""
     path = Path(path)
     try:
         f = open(path, "rb")
@@ -99,12 +106,14 @@ def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     except OSError as e:
         raise BadInput(f"cannot read: {e.strerror}", path) from None
     with f:
-        for lineno, raw in enumerate(f, start=1):
+        f.seek(offset)
+        for lineno, raw in enumerate(f, start=first_line):
             try:
-                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                yield lineno, offset, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise BadInput(f"not valid UTF-8 ({e.reason} at byte {e.start} of the line)", path,
                                f"line {lineno}") from None
+            offset += len(raw)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

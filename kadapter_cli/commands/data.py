@@ -28,6 +28,21 @@ def parse_shard(spec: Optional[str]) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
+ENGINE_HELP = ("local: this machine's processes (--workers); ray: a Ray Data job, on a local Ray instance "
+               "or the cluster at --ray-address (pip install 'kadapter[ray]').")
+RAY_ADDRESS_HELP = ("With --engine ray: the cluster to run on (auto: the one this node belongs to or RAY_ADDRESS; "
+                    "ray://HOST:PORT: a remote one). Default: a new local Ray instance on this machine's cores.")
+MAX_RETRIES_HELP = "With --engine ray: times the work of a worker that died is run again (counted in the manifest)."
+VERBOSE_HELP = "With --engine ray: show Ray's own per-operator progress bars and worker logs."
+
+
+def ray_options(ray_address: Optional[str], num_gpus_per_worker: float, max_retries: int, verbose: bool):
+    from kadapter_cli.data.ray_engine import RayOptions
+
+    return RayOptions(address=ray_address, num_gpus_per_worker=num_gpus_per_worker, max_retries=max_retries,
+                      verbose=verbose)
+
+
 @app.command("prepare-trex")
 def prepare_trex_cli(
     ctx: typer.Context,
@@ -47,7 +62,13 @@ def prepare_trex_cli(
     entities_only: bool = typer.Option(
         False, "--entities-only", help="Leave out triples whose object is a literal (a date such as P569 date of "
                                        "birth, a quantity). By default they are kept, obj_label holding the value."),
-    workers: int = typer.Option(1, "--workers", help="Processes reading files in parallel (one file each at a time)."),
+    workers: int = typer.Option(
+        1, "--workers", help="Processes reading files in parallel (one file each at a time); with --engine ray, "
+                             "Ray tasks."),
+    engine: str = typer.Option("local", "--engine", metavar="local|ray", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    max_retries: int = typer.Option(3, "--max-retries", help=MAX_RETRIES_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: read only every N-th input file starting at the I-th, and write an unfiltered "
                               "trex-shard artifact; combine all N with --merge."),
@@ -78,8 +99,8 @@ def prepare_trex_cli(
     relations = [r for r in drop if r.strip()]
     shard_spec = parse_shard(shard)
     if merge:
-        if shard_spec is not None or limit is not None:
-            raise BadInput("--merge combines finished shards; it takes no --shard or --limit")
+        if shard_spec is not None or limit is not None or engine != "local":
+            raise BadInput("--merge combines finished shards; it takes no --shard, --limit or --engine")
         target = out or trex_rc_dir(workdir)
         manifest = merge_trex_shards(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio,
                                      seed=seed, entities_only=entities_only, overwrite=overwrite,
@@ -88,7 +109,8 @@ def prepare_trex_cli(
         target = out or (trex_rc_dir(workdir) if shard_spec is None else trex_shard_dir(workdir, shard_spec))
         manifest = prepare_trex(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio, seed=seed,
                                 entities_only=entities_only, workers=workers, shard=shard_spec, skip_bad=skip_bad,
-                                overwrite=overwrite, limit=limit, allow_empty=allow_empty)
+                                overwrite=overwrite, limit=limit, allow_empty=allow_empty, engine=engine,
+                                ray_options=ray_options(ray_address, 0.0, max_retries, verbose))
     stats = manifest["stats"]
     bad = stats["bad_documents"] + stats["bad_files"]
     skipped = f"; skipped {stats['bad_documents']} bad documents, {stats['bad_files']} bad files" if bad else ""
@@ -113,7 +135,9 @@ def parse_cli(
         "stanza", "--parser", metavar="stanza|spacy|conllu", help="Parser (conllu: gold trees from CoNLL-U files)."),
     lang: str = typer.Option("en", "--lang", help="Stanza language code."),
     model_dir: Optional[Path] = typer.Option(
-        None, "--model-dir", help="Stanza resources folder (default: Stanza's own). Nothing is downloaded."),
+        None, "--model-dir", help="Models folder: Stanza's resources (default: Stanza's own); for spaCy, a folder "
+                                  "holding the --model pipeline (saved with nlp.to_disk). On a cluster, one every "
+                                  "node can read. Nothing is downloaded."),
     model: Optional[str] = typer.Option(
         None, "--model", help="spaCy pipeline name or path (default: en_core_web_sm)."),
     device: str = typer.Option("cpu", "--device", metavar="cpu|cuda|auto", help="Where the parser runs (auto: cuda when available)."),
@@ -130,7 +154,15 @@ def parse_cli(
     dev_ratio: float = typer.Option(0.1, "--dev-ratio", help="Share of sentences that go to dev.jsonl."),
     seed: int = typer.Option(42, "--seed", help="Seed of the train/dev split (a hash of each sentence id)."),
     workers: int = typer.Option(
-        1, "--workers", help="Processes parsing chunks of lines in parallel (each loads its own model)."),
+        1, "--workers", help="Processes parsing chunks of lines in parallel (each loads its own model); with "
+                             "--engine ray, the size of the pool of parser actors."),
+    engine: str = typer.Option("local", "--engine", metavar="local|ray", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    num_gpus_per_worker: float = typer.Option(
+        0.0, "--num-gpus-per-worker", help="With --engine ray: GPUs each parser actor reserves (0.5: two actors "
+                                           "share a GPU); add --device cuda."),
+    max_retries: int = typer.Option(3, "--max-retries", help=MAX_RETRIES_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: parse only every N-th input unit (line or CoNLL-U sentence) starting at the "
                               "I-th; combine the N outputs with --merge."),
@@ -150,8 +182,8 @@ def parse_cli(
     target = out or parsed_dir(get_workdir(ctx))
     shard_spec = parse_shard(shard)
     if merge:
-        if shard_spec is not None or limit is not None:
-            raise BadInput("--merge combines finished shards; it takes no --shard or --limit")
+        if shard_spec is not None or limit is not None or engine != "local":
+            raise BadInput("--merge combines finished shards; it takes no --shard, --limit or --engine")
         manifest = merge_parsed_shards(inputs, target, overwrite=overwrite)
     else:
         spec = ParserSpec(
@@ -159,7 +191,8 @@ def parse_cli(
             pretokenized=pretokenized, tokenize_batch_size=tokenize_batch_size, pos_batch_size=pos_batch_size,
             depparse_batch_size=depparse_batch_size, batch_size=batch_size, n_process=n_process)
         manifest = parse(inputs, target, spec=spec, max_words=max_words, dev_ratio=dev_ratio, seed=seed,
-                         workers=workers, shard=shard_spec, skip_bad=skip_bad, overwrite=overwrite, limit=limit)
+                         workers=workers, shard=shard_spec, skip_bad=skip_bad, overwrite=overwrite, limit=limit,
+                         engine=engine, ray_options=ray_options(ray_address, num_gpus_per_worker, max_retries, verbose))
     stats = manifest["stats"]
     dropped = sum(stats["dropped"].values())
     info(f"{stats['sentences']:,} sentences, {stats['words']:,} words ({stats['train']:,} train, "

@@ -16,18 +16,23 @@ agree by construction. Text input is one sentence or paragraph per line; blank l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
-from kadapter_cli.artifacts.io import in_dev_split, iter_text_lines, sha256_inputs
+from kadapter_cli.artifacts.io import in_dev_split, iter_text_line_offsets, sha256_inputs
 from kadapter_cli.artifacts.io import input_files as artifacts_input_files
 from kadapter_cli.artifacts.manifest import find_artifacts, read_manifest, verify_files, write_manifest
 from kadapter_cli.artifacts.output import atomic_output
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
+
+if TYPE_CHECKING:
+    from kadapter_cli.data.ray_engine import RayOptions
 
 PARSED_KIND = "parsed"
 PARSERS = ("stanza", "spacy", "conllu")
@@ -185,28 +190,56 @@ def read_conllu(path: str | Path, skip_bad: bool = False, dropped: Counter | Non
     in `dropped[BAD_SENTENCE]` / `dropped[DUPLICATE_ID]`.
     """
     path = Path(path)
-    ordinal = 0
     first_line: dict[str, int] = {}  # sent_id → line of its sentence (ids are short; one file's worth)
-    for block in _conllu_blocks(path):
+    for ordinal, line, sent_id, sentence in _gold_units(_numbered_lines(path)):
+        error = sentence if isinstance(sentence, ConlluError) else None
+        if _keep_gold(path, line, sent_id, error, first_line, skip_bad, dropped):
+            yield _gold_id(path, sent_id, ordinal), sentence
+
+
+def _gold_units(lines: Iterable[tuple[int, str]], before: int = 0
+                ) -> Iterator[tuple[int, int, str | None, ParsedSentence | ConlluError]]:
+    """`(ordinal in the file, first line, sent_id, sentence or its ConlluError)` of each sentence
+    block of numbered CoNLL-U lines; `before` blocks of the file precede the first."""
+    ordinal = before
+    for block in _conllu_blocks(lines):
         ordinal += 1
         try:
             sent_id, sentence = _conllu_sentence(block)
-            if sent_id is not None and sent_id in first_line:
-                raise DuplicateSentenceId(f"sent_id {sent_id!r} repeats that of line {first_line[sent_id]}", block[0][0])
         except ConlluError as e:
-            if not skip_bad:
-                raise BadInput(str(e), path, f"line {e.line}") from None
-            if dropped is not None:
-                dropped[DUPLICATE_ID if isinstance(e, DuplicateSentenceId) else BAD_SENTENCE] += 1
+            yield ordinal, block[0][0], None, e
             continue
-        if sent_id is not None:
-            first_line[sent_id] = block[0][0]
-        yield sent_id or f"{path.name}-{ordinal}", sentence
+        yield ordinal, block[0][0], sent_id, sentence
 
 
-def _conllu_blocks(path: Path) -> Iterator[list[tuple[int, str]]]:
+def _keep_gold(path: Path, line: int, sent_id: str | None, error: ConlluError | None, first_line: dict[str, int],
+               skip_bad: bool, dropped: Counter | None) -> bool:
+    """Whether the CoNLL-U sentence at `line` is kept: not malformed (`error`), its `sent_id` not one
+    an earlier sentence of the file has (`first_line`, updated). Otherwise `BadInput` naming the file
+    and line, or, with `skip_bad`, False and the reason counted in `dropped`."""
+    try:
+        if error is not None:
+            raise error
+        if sent_id is not None and sent_id in first_line:
+            raise DuplicateSentenceId(f"sent_id {sent_id!r} repeats that of line {first_line[sent_id]}", line)
+    except ConlluError as e:
+        if not skip_bad:
+            raise BadInput(str(e), path, f"line {e.line}") from None
+        if dropped is not None:
+            dropped[DUPLICATE_ID if isinstance(e, DuplicateSentenceId) else BAD_SENTENCE] += 1
+        return False
+    if sent_id is not None:
+        first_line[sent_id] = line
+    return True
+
+
+def _gold_id(path: Path, sent_id: str | None, ordinal: int) -> str:
+    return sent_id or f"{path.name}-{ordinal}"
+
+
+def _conllu_blocks(lines: Iterable[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]:
     block: list[tuple[int, str]] = []
-    for number, line in _numbered_lines(path):
+    for number, line in lines:
         if line.strip():
             block.append((number, line))
         elif block:
@@ -216,10 +249,17 @@ def _conllu_blocks(path: Path) -> Iterator[list[tuple[int, str]]]:
         yield block
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """`(line number, line without its newline)`; unreadable files and bad UTF-8 are `BadInput`."""
-    for number, line in iter_text_lines(path):
+def _numbered_lines(path: Path, offset: int = 0, first_line: int = 1) -> Iterator[tuple[int, str]]:
+    """`(line number, line without its newline)` from byte `offset` (line `first_line`); unreadable
+    files and bad UTF-8 are `BadInput`."""
+    for number, _, line in iter_text_line_offsets(path, offset, first_line):
         yield number, line.rstrip("\r\n")
+
+
+def _text_units(path: Path, offset: int = 0, first_line: int = 1) -> Iterator[tuple[str, str]]:
+    """`(unit id, text)` of each non-blank line of a text file: the id is `<file name>:<line>`."""
+    return ((f"{path.name}:{number}", line.strip()) for number, line in _numbered_lines(path, offset, first_line)
+            if line.strip())
 
 
 # ---------------------------------------------------------------- parsers for raw text
@@ -232,7 +272,7 @@ class ParserSpec:
     kind: str = "stanza"
     lang: str = "en"
     model: str | None = None  # spaCy pipeline name or path
-    model_dir: str | None = None  # Stanza resources folder
+    model_dir: str | None = None  # Stanza resources folder; for spaCy, a folder holding the pipeline `model`
     device: str = "cpu"
     pretokenized: bool = False
     tokenize_batch_size: int = 32
@@ -317,12 +357,15 @@ class SpacyParser:
         name = spec.model or DEFAULT_SPACY_MODEL
         if _use_gpu(spec.device):
             spacy.require_gpu()
+        # --model-dir: a folder holding the pipeline as NAME/ (saved with nlp.to_disk), e.g. one every node can read
+        source = Path(spec.model_dir) / name if spec.model_dir else None
         try:
-            self.nlp = spacy.load(name)
+            self.nlp = spacy.load(source if source is not None and source.is_dir() else name)
         except OSError as e:
             raise BadInput(ParamText(
-                "spaCy model '{name}' is not installed ({error}). Install it with: python -m spacy download "
-                "{name} (or pip install its package), or pass {model} NAME_OR_PATH", name=name, error=_first_line(e),
+                "spaCy model '{name}' is not installed" + (" nor in {model_dir} {folder}" if spec.model_dir else "")
+                + " ({error}). Install it with: python -m spacy download {name} (or pip install its package), or "
+                "pass {model} NAME_OR_PATH", name=name, error=_first_line(e), folder=spec.model_dir,
             )) from None
         if "parser" not in self.nlp.pipe_names:
             raise BadInput(f"spaCy model '{name}' has no dependency parser (pipes: {', '.join(self.nlp.pipe_names)})")
@@ -369,31 +412,31 @@ class Chunk:
 
 def _chunks(files: Sequence[Path], parser: str, skip_bad: bool, dropped: Counter,
             shard: tuple[int, int] | None, limit: int | None) -> Iterator[Chunk]:
-    """Input units in order, after sharding and `limit`, grouped into chunks for the parser."""
+    """Input units in order, after sharding and `limit`, grouped into chunks for the parser.
+
+    With `limit`, reading stops at the limit-th unit: the unit after it is not read (a malformed
+    one would otherwise stop a run that never uses it).
+    """
     ordinal = taken = 0
     for path in files:
+        if limit is not None and taken >= limit:
+            return
         gold = _is_conllu(path, parser)
-        units: Iterator[tuple[str, Any]]
-        if gold:
-            units = read_conllu(path, skip_bad, dropped)
-        else:
-            units = ((f"{path.name}:{number}", line.strip()) for number, line in _numbered_lines(path) if line.strip())
+        units: Iterator[tuple[str, Any]] = read_conllu(path, skip_bad, dropped) if gold else _text_units(path)
         chunk = Chunk(gold)
         for unit in units:
             ordinal += 1
             if shard is not None and (ordinal - 1) % shard[1] != shard[0] - 1:
                 continue
-            if limit is not None and taken >= limit:
-                break
             taken += 1
             chunk.units.append(unit)
             if len(chunk.units) >= UNITS_PER_CHUNK:
                 yield chunk
                 chunk = Chunk(gold)
+            if limit is not None and taken >= limit:
+                break
         if chunk.units:
             yield chunk
-        if limit is not None and taken >= limit:
-            return
 
 
 _parser_spec: ParserSpec | None = None
@@ -437,6 +480,215 @@ def _parsed_chunks(chunks: Iterator[Chunk], spec: ParserSpec,
         yield from pool.imap(_parse_chunk, chunks)
 
 
+@dataclass
+class UnitOutput:
+    """What one input unit (a text line, a CoNLL-U sentence) adds to `parsed/`: its records as JSON
+    lines for train and dev, their counts, and the sentences dropped."""
+
+    train: str = ""
+    dev: str = ""
+    n_train: int = 0
+    n_dev: int = 0
+    words: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def unit_output(sentences: Iterable[tuple[str, ParsedSentence]], max_words: int | None, seed: int,
+                dev_ratio: float) -> UnitOutput:
+    """The records of one unit's sentences, split by the seeded hash of each id; sentences without
+    words, or with more than `max_words`, are dropped and counted."""
+    out = UnitOutput()
+    train: list[str] = []
+    dev: list[str] = []
+    for record_id, sentence in sentences:
+        reason = EMPTY if not sentence.words else (
+            TOO_LONG if max_words is not None and len(sentence.words) > max_words else None)
+        if reason is not None:
+            out.dropped[reason] = out.dropped.get(reason, 0) + 1
+            continue
+        line = _json_line(sentence_record(record_id, sentence))
+        (dev if in_dev_split(record_id, seed, dev_ratio) else train).append(line)
+        out.words += len(sentence.words)
+    out.train, out.dev, out.n_train, out.n_dev = "".join(train), "".join(dev), len(train), len(dev)
+    return out
+
+
+def _local_outputs(files: Sequence[Path], spec: ParserSpec, *, workers: int, shard: tuple[int, int] | None,
+                   limit: int | None, skip_bad: bool, dropped: Counter, max_words: int | None, seed: int,
+                   dev_ratio: float) -> Iterator[UnitOutput]:
+    """The output of every unit, in input order, parsed in this process or in `workers` processes."""
+    chunks = _chunks(files, spec.kind, skip_bad, dropped, shard, limit)
+    for results in _parsed_chunks(chunks, spec, workers):
+        for unit in results:
+            yield unit_output(unit, max_words, seed, dev_ratio)
+
+
+# ---------------------------------------------------------------- the stage on Ray (engine="ray")
+
+MAX_SEGMENTS = 8192  # (even) at this many, neighbouring segments are merged: the list stays small for any corpus
+
+
+@dataclass
+class Segment:
+    """Consecutive input units for one worker call, from position `pos`: pieces of files, each
+    `[file index, byte offset, line number, units of the file before it, units]`, one chunk each
+    (the units the local run hands its parser together)."""
+
+    pos: int
+    pieces: list[list[int]] = field(default_factory=list)
+    units: int = 0
+
+
+def index_segments(files: Sequence[Path], parser: str, cap: int | None = None) -> tuple[list[Segment], int]:
+    """Cuts the input units (the first `cap`) into segments, reading each file once; returns them
+    and the number of units. A segment is one chunk of a file, or, past `MAX_SEGMENTS`, several."""
+    segments: list[Segment] = []
+    chunks_per_segment = 1
+    current = Segment(0)
+    total = 0
+    for index, path in enumerate(files):
+        for before, (offset, line) in enumerate(_unit_starts(path, _is_conllu(path, parser))):
+            if cap is not None and total >= cap:
+                break
+            if before % UNITS_PER_CHUNK == 0:
+                if len(current.pieces) >= chunks_per_segment:
+                    segments.append(current)
+                    current = Segment(total)
+                    if len(segments) >= MAX_SEGMENTS:  # (an even number): half as many, twice as long
+                        segments = [Segment(a.pos, a.pieces + b.pieces, a.units + b.units)
+                                    for a, b in zip(segments[::2], segments[1::2])]
+                        chunks_per_segment *= 2
+                current.pieces.append([index, offset, line, before, 0])
+            current.pieces[-1][4] += 1
+            current.units += 1
+            total += 1
+    if current.units:
+        segments.append(current)
+    return segments, total
+
+
+def _unit_starts(path: Path, gold: bool) -> Iterator[tuple[int, int]]:
+    """`(byte offset, line number)` of the first line of each unit of a file: each non-blank line of
+    text, each sentence block of CoNLL-U. Lines that are not UTF-8, and a file that cannot be read,
+    still count: the worker reading them reports them as the local run does."""
+    try:
+        f = open(path, "rb")
+    except OSError:
+        yield 0, 1
+        return
+    with f:
+        offset, blank = 0, True
+        for number, raw in enumerate(f, start=1):
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8", errors="replace").strip()
+            if text and (blank or not gold):
+                yield offset, number
+            blank = not text
+            offset += len(raw)
+
+
+class SegmentParser:
+    """`parse` on Ray: a Ray Data actor that reads segments of the inputs and turns their units into
+    rows (`pos`, `train`, `dev`, `info`), one a unit. The parser is loaded once, on first use (gold
+    CoNLL-U needs none). `info` holds the counts, and what the driver checks in order: a malformed
+    CoNLL-U sentence or a repeated `sent_id` (as `read_conllu` would), a file that cannot be read."""
+
+    def __init__(self, files: list[str], gold: list[bool], spec: ParserSpec, max_words: int | None, seed: int,
+                 dev_ratio: float, hooks: Any):
+        self.files, self.gold, self.hooks = [Path(f) for f in files], gold, hooks
+        self.options = (max_words, seed, dev_ratio)
+        _init_parser(spec)
+
+    def __call__(self, batch: dict) -> Iterator[dict]:
+        for pos, pieces in zip(batch["pos"], batch["pieces"]):
+            self.hooks.started(int(pos))
+            yield self._rows(int(pos), json.loads(pieces))
+            self.hooks.produced()
+
+    def _rows(self, pos: int, pieces: list[list[int]]) -> dict:
+        import numpy as np
+
+        rows: dict[str, list] = {"pos": [], "train": [], "dev": [], "info": []}
+
+        def add(out: UnitOutput | None, info: dict) -> None:
+            out = out or UnitOutput()
+            info.update(t=out.n_train, d=out.n_dev, w=out.words, x=out.dropped)
+            for key, value in (("pos", pos + len(rows["pos"])), ("train", out.train), ("dev", out.dev),
+                               ("info", json.dumps(info))):
+                rows[key].append(value)
+
+        for index, offset, line, before, count in pieces:
+            path, gold = self.files[index], self.gold[index]
+            units: list = []
+            fatal = None
+            try:
+                reader = _gold_units(_numbered_lines(path, offset, line), before) if gold else \
+                    _text_units(path, offset, line)
+                units.extend(islice(reader, count))
+            except BadInput as e:  # a file that cannot be read, a line that is not UTF-8
+                fatal = e
+            if gold:
+                for ordinal, first, sent_id, sentence in units:
+                    info = {"file": index, "line": first, "sent_id": sent_id}
+                    if isinstance(sentence, ConlluError):
+                        add(None, {**info, "error": [str(sentence), sentence.line]})
+                    else:
+                        add(unit_output([(_gold_id(path, sent_id, ordinal), sentence)], *self.options), info)
+            elif units:
+                for sentences in _parse_chunk(Chunk(False, units)):
+                    add(unit_output(sentences, *self.options), {})
+            if fatal is not None:
+                add(None, {"fatal": [fatal.message, fatal.path, fatal.record]})
+                break
+        return {"pos": np.array(rows["pos"], dtype=np.int64),
+                **{key: np.array(rows[key], dtype=object) for key in ("train", "dev", "info")}}
+
+
+def _ray_outputs(files: Sequence[Path], spec: ParserSpec, *, workers: int, limit: int | None, skip_bad: bool,
+                 dropped: Counter, max_words: int | None, seed: int, dev_ratio: float, options: Any,
+                 on_total: Any, ray_stats: dict) -> Iterator[UnitOutput]:
+    """`_local_outputs` on Ray: the same outputs in the same order, parsed by a pool of `workers`
+    `SegmentParser` actors; fills `ray_stats` (the cluster, the pool, the retries)."""
+    from kadapter_cli.data import ray_engine
+    from kadapter_cli.errors import KadapterError
+
+    gold = [_is_conllu(f, spec.kind) for f in files]
+    # With --skip-bad, skipped CoNLL-U sentences do not count towards --limit: read on until it is met.
+    segments, total = index_segments(files, spec.kind, None if limit is None or (skip_bad and any(gold)) else limit)
+    on_total(total)
+    if not segments:
+        return
+    kwargs = {"files": [str(f) for f in files], "gold": gold, "spec": spec, "max_words": max_words, "seed": seed,
+              "dev_ratio": dev_ratio}
+    items = [{"pos": s.pos, "pieces": json.dumps(s.pieces)} for s in segments]
+    reorder = ray_engine.Reorder()
+    first_line: dict[str, int] = {}  # of the current CoNLL-U file, as read_conllu keeps it
+    current_file, taken = -1, 0
+    with ray_engine.ray_session(options) as session:
+        ray_stats.update(session, segments=len(segments))
+        batches = ray_engine.map_items(items, SegmentParser, workers=workers, options=options, kwargs=kwargs,
+                                       stats=ray_stats)
+        with contextlib.closing(batches):
+            for batch in batches:
+                for row in zip(batch["pos"].tolist(), batch["train"], batch["dev"], batch["info"]):
+                    for _, train, dev, info_text in reorder.push(row[0], row):
+                        info = json.loads(info_text)
+                        if "fatal" in info:
+                            ray_engine.raise_error(info["fatal"])
+                        if "file" in info:
+                            if info["file"] != current_file:
+                                current_file, first_line = info["file"], {}
+                            error = ConlluError(*info["error"]) if "error" in info else None
+                            if not _keep_gold(files[current_file], info["line"], info["sent_id"], error, first_line,
+                                              skip_bad, dropped):
+                                continue
+                        yield UnitOutput(train, dev, info["t"], info["d"], info["w"], info["x"])
+                        taken += 1
+                        if limit is not None and taken >= limit:
+                            return
+    if reorder.next < total:
+        raise KadapterError(f"the Ray job returned {reorder.next:,} of the {total:,} input units")
+
+
 def parse(
     inputs: Sequence[str | Path],
     out: str | Path,
@@ -450,15 +702,21 @@ def parse(
     skip_bad: bool = False,
     overwrite: bool = False,
     limit: int | None = None,
+    engine: str = "local",
+    ray_options: "RayOptions | None" = None,
 ) -> dict:
     """Text or CoNLL-U files (or folders) → a `parsed/` artifact at `out`; returns its manifest.
 
     `shard=(i, n)` keeps only input units (text lines, CoNLL-U sentences) whose 0-based position
     is `i-1` modulo `n`; `limit` keeps the first N units. Each sentence goes to dev by the seeded
     hash of its id, so the split does not depend on workers or shards.
+
+    `engine="ray"` parses on Ray (`ray_options`: the cluster, GPUs per worker), with `workers`
+    parser actors: the same files, and the same manifest but for `config.engine` and `stats.ray`.
     """
     from rich.progress import TextColumn
 
+    from kadapter_cli.data.ray_engine import check_engine
     from kadapter_cli.progress import progress
 
     spec = spec or ParserSpec()
@@ -471,11 +729,16 @@ def parse(
             raise BadParameter("{%s} must be 1 or more, got {value}" % name, value)
     if shard is not None and limit is not None:
         raise BadParameter("{limit} cannot be combined with {shard} (shards must cover their inputs whole)", limit)
+    ray_options = check_engine(engine, ray_options, shard)
     files = input_files(inputs)
     kinds = sorted({"conllu" if _is_conllu(f, spec.kind) else spec.kind for f in files})
+    if engine == "ray" and ray_options.num_gpus_per_worker and spec.device == "cpu" and kinds != ["conllu"]:
+        raise BadInput(f"--num-gpus-per-worker {ray_options.num_gpus_per_worker:g} reserves GPUs, but the parser "
+                       "runs on the CPU: add --device cuda (or auto)")
 
     dropped: Counter = Counter()
     counts: Counter = Counter()
+    ray_stats: dict[str, Any] = {}
     started = time.monotonic()
 
     def shown() -> dict:
@@ -489,25 +752,24 @@ def parse(
             open(folder / "train.jsonl", "w", encoding="utf-8") as train, \
             open(folder / "dev.jsonl", "w", encoding="utf-8") as dev:
         task = bar.add_task("parsing", total=None, unit="inputs", **shown())
-        chunks = _chunks(files, spec.kind, skip_bad, dropped, shard, limit)
-        for results in _parsed_chunks(chunks, spec, workers):
-            for unit in results:
-                counts["units"] += 1
-                for record_id, sentence in unit:
-                    if not sentence.words:
-                        dropped[EMPTY] += 1
-                        continue
-                    if max_words is not None and len(sentence.words) > max_words:
-                        dropped[TOO_LONG] += 1
-                        continue
-                    record = sentence_record(record_id, sentence)
-                    split = "dev" if in_dev_split(record_id, seed, dev_ratio) else "train"
-                    (dev if split == "dev" else train).write(_json_line(record))
-                    counts[split] += 1
-                    counts["sentences"] += 1
-                    counts["words"] += len(sentence.words)
-            bar.update(task, completed=counts["units"], **shown())
-        bar.update(task, total=counts["units"])  # the count is known at the end: the bar ends full, not at 0/?
+        options = {"skip_bad": skip_bad, "dropped": dropped, "max_words": max_words, "seed": seed,
+                   "dev_ratio": dev_ratio, "workers": workers, "limit": limit}
+        if engine == "ray":
+            outputs = _ray_outputs(files, spec, options=ray_options, ray_stats=ray_stats,
+                                   on_total=lambda n: bar.update(task, total=n), **options)
+        else:
+            outputs = _local_outputs(files, spec, shard=shard, **options)
+        shown_at = 0.0
+        for output in outputs:
+            train.write(output.train)
+            dev.write(output.dev)
+            counts.update(units=1, train=output.n_train, dev=output.n_dev, sentences=output.n_train + output.n_dev,
+                          words=output.words)
+            dropped.update(output.dropped)
+            if time.monotonic() - shown_at > 0.2:
+                shown_at = time.monotonic()
+                bar.update(task, completed=counts["units"], **shown())
+        bar.update(task, completed=counts["units"], total=counts["units"], **shown())  # ends full, not at N/?
         seconds = time.monotonic() - started
         if counts["sentences"] == 0 and shard is None:  # (a shard of few inputs may rightly be empty)
             raise BadInput(f"no sentences in the input ({counts['units']} non-blank lines or CoNLL-U sentences read"
@@ -531,6 +793,9 @@ def parse(
             stats["shard"] = f"{shard[0]}/{shard[1]}"
         config = {**asdict(spec), "max_words": max_words, "dev_ratio": dev_ratio, "seed": seed,
                   "workers": workers, "shard": list(shard) if shard else None, "skip_bad": skip_bad, "limit": limit}
+        if engine == "ray":
+            config["engine"] = engine
+            stats["ray"] = ray_stats
         return write_manifest(folder, PARSED_KIND, config=config, inputs=sha256_inputs(files), stats=stats)
 
 

@@ -24,6 +24,7 @@ The stages, and why they look the way they do:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import heapq
 import json
@@ -36,7 +37,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from kadapter_cli.artifacts.io import in_dev_split, sha256_inputs, write_json
 from kadapter_cli.artifacts.io import input_files as artifacts_input_files
@@ -44,6 +45,9 @@ from kadapter_cli.artifacts.manifest import find_artifacts, read_manifest, verif
 from kadapter_cli.artifacts.output import atomic_output
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.progress import info
+
+if TYPE_CHECKING:
+    from kadapter_cli.data.ray_engine import RayOptions
 
 TREX_KIND = "trex-rc"
 SHARD_KIND = "trex-shard"
@@ -391,7 +395,9 @@ class RunWriter:
         self.runs: list[Path] = []
 
     def add(self, example: dict) -> None:
-        line = json.dumps(example, ensure_ascii=False) + "\n"
+        self.add_line(example_line(example))
+
+    def add_line(self, line: str) -> None:
         self.lines.append(line)
         self.chars += len(line)
         if self.chars >= self.run_chars:
@@ -408,9 +414,13 @@ class RunWriter:
         self.lines, self.chars = [], 0
 
 
-def extract_file(path: Path, runs: RunWriter, skip_bad: bool, stats: ExtractStats,
-                 limit: int | None = None, on_document: Callable[[], None] | None = None) -> None:
-    """Streams one dump file into `runs`, counting into `stats`; stops after `limit` documents.
+def example_line(example: dict) -> str:
+    return json.dumps(example, ensure_ascii=False) + "\n"
+
+
+def file_examples(path: Path, skip_bad: bool, stats: ExtractStats, limit: int | None = None) -> Iterator[list[dict]]:
+    """Streams one dump file: the examples of each good document, counting into `stats`; stops
+    after `limit` documents (counted in `stats` across files).
 
     A malformed document is `BadInput` naming the file and document, or with `skip_bad` skipped
     and counted. A file that cannot be read or parsed as JSON is skipped from that point on
@@ -434,14 +444,21 @@ def extract_file(path: Path, runs: RunWriter, skip_bad: bool, stats: ExtractStat
             stats.triples += result.triples
             stats.examples += len(result.examples)
             stats.dropped.update(result.dropped)
-            for example in result.examples:
-                runs.add(example)
-            if on_document is not None:
-                on_document()
+            yield result.examples
     except BadInput as e:
         if not skip_bad:
             raise
         stats.skip(e, whole_file=True)
+
+
+def extract_file(path: Path, runs: RunWriter, skip_bad: bool, stats: ExtractStats,
+                 limit: int | None = None, on_document: Callable[[], None] | None = None) -> None:
+    """Streams one dump file into `runs` (`file_examples`)."""
+    for examples in file_examples(path, skip_bad, stats, limit):
+        for example in examples:
+            runs.add(example)
+        if on_document is not None:
+            on_document()
 
 
 def _extract_file_job(args: tuple[str, str, str, bool]) -> tuple[list[str], dict]:
@@ -455,8 +472,10 @@ def _extract_file_job(args: tuple[str, str, str, bool]) -> tuple[list[str], dict
 
 
 def extract_to_runs(files: Sequence[Path], folder: Path, workers: int = 1, skip_bad: bool = False,
-                    limit: int | None = None) -> tuple[list[Path], ExtractStats]:
-    """Extracts every file into sorted run files under `folder`, in this process or in `workers`.
+                    limit: int | None = None, ray_options: "RayOptions | None" = None,
+                    ray_stats: dict | None = None) -> tuple[list[Path], ExtractStats]:
+    """Extracts every file into sorted run files under `folder`, in this process or in `workers`,
+    or with `ray_options` in `workers` Ray tasks (filling `ray_stats`).
 
     `limit` (documents, in input order) needs the files in order, so it runs in this process.
     """
@@ -473,6 +492,12 @@ def extract_to_runs(files: Sequence[Path], folder: Path, workers: int = 1, skip_
 
     with progress(TextColumn("{task.fields[docs]:,} docs, {task.fields[rate]} docs/s")) as bar:
         task = bar.add_task("T-REx files", total=len(files), **shown())
+        if ray_options is not None:
+            runs = RunWriter(folder, "run")
+            _ray_extract(files, runs, workers, skip_bad, stats, ray_options, {} if ray_stats is None else ray_stats,
+                         on_file=lambda: bar.update(task, advance=1, **shown()))
+            runs.flush()
+            return runs.runs, stats
         if workers <= 1 or limit is not None or len(files) <= 1:
             runs = RunWriter(folder, "run")
 
@@ -499,6 +524,79 @@ def extract_to_runs(files: Sequence[Path], folder: Path, workers: int = 1, skip_
                 stats.add(ExtractStats.from_dict(counts))
                 bar.update(task, advance=1, **shown())
         return run_paths, stats
+
+
+EXAMPLES_PER_BLOCK = 4096  # example lines a Ray task sends at a time
+
+
+def extract_trex_file(batch: dict, *, files: list[str], skip_bad: bool, hooks: Any) -> Iterator[dict]:
+    """`prepare-trex` on Ray: a Ray Data task that extracts a dump file (one a call). It sends rows
+    (`file`, `block`, `text`): its example lines in numbered blocks, then (`block` -1) its counts,
+    with the `BadInput` it stopped on if any, for the driver to take in file order."""
+    from kadapter_cli.data.ray_engine import error_fields
+
+    for index in batch["file"].tolist():
+        hooks.started(index)
+        stats = ExtractStats()
+        block = 0
+        lines: list[str] = []
+        error = None
+        try:
+            for examples in file_examples(Path(files[index]), skip_bad, stats):
+                lines.extend(map(example_line, examples))
+                if len(lines) >= EXAMPLES_PER_BLOCK:
+                    yield _trex_rows(index, block, ["".join(lines)])
+                    hooks.produced()
+                    block, lines = block + 1, []
+        except BadInput as e:
+            error = error_fields(e)
+        last = ["".join(lines)] if lines else []
+        yield _trex_rows(index, block, last + [json.dumps({**stats.as_dict(), "error": error})], counts=True)
+        hooks.produced()
+
+
+def _trex_rows(index: int, first_block: int, texts: list[str], counts: bool = False) -> dict:
+    import numpy as np
+
+    numbers = [first_block + k for k in range(len(texts))]
+    if counts:
+        numbers[-1] = -1
+    return {"file": np.full(len(texts), index, dtype=np.int64), "block": np.array(numbers, dtype=np.int64),
+            "text": np.array(texts, dtype=object)}
+
+
+def _ray_extract(files: Sequence[Path], runs: RunWriter, workers: int, skip_bad: bool, stats: ExtractStats,
+                 options: "RayOptions", ray_stats: dict, on_file: Callable[[], None]) -> None:
+    """`extract_to_runs` on Ray: every file extracted by one of `workers` Ray tasks; the example lines
+    go to `runs` as they come (runs are sorted anyway), the counts are taken in file order, so that
+    the first bad document stops the run (or is counted, with `skip_bad`) as in the local run."""
+    from kadapter_cli.data import ray_engine
+    from kadapter_cli.errors import KadapterError
+
+    reorder = ray_engine.Reorder()
+    seen: set[tuple[int, int]] = set()  # (file, block) of the example blocks taken: a retried task sends them again
+    with ray_engine.ray_session(options) as session:
+        ray_stats.update(session)
+        batches = ray_engine.map_items([{"file": i} for i in range(len(files))], extract_trex_file, workers=workers,
+                                       options=options, kwargs={"files": [str(f) for f in files],
+                                                                "skip_bad": skip_bad}, stats=ray_stats)
+        with contextlib.closing(batches):
+            for batch in batches:
+                for index, block, text in zip(batch["file"].tolist(), batch["block"].tolist(), batch["text"]):
+                    if block >= 0:
+                        if (index, block) not in seen:
+                            seen.add((index, block))
+                            for line in text.split("\n")[:-1]:  # (JSON lines hold no raw newline)
+                                runs.add_line(line + "\n")
+                        continue
+                    for counts in reorder.push(index, text):
+                        counts = json.loads(counts)
+                        if counts["error"] is not None:
+                            ray_engine.raise_error(counts["error"])
+                        stats.add(ExtractStats.from_dict(counts))
+                        on_file()
+    if reorder.next < len(files):
+        raise KadapterError(f"the Ray job returned {reorder.next:,} of the {len(files):,} files")
 
 
 def _merge_files(sources: Sequence[Path]) -> Iterator[str]:
@@ -658,14 +756,24 @@ def prepare_trex(
     overwrite: bool = False,
     limit: int | None = None,
     allow_empty: bool = False,
+    engine: str = "local",
+    ray_options: "RayOptions | None" = None,
 ) -> dict:
     """T-REx dumps (files or folders) → a `trex-rc/` artifact at `out`; returns its manifest.
 
     With `shard=(i, n)` only the files whose index (in input order, 0-based) is `i-1` modulo `n`
     are read, and `out` becomes an unfiltered `trex-shard` artifact for `merge_trex_shards`
     (literal objects included: `entities_only` is applied when the shards are merged).
+
+    `engine="ray"` extracts the files in `workers` Ray tasks (`ray_options`: the cluster): the same
+    files, and the same manifest but for `config.engine` and `stats.ray`.
     """
+    from kadapter_cli.data.ray_engine import check_engine
+
     _check_options(drop, min_count, dev_ratio)
+    ray_options = check_engine(engine, ray_options, shard)
+    if engine == "ray" and limit is not None:
+        raise BadInput("--limit reads the first documents in one process; it cannot be combined with --engine ray")
     if workers < 1:
         raise BadParameter("{workers} must be 1 or more, got {value}", workers)
     if limit is not None and limit < 1:
@@ -680,7 +788,9 @@ def prepare_trex(
         files = [f for k, f in enumerate(files) if k % count == index - 1]
     with atomic_output(out, overwrite=overwrite) as folder:
         scratch = Path(tempfile.mkdtemp(prefix="runs-", dir=folder))
-        runs, extracted = extract_to_runs(files, scratch, workers=workers, skip_bad=skip_bad, limit=limit)
+        ray_stats: dict[str, Any] = {}
+        runs, extracted = extract_to_runs(files, scratch, workers=workers, skip_bad=skip_bad, limit=limit,
+                                          ray_options=ray_options if engine == "ray" else None, ray_stats=ray_stats)
         examples = scratch / "examples.jsonl"
         per_relation, literal_per_relation, duplicates = merge_sorted_lines(runs, examples)
         if shard is not None:
@@ -698,8 +808,11 @@ def prepare_trex(
         shutil.rmtree(scratch)
         config = _config(drop=list(drop), min_count=min_count, dev_ratio=dev_ratio, seed=seed,
                          entities_only=entities_only, skip_bad=skip_bad, limit=limit)
-        return write_manifest(folder, TREX_KIND, config=config, inputs=sha256_inputs(files),
-                              stats=_final_stats(extracted, duplicates, final))
+        stats = _final_stats(extracted, duplicates, final)
+        if engine == "ray":
+            config["engine"] = engine
+            stats["ray"] = ray_stats
+        return write_manifest(folder, TREX_KIND, config=config, inputs=sha256_inputs(files), stats=stats)
 
 
 def merge_trex_shards(

