@@ -51,6 +51,7 @@ LABELS_FILE = "labels.json"
 DEFAULT_MICRO_BATCH = 8
 
 Where = int | str  # a record index in a JSON list, or "line N" in JSON Lines and CSV
+IN_MEMORY = "<records>"  # what errors name as the "file" of records given in memory (`read_records`)
 Batch = dict[str, Any]
 Prediction = dict[str, Any]  # at least {"pred": [labels as strings]}; plain Python values only
 
@@ -134,6 +135,15 @@ class Task:
         if not records:
             raise BadInput("no records", path)
         return records
+
+    def read_records(self, records: Sequence[Any], labeled: bool = True) -> list[dict]:
+        """Records given in memory — what a JSON list file of the task's format holds, as Python
+        values — validated as `read` validates a file's; errors name `<records>` and the record's
+        index. `kadapter predict` on a file and `KAdapterForTask.predict` on its records agree."""
+        normalized = [self.normalize(raw, IN_MEMORY, i, labeled) for i, raw in enumerate(records)]
+        if not normalized:
+            raise BadInput("no records", IN_MEMORY)
+        return normalized
 
     def normalize(self, raw: Any, path: str | Path, where: Where, labeled: bool) -> dict:
         """One validated record in the task's shape; `BadInput` naming `path` and `where`."""
