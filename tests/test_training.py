@@ -468,8 +468,8 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused():
 
 
 def test_every_default_batch_splits_on_one_process_and_on_four():
-    from kadapter_cli.stages.pretrain import KIND_DEFAULTS
     from kadapter_cli.tasks import TASKS, get_task
+    from kadapter_cli.training.config import KIND_DEFAULTS
 
     defaults = [*KIND_DEFAULTS.values(), *(get_task(name).defaults_for([]) for name in TASKS)]
     for d in defaults:

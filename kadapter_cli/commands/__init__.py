@@ -12,6 +12,7 @@ import typer
 from typer.core import TyperArgument, TyperGroup
 
 from kadapter_cli import __version__
+from kadapter_cli.artifacts.layout import DEFAULT_WORKDIR
 from kadapter_cli.artifacts.output import is_disk_full
 from kadapter_cli.commands._click import ClickException, Context, get_current_context
 from kadapter_cli.errors import KadapterError
@@ -155,7 +156,7 @@ def _version_callback(value: bool) -> None:
 def main_callback(
     ctx: typer.Context,
     workdir: Path = typer.Option(
-        Path("kadapter-work"), "--workdir", envvar="KADAPTER_WORKDIR",
+        DEFAULT_WORKDIR, "--workdir", envvar="KADAPTER_WORKDIR",
         help="Where stages write their outputs and find their inputs by default.",
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also KADAPTER_DEBUG=1)."),

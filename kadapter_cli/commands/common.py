@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ from typing import Any, Iterator
 import typer
 
 from kadapter_cli.artifacts.io import load_yaml_mapping
+from kadapter_cli.artifacts.layout import DEFAULT_WORKDIR
 from kadapter_cli.commands._click import BadParameter, Context, ParameterSource
 from kadapter_cli.errors import BadInput
 
@@ -22,7 +24,7 @@ def get_workdir(ctx: Context) -> Path:
         if isinstance(ctx.obj, dict) and "workdir" in ctx.obj:
             return Path(ctx.obj["workdir"])
         ctx = ctx.parent
-    return Path("kadapter-work")
+    return DEFAULT_WORKDIR
 
 
 def merged_config(ctx: Context, config_file: Path | None, exclude: tuple[str, ...] = ("config",)) -> dict[str, Any]:
@@ -81,6 +83,11 @@ def jsonable(obj: Any) -> Any:
     if hasattr(obj, "value") and not isinstance(obj, (int, float, str, bool)):
         return obj.value  # enums
     return obj
+
+
+def default_of(function: Any, parameter: str) -> Any:
+    """The default of a library function's parameter, for the flag that sets it: one value, one place."""
+    return inspect.signature(function).parameters[parameter].default
 
 
 def is_main_process() -> bool:

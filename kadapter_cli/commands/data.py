@@ -71,6 +71,7 @@ def prepare_trex_cli(
     --entities-only), de-duplicates, drops rare and --drop'ed
     relations and splits train/dev by a seeded hash of each example id.
     """
+    from kadapter_cli.artifacts.layout import trex_rc_dir, trex_shard_dir
     from kadapter_cli.data.trex import merge_trex_shards, prepare_trex
 
     workdir = get_workdir(ctx)
@@ -79,13 +80,12 @@ def prepare_trex_cli(
     if merge:
         if shard_spec is not None or limit is not None:
             raise BadInput("--merge combines finished shards; it takes no --shard or --limit")
-        target = out or workdir / "trex-rc"
+        target = out or trex_rc_dir(workdir)
         manifest = merge_trex_shards(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio,
                                      seed=seed, entities_only=entities_only, overwrite=overwrite,
                                      allow_empty=allow_empty)
     else:
-        default = "trex-rc" if shard_spec is None else f"trex-shards/shard-{shard_spec[0]}-of-{shard_spec[1]}"
-        target = out or workdir / default
+        target = out or (trex_rc_dir(workdir) if shard_spec is None else trex_shard_dir(workdir, shard_spec))
         manifest = prepare_trex(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio, seed=seed,
                                 entities_only=entities_only, workers=workers, shard=shard_spec, skip_bad=skip_bad,
                                 overwrite=overwrite, limit=limit, allow_empty=allow_empty)
@@ -144,9 +144,10 @@ def parse_cli(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's stats as JSON on stdout."),
 ) -> None:
     """Dependency-parse text (Stanza or spaCy) or read gold CoNLL-U trees into parsed/ for the lin adapter."""
+    from kadapter_cli.artifacts.layout import parsed_dir
     from kadapter_cli.data.parsing import ParserSpec, merge_parsed_shards, parse
 
-    target = out or get_workdir(ctx) / "parsed"
+    target = out or parsed_dir(get_workdir(ctx))
     shard_spec = parse_shard(shard)
     if merge:
         if shard_spec is not None or limit is not None:

@@ -12,18 +12,20 @@ from typing import Optional
 import typer
 
 from kadapter_cli.commands import app
+from kadapter_cli.commands.common import default_of
 from kadapter_cli.errors import BadInput
+from kadapter_cli.modeling.tiny_backbone import make_tiny_backbone
 from kadapter_cli.progress import info
 
 
 @app.command("tiny-backbone")
 def tiny_backbone_cli(
     folder: Path = typer.Argument(..., help="Folder to write the tiny RoBERTa and its tokenizer to."),
-    hidden_size: int = typer.Option(64, "--hidden-size", help="Hidden size of the model."),
-    layers: int = typer.Option(4, "--layers", help="Number of transformer layers."),
-    heads: int = typer.Option(4, "--heads", help="Number of attention heads (must divide the hidden size)."),
-    vocab_size: int = typer.Option(1000, "--vocab-size", help="Most entries of the byte-level BPE vocabulary."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights (same seed → identical files)."),
+    hidden_size: int = typer.Option(default_of(make_tiny_backbone, "hidden_size"), "--hidden-size", help="Hidden size of the model."),
+    layers: int = typer.Option(default_of(make_tiny_backbone, "num_layers"), "--layers", help="Number of transformer layers."),
+    heads: int = typer.Option(default_of(make_tiny_backbone, "num_heads"), "--heads", help="Number of attention heads (must divide the hidden size)."),
+    vocab_size: int = typer.Option(default_of(make_tiny_backbone, "vocab_size"), "--vocab-size", help="Most entries of the byte-level BPE vocabulary."),
+    seed: int = typer.Option(default_of(make_tiny_backbone, "seed"), "--seed", help="Seed of the random weights (same seed → identical files)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the folder if it exists."),
 ) -> None:
     """Write a tiny randomly initialised RoBERTa + byte-level BPE tokenizer, for smoke tests.
@@ -32,7 +34,6 @@ def tiny_backbone_cli(
     """
     from kadapter_cli.artifacts.manifest import write_manifest
     from kadapter_cli.artifacts.output import atomic_output
-    from kadapter_cli.modeling.tiny_backbone import make_tiny_backbone
 
     config = {"hidden_size": hidden_size, "num_layers": layers, "num_heads": heads, "vocab_size": vocab_size, "seed": seed}
     with atomic_output(folder, overwrite=overwrite) as tmp:
@@ -73,11 +74,12 @@ def import_original_cli(
     """
     import sys
 
+    from kadapter_cli.artifacts.layout import ADAPTERS
     from kadapter_cli.commands.common import get_workdir
     from kadapter_cli.modeling.original import import_original
 
     written = import_original(
-        fac, lin, get_workdir(ctx) / "adapters", overwrite,
+        fac, lin, get_workdir(ctx) / ADAPTERS, overwrite,
         name_fac=name_fac, name_lin=name_lin, relations=relations, tap_layers=_parse_taps(taps), command=sys.argv,
     )
     for path in written:
@@ -91,11 +93,11 @@ def inspect_cli(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Show an artifact's manifest summary and its parameter table."""
-    from kadapter_cli.artifacts.layout import resolve_artifact
+    from kadapter_cli.artifacts.layout import ADAPTERS, resolve_artifact
     from kadapter_cli.commands.common import echo_json, get_workdir
     from kadapter_cli.stages.inspect import inspect
 
-    report = inspect(resolve_artifact(folder, get_workdir(ctx), "adapters"))
+    report = inspect(resolve_artifact(folder, get_workdir(ctx), ADAPTERS))
     if as_json:
         echo_json(report)
         return

@@ -35,6 +35,7 @@ from kadapter_cli.commands.train import (
     _train_config,
 )
 from kadapter_cli.errors import BadInput
+from kadapter_cli.training.config import PROBE_DEFAULTS
 
 
 @app.command("train-probe")
@@ -47,9 +48,9 @@ def train_probe_cli(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone id or folder (default: the adapters')."),
     init_from_lm_head: bool = typer.Option(False, "--init-from-lm-head", help="Start the backbone's block from the backbone's own pretrained LM head (through its frozen transform)."),
     pretrained_lm_head: bool = typer.Option(False, "--pretrained-lm-head", help="Baseline: the backbone's own LM head as it is, untrained (no --adapters, no --corpus)."),
-    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Sequences per forward pass (default 16); --batch-size is the effective batch."),
+    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help=f"Sequences per forward pass (default {PROBE_DEFAULTS['micro_batch_size']}); --batch-size is the effective batch."),
     epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Effective batch in sequences (paper: 1024) = micro-batch × accumulation × processes."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Effective batch in sequences (paper: {PROBE_DEFAULTS['batch_size']}) = micro-batch × accumulation × processes."),
     lr: Optional[float] = LR, warmup: Optional[float] = WARMUP, weight_decay: float = WEIGHT_DECAY,
     adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
     max_length: Optional[int] = MAX_LENGTH, seed: int = SEED, save_every: Optional[int] = SAVE_EVERY,
@@ -60,8 +61,9 @@ def train_probe_cli(
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Train the probe's masked-LM layer over the frozen backbone and adapters (paper App. D)."""
+    from kadapter_cli.artifacts.layout import probe_dir, probe_name
     from kadapter_cli.stages.compose import resolve_adapters
-    from kadapter_cli.stages.probe import PROBE_DEFAULTS, ProbeTrainingSpec, train_probe
+    from kadapter_cli.stages.probe import ProbeTrainingSpec, train_probe
 
     options = merged_config(ctx, config)
     workdir = get_workdir(ctx)
@@ -70,10 +72,9 @@ def train_probe_cli(
     train_config, resolved = _train_config(options, PROBE_DEFAULTS)
     split = train_config.batch_split(int(os.environ.get("WORLD_SIZE", "1")))
     resolved.update({"micro_batch_size": split.micro_batch_size, "grad_accum": split.grad_accum})
-    default_name = "+".join(adapter_set.names) or ("base-lm-head" if options["pretrained_lm_head"] else "base")
-    probe_name = options["name"] or default_name
+    name = options["name"] or probe_name(adapter_set.names, options["pretrained_lm_head"])
     spec = ProbeTrainingSpec(
-        out=Path(options["out"] or workdir / "probes" / probe_name), adapters=adapter_set,
+        out=Path(options["out"] or probe_dir(workdir, name)), adapters=adapter_set,
         backbone=options["backbone"], corpus=options["corpus"], max_length=int(resolved["max_length"]),
         init_from_lm_head=options["init_from_lm_head"],
         pretrained_lm_head=options["pretrained_lm_head"],
@@ -84,7 +85,7 @@ def train_probe_cli(
         echo_json(summary)
     else:
         steps = f"{summary['steps']} steps on {summary['sequences']} sequences" if summary.get("trained") else "untrained"
-        typer.echo(f"probe {probe_name} ({steps}) → {spec.out}")
+        typer.echo(f"probe {name} ({steps}) → {spec.out}")
 
 
 @app.command("probe")
@@ -103,17 +104,17 @@ def probe_cli(
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """P@1 (macro over relations), micro P@1, P@10 and MRR of each probe on LAMA, side by side."""
-    from kadapter_cli.artifacts.layout import resolve_artifact
+    from kadapter_cli.artifacts.layout import PROBES, probe_results_dir, resolve_artifact
     from kadapter_cli.data.lama import parse_template_options
     from kadapter_cli.stages.probe import LamaSpec, evaluate_probes
 
     workdir = get_workdir(ctx)
     if device not in ("auto", "cpu", "cuda"):
         raise BadInput(f"--device must be auto, cpu or cuda, got {device!r}")
-    dirs = [resolve_artifact(p, workdir, "probes") for p in probes]
+    dirs = [resolve_artifact(p, workdir, PROBES) for p in probes]
     spec = LamaSpec(trex=trex, google_re=google_re, common_vocab=common_vocab, uhn=uhn,
                     templates=parse_template_options(template), top_k=top_k, batch_size=batch_size)
-    target = out or workdir / "probe-results" / ("+".join(d.name for d in dirs) + ("-uhn" if uhn else ""))
+    target = out or probe_results_dir(workdir, [d.name for d in dirs], uhn)
     summary = evaluate_probes(dirs, spec, target, device=device,
                               manifest_config=jsonable({**ctx.params, "probes": [str(d) for d in dirs]}))
     if json_out:

@@ -12,19 +12,14 @@ import typer
 from kadapter_cli.commands import app
 from kadapter_cli.commands.common import echo_json, get_workdir, is_main_process, jsonable, merged_config, stdin_as_file
 from kadapter_cli.errors import BadInput
+from kadapter_cli.modeling.backbone import DEFAULT_BACKBONE
 from kadapter_cli.tasks import TASKS, parse_task_options, task_options_help
+from kadapter_cli.training.config import KIND_DEFAULTS, TrainConfig, kind_defaults
 from kadapter_cli.training.setup import set_threads
 
 # ---------------------------------------------------------------- shared training options
-# Options left at None take the paper's value for the kind / task (`kadapter_cli.pretrain`,
+# Options left at None take the paper's value for the kind / task (`kadapter_cli.training.config`,
 # `kadapter_cli.tasks`); --help spells those values out.
-
-# Spelled out here because importing `pretrain` would load torch at CLI start (a test checks them
-# against `pretrain.KIND_DEFAULTS`).
-KIND_PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fac": {"epochs": 5, "batch_size": 128, "micro_batch_size": 128, "lr": 2e-5, "warmup": 0.05, "max_length": 64},
-    "lin": {"epochs": 10, "batch_size": 256, "micro_batch_size": 64, "lr": 1e-5, "warmup": 0.05, "max_length": 128},
-}
 
 
 def _number(value: float) -> str:
@@ -32,7 +27,7 @@ def _number(value: float) -> str:
 
 
 def _kind_defaults(key: str) -> str:
-    return "default: " + ", ".join(f"{kind} {_number(values[key])}" for kind, values in KIND_PAPER_DEFAULTS.items())
+    return "default: " + ", ".join(f"{kind} {_number(values[key])}" for kind, values in KIND_DEFAULTS.items())
 
 
 def _task_defaults(key: str) -> str:
@@ -70,6 +65,11 @@ def _paper_options(defaults) -> dict[str, Any]:
     }
 
 
+def _loop_default(name: str) -> Any:
+    """`TrainConfig`'s default of a loop option: the flag's default is that one value."""
+    return TrainConfig.__dataclass_fields__[name].default
+
+
 ADAPTER = _paper_options(_kind_defaults)
 TASK = _paper_options(_task_defaults)
 # The same options for other training commands (train-probe), whose defaults their own help states.
@@ -81,29 +81,29 @@ WARMUP = typer.Option(None, "--warmup", metavar="STEPS|SHARE", help="Warm-up: st
 MAX_LENGTH = typer.Option(None, "--max-length", metavar="N", help="Longest input in sub-tokens, special tokens included.")
 MAX_STEPS = typer.Option(None, "--max-steps", metavar="N",
                          help="Train for exactly N optimizer steps, overriding --epochs (as the Hugging Face Trainer).")
-WEIGHT_DECAY = typer.Option(0.0, "--weight-decay", help="AdamW weight decay (not on biases and norms).")
-ADAM_EPS = typer.Option(1e-8, "--adam-eps", help="AdamW epsilon.")
-ADAM_BETA1 = typer.Option(0.9, "--adam-beta1", help="AdamW beta1.")
-ADAM_BETA2 = typer.Option(0.999, "--adam-beta2", help="AdamW beta2 (0.9 as in Dozat & Manning's parser suits the lin pointer head).")
-CLIP_MODE = typer.Option("joint", "--clip-mode", metavar="joint|separate", help=(
+WEIGHT_DECAY = typer.Option(_loop_default("weight_decay"), "--weight-decay", help="AdamW weight decay (not on biases and norms).")
+ADAM_EPS = typer.Option(_loop_default("adam_eps"), "--adam-eps", help="AdamW epsilon.")
+ADAM_BETA1 = typer.Option(_loop_default("adam_beta1"), "--adam-beta1", help="AdamW beta1.")
+ADAM_BETA2 = typer.Option(_loop_default("adam_beta2"), "--adam-beta2", help="AdamW beta2 (0.9 as in Dozat & Manning's parser suits the lin pointer head).")
+CLIP_MODE = typer.Option(_loop_default("clip_mode"), "--clip-mode", metavar="joint|separate", help=(
     "Gradient clipping to --max-grad-norm: joint (one norm over all trainable parameters) or separate "
     "(the backbone and the rest each on their own, as the original code)."))
-MAX_GRAD_NORM = typer.Option(1.0, "--max-grad-norm", help="Clip gradients to this norm (0: off).")
-SEED = typer.Option(42, "--seed", help="Seed of initialisation, data order and dropout.")
+MAX_GRAD_NORM = typer.Option(_loop_default("max_grad_norm"), "--max-grad-norm", help="Clip gradients to this norm (0: off).")
+SEED = typer.Option(_loop_default("seed"), "--seed", help="Seed of initialisation, data order and dropout.")
 SAVE_EVERY = typer.Option(None, "--save-every", help="Checkpoint every N steps (and at each epoch end).")
 EVAL_EVERY = typer.Option(None, "--eval-every", help="Evaluate on dev every N steps (default: each epoch end).")
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
-DEVICE = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="Where to run (auto: cuda when available).")
+DEVICE = typer.Option(_loop_default("device"), "--device", metavar="auto|cpu|cuda", help="Where to run (auto: cuda when available).")
 THREADS = typer.Option(None, "--threads", metavar="N",
                        help="CPU threads (default: OMP_NUM_THREADS if set, else the cores that are idle now).")
-PRECISION = typer.Option("fp32", "--precision", metavar="fp32|bf16|fp16", help="Mixed precision on GPU.")
+PRECISION = typer.Option(_loop_default("precision"), "--precision", metavar="fp32|bf16|fp16", help="Mixed precision on GPU.")
 LIMIT = typer.Option(None, "--limit", help="Use only the first N examples of each split.")
 CACHE = typer.Option("auto", "--cache-features", metavar="auto|on|off",
                      help="Cache the frozen backbone's states across epochs: auto (when within budget), on, off.")
 CACHE_BUDGET = typer.Option(None, "--cache-budget", help="Feature cache budget in GiB (default: a share of RAM).")
 CONFIG = typer.Option(None, "--config", help="YAML file of options (long names with _); flags override it.")
-LOG_EVERY = typer.Option(10, "--log-every", help="Write a train_log.jsonl line every N steps.")
+LOG_EVERY = typer.Option(_loop_default("log_every"), "--log-every", help="Write a train_log.jsonl line every N steps.")
 SCORES = typer.Option(False, "--scores", help="Add each prediction's probability per predicted label (\"scores\").")
 ALL_SCORES = typer.Option(False, "--all-scores", help="Add the probability of every label (implies --scores).")
 ALLOW_MISMATCH = typer.Option(False, "--allow-backbone-mismatch",
@@ -111,7 +111,7 @@ ALLOW_MISMATCH = typer.Option(False, "--allow-backbone-mismatch",
 # Experiment tracking (kadapter_cli/training/tracking.py): a training command takes all three with one line,
 #   report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
 # and TrainConfig.from_options picks them up.
-REPORT_TO = typer.Option("none", "--report-to",
+REPORT_TO = typer.Option(_loop_default("report_to"), "--report-to",
                          help="Trackers for losses, learning rate, throughput and dev metrics: tensorboard, wandb, "
                               "mlflow, aim, all (every installed one), none; comma-separated for several.")
 RUN_NAME = typer.Option(None, "--run-name", help="The trackers' run name (default: the output folder's name).")
@@ -119,8 +119,6 @@ TRACKING_DIR = typer.Option(None, "--tracking-dir", help="The trackers' folder (
 
 
 def _train_config(options: dict[str, Any], defaults: dict[str, Any]):
-    from kadapter_cli.training.config import TrainConfig
-
     values = {k: (defaults.get(k) if options.get(k) is None else options.get(k)) for k in options}
     for key, value in defaults.items():
         values.setdefault(key, value)
@@ -173,7 +171,7 @@ def train_adapter_cli(
     name: Optional[str] = typer.Option(None, "--name", help="Adapter name (default: the kind); written to <workdir>/adapters/<name>."),
     data: Optional[Path] = typer.Option(None, "--data", help="Input artifact (default: <workdir>/trex-rc for fac, <workdir>/parsed for lin)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/adapters/<name>)."),
-    backbone: str = typer.Option("roberta-large", "--backbone", help="Hugging Face model id or local folder of the frozen encoder."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help="Hugging Face model id or local folder of the frozen encoder."),
     taps: Optional[str] = typer.Option(None, "--taps", help="Backbone hidden states the adapter reads, e.g. 0,11,22 (default: same relative depths)."),
     adapter_width: Optional[int] = typer.Option(None, "--adapter-width", help="Adapter hidden size (default: 3/4 of the backbone's, multiple of 64)."),
     adapter_layers: Optional[int] = typer.Option(None, "--adapter-layers", help="Transformer layers per adapter layer (default 2)."),
@@ -200,22 +198,21 @@ def train_adapter_cli(
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Pretrain a knowledge adapter on the frozen backbone (fac: T-REx relations; lin: dependency heads)."""
-    from kadapter_cli.stages.pretrain import DEFAULT_INPUT, KIND_DEFAULTS, KINDS, AdapterTrainingSpec, train_adapter
+    from kadapter_cli.artifacts.layout import adapter_dir, adapter_input_dir
+    from kadapter_cli.stages.pretrain import AdapterTrainingSpec, train_adapter
 
     options = merged_config(ctx, config)
     set_threads(options["threads"])
     kind = options["kind"]
-    if kind not in KINDS:
-        raise BadInput(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     workdir = get_workdir(ctx)
-    train_config, resolved = _train_config(options, KIND_DEFAULTS[kind])
+    train_config, resolved = _train_config(options, kind_defaults(kind))
     name = options["name"] or kind
     if options["cache_features"] not in ("auto", "on", "off"):
         raise BadInput(f"--cache-features must be auto, on or off, got {options['cache_features']!r}")
     spec = AdapterTrainingSpec(
         kind=kind, name=name,
-        data=Path(options["data"] or workdir / DEFAULT_INPUT[kind]),
-        out=Path(options["out"] or workdir / "adapters" / name),
+        data=Path(options["data"] or adapter_input_dir(workdir, kind)),
+        out=Path(options["out"] or adapter_dir(workdir, name)),
         backbone=str(options["backbone"]), max_length=int(resolved["max_length"]),
         tap_layers=_parse_taps(options["taps"]), adapter_width=options["adapter_width"],
         adapter_layers=options["adapter_layers"], adapter_heads=options["adapter_heads"],
@@ -245,11 +242,12 @@ def compose_cli(
     allow_backbone_mismatch: bool = ALLOW_MISMATCH,
 ) -> None:
     """Check that adapters share a backbone and write their composition."""
+    from kadapter_cli.artifacts.layout import composition_dir
     from kadapter_cli.stages.compose import compose
 
     workdir = get_workdir(ctx)
     names = [Path(a).name for a in adapters]
-    target = out or workdir / "compositions" / "+".join(names)
+    target = out or composition_dir(workdir, names)
     comp = compose(adapters, workdir, target, fusion, overwrite=overwrite,
                    allow_backbone_mismatch=allow_backbone_mismatch)
     typer.echo(f"composed {', '.join(names)} ({comp['fusion']}) → {target}")
@@ -287,7 +285,7 @@ def finetune_cli(
     data: Optional[Path] = typer.Option(None, "--data", help="Folder with train.json, dev.json, test.json (or the task's own file names; default <workdir>/tasks/<task>)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <workdir>/finetuned/<task>-<a>+<b>, -base without adapters)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name under <workdir>/finetuned/."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone id or folder (default: the adapters', else roberta-large)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Backbone id or folder (default: the adapters', else {DEFAULT_BACKBONE})."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Freeze the backbone (the paper trains it); enables the feature cache."),
     task_option: list[str] = typer.Option([], "--task-option", metavar="KEY=VALUE",
                                           help=f"A task's own option (repeatable). {task_options_help()}."),
@@ -316,6 +314,7 @@ def finetune_cli(
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Fine-tune a task on the backbone with frozen adapters (or none: the baseline); select on dev."""
+    from kadapter_cli.artifacts.layout import finetuned_dir, finetuned_run_name, task_data_dir
     from kadapter_cli.stages.compose import resolve_adapters
     from kadapter_cli.stages.finetune import FinetuneSpec, finetune
     from kadapter_cli.tasks import get_task
@@ -329,10 +328,10 @@ def finetune_cli(
     adapter_set = resolve_adapters(options["adapters"], workdir, options["fusion"])
     train_config, resolved = _train_config(options, task_obj.defaults_for(adapter_set.names))
     resolved["task_option"] = [f"{k}={json.dumps(v)}" for k, v in task_obj.option_values().items()]
-    run_name = options["name"] or f"{task_obj.name}-{'+'.join(adapter_set.names) or 'base'}"
+    run_name = options["name"] or finetuned_run_name(task_obj.name, adapter_set.names)
     spec = FinetuneSpec(
-        task=task_obj.name, data=Path(options["data"] or workdir / "tasks" / task_obj.name),
-        out=Path(options["out"] or workdir / "finetuned" / run_name), adapters=adapter_set,
+        task=task_obj.name, data=Path(options["data"] or task_data_dir(workdir, task_obj.name)),
+        out=Path(options["out"] or finetuned_dir(workdir, run_name)), adapters=adapter_set,
         backbone=options["backbone"], freeze_backbone=options["freeze_backbone"],
         max_length=int(resolved["max_length"]), task_options=task_options,
         cache_features=options["cache_features"], cache_budget_gb=options["cache_budget"],
@@ -383,6 +382,7 @@ def evaluate_cli(
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Recompute a split's metrics from a saved finetuned model and write its predictions."""
+    from kadapter_cli.artifacts.layout import evaluation_dir, task_data_dir
     from kadapter_cli.stages.finetune import evaluate_finetuned
 
     if split not in ("train", "dev", "test"):
@@ -391,8 +391,8 @@ def evaluate_cli(
     workdir = get_workdir(ctx)
     task_class = _saved_task(model_dir)
     overrides = _reading_overrides(task_class, max_paragraphs, skip_bad, max_answer_length)
-    target = out or workdir / "evaluations" / f"{model_dir.name}-{split}"
-    result = evaluate_finetuned(model_dir, data or workdir / "tasks" / task_class.name, split, target,
+    target = out or evaluation_dir(workdir, model_dir.name, split)
+    result = evaluate_finetuned(model_dir, data or task_data_dir(workdir, task_class.name), split, target,
                                 batch_size=batch_size, device=device, overwrite=overwrite,
                                 scores=_scores_mode(scores, all_scores), task_options=overrides)
     if json_out:

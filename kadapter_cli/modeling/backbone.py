@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+DEFAULT_BACKBONE = "roberta-large"  # the paper's encoder: what an option naming no backbone means
+
 
 @dataclass(frozen=True)
 class BackboneShape:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json
-from kadapter_cli.artifacts.layout import resolve_artifact
+from kadapter_cli.artifacts.layout import ADAPTERS, COMPOSITIONS, NO_ADAPTERS, adapter_dir, resolve_artifact
 from kadapter_cli.artifacts.manifest import write_manifest
 from kadapter_cli.artifacts.output import atomic_output
 from kadapter_cli.errors import BadInput
@@ -30,19 +30,19 @@ class AdapterSet:
 
 def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> AdapterSet:
     """`fac,lin` (names or paths), a composition folder, or empty/`none` for the baseline."""
-    if spec is None or spec.strip() in ("", "none", "base"):
+    if spec is None or spec.strip() in ("", "none", NO_ADAPTERS):
         return AdapterSet([], [], fusion or "concat")
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if len(parts) == 1:
-        path = resolve_artifact(parts[0], workdir, "compositions")
+        path = resolve_artifact(parts[0], workdir, COMPOSITIONS)
         if (path / "composition.json").is_file():
             comp = read_json(path / "composition.json")
             names = [a["name"] for a in comp["adapters"]]
             if fusion is not None and fusion != comp["fusion"]:
                 raise BadInput(f"--fusion {fusion}: this composition fuses with {comp['fusion']}; leave --fusion "
                                f"out, or compose again with --fusion {fusion}", path)
-            return AdapterSet(names, [path / "adapters" / n for n in names], comp["fusion"])
-    paths = [resolve_artifact(p, workdir, "adapters") for p in parts]
+            return AdapterSet(names, [adapter_dir(path, n) for n in names], comp["fusion"])
+    paths = [resolve_artifact(p, workdir, ADAPTERS) for p in parts]
     names = [Path(p).name for p in parts]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -75,7 +75,7 @@ def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str,
             raise BadInput(f"adapter width differs: {first.backbone_hidden_size} vs {config.backbone_hidden_size}", path)
     with atomic_output(out, overwrite=overwrite) as tmp:
         for name, path in zip(adapter_set.names, adapter_set.paths):
-            _link_tree(path, tmp / "adapters" / name)
+            _link_tree(path, adapter_dir(tmp, name))
         comp = {"fusion": fusion, "backbone": first.backbone, "marker_style": marker_style(configs),
                 "adapters": [{"name": n, "source": str(p), "kind": c.kind, "tap_layers": c.tap_layers,
                               "adapter_width": c.adapter_width}

@@ -30,7 +30,13 @@ from kadapter_cli.data.encoding import SPACED_MARKERS
 from kadapter_cli.data.padding import is_choices
 from kadapter_cli.errors import BadInput
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
-from kadapter_cli.modeling.backbone import backbone_fingerprint, backbone_shape, load_backbone, load_tokenizer
+from kadapter_cli.modeling.backbone import (
+    DEFAULT_BACKBONE,
+    backbone_fingerprint,
+    backbone_shape,
+    load_backbone,
+    load_tokenizer,
+)
 from kadapter_cli.modeling.kadapter import KAdapterModel, check_fits_backbone, marker_style
 from kadapter_cli.modeling.task_model import TaskModel
 from kadapter_cli.progress import progress, waiting
@@ -46,7 +52,6 @@ WEIGHTS = "model.safetensors"
 LABELS = "labels.json"
 TOKENIZER_DIR = "tokenizer"
 BACKBONE_DIR = "backbone"
-DEFAULT_BACKBONE = "roberta-large"
 
 
 # ---------------------------------------------------------------- fine-tuning

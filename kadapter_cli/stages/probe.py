@@ -47,7 +47,7 @@ from kadapter_cli.modeling.probe_model import ProbeModel, load_lm_head
 from kadapter_cli.progress import progress
 from kadapter_cli.stages.compose import AdapterSet, load_adapters
 from kadapter_cli.tasks import metrics
-from kadapter_cli.training.config import TrainConfig
+from kadapter_cli.training.config import PROBE_DEFAULTS, TrainConfig
 from kadapter_cli.training.loop import train
 from kadapter_cli.training.objectives import MaskedLMObjective
 
@@ -55,9 +55,6 @@ PROBE_CONFIG = "probe_config.json"
 PROBE_WEIGHTS = "probe.safetensors"
 PREDICTIONS = "predictions-{probe}.jsonl"
 
-# The paper's probe settings (App. D); the learning rate is not given there: ours, a flag.
-PROBE_DEFAULTS: dict[str, Any] = {"epochs": 2, "batch_size": 1024, "micro_batch_size": 16, "lr": 1e-3,
-                                  "warmup": 0, "max_length": 512}
 
 
 # ---------------------------------------------------------------- training and the probe artifact
@@ -71,7 +68,7 @@ class ProbeTrainingSpec:
     adapters: AdapterSet
     backbone: str | None
     corpus: Path | None
-    max_length: int = 512
+    max_length: int = PROBE_DEFAULTS["max_length"]
     init_from_lm_head: bool = False
     pretrained_lm_head: bool = False
 

