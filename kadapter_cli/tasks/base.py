@@ -100,6 +100,9 @@ class Task:
     # What the model does, as a Hugging Face Hub task id: the model card's `pipeline_tag` and
     # `model-index` task type ("question-answering" for span extraction, "multiple-choice", ...).
     hub_task: ClassVar[str] = "text-classification"
+    # One unlabeled record of the task's format, as `predict` (and `KAdapterForTask.predict`) takes
+    # it: the model card's snippet shows it, and a test runs that snippet.
+    example_records: ClassVar[list[dict]] = []
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -358,6 +361,7 @@ class TypingTask(ClassificationTask):
 
     multilabel = True
     position_keys = ("mention_pos",)
+    example_records = [{"sent": "Paris is the capital of France .", "start": 0, "end": 5}]
 
     def normalize(self, raw: Any, path: str | Path, where: Where, labeled: bool) -> dict:
         record = _fields(raw, path, where, ("sent", "start", "end", "labels") if labeled else ("sent", "start", "end"))
@@ -406,6 +410,8 @@ class RelationTask(ClassificationTask):
 
     multilabel = False
     position_keys = ("subj_pos", "obj_pos")
+    example_records = [{"token": ["Paris", "is", "the", "capital", "of", "France", "."], "subj_start": 5,
+                        "subj_end": 5, "obj_start": 0, "obj_end": 0}]
     negative_label: ClassVar[str | None] = None  # the "no relation" label, if the task has one
 
     def normalize(self, raw: Any, path: str | Path, where: Where, labeled: bool) -> dict:

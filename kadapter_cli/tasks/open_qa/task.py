@@ -152,6 +152,8 @@ class OpenQATask(Task):
     primary_metric = "f1"
     headline_metrics = ("em", "f1")
     hub_task = "question-answering"  # extractive: a span of the paragraph
+    example_records = [{"id": "q1", "question": "What is the capital of France?",
+                        "paragraphs": ["Paris is the capital of France."]}]
     options = {
         "format": TaskOption("auto", "data format: auto (detected from the files), " + ", ".join(FORMATS), str,
                              ("auto", *FORMATS)),
