@@ -19,6 +19,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from kadapter_cli.errors import ParamText, shown
+
 console = Console(stderr=True)
 
 
@@ -65,6 +67,7 @@ def waiting(description: str) -> Iterator[None]:
         yield
 
 
-def info(message: str) -> None:
-    """One line about what happened, on stderr (stdout stays clean for --json and pipes)."""
-    console.print(message, highlight=False, soft_wrap=True)
+def info(message: str | ParamText) -> None:
+    """One line about what happened, on stderr (stdout stays clean for `--json` and pipes); a message
+    that names parameters spells them as the running command does (`kadapter_cli.errors.shown`)."""
+    console.print(shown(message), highlight=False, soft_wrap=True)

@@ -82,7 +82,7 @@ def test_atomic_output_refuses_existing_and_replaces_with_overwrite(tmp_path):
         (tmp / "a.txt").write_text("1")
         assert not final.exists()  # nothing visible until the block completes
     assert (final / "a.txt").read_text() == "1"
-    with pytest.raises(OutputExists, match="--overwrite"):
+    with pytest.raises(OutputExists, match="overwrite=True"):
         with atomic_output(final):
             pass
     with atomic_output(final, overwrite=True) as tmp:

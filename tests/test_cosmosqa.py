@@ -320,9 +320,9 @@ def test_cached_candidate_features_give_the_backbones_scores(tiny_backbone, samp
 
     from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter
     from kadapter_cli.modeling.backbone import backbone_shape, load_backbone, load_tokenizer
-    from kadapter_cli.stages.compose import AdapterSet
-    from kadapter_cli.stages.finetune import FinetuneSpec, attach_task_feature_cache, build_task_model
+    from kadapter_cli.stages.finetune import build_task_model
     from kadapter_cli.training.config import TrainConfig
+    from kadapter_cli.training.feature_cache import attach_backbone_cache
     from kadapter_cli.training.objectives import TaskObjective
 
     task = get_task("cosmosqa")
@@ -336,10 +336,8 @@ def test_cached_candidate_features_give_the_backbones_scores(tiny_backbone, samp
     model.body.freeze_adapters()
     objective = TaskObjective(tokenizer.pad_token_id, task, [])
     uncached = model(objective.collate(examples[1:4]))
-    spec = FinetuneSpec(task="cosmosqa", data=tmp_path, out=tmp_path / "out", adapters=AdapterSet(),
-                        cache_features="on")
-    assert attach_task_feature_cache(model, [examples], spec, tokenizer.pad_token_id, TrainConfig(device="cpu"),
-                                     tmp_path, torch.device("cpu")) == "memory"
+    assert attach_backbone_cache(model.body, {"train": examples}, tokenizer.pad_token_id, TrainConfig(device="cpu"),
+                                 tmp_path, torch.device("cpu"), mode="on") == "memory"
     assert examples[1]["_row"] == [4, 5, 6, 7]
     batch = objective.collate(examples[1:4])
     assert batch["features"][0].shape[0] == 12  # 3 records x 4 candidates, flat

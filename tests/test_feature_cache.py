@@ -140,7 +140,7 @@ def test_decide_cache_prefers_memory_then_disk_then_nothing(tmp_path, monkeypatc
 
 def test_decide_cache_on_refuses_when_nothing_fits(tmp_path, monkeypatch):
     _disk_with_free(monkeypatch, 10 * GiB)
-    with pytest.raises(BadInput, match=r"needs 30.00 GiB, over the memory budget \(2.00 GiB\).*--cache-budget"):
+    with pytest.raises(BadInput, match=r"needs 30.00 GiB, over the memory budget \(2.00 GiB\).*raise cache_budget"):
         decide_cache("on", 30 * GiB, 2 * GiB, tmp_path)
-    with pytest.raises(BadInput, match="--cache-features must be auto, on or off"):
+    with pytest.raises(BadInput, match="cache_features must be auto, on or off"):
         decide_cache("always", 1, 2 * GiB, tmp_path)

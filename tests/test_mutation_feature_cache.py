@@ -102,13 +102,13 @@ def test_cache_on_refusal_message_in_full(tmp_path, monkeypatch):
     with pytest.raises(BadInput) as caught:
         decide_cache("on", 30 * GiB, 2 * GiB, tmp_path)
     assert str(caught.value) == (
-        "--cache-features on: the cache needs 30.00 GiB, over the memory budget (2.00 GiB) and half the free "
-        f"disk (10.00 GiB free under {tmp_path}); raise --cache-budget, free disk space, or use --cache-features auto")
+        "cache_features=on: the cache needs 30.00 GiB, over the memory budget (2.00 GiB) and half the free "
+        f"disk (10.00 GiB free under {tmp_path}); raise cache_budget, free disk space, or use cache_features=auto")
     with pytest.raises(BadInput) as caught:
         decide_cache("on", 3 * GiB, 2 * GiB)
     assert str(caught.value) == (
-        "--cache-features on: the cache needs 3.00 GiB, over the memory budget (2.00 GiB) and half the free "
-        "disk (0.00 GiB free); raise --cache-budget, free disk space, or use --cache-features auto")
+        "cache_features=on: the cache needs 3.00 GiB, over the memory budget (2.00 GiB) and half the free "
+        "disk (0.00 GiB free); raise cache_budget, free disk space, or use cache_features=auto")
 
 
 def test_disk_cache_describes_itself_in_cache_json(tmp_path):

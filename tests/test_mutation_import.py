@@ -126,7 +126,7 @@ def test_read_checkpoint_refusals_name_the_reason(tmp_path):
 def test_import_original_needs_a_checkpoint_and_two_names(tmp_path):
     with pytest.raises(BadInput) as caught:
         import_original(None, None, tmp_path)
-    assert str(caught.value) == "give at least one checkpoint (--fac and/or --lin)"
+    assert str(caught.value) == "give at least one checkpoint (fac and/or lin)"
     with pytest.raises(BadInput) as caught:
         import_original(tmp_path / "a.bin", tmp_path / "b.bin", tmp_path, name_fac="k", name_lin="k")
     assert str(caught.value) == (f"the fac and lin adapters would both be written to {tmp_path / 'k'}; "
@@ -318,7 +318,7 @@ def test_the_library_call_writes_named_adapters_with_its_command_and_returns_the
         assert " ".join(command) in (target / "README.md").read_text()
     with pytest.raises(BadInput) as caught:
         import_original(None, folder / "lin.bin", tmp_path / "adapters")
-    assert str(caught.value) == f"{tmp_path / 'adapters' / 'lin'}: already exists; pass --overwrite to replace it"
+    assert str(caught.value) == f"{tmp_path / 'adapters' / 'lin'}: already exists; pass overwrite=True to replace it"
 
 
 def test_the_cli_names_what_it_imported_and_each_refused_file(cli, narrow, tmp_path):

@@ -122,7 +122,7 @@ def test_scored_lines_of_hand_logits():
     figer = get_task("figer")
     assert figer.scored_lines(lines, [{"pred": ["b"], "scores": [-1.0, 0.25]}], [{}], ["a", "b"], "predicted") == \
         [{"index": 0, "gold": [], "pred": ["b"], "scores": {"b": round(sigmoid(0.25), 6)}}]
-    with pytest.raises(BadInput, match="^--scores: task tacred does not give one prediction per record$"):
+    with pytest.raises(BadInput, match="^scores: task tacred does not give one prediction per record$"):
         tacred.scored_lines(lines * 2, predictions, [{}], ["a", "b"], "predicted")
 
 
@@ -198,7 +198,7 @@ def test_task_options_from_text():
     assert base.parse_task_options(cosmosqa, ["layout=a=b"]) == {"layout": "a=b"}
     assert base.parse_task_options(cosmosqa, ["layout=[paper"]) == {"layout": "[paper"}
     for bad in ("max_negatives", "=3"):
-        with pytest.raises(BadInput, match=f"^--task-option must be key=value, got '{re.escape(bad)}'$"):
+        with pytest.raises(BadInput, match=f"^task_option must be key=value, got '{re.escape(bad)}'$"):
             base.parse_task_options(tacred, [bad])
     with pytest.raises(BadInput, match=r"^task 'tacred' has no option 'layout' \(options: max_negatives\)$"):
         base.parse_task_options(tacred, ["layout=paper"])

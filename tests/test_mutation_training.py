@@ -68,14 +68,14 @@ def test_memory_errors_are_out_of_memory_and_other_errors_are_not():
 def test_device_cuda_without_a_gpu_is_refused():
     with pytest.raises(BadInput) as caught:
         make_accelerator(TrainConfig(device="cuda"))
-    assert str(caught.value) == "--device cuda: no CUDA device is visible to this process"
+    assert str(caught.value) == "device=cuda: no CUDA device is visible to this process"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
 def test_fp16_without_a_gpu_is_refused_with_advice():
     with pytest.raises(BadInput) as caught:
         make_accelerator(TrainConfig(device="auto", precision="fp16"))
-    assert str(caught.value) == "--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU"
+    assert str(caught.value) == "precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU"
 
 
 @pytest.mark.gpu
@@ -101,8 +101,8 @@ def test_out_of_memory_message_in_full():
     error = out_of_memory("training step 3", 16, 256)
     assert str(error) == (
         "out of memory during training step 3 (batch of 16 examples, longest 256 tokens); "
-        "lower --micro-batch-size (the effective --batch-size stays), --max-length, "
-        "or --cache-budget (--cache-features off turns the feature cache off)")
+        "lower micro_batch_size (the effective batch_size stays), max_length, "
+        "or cache_budget (cache_features=off turns the feature cache off)")
     assert error.exit_code == 2
 
 
@@ -196,8 +196,8 @@ def test_resume_refusals_name_the_checkpoint_and_the_difference(tmp_path):
     checkpoint = latest_checkpoint(tmp_path / "run")
     with pytest.raises(BadInput) as caught:
         run(max_steps=2, lr=1e-3, seed=8)
-    assert str(caught.value) == (f"{checkpoint}: cannot resume with different training options (--lr 0.003 → 0.001; "
-                                 "--seed 7 → 8); use the checkpoint's options or start again without --resume")
+    assert str(caught.value) == (f"{checkpoint}: cannot resume with different training options (lr 0.003 → 0.001; "
+                                 "seed 7 → 8); use the checkpoint's options or start again without resume=True")
     state = json.loads((checkpoint / "state.json").read_text())
     (checkpoint / "state.json").write_text(json.dumps({**state, "world_size": 2}))
     with pytest.raises(BadInput) as caught:
@@ -395,14 +395,14 @@ def test_a_checkpoint_that_records_no_options_is_taken_to_have_run_at_the_defaul
     del state["config"]
     (checkpoint / "state.json").write_text(json.dumps(state))
     defaults, ours = TrainConfig(), _toy_config()
-    changed = [f"--{k.replace('_', '-')} {getattr(defaults, k)!r} → {getattr(ours, k)!r}"
+    changed = [f"{k} {getattr(defaults, k)!r} → {getattr(ours, k)!r}"
                for k in TRAJECTORY_OPTIONS if getattr(defaults, k) != getattr(ours, k)]
     assert len(changed) == 4  # epochs, batch_size, lr, seed
     with pytest.raises(BadInput) as caught:
         _toy_run(tmp_path / "run", resume=True)
     assert str(caught.value) == (f"{checkpoint}: cannot resume with different training options ("
                                  + "; ".join(changed) + "); use the checkpoint's options or start again without "
-                                 "--resume")
+                                 "resume=True")
 
 
 # -- what make_accelerator and adamw decide on a machine with CUDA (Accelerate and AdamW stood in for)
@@ -723,8 +723,8 @@ def test_without_max_steps_the_schedule_spans_every_epoch_and_ends_at_zero(tmp_p
 def test_a_warmup_as_long_as_the_run_is_warned_about(tmp_path, capsys, warmup, warned):
     # 4 steps: step k trains at the schedule's multiplier after k-1 steps, so warm-up 4 never reaches --lr.
     _toy_run(tmp_path / "run", warmup=warmup)
-    message = (f"warning: --warmup {warmup} steps is not shorter than the run (4 steps): the learning rate never "
-               "reaches --lr 0.003; give a share instead (--warmup 0.1 = the first 10%)")
+    message = (f"warning: warmup={warmup} steps is not shorter than the run (4 steps): the learning rate never "
+               "reaches lr=0.003; give a share instead (warmup=0.1 = the first 10%)")
     assert (message in capsys.readouterr().err) is warned
 
 
@@ -811,7 +811,7 @@ def test_threads_are_set_as_given_and_zero_is_refused(monkeypatch):
         assert set_threads(None) == 3 and torch.get_num_threads() == 3
         with pytest.raises(BadInput) as caught:
             set_threads(0)
-        assert str(caught.value) == "--threads must be at least 1, got 0"
+        assert str(caught.value) == "threads must be at least 1, got 0"
     finally:
         torch.set_num_threads(before)
 

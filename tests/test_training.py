@@ -116,7 +116,7 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
 def test_fp16_without_a_gpu_is_refused(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible: fp16 is allowed")
-    with pytest.raises(BadInput, match="--precision fp16 needs a CUDA device"):
+    with pytest.raises(BadInput, match="precision=fp16 needs a CUDA device"):
         _run(16, _config(precision="fp16"), tmp_path / "run")
 
 
@@ -133,7 +133,7 @@ def test_out_of_memory_names_the_options_to_lower(tmp_path, monkeypatch, error):
         _run(16, _config(), tmp_path / "run")
     message = str(caught.value)
     assert "out of memory during training step 1" in message
-    for option in ("--batch-size", "--max-length", "--cache-features"):
+    for option in ("batch_size", "max_length", "cache_features"):
         assert option in message
     assert caught.value.exit_code == 2  # a user-actionable error, not an internal failure
 
@@ -148,13 +148,13 @@ def test_other_runtime_errors_are_not_disguised_as_out_of_memory(tmp_path, monke
 
 
 @pytest.mark.parametrize("option, value, shown", [
-    ("batch_size", 0, "--batch-size must be at least 1"),
-    ("warmup", -1, "--warmup must be at least 0"),
-    ("lr", 0.0, "--lr must be positive"),
-    ("precision", "fp8", "--precision must be fp32, bf16 or fp16"),
-    ("save_every", 0, "--save-every must be at least 1"),
-    ("adam_beta2", 1.0, r"--adam-beta2 must be in \[0, 1\)"),
-    ("adam_beta1", -0.1, r"--adam-beta1 must be in \[0, 1\)"),
+    ("batch_size", 0, "^batch_size must be at least 1"),
+    ("warmup", -1, "^warmup must be at least 0"),
+    ("lr", 0.0, "^lr must be positive"),
+    ("precision", "fp8", "^precision must be fp32, bf16 or fp16"),
+    ("save_every", 0, "^save_every must be at least 1"),
+    ("adam_beta2", 1.0, r"^adam_beta2 must be in \[0, 1\)"),
+    ("adam_beta1", -0.1, r"^adam_beta1 must be in \[0, 1\)"),
 ])
 def test_invalid_options_are_bad_input_naming_the_option(option, value, shown):
     with pytest.raises(BadInput, match=shown):
@@ -187,7 +187,7 @@ def test_a_diverging_loss_stops_training_with_advice(tmp_path, monkeypatch):
         return original(self, model, batch) * float("nan")
 
     monkeypatch.setattr(ToyObjective, "loss", nan_loss)
-    with pytest.raises(KadapterError, match=r"training diverged: the loss is nan at step 2; lower --lr"):
+    with pytest.raises(KadapterError, match=r"training diverged: the loss is nan at step 2; lower lr"):
         _run(32, _config(log_every=2), tmp_path / "run")
 
 
@@ -313,7 +313,7 @@ def test_resuming_a_finished_run_trains_no_further(tmp_path):
 def test_resume_with_changed_training_options_is_refused(tmp_path):
     with pytest.raises(Interrupted):
         _run(48, _config(save_every=2), tmp_path / "run", objective=InterruptingObjective(at=5))
-    with pytest.raises(BadInput, match=r"cannot resume with different training options \(--lr 0.003 → 0.001\)"):
+    with pytest.raises(BadInput, match=r"cannot resume with different training options \(lr 0.003 → 0.001\)"):
         _run(48, _config(save_every=2, lr=1e-3), tmp_path / "run", resume=True)
 
 
@@ -326,7 +326,7 @@ def test_checkpoint_from_before_an_option_existed_resumes_at_that_options_defaul
         state = json.loads(state_file.read_text())
         del state["config"]["adam_beta1"], state["config"]["adam_beta2"]
         state_file.write_text(json.dumps(state))
-    with pytest.raises(BadInput, match=r"--adam-beta2 0.999 → 0.9\b"):
+    with pytest.raises(BadInput, match=r"adam_beta2 0.999 → 0.9\b"):
         _run(48, _config(save_every=2, adam_beta2=0.9), tmp_path / "run", resume=True)
     _, result = _run(48, _config(save_every=2), tmp_path / "run", resume=True)
     assert result.steps == 12  # 48 examples, batch 8, 2 epochs: it ran to the end
@@ -462,7 +462,7 @@ def test_the_effective_batch_splits_into_micro_batches_accumulation_and_processe
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused():
-    with pytest.raises(BadInput, match=r"--batch-size 128 does not split evenly over 3 processes; "
+    with pytest.raises(BadInput, match=r"batch_size 128 does not split evenly over 3 processes; "
                                        r"use a multiple of 3 \(e\.g\. 126 or 129\)"):
         TrainConfig(batch_size=128).batch_split(3)
 

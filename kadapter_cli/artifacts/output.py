@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from kadapter_cli.errors import BadInput, Interrupted, OutputExists
+from kadapter_cli.errors import BadInput, Interrupted, OutputExists, ParamText
+from kadapter_cli.processes import is_main_process
 
 # ---------------------------------------------------------------- atomic output folders
 
@@ -111,31 +112,34 @@ def atomic_output(
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
             elif isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
-                raise Interrupted(f"the run is kept in {tmp} ({_last_checkpoint(tmp)}); rerun the same "
-                                  "command with --resume to continue or --overwrite to start again") from None
+                raise Interrupted(ParamText(
+                    "the run is kept in {tmp} ({checkpoint}); rerun the same command with {resume:True} to "
+                    "continue or {overwrite:True} to start again", tmp=tmp, checkpoint=_last_checkpoint(tmp))) from None
             if is_disk_full(e):
-                kept = (f"what was done so far is kept in {tmp}: free some space and rerun with --resume"
+                kept = ("what was done so far is kept in {tmp}: free some space and rerun with {resume:True}"
                         if resumable else "nothing was written there: free some space and rerun")
-                raise BadInput(f"no space left on device while writing it ({kept})", final) from None
+                raise BadInput(ParamText(f"no space left on device while writing it ({kept})", tmp=tmp),
+                               final) from None
             raise
         _replace(tmp, final)
 
 
 def check_output(final: str | Path, overwrite: bool = False, resume: bool = False, resumable: bool = False) -> None:
-    """Refuses (`OutputExists`) to replace a finished output without `--overwrite`, or to discard
-    an interrupted resumable one (`.<name>.partial`) without `--resume` or `--overwrite`.
+    """Refuses (`OutputExists`) to replace a finished output without `overwrite`, or to discard
+    an interrupted resumable one (`.<name>.partial`) without `resume` or `overwrite`.
 
     Commands call it before their expensive work too, so a refusal comes at once."""
     final = Path(final)
     if overwrite or resume:
         return
     if final.exists():
-        raise OutputExists("already exists; pass --overwrite to replace it" + (
-            " or --resume to continue it" if resumable else ""), final)
+        raise OutputExists(ParamText("already exists; pass {overwrite:True} to replace it" + (
+            " or {resume:True} to continue it" if resumable else "")), final)
     partial = partial_dir(final)
     if resumable and partial.exists():
-        raise OutputExists(f"an interrupted run exists ({_last_checkpoint(partial)}); pass --resume to continue "
-                           "or --overwrite to start again", final)
+        raise OutputExists(ParamText("an interrupted run exists ({checkpoint}); pass {resume:True} to continue "
+                                     "or {overwrite:True} to start again", checkpoint=_last_checkpoint(partial)),
+                           final)
 
 
 def nothing_to_resume(final: str | Path, resume: bool, overwrite: bool = False) -> bool:
@@ -159,10 +163,10 @@ def _last_checkpoint(partial: Path) -> str:
 def training_output(final: str | Path, processes, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
     """`atomic_output(resumable=True)` for a run of one or several processes.
 
-    `processes` is what Accelerate's `Accelerator` or `PartialState` offers: `is_main_process` and
-    `wait_for_everyone()`. The main process owns the output (lock, the `.<name>.partial` folder,
-    the rename); the others get the same folder once it is ready and write only what is their own
-    there (a disk feature cache under a sub-folder named by rank). Every process refuses an
+    `processes` is what Accelerate's `Accelerator` or `PartialState` offers: `wait_for_everyone()`.
+    The main process (`kadapter_cli.processes.is_main_process`) owns the output (lock, the
+    `.<name>.partial` folder, the rename); the others get the same folder once it is ready and write
+    only what is their own there (a disk feature cache under a sub-folder named by rank). Every process refuses an
     existing output alike, so a refusal stops them all with the same message.
     """
     final = Path(final)
@@ -170,7 +174,7 @@ def training_output(final: str | Path, processes, overwrite: bool = False, resum
     # Every process has looked before the main one creates the `.partial` folder (it would otherwise
     # look like an interrupted run to a slower process).
     processes.wait_for_everyone()
-    if processes.is_main_process:
+    if is_main_process():
         with atomic_output(final, overwrite=overwrite, resume=resume, resumable=True) as tmp:
             processes.wait_for_everyone()  # the folder is ready (and a stale one cleared) for the others
             yield tmp

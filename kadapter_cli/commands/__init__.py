@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import typer
 from typer.core import TyperArgument, TyperGroup
@@ -15,7 +16,7 @@ from kadapter_cli import __version__
 from kadapter_cli.artifacts.layout import DEFAULT_WORKDIR
 from kadapter_cli.artifacts.output import is_disk_full
 from kadapter_cli.commands._click import ClickException, Context, get_current_context
-from kadapter_cli.errors import KadapterError
+from kadapter_cli.errors import KadapterError, ParamText, Speller, parameter_text, spelling
 
 # Hugging Face's own tqdm bars ("Writing model shards") would interleave with ours and leak into
 # pipes; kadapter shows its own. Set before transformers is imported; a user's setting wins.
@@ -91,26 +92,75 @@ def plain_help(command, ctx: Context) -> None:
         plain_help(sub, ctx)
 
 
+def _long_flag(option) -> str:
+    return next((o for o in option.opts if o.startswith("--")), option.opts[0])
+
+
+def flag_speller(command, others=()) -> Speller:
+    """How a library parameter reads in `command`'s messages: as its flag. The option is the one
+    whose parameter name is the library's (click knows `lr` ↔ `--lr`), in `command` first, then in
+    `others` (advice to run another command); a parameter no command has keeps its library name.
+    A setting reads as the command line gives it: `resume=True` → `--resume`, `mask_padding=False`
+    → `--attend-padding`, `device=cuda` → `--device cuda`."""
+    options: dict[str, Any] = {}
+    for cmd in (*others, command):  # the command's own options win
+        for param in getattr(cmd, "params", ()):
+            if param.param_type_name == "option" and param.name and any(o.startswith("--") for o in param.opts):
+                options[param.name] = param
+
+    def spell(name: str, setting: str | None) -> str:
+        option = options.get(name)
+        if option is None:
+            return parameter_text(name, setting)
+        flag = _long_flag(option)
+        if setting is None:
+            return flag
+        if option.is_flag and setting == "True":
+            return flag
+        if option.is_flag and setting == "False" and option.secondary_opts:
+            return option.secondary_opts[0]
+        return f"{flag} {setting}"
+
+    return spell
+
+
+def _running_command_speller(name: str, setting: str | None) -> str:
+    """`flag_speller` of the command running now (what `progress.info` lines name)."""
+    ctx = get_current_context(silent=True)
+    root = ctx.find_root().command if ctx is not None else None
+    others = tuple(getattr(root, "commands", {}).values())
+    return flag_speller(ctx.command if ctx is not None else None, others)(name, setting)
+
+
 class KadapterGroup(TyperGroup):
-    """Turns errors into exit codes: `BadInput` → 2 with one line, anything else → 1."""
+    """Turns errors into exit codes: `BadInput` → 2 with one line, anything else → 1. Library
+    messages name parameters; they are shown with the running command's flags (`flag_speller`)."""
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         plain_help(self, ctx)
         return super().parse_args(ctx, _hoist_global_options(list(args)))
 
+    def _speller(self, ctx: Context) -> Speller:
+        name = ctx.invoked_subcommand
+        command = self.get_command(ctx, name) if name else None
+        return flag_speller(command or self, tuple(self.commands.values()))
+
     def invoke(self, ctx: Context):
         try:
-            return super().invoke(ctx)
+            with spelling(_running_command_speller):
+                return super().invoke(ctx)
         except (typer.Exit, typer.Abort, ClickException, SystemExit):
             raise
         except KadapterError as e:
             if debug_enabled(ctx):
                 traceback.print_exc()
-            typer.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {e.render(self._speller(ctx))}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt as e:
             # `Interrupted` says what was kept and how to continue; a bare Ctrl-C has no message.
-            typer.echo("interrupted" + (f": {e}" if str(e) else ""), err=True)
+            message = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], ParamText) else str(e)
+            message = message.render(self._speller(ctx)) if isinstance(message, ParamText) else message
+            typer.echo("interrupted" + (f": {message}" if message else ""), err=True)
             sys.exit(130)
         except BrokenPipeError:
             # The reader went away (`kadapter ... | head`): stop quietly, as Unix tools do.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -88,12 +87,6 @@ def jsonable(obj: Any) -> Any:
 def default_of(function: Any, parameter: str) -> Any:
     """The default of a library function's parameter, for the flag that sets it: one value, one place."""
     return inspect.signature(function).parameters[parameter].default
-
-
-def is_main_process() -> bool:
-    """Whether this is the process that reports, under `accelerate launch` / `torchrun` (they set
-    RANK) or alone: the others train beside it and print nothing."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def echo_json(obj: Any) -> None:

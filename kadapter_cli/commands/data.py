@@ -109,7 +109,7 @@ def parse_cli(
         ..., help="Text files (one sentence or paragraph per line; blank lines skipped), CoNLL-U files "
                   "(.conllu: read as gold trees), or folders of them (walked in sorted order)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/parsed)."),
-    parser: str = typer.Option(
+    kind: str = typer.Option(
         "stanza", "--parser", metavar="stanza|spacy|conllu", help="Parser (conllu: gold trees from CoNLL-U files)."),
     lang: str = typer.Option("en", "--lang", help="Stanza language code."),
     model_dir: Optional[Path] = typer.Option(
@@ -155,7 +155,7 @@ def parse_cli(
         manifest = merge_parsed_shards(inputs, target, overwrite=overwrite)
     else:
         spec = ParserSpec(
-            kind=parser, lang=lang, model=model, model_dir=str(model_dir) if model_dir else None, device=device,
+            kind=kind, lang=lang, model=model, model_dir=str(model_dir) if model_dir else None, device=device,
             pretokenized=pretokenized, tokenize_batch_size=tokenize_batch_size, pos_batch_size=pos_batch_size,
             depparse_batch_size=depparse_batch_size, batch_size=batch_size, n_process=n_process)
         manifest = parse(inputs, target, spec=spec, max_words=max_words, dev_ratio=dev_ratio, seed=seed,

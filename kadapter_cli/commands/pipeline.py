@@ -33,7 +33,7 @@ def _results_json(results) -> list[dict]:
 def run_cli(
     ctx: typer.Context,
     pipeline_file: Path = typer.Argument(..., help="Pipeline YAML file: vars + stages of kadapter commands (format: pipelines/demo.yaml)."),
-    assignments: list[str] = typer.Option(
+    overrides: list[str] = typer.Option(
         [], "--set", metavar="NAME=VALUE",
         help="Override a pipeline variable, e.g. --set backbone=roberta-base (repeatable).",
     ),
@@ -52,11 +52,11 @@ def run_cli(
     from kadapter_cli.progress import info
     from kadapter_cli.workflow.pipeline import in_folder, load_pipeline_resolved, parse_assignments, run_pipeline
 
-    overrides = {**_workdir_override(ctx), **parse_assignments(assignments)}
+    variables = {**_workdir_override(ctx), **parse_assignments(overrides)}
     pipeline_file = pipeline_file.absolute()
     echo = typer.echo if dry_run and not json_output else info
     with in_folder(pipeline_file.parent):
-        pipeline = load_pipeline_resolved(pipeline_file, overrides, create_backbone=not dry_run)
+        pipeline = load_pipeline_resolved(pipeline_file, variables, create_backbone=not dry_run)
         results = run_pipeline(pipeline, ClickCommands(ctx.find_root().command), force=force, dry_run=dry_run, only=only,
                                echo=echo)
         if json_output:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -35,6 +34,7 @@ from kadapter_cli.commands.train import (
     _train_config,
 )
 from kadapter_cli.errors import BadInput
+from kadapter_cli.processes import process_count
 from kadapter_cli.training.config import PROBE_DEFAULTS
 
 
@@ -70,7 +70,7 @@ def train_probe_cli(
     adapter_set = resolve_adapters(options["adapters"], workdir, None)
     # --batch-size is the effective batch, as for every training command (TrainConfig.batch_split).
     train_config, resolved = _train_config(options, PROBE_DEFAULTS)
-    split = train_config.batch_split(int(os.environ.get("WORLD_SIZE", "1")))
+    split = train_config.batch_split(process_count())
     resolved.update({"micro_batch_size": split.micro_batch_size, "grad_accum": split.grad_accum})
     name = options["name"] or probe_name(adapter_set.names, options["pretrained_lm_head"])
     spec = ProbeTrainingSpec(

@@ -10,10 +10,11 @@ from typing import Any, Optional
 import typer
 
 from kadapter_cli.commands import app
-from kadapter_cli.commands.common import echo_json, get_workdir, is_main_process, jsonable, merged_config, stdin_as_file
+from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config, stdin_as_file
 from kadapter_cli.errors import BadInput
 from kadapter_cli.modeling.backbone import DEFAULT_BACKBONE
-from kadapter_cli.tasks import TASKS, parse_task_options, task_options_help
+from kadapter_cli.processes import is_main_process
+from kadapter_cli.tasks import TASKS, parse_task_options, task_class, task_options_help
 from kadapter_cli.training.config import KIND_DEFAULTS, TrainConfig, kind_defaults
 from kadapter_cli.training.setup import set_threads
 
@@ -217,7 +218,7 @@ def train_adapter_cli(
         tap_layers=_parse_taps(options["taps"]), adapter_width=options["adapter_width"],
         adapter_layers=options["adapter_layers"], adapter_heads=options["adapter_heads"],
         mask_padding=options["mask_padding"], marker_style=options["marker_style"], lin_head=options["lin_head"],
-        cache_features=options["cache_features"], cache_budget_gb=options["cache_budget"],
+        cache_features=options["cache_features"], cache_budget=options["cache_budget"],
     )
     summary = train_adapter(spec, train_config, resume=options["resume"], overwrite=options["overwrite"],
                             manifest_config=jsonable(resolved))
@@ -267,13 +268,13 @@ MAX_ANSWER_LENGTH = typer.Option(None, "--max-answer-length",
                                  help="Same as --task-option max_answer_length=N (searchqa, quasart): longest answer, in sub-tokens.")
 
 
-def flag_task_options(task_class, options: dict[str, Any]) -> dict[str, Any]:
+def flag_task_options(task_cls, options: dict[str, Any]) -> dict[str, Any]:
     """The task options set by their own flags (`TASK_OPTION_FLAGS`; unset flags are None or False),
     checked against what the task declares as `parse_task_options` checks `--task-option`."""
     # `is`, not `in (None, False)`: 0 == False, and `--max-paragraphs 0` must be refused, not dropped
     given = [f"{key}={json.dumps(options[key])}" for key in TASK_OPTION_FLAGS
              if options.get(key) is not None and options.get(key) is not False]
-    return parse_task_options(task_class, given)
+    return parse_task_options(task_cls, given)
 
 
 @app.command("finetune")
@@ -317,24 +318,23 @@ def finetune_cli(
     from kadapter_cli.artifacts.layout import finetuned_dir, finetuned_run_name, task_data_dir
     from kadapter_cli.stages.compose import resolve_adapters
     from kadapter_cli.stages.finetune import FinetuneSpec, finetune
-    from kadapter_cli.tasks import get_task
 
     options = merged_config(ctx, config)
     set_threads(options["threads"])
     workdir = get_workdir(ctx)
-    task_class = type(get_task(options["task"]))
-    task_options = {**parse_task_options(task_class, options["task_option"] or []), **flag_task_options(task_class, options)}
-    task_obj = get_task(options["task"], **task_options)
+    task_cls = task_class(options["task"])
+    task_options = {**parse_task_options(task_cls, options["task_option"] or []), **flag_task_options(task_cls, options)}
+    task_obj = task_cls(**task_options)
     adapter_set = resolve_adapters(options["adapters"], workdir, options["fusion"])
     train_config, resolved = _train_config(options, task_obj.defaults_for(adapter_set.names))
     resolved["task_option"] = [f"{k}={json.dumps(v)}" for k, v in task_obj.option_values().items()]
     run_name = options["name"] or finetuned_run_name(task_obj.name, adapter_set.names)
     spec = FinetuneSpec(
-        task=task_obj.name, data=Path(options["data"] or task_data_dir(workdir, task_obj.name)),
+        task=task_obj, data=Path(options["data"] or task_data_dir(workdir, task_obj.name)),
         out=Path(options["out"] or finetuned_dir(workdir, run_name)), adapters=adapter_set,
         backbone=options["backbone"], freeze_backbone=options["freeze_backbone"],
-        max_length=int(resolved["max_length"]), task_options=task_options,
-        cache_features=options["cache_features"], cache_budget_gb=options["cache_budget"],
+        max_length=int(resolved["max_length"]),
+        cache_features=options["cache_features"], cache_budget=options["cache_budget"],
         allow_backbone_mismatch=options["allow_backbone_mismatch"],
         keep_adapter_dropout=options["keep_adapter_dropout"],
     )
@@ -351,18 +351,18 @@ def finetune_cli(
 # ---------------------------------------------------------------- evaluate, predict
 
 
-def _saved_task(model_dir: Path):
-    """The task class of a finetuned folder, from its config.json (before loading the model)."""
+def _saved_config(model_dir: Path) -> tuple[dict[str, Any], Any]:
+    """A finetuned folder's config.json and its task class, read once before loading the model."""
     from kadapter_cli.stages.finetune import finetuned_config
-    from kadapter_cli.tasks import get_task
 
-    return type(get_task(finetuned_config(model_dir)["task"]))
+    saved = finetuned_config(model_dir)
+    return saved, task_class(saved["task"])
 
 
-def _reading_overrides(task_class, max_paragraphs: Optional[int], skip_bad: bool,
+def _reading_overrides(task_cls, max_paragraphs: Optional[int], skip_bad: bool,
                        max_answer_length: Optional[int]) -> dict[str, Any]:
     """The flags of evaluate and predict that override how a saved model reads and decodes data."""
-    return flag_task_options(task_class, {"max_paragraphs": max_paragraphs, "skip_bad": skip_bad,
+    return flag_task_options(task_cls, {"max_paragraphs": max_paragraphs, "skip_bad": skip_bad,
                                           "max_answer_length": max_answer_length})
 
 
@@ -389,12 +389,12 @@ def evaluate_cli(
         raise BadInput(f"--split must be train, dev or test, got {split!r}")
     set_threads(threads)
     workdir = get_workdir(ctx)
-    task_class = _saved_task(model_dir)
-    overrides = _reading_overrides(task_class, max_paragraphs, skip_bad, max_answer_length)
+    saved, task_cls = _saved_config(model_dir)
+    overrides = _reading_overrides(task_cls, max_paragraphs, skip_bad, max_answer_length)
     target = out or evaluation_dir(workdir, model_dir.name, split)
-    result = evaluate_finetuned(model_dir, data or task_data_dir(workdir, task_class.name), split, target,
+    result = evaluate_finetuned(model_dir, data or task_data_dir(workdir, task_cls.name), split, target,
                                 batch_size=batch_size, device=device, overwrite=overwrite,
-                                scores=_scores_mode(scores, all_scores), task_options=overrides)
+                                scores=_scores_mode(scores, all_scores), task_options=overrides, config=saved)
     if json_out:
         echo_json(result["metrics"])
     else:
@@ -416,16 +416,17 @@ def predict_cli(
     max_paragraphs: Optional[int] = MAX_PARAGRAPHS, skip_bad: bool = SKIP_BAD, max_answer_length: Optional[int] = MAX_ANSWER_LENGTH,
 ) -> None:
     """Label new records with a finetuned model; one JSON line per input record, in input order."""
-    from kadapter_cli.errors import OutputExists
+    from kadapter_cli.artifacts.output import check_output
     from kadapter_cli.stages.finetune import predict_records
 
-    if out is not None and out.exists() and not overwrite:
-        raise OutputExists("already exists; pass --overwrite to replace it", out)
+    if out is not None:
+        check_output(out, overwrite=overwrite)
     set_threads(threads)
-    overrides = _reading_overrides(_saved_task(model_dir), max_paragraphs, skip_bad, max_answer_length)
+    saved, task_cls = _saved_config(model_dir)
+    overrides = _reading_overrides(task_cls, max_paragraphs, skip_bad, max_answer_length)
     with stdin_as_file(input_path) as path:
         rows = predict_records(model_dir, path, batch_size=batch_size, device=device,
-                               scores=_scores_mode(scores, all_scores), task_options=overrides)
+                               scores=_scores_mode(scores, all_scores), task_options=overrides, config=saved)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if out is None:
         sys.stdout.write(lines)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kadapter_cli.artifacts.io import iter_text_lines
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.progress import progress
 
 WIKITEXT_HEADING = re.compile(r"^\s*(=\s+)+.*?(\s+=)+\s*$")
@@ -32,7 +32,7 @@ def encode_corpus(tokenizer, lines: Sequence[str], max_length: int) -> list[dict
     """Each line → token chunks of at most `max_length`, each framed by the backbone's sequence
     start and end tokens (`<s> … </s>`, `[CLS] … [SEP]`); those two are never masked."""
     if max_length < 3:
-        raise BadInput(f"--max-length must be at least 3, got {max_length}")
+        raise BadParameter("{max_length} must be at least 3, got {value}", max_length)
     first, last = tokenizer.cls_token_id, tokenizer.sep_token_id
     if first is None or last is None:
         raise BadInput("the tokenizer has no sequence start/end tokens (cls/sep)")

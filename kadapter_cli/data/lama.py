@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from kadapter_cli.artifacts.io import iter_jsonl, iter_text_lines
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter, ParamText
 
 GOOGLE_RE_TEMPLATES = {
     "place_of_birth": "[X] was born in [Y] .",
@@ -88,14 +88,14 @@ def read_templates(path: Path) -> dict[str, str]:
 
 
 def parse_template_options(items: Iterable[str]) -> dict[str, str]:
-    """`--template 'P17=[X] is located in [Y] .'` (repeatable) → {relation: template}."""
+    """`['P17=[X] is located in [Y] .', ...]` → {relation: template}."""
     out = {}
     for item in items:
         relation, sep, template = item.partition("=")
         if not sep or not relation.strip():
-            raise BadInput(f"--template expects RELATION=TEMPLATE, got {item!r}")
+            raise BadParameter("{template} expects RELATION=TEMPLATE, got {value!r}", item)
         if "[X]" not in template or "[Y]" not in template:
-            raise BadInput(f"--template {item!r}: the template must contain both [X] and [Y]")
+            raise BadParameter("{template} {value!r}: the template must contain both [X] and [Y]", item)
         out[relation.strip()] = template.strip()
     return out
 
@@ -129,8 +129,8 @@ def read_trex(folder: Path, extra_templates: dict[str, str] | None = None) -> li
         relation = path.stem
         if relation not in templates:
             where = templates_path or folder / "relations.jsonl"
-            raise BadInput(f"no template for relation {relation} in {where} (give one with "
-                           f"--template '{relation}=[X] ... [Y] .')", path)
+            raise BadInput(ParamText("no template for relation {relation} in {where} (give one with "
+                                     "{template} '{relation}=[X] ... [Y] .')", relation=relation, where=where), path)
         rel = RelationFacts("trex", relation, templates[relation])
         raw = []
         for line, rec in iter_jsonl(path):

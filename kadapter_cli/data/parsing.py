@@ -27,7 +27,7 @@ from kadapter_cli.artifacts.io import in_dev_split, iter_text_lines, sha256_inpu
 from kadapter_cli.artifacts.io import input_files as artifacts_input_files
 from kadapter_cli.artifacts.manifest import find_artifacts, read_manifest, verify_files, write_manifest
 from kadapter_cli.artifacts.output import atomic_output
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter, ParamText
 
 PARSED_KIND = "parsed"
 PARSERS = ("stanza", "spacy", "conllu")
@@ -253,7 +253,7 @@ class ParserSpec:
             return StanzaParser(self)
         if self.kind == "spacy":
             return SpacyParser(self)
-        raise BadInput(f"--parser {self.kind} reads CoNLL-U, not raw text; use --parser stanza or spacy for text")
+        raise BadParameter("{kind:{value}} reads CoNLL-U, not raw text; use {kind:stanza} or spacy for text", self.kind)
 
 
 def _use_gpu(device: str) -> bool:
@@ -264,7 +264,7 @@ def _use_gpu(device: str) -> bool:
     if device == "auto":
         return torch.cuda.is_available()
     if not torch.cuda.is_available():
-        raise BadInput(f"--device {device} asked for, but no CUDA device is available")
+        raise BadParameter("{device:{value}} asked for, but no CUDA device is available", device)
     return True
 
 
@@ -320,10 +320,10 @@ class SpacyParser:
         try:
             self.nlp = spacy.load(name)
         except OSError as e:
-            raise BadInput(
-                f"spaCy model '{name}' is not installed ({_first_line(e)}). Install it with: "
-                f"python -m spacy download {name} (or pip install its package), or pass --model NAME_OR_PATH",
-            ) from None
+            raise BadInput(ParamText(
+                "spaCy model '{name}' is not installed ({error}). Install it with: python -m spacy download "
+                "{name} (or pip install its package), or pass {model} NAME_OR_PATH", name=name, error=_first_line(e),
+            )) from None
         if "parser" not in self.nlp.pipe_names:
             raise BadInput(f"spaCy model '{name}' has no dependency parser (pipes: {', '.join(self.nlp.pipe_names)})")
         self.spec = spec
@@ -463,14 +463,14 @@ def parse(
 
     spec = spec or ParserSpec()
     if spec.kind not in PARSERS:
-        raise BadInput(f"--parser must be one of {', '.join(PARSERS)}, got {spec.kind!r}")
+        raise BadParameter("{kind} must be one of {parsers}, got {value!r}", spec.kind, parsers=", ".join(PARSERS))
     if not 0.0 <= dev_ratio < 1.0:
-        raise BadInput(f"--dev-ratio must be in [0, 1), got {dev_ratio}")
-    for name, value in (("--workers", workers), ("--limit", limit), ("--max-words", max_words)):
+        raise BadParameter("{dev_ratio} must be in [0, 1), got {value}", dev_ratio)
+    for name, value in (("workers", workers), ("limit", limit), ("max_words", max_words)):
         if value is not None and value < 1:
-            raise BadInput(f"{name} must be 1 or more, got {value}")
+            raise BadParameter("{%s} must be 1 or more, got {value}" % name, value)
     if shard is not None and limit is not None:
-        raise BadInput("--limit cannot be combined with --shard (shards must cover their inputs whole)")
+        raise BadParameter("{limit} cannot be combined with {shard} (shards must cover their inputs whole)", limit)
     files = input_files(inputs)
     kinds = sorted({"conllu" if _is_conllu(f, spec.kind) else spec.kind for f in files})
 
@@ -549,7 +549,7 @@ def merge_parsed_shards(shards: Sequence[str | Path], out: str | Path, *, overwr
     for folder in folders:
         manifest = read_manifest(folder)
         if manifest["kind"] != PARSED_KIND or not manifest["config"].get("shard"):
-            raise BadInput("not a shard written by `parse --shard I/N`", folder)
+            raise BadInput(ParamText("not a shard written by `parse {shard:I/N}`"), folder)
         verify_files(folder, manifest)
         manifests.append(manifest)
     specs = [tuple(m["config"]["shard"]) for m in manifests]

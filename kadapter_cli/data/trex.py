@@ -42,7 +42,7 @@ from kadapter_cli.artifacts.io import in_dev_split, sha256_inputs, write_json
 from kadapter_cli.artifacts.io import input_files as artifacts_input_files
 from kadapter_cli.artifacts.manifest import find_artifacts, read_manifest, verify_files, write_manifest
 from kadapter_cli.artifacts.output import atomic_output
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.progress import info
 
 TREX_KIND = "trex-rc"
@@ -570,8 +570,9 @@ def finalize(examples: Path, per_relation: Counter, literal_per_relation: Counte
     if not kept:
         nothing_left = _nothing_left(per_relation, dropped_relations, min_count)
         if not allow_empty:
-            raise BadInput(f"{nothing_left}; refusing to write an empty trex-rc (pass --allow-empty to write it)")
-        info(f"warning: {nothing_left}; the trex-rc written is empty")
+            raise BadInput(ParamText(nothing_left.template + "; refusing to write an empty trex-rc (pass "
+                                     "{allow_empty:True} to write it)", **nothing_left.values))
+        info(ParamText("warning: " + nothing_left.template + "; the trex-rc written is empty", **nothing_left.values))
     kept_set = set(kept)
     for relation, n in per_relation.items():
         if relation in dropped_relations:
@@ -601,17 +602,18 @@ def finalize(examples: Path, per_relation: Counter, literal_per_relation: Counte
     }
 
 
-def _nothing_left(per_relation: Counter, dropped: set[str], min_count: int) -> str:
-    """Why no relation is kept, with the numbers: '70 examples in 4 relations, all below --min-count 50
+def _nothing_left(per_relation: Counter, dropped: set[str], min_count: int) -> ParamText:
+    """Why no relation is kept, with the numbers: '70 examples in 4 relations, all below min_count 50
     (the largest, P17, has 25)'."""
     candidates = {r: n for r, n in per_relation.items() if r not in dropped}
     if not candidates:
-        total = sum(per_relation.values())
-        return f"no examples left: {total:,} examples, all of relations left out with --drop (or literal objects)"
+        return ParamText("no examples left: {total:,} examples, all of relations left out with {drop} "
+                         "(or literal objects)", total=sum(per_relation.values()))
     largest = max(sorted(candidates), key=candidates.get)
-    return (f"{sum(candidates.values()):,} examples in {len(candidates)} relations, all below --min-count "
-            f"{min_count} (the largest, {largest}, has {candidates[largest]:,}; try --min-count "
-            f"{candidates[largest]})")
+    return ParamText("{examples:,} examples in {relations} relations, all below {min_count:{given}} (the largest, "
+                     "{largest}, has {largest_count:,}; try {min_count:{largest_count}})",
+                     examples=sum(candidates.values()), relations=len(candidates), given=min_count,
+                     largest=largest, largest_count=candidates[largest])
 
 
 def _final_stats(extracted: ExtractStats, duplicates: int, final: dict) -> dict:
@@ -631,11 +633,11 @@ def _config(**options: Any) -> dict:
 def _check_options(drop: Sequence[str], min_count: int, dev_ratio: float) -> None:
     for relation in drop:
         if not _PROPERTY_ID.fullmatch(relation):
-            raise BadInput(f"--drop {relation!r} is not a Wikidata property id like P31")
+            raise BadParameter("{drop} {value!r} is not a Wikidata property id like P31", relation)
     if min_count < 0:
-        raise BadInput(f"--min-count must be 0 or more, got {min_count}")
+        raise BadParameter("{min_count} must be 0 or more, got {value}", min_count)
     if not 0.0 <= dev_ratio < 1.0:
-        raise BadInput(f"--dev-ratio must be in [0, 1), got {dev_ratio}")
+        raise BadParameter("{dev_ratio} must be in [0, 1), got {value}", dev_ratio)
 
 
 # ---------------------------------------------------------------- the stage
@@ -665,15 +667,15 @@ def prepare_trex(
     """
     _check_options(drop, min_count, dev_ratio)
     if workers < 1:
-        raise BadInput(f"--workers must be 1 or more, got {workers}")
+        raise BadParameter("{workers} must be 1 or more, got {value}", workers)
     if limit is not None and limit < 1:
-        raise BadInput(f"--limit must be 1 or more, got {limit}")
+        raise BadParameter("{limit} must be 1 or more, got {value}", limit)
     files = input_files(inputs)
     if shard is not None:
         if limit is not None:
-            raise BadInput("--limit cannot be combined with --shard (shards must cover their files whole)")
+            raise BadParameter("{limit} cannot be combined with {shard} (shards must cover their files whole)", limit)
         if entities_only:
-            raise BadInput("shards keep literal objects: give --entities-only to --merge instead")
+            raise BadParameter("shards keep literal objects: give {entities_only:True} to {merge} instead", entities_only)
         index, count = shard
         files = [f for k, f in enumerate(files) if k % count == index - 1]
     with atomic_output(out, overwrite=overwrite) as folder:

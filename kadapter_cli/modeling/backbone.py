@@ -89,8 +89,8 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
-    """`loader(name_or_path)` from a local folder, the hub cache, or (when online) the hub.
+def load_pretrained(loader, name_or_path: str, what: str, **kwargs):
+    """`loader(name_or_path)` (a transformers `from_pretrained`) from a local folder, the hub cache, or (when online) the hub.
 
     The cache is tried first so that an offline machine fails fast instead of retrying the network.
     Every failure to find the files is a `BadInput` naming the id or folder; a `ValueError` from the
@@ -184,11 +184,11 @@ def load_backbone(name_or_path: str | Path, dtype: "torch.dtype | None" = None) 
     kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
     with waiting(f"loading backbone {name}"):
         try:
-            return _from_pretrained(AutoModel.from_pretrained, name, "backbone", attn_implementation="sdpa", **kwargs)
+            return load_pretrained(AutoModel.from_pretrained, name, "backbone", attn_implementation="sdpa", **kwargs)
         except ValueError:
             pass  # transformers refuses attn_implementation="sdpa" for architectures that lack it
         try:
-            return _from_pretrained(AutoModel.from_pretrained, name, "backbone", **kwargs)
+            return load_pretrained(AutoModel.from_pretrained, name, "backbone", **kwargs)
         except ValueError as e:
             raise BadInput(f"cannot load the backbone '{name}': {e}") from None
 
@@ -202,9 +202,9 @@ def load_tokenizer(name_or_path: str | Path) -> "PreTrainedTokenizerBase":
     from transformers import AutoTokenizer
 
     name = str(name_or_path)
-    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
     if is_byte_level(tokenizer) and not getattr(tokenizer, "add_prefix_space", False):
-        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer", add_prefix_space=True)
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer", add_prefix_space=True)
     # transformers builds an empty tokenizer from a folder without vocabulary files instead of failing.
     probe = tokenizer("the and of", add_special_tokens=False)["input_ids"]
     if not probe or all(i == tokenizer.unk_token_id for i in probe):
@@ -275,3 +275,26 @@ def tapped_states(
                    **extra)
     hidden = out.hidden_states
     return [hidden[int(t)] for t in taps], out.last_hidden_state
+
+
+def backbone_states(
+    backbone: "PreTrainedModel",
+    input_ids: "torch.Tensor",
+    attention_mask: "torch.Tensor | None",
+    taps: Sequence[int],
+    attends_to_padding: bool = False,
+    grad: bool = False,
+) -> "tuple[list[torch.Tensor], torch.Tensor]":
+    """What the adapters read from the backbone: `(states at taps, last hidden state)`.
+
+    The one feature path of pretraining, fine-tuning, probing and the feature cache. With
+    `attends_to_padding` (an adapter that attends to padding) pad positions are numbered as the
+    original numbered them (`padding_position_ids`). A frozen backbone runs without autograd
+    (`no_grad`, not `inference_mode`: its states may be saved for an adapter's backward; callers that
+    only read them wrap this in `inference_mode`); `grad` keeps autograd for a backbone that trains.
+    """
+    import torch
+
+    positions = padding_position_ids(backbone, input_ids) if attends_to_padding else None
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        return tapped_states(backbone, input_ids, attention_mask, taps, positions)

@@ -12,7 +12,6 @@ kept dropout on during fine-tuning (docs/differences.md).
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,16 +19,16 @@ import torch
 from torch import nn
 
 from kadapter_cli.data.encoding import SPACED_MARKERS
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, ParamText
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, take_rows
 from kadapter_cli.modeling.backbone import (
     BackboneShape,
     backbone_shape,
+    backbone_states,
     describe_fingerprint,
-    padding_position_ids,
     same_backbone,
-    tapped_states,
 )
+from kadapter_cli.modeling.freezing import FreezableModule
 from kadapter_cli.modeling.fusion import make_fusion
 
 Features = tuple[Sequence[torch.Tensor], torch.Tensor]
@@ -57,11 +56,11 @@ def check_composable(configs: Sequence[AdapterConfig], paths: Sequence[str | Pat
         fingerprinted = first.backbone_fingerprint and config.backbone_fingerprint
         if fingerprinted and not allow_backbone_mismatch \
                 and not same_backbone(first.backbone_fingerprint, config.backbone_fingerprint):
-            raise BadInput(
-                f"adapters were trained on different backbones: '{names[0]}' on "
-                f"{describe_fingerprint(first.backbone_fingerprint)}, '{name}' on "
-                f"{describe_fingerprint(config.backbone_fingerprint)}; pass --allow-backbone-mismatch to use them anyway"
-            )
+            raise BadInput(ParamText(
+                "adapters were trained on different backbones: '{first}' on {first_backbone}, '{other}' on "
+                "{other_backbone}; pass {allow_backbone_mismatch:True} to use them anyway",
+                first=names[0], first_backbone=describe_fingerprint(first.backbone_fingerprint), other=name,
+                other_backbone=describe_fingerprint(config.backbone_fingerprint)))
         fields = [
             ("backbone model type", first.backbone_model_type, config.backbone_model_type),
             ("backbone hidden size", first.backbone_hidden_size, config.backbone_hidden_size),
@@ -86,10 +85,11 @@ def marker_style(configs: Sequence[AdapterConfig], paths: Sequence[str | Path] |
     styled = [(c.marker_style, name) for c, name in zip(configs, names) if c.marker_style is not None]
     for style, name in styled[1:]:
         if style != styled[0][0]:
-            raise BadInput(
-                f"adapters were trained with different entity-marker styles: '{styled[0][1]}' uses "
-                f"{styled[0][0]!r} but '{name}' uses {style!r} ('original' = the bare \"@\"/\"#\" ids of "
-                "microsoft/K-Adapter, 'spaced' = kadapter's); train one again with --marker-style to match")
+            raise BadInput(ParamText(
+                "adapters were trained with different entity-marker styles: '{first}' uses {first_style!r} but "
+                "'{other}' uses {other_style!r} ('original' = the bare \"@\"/\"#\" ids of microsoft/K-Adapter, "
+                "'spaced' = kadapter's); train one again with {marker_style} to match",
+                first=styled[0][1], first_style=styled[0][0], other=name, other_style=style))
     return styled[0][0] if styled else SPACED_MARKERS
 
 
@@ -98,11 +98,11 @@ def check_fits_backbone(config: AdapterConfig, shape: BackboneShape, fingerprint
     """`BadInput` when an adapter cannot run on a backbone of this shape (width or depth), or when
     `fingerprint` (of the backbone about to be used) is not that of the backbone it was trained on."""
     if fingerprint and not allow_backbone_mismatch and not same_backbone(config.backbone_fingerprint, fingerprint):
-        raise BadInput(
-            f"adapter '{config.name}' was trained on {describe_fingerprint(config.backbone_fingerprint)}, "
-            f"but the backbone given is {describe_fingerprint(fingerprint)}; pass --allow-backbone-mismatch "
-            "to use it anyway"
-        )
+        raise BadInput(ParamText(
+            "adapter '{adapter}' was trained on {trained_on}, but the backbone given is {given}; "
+            "pass {allow_backbone_mismatch:True} to use it anyway",
+            adapter=config.name, trained_on=describe_fingerprint(config.backbone_fingerprint),
+            given=describe_fingerprint(fingerprint)))
     if config.backbone_hidden_size != shape.hidden_size:
         raise BadInput(
             f"adapter '{config.name}' was built on a {config.backbone_hidden_size}-wide backbone "
@@ -115,7 +115,7 @@ def check_fits_backbone(config: AdapterConfig, shape: BackboneShape, fingerprint
         )
 
 
-class KAdapterModel(nn.Module):
+class KAdapterModel(FreezableModule):
     """backbone (optional) + adapters + fusion → fused representation (B, L, H).
 
     Without a fusion (`fusion=None`) the output is the paper's K-Adapter output: the backbone's last
@@ -152,7 +152,6 @@ class KAdapterModel(nn.Module):
                 check_fits_backbone(config, backbone_shape(backbone))
         # The union of all taps is computed once; each adapter picks its own from it.
         self.tap_layers: list[int] = sorted({t for c in configs for t in c.tap_layers})
-        self._frozen: set[str] = set()
         # Heads read token states, never the backbone's pooled output: its pooler gets no gradient,
         # and under DDP a trainable parameter without one stops training at the second step.
         pooler = getattr(backbone, "pooler", None)
@@ -164,7 +163,7 @@ class KAdapterModel(nn.Module):
     def freeze_backbone(self) -> None:
         """No gradients for the backbone, and it stays in eval mode (no dropout) through `train()`."""
         if self.backbone is not None:
-            self._freeze("backbone")
+            self.freeze("backbone")
 
     def freeze_adapters(self, names: Sequence[str] | None = None, keep_dropout: bool = False) -> None:
         """No gradients for the named adapters (all by default); they stay in eval mode through
@@ -172,23 +171,7 @@ class KAdapterModel(nn.Module):
         for name in self.adapters if names is None else names:
             if name not in self.adapters:
                 raise BadInput(f"no adapter named '{name}' (have: {', '.join(self.adapters)})")
-            self._freeze(f"adapters.{name}", eval_mode=not keep_dropout)
-
-    def _freeze(self, path: str, eval_mode: bool = True) -> None:
-        module = self.get_submodule(path)
-        module.requires_grad_(False)
-        if eval_mode:
-            module.eval()
-            self._frozen.add(path)
-
-    def is_frozen(self, path: str) -> bool:
-        return path in self._frozen
-
-    def train(self, mode: bool = True) -> "KAdapterModel":
-        super().train(mode)
-        for path in self._frozen:
-            self.get_submodule(path).eval()
-        return self
+            self.freeze(f"adapters.{name}", eval_mode=not keep_dropout)
 
     # ------------------------------------------------------------ padding
 
@@ -214,11 +197,9 @@ class KAdapterModel(nn.Module):
         """(tapped states at `self.tap_layers`, last hidden state): what the feature cache stores."""
         if self.backbone is None:
             raise ValueError("this model has no backbone: pass precomputed `features`")
-        positions = padding_position_ids(self.backbone, input_ids) if self.attends_to_padding else None
         # A frozen backbone needs no autograd graph: its inputs are token ids, its weights fixed.
-        grad = contextlib.nullcontext() if not self.is_frozen("backbone") else torch.no_grad()
-        with grad:
-            return tapped_states(self.backbone, input_ids, attention_mask, self.tap_layers, positions)
+        return backbone_states(self.backbone, input_ids, attention_mask, self.tap_layers, self.attends_to_padding,
+                               grad=not self.is_frozen("backbone"))
 
     def encode(
         self,

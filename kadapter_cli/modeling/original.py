@@ -23,9 +23,9 @@ import torch
 from kadapter_cli.artifacts.cards import adapter_card, write_card
 from kadapter_cli.artifacts.io import read_json, sha256_inputs
 from kadapter_cli.artifacts.manifest import write_manifest
-from kadapter_cli.artifacts.output import atomic_output
+from kadapter_cli.artifacts.output import atomic_output, check_output
 from kadapter_cli.data.encoding import ORIGINAL_MARKERS
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, ParamText
 from kadapter_cli.modeling.adapter import (
     AdapterConfig,
     KnowledgeAdapter,
@@ -207,15 +207,14 @@ def import_original(
     Both checkpoints are read and checked before anything is written.
     """
     if fac is None and lin is None:
-        raise BadInput("give at least one checkpoint (--fac and/or --lin)")
+        raise BadInput(ParamText("give at least one checkpoint ({fac} and/or {lin})"))
     labels = read_relations(relations) if relations is not None else None
     jobs: list[tuple[str, Path, str]] = [(k, p, n) for k, p, n in (("fac", fac, name_fac), ("lin", lin, name_lin)) if p is not None]
     targets = [out_root / n for _, _, n in jobs]
     if len(set(targets)) != len(targets):
         raise BadInput(f"the fac and lin adapters would both be written to {targets[0]}; give different names")
     for target in targets:
-        if target.exists() and not overwrite:
-            raise BadInput("already exists; pass --overwrite to replace it", target)
+        check_output(target, overwrite=overwrite)
     converted = [
         (kind, path, convert_checkpoint(path, kind, name, labels=labels if kind == "fac" else None, tap_layers=tap_layers))
         for kind, path, name in jobs

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from kadapter_cli.modeling.adapter import KnowledgeAdapter, take_rows
-from kadapter_cli.modeling.backbone import padding_position_ids, tapped_states
+from kadapter_cli.modeling.backbone import backbone_states
+from kadapter_cli.modeling.freezing import FreezableModule
 
 # ---------------------------------------------------------------- the model being pretrained
 
 
-class AdapterPretrainer(nn.Module):
+class AdapterPretrainer(FreezableModule):
     """Frozen backbone (eval mode, no autograd) + one adapter + its pretraining head.
 
     `backbone` may be None when every batch carries cached `features` (tapped states + last).
@@ -24,26 +25,28 @@ class AdapterPretrainer(nn.Module):
         super().__init__()
         self.backbone = backbone
         if backbone is not None:
-            backbone.requires_grad_(False)
-            backbone.eval()
+            self.freeze("backbone")
         self.adapter = adapter
         self.head = head
         self.head_type = head_type
 
-    def train(self, mode: bool = True) -> "AdapterPretrainer":
-        super().train(mode)
-        if self.backbone is not None:
-            self.backbone.eval()  # frozen: never dropout
-        return self
+    # What the frozen backbone is read at (`backbone_states`; the feature cache reads the same).
+    @property
+    def tap_layers(self) -> list[int]:
+        return list(self.adapter.tap_layers)
+
+    @property
+    def attends_to_padding(self) -> bool:
+        return not self.adapter.config.mask_padding
+
+    @property
+    def hidden(self) -> int:
+        return self.adapter.config.backbone_hidden_size
 
     def backbone_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-        """[tapped states..., last hidden state] without autograd."""
-        # no_grad, not inference_mode: inference tensors cannot be saved for the adapter's backward,
-        # so they would need a copy of every state at every step.
-        # An adapter that attends to padding reads pad-token states numbered as the original did.
-        positions = None if self.adapter.config.mask_padding else padding_position_ids(self.backbone, input_ids)
-        with torch.no_grad():
-            tapped, last = tapped_states(self.backbone, input_ids, attention_mask, self.adapter.tap_layers, positions)
+        """[tapped states..., last hidden state] without autograd (`backbone_states`)."""
+        tapped, last = backbone_states(self.backbone, input_ids, attention_mask, self.tap_layers,
+                                       self.attends_to_padding)
         return [*tapped, last]
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -12,12 +12,13 @@ from torch import nn
 
 from kadapter_cli.errors import BadInput
 from kadapter_cli.modeling.adapter import KnowledgeAdapter
+from kadapter_cli.modeling.freezing import FreezableModule
 from kadapter_cli.modeling.kadapter import KAdapterModel
 
 # ---------------------------------------------------------------- the probe model
 
 
-class ProbeModel(nn.Module):
+class ProbeModel(FreezableModule):
     """Frozen backbone + frozen adapters (+ frozen LM-head transform) → one trainable Linear to the vocabulary."""
 
     def __init__(self, backbone: nn.Module | None, adapters: dict[str, KnowledgeAdapter], hidden: int,
@@ -30,18 +31,11 @@ class ProbeModel(nn.Module):
         self.body.freeze_adapters()
         self.transform = transform
         if transform is not None:
-            transform.requires_grad_(False)
-            transform.eval()
+            self.freeze("transform")
         self.adapter_names = list(adapters)
         self.mlm = nn.Linear(hidden * (1 + len(adapters)), vocab_size)
         nn.init.normal_(self.mlm.weight, std=0.02)
         nn.init.zeros_(self.mlm.bias)
-
-    def train(self, mode: bool = True) -> "ProbeModel":
-        super().train(mode)
-        if self.transform is not None:
-            self.transform.eval()  # frozen: never dropout
-        return self
 
     def features(self, batch: dict[str, Any], states=None) -> torch.Tensor:
         """`[h ; a_1 ; ...]` at the batch's valid `positions`: (N, (1 + k) H), outside inference mode.
@@ -67,10 +61,10 @@ def load_lm_head(backbone_id: str) -> tuple[nn.Module, torch.Tensor, torch.Tenso
     pretrained masked-LM head; `BadInput` when it has none (e.g. a sentence-embedding checkpoint)."""
     from transformers import AutoModelForMaskedLM
 
-    from kadapter_cli.modeling.backbone import _from_pretrained
+    from kadapter_cli.modeling.backbone import load_pretrained
 
     try:
-        mlm, loading = _from_pretrained(AutoModelForMaskedLM.from_pretrained, str(backbone_id), "backbone",
+        mlm, loading = load_pretrained(AutoModelForMaskedLM.from_pretrained, str(backbone_id), "backbone",
                                         output_loading_info=True)
     except ValueError as e:
         raise BadInput(f"backbone '{backbone_id}' has no masked-LM head class: {e}") from None

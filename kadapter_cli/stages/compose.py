@@ -12,7 +12,7 @@ from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json
 from kadapter_cli.artifacts.layout import ADAPTERS, COMPOSITIONS, NO_ADAPTERS, adapter_dir, resolve_artifact
 from kadapter_cli.artifacts.manifest import write_manifest
 from kadapter_cli.artifacts.output import atomic_output
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, load_adapter
 from kadapter_cli.modeling.backbone import (
     DEFAULT_BACKBONE,
@@ -47,15 +47,15 @@ def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> Ada
         if is_composition(path):
             adapter_set = read_composition(path)
             if fusion is not None and fusion != adapter_set.fusion:
-                raise BadInput(f"--fusion {fusion}: this composition fuses with {adapter_set.fusion}; leave --fusion "
-                               f"out, or compose again with --fusion {fusion}", path)
+                raise BadParameter("{fusion:{value}}: this composition fuses with {saved}; leave {fusion} out, "
+                                   "or compose again with {fusion:{value}}", fusion, path, saved=adapter_set.fusion)
             return adapter_set
     paths = [resolve_artifact(p, workdir, ADAPTERS) for p in parts]
     names = [Path(p).name for p in parts]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise BadInput(f"two adapters share the name '{twice[0]}': give each adapter once, or rename one "
-                       "with --name when training it")
+        raise BadInput(ParamText("two adapters share the name '{twice}': give each adapter once, or rename one "
+                                 "with {name} when training it", twice=twice[0]))
     return AdapterSet(names, paths, fusion or "concat")
 
 
@@ -109,7 +109,7 @@ def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str,
             allow_backbone_mismatch: bool = False) -> dict:
     """Checks that adapters compose and writes `compositions/<a>+<b>/` (adapters hard-linked in)."""
     if fusion not in ("concat", "add", "gated"):
-        raise BadInput(f"--fusion must be concat, add or gated, got {fusion!r}")
+        raise BadParameter("{fusion} must be concat, add or gated, got {value!r}", fusion)
     adapter_set = resolve_adapters(",".join(adapter_names), workdir, fusion)
     _, configs = load_adapters(adapter_set, allow_backbone_mismatch)
     first = configs[0]

@@ -9,7 +9,7 @@ load it again: the backbone's config, the tokenizer, every weight, the labels an
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -27,17 +27,18 @@ from kadapter_cli.artifacts.output import (
     training_output,
 )
 from kadapter_cli.data.encoding import SPACED_MARKERS
-from kadapter_cli.data.padding import is_choices
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
 from kadapter_cli.modeling.backbone import backbone_shape, load_tokenizer
 from kadapter_cli.modeling.kadapter import KAdapterModel, marker_style
 from kadapter_cli.modeling.task_model import TaskModel
+from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import progress, waiting
 from kadapter_cli.stages.compose import AdapterSet, load_adapters, load_matching_backbone
-from kadapter_cli.tasks import get_task
+from kadapter_cli.tasks import Task, get_task
 from kadapter_cli.tasks.base import IN_MEMORY
 from kadapter_cli.training.config import TrainConfig
+from kadapter_cli.training.feature_cache import FEATURE_CACHE_DIR, attach_backbone_cache
 from kadapter_cli.training.loop import evaluate, predict, train
 from kadapter_cli.training.objectives import TaskObjective
 from kadapter_cli.training.setup import make_accelerator
@@ -60,16 +61,15 @@ OLD_BACKBONE_DIR = "backbone"
 
 @dataclass
 class FinetuneSpec:
-    task: str
+    task: Task  # configured with its options (`get_task(name, **options)`)
     data: Path
     out: Path
     adapters: AdapterSet
     backbone: str | None = None
     freeze_backbone: bool = False
     max_length: int = 256
-    task_options: dict[str, Any] = field(default_factory=dict)
     cache_features: str = "auto"
-    cache_budget_gb: float | None = None
+    cache_budget: float | None = None  # GiB
     allow_backbone_mismatch: bool = False
     keep_adapter_dropout: bool = False  # the original code: frozen adapters stay in train mode
 
@@ -125,7 +125,7 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     if nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
         return read_json(spec.out / "metrics.json")
     check_output(spec.out, overwrite=overwrite, resume=resume, resumable=True)
-    task = get_task(spec.task, **spec.task_options)
+    task = spec.task
     splits = read_task_data(task, spec.data)
     files = task.task_files(spec.data)
     train_records = task.prepare_train(splits["train"])
@@ -157,8 +157,8 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     with training_output(spec.out, processes, overwrite=overwrite, resume=resume) as run_dir:
         cached = None
         if spec.freeze_backbone:
-            cached = attach_task_feature_cache(model, encoded, spec, pad_id, config, run_dir, processes.device,
-                                               pad_to)
+            cached = attach_backbone_cache(model.body, encoded, pad_id, config, run_dir, processes.device,
+                                           spec.cache_features, spec.cache_budget, pad_to)
         result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume,
                        hparams=manifest_config)
         results: dict[str, dict] = {}
@@ -170,13 +170,13 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
                                         description=f"evaluating {split}")
             if all(task.has_gold(r) for r in splits[split]):  # an unlabeled test split only gets predictions
                 results[split] = metrics
-            if processes.is_main_process:
+            if is_main_process():
                 task.write_predictions(run_dir, split, outputs, encoded[split])
-        if not processes.is_main_process:  # the main process writes the artifact
+        if not is_main_process():  # the main process writes the artifact
             return results
         remove_checkpoints(run_dir)
         (run_dir / "best.safetensors").unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "feature-cache", ignore_errors=True)
+        shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
         save_finetuned(run_dir, model, tokenizer, task, labels, spec, backbone_id, adapter_configs, fingerprint)
         write_json(run_dir / "metrics.json", results)
         stats = {"best_step": result.best_step, "steps": result.steps, "batch_split": result.batch_split,
@@ -190,42 +190,6 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
                                            inputs, manifest_config or {}, stats, task_inputs=task_inputs))
         write_manifest(run_dir, "finetuned", config=manifest_config or {}, inputs=inputs, stats=stats)
     return results
-
-
-def attach_task_feature_cache(model: TaskModel, splits: dict[str, list[dict]] | Sequence[list[dict]],
-                              spec: FinetuneSpec, pad_id: int, config: TrainConfig, run_dir: Path,
-                              device: torch.device, pad_to: int | None = None) -> str | None:
-    """With a frozen backbone, its tapped states (+ last) are computed once per sequence. An example
-    with candidates gets one cache row per candidate (`_row` is then their list, in candidate order).
-    `splits` by name (the names label the progress bars) or as a list. Computed on this process's
-    `device`."""
-    from kadapter_cli.training.feature_cache import attach_cache
-
-    body = model.body
-    names = list(splits) if isinstance(splits, dict) else None
-    splits = list(splits.values()) if isinstance(splits, dict) else list(splits)
-    sequences = [[{"input_ids": seq} for ex in split for seq in ex["input_ids"]]
-                 if split and is_choices(split[0]["input_ids"]) else split for split in splits]
-    if spec.cache_features != "off":
-        body.backbone.to(device)
-
-    def compute(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-        with torch.inference_mode():
-            tapped, last = body.backbone_features(input_ids.to(device), attention_mask.to(device))
-            return [t.clone() for t in (*tapped, last)]
-
-    storage = attach_cache(sequences, compute, n_states=len(body.tap_layers) + 1, hidden=body.hidden, pad_id=pad_id,
-                           batch_size=max(config.forward_batch_size, 32), mode=spec.cache_features,
-                           budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to,
-                           names=names)
-    for split, seqs in zip(splits, sequences):
-        if storage is None or seqs is split:
-            continue
-        rows = iter(seqs)
-        for ex in split:
-            candidates = [next(rows) for _ in ex["input_ids"]]
-            ex["_cache"], ex["_row"] = candidates[0]["_cache"], [c["_row"] for c in candidates]
-    return storage
 
 
 # ---------------------------------------------------------------- the finetuned artifact
@@ -274,12 +238,14 @@ class Finetuned(NamedTuple):
     config: dict
 
 
-def load_finetuned(folder: str | Path, task_options: dict[str, Any] | None = None) -> Finetuned:
+def load_finetuned(folder: str | Path, task_options: dict[str, Any] | None = None,
+                   config: dict | None = None) -> Finetuned:
     """`(model, tokenizer, task, labels, config)` from a finetuned folder alone, the model in eval
     mode; `task_options` set over the saved ones (how to read and decode new data:
-    `max_answer_length`, ...). Folders of every kadapter version load."""
+    `max_answer_length`, ...). Folders of every kadapter version load. `config`: the folder's
+    `finetuned_config`, when the caller has read it already (it is not read twice)."""
     with waiting(f"loading model {folder}"):
-        return _load_finetuned(Path(folder), task_options or {})
+        return _load_finetuned(Path(folder), task_options or {}, config)
 
 
 def finetuned_config(folder: str | Path) -> dict[str, Any]:
@@ -292,8 +258,8 @@ def finetuned_config(folder: str | Path) -> dict[str, Any]:
     return read_json(folder / CONFIG)
 
 
-def _load_finetuned(folder: Path, task_options: dict[str, Any]) -> Finetuned:
-    config = finetuned_config(folder)
+def _load_finetuned(folder: Path, task_options: dict[str, Any], config: dict | None) -> Finetuned:
+    config = finetuned_config(folder) if config is None else config
     labels = read_json(folder / LABELS)
     task = get_task(config["task"], **{**config.get("task_options", {}), **task_options})
     old = not (folder / "tokenizer_config.json").is_file()
@@ -358,12 +324,14 @@ def _rebuild_buffer(model: nn.Module, name: str, backbone_config) -> None:
 
 def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: Path | None,
                        batch_size: int = 32, device: str = "auto", overwrite: bool = False,
-                       scores: str = "none", task_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                       scores: str = "none", task_options: dict[str, Any] | None = None,
+                       config: dict | None = None) -> dict[str, Any]:
     """Recomputes a split's metrics from a saved model; writes predictions (+ metrics, + `scores`:
-    see `Task.scored_lines`) when `out` is set. `task_options`: over the saved ones."""
-    model, tokenizer, task, labels, config = load_finetuned(model_dir, task_options)
+    see `Task.scored_lines`) when `out` is set. `task_options`: over the saved ones; `config`: see
+    `load_finetuned`."""
+    model, tokenizer, task, labels, config = load_finetuned(model_dir, task_options, config)
     if data_dir is None:
-        raise BadInput("--data is required (the folder with the task's split files)")
+        raise BadParameter("{data_dir} is required (the folder with the task's split files)")
     path = task.task_files(data_dir)[split]
     records = task.read(path, labeled=split != "test" or not task.test_labels_optional)
     if not all(task.has_gold(r) for r in records):
@@ -387,9 +355,11 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
 
 
 def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, device: str = "auto",
-                    scores: str = "none", task_options: dict[str, Any] | None = None) -> list[dict]:
-    """Labels the records of a file in the task's format (`predict_loaded` on them)."""
-    loaded = load_finetuned(model_dir, task_options)
+                    scores: str = "none", task_options: dict[str, Any] | None = None,
+                    config: dict | None = None) -> list[dict]:
+    """Labels the records of a file in the task's format (`predict_loaded` on them); `task_options`:
+    over the saved ones; `config`: see `load_finetuned`."""
+    loaded = load_finetuned(model_dir, task_options, config)
     records = loaded.task.read(input_path, labeled=False)
     return predict_loaded(loaded, records, batch_size, device, scores, input_path)
 

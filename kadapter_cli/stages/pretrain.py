@@ -21,13 +21,15 @@ from kadapter_cli.artifacts.io import iter_jsonl, read_json, sha256_inputs, writ
 from kadapter_cli.artifacts.manifest import write_manifest
 from kadapter_cli.artifacts.output import check_output, nothing_to_resume, remove_checkpoints, training_output
 from kadapter_cli.data.encoding import SPACED_MARKERS, check_marker_style, encode_dependency, encode_relation
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, count_parameters, save_adapter
 from kadapter_cli.modeling.backbone import backbone_fingerprint, backbone_shape, load_backbone, load_tokenizer
 from kadapter_cli.modeling.heads import build_head
 from kadapter_cli.modeling.pretrainer import AdapterPretrainer
+from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import progress
 from kadapter_cli.training.config import TrainConfig, kind_defaults
+from kadapter_cli.training.feature_cache import FEATURE_CACHE_DIR, attach_backbone_cache
 from kadapter_cli.training.loop import train
 from kadapter_cli.training.objectives import DependencyObjective, RelationObjective
 from kadapter_cli.training.setup import make_accelerator
@@ -53,7 +55,7 @@ class AdapterTrainingSpec:
     marker_style: str = SPACED_MARKERS  # fac: how "@"/"#" become ids (kadapter_cli.data.encoding)
     lin_head: str = "pointer"
     cache_features: str = "auto"
-    cache_budget_gb: float | None = None
+    cache_budget: float | None = None  # GiB
 
 
 # ---------------------------------------------------------------- data
@@ -142,11 +144,11 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     """Pretrains one adapter and writes its artifact to `spec.out`; returns the summary."""
     kind_defaults(spec.kind)  # a kind that is not one is refused
     if spec.lin_head not in LIN_HEADS:
-        raise BadInput(f"--lin-head must be one of {', '.join(LIN_HEADS)}, got {spec.lin_head!r}")
+        raise BadParameter("{lin_head} must be one of {heads}, got {value!r}", spec.lin_head, heads=", ".join(LIN_HEADS))
     try:
         check_marker_style(spec.marker_style)
     except ValueError as e:
-        raise BadInput(f"--marker-style: {e}") from None
+        raise BadParameter("{marker_style}: {error}", spec.marker_style, error=e) from None
     if nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
         return read_json(spec.out / "metrics.json")
     check_output(spec.out, overwrite=overwrite, resume=resume, resumable=True)
@@ -176,7 +178,8 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     if max_positions and backbone.config.model_type in ("roberta", "xlm-roberta", "camembert"):
         max_positions -= 2  # RoBERTa's positions start after the padding index
     if max_positions and spec.max_length > max_positions:
-        raise BadInput(f"--max-length {spec.max_length} exceeds what {spec.backbone} supports ({max_positions})")
+        raise BadParameter("{max_length} {value} exceeds what {backbone} supports ({supported})", spec.max_length,
+                           backbone=spec.backbone, supported=max_positions)
 
     train_examples = encode_examples(spec.kind, tokenizer, train_records, spec.max_length, relations, "encoding train",
                                      spec.marker_style)
@@ -195,8 +198,8 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
 
     processes = make_accelerator(config)  # joins the other processes of `accelerate launch` / `torchrun`
     with training_output(spec.out, processes, overwrite=overwrite, resume=resume) as run_dir:
-        cached = attach_feature_cache(model, [train_examples, dev_examples], spec, pad_id, config, run_dir,
-                                      processes.device, pad_to)
+        cached = attach_backbone_cache(model, {"train": train_examples, "dev": dev_examples}, pad_id, config,
+                                       run_dir, processes.device, spec.cache_features, spec.cache_budget, pad_to)
         if cached:
             model.backbone = None  # every batch now carries its features
         result = train(model, objective, train_examples, dev_examples, config, run_dir, resume=resume,
@@ -204,13 +207,13 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         summary = {"dev": result.best_metrics, "best_step": result.best_step, "steps": result.steps,
                    "batch_split": result.batch_split, "throughput": result.throughput,
                    "feature_cache": cached or "off"}
-        if not processes.is_main_process:  # the main process writes the artifact
+        if not is_main_process():  # the main process writes the artifact
             return summary
         save_adapter(run_dir, adapter, adapter_config, head)
         write_json(run_dir / "metrics.json", summary)
         remove_checkpoints(run_dir)
         (run_dir / "best.safetensors").unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "feature-cache", ignore_errors=True)
+        shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
         stats = {"train_examples": len(train_examples), "dev_examples": len(dev_examples),
                  "parameters": count_parameters(adapter), "head_parameters": count_parameters(head), **summary}
         inputs = sha256_inputs(sorted(spec.data.glob("*.json*")))
@@ -218,22 +221,3 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         write_manifest(run_dir, "adapter", config=manifest_config or {}, inputs=inputs, stats=stats)
     return summary
 
-
-def attach_feature_cache(model: AdapterPretrainer, splits: Sequence[list[dict]], spec: AdapterTrainingSpec,
-                         pad_id: int, config: TrainConfig, run_dir: Path, device: torch.device,
-                         pad_to: int | None = None) -> str | None:
-    """Computes the frozen backbone's states (taps + last) once per example, on this process's
-    `device`, when the budget allows."""
-    from kadapter_cli.training.feature_cache import attach_cache
-
-    if spec.cache_features != "off":
-        model.backbone.to(device)
-
-    def compute(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-        return model.backbone_features(input_ids.to(device), attention_mask.to(device))
-
-    return attach_cache(splits, compute, n_states=len(model.adapter.tap_layers) + 1,
-                        hidden=model.adapter.config.backbone_hidden_size, pad_id=pad_id,
-                        batch_size=max(config.forward_batch_size, 32), mode=spec.cache_features,
-                        budget_gib=spec.cache_budget_gb, folder=run_dir / "feature-cache", pad_to=pad_to,
-                        names=["train", "dev"])

@@ -33,15 +33,9 @@ from kadapter_cli.artifacts.output import atomic_output, nothing_to_resume, remo
 from kadapter_cli.data import lama
 from kadapter_cli.data.corpus import encode_corpus, read_corpus
 from kadapter_cli.data.padding import pad_ids
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
-from kadapter_cli.modeling.backbone import (
-    backbone_shape,
-    load_backbone,
-    load_tokenizer,
-    padding_position_ids,
-    tapped_states,
-)
+from kadapter_cli.modeling.backbone import backbone_shape, backbone_states, load_backbone, load_tokenizer
 from kadapter_cli.modeling.kadapter import check_fits_backbone
 from kadapter_cli.modeling.probe_model import ProbeModel, load_lm_head
 from kadapter_cli.progress import progress
@@ -112,13 +106,14 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
     if nothing_to_resume(spec.out, resume=resume, overwrite=overwrite):
         return read_json(spec.out / "metrics.json")
     if spec.pretrained_lm_head and spec.adapters.names:
-        raise BadInput("--pretrained-lm-head is the baseline over the backbone alone: give no --adapters")
+        raise BadParameter("{pretrained_lm_head:True} is the baseline over the backbone alone: give no {adapters}",
+                           spec.adapters.names)
     if not spec.pretrained_lm_head and spec.corpus is None:
-        raise BadInput("--corpus FILE is needed to train the probe (or --pretrained-lm-head for the baseline)")
+        raise BadParameter("{corpus} FILE is needed to train the probe (or {pretrained_lm_head:True} for the baseline)")
     adapters, adapter_configs = load_adapters(spec.adapters)
     backbone_id = spec.backbone or (adapter_configs[0].backbone if adapter_configs else None)
     if backbone_id is None:
-        raise BadInput("--backbone is needed for a probe without adapters")
+        raise BadParameter("{backbone} is needed for a probe without adapters")
     lines = read_corpus(spec.corpus) if not spec.pretrained_lm_head else []
     model, tokenizer = build_probe_model(spec, backbone_id, adapters, config.seed)
     if tokenizer.mask_token_id is None:
@@ -205,7 +200,7 @@ class LamaSpec:
 
 def read_lama(spec: LamaSpec) -> list[tuple[lama.RelationFacts, list]]:
     if spec.trex is None and spec.google_re is None:
-        raise BadInput("give the LAMA data: --trex DIR and/or --google-re DIR")
+        raise BadInput(ParamText("give the LAMA data: {trex} DIR and/or {google_re} DIR"))
     relations = []
     if spec.trex is not None:
         relations += lama.read_trex(spec.trex, spec.templates)
@@ -280,8 +275,8 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
                          "valid": torch.ones(len(chunk), 1, dtype=torch.bool, device=device)}
                 backbone = group[0].model.body.backbone
                 taps = sorted({t for p in group for t in p.model.body.tap_layers})
-                position_ids = padding_position_ids(backbone, batch["input_ids"]) if pad_to is not None else None
-                states, last = tapped_states(backbone, batch["input_ids"], batch["attention_mask"], taps, position_ids)
+                states, last = backbone_states(backbone, batch["input_ids"], batch["attention_mask"], taps,
+                                               attends_to_padding=pad_to is not None)
                 by_layer = dict(zip(taps, states))
                 for probe in group:
                     tapped = [by_layer[t] for t in probe.model.body.tap_layers]
@@ -306,7 +301,7 @@ def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, devic
     manifest to `out`; returns {"probes", "uhn", "results": {probe: {dataset: metrics}},
     "filters": {probe: {"dataset/relation": facts read, kept and dropped by each filter}}}."""
     if spec.top_k < 1:
-        raise BadInput(f"--top-k must be at least 1, got {spec.top_k}")
+        raise BadParameter("{top_k} must be at least 1, got {value}", spec.top_k)
     raw = read_lama(spec)
     common = lama.read_common_vocab(spec.common_vocab) if spec.common_vocab is not None else None
     dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")

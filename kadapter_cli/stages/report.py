@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from kadapter_cli.artifacts.io import read_json
 from kadapter_cli.artifacts.manifest import MANIFEST
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.training.log import LOG_FILE
 
 # Settings that make two runs different experiments (the seed does not: its runs are averaged).
@@ -165,7 +165,7 @@ def paper_results() -> dict[str, Any]:
 def build_report(runs: list[Run], split: str = "test", paper: bool = False) -> dict[str, Any]:
     """The report as plain data (what `--json` prints); scores are fractions, as in metrics.json."""
     if split not in ("dev", "test"):
-        raise BadInput(f"--split must be dev or test, got {split!r}")
+        raise BadParameter("{split} must be dev or test, got {value!r}", split)
     finetuned = [r for r in runs if r.task]
     columns = task_columns(finetuned)
     reference = paper_results() if paper else None

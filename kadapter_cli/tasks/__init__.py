@@ -26,13 +26,17 @@ from kadapter_cli.tasks.base import (
 TASKS: dict[str, type[Task]] = discover_tasks(__name__)
 
 
-def get_task(name: str, **options: Any) -> Task:
-    """The task called `name`, configured with its task-specific `options`; `BadInput` if unknown."""
+def task_class(name: str) -> type[Task]:
+    """The class of the task called `name` (what its options are checked against); `BadInput` if unknown."""
     try:
-        task_class = TASKS[name]
+        return TASKS[name]
     except KeyError:
         raise BadInput(f"unknown task '{name}' (known: {', '.join(TASKS)})") from None
-    return task_class(**options)
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """The task called `name`, configured with its task-specific `options`; `BadInput` if unknown."""
+    return task_class(name)(**options)
 
 
 def task_options_help() -> str:
@@ -43,4 +47,4 @@ def task_options_help() -> str:
 
 
 __all__ = ["TASKS", "ClassificationTask", "RelationTask", "Task", "TaskOption", "TypingTask", "discover_tasks",
-           "get_task", "parse_task_options", "register_task", "task_options_help"]
+           "get_task", "parse_task_options", "register_task", "task_class", "task_options_help"]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Sequence
 
 from kadapter_cli.artifacts.io import iter_jsonl, read_json, write_jsonl
 from kadapter_cli.data import encoding
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.tasks import metrics
 
 if TYPE_CHECKING:  # torch is imported inside methods: importing the registry stays cheap
@@ -284,7 +284,7 @@ class Task:
         if scores == "none":
             return lines
         if len(lines) != len(predictions):
-            raise BadInput(f"--scores: task {self.name} does not give one prediction per record")
+            raise BadParameter("{scores}: task {task} does not give one prediction per record", scores, task=self.name)
         out = []
         for line, prediction in zip(lines, predictions):
             probabilities = self.label_scores(prediction, labels)
@@ -488,7 +488,7 @@ def parse_task_options(task_class: type[Task], assignments: Iterable[str]) -> di
         key, sep, text = str(item).partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise BadInput(f"--task-option must be key=value, got {item!r}")
+            raise BadParameter("{task_option} must be key=value, got {value!r}", item)
         if key not in task_class.options:
             known = ", ".join(sorted(task_class.options)) or "none"
             raise BadInput(f"task '{task_class.name}' has no option {key!r} (options: {known})")

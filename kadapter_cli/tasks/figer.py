@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from kadapter_cli.artifacts.io import iter_text_lines
-from kadapter_cli.errors import BadInput, OutputExists
+from kadapter_cli.artifacts.output import check_output
+from kadapter_cli.errors import BadInput
 from kadapter_cli.tasks.base import TypingTask, argmax, detect_format, register_task
 
 
@@ -160,8 +161,7 @@ def convert_figer_raw(source: str | Path, output: str | Path, overwrite: bool = 
     output = Path(output)
     if output.is_dir():
         raise BadInput("is a folder; give the file to write, e.g. tasks/figer/test.json", output)
-    if output.exists() and not overwrite:
-        raise OutputExists("already exists; pass --overwrite to replace it", output)
+    check_output(output, overwrite=overwrite)
     records, sentences = read_figer_raw(source)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"

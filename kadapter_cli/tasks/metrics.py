@@ -194,16 +194,16 @@ def lama_metrics(ranks: Mapping[str, Sequence[int]]) -> dict:
 
 # ---------------------------------------------------------------- extractive QA (SQuAD v1.1)
 
-_SQUAD_PUNCTUATION = frozenset(string.punctuation)
-_SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b")
+SQUAD_PUNCTUATION = frozenset(string.punctuation)
+SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def squad_normalize(text: str) -> str:
     """The SQuAD v1.1 script's `normalize_answer`, step for step: lower-case, drop ASCII
     punctuation, drop the articles a/an/the, collapse whitespace. (OpenQA and the MRQA evaluator
     use the same function.)"""
-    text = "".join(ch for ch in text.lower() if ch not in _SQUAD_PUNCTUATION)
-    return " ".join(_SQUAD_ARTICLES.sub(" ", text).split())
+    text = "".join(ch for ch in text.lower() if ch not in SQUAD_PUNCTUATION)
+    return " ".join(SQUAD_ARTICLES.sub(" ", text).split())
 
 
 def squad_exact_match(prediction: str, gold: str) -> bool:

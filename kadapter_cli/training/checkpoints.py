@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kadapter_cli.artifacts.output import step_folders
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, ParamText
 from kadapter_cli.training.config import TRAJECTORY_OPTIONS, TrainConfig
 from kadapter_cli.training.rng import set_rng_state
 
@@ -73,11 +73,13 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, accelerator, conf
     # An option a checkpoint does not record (written before the option existed) ran at its default.
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     saved_config = {k: saved.get("config", {}).get(k, defaults[k]) for k in TRAJECTORY_OPTIONS}
-    changed = [f"--{k.replace('_', '-')} {saved_config[k]!r} → {getattr(config, k)!r}"
-               for k in TRAJECTORY_OPTIONS if saved_config[k] != getattr(config, k)]
+    changed = [k for k in TRAJECTORY_OPTIONS if saved_config[k] != getattr(config, k)]
     if changed:
-        raise BadInput("cannot resume with different training options (" + "; ".join(changed)
-                       + "); use the checkpoint's options or start again without --resume", folder)
+        values = {f"{k}_was": saved_config[k] for k in changed} | {f"{k}_now": getattr(config, k) for k in changed}
+        listed = "; ".join("{%s} {%s_was!r} → {%s_now!r}" % (k, k, k) for k in changed)
+        raise BadInput(ParamText("cannot resume with different training options (" + listed
+                                 + "); use the checkpoint's options or start again without {resume:True}", **values),
+                       folder)
     if saved.get("world_size") != accelerator.num_processes:
         raise BadInput(f"checkpoint was written by {saved.get('world_size')} processes, this run has "
                        f"{accelerator.num_processes}; resume with the same number", folder)

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadParameter
 
 if TYPE_CHECKING:
     import torch
@@ -40,9 +40,9 @@ PROBE_DEFAULTS: dict[str, Any] = {"epochs": 2, "batch_size": 1024, "micro_batch_
 
 
 def kind_defaults(kind: str) -> dict[str, Any]:
-    """The paper's loop settings for an adapter kind; `BadInput` for a kind that is not one."""
+    """The paper's loop settings for an adapter kind; `BadParameter` for a kind that is not one."""
     if kind not in KIND_DEFAULTS:
-        raise BadInput(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise BadParameter("{kind} must be one of {kinds}, got {value!r}", kind, kinds=", ".join(KINDS))
     return KIND_DEFAULTS[kind]
 
 
@@ -91,12 +91,12 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
-        """`BadInput` naming the option for any value the loop cannot run with."""
+        """`BadParameter` naming the parameter and its value for any value the loop cannot run with."""
         def at_least(name: str, value: float | None, low: float, optional: bool = False) -> None:
             if value is None and optional:
                 return
             if value is None or value < low:
-                raise BadInput(f"--{name.replace('_', '-')} must be at least {low:g}, got {value}")
+                raise BadParameter("{%s} must be at least {low:g}, got {value}" % name, value, low=low)
 
         at_least("epochs", self.epochs, 1)
         at_least("max_steps", self.max_steps, 1, optional=True)
@@ -110,18 +110,18 @@ class TrainConfig:
         for name in ("warmup", "weight_decay", "max_grad_norm"):
             at_least(name, getattr(self, name), 0)
         if not self.lr > 0:
-            raise BadInput(f"--lr must be positive, got {self.lr}")
+            raise BadParameter("{lr} must be positive, got {value}", self.lr)
         if not self.adam_eps > 0:
-            raise BadInput(f"--adam-eps must be positive, got {self.adam_eps}")
+            raise BadParameter("{adam_eps} must be positive, got {value}", self.adam_eps)
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
-                raise BadInput(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+                raise BadParameter("{%s} must be in [0, 1), got {value}" % name, getattr(self, name))
         if self.device not in ("auto", "cpu", "cuda"):
-            raise BadInput(f"--device must be auto, cpu or cuda, got {self.device!r}")
+            raise BadParameter("{device} must be auto, cpu or cuda, got {value!r}", self.device)
         if self.precision not in ("fp32", "bf16", "fp16"):
-            raise BadInput(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+            raise BadParameter("{precision} must be fp32, bf16 or fp16, got {value!r}", self.precision)
         if self.clip_mode not in CLIP_MODES:
-            raise BadInput(f"--clip-mode must be joint or separate, got {self.clip_mode!r}")
+            raise BadParameter("{clip_mode} must be joint or separate, got {value!r}", self.clip_mode)
         from kadapter_cli.training.tracking import parse_report_to
 
         parse_report_to(self.report_to)
@@ -141,8 +141,9 @@ class TrainConfig:
         """
         if self.batch_size % processes:
             lower = self.batch_size - self.batch_size % processes
-            raise BadInput(f"--batch-size {self.batch_size} does not split evenly over {processes} processes; "
-                           f"use a multiple of {processes} (e.g. {lower or processes} or {lower + processes})")
+            raise BadParameter("{batch_size} {value} does not split evenly over {processes} processes; "
+                               "use a multiple of {processes} (e.g. {lower} or {higher})", self.batch_size,
+                               processes=processes, lower=lower or processes, higher=lower + processes)
         share = self.batch_size // processes
         wanted = min(self.micro_batch_size or share, share)
         micro = next(m for m in range(wanted, 0, -1) if share % m == 0)

@@ -23,15 +23,19 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
-from kadapter_cli.data.padding import pad_ids
-from kadapter_cli.errors import BadInput
+from kadapter_cli.data.padding import is_choices, pad_ids
+from kadapter_cli.errors import BadParameter
+from kadapter_cli.processes import process_index
 from kadapter_cli.progress import progress
 from kadapter_cli.training.batching import sequential_batches
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
+
+    from kadapter_cli.training.config import TrainConfig
 
 Compute = Callable[["torch.Tensor", "torch.Tensor"], Sequence["torch.Tensor"]]
 
@@ -188,7 +192,7 @@ def decide_cache(mode: str, n_bytes: int, budget_bytes: int | None = None, folde
     - `on`: as auto, but `BadInput` instead of None.
     """
     if mode not in ("auto", "on", "off"):
-        raise BadInput(f"--cache-features must be auto, on or off, got {mode!r}")
+        raise BadParameter("{cache_features} must be auto, on or off, got {value!r}", mode)
     if mode == "off":
         return None
     budget = default_budget_bytes() if budget_bytes is None else budget_bytes
@@ -198,11 +202,12 @@ def decide_cache(mode: str, n_bytes: int, budget_bytes: int | None = None, folde
     if n_bytes <= free // 2:
         return "disk"
     if mode == "on":
-        raise BadInput(
-            f"--cache-features on: the cache needs {n_bytes / GiB:.2f} GiB, over the memory budget "
-            f"({budget / GiB:.2f} GiB) and half the free disk ({free / GiB:.2f} GiB free"
-            + (f" under {folder}" if folder is not None else "") + "); raise --cache-budget, free disk space, "
-            "or use --cache-features auto"
+        raise BadParameter(
+            "{cache_features:{value}}: the cache needs {need:.2f} GiB, over the memory budget "
+            "({budget:.2f} GiB) and half the free disk ({free:.2f} GiB free"
+            + (" under {folder}" if folder is not None else "") + "); raise {cache_budget}, free disk space, "
+            "or use {cache_features:auto}", mode, need=n_bytes / GiB, budget=budget / GiB, free=free / GiB,
+            folder=folder,
         )
     return None
 
@@ -301,7 +306,7 @@ def attach_cache(
     storage = decide_cache(mode, estimate_bytes(n_tokens, n_states, hidden), budget, folder)
     if storage is None:
         return None
-    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    rank = str(process_index())
     for i, examples in enumerate(splits):
         if not examples:
             continue
@@ -311,4 +316,52 @@ def attach_cache(
                                    description=f"caching features ({names[i]})" if names else "caching features")
         for row, ex in enumerate(examples):
             ex["_cache"], ex["_row"] = cache, row
+    return storage
+
+
+FEATURE_CACHE_DIR = "feature-cache"  # under a training run's folder; removed when the artifact is written
+
+
+class ReadsFrozenBackbone(Protocol):
+    """A model that reads a frozen backbone's states (`AdapterPretrainer`, `KAdapterModel`)."""
+
+    backbone: "nn.Module"
+    tap_layers: list[int]
+    attends_to_padding: bool
+    hidden: int
+
+
+def attach_backbone_cache(model: ReadsFrozenBackbone, splits: Mapping[str, list[dict]], pad_id: int,
+                          config: "TrainConfig", run_dir: Path, device: "torch.device", mode: str = "auto",
+                          budget_gib: float | None = None, pad_to: int | None = None) -> str | None:
+    """Caches what `model` reads from its frozen backbone — the states at its taps and the last one,
+    computed by `backbone_states` as the model computes them — for every example of `splits` (by name),
+    on this process's `device`, when the budget allows (`attach_cache`); pretraining and fine-tuning
+    attach it alike. An example with candidates gets one cache row per candidate (`_row` is then
+    their list, in candidate order). Returns where the cache lives, or None.
+    """
+    from kadapter_cli.modeling.backbone import backbone_states
+
+    names = list(splits)
+    examples = list(splits.values())
+    sequences = [[{"input_ids": seq} for ex in split for seq in ex["input_ids"]]
+                 if split and is_choices(split[0]["input_ids"]) else split for split in examples]
+    if mode != "off":
+        model.backbone.to(device)
+
+    def compute(input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> list["torch.Tensor"]:
+        tapped, last = backbone_states(model.backbone, input_ids.to(device), attention_mask.to(device),
+                                       model.tap_layers, model.attends_to_padding)
+        return [*tapped, last]
+
+    storage = attach_cache(sequences, compute, n_states=len(model.tap_layers) + 1, hidden=model.hidden, pad_id=pad_id,
+                           batch_size=max(config.forward_batch_size, 32), mode=mode, budget_gib=budget_gib,
+                           folder=run_dir / FEATURE_CACHE_DIR, pad_to=pad_to, names=names)
+    for split, seqs in zip(examples, sequences):
+        if storage is None or seqs is split:
+            continue
+        rows = iter(seqs)
+        for ex in split:
+            candidates = [next(rows) for _ in ex["input_ids"]]
+            ex["_cache"], ex["_row"] = candidates[0]["_cache"], [c["_row"] for c in candidates]
     return storage

@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from kadapter_cli.artifacts.output import CHECKPOINTS, checkpoint_step, latest_checkpoint, remove_checkpoints
-from kadapter_cli.errors import BadInput, KadapterError
+from kadapter_cli.errors import BadInput, KadapterError, ParamText
+from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import info, progress
 from kadapter_cli.training.batching import epoch_batches, restore_order, sequential_batches, shard, step_micro_batches
 from kadapter_cli.training.checkpoints import (
@@ -120,7 +121,7 @@ def train(
     tracker = RunTracker(config.report_to, run_name, tracking_dir, hparams or dataclasses.asdict(config),
                          resume_step=checkpoint_step(checkpoint) if checkpoint is not None else None)
     accelerator = make_accelerator(config, log_with=tracker.trackers)
-    is_main = accelerator.is_main_process
+    is_main = is_main_process()
     world = accelerator.num_processes
 
     examples = _limited(train_examples, config.limit)
@@ -139,8 +140,9 @@ def train(
     warmup_steps = config.warmup_steps(total_steps)
     # Step k trains at the multiplier of step k-1, so a warm-up as long as the run never gets to 1 either.
     if warmup_steps >= total_steps and is_main:
-        info(f"warning: --warmup {warmup_steps:,} steps is not shorter than the run ({total_steps:,} steps): the "
-             f"learning rate never reaches --lr {config.lr:g}; give a share instead (--warmup 0.1 = the first 10%)")
+        info(ParamText("warning: {warmup:{steps:,}} steps is not shorter than the run ({total:,} steps): the "
+                       "learning rate never reaches {lr:{peak:g}}; give a share instead ({warmup:0.1} = the first 10%)",
+                       steps=warmup_steps, total=total_steps, peak=config.lr))
 
     # device_specific: each process draws its own dropout masks.
     set_seed(config.seed, device_specific=True)
@@ -194,7 +196,7 @@ class _Loop:
         self.examples, self.lengths, self.dev = examples, lengths, dev
         self.config, self.split, self.run_dir, self.state = config, split, run_dir, state
         self.total_steps, self.epochs = total_steps, epochs
-        self.is_main = accelerator.is_main_process
+        self.is_main = is_main_process()
         self.clip_groups = clip_groups(unwrapped, config.clip_mode)
         self.flops_per_token = flops_per_token(unwrapped)
         self.peak_flops = peak_flops(accelerator.device, config.precision)
@@ -322,9 +324,9 @@ class _Loop:
         state.tokens_seen += record.pop("_tokens")
         state.train_seconds += record.pop("_seconds")
         if not math.isfinite(record["loss"]):
-            raise KadapterError(
-                f"training diverged: the loss is {record['loss']} at step {state.step}; lower --lr, raise "
-                "--warmup, or train in --precision bf16 or fp32")
+            raise KadapterError(ParamText(
+                "training diverged: the loss is {loss} at step {step}; lower {lr}, raise "
+                "{warmup}, or train in {precision:bf16} or fp32", loss=record["loss"], step=state.step))
         if self.is_main:
             line = {"step": state.step, "epoch": round(epoch_progress, 4), "lr": self.scheduler.get_last_lr()[0],
                     **record}
@@ -395,7 +397,7 @@ def evaluate(
         accelerator = make_accelerator(config)
         model = model.to(accelerator.device)
     bar = progress()
-    bar.disable = bar.disable or not accelerator.is_main_process
+    bar.disable = bar.disable or not is_main_process()
     with bar:
         return _evaluate(accelerator, model, objective, list(examples), config, bar, description)
 
@@ -405,7 +407,7 @@ def predict(model: "nn.Module", objective: Objective, examples: Sequence, config
     """`model`'s outputs on `examples`, in input order, without scoring them (no gold needed)."""
     accelerator = make_accelerator(config)
     bar = progress()
-    bar.disable = bar.disable or not accelerator.is_main_process
+    bar.disable = bar.disable or not is_main_process()
     with bar:
         return _outputs(accelerator, model.to(accelerator.device), objective, list(examples), config, bar, description)
 

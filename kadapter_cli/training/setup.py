@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -33,18 +33,18 @@ def auto_threads() -> int:
 
 
 def set_threads(threads: int | None) -> int:
-    """Sets torch's CPU threads to `threads` (`--threads`), or to `auto_threads()`; returns the number."""
+    """Sets torch's CPU threads to `threads`, or to `auto_threads()`; returns the number."""
     import torch
 
     if threads is not None and threads < 1:
-        raise BadInput(f"--threads must be at least 1, got {threads}")
+        raise BadParameter("{threads} must be at least 1, got {value}", threads)
     chosen = threads or auto_threads()
     torch.set_num_threads(chosen)
     return chosen
 
 
 def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Accelerator":
-    """An `Accelerator` for `--device` / `--precision`; the launcher (if any) decides the processes.
+    """An `Accelerator` for `config.device` / `config.precision`; the launcher (if any) decides the processes.
 
     `log_with`: Accelerate tracker objects (`tracking.RunTracker` builds them)."""
     import torch
@@ -52,10 +52,10 @@ def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Acce
     from accelerate.state import AcceleratorState, PartialState
 
     if config.device == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda: no CUDA device is visible to this process")
+        raise BadParameter("{device:{value}}: no CUDA device is visible to this process", config.device)
     on_cpu = config.device == "cpu" or not torch.cuda.is_available()
     if config.precision == "fp16" and on_cpu:
-        raise BadInput("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        raise BadParameter("{precision:{value}} needs a CUDA device; use bf16 or fp32 on CPU", config.precision)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision]
     # Gradient accumulation is the loop's own (`batching.step_micro_batches`), not Accelerate's
     # counter: checkpoints then fall on optimizer-step boundaries and an epoch's short last step is
@@ -131,8 +131,9 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def out_of_memory(where: str, batch_examples: int, longest: int) -> TrainingOutOfMemory:
-    return TrainingOutOfMemory(
-        f"out of memory during {where} (batch of {batch_examples} examples, longest {longest} tokens); "
-        "lower --micro-batch-size (the effective --batch-size stays), --max-length, "
-        "or --cache-budget (--cache-features off turns the feature cache off)"
-    )
+    return TrainingOutOfMemory(ParamText(
+        "out of memory during {where} (batch of {batch_examples} examples, longest {longest} tokens); "
+        "lower {micro_batch_size} (the effective {batch_size} stays), {max_length}, "
+        "or {cache_budget} ({cache_features:off} turns the feature cache off)",
+        where=where, batch_examples=batch_examples, longest=longest,
+    ))

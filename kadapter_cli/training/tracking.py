@@ -26,7 +26,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadParameter
+from kadapter_cli.processes import is_main_process
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim")
 # The module each tracker needs (tensorboard: torch's SummaryWriter writes the files, the
@@ -63,16 +64,17 @@ def parse_report_to(value: str | None) -> list[str]:
     if names == ["all"]:
         installed = [t for t in TRACKERS if is_installed(t)]
         if not installed:
-            raise BadInput(f"--report-to all: none of {', '.join(TRACKERS)} is installed; {INSTALL_HINT}")
+            raise BadParameter("{report_to:{value}}: none of {trackers} is installed; {hint}", value,
+                               trackers=", ".join(TRACKERS), hint=INSTALL_HINT)
         return installed
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
-        raise BadInput(f"--report-to {value}: unknown tracker {unknown[0]!r} "
-                       f"(choose from {', '.join(TRACKERS)}, all, none)")
+        raise BadParameter("{report_to:{value}}: unknown tracker {unknown!r} (choose from {trackers}, all, none)",
+                           value, unknown=unknown[0], trackers=", ".join(TRACKERS))
     missing = [n for n in names if not is_installed(n)]
     if missing:
-        raise BadInput(f"--report-to {missing[0]}: the {_MODULES[missing[0]]} package is not installed; "
-                       f"{INSTALL_HINT}")
+        raise BadParameter("{report_to:{missing}}: the {package} package is not installed; {hint}", value,
+                           missing=missing[0], package=_MODULES[missing[0]], hint=INSTALL_HINT)
     return list(dict.fromkeys(names))
 
 
@@ -145,7 +147,7 @@ class RunTracker:
     def start(self, accelerator) -> None:
         """Opens the tracker runs and stores the hyper-parameters (after Accelerate holds the trackers)."""
         self.accelerator = accelerator
-        self.is_main = accelerator.is_main_process
+        self.is_main = is_main_process()
         if not self.trackers:
             return
         with preserved_rng():
@@ -164,8 +166,8 @@ class RunTracker:
                 self._close_started()
                 hint = "; wandb without network needs WANDB_MODE=offline" if "wandb" in self.names else ""
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise BadInput(f"--report-to {','.join(self.names)}: a tracker did not start "
-                               f"({type(e).__name__}: {reason}){hint}") from e
+                raise BadParameter("{report_to:{value}}: a tracker did not start ({error}: {reason}){hint}",
+                                   ",".join(self.names), error=type(e).__name__, reason=reason, hint=hint) from e
             for tracker in accelerator.trackers:
                 # MLflow refuses to store a parameter twice: a reopened run keeps its first start's.
                 if not (self.resumed and tracker.name == "mlflow"):

@@ -57,7 +57,7 @@ from kadapter_cli.artifacts import layout
 from kadapter_cli.artifacts.io import load_yaml_mapping, sha256_file
 from kadapter_cli.artifacts.layout import DEMO_DATA
 from kadapter_cli.artifacts.manifest import MANIFEST
-from kadapter_cli.errors import BadInput, KadapterError
+from kadapter_cli.errors import BadInput, BadParameter, KadapterError
 
 DEMO_PIPELINE = DEMO_DATA / "demo.yaml"  # a copy of pipelines/demo.yaml shipped in the package
 DEMO_THREADS = 1  # torch threads of `kadapter demo`: its table is bit-for-bit the same for one thread count
@@ -221,7 +221,8 @@ def load_pipeline(
     unknown = sorted(set(overrides or {}) - builtin_names - set(raw_vars))
     if unknown:
         known = ", ".join(sorted(builtin_names | set(raw_vars)))
-        raise BadInput(f"--set {unknown[0]}: the pipeline has no such variable (variables: {known})", path)
+        raise BadParameter("{overrides:{value}}: the pipeline has no such variable (variables: {known})", unknown[0],
+                           path, known=known)
     merged: dict[str, Any] = {
         "workdir": str(layout.DEFAULT_WORKDIR),
         "demo_data": str(DEMO_DATA),
@@ -535,7 +536,8 @@ def check_only(pipeline: Pipeline, only: Iterable[str]) -> None:
     names = [s.name for s in pipeline.stages]
     for name in only:
         if name not in names:
-            raise BadInput(f"--only names '{name}', which is not a stage (stages: {', '.join(names)})", pipeline.path)
+            raise BadParameter("{only} names '{value}', which is not a stage (stages: {stages})", name, pipeline.path,
+                               stages=", ".join(names))
 
 
 def path_fingerprint(path: str | Path) -> str | None:
@@ -770,13 +772,13 @@ def in_folder(folder: str | Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def parse_assignments(items: Iterable[str]) -> dict[str, str]:
-    """`--set name=value` (repeatable) → {name: value}."""
+def parse_assignments(overrides: Iterable[str]) -> dict[str, str]:
+    """`["name=value", ...]` (`kadapter run --set`) → the variables' `overrides` {name: value}."""
     out = {}
-    for item in items:
+    for item in overrides:
         name, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()):
-            raise BadInput(f"--set expects NAME=VALUE, got '{item}'")
+            raise BadParameter("{overrides} expects NAME=VALUE, got '{value}'", item)
         out[name.strip()] = value
     return out
 

@@ -20,7 +20,7 @@ import re
 from typing import Any, Sequence
 
 from kadapter_cli.data.encoding import pair_template
-from kadapter_cli.tasks.metrics import _SQUAD_ARTICLES, _SQUAD_PUNCTUATION, squad_normalize
+from kadapter_cli.tasks.metrics import SQUAD_ARTICLES, SQUAD_PUNCTUATION, squad_normalize
 
 _WORD = re.compile(r"\S+")
 
@@ -36,12 +36,12 @@ def normalized_words(text: str) -> list[tuple[str, int, int]]:
     words = []
     for match in _WORD.finditer(text):
         raw = match.group()
-        kept = [i for i, ch in enumerate(raw) if ch.lower() not in _SQUAD_PUNCTUATION]
+        kept = [i for i, ch in enumerate(raw) if ch.lower() not in SQUAD_PUNCTUATION]
         if not kept:
             continue
         start, end = match.start() + kept[0], match.start() + kept[-1] + 1
-        lowered = "".join(ch for ch in raw.lower() if ch not in _SQUAD_PUNCTUATION)
-        for piece in _SQUAD_ARTICLES.sub(" ", lowered).split():
+        lowered = "".join(ch for ch in raw.lower() if ch not in SQUAD_PUNCTUATION)
+        for piece in SQUAD_ARTICLES.sub(" ", lowered).split():
             words.append((piece, start, end))
     return words
 
