@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from kadapter_cli.data.padding import pad_ids
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.modeling.pooling import check_pooling, pool_features
 
 if TYPE_CHECKING:
@@ -54,8 +54,8 @@ class EncodesText:
             seqs = [[i for i, m in zip(row, row_mask) if m] for row, row_mask in zip(ids, mask)]
             too_long = [i for i, s in enumerate(seqs) if len(s) > self.max_length]
             if too_long:
-                raise BadInput(f"inputs[{too_long[0]}] holds {len(seqs[too_long[0]])} tokens, more than "
-                               f"max_length {self.max_length}")
+                raise BadInput(ParamText("inputs[{i}] holds {n} tokens, more than {max_length} ({limit})",
+                                         i=too_long[0], n=len(seqs[too_long[0]]), limit=self.max_length))
         else:
             texts = list(inputs)
             bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
@@ -84,7 +84,7 @@ class EncodesText:
 
         check_pooling(pool)
         if batch_size < 1:
-            raise BadInput(f"batch_size must be at least 1, got {batch_size}")
+            raise BadParameter("{batch_size} must be at least 1, got {value}", batch_size)
         device = self._device()
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start:start + batch_size]

@@ -27,7 +27,7 @@ from kadapter_cli.api.features import EncodesText
 from kadapter_cli.artifacts.io import iter_text_lines, read_json
 from kadapter_cli.artifacts.manifest import read_manifest
 from kadapter_cli.artifacts.sources import model_folder
-from kadapter_cli.errors import BadInput, OutputExists
+from kadapter_cli.errors import BadInput, BadParameter, OutputExists, ParamText
 from kadapter_cli.modeling.pooling import check_pooling
 from kadapter_cli.progress import progress
 from kadapter_cli.tasks.base import detect_format
@@ -46,7 +46,8 @@ def load_encoder(model: str | Path | Sequence[str | Path], backbone: str | None 
         folder = model_folder(model)
         if (folder / "manifest.json").is_file() and read_manifest(folder).get("kind") == "finetuned":
             if backbone is not None:
-                raise BadInput("backbone: a finetuned model carries its own (fine-tuned) backbone", folder)
+                raise BadParameter("{backbone}: a finetuned model carries its own (fine-tuned) backbone", backbone,
+                                   folder)
             return KAdapterForTask.from_pretrained(folder)
     return KAdapterModel.from_pretrained(model, backbone)
 
@@ -94,11 +95,12 @@ def encode_file(model: str | Path | Sequence[str | Path], texts: str | Path, out
     check_pooling(pool)
     out = Path(out)
     if out.suffix not in FORMATS:
-        raise BadInput(f"out must end in {' or '.join(FORMATS)}", out)
+        raise BadParameter("{out} must end in {formats}", out, out, formats=" or ".join(FORMATS))
     if out.suffix == ".npy" and pool is None:
-        raise BadInput("per-token features (pool none) vary in length: write them to a .safetensors file", out)
+        raise BadInput(ParamText("per-token features ({pool:none}) vary in length: write them to a .safetensors "
+                                 "file"), out)
     if out.exists() and not overwrite:
-        raise OutputExists("already exists; pass overwrite=True (--overwrite) to replace it", out)
+        raise OutputExists(ParamText("already exists; pass {overwrite:True} to replace it"), out)
     encoder = load_encoder(model, backbone)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -29,7 +29,7 @@ from kadapter_cli.artifacts.cards import finetuned_card, write_card
 from kadapter_cli.artifacts.manifest import write_manifest
 from kadapter_cli.artifacts.output import atomic_output
 from kadapter_cli.artifacts.sources import model_folder
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.modeling.task_model import TaskModel
 from kadapter_cli.stages.finetune import (
     ARCHITECTURE,
@@ -187,7 +187,7 @@ class KAdapterForTask(EncodesText, PreTrainedModel):
         `labels` optional). `scores=True` adds each predicted label's probability (`--scores`),
         `scores="all"` every label's (`--all-scores`)."""
         if scores not in SCORE_MODES:
-            raise BadInput(f"scores must be False, True or 'all', got {scores!r}")
+            raise BadParameter("{scores} must be False, True or 'all', got {value!r}", scores)
         if self.tokenizer is None:
             raise BadInput("this model has no tokenizer (built from a config alone): load it with from_pretrained")
         normalized = self.task.read_records(list(records), labeled=False)

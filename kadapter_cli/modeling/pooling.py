@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadParameter
 
 POOLING = ("cls", "mean")
 
 
 def check_pooling(pool: str | None) -> None:
-    """`BadInput` for anything but None (per-token features) or one of `POOLING`."""
+    """`BadParameter` for anything but None (per-token features) or one of `POOLING`."""
     if pool is not None and pool not in POOLING:
-        raise BadInput(f"pool must be None (per token), {' or '.join(repr(p) for p in POOLING)}, got {pool!r}")
+        raise BadParameter("{pool} must be None (per token), 'cls' or 'mean', got {value!r}", pool)
 
 
 def pool_features(features: torch.Tensor, attention_mask: torch.Tensor, pool: str) -> torch.Tensor:

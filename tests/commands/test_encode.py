@@ -83,8 +83,8 @@ def test_it_streams(trained_work, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--pool", "max"], "--pool must be cls, mean or none"),
-    (["--pool", "none", "--out-suffix", ".npy"], "per-token features (pool none) vary in length"),
-    (["--out-suffix", ".csv"], "out must end in .safetensors or .npy"),
+    (["--pool", "none", "--out-suffix", ".npy"], "per-token features (--pool none) vary in length"),
+    (["--out-suffix", ".csv"], "--out must end in .safetensors or .npy"),
 ])
 def test_mistakes_are_exit_2(cli, trained_work, texts, tmp_path, args, message):
     suffix = ".safetensors"
@@ -99,6 +99,6 @@ def test_an_existing_output_needs_overwrite(cli, trained_work, texts, tmp_path):
     out = tmp_path / "f.npy"
     out.write_text("mine")
     result = cli("encode", trained_work / "adapters" / "fac", texts, "--out", out)
-    assert result.exit_code == 2 and "already exists" in result.output and out.read_text() == "mine"
+    assert result.exit_code == 2 and "already exists; pass --overwrite" in result.output and out.read_text() == "mine"
     _encode(cli, trained_work / "adapters" / "fac", texts, "--out", out, "--overwrite")
     assert np.load(out).shape == (3, 768)
