@@ -26,6 +26,7 @@ from kadapter_cli.artifacts.output import (
     remove_checkpoints,
     training_output,
 )
+from kadapter_cli.artifacts.sources import model_folder
 from kadapter_cli.data.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
@@ -245,12 +246,12 @@ def load_finetuned(folder: str | Path, task_options: dict[str, Any] | None = Non
     `max_answer_length`, ...). Folders of every kadapter version load. `config`: the folder's
     `finetuned_config`, when the caller has read it already (it is not read twice)."""
     with waiting(f"loading model {folder}"):
-        return _load_finetuned(Path(folder), task_options or {}, config)
+        return _load_finetuned(model_folder(folder), task_options or {}, config)
 
 
 def finetuned_config(folder: str | Path) -> dict[str, Any]:
     """A finetuned folder's `config.json` (its task, options, adapters); `BadInput` for any other folder."""
-    folder = Path(folder)
+    folder = model_folder(folder)
     manifest = read_manifest(folder)
     if manifest["kind"] != "finetuned" or not (folder / CONFIG).is_file():
         raise BadInput(f"not a finetuned model folder (its manifest says {manifest['kind']!r}; "
