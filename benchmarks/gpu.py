@@ -100,9 +100,9 @@ def _feature_cache(backbone, config, objective, shape: BenchShape, device: torch
                    repeats: int, seed: int) -> dict[str, Any]:
     """Builds the cache on the device over `n_examples`, then times an epoch's steps from it against
     the same steps running the backbone (interleaved, step by step)."""
-    from kadapter_cli.stages.pretrain import AdapterTrainingSpec, attach_feature_cache
     from kadapter_cli.training.batching import epoch_batches
     from kadapter_cli.training.config import TrainConfig
+    from kadapter_cli.training.feature_cache import attach_backbone_cache
 
     lengths = trex_like_lengths(n_examples, shape.max_length, seed)
     uncached_examples = fac_examples(lengths, shape.vocab, seed)
@@ -110,12 +110,11 @@ def _feature_cache(backbone, config, objective, shape: BenchShape, device: torch
     uncached, cached = adapter_pretrainer(backbone, config), adapter_pretrainer(backbone, config)
     train_config = TrainConfig(device=device.type, batch_size=shape.batch_size, precision=PRECISION)
     with tempfile.TemporaryDirectory(prefix="kadapter-gpu-") as tmp:
-        spec = AdapterTrainingSpec(kind="fac", name="fac", data=Path(tmp), out=Path(tmp) / "out", backbone="bench",
-                                   max_length=shape.max_length, cache_features="on", cache_budget_gb=64.0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        storage = attach_feature_cache(cached, [cached_examples], spec, PAD_ID, train_config, Path(tmp), device)
+        storage = attach_backbone_cache(cached, {"train": cached_examples}, PAD_ID, train_config, Path(tmp), device,
+                                        mode="on", budget_gib=64.0)
         build_s = time.perf_counter() - started
     cached.backbone = None  # as `train_adapter` does: every batch carries its features
     cache = cached_examples[0]["_cache"]

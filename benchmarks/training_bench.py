@@ -106,16 +106,16 @@ def adapter_step(shape: BenchShape, repeats: int, warmup: int = 1, matmul_n: int
 def cached_epoch(shape: BenchShape, n_examples: int, repeats: int, small_batch: int | None = None,
                  seed: int = 0) -> dict[str, Any]:
     """`cached_epoch_vs_uncached`: a later epoch reading the frozen backbone's states from the
-    feature cache (built by the product's `attach_feature_cache`) over one that runs the backbone,
+    feature cache (built by the product's `attach_backbone_cache`) over one that runs the backbone,
     at `shape.batch_size` (the paper's per-device batch: fac pretraining used 128 over 4 GPUs).
 
     Per-step work that the cache cannot remove (AdamW and gradient clipping over the adapter's
     parameters, a memory-bound pass of fixed size) weighs more at small batches: with `small_batch`
     the same epoch at that batch size is timed in the same rounds and reported in the detail.
     """
-    from kadapter_cli.stages.pretrain import AdapterTrainingSpec, attach_feature_cache
     from kadapter_cli.training.batching import epoch_batches
     from kadapter_cli.training.config import TrainConfig
+    from kadapter_cli.training.feature_cache import attach_backbone_cache
 
     backbone = build_backbone(shape, seed)
     config = adapter_config(backbone)
@@ -127,11 +127,9 @@ def cached_epoch(shape: BenchShape, n_examples: int, repeats: int, small_batch: 
     cached = adapter_pretrainer(backbone, config)
     train_config = TrainConfig(device="cpu", batch_size=shape.batch_size)
     with tempfile.TemporaryDirectory(prefix="kadapter-bench-") as tmp:
-        spec = AdapterTrainingSpec(kind="fac", name="fac", data=Path(tmp), out=Path(tmp) / "out", backbone="bench",
-                                   max_length=shape.max_length, cache_features="on")
         started = time.perf_counter()
-        storage = attach_feature_cache(cached, [cached_examples], spec, PAD_ID, train_config, Path(tmp),
-                                       torch.device("cpu"))
+        storage = attach_backbone_cache(cached, {"train": cached_examples}, PAD_ID, train_config, Path(tmp),
+                                        torch.device("cpu"), mode="on")
         build_s = time.perf_counter() - started
     cached.backbone = None  # as `train_adapter` does: every batch carries its features
     cache = cached_examples[0]["_cache"]

@@ -21,6 +21,7 @@ from torch import nn
 from kadapter_cli.errors import BadInput
 
 FUSION_MODES = ("concat", "add", "gated")
+DEFAULT_FUSION = "concat"  # the paper's
 
 
 class ConcatFusion(nn.Module):

@@ -21,6 +21,7 @@ from kadapter_cli.modeling.backbone import (
     load_backbone,
     load_tokenizer,
 )
+from kadapter_cli.modeling.fusion import DEFAULT_FUSION, FUSION_MODES
 from kadapter_cli.modeling.kadapter import check_composable, check_fits_backbone, marker_style
 
 COMPOSITION_FILE = "composition.json"
@@ -34,13 +35,13 @@ class AdapterSet:
 
     names: list[str] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
-    fusion: str = "concat"
+    fusion: str = DEFAULT_FUSION
 
 
 def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> AdapterSet:
     """`fac,lin` (names or paths), a composition folder, or empty/`none` for the baseline."""
     if spec is None or spec.strip() in ("", "none", NO_ADAPTERS):
-        return AdapterSet([], [], fusion or "concat")
+        return AdapterSet([], [], fusion or DEFAULT_FUSION)
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if len(parts) == 1:
         path = resolve_artifact(parts[0], workdir, COMPOSITIONS)
@@ -56,7 +57,7 @@ def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> Ada
     if twice:
         raise BadInput(ParamText("two adapters share the name '{twice}': give each adapter once, or rename one "
                                  "with {name} when training it", twice=twice[0]))
-    return AdapterSet(names, paths, fusion or "concat")
+    return AdapterSet(names, paths, fusion or DEFAULT_FUSION)
 
 
 def is_composition(folder: Path) -> bool:
@@ -108,7 +109,7 @@ def load_matching_backbone(configs: Sequence[AdapterConfig], backbone: str | Non
 def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str, overwrite: bool = False,
             allow_backbone_mismatch: bool = False) -> dict:
     """Checks that adapters compose and writes `compositions/<a>+<b>/` (adapters hard-linked in)."""
-    if fusion not in ("concat", "add", "gated"):
+    if fusion not in FUSION_MODES:
         raise BadParameter("{fusion} must be concat, add or gated, got {value!r}", fusion)
     adapter_set = resolve_adapters(",".join(adapter_names), workdir, fusion)
     _, configs = load_adapters(adapter_set, allow_backbone_mismatch)

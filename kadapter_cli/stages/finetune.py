@@ -31,6 +31,7 @@ from kadapter_cli.data.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
 from kadapter_cli.modeling.backbone import backbone_shape, load_tokenizer
+from kadapter_cli.modeling.fusion import DEFAULT_FUSION
 from kadapter_cli.modeling.kadapter import KAdapterModel, marker_style
 from kadapter_cli.modeling.task_model import TaskModel
 from kadapter_cli.processes import is_main_process
@@ -294,7 +295,7 @@ def task_model_from_config(config: dict[str, Any], task, labels: Sequence[str], 
     except ValueError:
         backbone = AutoModel.from_config(backbone_config)
     adapters = {a["name"]: KnowledgeAdapter(AdapterConfig.from_dict(a["config"])) for a in config["adapters"]}
-    model = build_task_model(task, labels, adapters, config["fusion"] or "concat", backbone)
+    model = build_task_model(task, labels, adapters, config["fusion"] or DEFAULT_FUSION, backbone)
     model.body.freeze_adapters()
     return model
 
