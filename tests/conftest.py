@@ -87,3 +87,31 @@ def tiny_mlm(tmp_path_factory, tiny_backbone) -> Path:
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_backbone).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def trained_work(tmp_path_factory, minilm) -> Path:
+    """`<root>/kadapter-work` as the README's worked session leaves it, in miniature, on the packaged
+    MiniLM: adapters `fac` and `lin`, their composition `fac+lin` and the finetuned entity-typing
+    model `openentity-fac+lin` (the bundled demo data). A few steps each: the weights are arbitrary,
+    what is tested is that every path gives the same numbers. Built once per test session."""
+    from kadapter_cli.artifacts.layout import DEMO_DATA
+    from kadapter_cli.cli import app
+
+    root = tmp_path_factory.mktemp("trained")
+    workdir = root / "kadapter-work"
+    runner = CliRunner()
+
+    def kadapter(*args: str) -> None:
+        result = runner.invoke(app, ["--workdir", str(workdir), *map(str, args)], catch_exceptions=False)
+        assert result.exit_code == 0, f"kadapter {' '.join(map(str, args))} failed:\n{result.output}"
+
+    steps = ["--max-steps", "3", "--batch-size", "8", "--max-length", "32", "--lr", "1e-3"]
+    _write_trex_rc(workdir / "trex-rc")
+    kadapter("parse", "--parser", "conllu", DEMO_DATA / "corpus" / "corpus.conllu")
+    kadapter("train-adapter", "--kind", "fac", "--backbone", minilm, *steps)
+    kadapter("train-adapter", "--kind", "lin", "--backbone", minilm, *steps, "--limit", "64")
+    kadapter("compose", "fac", "lin")
+    kadapter("finetune", "--task", "openentity", "--adapters", "fac+lin", "--data", DEMO_DATA / "typing", *steps,
+             "--limit", "32")
+    return workdir

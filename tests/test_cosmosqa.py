@@ -267,7 +267,7 @@ def test_finetune_evaluate_predict_on_the_real_sample(chain, sample, tiny_backbo
     assert manifest["config"]["task_option"] == ['layout="original"']
     assert manifest["config"]["lr"] == 1e-3 and manifest["config"]["warmup"] == 0  # paper default warm-up
     card = yaml.safe_load((folder / "README.md").read_text().split("---")[1])  # the Hub's front matter
-    assert card["pipeline_tag"] == "multiple-choice"
+    assert card["pipeline_tag"] == "feature-extraction"  # the standard pipeline that runs it
     assert {r["task"]["type"] for r in card["model-index"][0]["results"]} == {"multiple-choice"}
 
     dev = [json.loads(x) for x in _lines(folder / "predictions-dev.jsonl")]

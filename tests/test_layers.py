@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "kadapter_cli"
 
 # Lowest first. A module may import its own layer and the layers below it.
-LAYERS = ("base", "artifacts", "data", "modeling", "tasks", "training", "stages", "workflow", "commands", "cli")
+LAYERS = ("base", "artifacts", "data", "modeling", "tasks", "training", "stages", "api", "workflow", "commands", "cli")
 BASE = {"kadapter_cli", "kadapter_cli.errors", "kadapter_cli.progress", "kadapter_cli.processes"}
 CLI_PACKAGES = ("typer", "click")
 

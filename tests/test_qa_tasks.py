@@ -188,7 +188,7 @@ def test_quasart_official_format_chain_with_a_composition(kadapter, shared_data,
     assert task_inputs == split_files("train") | split_files("dev")
     assert _hashed_inputs(kadapter.workdir / "evaluations" / f"{run_dir.name}-dev") == split_files("dev")
     card = yaml.safe_load((run_dir / "README.md").read_text().split("---")[1])  # the Hub's front matter
-    assert card["pipeline_tag"] == "question-answering"
+    assert card["pipeline_tag"] == "feature-extraction"  # the standard pipeline that runs it
     assert {r["task"]["type"] for r in card["model-index"][0]["results"]} == {"question-answering"}
 
 

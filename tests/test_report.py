@@ -165,6 +165,6 @@ def test_demo_artifacts_carry_model_cards(demo):
     assert results["test"]["f1"] == pytest.approx(test["f1"]) and set(results) == {"dev", "test"}
     assert meta["license"] == "mit" and meta["datasets"] == ["kadapter demo data"]  # the bundled, generated data
     assert {"fac-adapter", "lin-adapter", "openentity"} <= set(meta["tags"])
-    assert "- `fac` (fac): taps" in body and "load_finetuned(" in body and "kadapter predict" in body
+    assert "- `fac` (fac): taps" in body and "KAdapterForTask.from_pretrained(" in body and "kadapter predict" in body
     meta, _ = read_card(workdir / "adapters" / "lin")
     assert meta["datasets"] == ["kadapter demo data"]  # parsed/ made from the demo corpus

@@ -424,7 +424,9 @@ def load_config(folder: str | Path) -> AdapterConfig:
 
 
 def load_adapter(folder: str | Path) -> tuple[KnowledgeAdapter, AdapterConfig, dict[str, torch.Tensor] | None]:
-    """`(adapter, config, head_state_dict or None)` from an adapter artifact folder alone.
+    """`(adapter, config, head_state_dict or None)` from an adapter artifact folder alone, the
+    adapter in eval mode (no dropout: two calls on the same input give the same output), as Hugging
+    Face and PEFT return loaded models; `adapter.train()` turns dropout back on.
 
     Weights that disagree with `adapter_config.json` are `BadInput` naming the file and keys.
     """
@@ -438,6 +440,7 @@ def load_adapter(folder: str | Path) -> tuple[KnowledgeAdapter, AdapterConfig, d
         adapter = KnowledgeAdapter(config)
     check_state_dict(adapter, state, weights_path)
     adapter.load_state_dict(state, strict=True, assign=True)
+    adapter.eval()
     head_path = folder / HEAD_WEIGHTS
     head_state = read_safetensors(head_path) if head_path.exists() else None
     return adapter, config, head_state

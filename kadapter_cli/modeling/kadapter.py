@@ -118,7 +118,10 @@ def check_fits_backbone(config: AdapterConfig, shape: BackboneShape, fingerprint
 class KAdapterModel(FreezableModule):
     """backbone (optional) + adapters + fusion → fused representation (B, L, H).
 
-    Submodule names: `backbone`, `adapters.<name>` (each a `KnowledgeAdapter`), `fusion`.
+    Without a fusion (`fusion=None`) the output is the paper's K-Adapter output: the backbone's last
+    hidden state and each adapter's output side by side, `[h ; a_1 ; …]` (B, L, (1 + k)·H), with
+    no untrained parameters. Submodule names: `backbone`, `adapters.<name>` (each a
+    `KnowledgeAdapter`), `fusion`.
     """
 
     def __init__(
@@ -135,10 +138,8 @@ class KAdapterModel(FreezableModule):
         if bad_names:
             raise BadInput(f"adapter names must be non-empty and contain no '.': {bad_names}")
         self.adapters = nn.ModuleDict(dict(adapters))
-        if adapters and fusion is None:
-            raise BadInput("a fusion mode is needed to combine adapters with the backbone")
         self.fusion_mode = fusion if adapters else None
-        self.fusion = make_fusion(fusion, hidden, list(adapters)) if adapters else None
+        self.fusion = make_fusion(fusion, hidden, list(adapters)) if adapters and fusion is not None else None
         configs = [a.config for a in self.adapters.values()]
         check_composable(configs)
         for config in configs:
@@ -239,12 +240,18 @@ class KAdapterModel(FreezableModule):
         features: Features | None = None,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The fused representation (B, L, H); with no adapters, the backbone's last hidden state.
-        With `positions` (B, P): only those rows, (B, P, H). Fusion works row by row, so a task head
-        that reads a few positions gets the same values while the adapters' last layers and the
-        fusion skip every other row."""
+        """The fused representation (B, L, H); with no adapters, the backbone's last hidden state;
+        with adapters but no fusion, `side_by_side` (B, L, (1 + k)·H). With `positions` (B, P): only
+        those rows, (B, P, ·). Fusion works row by row, so a task head that reads a few positions
+        gets the same values while the adapters' last layers and the fusion skip every other row."""
         last, outs = self.encode(input_ids, attention_mask, features, positions)
-        return last if self.fusion is None else self.fusion(last, outs)
+        return self.side_by_side(last, outs) if self.fusion is None else self.fusion(last, outs)
+
+    @staticmethod
+    def side_by_side(last: torch.Tensor, outs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """`[h ; a_1 ; …]`: the backbone's last hidden state and the adapters' outputs (in their order)
+        concatenated on the feature axis, (…, (1 + k)·H)."""
+        return torch.cat([last, *outs.values()], dim=-1) if outs else last
 
     # ------------------------------------------------------------ accounting
 

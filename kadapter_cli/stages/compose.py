@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json
 from kadapter_cli.artifacts.layout import ADAPTERS, COMPOSITIONS, NO_ADAPTERS, adapter_dir, resolve_artifact
@@ -14,8 +14,17 @@ from kadapter_cli.artifacts.manifest import write_manifest
 from kadapter_cli.artifacts.output import atomic_output
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, load_adapter
+from kadapter_cli.modeling.backbone import (
+    DEFAULT_BACKBONE,
+    backbone_fingerprint,
+    backbone_shape,
+    load_backbone,
+    load_tokenizer,
+)
 from kadapter_cli.modeling.fusion import DEFAULT_FUSION, FUSION_MODES
-from kadapter_cli.modeling.kadapter import check_composable, marker_style
+from kadapter_cli.modeling.kadapter import check_composable, check_fits_backbone, marker_style
+
+COMPOSITION_FILE = "composition.json"
 
 # ---------------------------------------------------------------- adapters and compositions
 
@@ -36,13 +45,12 @@ def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> Ada
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if len(parts) == 1:
         path = resolve_artifact(parts[0], workdir, COMPOSITIONS)
-        if (path / "composition.json").is_file():
-            comp = read_json(path / "composition.json")
-            names = [a["name"] for a in comp["adapters"]]
-            if fusion is not None and fusion != comp["fusion"]:
+        if is_composition(path):
+            adapter_set = read_composition(path)
+            if fusion is not None and fusion != adapter_set.fusion:
                 raise BadParameter("{fusion:{value}}: this composition fuses with {saved}; leave {fusion} out, "
-                                   "or compose again with {fusion:{value}}", fusion, path, saved=comp["fusion"])
-            return AdapterSet(names, [adapter_dir(path, n) for n in names], comp["fusion"])
+                                   "or compose again with {fusion:{value}}", fusion, path, saved=adapter_set.fusion)
+            return adapter_set
     paths = [resolve_artifact(p, workdir, ADAPTERS) for p in parts]
     names = [Path(p).name for p in parts]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -50,6 +58,17 @@ def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> Ada
         raise BadInput(ParamText("two adapters share the name '{twice}': give each adapter once, or rename one "
                                  "with {name} when training it", twice=twice[0]))
     return AdapterSet(names, paths, fusion or DEFAULT_FUSION)
+
+
+def is_composition(folder: Path) -> bool:
+    return (Path(folder) / COMPOSITION_FILE).is_file()
+
+
+def read_composition(folder: Path) -> AdapterSet:
+    """The adapters a composition folder holds, in its order, and its fusion."""
+    comp = read_json(Path(folder) / COMPOSITION_FILE)
+    names = [a["name"] for a in comp["adapters"]]
+    return AdapterSet(names, [adapter_dir(folder, n) for n in names], comp["fusion"])
 
 
 def load_adapters(adapter_set: AdapterSet, allow_backbone_mismatch: bool = False,
@@ -61,6 +80,30 @@ def load_adapters(adapter_set: AdapterSet, allow_backbone_mismatch: bool = False
         configs.append(config)
     check_composable(configs, adapter_set.paths, allow_backbone_mismatch)
     return adapters, configs
+
+
+@dataclass
+class MatchingBackbone:
+    """The backbone adapters run on, loaded and checked against them."""
+
+    name_or_path: str
+    model: Any  # the Hugging Face encoder
+    tokenizer: Any
+    fingerprint: dict
+
+
+def load_matching_backbone(configs: Sequence[AdapterConfig], backbone: str | None = None,
+                           allow_backbone_mismatch: bool = False) -> MatchingBackbone:
+    """`backbone` (default: the one the first adapter was trained on; `DEFAULT_BACKBONE` without
+    adapters) with its tokenizer and fingerprint; `BadInput` when an adapter does not fit it (width,
+    depth) or was trained on other weights (its recorded fingerprint), unless `allow_backbone_mismatch`."""
+    name = str(backbone or (configs[0].backbone if configs else DEFAULT_BACKBONE))
+    tokenizer = load_tokenizer(name)
+    model = load_backbone(name)
+    fingerprint = backbone_fingerprint(name, model)
+    for config in configs:
+        check_fits_backbone(config, backbone_shape(model), fingerprint, allow_backbone_mismatch)
+    return MatchingBackbone(name, model, tokenizer, fingerprint)
 
 
 def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str, overwrite: bool = False,
@@ -81,7 +124,7 @@ def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str,
                 "adapters": [{"name": n, "source": str(p), "kind": c.kind, "tap_layers": c.tap_layers,
                               "adapter_width": c.adapter_width}
                              for n, p, c in zip(adapter_set.names, adapter_set.paths, configs)]}
-        write_json(tmp / "composition.json", comp)
+        write_json(tmp / COMPOSITION_FILE, comp)
         write_manifest(tmp, "composition", config={"adapters": list(adapter_names), "fusion": fusion},
                                  inputs=sha256_inputs(adapter_set.paths), stats={"adapters": len(configs)})
     return comp

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -27,24 +27,19 @@ from kadapter_cli.artifacts.output import (
     remove_checkpoints,
     training_output,
 )
+from kadapter_cli.artifacts.sources import model_folder
 from kadapter_cli.data.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
-from kadapter_cli.modeling.backbone import (
-    DEFAULT_BACKBONE,
-    backbone_fingerprint,
-    backbone_shape,
-    load_backbone,
-    load_tokenizer,
-)
+from kadapter_cli.modeling.backbone import backbone_shape, load_tokenizer
 from kadapter_cli.modeling.fusion import DEFAULT_FUSION
-from kadapter_cli.modeling.kadapter import KAdapterModel, check_fits_backbone, marker_style
+from kadapter_cli.modeling.kadapter import KAdapterModel, marker_style
 from kadapter_cli.modeling.task_model import TaskModel
 from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import info, progress, waiting
-from kadapter_cli.stages.compose import AdapterSet, load_adapters
+from kadapter_cli.stages.compose import AdapterSet, load_adapters, load_matching_backbone
 from kadapter_cli.tasks import Task, get_task
-from kadapter_cli.tasks.base import LabelSet, located, where_of
+from kadapter_cli.tasks.base import IN_MEMORY, LabelSet, located, where_of
 from kadapter_cli.training.config import TrainConfig
 from kadapter_cli.training.feature_cache import FEATURE_CACHE_DIR, attach_backbone_cache
 from kadapter_cli.training.loop import evaluate, predict, train
@@ -54,8 +49,14 @@ from kadapter_cli.training.setup import make_accelerator
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 LABELS = "labels.json"
-TOKENIZER_DIR = "tokenizer"
-BACKBONE_DIR = "backbone"
+# What Hugging Face reads in config.json: `AutoConfig`/`AutoModel` resolve `model_type` to the classes
+# `import kadapter` registers (kadapter_cli/api/for_task.py); the backbone's own config is nested.
+MODEL_TYPE = "kadapter"
+ARCHITECTURE = "KAdapterForTask"
+BACKBONE_CONFIG = "backbone_config"
+# Folders written before kadapter 0.2 hold the tokenizer and the backbone's config in subfolders.
+OLD_TOKENIZER_DIR = "tokenizer"
+OLD_BACKBONE_DIR = "backbone"
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -141,12 +142,9 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         task.check_labels(records, label_set, files[split])
 
     adapters, adapter_configs = load_adapters(spec.adapters, spec.allow_backbone_mismatch)
-    backbone_id = spec.backbone or (adapter_configs[0].backbone if adapter_configs else DEFAULT_BACKBONE)
-    tokenizer = load_tokenizer(backbone_id)
-    backbone = load_backbone(backbone_id)
-    fingerprint = backbone_fingerprint(backbone_id, backbone)
-    for config_ in adapter_configs:
-        check_fits_backbone(config_, backbone_shape(backbone), fingerprint, spec.allow_backbone_mismatch)
+    matching = load_matching_backbone(adapter_configs, spec.backbone, spec.allow_backbone_mismatch)
+    backbone_id, backbone, tokenizer, fingerprint = (matching.name_or_path, matching.model, matching.tokenizer,
+                                                     matching.fingerprint)
     if labels and is_main_process():
         info(label_set.describe())
 
@@ -212,39 +210,60 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 
 def save_finetuned(folder: Path, model: TaskModel, tokenizer, task, labels: Sequence[str], spec: FinetuneSpec,
                    backbone_id: str, adapter_configs: Sequence[AdapterConfig], fingerprint: dict) -> None:
-    from safetensors.torch import save_file
-
-    body = model.body
-    body.backbone.config.save_pretrained(folder / BACKBONE_DIR)
-    tokenizer.save_pretrained(folder / TOKENIZER_DIR)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
-    write_json(folder / LABELS, list(labels))
-    write_json(folder / CONFIG, {
+    write_finetuned(folder, model, tokenizer, labels, {
         "task": task.name,
         "task_options": task.option_values(),
         "backbone": backbone_id,
         "backbone_fingerprint": fingerprint,
         "max_length": spec.max_length,
-        "fusion": body.fusion_mode,
+        "fusion": model.body.fusion_mode,
         "marker_style": marker_style(adapter_configs),
         "freeze_backbone": spec.freeze_backbone,
         "adapters": [{"name": n, "config": c.to_dict()} for n, c in zip(spec.adapters.names, adapter_configs)],
     })
 
 
-def load_finetuned(folder: str | Path, task_options: dict[str, Any] | None = None, config: dict | None = None
-                   ) -> tuple[TaskModel, Any, Any, list[str], dict]:
-    """`(model, tokenizer, task, labels, config)` from a finetuned folder alone; `task_options` set
-    over the saved ones (how to read and decode new data: `max_answer_length`, ...). `config`: the
-    folder's `finetuned_config`, when the caller has read it already (it is not read twice)."""
+def write_finetuned(folder: Path, model: TaskModel, tokenizer, labels: Sequence[str], config: dict[str, Any]) -> None:
+    """The model files of a finetuned folder (the caller adds metrics, card and manifest):
+    `config.json` — kadapter's `config` plus what Hugging Face reads (`model_type`, `architectures`,
+    the backbone's config, the transformers version) —, `model.safetensors` (every weight),
+    `labels.json`, and the tokenizer's files beside them, where `AutoTokenizer` looks."""
+    import transformers
+    from safetensors.torch import save_file
+
+    tokenizer.save_pretrained(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
+    write_json(folder / LABELS, list(labels))
+    hf = {"model_type": MODEL_TYPE, "architectures": [ARCHITECTURE], "transformers_version": transformers.__version__,
+          BACKBONE_CONFIG: model.body.backbone.config.to_dict()}
+    kadapter = {k: v for k, v in config.items() if k not in hf}
+    write_json(folder / CONFIG, {**hf, **kadapter, "labels": list(labels)})
+
+
+class Finetuned(NamedTuple):
+    """A loaded finetuned model: the task model (eval mode), its tokenizer, task, labels and config.json."""
+
+    model: TaskModel
+    tokenizer: Any
+    task: Any
+    labels: list[str]
+    config: dict
+
+
+def load_finetuned(folder: str | Path, task_options: dict[str, Any] | None = None,
+                   config: dict | None = None) -> Finetuned:
+    """`(model, tokenizer, task, labels, config)` from a finetuned folder alone, the model in eval
+    mode; `task_options` set over the saved ones (how to read and decode new data:
+    `max_answer_length`, ...). Folders of every kadapter version load. `config`: the folder's
+    `finetuned_config`, when the caller has read it already (it is not read twice)."""
     with waiting(f"loading model {folder}"):
-        return _load_finetuned(Path(folder), task_options or {}, config)
+        return _load_finetuned(model_folder(folder), task_options or {}, config)
 
 
 def finetuned_config(folder: str | Path) -> dict[str, Any]:
     """A finetuned folder's `config.json` (its task, options, adapters); `BadInput` for any other folder."""
-    folder = Path(folder)
+    folder = model_folder(folder)
     manifest = read_manifest(folder)
     if manifest["kind"] != "finetuned" or not (folder / CONFIG).is_file():
         raise BadInput(f"not a finetuned model folder (its manifest says {manifest['kind']!r}; "
@@ -252,22 +271,15 @@ def finetuned_config(folder: str | Path) -> dict[str, Any]:
     return read_json(folder / CONFIG)
 
 
-def _load_finetuned(folder: Path, task_options: dict[str, Any], config: dict | None
-                    ) -> tuple[TaskModel, Any, Any, list[str], dict]:
-    from transformers import AutoConfig, AutoModel
-
+def _load_finetuned(folder: Path, task_options: dict[str, Any], config: dict | None) -> Finetuned:
     config = finetuned_config(folder) if config is None else config
     labels = read_json(folder / LABELS)
     task = get_task(config["task"], **{**config.get("task_options", {}), **task_options})
-    tokenizer = load_tokenizer(str(folder / TOKENIZER_DIR))
-    backbone_config = AutoConfig.from_pretrained(str(folder / BACKBONE_DIR))
-    with torch.device("meta"):
-        try:
-            backbone = AutoModel.from_config(backbone_config, attn_implementation="sdpa")
-        except ValueError:
-            backbone = AutoModel.from_config(backbone_config)
-        adapters = {a["name"]: KnowledgeAdapter(AdapterConfig.from_dict(a["config"])) for a in config["adapters"]}
-        model = build_task_model(task, labels, adapters, config["fusion"] or DEFAULT_FUSION, backbone)
+    old = not (folder / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(str(folder / OLD_TOKENIZER_DIR if old else folder))
+    backbone_config = _backbone_config(folder, config)
+    with torch.device("meta"):  # shapes only: every weight is assigned from the file below
+        model = task_model_from_config(config, task, labels, backbone_config)
     state = read_safetensors(folder / WEIGHTS)
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     buffers_only = {k for k in missing if k.endswith(("position_ids", "token_type_ids"))}
@@ -278,11 +290,38 @@ def _load_finetuned(folder: Path, task_options: dict[str, Any], config: dict | N
     for name, buf in list(model.named_buffers()):
         if buf.is_meta:  # non-persistent buffers (position ids) are rebuilt, not stored
             _rebuild_buffer(model, name, backbone_config)
-    model.body.freeze_adapters()
     model.eval()
     # Folders written before the field existed: their adapters' style (kadapter's, then).
-    config.setdefault("marker_style", marker_style([a.config for a in adapters.values()]))
-    return model, tokenizer, task, labels, config
+    config.setdefault("marker_style", marker_style([a.config for a in model.body.adapters.values()]))
+    return Finetuned(model, tokenizer, task, labels, config)
+
+
+def task_model_from_config(config: dict[str, Any], task, labels: Sequence[str], backbone_config) -> TaskModel:
+    """The task model a finetuned config.json describes, built on the current device (`meta` to
+    fill it by assignment); adapters frozen, as fine-tuning kept them."""
+    from transformers import AutoModel
+
+    try:
+        backbone = AutoModel.from_config(backbone_config, attn_implementation="sdpa")
+    except ValueError:
+        backbone = AutoModel.from_config(backbone_config)
+    adapters = {a["name"]: KnowledgeAdapter(AdapterConfig.from_dict(a["config"])) for a in config["adapters"]}
+    model = build_task_model(task, labels, adapters, config["fusion"] or DEFAULT_FUSION, backbone)
+    model.body.freeze_adapters()
+    return model
+
+
+def _backbone_config(folder: Path, config: dict[str, Any]):
+    """The backbone's Hugging Face config: nested in config.json, or (older folders) in `backbone/`."""
+    from transformers import AutoConfig
+
+    if BACKBONE_CONFIG in config:
+        values = dict(config[BACKBONE_CONFIG])
+        try:
+            return AutoConfig.for_model(values.pop("model_type"), **values)
+        except (KeyError, ValueError) as e:
+            raise BadInput(f"config.json: {BACKBONE_CONFIG} is not a Hugging Face config ({e})", folder / CONFIG) from None
+    return AutoConfig.from_pretrained(str(folder / OLD_BACKBONE_DIR))
 
 
 def _rebuild_buffer(model: nn.Module, name: str, backbone_config) -> None:
@@ -336,11 +375,21 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
 def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, device: str = "auto",
                     scores: str = "none", task_options: dict[str, Any] | None = None,
                     config: dict | None = None) -> list[dict]:
-    """Labels new records (the task's format); gold labels are optional, and ones the model never
-    saw are ignored for encoding but shown in `gold`. `scores`: see `Task.scored_lines`;
-    `task_options`: over the saved ones; `config`: see `load_finetuned`."""
-    model, tokenizer, task, labels, config = load_finetuned(model_dir, task_options, config)
-    records = task.read(input_path, labeled=False)
+    """Labels the records of a file in the task's format (`predict_loaded` on them); `task_options`:
+    over the saved ones; `config`: see `load_finetuned`."""
+    loaded = load_finetuned(model_dir, task_options, config)
+    records = loaded.task.read(input_path, labeled=False)
+    return predict_loaded(loaded, records, batch_size, device, scores, input_path)
+
+
+def predict_loaded(loaded: Finetuned, records: Sequence[dict], batch_size: int = 32, device: str = "auto",
+                   scores: str = "none", source: str | Path = IN_MEMORY) -> list[dict]:
+    """One prediction line per record (read and validated by the task: `Task.read`, `Task.read_records`),
+    in input order, as `kadapter predict` prints them. Gold labels are optional, and ones the model
+    never saw are ignored for encoding but shown in `gold`. `scores`: see `Task.scored_lines`;
+    `source` names the records in errors. Batches never change the result: each is padded by the
+    model's rule (`KAdapterModel.padded_length`)."""
+    model, tokenizer, task, labels, config = loaded
     label_index = {label: i for i, label in enumerate(labels)}
     examples = []
     with progress() as bar:
@@ -348,7 +397,7 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
         for i, rec in enumerate(records):
             known = located(task.without_unknown_labels(rec, label_index), where_of(rec, i))
             for ex in _record_examples(task, tokenizer, known, label_index, config["max_length"],
-                                       config["marker_style"], input_path, i):
+                                       config["marker_style"], Path(source), i):
                 ex["gold"] = task.gold(rec)
                 examples.append(ex)
             bar.advance(encoding)

@@ -55,6 +55,7 @@ LABELS_FILE = "labels.json"
 DEFAULT_MICRO_BATCH = 8
 
 Where = int | str  # a record index in a JSON list, or "line N" in JSON Lines and CSV
+IN_MEMORY = "<records>"  # what errors name as the "file" of records given in memory (`read_records`)
 Batch = dict[str, Any]
 Prediction = dict[str, Any]  # at least {"pred": [labels as strings]}; plain Python values only
 
@@ -123,6 +124,9 @@ class Task:
     # What the model does, as a Hugging Face Hub task id: the model card's `pipeline_tag` and
     # `model-index` task type ("question-answering" for span extraction, "multiple-choice", ...).
     hub_task: ClassVar[str] = "text-classification"
+    # One unlabeled record of the task's format, as `predict` (and `KAdapterForTask.predict`) takes
+    # it: the model card's snippet shows it, and a test runs that snippet.
+    example_records: ClassVar[list[dict]] = []
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -158,6 +162,15 @@ class Task:
         if not records:
             raise BadInput("no records", path)
         return records
+
+    def read_records(self, records: Sequence[Any], labeled: bool = True) -> list[dict]:
+        """Records given in memory — what a JSON list file of the task's format holds, as Python
+        values — validated as `read` validates a file's; errors name `<records>` and the record's
+        index. `kadapter predict` on a file and `KAdapterForTask.predict` on its records agree."""
+        normalized = [self.normalize(raw, IN_MEMORY, i, labeled) for i, raw in enumerate(records)]
+        if not normalized:
+            raise BadInput("no records", IN_MEMORY)
+        return normalized
 
     def normalize(self, raw: Any, path: str | Path, where: Where, labeled: bool) -> dict:
         """One validated record in the task's shape; `BadInput` naming `path` and `where`."""
@@ -445,6 +458,7 @@ class TypingTask(ClassificationTask):
 
     multilabel = True
     position_keys = ("mention_pos",)
+    example_records = [{"sent": "Paris is the capital of France .", "start": 0, "end": 5}]
 
     def normalize(self, raw: Any, path: str | Path, where: Where, labeled: bool) -> dict:
         record = _fields(raw, path, where, ("sent", "start", "end", "labels") if labeled else ("sent", "start", "end"))
@@ -498,6 +512,8 @@ class RelationTask(ClassificationTask):
 
     multilabel = False
     position_keys = ("subj_pos", "obj_pos")
+    example_records = [{"token": ["Paris", "is", "the", "capital", "of", "France", "."], "subj_start": 5,
+                        "subj_end": 5, "obj_start": 0, "obj_end": 0}]
     negative_label: ClassVar[str | None] = None  # the "no relation" label, if the task has one
 
     def normalize(self, raw: Any, path: str | Path, where: Where, labeled: bool) -> dict:

@@ -63,6 +63,8 @@ class CosmosQA(Task):
     primary_metric = "accuracy"
     headline_metrics = ("accuracy",)
     hub_task = "multiple-choice"
+    example_records = [{"context": "Paris is the capital of France.", "question": "Which country is Paris in?",
+                        "answer0": "France", "answer1": "Spain", "answer2": "Italy", "answer3": "None of the above"}]
     # Paper appendix C: 3 epochs, batch 64, lr 1e-5, warm-up 0, max length 256 (README: batch 64
     # via gradient accumulation; the released script: effective batch 16, 20,000 steps).
     defaults = {"lr": 1e-5, "batch_size": 64, "epochs": 3, "max_length": 256, "warmup": 0}

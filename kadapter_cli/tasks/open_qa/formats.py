@@ -36,7 +36,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from kadapter_cli.errors import BadInput, record_text
 from kadapter_cli.tasks.open_qa.ptb import ptb_join
@@ -209,15 +209,31 @@ def _first_json_value(path: Path) -> Any:
 def read_qa(source: QASource, options: QAReadOptions | None = None, labeled: bool = True) -> QAData:
     """Records of one split; `labeled=False` allows questions without answers (`predict`)."""
     options = options or QAReadOptions()
+    reader: Callable[..., Iterator[tuple]] = {
+        "openqa": _read_openqa, "searchqa": _read_searchqa, "mrqa": _read_mrqa, "quasar": _read_quasar,
+        "records": _read_records}[source.format]
+    return _collect(lambda bad: reader(source.paths, options, bad), options, labeled, source.main, source)
+
+
+def read_qa_records(values: Sequence[Any], options: QAReadOptions | None = None, labeled: bool = True,
+                    name: str = "<records>") -> QAData:
+    """Records given in memory, as the `records` format holds them (`{"id", "question", "answers",
+    "paragraphs"}`, `id` defaulting to `record N` as in a JSON list file); errors name `name`."""
+    options = options or QAReadOptions()
+    where_values = ((f"record {i}", value) for i, value in enumerate(values))
+    return _collect(lambda bad: _record_values(where_values, Path(name), bad), options, labeled, Path(name))
+
+
+def _collect(read: Callable[[_BadCounter], Iterator[tuple]], options: QAReadOptions, labeled: bool, main: Path,
+             source: QASource | None = None) -> QAData:
+    """The records `read(bad)` yields as `(record, path, where)`, paragraphs cut to `max_paragraphs`;
+    a question without paragraphs (or, when `labeled`, without answers) is bad."""
     if options.max_paragraphs < 1:
         raise BadInput(f"max_paragraphs must be at least 1, got {options.max_paragraphs}")
     bad = _BadCounter(options.skip_bad)
-    reader: Callable[..., Iterator[dict]] = {
-        "openqa": _read_openqa, "searchqa": _read_searchqa, "mrqa": _read_mrqa, "quasar": _read_quasar,
-        "records": _read_records}[source.format]
     records = []
     without_paragraphs = 0
-    for record, path, where in reader(source.paths, options, bad):
+    for record, path, where in read(bad):
         record["paragraphs"] = record["paragraphs"][: options.max_paragraphs]
         if not record["paragraphs"] and not options.skip_bad:
             raise BadInput("the question has no paragraphs", path, where)
@@ -227,7 +243,7 @@ def read_qa(source: QASource, options: QAReadOptions | None = None, labeled: boo
         without_paragraphs += not record["paragraphs"]
         records.append(record)
     if not records:
-        raise BadInput("no questions" + (f" ({len(bad.where)} skipped as bad)" if bad.where else ""), source.main)
+        raise BadInput("no questions" + (f" ({len(bad.where)} skipped as bad)" if bad.where else ""), main)
     return QAData(records, len(bad.where), source, without_paragraphs)
 
 
@@ -422,8 +438,12 @@ def _read_quasar(paths: Sequence[Path], options: QAReadOptions, bad: _BadCounter
 
 
 def _read_records(paths: Sequence[Path], options: QAReadOptions, bad: _BadCounter) -> Iterator[tuple]:
-    path = paths[0]
-    for where, raw in _parsed(_iter_json_values(path), bad):
+    yield from _record_values(_parsed(_iter_json_values(paths[0]), bad), paths[0], bad)
+
+
+def _record_values(values: Iterable[tuple[str, Any]], path: Path, bad: _BadCounter) -> Iterator[tuple]:
+    """`(record, path, where)` of records in the internal format, given as `(where, value)`."""
+    for where, raw in values:
         try:
             if not isinstance(raw, dict):
                 raise BadInput("expected a JSON object", path, where)

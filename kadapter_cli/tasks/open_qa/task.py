@@ -27,7 +27,7 @@ from kadapter_cli.artifacts.io import write_json, write_jsonl
 from kadapter_cli.data.encoding import SPACED_MARKERS, pair_template
 from kadapter_cli.errors import BadInput
 from kadapter_cli.tasks import metrics
-from kadapter_cli.tasks.base import SPLITS, Batch, Prediction, Task, TaskOption, register_task
+from kadapter_cli.tasks.base import IN_MEMORY, SPLITS, Batch, Prediction, Task, TaskOption, register_task
 from kadapter_cli.tasks.open_qa.decoding import COMBINE_MODES, SPANS_PER_WINDOW, best_spans, ranked_answers
 from kadapter_cli.tasks.open_qa.encoding import encode_qa_paragraphs
 from kadapter_cli.tasks.open_qa.formats import (
@@ -37,6 +37,7 @@ from kadapter_cli.tasks.open_qa.formats import (
     detect_input,
     find_split,
     read_qa,
+    read_qa_records,
 )
 
 if TYPE_CHECKING:
@@ -174,6 +175,8 @@ class OpenQATask(Task):
     primary_metric = "f1"
     headline_metrics = ("em", "f1")
     hub_task = "question-answering"  # extractive: a span of the paragraph
+    example_records = [{"id": "q1", "question": "What is the capital of France?",
+                        "paragraphs": ["Paris is the capital of France."]}]
     options = {
         "format": TaskOption("auto", "data format: auto (detected from the files), " + ", ".join(FORMATS), str,
                              ("auto", *FORMATS)),
@@ -218,6 +221,12 @@ class OpenQATask(Task):
         data = read_qa(source, QAReadOptions(self.max_paragraphs, self.titles, self.skip_bad), labeled)
         self.skipped[str(path)] = data.skipped
         self.without_paragraphs[str(path)] = data.without_paragraphs
+        return data.records
+
+    def read_records(self, records: Sequence[Any], labeled: bool = True) -> list[dict]:
+        data = read_qa_records(records, QAReadOptions(self.max_paragraphs, self.titles, self.skip_bad), labeled,
+                               IN_MEMORY)
+        self.skipped[IN_MEMORY] = data.skipped
         return data.records
 
     def read_stats(self) -> dict[str, Any]:
