@@ -151,6 +151,6 @@ def test_mistakes_are_one_line_errors(encoder, model, finetuned):
         model.predict(_records(2), scores="some")
     with pytest.raises(BadInput) as error:
         model.predict([{"sent": "Paris .", "start": 0, "end": 5}, {"sent": "Paris .", "start": 4, "end": 2}])
-    assert str(error.value).startswith("<records>, record 1:")
+    assert str(error.value).startswith("<records>, record 1 (counted from 0):")
     with pytest.raises(BadInput, match="no such folder"):
         KAdapterForTask.from_pretrained(finetuned.parent / "missing")

@@ -24,6 +24,6 @@ def test_in_memory_records_read_as_a_file_of_them(name, tmp_path):
 def test_a_bad_record_names_its_index():
     with pytest.raises(BadInput) as error:
         get_task("openentity").read_records([{"sent": "Paris .", "start": 0, "end": 5}, {"sent": "x"}], labeled=False)
-    assert str(error.value).startswith("<records>, record 1:")
+    assert str(error.value).startswith("<records>, record 1 (counted from 0):")
     with pytest.raises(BadInput, match="no records"):
         get_task("tacred").read_records([], labeled=False)
