@@ -1,4 +1,4 @@
-"""Adapter artifacts: `adapter_config.json` + `adapter.safetensors` (+ `head.safetensors`) round trips."""
+"""Adapter artifacts: `kadapter_adapter.json` + `kadapter_adapter.safetensors` (+ `kadapter_head.safetensors`) round trips."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     head = build_head(config.head, 64)
     save_adapter(tmp_path / "fac", adapter, config, head)
     assert sorted(p.name for p in (tmp_path / "fac").iterdir()) == [
-        "adapter.safetensors", "adapter_config.json", "head.safetensors"]
+        "kadapter_adapter.json", "kadapter_adapter.safetensors", "kadapter_head.safetensors"]
 
     rng = torch.get_rng_state()
     loaded, loaded_config, head_state = load_adapter(tmp_path / "fac")
@@ -69,20 +69,20 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
 def test_adapter_without_head_has_no_head_file(tmp_path):
     config = _config()
     save_adapter(tmp_path / "a", KnowledgeAdapter(config), config)
-    assert not (tmp_path / "a" / "head.safetensors").exists()
+    assert not (tmp_path / "a" / "kadapter_head.safetensors").exists()
     assert load_adapter(tmp_path / "a")[2] is None
 
 
 def test_config_that_disagrees_with_the_weights_names_file_and_keys(tmp_path):
     config = _config()
     save_adapter(tmp_path / "a", KnowledgeAdapter(config), config)
-    config_path = tmp_path / "a" / "adapter_config.json"
+    config_path = tmp_path / "a" / "kadapter_adapter.json"
     data = json.loads(config_path.read_text())
 
     config_path.write_text(json.dumps({**data, "tap_layers": [0, 2]}))
     with pytest.raises(BadInput) as err:
         load_adapter(tmp_path / "a")
-    assert "adapter.safetensors" in str(err.value)
+    assert "kadapter_adapter.safetensors" in str(err.value)
     assert "unexpected keys adapter.2.down_project.bias" in str(err.value)
 
     config_path.write_text(json.dumps({**data, "ffn_size": 128}))
@@ -99,10 +99,10 @@ def test_unreadable_artifacts_are_bad_input(tmp_path):
         load_adapter(tmp_path / "missing")
     config = _config()
     save_adapter(tmp_path / "a", KnowledgeAdapter(config), config)
-    (tmp_path / "a" / "adapter.safetensors").write_bytes(b"not safetensors")
+    (tmp_path / "a" / "kadapter_adapter.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(BadInput, match="not a readable safetensors file") as err:
         load_adapter(tmp_path / "a")
-    assert err.value.path.endswith("adapter.safetensors")
-    (tmp_path / "a" / "adapter_config.json").write_text('{"name": ')
+    assert err.value.path.endswith("kadapter_adapter.safetensors")
+    (tmp_path / "a" / "kadapter_adapter.json").write_text('{"name": ')
     with pytest.raises(BadInput, match="malformed JSON"):
         load_config(tmp_path / "a")

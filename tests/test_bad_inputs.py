@@ -289,7 +289,7 @@ def good_adapter(tmp_path_factory) -> Path:
 
 def _break(folder: Path, how: str) -> Path:
     """Applies one kind of damage to a copy of an adapter folder; returns the file at fault."""
-    config_path, weights = folder / "adapter_config.json", folder / "adapter.safetensors"
+    config_path, weights = folder / "kadapter_adapter.json", folder / "kadapter_adapter.safetensors"
     config = json.loads(config_path.read_text())
     if how == "config_missing":
         config_path.unlink()

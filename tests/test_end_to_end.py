@@ -56,7 +56,7 @@ def test_adapters_and_composition_are_artifacts(chain):
     workdir, _ = chain
     for kind, metric in (("fac", "accuracy"), ("lin", "uas")):
         folder = workdir / "adapters" / kind
-        assert {"adapter_config.json", "adapter.safetensors", "head.safetensors", "metrics.json", "train_log.jsonl",
+        assert {"kadapter_adapter.json", "kadapter_adapter.safetensors", "kadapter_head.safetensors", "metrics.json", "train_log.jsonl",
                 "manifest.json"} <= {p.name for p in folder.iterdir()}
         assert not (folder / "checkpoints").exists()
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -86,7 +86,7 @@ def test_finetune_evaluate_predict(chain, shared_data, task, data, adapters, hea
     # Adapters stay frozen through fine-tuning: their weights in the model equal the artifacts'.
     weights = load_file(run / "model.safetensors")
     for name in adapters.replace("+", ",").split(","):
-        original = load_file(workdir / "adapters" / name / "adapter.safetensors")
+        original = load_file(workdir / "adapters" / name / "kadapter_adapter.safetensors")
         for key, value in original.items():
             assert weights[f"body.adapters.{name}.{key}"].equal(value), key
 
@@ -126,7 +126,7 @@ def test_baseline_run_is_named_base(chain, shared_data):
     workdir, cli = chain
     data_dir = shared_data / "openentity" / "ernie-format"
     cli("finetune", "--task", "openentity", "--data", data_dir, "--backbone",
-        json.loads((workdir / "adapters" / "fac" / "adapter_config.json").read_text())["backbone"],
+        json.loads((workdir / "adapters" / "fac" / "kadapter_adapter.json").read_text())["backbone"],
         *FAST, "--limit", "32", "--max-steps", "2")
     config = json.loads((workdir / "finetuned" / "openentity-base" / "config.json").read_text())
     assert config["adapters"] == [] and config["fusion"] is None

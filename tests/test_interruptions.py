@@ -4,7 +4,7 @@ Each stage runs as a real process (`python -m kadapter_cli.cli`) and is killed w
 seeded random moments while it writes. Its output folder must then be either absent or complete
 (a manifest whose sha256 sums match every file), a rerun must finish and leave no scratch folder
 or lock behind, and interrupted training resumed with `--resume` must end with the same bytes in
-`adapter.safetensors` as a run that was never interrupted.
+`kadapter_adapter.safetensors` as a run that was never interrupted.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def test_training_killed_then_resumed_ends_with_the_same_weights(tmp_path, tiny_
     assert assert_absent_or_complete(out)
     assert scratch(out) == []
     expected = reference_dir / "adapters" / "fac"
-    for name in ("adapter.safetensors", "head.safetensors"):
+    for name in ("kadapter_adapter.safetensors", "kadapter_head.safetensors"):
         assert (out / name).read_bytes() == (expected / name).read_bytes(), name
 
 
@@ -237,7 +237,7 @@ def _training_args(command: str, tiny_backbone: Path, data: Path) -> tuple:
 
 
 def _weights(folder: Path) -> dict[str, bytes]:
-    return {name: (folder / name).read_bytes() for name in ("adapter.safetensors", "model.safetensors")
+    return {name: (folder / name).read_bytes() for name in ("kadapter_adapter.safetensors", "model.safetensors")
             if (folder / name).exists()}
 
 

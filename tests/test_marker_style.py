@@ -104,9 +104,9 @@ def test_an_adapter_written_before_the_field_existed_reads_as_spaced(adapters, t
     for f in (workdir / "adapters" / "fac").iterdir():
         if f.is_file():
             (old / f.name).write_bytes(f.read_bytes())
-    config = json.loads((old / "adapter_config.json").read_text())
+    config = json.loads((old / "kadapter_adapter.json").read_text())
     del config["marker_style"]
-    (old / "adapter_config.json").write_text(json.dumps(config))
+    (old / "kadapter_adapter.json").write_text(json.dumps(config))
     assert load_config(old).marker_style == "spaced"
     assert cli("compose", old, "fac-original").exit_code == 2
 

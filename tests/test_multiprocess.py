@@ -91,7 +91,7 @@ def test_train_adapter_fac_under_accelerate_launch_and_torchrun(work):
         assert manifest["stats"]["batch_split"] == {"batch_size": 8, "micro_batch_size": 2, "grad_accum": 2,
                                                     "processes": 2}
         assert manifest["stats"]["steps"] == 6 and manifest["stats"]["feature_cache"] == "memory"
-        outputs[name] = load_file(folder / "adapter.safetensors")
+        outputs[name] = load_file(folder / "kadapter_adapter.safetensors")
     # Both launchers run the same two processes: the same weights.
     first, second = outputs.values()
     assert all(first[k].equal(second[k]) for k in first)
@@ -112,8 +112,8 @@ def test_train_adapter_lin_killed_and_resumed_with_two_processes_ends_as_uninter
     assert "resuming from" in done.stderr
 
     _assert_one_owner_wrote(workdir / "adapters" / name)
-    resumed = load_file(workdir / "adapters" / name / "adapter.safetensors")
-    reference = load_file(workdir / "adapters" / "lin-reference" / "adapter.safetensors")
+    resumed = load_file(workdir / "adapters" / name / "kadapter_adapter.safetensors")
+    reference = load_file(workdir / "adapters" / "lin-reference" / "kadapter_adapter.safetensors")
     assert resumed.keys() == reference.keys()
     assert all(resumed[k].equal(reference[k]) for k in resumed), "resumed weights differ from the uninterrupted run"
     metrics = [json.loads((workdir / "adapters" / n / "metrics.json").read_text())["dev"] for n in (name, "lin-reference")]

@@ -1,5 +1,5 @@
 """Cases found by mutation testing (docs/MUTATION.md) for `kadapter_cli.modeling.adapter`: the default-size rule
-at its rounding edges, every refusal of an `adapter_config.json` in full (they reach the user as
+at its rounding edges, every refusal of a `kadapter_adapter.json` in full (they reach the user as
 `BadInput` naming the file), the parameter counts the manifests report, and the weights file."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_a_width_given_alone_keeps_64_wide_heads_and_a_4x_ffn():
     assert (_config(adapter_width=128).num_heads, _config(adapter_width=128).ffn_size) == (2, 512)
     # not a multiple of 64: one head (160 = 2 x 64 + 32 would make 2 floor-divided heads)
     assert (_config(adapter_width=160).num_heads, _config(adapter_width=160).ffn_size) == (1, 640)
-    # whole numbers in adapter_config.json
+    # whole numbers in kadapter_adapter.json
     assert json.loads(json.dumps(_config(adapter_width=128).to_dict()))["num_heads"].__class__ is int
     given = _config(adapter_width=128, num_heads=4, ffn_size=100)
     assert (given.num_heads, given.ffn_size) == (4, 100)
@@ -61,11 +61,11 @@ def test_a_width_given_alone_keeps_64_wide_heads_and_a_4x_ffn():
 
 @pytest.fixture
 def saved(tmp_path):
-    """An adapter folder and a function that rewrites fields of its adapter_config.json."""
+    """An adapter folder and a function that rewrites fields of its kadapter_adapter.json."""
     config = _config()
     folder = tmp_path / "fac"
     save_adapter(folder, KnowledgeAdapter(config), config)
-    path = folder / "adapter_config.json"
+    path = folder / "kadapter_adapter.json"
     data = json.loads(path.read_text())
 
     def write(**fields):
@@ -130,10 +130,10 @@ def test_a_folder_without_a_config_or_weights_is_refused_by_name(tmp_path, saved
         load_config(tmp_path / "nowhere")
     assert str(caught.value) == f"{tmp_path / 'nowhere'}: no such adapter folder"
     write, path = saved
-    (path.parent / "adapter.safetensors").unlink()
+    (path.parent / "kadapter_adapter.safetensors").unlink()
     with pytest.raises(BadInput) as caught:
         load_adapter(path.parent)
-    assert str(caught.value) == f"{path.parent / 'adapter.safetensors'}: file not found"
+    assert str(caught.value) == f"{path.parent / 'kadapter_adapter.safetensors'}: file not found"
 
 
 def test_many_mismatched_keys_list_eight_and_count_the_rest(saved):
@@ -142,7 +142,7 @@ def test_many_mismatched_keys_list_eight_and_count_the_rest(saved):
     with pytest.raises(BadInput) as caught:
         load_adapter(folder)
     message = str(caught.value)
-    assert message.startswith(f"{folder / 'adapter.safetensors'}: weights disagree with the config: missing keys ")
+    assert message.startswith(f"{folder / 'kadapter_adapter.safetensors'}: weights disagree with the config: missing keys ")
     assert message.endswith(" (and 40 more)") and message.count("adapter.") == 8 + 1  # 8 keys and the file name
 
 
@@ -153,7 +153,7 @@ def test_a_weights_file_with_tensors_the_config_has_no_place_for(saved, extra, l
     from safetensors.torch import load_file, save_file
 
     _, path = saved
-    weights = path.parent / "adapter.safetensors"
+    weights = path.parent / "kadapter_adapter.safetensors"
     save_file({**load_file(str(weights)), **{f"extra.{i}": torch.zeros(1) for i in range(extra)}}, str(weights))
     with pytest.raises(BadInput) as caught:
         load_adapter(path.parent)
@@ -177,7 +177,7 @@ def test_the_weight_files_are_plain_pt_safetensors_files(tmp_path):
 
     config = _config(head={"type": "relation", "num_labels": 3, "dropout": 0.1, "com_dense": True})
     save_adapter(tmp_path / "fac", KnowledgeAdapter(config), config, build_head(config.head, 64))
-    for name in ("adapter.safetensors", "head.safetensors"):
+    for name in ("kadapter_adapter.safetensors", "kadapter_head.safetensors"):
         with safe_open(str(tmp_path / "fac" / name), "pt") as f:
             assert f.metadata() == {"format": "pt"}, name
 
@@ -227,7 +227,7 @@ def test_a_weights_file_with_missing_and_extra_tensors_lists_both(saved):
     from safetensors.torch import load_file, save_file
 
     _, path = saved
-    weights = path.parent / "adapter.safetensors"
+    weights = path.parent / "kadapter_adapter.safetensors"
     state = load_file(str(weights))
     del state["adapter.1.up_project.bias"]
     save_file({**state, "extra.0": torch.zeros(1)}, str(weights))

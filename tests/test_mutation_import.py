@@ -198,7 +198,7 @@ def test_import_writes_exact_weights_config_manifest_and_card(cli, narrow, tmp_p
                                      "head_parameters": _parameters(original, False), "tensors": len(original)}
         card = (target / "README.md").read_text()
         assert f"{_parameters(original, True):,}" in card
-        saved = json.loads((target / "adapter_config.json").read_text())
+        saved = json.loads((target / "kadapter_adapter.json").read_text())
         assert [type(saved[k]) for k in ("num_heads", "adapter_width", "ffn_size")] == [int, int, int]
         # the imported adapter runs: 1024-wide states in, 1024-wide out, at every position
         tapped = [torch.randn(2, 5, 1024) for _ in config.tap_layers]
@@ -211,7 +211,7 @@ def test_import_without_relations_names_them_rel_i_and_says_so(cli, narrow):
     result = cli("import-original", "--fac", folder / "fac.bin", "--name-fac", "facts", "--taps", "0,5,9")
     assert result.exit_code == 0, result.stderr
     target = cli.workdir / "adapters" / "facts"
-    config = json.loads((target / "adapter_config.json").read_text())
+    config = json.loads((target / "kadapter_adapter.json").read_text())
     assert (config["name"], config["labels"], config["tap_layers"]) == \
         ("facts", [f"rel_{i}" for i in range(5)], [0, 5, 9])
     manifest = json.loads((target / "manifest.json").read_text())
@@ -229,7 +229,7 @@ def test_import_refuses_to_replace_unless_told(cli, narrow):
     target = cli.workdir / "adapters" / "lin"
     assert f"{target}: already exists; pass --overwrite to replace it" in again.stderr
     assert cli("import-original", "--lin", folder / "lin.bin", "--overwrite").exit_code == 0
-    assert (target / "adapter.safetensors").is_file()
+    assert (target / "kadapter_adapter.safetensors").is_file()
 
 
 def test_a_half_precision_checkpoint_imports_as_float32(cli, narrow, tmp_path):

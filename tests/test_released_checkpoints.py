@@ -188,5 +188,5 @@ def test_pretraining_an_adapter_that_attends_to_padding_pads_like_the_original(t
                   "--cache-features", "on")):
         result = CliRunner().invoke(app, ["--workdir", str(workdir), *map(str, args)], catch_exceptions=False)
         assert result.exit_code == 0, result.output
-    assert json.loads((workdir / "adapters" / "fac" / "adapter_config.json").read_text())["mask_padding"] is False
+    assert json.loads((workdir / "adapters" / "fac" / "kadapter_adapter.json").read_text())["mask_padding"] is False
     assert json.loads((workdir / "adapters" / "fac" / "metrics.json").read_text())["feature_cache"] == "memory"

@@ -42,10 +42,10 @@ def test_adapters_record_the_backbone_fingerprint_and_mismatches_are_refused(cli
                      *FAST, "--cache-features", "off")
         assert result.exit_code == 0, result.stderr
     adapters = cli.workdir / "adapters"
-    fingerprint = json.loads((adapters / "fac" / "adapter_config.json").read_text())["backbone_fingerprint"]
+    fingerprint = json.loads((adapters / "fac" / "kadapter_adapter.json").read_text())["backbone_fingerprint"]
     assert fingerprint["folder"] == str(first.resolve())
     assert fingerprint["config_sha256"] == sha256_file(first / "config.json")
-    short = {n: json.loads((adapters / n / "adapter_config.json").read_text())["backbone_fingerprint"]
+    short = {n: json.loads((adapters / n / "kadapter_adapter.json").read_text())["backbone_fingerprint"]
              for n in ("fac", "fac-other")}
     described = {n: f"folder {f['folder']} (config {f['config_sha256'][:12]}, weights {f['weights_sha256'][:12]})"
                  for n, f in short.items()}

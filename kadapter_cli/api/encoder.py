@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 from torch import nn
 
 from kadapter_cli.api.features import EncodesText
+from kadapter_cli.artifacts.layout import ADAPTER_CONFIG, is_adapter_folder
 from kadapter_cli.artifacts.sources import model_folder
 from kadapter_cli.errors import BadInput
-from kadapter_cli.modeling.adapter import ADAPTER_CONFIG
 from kadapter_cli.modeling.backbone import backbone_shape
 from kadapter_cli.modeling.kadapter import KAdapterModel as KAdapterBody
 from kadapter_cli.stages.compose import (
@@ -67,7 +67,7 @@ class KAdapterModel(EncodesText, nn.Module):
         adapter_set = adapter_folders(adapters)
         loaded, configs = load_adapters(adapter_set, allow_backbone_mismatch)
         matching = load_matching_backbone(configs, None if backbone is None else str(backbone),
-                                          allow_backbone_mismatch)
+                                          allow_backbone_mismatch, adapter_set.names)
         body = KAdapterBody(matching.model, loaded, None, backbone_shape(matching.model).hidden_size)
         if max_length is None:
             max_length = max(c.max_length for c in configs)
@@ -115,9 +115,9 @@ def adapter_folders(adapters: str | Path | Sequence[str | Path]) -> AdapterSet:
     if len(folders) == 1 and is_composition(folders[0]):
         return read_composition(folders[0])
     for folder in folders:
-        if not (folder / ADAPTER_CONFIG).is_file():
+        if not is_adapter_folder(folder):
             what = "a finetuned model: load it with KAdapterForTask" if (folder / "model.safetensors").is_file() \
-                else "not an adapter folder (no adapter_config.json)" + (" nor a composition" if len(folders) == 1 else "")
+                else f"not an adapter folder (no {ADAPTER_CONFIG})" + (" nor a composition" if len(folders) == 1 else "")
             raise BadInput(what, folder)
     names = [f.name for f in folders]
     twice = sorted({n for n in names if names.count(n) > 1})

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from kadapter_cli.artifacts.hub import describe_source
 from kadapter_cli.errors import BadInput
 
 # ---------------------------------------------------------------- hashing
@@ -22,13 +23,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def sha256_inputs(paths: Iterable[str | Path]) -> list[dict[str, str]]:
-    """`[{"path", "sha256"}]` for every file under the given files and folders (sorted, stable)."""
+    """`[{"path", "sha256"}]` for every file under the given files and folders (sorted, stable). A file
+    that came from the Hub is named `hf://org/name@<commit>/<path>` (`hub.describe_source`), not by its
+    place in this machine's cache."""
     out = []
     for p in paths:
         p = Path(p)
         files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
         for f in files:
-            out.append({"path": str(f), "sha256": sha256_file(f)})
+            out.append({"path": describe_source(f), "sha256": sha256_file(f)})
     return out
 
 

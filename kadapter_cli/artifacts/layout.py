@@ -89,6 +89,31 @@ def adapter_input_dir(workdir: str | Path, kind: str) -> Path | None:
 
 # ---------------------------------------------------------------- adapters and compositions
 
+# An adapter's files. They carry kadapter's name so that no other library mistakes them for its own:
+# PEFT reads any `adapter_config.json` as a PEFT config, and AdapterHub writes `adapter_config.json`
+# with `pytorch_adapter.bin`. Adapters written before kadapter 0.2 hold the old names
+# (`OLD_ADAPTER_FILES`): they still load, and `compose` and `push` write their files under the new ones.
+ADAPTER_CONFIG = "kadapter_adapter.json"
+ADAPTER_WEIGHTS = "kadapter_adapter.safetensors"
+HEAD_WEIGHTS = "kadapter_head.safetensors"  # the pretraining head
+OLD_ADAPTER_FILES = {"adapter_config.json": ADAPTER_CONFIG, "adapter.safetensors": ADAPTER_WEIGHTS,
+                     "head.safetensors": HEAD_WEIGHTS}
+
+
+def adapter_file(folder: str | Path, name: str) -> Path:
+    """`<folder>/<name>` (one of the names above), or the file under its old name when only that exists."""
+    path = Path(folder) / name
+    if not path.exists():
+        old = next((o for o, new in OLD_ADAPTER_FILES.items() if new == name), None)
+        if old is not None and (Path(folder) / old).exists():
+            return Path(folder) / old
+    return path
+
+
+def is_adapter_folder(folder: str | Path) -> bool:
+    """Whether a folder holds an adapter's config, under its name or its old one."""
+    return adapter_file(folder, ADAPTER_CONFIG).is_file()
+
 
 def adapter_dir(workdir: str | Path, name: str) -> Path:
     """`<workdir>/adapters/<name>`: where `train-adapter` writes and a bare adapter name is found."""

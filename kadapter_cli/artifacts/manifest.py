@@ -5,12 +5,14 @@ and statistics."""
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from kadapter_cli import __version__
 from kadapter_cli.artifacts.io import read_json, sha256_file, write_json
+from kadapter_cli.artifacts.layout import OLD_ADAPTER_FILES
 from kadapter_cli.errors import BadInput
 
 FORMAT_VERSION = 1
@@ -94,3 +96,53 @@ def find_artifacts(paths: Iterable[str | Path], what: str) -> list[Path]:
         else:
             raise BadInput(f"not a {what} (no manifest.json in it or its subfolders)", path)
     return found
+
+
+# ---------------------------------------------------------------- copies
+
+
+def link_artifact(src: str | Path, dst: str | Path) -> None:
+    """A copy of an artifact folder made of hard links (copies across file systems), with every
+    adapter file under its current name: a file written under an old name (`OLD_ADAPTER_FILES`) is
+    linked under the new one, and each manifest.json that lists it is rewritten to say so (the
+    source folder is left as it is)."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    renamed = False
+    for f in sorted(src.rglob("*")):
+        rel = f.relative_to(src)
+        if f.is_dir():
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+            continue
+        new = OLD_ADAPTER_FILES.get(f.name)
+        if new is not None and (f.parent / new).exists():
+            new = None  # both names present: each is copied as it is
+        target = dst / rel.parent / (new or f.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.hardlink_to(f)
+        except OSError:
+            shutil.copy2(f, target)
+        renamed = renamed or new is not None
+    if renamed:  # innermost manifests first: an outer one holds the sha256 of those inside it
+        for manifest in sorted(dst.rglob(MANIFEST), key=lambda p: len(p.parts), reverse=True):
+            _list_current_names(manifest)
+
+
+def _list_current_names(manifest_path: Path) -> None:
+    """Rewrites a manifest's `files` for files renamed by `link_artifact` (and the sha256 of the
+    manifests inside its folder, which may have been rewritten)."""
+    folder = manifest_path.parent
+    manifest = read_json(manifest_path)
+    files = {}
+    for rel, digest in manifest.get("files", {}).items():
+        path = PurePosixPath(rel)
+        new = OLD_ADAPTER_FILES.get(path.name)
+        if new is not None and not (folder / rel).exists() and (folder / path.parent / new).exists():
+            rel = (path.parent / new).as_posix()
+        if path.name == MANIFEST and (folder / rel).is_file():
+            digest = sha256_file(folder / rel)
+        files[rel] = digest
+    if files != manifest.get("files"):
+        manifest_path.unlink()  # a hard link: the source's manifest stays as it was
+        write_json(manifest_path, {**manifest, "files": files})

@@ -29,13 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kadapter_cli.artifacts.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_WEIGHTS, adapter_file
 from kadapter_cli.data.encoding import MARKER_STYLES, SPACED_MARKERS
 from kadapter_cli.errors import BadInput
 from kadapter_cli.modeling.backbone import BackboneShape
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter.safetensors"
-HEAD_WEIGHTS = "head.safetensors"
 
 # Tap points of the released adapters on a 24-layer backbone (0, 11, 22), as relative depths.
 _DEFAULT_TAP_FRACTIONS = (0 / 24, 11 / 24, 22 / 24)
@@ -354,8 +351,9 @@ def _tensors_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(folder: str | Path, adapter: KnowledgeAdapter, config: AdapterConfig, head: nn.Module | None = None) -> None:
-    """Writes `adapter_config.json`, `adapter.safetensors` (adapter weights only) and, given a
-    pretraining head, `head.safetensors` into `folder` (the caller adds the manifest)."""
+    """Writes `kadapter_adapter.json` (the config), `kadapter_adapter.safetensors` (adapter weights
+    only) and, given a pretraining head, `kadapter_head.safetensors` into `folder` (the caller adds
+    the manifest)."""
     from safetensors.torch import save_file
 
     from kadapter_cli.artifacts.io import write_json
@@ -409,10 +407,11 @@ def _some(items: list[str], limit: int = 8) -> str:
 
 
 def load_config(folder: str | Path) -> AdapterConfig:
-    """The `AdapterConfig` of an adapter artifact folder; errors name `adapter_config.json`."""
+    """The `AdapterConfig` of an adapter artifact folder (its `kadapter_adapter.json`, or the
+    `adapter_config.json` of an adapter written before kadapter 0.2); errors name the file."""
     from kadapter_cli.artifacts.io import read_json
 
-    path = Path(folder) / ADAPTER_CONFIG
+    path = adapter_file(folder, ADAPTER_CONFIG)
     if not Path(folder).is_dir():
         raise BadInput("no such adapter folder", folder)
     try:
@@ -428,11 +427,12 @@ def load_adapter(folder: str | Path) -> tuple[KnowledgeAdapter, AdapterConfig, d
     adapter in eval mode (no dropout: two calls on the same input give the same output), as Hugging
     Face and PEFT return loaded models; `adapter.train()` turns dropout back on.
 
-    Weights that disagree with `adapter_config.json` are `BadInput` naming the file and keys.
+    Weights that disagree with the config are `BadInput` naming the file and keys. Adapters written
+    before kadapter 0.2 (`adapter_config.json`, `adapter.safetensors`, `head.safetensors`) load too.
     """
     folder = Path(folder)
     config = load_config(folder)
-    weights_path = folder / ADAPTER_WEIGHTS
+    weights_path = adapter_file(folder, ADAPTER_WEIGHTS)
     state = read_safetensors(weights_path)
     # Built on the meta device and filled by assignment: no wasted random init, and the global RNG
     # (which seeded training relies on) is left untouched.
@@ -441,6 +441,6 @@ def load_adapter(folder: str | Path) -> tuple[KnowledgeAdapter, AdapterConfig, d
     check_state_dict(adapter, state, weights_path)
     adapter.load_state_dict(state, strict=True, assign=True)
     adapter.eval()
-    head_path = folder / HEAD_WEIGHTS
+    head_path = adapter_file(folder, HEAD_WEIGHTS)
     head_state = read_safetensors(head_path) if head_path.exists() else None
     return adapter, config, head_state

@@ -11,13 +11,13 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
 import socket
 import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from kadapter_cli.artifacts.hub import hub_cache_dir, hub_endpoint, hub_offline, hub_origin
 from kadapter_cli.errors import BadInput
 from kadapter_cli.progress import waiting
 
@@ -40,19 +40,6 @@ class BackboneShape:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _truthy_env(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def hub_offline() -> bool:
-    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    return _truthy_env("HF_HUB_OFFLINE") or _truthy_env("TRANSFORMERS_OFFLINE")
-
-
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
 def hub_reachable() -> bool:
@@ -133,31 +120,130 @@ _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "tf_model.h5", "flax_
 
 
 def backbone_fingerprint(name_or_path: str | Path, model: "PreTrainedModel") -> dict[str, Any]:
-    """What identifies the weights an adapter was trained on, beyond their shape.
+    """What identifies the weights an adapter was trained on, beyond their shape, in terms another
+    machine can look up. Only `path_hint` holds a path of this machine.
 
-    A local folder: the sha256 of its config.json and of its weight files (what loading it read).
-    A hub id: the id and the revision (commit) that was loaded from the cache or the hub.
+    - A Hub id, or a folder of the Hub's cache (`.../models--org--name/snapshots/<commit>`):
+      `hub_id` and `revision` (the commit), and the sha256 of its config.json and weight files when
+      they are on disk.
+    - A folder inside an installed Python package (a model shipped as one, such as the packaged
+      MiniLM): `package` and `package_path` (the folder inside it), with the sha256s.
+    - Any other folder: `folder_name` and the sha256s, and `path_hint`, where it was.
     """
+    local = Path(str(name_or_path)).expanduser()
+    if not local.is_dir():  # a Hub id: transformers found it in the cache or downloaded it
+        revision = getattr(model.config, "_commit_hash", None)
+        snapshot = cached_snapshot(str(name_or_path), revision)
+        return {"hub_id": str(name_or_path), "revision": revision, **(_hashes(snapshot) if snapshot else {})}
+    origin = hub_origin(local)
+    if origin is not None and not origin.path_in_repo:
+        return {"hub_id": origin.repo_id, "revision": origin.revision, **_hashes(local)}
+    package = _package_of(local)
+    if package is not None:
+        return {"package": package[0], "package_path": package[1], **_hashes(local)}
+    return {"folder_name": local.resolve().name, "path_hint": str(local.resolve()), **_hashes(local)}
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    """The sha256 of a model folder's config.json and of its weight files (what loading it reads)."""
     from kadapter_cli.artifacts.io import sha256_file
 
-    local = Path(str(name_or_path)).expanduser()
-    if local.is_dir():
-        weights = sorted(f for pattern in _WEIGHT_PATTERNS for f in local.glob(pattern) if f.is_file())
-        combined = "\n".join(f"{f.name} {sha256_file(f)}" for f in weights)
-        return {"folder": str(local.resolve()), "config_sha256": sha256_file(local / "config.json"),
-                "weights_sha256": hashlib.sha256(combined.encode()).hexdigest()}
-    return {"hub_id": str(name_or_path), "revision": getattr(model.config, "_commit_hash", None)}
+    weights = sorted(f for pattern in _WEIGHT_PATTERNS for f in folder.glob(pattern) if f.is_file())
+    combined = "\n".join(f"{f.name} {sha256_file(f)}" for f in weights)
+    return {"config_sha256": sha256_file(folder / "config.json"),
+            "weights_sha256": hashlib.sha256(combined.encode()).hexdigest()}
+
+
+def cached_snapshot(hub_id: str, revision: str | None) -> Path | None:
+    """The folder of the Hub's cache holding `hub_id` at `revision` (a commit), if it is there."""
+    if not revision:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(hub_id, "config.json", cache_dir=str(hub_cache_dir()), revision=revision)
+    except ValueError:  # not a valid repository id
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _site_folders() -> list[Path]:
+    """The folders installed Python packages live in (site-packages, dist-packages)."""
+    import site
+    import sysconfig
+
+    folders = [*site.getsitepackages(), site.getusersitepackages(),
+               sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    return [Path(f).resolve() for f in dict.fromkeys(folders)]
+
+
+def _package_of(folder: Path) -> tuple[str, str] | None:
+    """`(package, folder inside it)` for a folder inside an installed Python package; None otherwise."""
+    resolved = folder.resolve()
+    for site_folder in _site_folders():
+        try:
+            parts = resolved.relative_to(site_folder).parts
+        except ValueError:
+            continue
+        if len(parts) >= 1 and (site_folder / parts[0]).is_dir():
+            return parts[0], "/".join(parts[1:])
+    return None
+
+
+def package_folder(package: str, package_path: str) -> Path | None:
+    """Where an installed package's folder is on this machine (nothing of the package is run)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    folder = Path(locations[0]) / package_path if locations else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def backbone_name(fingerprint: dict[str, Any], fallback: str | Path) -> str:
+    """How an artifact names its backbone: the Hub id, the package, or the folder's name (never a
+    path of this machine); `fallback` (what was loaded) when the fingerprint does not say."""
+    for key in ("hub_id", "package", "folder_name"):
+        if fingerprint.get(key):
+            return str(fingerprint[key])
+    return str(fallback)
+
+
+def locate_backbone(fingerprint: dict[str, Any], recorded: str) -> str | None:
+    """What to load for a recorded backbone on this machine: the Hub id (its recorded commit's folder
+    when the cache has it), the package's folder, or the folder where it was; None when a
+    recorded folder or package is not here. `recorded`: the artifact's `backbone`, all that adapters
+    without a fingerprint say (imported checkpoints, adapters written before fingerprints)."""
+    if fingerprint.get("hub_id"):
+        snapshot = cached_snapshot(fingerprint["hub_id"], fingerprint.get("revision"))
+        return str(snapshot) if snapshot is not None else str(fingerprint["hub_id"])
+    if fingerprint.get("package"):
+        folder = package_folder(fingerprint["package"], fingerprint.get("package_path", ""))
+        return None if folder is None else str(folder)
+    hint = fingerprint.get("path_hint") or fingerprint.get("folder")  # `folder`: fingerprints before kadapter 0.2
+    if hint:
+        return hint if Path(hint).is_dir() else None
+    local = Path(recorded).expanduser()
+    if local.exists() or recorded.startswith((".", "/", "~")):
+        return recorded if local.is_dir() else None
+    return recorded
 
 
 def same_backbone(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two fingerprints name the same weights; an unrecorded one ({}) cannot be checked and passes."""
+    """Whether two fingerprints name the same weights; an unrecorded one ({}) cannot be checked and passes.
+
+    Two Hub fingerprints compare by id and commit; otherwise by the sha256 of the config and the
+    weights (a folder, a package, or a Hub snapshot whose files were hashed)."""
     if not a or not b:
         return True
-    if "weights_sha256" in a and "weights_sha256" in b:
-        return (a["config_sha256"], a["weights_sha256"]) == (b["config_sha256"], b["weights_sha256"])
-    if "hub_id" in a and "hub_id" in b:
+    if a.get("hub_id") and b.get("hub_id"):
         same_id = a["hub_id"].rsplit("/", 1)[-1] == b["hub_id"].rsplit("/", 1)[-1]
         return same_id and (a.get("revision") == b.get("revision") or None in (a.get("revision"), b.get("revision")))
+    if "weights_sha256" in a and "weights_sha256" in b:
+        return (a["config_sha256"], a["weights_sha256"]) == (b["config_sha256"], b["weights_sha256"])
     return False
 
 
@@ -165,11 +251,16 @@ def describe_fingerprint(fingerprint: dict[str, Any]) -> str:
     """One short phrase for messages: `folder /m/tiny (config 1a2b3c4d5e6f, weights 0f9e8d7c6b5a)`."""
     if not fingerprint:
         return "an unrecorded backbone"
-    if "weights_sha256" in fingerprint:
-        return (f"folder {fingerprint['folder']} (config {fingerprint['config_sha256'][:12]}, "
-                f"weights {fingerprint['weights_sha256'][:12]})")
-    revision = fingerprint.get("revision")
-    return f"{fingerprint['hub_id']} at revision {revision[:12] if revision else 'unknown'}"
+    hashes = (f" (config {fingerprint['config_sha256'][:12]}, weights {fingerprint['weights_sha256'][:12]})"
+              if "weights_sha256" in fingerprint else "")
+    if fingerprint.get("hub_id"):
+        revision = fingerprint.get("revision")
+        return f"{fingerprint['hub_id']} at revision {revision[:12] if revision else 'unknown'}"
+    if fingerprint.get("package"):
+        inside = fingerprint.get("package_path")
+        return f"the Python package {fingerprint['package']}'s model" + (f" {inside}" if inside else "") + hashes
+    where = fingerprint.get("path_hint") or fingerprint.get("folder") or fingerprint.get("folder_name")
+    return f"folder {where}{hashes}"
 
 
 def load_backbone(name_or_path: str | Path, dtype: "torch.dtype | None" = None) -> "PreTrainedModel":

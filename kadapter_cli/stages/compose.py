@@ -3,23 +3,26 @@ how every stage that reads adapters resolves them (a name, a folder, a compositi
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from kadapter_cli.artifacts.hub import describe_source
 from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json
 from kadapter_cli.artifacts.layout import ADAPTERS, COMPOSITIONS, NO_ADAPTERS, adapter_dir, resolve_artifact
-from kadapter_cli.artifacts.manifest import write_manifest
+from kadapter_cli.artifacts.manifest import link_artifact, write_manifest
 from kadapter_cli.artifacts.output import atomic_output
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, load_adapter
 from kadapter_cli.modeling.backbone import (
     DEFAULT_BACKBONE,
     backbone_fingerprint,
+    backbone_name,
     backbone_shape,
+    describe_fingerprint,
     load_backbone,
     load_tokenizer,
+    locate_backbone,
 )
 from kadapter_cli.modeling.fusion import DEFAULT_FUSION, FUSION_MODES
 from kadapter_cli.modeling.kadapter import check_composable, check_fits_backbone, marker_style
@@ -86,24 +89,58 @@ def load_adapters(adapter_set: AdapterSet, allow_backbone_mismatch: bool = False
 class MatchingBackbone:
     """The backbone adapters run on, loaded and checked against them."""
 
-    name_or_path: str
+    name_or_path: str  # what was loaded (a Hub id or a folder of this machine)
     model: Any  # the Hugging Face encoder
     tokenizer: Any
     fingerprint: dict
 
+    @property
+    def name(self) -> str:
+        """How artifacts record it: its Hub id, package or folder name (`backbone.backbone_name`)."""
+        return backbone_name(self.fingerprint, self.name_or_path)
+
 
 def load_matching_backbone(configs: Sequence[AdapterConfig], backbone: str | None = None,
-                           allow_backbone_mismatch: bool = False) -> MatchingBackbone:
-    """`backbone` (default: the one the first adapter was trained on; `DEFAULT_BACKBONE` without
-    adapters) with its tokenizer and fingerprint; `BadInput` when an adapter does not fit it (width,
-    depth) or was trained on other weights (its recorded fingerprint), unless `allow_backbone_mismatch`."""
-    name = str(backbone or (configs[0].backbone if configs else DEFAULT_BACKBONE))
-    tokenizer = load_tokenizer(name)
-    model = load_backbone(name)
+                           allow_backbone_mismatch: bool = False,
+                           names: Sequence[str] | None = None) -> MatchingBackbone:
+    """`backbone` (default: the one the first adapter was trained on, found on this machine;
+    `DEFAULT_BACKBONE` without adapters) with its tokenizer and fingerprint; `BadInput` when an
+    adapter does not fit it (width, depth) or was trained on other weights (its recorded
+    fingerprint), unless `allow_backbone_mismatch`. `names`: the adapters' names for messages
+    (default: their configs')."""
+    if backbone is None and configs:
+        name = recorded_backbone(configs[0], (names or [configs[0].name])[0])
+    else:
+        name = str(backbone or DEFAULT_BACKBONE)
+    try:
+        tokenizer = load_tokenizer(name)
+        model = load_backbone(name)
+    except BadInput as e:
+        if backbone is not None or not configs:
+            raise
+        raise _backbone_missing(configs[0], (names or [configs[0].name])[0],
+                                f"it cannot be loaded here ({e.render()})") from None
     fingerprint = backbone_fingerprint(name, model)
     for config in configs:
         check_fits_backbone(config, backbone_shape(model), fingerprint, allow_backbone_mismatch)
     return MatchingBackbone(name, model, tokenizer, fingerprint)
+
+
+def recorded_backbone(config: AdapterConfig, adapter: str) -> str:
+    """What to load for the backbone an adapter records (`backbone.locate_backbone`); `BadInput`
+    naming the adapter, and saying to pass `backbone`, when it is not on this machine."""
+    located = locate_backbone(config.backbone_fingerprint, config.backbone)
+    if located is None:
+        raise _backbone_missing(config, adapter, "it is not on this machine")
+    return located
+
+
+def _backbone_missing(config: AdapterConfig, adapter: str, why: str) -> BadInput:
+    trained_on = describe_fingerprint(config.backbone_fingerprint) if config.backbone_fingerprint else config.backbone
+    return BadInput(ParamText(
+        "adapter '{adapter}' was trained on the backbone {trained_on}, and {why}: pass {backbone} with that "
+        "backbone (a Hugging Face id or a folder; a copy elsewhere is fine, its fingerprint is checked)",
+        adapter=adapter, trained_on=trained_on, why=why))
 
 
 def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str, overwrite: bool = False,
@@ -119,9 +156,9 @@ def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str,
             raise BadInput(f"adapter width differs: {first.backbone_hidden_size} vs {config.backbone_hidden_size}", path)
     with atomic_output(out, overwrite=overwrite) as tmp:
         for name, path in zip(adapter_set.names, adapter_set.paths):
-            _link_tree(path, adapter_dir(tmp, name))
+            link_artifact(path, adapter_dir(tmp, name))
         comp = {"fusion": fusion, "backbone": first.backbone, "marker_style": marker_style(configs),
-                "adapters": [{"name": n, "source": str(p), "kind": c.kind, "tap_layers": c.tap_layers,
+                "adapters": [{"name": n, "source": describe_source(p), "kind": c.kind, "tap_layers": c.tap_layers,
                               "adapter_width": c.adapter_width}
                              for n, p, c in zip(adapter_set.names, adapter_set.paths, configs)]}
         write_json(tmp / COMPOSITION_FILE, comp)
@@ -129,17 +166,3 @@ def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str,
                                  inputs=sha256_inputs(adapter_set.paths), stats={"adapters": len(configs)})
     return comp
 
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard links (copies across file systems) of an artifact folder: a composition is self-contained."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.rglob("*"):
-        target = dst / f.relative_to(src)
-        if f.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            target.hardlink_to(f)
-        except OSError:
-            shutil.copy2(f, target)

@@ -142,8 +142,9 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         task.check_labels(records, label_set, files[split])
 
     adapters, adapter_configs = load_adapters(spec.adapters, spec.allow_backbone_mismatch)
-    matching = load_matching_backbone(adapter_configs, spec.backbone, spec.allow_backbone_mismatch)
-    backbone_id, backbone, tokenizer, fingerprint = (matching.name_or_path, matching.model, matching.tokenizer,
+    matching = load_matching_backbone(adapter_configs, spec.backbone, spec.allow_backbone_mismatch,
+                                      spec.adapters.names)
+    backbone_id, backbone, tokenizer, fingerprint = (matching.name, matching.model, matching.tokenizer,
                                                      matching.fingerprint)
     if labels and is_main_process():
         info(label_set.describe())

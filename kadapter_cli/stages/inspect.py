@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from kadapter_cli.artifacts.io import read_json
+from kadapter_cli.artifacts.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_WEIGHTS, OLD_ADAPTER_FILES, adapter_file
 from kadapter_cli.artifacts.manifest import read_manifest
 from kadapter_cli.errors import BadInput
-
-ADAPTER_FILE, HEAD_FILE = "adapter.safetensors", "head.safetensors"
 
 
 def tensor_sizes(path: Path) -> dict[str, int]:
@@ -40,7 +39,7 @@ def _row(component: str, total: int, trainable: int | None) -> dict[str, Any]:
 
 
 def _adapter_name(folder: Path) -> str:
-    config_path = folder / "adapter_config.json"
+    config_path = adapter_file(folder, ADAPTER_CONFIG)
     config = read_json(config_path) if config_path.is_file() else None
     return str(config.get("name", folder.name)) if isinstance(config, dict) else folder.name
 
@@ -70,16 +69,18 @@ def _finetune_frozen(folder: Path) -> set[str] | None:
 def parameter_table(folder: Path, kind: str) -> list[dict[str, Any]]:
     """Rows `{"component", "total", "trainable"}` (trainable None when the artifact does not decide it)."""
     rows: list[dict[str, Any]] = []
-    if (folder / ADAPTER_FILE).is_file():
-        total = sum(tensor_sizes(folder / ADAPTER_FILE).values())
+    weights, head = adapter_file(folder, ADAPTER_WEIGHTS), adapter_file(folder, HEAD_WEIGHTS)
+    if weights.is_file():
+        total = sum(tensor_sizes(weights).values())
         rows.append(_row(f"adapter:{_adapter_name(folder)}", total, total))
-        if (folder / HEAD_FILE).is_file():
-            total = sum(tensor_sizes(folder / HEAD_FILE).values())
+        if head.is_file():
+            total = sum(tensor_sizes(head).values())
             rows.append(_row("head", total, total))
     if kind == "composition" and (folder / "adapters").is_dir():
-        for sub in sorted(p for p in (folder / "adapters").iterdir() if (p / ADAPTER_FILE).is_file()):
-            rows.append(_row(f"adapter:{sub.name}", sum(tensor_sizes(sub / ADAPTER_FILE).values()), 0))
-    model_files = sorted(p for p in folder.glob("*.safetensors") if p.name not in (ADAPTER_FILE, HEAD_FILE))
+        for sub in sorted(p for p in (folder / "adapters").iterdir() if adapter_file(p, ADAPTER_WEIGHTS).is_file()):
+            rows.append(_row(f"adapter:{sub.name}", sum(tensor_sizes(adapter_file(sub, ADAPTER_WEIGHTS)).values()), 0))
+    adapter_files = {ADAPTER_WEIGHTS, HEAD_WEIGHTS, *OLD_ADAPTER_FILES}
+    model_files = sorted(p for p in folder.glob("*.safetensors") if p.name not in adapter_files)
     if model_files and kind == "backbone":
         rows.append(_row("backbone", sum(sum(tensor_sizes(p).values()) for p in model_files), None))
     elif model_files:
@@ -108,7 +109,7 @@ def about(folder: Path, kind: str) -> dict[str, Any]:
     from kadapter_cli.modeling.backbone import describe_fingerprint
 
     if kind == "adapter":
-        config = _json_or_empty(folder / "adapter_config.json")
+        config = _json_or_empty(adapter_file(folder, ADAPTER_CONFIG))
         metrics = _json_or_empty(folder / "metrics.json")
         return {"adapter kind": config.get("kind"), "backbone": config.get("backbone"),
                 "backbone fingerprint": describe_fingerprint(config.get("backbone_fingerprint") or {}),

@@ -23,7 +23,13 @@ from kadapter_cli.artifacts.output import check_output, nothing_to_resume, remov
 from kadapter_cli.data.encoding import SPACED_MARKERS, check_marker_style, encode_dependency, encode_relation
 from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, count_parameters, save_adapter
-from kadapter_cli.modeling.backbone import backbone_fingerprint, backbone_shape, load_backbone, load_tokenizer
+from kadapter_cli.modeling.backbone import (
+    backbone_fingerprint,
+    backbone_name,
+    backbone_shape,
+    load_backbone,
+    load_tokenizer,
+)
 from kadapter_cli.modeling.heads import build_head
 from kadapter_cli.modeling.pretrainer import AdapterPretrainer
 from kadapter_cli.processes import is_main_process
@@ -164,10 +170,10 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     tokenizer = load_tokenizer(spec.backbone)
     backbone = load_backbone(spec.backbone)
     shape = backbone_shape(backbone)
-    overrides: dict[str, Any] = {"name": spec.name, "backbone": str(spec.backbone), "labels": relations,
-                                 "max_length": spec.max_length, "mask_padding": spec.mask_padding,
-                                 "marker_style": spec.marker_style,
-                                 "backbone_fingerprint": backbone_fingerprint(spec.backbone, backbone)}
+    fingerprint = backbone_fingerprint(spec.backbone, backbone)  # the backbone as another machine finds it
+    overrides: dict[str, Any] = {"name": spec.name, "backbone": backbone_name(fingerprint, spec.backbone),
+                                 "labels": relations, "max_length": spec.max_length, "mask_padding": spec.mask_padding,
+                                 "marker_style": spec.marker_style, "backbone_fingerprint": fingerprint}
     for key, value in (("tap_layers", spec.tap_layers), ("adapter_width", spec.adapter_width),
                        ("layers_per_tap", spec.adapter_layers), ("num_heads", spec.adapter_heads)):
         if value is not None:

@@ -40,7 +40,7 @@ from kadapter_cli.modeling.backbone import backbone_shape, backbone_states, load
 from kadapter_cli.modeling.kadapter import check_fits_backbone
 from kadapter_cli.modeling.probe_model import ProbeModel, load_lm_head
 from kadapter_cli.progress import progress
-from kadapter_cli.stages.compose import AdapterSet, load_adapters
+from kadapter_cli.stages.compose import AdapterSet, load_adapters, recorded_backbone
 from kadapter_cli.tasks import metrics
 from kadapter_cli.training.config import PROBE_DEFAULTS, TrainConfig
 from kadapter_cli.training.loop import train
@@ -112,7 +112,8 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
     if not spec.pretrained_lm_head and spec.corpus is None:
         raise BadParameter("{corpus} FILE is needed to train the probe (or {pretrained_lm_head:True} for the baseline)")
     adapters, adapter_configs = load_adapters(spec.adapters)
-    backbone_id = spec.backbone or (adapter_configs[0].backbone if adapter_configs else None)
+    backbone_id = spec.backbone or (recorded_backbone(adapter_configs[0], spec.adapters.names[0])
+                                    if adapter_configs else None)
     if backbone_id is None:
         raise BadParameter("{backbone} is needed for a probe without adapters")
     lines = read_corpus(spec.corpus) if not spec.pretrained_lm_head else []

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from kadapter_cli.artifacts.io import read_json
+from kadapter_cli.artifacts.layout import ADAPTER_CONFIG, adapter_file
 from kadapter_cli.artifacts.manifest import MANIFEST
 from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.training.log import LOG_FILE
@@ -104,7 +105,7 @@ def load_run(folder: Path) -> Run | None:
         return Run(folder, [a["name"] for a in adapters], [a["config"].get("kind", a["name"]) for a in adapters],
                    {s: metrics.get(s) or {} for s in ("dev", "test")},
                    {**config, "fusion": model_config.get("fusion") if adapters else None}, task=model_config["task"])
-    adapter_config = read_json(folder / "adapter_config.json")
+    adapter_config = read_json(adapter_file(folder, ADAPTER_CONFIG))
     return Run(folder, [adapter_config.get("name", folder.name)], [adapter_config["kind"]],
                {"dev": metrics.get("dev") or {}}, config, kind=adapter_config["kind"])
 
