@@ -6,7 +6,7 @@ from kadapter_cli.commands import app
 from kadapter_cli.commands import convert as _convert  # noqa: F401  convert figer-raw
 from kadapter_cli.commands import data as _data  # noqa: F401  prepare-trex, parse
 from kadapter_cli.commands import encode as _encode  # noqa: F401  encode
-from kadapter_cli.commands import model as _model  # noqa: F401  import-original, tiny-backbone, inspect
+from kadapter_cli.commands import model as _model  # noqa: F401  import-original, tiny-backbone, inspect, push
 from kadapter_cli.commands import pipeline as _pipeline  # noqa: F401  run, demo
 from kadapter_cli.commands import probe as _probe  # noqa: F401  train-probe, probe
 from kadapter_cli.commands import report as _report  # noqa: F401  report

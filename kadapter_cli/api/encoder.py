@@ -15,7 +15,7 @@ from torch import nn
 
 from kadapter_cli.api.features import EncodesText
 from kadapter_cli.artifacts.layout import ADAPTER_CONFIG, is_adapter_folder
-from kadapter_cli.artifacts.sources import model_folder
+from kadapter_cli.artifacts.sources import model_folder, source_name
 from kadapter_cli.errors import BadInput
 from kadapter_cli.modeling.backbone import backbone_shape
 from kadapter_cli.modeling.kadapter import KAdapterModel as KAdapterBody
@@ -107,7 +107,8 @@ class KAdapterModel(EncodesText, nn.Module):
 
 def adapter_folders(adapters: str | Path | Sequence[str | Path]) -> AdapterSet:
     """The adapters a source names: a composition folder (its adapters, in order), an adapter folder,
-    or a list of adapter folders (named by their folder names)."""
+    or a list of adapter folders (named by their folder names); each may be a Hub repository id
+    (named by the repository's name)."""
     sources = [adapters] if isinstance(adapters, (str, Path)) else list(adapters)
     if not sources:
         raise BadInput("no adapters given: pass a composition folder, an adapter folder or a list of them")
@@ -119,7 +120,7 @@ def adapter_folders(adapters: str | Path | Sequence[str | Path]) -> AdapterSet:
             what = "a finetuned model: load it with KAdapterForTask" if (folder / "model.safetensors").is_file() \
                 else f"not an adapter folder (no {ADAPTER_CONFIG})" + (" nor a composition" if len(folders) == 1 else "")
             raise BadInput(what, folder)
-    names = [f.name for f in folders]
+    names = [source_name(s) for s in sources]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise BadInput(f"two adapters share the folder name '{twice[0]}': each adapter is named by its folder")

@@ -76,10 +76,16 @@ def command_line(command: Sequence[str] | None) -> str:
     return shlex.join(argv)
 
 
-def _base_model(backbone: str) -> dict[str, str]:
-    """`base_model` only for a Hub id: a local folder is no model the Hub can link to."""
-    looks_local = backbone.startswith((".", "/", "~")) or Path(backbone).exists()
-    return {} if looks_local else {"base_model": backbone}
+def hub_base_model(backbone: str, fingerprint: dict[str, Any] | None = None) -> str | None:
+    """The backbone's Hub id, which a card names as `base_model`: the id its fingerprint records, or
+    for an artifact without one a backbone named like a Hub id. None for a folder or a package's
+    model: no model the Hub can link to."""
+    fingerprint = fingerprint or {}
+    if fingerprint.get("hub_id"):
+        return str(fingerprint["hub_id"])
+    if fingerprint or backbone.startswith((".", "/", "~")) or Path(backbone).exists():
+        return None
+    return backbone
 
 
 def _front_matter(meta: dict[str, Any]) -> str:
@@ -114,8 +120,14 @@ def _model_index(name: str, task_type: str, task_name: str, dataset: str, splits
     return [{"name": name, "results": results}] if results else []
 
 
-def _meta(backbone: str, tags: list[str], license_: tuple[str, str, str] | None, index: list[dict]) -> dict[str, Any]:
-    meta: dict[str, Any] = {"library_name": "kadapter", **_base_model(backbone), "tags": tags}
+def card_meta(backbone: str, fingerprint: dict[str, Any] | None, relation: str, tags: list[str],
+              license_: tuple[str, str, str] | None = None, index: list[dict] | None = None) -> dict[str, Any]:
+    """A card's front matter, as the Hub reads it: `library_name: kadapter`, the backbone as
+    `base_model` (when it is on the Hub) with `base_model_relation` (`adapter` for adapters and
+    compositions, `finetune` for a finetuned model), `tags`, the license and the scores."""
+    base = hub_base_model(backbone, fingerprint)
+    meta: dict[str, Any] = {"library_name": "kadapter",
+                            **({"base_model": base, "base_model_relation": relation} if base else {}), "tags": tags}
     if license_:
         meta["license"] = license_[1]
         if license_[1] == "other":
@@ -132,8 +144,10 @@ def adapter_card(config, metrics: dict[str, Any], inputs: Sequence[dict], settin
     license_ = data_license(config.kind, inputs)
     task_type, task_name = KIND_TASK.get(config.kind, ("other", config.kind))
     dev = {"dev": metrics.get("dev") or {}}
-    meta = _meta(config.backbone, ["kadapter", "k-adapter", "adapter", f"{config.kind}-adapter"], license_,
-                 _model_index(config.name, task_type, task_name, "trex-rc" if config.kind == "fac" else "parsed", dev))
+    meta = card_meta(config.backbone, config.backbone_fingerprint, "adapter",
+                     ["kadapter", "k-adapter", "adapter", f"{config.kind}-adapter"], license_,
+                     _model_index(config.name, task_type, task_name, "trex-rc" if config.kind == "fac" else "parsed",
+                                  dev))
     what = {"fac": "a **factual** knowledge adapter, pretrained on relation classification over T-REx-style "
                    f"sentences ({len(config.labels)} relations)",
             "lin": "a **linguistic** knowledge adapter, pretrained to predict each word's dependency head"}.get(
@@ -170,9 +184,11 @@ def adapter_card(config, metrics: dict[str, Any], inputs: Sequence[dict], settin
         "## How to use",
         "",
         "```bash",
-        f"kadapter finetune --task openentity --adapters path/to/{config.name} --backbone {config.backbone}",
+        f"kadapter finetune --task openentity --adapters path/to/{config.name}",
         f"kadapter inspect path/to/{config.name}",
         "```",
+        "",
+        _where_from(config.backbone),
         "",
         "```python",
         "from kadapter import KAdapterModel, load_adapter",
@@ -185,6 +201,46 @@ def adapter_card(config, metrics: dict[str, Any], inputs: Sequence[dict], settin
         "",
         f"`kadapter encode path/to/{config.name} texts.jsonl --out features.safetensors` writes the same features "
         "for a file of texts.",
+        "",
+        "`manifest.json` lists the sha256 of every file in this folder, this card included.",
+        "",
+    ])
+
+
+def composition_card(name: str, composition: dict[str, Any], adapter_configs: Sequence[dict[str, Any]]) -> str:
+    """The card of a `compositions/<a>+<b>/` artifact (`composition`: its composition.json;
+    `adapter_configs`: each adapter's config, as a dict)."""
+    first = adapter_configs[0] if adapter_configs else {}
+    kinds = list(dict.fromkeys(str(c.get("kind")) for c in adapter_configs))
+    meta = card_meta(str(composition.get("backbone")), first.get("backbone_fingerprint"), "adapter",
+                     ["kadapter", "k-adapter", "adapter", "composition", *(f"{k}-adapter" for k in kinds)])
+    lines = [f"- `{a['name']}` ({a['kind']}): taps {', '.join(map(str, a['tap_layers']))}, width {a['adapter_width']}"
+             for a in composition.get("adapters", [])]
+    return "\n".join([
+        _front_matter(meta),
+        f"# {name}: a composition of K-Adapter knowledge adapters",
+        "",
+        "Knowledge adapters made with kadapter (K-Adapter, Wang et al., Findings of ACL 2021), checked to share "
+        f"the backbone `{composition.get('backbone')}` and kept together, each in `adapters/<name>/` with its own "
+        f"card. Fine-tuning fuses them with `{composition.get('fusion')}`; the backbone's own weights are not in "
+        "this folder.",
+        "",
+        *lines,
+        "",
+        "## How to use",
+        "",
+        _where_from(str(composition.get("backbone"))),
+        "",
+        "```bash",
+        f"kadapter finetune --task openentity --adapters path/to/{name}",
+        f"kadapter encode path/to/{name} texts.jsonl --out features.safetensors",
+        "```",
+        "",
+        "```python",
+        "from kadapter import KAdapterModel",
+        "",
+        f'encoder = KAdapterModel.from_pretrained("path/to/{name}")',
+        "```",
         "",
         "`manifest.json` lists the sha256 of every file in this folder, this card included.",
         "",
@@ -211,8 +267,8 @@ def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequen
     # The one standard pipeline that runs a finetuned folder (after `import kadapter`) is feature
     # extraction: its fused representation. The task head needs the task's own encoding (markers,
     # candidates, windows), which no pipeline of that task builds; `model-index` still names the task.
-    meta = {**_meta(model_config["backbone"], tags,
-                    license_, _model_index(name, task_type, task.name, dataset, splits)),
+    meta = {**card_meta(model_config["backbone"], model_config.get("backbone_fingerprint"), "finetune", tags,
+                        license_, _model_index(name, task_type, task.name, dataset, splits)),
             "pipeline_tag": FINETUNED_PIPELINE}
     labelled = f"{len(labels)} labels" + (f": {', '.join(labels[:12])}{', …' if len(labels) > 12 else ''}" if own else "")
     about = (f"**{dataset}** (own data in the {task.name} format, {labelled})" if own else
@@ -248,6 +304,8 @@ def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequen
         "",
         "## How to use",
         "",
+        _where_from(None),
+        "",
         "```bash",
         f"kadapter evaluate path/to/{name} --data path/to/{dataset if own else task.name + '-data'} --split test",
         f"kadapter predict path/to/{name} records.jsonl > predictions.jsonl",
@@ -275,6 +333,17 @@ def finetuned_card(name: str, task, model_config: dict[str, Any], labels: Sequen
         "`manifest.json` lists the sha256 of every file in this folder, this card included.",
         "",
     ])
+
+
+def _where_from(backbone: str | None) -> str:
+    """How a card says where the artifact and its backbone come from."""
+    text = ("`path/to/...` is this folder, or its Hugging Face Hub repository id (`org/name`, or "
+            "`org/name@revision`) once it is pushed there with `kadapter push`.")
+    if backbone is None:
+        return text + " The backbone's weights are in this folder."
+    return (text + f" The backbone, `{backbone}`, is found from what each adapter's `kadapter_adapter.json` "
+            "records (`backbone_fingerprint`); on a machine without it, pass `--backbone` with a copy of it (its "
+            "fingerprint is checked).")
 
 
 def _provenance(inputs: Sequence[dict], license_, command: Sequence[str] | None, settings: dict[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Model commands: `tiny-backbone`, `import-original`, `inspect`.
+"""Model commands: `tiny-backbone`, `import-original`, `inspect`, `push`.
 
 Each is a thin typer function: it parses options and calls a plain library function. torch and
 transformers are imported inside the functions so that `kadapter --help` stays fast.
@@ -89,15 +89,18 @@ def import_original_cli(
 @app.command("inspect")
 def inspect_cli(
     ctx: typer.Context,
-    folder: Path = typer.Argument(..., help="Artifact folder (or an adapter name, resolved under <workdir>/adapters)."),
+    folder: Path = typer.Argument(..., help=(
+        "Artifact folder (or an adapter name, resolved under <workdir>/adapters, or a Hugging Face Hub repository "
+        "id org/name[@revision]).")),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Show an artifact's manifest summary and its parameter table."""
-    from kadapter_cli.artifacts.layout import ADAPTERS, resolve_artifact
+    from kadapter_cli.artifacts.layout import ADAPTERS
+    from kadapter_cli.artifacts.sources import artifact_folder
     from kadapter_cli.commands.common import echo_json, get_workdir
     from kadapter_cli.stages.inspect import inspect
 
-    report = inspect(resolve_artifact(folder, get_workdir(ctx), ADAPTERS))
+    report = inspect(artifact_folder(folder, get_workdir(ctx), ADAPTERS))
     if as_json:
         echo_json(report)
         return
@@ -151,3 +154,45 @@ def _print_report(report: dict) -> None:
         trainable = report["trainable_parameters"]
         table.add_row("all", f"{report['total_parameters']:,}", "?" if trainable is None else f"{trainable:,}", style="bold")
         console.print(table)
+
+
+@app.command("push")
+def push_cli(
+    ctx: typer.Context,
+    artifact: Path = typer.Argument(..., help=(
+        "An adapter, composition or finetuned model folder (or an adapter name, resolved under <workdir>/adapters).")),
+    repo_id: str = typer.Argument(..., metavar="ORG/NAME", help="The Hugging Face Hub repository (created if new)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private (an existing one keeps its own)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="The branch to push to (created from main if new; default main)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the files that would go and the card's metadata; no network."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of lines."),
+) -> None:
+    """Push an artifact to the Hugging Face Hub: its manifest, every file it lists, and its card.
+
+    Any argument that takes an adapter, a composition or a finetuned model then takes ORG/NAME (or
+    ORG/NAME@REVISION). Uses the token of `hf auth login` or HF_TOKEN, and HF_ENDPOINT.
+    """
+    from kadapter_cli.artifacts.layout import ADAPTERS, resolve_artifact
+    from kadapter_cli.artifacts.push import push
+    from kadapter_cli.commands.common import echo_json, get_workdir
+
+    result = push(resolve_artifact(artifact, get_workdir(ctx), ADAPTERS), repo_id, private=private, revision=revision,
+                  dry_run=dry_run)
+    if as_json:
+        echo_json(result)
+        return
+    where = f"{result['repo_id']} (revision {result['revision']}{', private' if private else ''})"
+    typer.echo(f"{'would push' if dry_run else 'pushed'} {len(result['files'])} files of a {result['kind']} to {where}:")
+    width = max(len(f["path"]) for f in result["files"])
+    for f in result["files"]:
+        typer.echo(f"  {f['path']:<{width}}  {f['size']:>12,} bytes")
+    typer.echo("card metadata:")
+    typer.echo("\n".join("  " + line for line in yaml_lines(result["card"])))
+    if not dry_run:
+        typer.echo(f"→ {result['url']} (commit {result['commit'][:12]})")
+
+
+def yaml_lines(value: dict) -> list[str]:
+    import yaml
+
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip("\n").splitlines()

@@ -236,7 +236,9 @@ def train_adapter_cli(
 @app.command("compose")
 def compose_cli(
     ctx: typer.Context,
-    adapters: list[str] = typer.Argument(..., help="Adapter names (under <workdir>/adapters) or folders, e.g. fac lin."),
+    adapters: list[str] = typer.Argument(..., help=(
+        "Adapter names (under <workdir>/adapters), folders or Hugging Face Hub repository ids (org/name[@revision]), "
+        "e.g. fac lin.")),
     fusion: str = typer.Option("concat", "--fusion", metavar="concat|add|gated", help="concat (the paper's), add, or gated (learned per-token weights)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/compositions/<a>+<b>)."),
     overwrite: bool = OVERWRITE,
@@ -244,10 +246,11 @@ def compose_cli(
 ) -> None:
     """Check that adapters share a backbone and write their composition."""
     from kadapter_cli.artifacts.layout import composition_dir
+    from kadapter_cli.artifacts.sources import source_name
     from kadapter_cli.stages.compose import compose
 
     workdir = get_workdir(ctx)
-    names = [Path(a).name for a in adapters]
+    names = [source_name(a) for a in adapters]
     target = out or composition_dir(workdir, names)
     comp = compose(adapters, workdir, target, fusion, overwrite=overwrite,
                    allow_backbone_mismatch=allow_backbone_mismatch)
@@ -281,7 +284,8 @@ def flag_task_options(task_cls, options: dict[str, Any]) -> dict[str, Any]:
 def finetune_cli(
     ctx: typer.Context,
     task: str = typer.Option(..., "--task", help=f"Task name: {', '.join(TASKS)} (kadapter_cli/tasks)."),
-    adapters: Optional[str] = typer.Option(None, "--adapters", help="fac,lin (names or folders), a composition, or none for the baseline."),
+    adapters: Optional[str] = typer.Option(None, "--adapters", help=(
+        "fac,lin (names, folders or Hub repository ids org/name[@revision]), a composition, or none for the baseline.")),
     fusion: Optional[str] = typer.Option(None, "--fusion", metavar="concat|add|gated", help="How adapters are fused (default: concat, or the composition's)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Folder with train.json, dev.json, test.json (or the task's own file names; default <workdir>/tasks/<task>)."),
     out: Optional[Path] = typer.Option(None, "--out", help=(
@@ -377,7 +381,8 @@ def _reading_overrides(task_cls, max_paragraphs: Optional[int], skip_bad: bool,
 @app.command("evaluate")
 def evaluate_cli(
     ctx: typer.Context,
-    model_dir: Path = typer.Argument(..., help="A finetuned model folder."),
+    model_dir: Path = typer.Argument(..., help=(
+        "A finetuned model folder, or its Hugging Face Hub repository id (org/name[@revision]).")),
     data: Optional[Path] = typer.Option(None, "--data", help="Task data folder (default <workdir>/tasks/<task>)."),
     split: str = typer.Option("test", "--split", metavar="train|dev|test", help="The split to evaluate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write predictions and metrics (default <workdir>/evaluations/<run>-<split>)."),
@@ -395,6 +400,7 @@ def evaluate_cli(
     An existing output folder is refused before anything is computed (--overwrite replaces it);
     --no-save only prints the metrics."""
     from kadapter_cli.artifacts.layout import evaluation_dir, task_data_dir
+    from kadapter_cli.artifacts.sources import source_name
     from kadapter_cli.stages.finetune import evaluate_finetuned
 
     if split not in ("train", "dev", "test"):
@@ -405,7 +411,7 @@ def evaluate_cli(
     overrides = _reading_overrides(task_cls, max_paragraphs, skip_bad, max_answer_length)
     if no_save and out is not None:
         raise BadInput("--no-save writes nothing: leave out --out")
-    target = None if no_save else out or evaluation_dir(workdir, model_dir.name, split)
+    target = None if no_save else out or evaluation_dir(workdir, source_name(model_dir), split)
     result = evaluate_finetuned(model_dir, data or task_data_dir(workdir, task_cls.name), split, target,
                                 batch_size=batch_size, device=device, overwrite=overwrite,
                                 scores=_scores_mode(scores, all_scores), task_options=overrides, config=saved)
@@ -413,13 +419,14 @@ def evaluate_cli(
         echo_json(result["metrics"])
     else:
         where = "" if target is None else f" → {target}"
-        _print_metrics(f"{model_dir.name} on {split} ({result['task']}){where}", {split: result["metrics"]},
+        _print_metrics(f"{source_name(model_dir)} on {split} ({result['task']}){where}", {split: result["metrics"]},
                        result["headline"])
 
 
 @app.command("predict")
 def predict_cli(
-    model_dir: Path = typer.Argument(..., help="A finetuned model folder."),
+    model_dir: Path = typer.Argument(..., help=(
+        "A finetuned model folder, or its Hugging Face Hub repository id (org/name[@revision]).")),
     input_path: Path = typer.Argument(..., metavar="INPUT",
                                       help="Records in the task's format (JSON list or JSON Lines); - reads stdin."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write JSONL predictions here (default: stdout)."),

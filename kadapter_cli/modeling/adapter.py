@@ -406,6 +406,14 @@ def _some(items: list[str], limit: int = 8) -> str:
     return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
 
 
+def _hub_or_path(folder: str | Path) -> Path:
+    """A Hub repository id's fetched folder; any other text as a path (its absence is reported by the loader)."""
+    from kadapter_cli.artifacts.hub import parse_hub_ref
+    from kadapter_cli.artifacts.sources import model_folder
+
+    return model_folder(folder) if parse_hub_ref(str(folder)) is not None else Path(folder)
+
+
 def load_config(folder: str | Path) -> AdapterConfig:
     """The `AdapterConfig` of an adapter artifact folder (its `kadapter_adapter.json`, or the
     `adapter_config.json` of an adapter written before kadapter 0.2); errors name the file."""
@@ -429,8 +437,9 @@ def load_adapter(folder: str | Path) -> tuple[KnowledgeAdapter, AdapterConfig, d
 
     Weights that disagree with the config are `BadInput` naming the file and keys. Adapters written
     before kadapter 0.2 (`adapter_config.json`, `adapter.safetensors`, `head.safetensors`) load too.
+    `folder` may be a Hugging Face Hub repository id (`org/name[@revision]`, `sources.model_folder`).
     """
-    folder = Path(folder)
+    folder = Path(folder) if Path(folder).expanduser().exists() else _hub_or_path(folder)
     config = load_config(folder)
     weights_path = adapter_file(folder, ADAPTER_WEIGHTS)
     state = read_safetensors(weights_path)

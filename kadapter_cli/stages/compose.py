@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from kadapter_cli.artifacts.cards import composition_card, write_card
 from kadapter_cli.artifacts.hub import describe_source
 from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json
-from kadapter_cli.artifacts.layout import ADAPTERS, COMPOSITIONS, NO_ADAPTERS, adapter_dir, resolve_artifact
+from kadapter_cli.artifacts.layout import ADAPTERS, COMPOSITIONS, NO_ADAPTERS, adapter_dir
 from kadapter_cli.artifacts.manifest import link_artifact, write_manifest
 from kadapter_cli.artifacts.output import atomic_output
+from kadapter_cli.artifacts.sources import artifact_folder, source_name
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, load_adapter
 from kadapter_cli.modeling.backbone import (
@@ -42,20 +44,21 @@ class AdapterSet:
 
 
 def resolve_adapters(spec: str | None, workdir: Path, fusion: str | None) -> AdapterSet:
-    """`fac,lin` (names or paths), a composition folder, or empty/`none` for the baseline."""
+    """`fac,lin` (workdir names, folders or Hub repository ids: `sources.artifact_folder`), a
+    composition (a folder or a repository id), or empty/`none` for the baseline."""
     if spec is None or spec.strip() in ("", "none", NO_ADAPTERS):
         return AdapterSet([], [], fusion or DEFAULT_FUSION)
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if len(parts) == 1:
-        path = resolve_artifact(parts[0], workdir, COMPOSITIONS)
+        path = artifact_folder(parts[0], workdir, COMPOSITIONS)
         if is_composition(path):
             adapter_set = read_composition(path)
             if fusion is not None and fusion != adapter_set.fusion:
                 raise BadParameter("{fusion:{value}}: this composition fuses with {saved}; leave {fusion} out, "
                                    "or compose again with {fusion:{value}}", fusion, path, saved=adapter_set.fusion)
             return adapter_set
-    paths = [resolve_artifact(p, workdir, ADAPTERS) for p in parts]
-    names = [Path(p).name for p in parts]
+    paths = [artifact_folder(p, workdir, ADAPTERS) for p in parts]
+    names = [source_name(p) for p in parts]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise BadInput(ParamText("two adapters share the name '{twice}': give each adapter once, or rename one "
@@ -162,6 +165,7 @@ def compose(adapter_names: Sequence[str], workdir: Path, out: Path, fusion: str,
                               "adapter_width": c.adapter_width}
                              for n, p, c in zip(adapter_set.names, adapter_set.paths, configs)]}
         write_json(tmp / COMPOSITION_FILE, comp)
+        write_card(tmp, composition_card(Path(out).name, comp, [c.to_dict() for c in configs]))
         write_manifest(tmp, "composition", config={"adapters": list(adapter_names), "fusion": fusion},
                                  inputs=sha256_inputs(adapter_set.paths), stats={"adapters": len(configs)})
     return comp

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from kadapter_cli.artifacts.cards import finetuned_card, write_card
+from kadapter_cli.artifacts.hub import describe_source
 from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json, write_jsonl
 from kadapter_cli.artifacts.layout import data_name
 from kadapter_cli.artifacts.manifest import read_manifest, write_manifest
@@ -367,7 +368,8 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
                 write_jsonl(tmp / f"predictions-{split}.jsonl",
                                       task.scored_lines(task.prediction_lines(outputs, examples), outputs, examples, labels, scores))
             write_json(tmp / "metrics.json", {split: metrics})
-            write_manifest(tmp, "evaluation", config={"model": str(model_dir), "split": split},
+            # A model from the Hub is recorded as hf://org/name@<commit>, never by its place in the cache.
+            write_manifest(tmp, "evaluation", config={"model": describe_source(model_folder(model_dir)), "split": split},
                                      inputs=sha256_inputs(task.input_files(path)),
                                      stats={"examples": len(examples), **task.read_stats()})
     return {"task": task.name, "split": split, "metrics": metrics, "headline": list(task.headline_metrics)}
