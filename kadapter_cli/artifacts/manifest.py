@@ -119,10 +119,11 @@ def link_artifact(src: str | Path, dst: str | Path) -> None:
             new = None  # both names present: each is copied as it is
         target = dst / rel.parent / (new or f.name)
         target.parent.mkdir(parents=True, exist_ok=True)
+        source = f.resolve() if f.is_symlink() else f  # the Hub's cache links each file to a blob
         try:
-            target.hardlink_to(f)
+            target.hardlink_to(source)
         except OSError:
-            shutil.copy2(f, target)
+            shutil.copy2(source, target)
         renamed = renamed or new is not None
     if renamed:  # innermost manifests first: an outer one holds the sha256 of those inside it
         for manifest in sorted(dst.rglob(MANIFEST), key=lambda p: len(p.parts), reverse=True):
