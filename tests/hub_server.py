@@ -85,6 +85,14 @@ class HubServer:
                  if p.is_file() and p.name not in skip}
         return self.commit(repo_id, files, replace=True)
 
+    def fetched_model(self, repo_id: str, folder: Path, cache_dir: Path) -> Path:
+        """Publishes a model folder as `repo_id` and fetches it with `snapshot_download` into
+        `cache_dir`: its snapshot folder, as a user of the Hub's cache has it."""
+        from huggingface_hub import snapshot_download
+
+        self.publish_folder(repo_id, folder)
+        return Path(snapshot_download(repo_id, cache_dir=str(cache_dir), endpoint=self.url))
+
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         repo = self.repos[repo_id]
         return repo.commits[repo.branches.get(revision, revision)]

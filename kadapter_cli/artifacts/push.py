@@ -103,7 +103,8 @@ def _card_with_hub_metadata(stage: Path, kind: str) -> None:
             if kind == "composition" else f"---\n---\n# {stage.name}\n\nA kadapter {kind}.\n"
         meta, body = front_matter(comp_card), _body(comp_card)
     tags = list(meta.get("tags") or [])
-    meta = {k: v for k, v in meta.items() if k not in ("base_model", "base_model_relation")}  # as recorded now
+    if "base_model" not in wanted:  # the backbone as recorded now: not on the Hub
+        meta = {k: v for k, v in meta.items() if k not in ("base_model", "base_model_relation")}
     meta = {**meta, **{k: v for k, v in wanted.items() if k != "tags"},
             "tags": tags + [t for t in wanted["tags"] if t not in tags]}
     new_text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n" + body

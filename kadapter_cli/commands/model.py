@@ -182,7 +182,7 @@ def push_cli(
         echo_json(result)
         return
     where = f"{result['repo_id']} (revision {result['revision']}{', private' if private else ''})"
-    typer.echo(f"{'would push' if dry_run else 'pushed'} {len(result['files'])} files of a {result['kind']} to {where}:")
+    typer.echo(f"{'would push' if dry_run else 'pushed'} {len(result['files'])} files ({result['kind']}) to {where}:")
     width = max(len(f["path"]) for f in result["files"])
     for f in result["files"]:
         typer.echo(f"  {f['path']:<{width}}  {f['size']:>12,} bytes")
