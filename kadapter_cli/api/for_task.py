@@ -36,6 +36,7 @@ from kadapter_cli.stages.finetune import (
     BACKBONE_CONFIG,
     MODEL_TYPE,
     Finetuned,
+    backbone_config_dict,
     load_finetuned,
     predict_loaded,
     task_model_from_config,
@@ -149,7 +150,7 @@ class KAdapterForTask(EncodesText, PreTrainedModel):
         folder = model_folder(pretrained_model_name_or_path)
         loaded = load_finetuned(folder, task_options)
         values = {**loaded.config, "labels": loaded.labels}
-        values.setdefault(BACKBONE_CONFIG, loaded.model.body.backbone.config.to_dict())  # older folders
+        values.setdefault(BACKBONE_CONFIG, backbone_config_dict(loaded.model.body.backbone.config))  # older folders
         config = KAdapterConfig(**{k: v for k, v in values.items() if k not in ("model_type", "architectures")})
         config.architectures = [ARCHITECTURE]
         config._name_or_path = str(folder)

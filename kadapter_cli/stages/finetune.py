@@ -238,9 +238,16 @@ def write_finetuned(folder: Path, model: TaskModel, tokenizer, labels: Sequence[
     save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
     write_json(folder / LABELS, list(labels))
     hf = {"model_type": MODEL_TYPE, "architectures": [ARCHITECTURE], "transformers_version": transformers.__version__,
-          BACKBONE_CONFIG: model.body.backbone.config.to_dict()}
+          BACKBONE_CONFIG: backbone_config_dict(model.body.backbone.config)}
     kadapter = {k: v for k, v in config.items() if k not in hf}
     write_json(folder / CONFIG, {**hf, **kadapter, "labels": list(labels)})
+
+
+def backbone_config_dict(config) -> dict[str, Any]:
+    """A backbone's Hugging Face config as config.json nests it: without `_name_or_path`, where it was
+    loaded from on this machine (a path of the Hub's cache or of site-packages; the artifact names
+    its backbone portably in `backbone` and `backbone_fingerprint`)."""
+    return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
 
 
 class Finetuned(NamedTuple):
