@@ -240,6 +240,7 @@ def composition_card(name: str, composition: dict[str, Any], adapter_configs: Se
         "from kadapter import KAdapterModel",
         "",
         f'encoder = KAdapterModel.from_pretrained("path/to/{name}")',
+        'features = encoder.encode(["Paris is the capital of France."], pool="mean")  # backbone + each adapter',
         "```",
         "",
         "`manifest.json` lists the sha256 of every file in this folder, this card included.",

@@ -75,7 +75,8 @@ def test_the_python_api_page_runs(trained_work, monkeypatch, tmp_path):
     run_blocks(python_blocks(page), trained_work.parent, monkeypatch)
 
 
-@pytest.mark.parametrize("folder", ["adapters/fac", "adapters/lin", "finetuned/openentity-fac+lin"])
+@pytest.mark.parametrize("folder", ["adapters/fac", "adapters/lin", "compositions/fac+lin",
+                                    "finetuned/openentity-fac+lin"])
 def test_every_model_card_snippet_runs(trained_work, monkeypatch, folder):
     card = (trained_work / folder / "README.md").read_text(encoding="utf-8")
     name = Path(folder).name
