@@ -125,8 +125,8 @@ def test_finetune_evaluate_predict(chain, shared_data, task, data, adapters, hea
 def test_baseline_run_is_named_base(chain, shared_data):
     workdir, cli = chain
     data_dir = shared_data / "openentity" / "ernie-format"
-    cli("finetune", "--task", "openentity", "--data", data_dir, "--backbone",
-        json.loads((workdir / "adapters" / "fac" / "kadapter_adapter.json").read_text())["backbone"],
+    recorded = json.loads((workdir / "adapters" / "fac" / "kadapter_adapter.json").read_text())["backbone_fingerprint"]
+    cli("finetune", "--task", "openentity", "--data", data_dir, "--backbone", recorded["path_hint"],
         *FAST, "--limit", "32", "--max-steps", "2")
     config = json.loads((workdir / "finetuned" / "openentity-base" / "config.json").read_text())
     assert config["adapters"] == [] and config["fusion"] is None

@@ -21,7 +21,7 @@ import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from kadapter_cli.artifacts.hub import HubRef, hub_cache_dir, hub_endpoint, hub_offline, hub_origin, parse_hub_ref
+from kadapter_cli.artifacts.hub import HubRef, hub_cache_dir, hub_endpoint, hub_offline, parse_hub_ref
 from kadapter_cli.artifacts.io import read_json, sha256_file
 from kadapter_cli.artifacts.layout import resolve_artifact
 from kadapter_cli.artifacts.manifest import MANIFEST, read_manifest
@@ -189,8 +189,3 @@ def _remote_code_key(value: Any, depth: int = 0) -> str | None:
                 return found
     return None
 
-
-def fetched_from(folder: str | Path) -> dict[str, str] | None:
-    """`{"repo_id", "revision"}` (the commit) of a folder fetched from the Hub; None for a local one."""
-    origin = hub_origin(folder)
-    return None if origin is None else {"repo_id": origin.repo_id, "revision": origin.revision}

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kadapter_cli.artifacts.hub import describe_source
 from kadapter_cli.artifacts.io import read_json
 from kadapter_cli.artifacts.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_WEIGHTS, OLD_ADAPTER_FILES, adapter_file
 from kadapter_cli.artifacts.manifest import read_manifest
@@ -139,7 +140,7 @@ def inspect(folder: str | Path) -> dict[str, Any]:
     rows = parameter_table(folder, str(manifest.get("kind")))
     trainable = [r["trainable"] for r in rows]
     return {
-        "path": str(folder),
+        "path": describe_source(folder),  # a repository's hf://org/name@<commit>, not its place in the cache
         "kind": manifest.get("kind"),
         "about": about(folder, str(manifest.get("kind"))),
         "format_version": manifest.get("format_version"),

@@ -130,6 +130,7 @@ def test_a_revision_names_a_branch_and_an_existing_folder_wins_over_a_repository
     assert "v1" in hub.repos["kadapter-test/fac"].branches
     shown = json.loads(ok(kadapter(work, "inspect", "kadapter-test/fac@v1", "--json")).stdout)
     assert shown["kind"] == "adapter" and shown["about"]["adapter kind"] == "fac"
+    assert shown["path"] == f"hf://kadapter-test/fac@{hub.repos['kadapter-test/fac'].branches['v1']}"
 
     # A folder that exists at the path `org/name` is that folder: the Hub is not asked.
     monkeypatch.chdir(tmp_path)

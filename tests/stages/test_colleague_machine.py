@@ -14,22 +14,11 @@ import pytest
 from hub_server import HubServer
 
 from kadapter_cli.artifacts.layout import DEMO_DATA
+from kadapter_cli.modeling.tiny_backbone import make_tiny_backbone
 
 TYPING = DEMO_DATA / "typing"
 STEPS = ("--max-steps", "2", "--batch-size", "4", "--max-length", "24", "--device", "cpu", "--limit", "16",
          "--threads", "1")
-
-
-def _other_weights(source: Path, target: Path) -> Path:
-    """A copy of a backbone with one weight changed: the same shape, another model."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(source, target)
-    weights = load_file(target / "model.safetensors")
-    name = sorted(weights)[0]
-    weights[name] = weights[name] + 1.0
-    save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
-    return target
 
 
 def test_a_moved_adapter_whose_backbone_is_elsewhere_asks_for_it_and_runs_with_backbone(cli, tmp_path, tiny_backbone,
@@ -72,7 +61,7 @@ def test_a_moved_adapter_whose_backbone_is_elsewhere_asks_for_it_and_runs_with_b
         fingerprint["weights_sha256"]
 
     # Another backbone of the same shape is refused, unless asked for.
-    other = _other_weights(tiny_backbone, tmp_path / "other" / "minilm")
+    other = make_tiny_backbone(tmp_path / "other" / "minilm", seed=7)  # the same shape, other weights
     refused = cli(*finetune, "--backbone", other, "--name", "on-other")
     assert refused.exit_code == 2
     assert "adapter 'fac' was trained on folder" in refused.stderr and "--allow-backbone-mismatch" in refused.stderr
