@@ -1,5 +1,5 @@
 """Artifacts from the Hugging Face Hub, for real and with no network: a Hub on 127.0.0.1
-(`tests/hub_server.py`) that `kadapter push` writes to and `huggingface_hub.snapshot_download`
+(`tests/helpers/hub_server.py`) that `kadapter push` writes to and `huggingface_hub.snapshot_download`
 fetches from into a temporary `HF_HOME`; then, with `HF_HUB_OFFLINE=1`, every command that takes an
 adapter, a composition or a finetuned model reads it by its repository id from that cache, and gives
 what the local folder gives. Repositories kadapter must not load are refused, saying why."""
@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
+from helpers.hub_server import HubServer
 from typer.testing import CliRunner
 
 from kadapter_cli.artifacts.io import sha256_file

@@ -1,5 +1,5 @@
 """`kadapter push`: `--dry-run` lists exactly what would go (the manifest and every file it lists)
-and the card's metadata, with no network; a push to a Hub on 127.0.0.1 (`tests/hub_server.py`)
+and the card's metadata, with no network; a push to a Hub on 127.0.0.1 (`tests/helpers/hub_server.py`)
 uploads exactly that; cards carry what the Hub reads for an adapter (`library_name: kadapter`,
 `base_model`, `base_model_relation`, tags), and no file is named as another library's."""
 
@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import yaml
-from hub_server import HubServer
+from helpers.hub_server import HubServer
 
 from kadapter_cli.artifacts.layout import DEMO_DATA
 

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
+from helpers.hub_server import HubServer
 
 from kadapter_cli.artifacts.layout import DEMO_DATA
 from kadapter_cli.modeling.tiny_backbone import make_tiny_backbone

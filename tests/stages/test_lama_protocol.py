@@ -135,7 +135,7 @@ def test_wordpiece_queries_are_unchanged_by_the_prefix_space_option(minilm):
 
 
 def test_query_prefix_space_scores_the_queries_as_the_corpus_lines_are_encoded(cli, tiny_mlm, tmp_path):
-    # Without the flag (LAMA's encoding) tests/test_probe.py checks the same against the masked LM.
+    # Without the flag (LAMA's encoding) tests/stages/test_probe.py checks the same against the masked LM.
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     assert cli("train-probe", "--backbone", tiny_mlm, "--pretrained-lm-head").exit_code == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from qa_samples import kadapter_in
+from helpers.qa_samples import kadapter_in
 
 from kadapter_cli.tasks import get_task, metrics
 from kadapter_cli.tasks.open_qa.encoding import answer_char_spans
