@@ -10,6 +10,8 @@ import pytest
 
 from kadapter_cli.data.parsing import sentence_record, stanza_sentences
 
+REPO = Path(__file__).resolve().parents[2]
+
 MWT_SENTENCE = """# sent_id = mwt-1
 # text = We've moved on.
 1-2\tWe've\t_\t_\t_\t_\t_\t_\t_\t_
@@ -236,3 +238,20 @@ def test_stanza_path_passes_texts_in_bulk_and_offline(cli, tmp_path, monkeypatch
     assert got[0]["tokens"] == got[2]["tokens"] == ["We", "'ve", "moved", "on", "."]
     assert got[0]["heads"] == [3, 3, 0, 3, 3] and got[1] == {
         "id": "corpus.txt:3.1", "text": "Hi", "tokens": ["Hi"], "heads": [0], "deprels": ["root"]}
+
+
+# ---------------------------------------------------------------- around the happy path
+
+
+def test_readme_parse_example_names_a_model_the_install_provides(cli, tmp_path):
+    import re
+
+    line = next(l for l in (REPO / "README.md").read_text().splitlines() if l.startswith("kadapter parse "))
+    model = re.search(r"--model (\S+)", line)[1]
+    pytest.importorskip(model, reason=f"{model} is installed by `make test` (the test extra)")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Paris is the capital of France.\nThe cat sat on the mat.\n")
+    argv = line.split("#")[0].split()[1:]
+    result = cli(*[str(corpus) if a == "corpus.txt" else a for a in argv], "--dev-ratio", "0")
+    assert result.exit_code == 0, result.stderr
+    assert len((cli.workdir / "parsed" / "train.jsonl").read_text().splitlines()) == 2

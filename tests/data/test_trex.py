@@ -314,3 +314,35 @@ def test_memory_benchmark_helper_reports_peak_rss(sample, tmp_path):
     result = benchmark.measure(sample, copies=(1, 2), workdir=tmp_path)
     assert [r["copies"] for r in result] == [1, 2]
     assert all(r["peak_rss_mib"] > 10 for r in result)
+
+
+# ---------------------------------------------------------------- around the happy path
+
+
+def _prepared(cli, sample: Path) -> list[str]:
+    """Every example of the sample, with no relation left out by count."""
+    out = cli.workdir.parent / "all-relations"
+    assert cli("prepare-trex", sample, "--min-count", "0", "--out", out).exit_code == 0
+    return [line for split in ("train", "dev") for line in (out / f"{split}.jsonl").read_text().splitlines()]
+
+
+def test_prepare_trex_refuses_to_write_an_empty_artifact_and_gives_the_numbers(cli, shared_data):
+    import collections
+
+    sample = shared_data / "trex"
+    counts = collections.Counter(json.loads(line)["relation"] for line in _prepared(cli, sample))
+    del counts["P31"]
+    largest = max(sorted(counts), key=counts.get)
+
+    refused = cli("prepare-trex", sample)  # the default --min-count 50 on a two-document sample
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == (
+        f"error: {sum(counts.values())} examples in {len(counts)} relations, all below --min-count 50 (the largest, "
+        f"{largest}, has {counts[largest]}; try --min-count {counts[largest]}); refusing to write an empty trex-rc "
+        "(pass --allow-empty to write it)")
+    assert not (cli.workdir / "trex-rc").exists()
+
+    written = cli("prepare-trex", sample, "--allow-empty")
+    assert written.exit_code == 0
+    assert "warning: " in written.stderr and "the trex-rc written is empty" in written.stderr
+    assert json.loads((cli.workdir / "trex-rc" / "relations.json").read_text()) == []

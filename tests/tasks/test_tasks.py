@@ -1112,3 +1112,16 @@ def test_finetune_reads_task_files_saved_with_a_byte_order_mark(cli, tiny_backbo
     assert result.exit_code == 0, result.output
     out = cli.workdir / "finetuned" / "openentity-base"
     assert len((out / "predictions-test.jsonl").read_text().splitlines()) == 4
+
+
+# ---------------------------------------------------------------- around the happy path
+
+
+def test_single_label_and_candidate_scores_are_a_softmax():
+    from kadapter_cli.tasks import get_task
+
+    tacred = get_task("tacred").label_scores({"pred": ["b"], "scores": [0.0, 2.0, -1.0]}, ["a", "b", "c"])
+    assert list(tacred) == ["a", "b", "c"] and abs(sum(tacred.values()) - 1) < 1e-9
+    assert max(tacred, key=tacred.get) == "b"
+    cosmos = get_task("cosmosqa").label_scores({"pred": ["3"], "scores": [0.0, 0.0, 0.0, 1.0]}, [])
+    assert list(cosmos) == ["0", "1", "2", "3"] and max(cosmos, key=cosmos.get) == "3"

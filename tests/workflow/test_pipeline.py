@@ -560,3 +560,38 @@ def test_the_library_never_imports_the_cli():
             offenders += [f"{relative}: {n}" for n in names
                           if n in ("kadapter_cli.cli", "kadapter_cli.commands") or n.startswith("kadapter_cli.commands.")]
     assert offenders == []
+
+
+# ---------------------------------------------------------------- around the happy path
+
+
+def test_run_set_of_an_unknown_variable_is_an_error(cli, tmp_path):
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("vars: {backbone: auto}\nstages:\n  - {name: t, command: tiny-backbone, args: [x]}\n")
+    result = cli("run", pipeline, "--dry-run", "--set", "backbon=roberta-base")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"error: {pipeline}: --set backbon: the pipeline has no such variable "
+                                     "(variables: backbone, demo_data, pipeline_dir, workdir)")
+
+
+def test_pipeline_paths_resolve_against_the_files_folder(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "p.yaml").write_text(
+        "vars: {workdir: work}\n"
+        "stages:\n"
+        "  - {name: tiny, command: tiny-backbone, args: [backbones/tiny], options: {hidden-size: 32, layers: 2}}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    from typer.testing import CliRunner
+
+    from kadapter_cli.cli import app
+
+    monkeypatch.delenv("KADAPTER_WORKDIR", raising=False)
+    result = CliRunner().invoke(app, ["run", str(Path("..") / "project" / "p.yaml")], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert (project / "backbones" / "tiny" / "config.json").is_file()
+    assert (project / "work.lock.yaml").is_file()
+    assert list(elsewhere.iterdir()) == []
+    assert Path.cwd() == elsewhere  # the run changed directory only while it ran
