@@ -45,7 +45,7 @@ class Target(NamedTuple):
 
 # Tests marked slow are left out: they run `kadapter` or `accelerate launch` as subprocesses, which
 # import the installed package, not the mutant.
-LOOP_TESTS = ["tests/test_training.py", "tests/test_mutation_training.py"]
+LOOP_TESTS = ["tests/training/test_loop.py"]
 TASK_FILES = ["kadapter_cli/tasks/__init__.py", "kadapter_cli/tasks/base.py", "kadapter_cli/tasks/openentity.py",
               "kadapter_cli/tasks/figer.py", "kadapter_cli/tasks/tacred.py"]
 TASK_READERS = tuple(f"kadapter_cli.tasks.{f}__mutmut_*" for f in (
@@ -55,55 +55,61 @@ TASK_READERS = tuple(f"kadapter_cli.tasks.{f}__mutmut_*" for f in (
     "figer.x_iter_bio_sentences", "figer.x__check_tag", "figer.x__split_types", "figer.x_bio_mentions",
     "figer.x_read_figer_raw", "figer.x_convert_figer_raw"))
 MODULES: dict[str, Target] = {
-    "fusion": Target(["kadapter_cli/modeling/fusion.py"], ["tests/test_model.py", "tests/test_mutation_modules.py"]),
+    "fusion": Target(["kadapter_cli/modeling/fusion.py"], ["tests/modeling/test_model.py", "tests/modeling/test_fusion.py"]),
     "train_setup": Target(["kadapter_cli/training/setup.py"], LOOP_TESTS),
     "metrics": Target(["kadapter_cli/tasks/metrics.py"],
-                      ["tests/test_metrics.py", "tests/test_typing_micro_pr.py", "tests/test_qa_metrics.py",
-                       "tests/test_mutation_metrics.py"]),
-    # Not test_import_original.py: its full-size checkpoints make each head mutant take a minute.
+                      ["tests/tasks/test_metrics.py"]),
+    # Not test_original.py: its full-size checkpoints make each head mutant take a minute.
     "heads": Target(["kadapter_cli/modeling/heads.py"],
-                    ["tests/test_model.py", "tests/test_adapter_io.py", "tests/test_tasks.py",
-                     "tests/test_mutation_modules.py"]),
+                    ["tests/modeling/test_model.py", "tests/modeling/test_adapter_files.py", "tests/tasks/test_tasks.py",
+                     "tests/modeling/test_heads.py"]),
     "checkpoints": Target(["kadapter_cli/training/checkpoints.py", "kadapter_cli/training/rng.py"], LOOP_TESTS),
-    # Not test_import_original.py (full-size checkpoints, ~10 s per mutant): test_mutation_import.py runs
-    # `import-original` end to end on narrow checkpoints of the same layout.
+    # test_original.py without its full-size checkpoints (~10 s per mutant; `SLOW_FOR_MUTANTS`): its other
+    # tests run `import-original` end to end on narrow checkpoints of the same layout.
     "import_original": Target(["kadapter_cli/modeling/original.py"],
-                             ["tests/test_untrusted.py", "tests/test_mutation_import.py"]),
+                             ["tests/commands/test_untrusted.py", "tests/modeling/test_original.py"]),
     "feature_cache": Target(["kadapter_cli/training/feature_cache.py"],
-                            ["tests/test_feature_cache.py", "tests/test_feature_cache_rows.py",
-                             "tests/test_mutation_feature_cache.py"]),
+                            ["tests/training/test_feature_cache.py", "tests/training/test_feature_cache_placement.py"]),
     "encoding": Target(["kadapter_cli/data/encoding.py"],
-                       ["tests/test_encoding.py", "tests/test_properties.py", "tests/test_tasks.py",
-                        "tests/test_cosmosqa.py", "tests/test_qa_spans.py", "tests/test_mutation_encoding.py",
-                        "tests/test_mutation_encoding_squeeze.py", "tests/test_mutation_encoding_styles.py",
-                        "tests/test_mutation_encoding_segments.py"]),
+                       ["tests/data/test_encoding.py", "tests/data/test_properties.py", "tests/tasks/test_tasks.py",
+                        "tests/tasks/test_cosmosqa.py", "tests/tasks/test_qa_spans.py",
+                        "tests/data/test_encoding_truncation.py", "tests/data/test_encoding_tokenizers.py",
+                        "tests/data/test_encoding_segments.py"]),
     # tasks/ in four runs that each fit: the classification tasks' labels, model side, scoring and registry;
     # their readers (called by nearly every test, so run with the readers' own tests only); CosmosQA; open QA.
-    "tasks": Target(TASK_FILES, ["tests/test_tasks.py", "tests/test_typing_micro_pr.py", "tests/test_untrusted.py",
-                                 "tests/test_properties.py", "tests/test_bad_inputs.py",
-                                 "tests/test_mutation_tasks.py"], skip=TASK_READERS),
-    "tasks_readers": Target(TASK_FILES, ["tests/test_tasks.py", "tests/test_mutation_tasks.py"], TASK_READERS),
+    "tasks": Target(TASK_FILES, ["tests/tasks/test_tasks.py", "tests/tasks/test_metrics.py", "tests/commands/test_untrusted.py",
+                                 "tests/data/test_properties.py", "tests/commands/test_bad_inputs.py"], skip=TASK_READERS),
+    "tasks_readers": Target(TASK_FILES, ["tests/tasks/test_tasks.py"], TASK_READERS),
     "tasks_cosmosqa": Target(["kadapter_cli/tasks/cosmosqa.py"],
-                             ["tests/test_cosmosqa.py", "tests/test_mutation_cosmosqa.py"]),
+                             ["tests/tasks/test_cosmosqa.py"]),
     "tasks_open_qa": Target(["kadapter_cli/tasks/open_qa/task.py"],
-                            ["tests/test_qa_tasks.py", "tests/test_qa_spans.py", "tests/test_qa_formats.py",
-                             "tests/test_mutation_open_qa.py"]),
+                            ["tests/tasks/test_open_qa_chains.py", "tests/tasks/test_qa_spans.py",
+                             "tests/tasks/test_qa_formats.py", "tests/tasks/test_open_qa.py"]),
     # The loop's schedule, clipping and resume: `train` (total steps, schedule, resume or fresh start),
     # the epoch/step walk that resume re-enters, the optimizer step with clipping, the save/eval points.
     "training": Target(["kadapter_cli/training/loop.py"], LOOP_TESTS,
                        ("kadapter_cli.training.loop.x_train*", "kadapter_cli.training.loop.xǁ_Loopǁrun*",
                         "kadapter_cli.training.loop.xǁ_Loopǁ_train_step*",
                         "kadapter_cli.training.loop.xǁ_Loopǁ_after_step*")),
-    # Not test_import_original.py: its full-size checkpoints cost ~10 s per mutant it runs for; the
-    # small checkpoints of test_mutation_import.py exercise the same adapter code.
+    # test_original.py without its full-size checkpoints (~10 s per mutant it runs for; `SLOW_FOR_MUTANTS`):
+    # its small checkpoints exercise the same adapter code.
     "adapter": Target(["kadapter_cli/modeling/adapter.py"],
-                      ["tests/test_adapter_io.py", "tests/test_model.py", "tests/test_mutation_adapter.py",
-                       "tests/test_mutation_import.py"]),
+                      ["tests/modeling/test_adapter_files.py", "tests/modeling/test_model.py",
+                       "tests/modeling/test_adapter.py", "tests/modeling/test_original.py"]),
 }
 
-# Tests that fail on the unmutated scratch copy itself, so mutmut cannot use them: the source check
-# for unsafe loads reads every mutant's variant, `weights_only=False` included.
-DESELECT = ["tests/test_untrusted.py::test_the_package_has_no_unsafe_loads"]
+# The tests of `import-original` on full-size released checkpoints (~10 s per mutant they run for): the
+# narrow checkpoints of the same file's other tests exercise the same code. They were a file of their
+# own, which the modules' lists left out; these are its tests, so each module's selection is unchanged.
+SLOW_FOR_MUTANTS = [f"tests/modeling/test_original.py::{name}" for name in (
+    "test_imports_full_size_fac_and_lin_weights_exactly",
+    "test_unexpected_and_missing_keys_are_listed_and_nothing_is_written",
+    "test_a_pickle_that_runs_code_is_refused", "test_wrong_relation_count_and_missing_inputs_are_bad_input",
+    "test_inspect_of_a_folder_that_is_not_an_artifact_is_bad_input")]
+# Left out of every module's run: the test that fails on the unmutated scratch copy itself, so mutmut cannot
+# use it (the source check for unsafe loads reads every mutant's variant, `weights_only=False` included),
+# and `SLOW_FOR_MUTANTS`.
+DESELECT = ["tests/commands/test_untrusted.py::test_the_package_has_no_unsafe_loads", *SLOW_FOR_MUTANTS]
 
 # A mutant may loop forever (a `while` whose exit it breaks). mutmut stops a mutant after
 # (its tests' measured call time + TIMEOUT_CONSTANT s) x TIMEOUT_MULTIPLIER and counts it a timeout
