@@ -22,7 +22,9 @@ Each floor times the parts a ratio's numerator cannot skip, interleaved with its
   states) / (the backbone's forward), on the inference benchmark's batches: the ratio with no glue.
 - `mfu`: the dense-matmul rate at the shapes one backbone layer multiplies during the adapter step
   (tokens × hidden by hidden × 3·hidden, hidden, FFN, and FFN back), over the rate of the
-  n × n matmul the MFU ratio divides by: an MFU over the big matmul cannot exceed it for long.
+  n × n matmul the MFU ratio divides by (`gemm_rate_ceiling`), times the share of the adapter step's
+  time spent in matmuls (`matmul_time_share`, from torch's profiler: dropout's masks, GELU,
+  LayerNorm and softmax are the model's work too, but count no FLOPs): `ceiling`.
 """
 
 from __future__ import annotations
@@ -190,10 +192,34 @@ def matmul_floor(shape: BenchShape, tokens: int, repeats: int, warmup: int, matm
     times = timing.interleaved({"layer_matmuls": layer, "matmul": big}, repeats, warmup)
     # rate ratio = (F_layer / t_layer) / (F_big / t_big)
     ratio = layer_flops / big_flops * timing.paired_ratio(times["matmul"], times["layer_matmuls"])
-    return {"ceiling": round(ratio, 4), "tokens": tokens, "shapes": [list(s) for s in shapes],
+    share = matmul_time_share(shape)
+    return {"ceiling": round(ratio * share, 4), "gemm_rate_ceiling": round(ratio, 4),
+            "matmul_time_share": round(share, 4), "tokens": tokens, "shapes": [list(s) for s in shapes],
             "layer_gflops": round(layer_flops / timing.median(times["layer_matmuls"]) / 1e9, 2),
             "matmul_gflops": round(big_flops / timing.median(times["matmul"]) / 1e9, 2),
             **{name: timing.summary(t) for name, t in times.items()}}
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear")
+
+
+def matmul_time_share(shape: BenchShape, steps: int = 3) -> float:
+    """The share of an adapter step's CPU time spent inside matmul kernels (torch's profiler, self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    backbone = build_backbone(shape, 0)
+    config = adapter_config(backbone)
+    objective = _objective(config)
+    batch = objective.collate(fac_examples(trex_like_lengths(shape.batch_size, shape.max_length, 0), shape.vocab, 0))
+    step = TrainStep(adapter_pretrainer(backbone, config), objective)
+    step(batch)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(batch)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    in_matmuls = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    return in_matmuls / total if total else 0.0
 
 
 def floors(shape: BenchShape, sizes) -> dict[str, Any]:

@@ -73,7 +73,9 @@ def test_floors_bound_each_cpu_ratio(toy_report):
     bucket = floors["bucketed_vs_padded"]
     assert 0 < bucket["token_ratio"] < 1 and bucket["floor"] > 0
     assert floors["composed_inference_vs_backbone"]["floor"] > 1  # adapters and fusion add work
-    assert floors["mfu"]["ceiling"] > 0 and floors["mfu"]["tokens"] > 0
+    mfu = floors["mfu"]
+    assert 0 < mfu["matmul_time_share"] < 1 and mfu["tokens"] > 0
+    assert mfu["ceiling"] == pytest.approx(mfu["gemm_rate_ceiling"] * mfu["matmul_time_share"], abs=2e-4)
 
 
 def test_rates_are_positive_and_stanza_is_run_or_skipped_with_a_reason(toy_report):
