@@ -1,6 +1,6 @@
 """Speed benchmarks of kadapter: prints ONE JSON object, each ratio beside its target.
 
-    python benchmarks/run.py --quick          # under 3 minutes on a 2-core CPU (also `make bench`)
+    python benchmarks/run.py --quick          # about 5 minutes on a 2-core CPU (also `make bench`)
     python benchmarks/run.py                  # more examples and repeats
     python benchmarks/run.py --quick --only mfu,adapter_step_vs_full_finetune
     python benchmarks/run.py --quick --only probe   # the knowledge probe's training step
@@ -9,7 +9,9 @@
 Each entry is `{"value", "target", "met", "detail"}`; rates (words/s, documents/s) have no target.
 Every ratio's members are timed in the same run, interleaved, after warm-up, as medians of several
 repeats (`benchmarks/timing.py`); the model shape is in `benchmarks/workloads.py`. The latest
-figures, with the machine they came from, are in `benchmarks/RESULTS.md`.
+figures, with the machine they came from, are in `benchmarks/RESULTS.md`. Under "floors", the same
+run measures what each CPU ratio could reach with no glue around its unavoidable work
+(`benchmarks/floors.py`): a target below its floor needs a cheaper model, not faster code.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Callable
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import data_bench, probe_bench, qa_bench, ray_bench, timing, training_bench  # noqa: E402
+from benchmarks import data_bench, floors, probe_bench, qa_bench, ray_bench, timing, training_bench  # noqa: E402
 from benchmarks.workloads import BenchShape  # noqa: E402
 
 
@@ -71,6 +73,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "qa": ("qa_eval_vs_hf_pipeline", "qa_composed_eval_vs_base"),
     "cosmosqa": ("cosmosqa_step_vs_hf_multiple_choice",),
     "probe": ("probe_step_masked_rows_vs_every_position",),
+    "floors": ("floors",),
     "prepare_trex": ("prepare_trex_rss_10x_over_1x", "prepare_trex_docs_per_s"),
     "parse": ("parse_conllu_words_per_s", "parse_spacy_words_per_s", "parse_stanza_words_per_s"),
     "ray": ("parse_one_process_sentences_per_s", "parse_workers_sentences_per_s", "parse_ray_sentences_per_s",
@@ -94,6 +97,7 @@ def _runners(shape: BenchShape, sizes: Sizes, trex_dump: Path) -> dict[str, Call
         "cosmosqa": lambda: {"cosmosqa_step_vs_hf_multiple_choice": training_bench.cosmosqa_step(
             shape, sizes.choice_records, sizes.choice_length, r, w)},
         "probe": lambda: probe_bench.probe_step(shape, r, w),
+        "floors": lambda: {"floors": floors.floors(shape, sizes)},
         "prepare_trex": lambda: data_bench.prepare_trex_memory(trex_dump, sizes.trex_copies),
         "parse": lambda: data_bench.parse_speed(sizes.parse_sentences),
         "ray": lambda: ray_bench.parse_engines(sizes.ray_lines, workers=2),
@@ -122,7 +126,7 @@ def run_benchmarks(shape: BenchShape, sizes: Sizes, threads: int, only: set[str]
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sizes = parser.add_mutually_exclusive_group()
-    sizes.add_argument("--quick", action="store_true", help="fewer examples and repeats (under 3 minutes)")
+    sizes.add_argument("--quick", action="store_true", help="fewer examples and repeats (about 5 minutes)")
     sizes.add_argument("--toy", action="store_true",
                        help="a seconds-long smoke run on a 4-layer, 64-wide backbone: checks the benchmarks "
                             "run and report; its numbers mean nothing")
