@@ -293,8 +293,7 @@ def test_property_typing_mention_between_markers(tokenizer, words, data, max_len
         assert ids[m + len(at):m + len(at) + len(mention) + len(at)] == mention + at
 
 
-# ==============================================================================
-# Cases found by mutation testing (docs/MUTATION.md) for encoding: each refusal's full message (they
+# ---------------------------------------------------------------- Cases found by mutation testing (docs/MUTATION.md) for encoding: each refusal's full message (they
 # reach the user as `BadInput` naming the file and record), on MiniLM's WordPiece tokenizer.
 
 def _message(call) -> str:

@@ -128,8 +128,7 @@ def test_inspect_of_a_folder_that_is_not_an_artifact_is_bad_input(cli, tmp_path)
     assert result.exit_code == 2 and "no manifest.json" in result.stderr
 
 
-# ==============================================================================
-# Cases found by mutation testing (docs/MUTATION.md) for `import_original`: what is read from the
+# ---------------------------------------------------------------- Cases found by mutation testing (docs/MUTATION.md) for `import_original`: what is read from the
 # tensor shapes, what is filled in, and the message for each way a checkpoint can be wrong.
 
 SMALL = BackboneShape(model_type="roberta", hidden_size=32, num_layers=24, num_heads=2, name_or_path="small")

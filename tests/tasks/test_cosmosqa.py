@@ -371,8 +371,7 @@ def test_a_config_file_sets_task_options(chain, tmp_path, tiny_backbone):
     assert saved["task_options"] == {"layout": "original"}
 
 
-# ==============================================================================
-# CosmosQA beyond its happy path, written for the survivors of the mutation run of
+# ---------------------------------------------------------------- CosmosQA beyond its happy path, written for the survivors of the mutation run of
 # `tasks/cosmosqa.py` (docs/MUTATION.md): the authors' CSV read record by record with the line each
 # record starts on, the messages of bad files and data folders, accuracy and its edge cases, the
 # answers' probabilities, unlabeled records, and the leaderboard file.

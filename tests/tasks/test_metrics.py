@@ -150,8 +150,7 @@ def test_lama_metrics_are_macro_over_relations_with_micro_beside():
         metrics.lama_metrics({"P19": [0]})
 
 
-# ==============================================================================
-# Metric cases found by mutation testing (docs/MUTATION.md): counts above one per label.
+# ---------------------------------------------------------------- Metric cases found by mutation testing (docs/MUTATION.md): counts above one per label.
 
 def test_classification_macro_f1_counts_every_tp_fp_fn_of_a_label():
     # a: TP 2, FN 2 (gold a predicted b twice); b: TP 1, FP 2; c: FP 0, FN 0, TP 1
@@ -189,8 +188,7 @@ def test_extractive_qa_skips_unanswerable_questions_anywhere_and_an_empty_list_i
     assert extractive_qa_metrics([["xxxx"]], [[]]) == {"em": 0.0, "f1": 0.0}
 
 
-# ==============================================================================
-# Loose micro precision and recall of entity typing keep their own denominators (issue 16).
+# ---------------------------------------------------------------- Loose micro precision and recall of entity typing keep their own denominators (issue 16).
 #
 # P = Σ|p∩g| / Σ|p| and R = Σ|p∩g| / Σ|g| (OpenEntity's scorer). Every case here has Σ|p| ≠ Σ|g|, so a
 # swap of the two denominators changes P and R (F1 alone would not show it: it is symmetric).
@@ -282,8 +280,7 @@ def test_cli_evaluate_figer_micro_pr(cli, tiny_backbone, tmp_path):
     assert m["strict_acc"] == approx(1 / 3)
 
 
-# ==============================================================================
-# SearchQA / Quasar-T EM and F1: the SQuAD v1.1 script's definitions on hand cases and the real
+# ---------------------------------------------------------------- SearchQA / Quasar-T EM and F1: the SQuAD v1.1 script's definitions on hand cases and the real
 # samples' quirks (the arithmetic is written next to each number).
 
 def test_normalisation_steps_of_the_squad_script():

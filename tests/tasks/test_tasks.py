@@ -463,8 +463,7 @@ def test_property_bio_offsets_cover_exactly_the_mention_tokens(tmp_path_factory,
     assert [r["sent"][r["start"]:r["end"]] for r in records] == expected
 
 
-# ==============================================================================
-# What the classification tasks promise beyond their readers, written for the survivors of the
+# ---------------------------------------------------------------- What the classification tasks promise beyond their readers, written for the survivors of the
 # mutation run of `tasks/` (docs/MUTATION.md): the probabilities `predict --scores` gives, prediction
 # inputs whose gold labels the model never saw, a logit of exactly 0, task authors' registry and
 # discovery, the batching of candidates, relation tasks without (or with another) negative label,

@@ -536,8 +536,7 @@ def test_cli_defaults_of_loop_options_equal_the_loops_own():
         assert getattr(train_commands, name.upper()).default == getattr(defaults, name), name
 
 
-# ==============================================================================
-# Cases found by mutation testing (docs/MUTATION.md) for the training loop: the learning-rate schedule's
+# ---------------------------------------------------------------- Cases found by mutation testing (docs/MUTATION.md) for the training loop: the learning-rate schedule's
 # numbers at its edges, which parameters AdamW decays, which errors count as out of memory, the
 # checkpoint files that exact resume reads (RNG states, complete folders, weights, the grad scaler, a
 # GPU run's files on a CPU), what the loop does with epochs, micro-batches and its bar, and what
