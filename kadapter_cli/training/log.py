@@ -23,7 +23,8 @@ class StepWindow:
     step waits for the device just to be measured.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, count_skips: bool = False) -> None:
+        self.count_skips = count_skips  # log `skipped_steps` (fp16's grad scaler can skip steps)
         self._reset()
         self.status = ""
 
@@ -31,6 +32,8 @@ class StepWindow:
         self.loss_sum = None
         self.grad_norm_sum = None
         self.steps = 0
+        self.normed = 0  # steps with a gradient norm
+        self.skipped = 0  # steps the fp16 grad scaler skipped (inf/nan gradients)
         self.examples = 0
         self.tokens = 0
         self.started: float | None = None
@@ -39,12 +42,15 @@ class StepWindow:
         if self.started is None:
             self.started = time.perf_counter()
 
-    def add(self, loss, grad_norm, examples: int, tokens: int) -> None:
+    def add(self, loss, grad_norm, examples: int, tokens: int, skipped: bool = False) -> None:
+        """One optimizer step; `grad_norm` None for a step without one (clipping off, or skipped)."""
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         if grad_norm is not None:
             grad_norm = grad_norm.detach().float()
             self.grad_norm_sum = grad_norm if self.grad_norm_sum is None else self.grad_norm_sum + grad_norm
+            self.normed += 1
         self.steps += 1
+        self.skipped += int(skipped)
         self.examples += examples
         self.tokens += tokens
 
@@ -68,7 +74,9 @@ class StepWindow:
             "model_tflops": float(f"{flops_per_token * tokens / wall / 1e12:.4g}"),
         }
         if self.grad_norm_sum is not None:
-            record["grad_norm"] = float(self.grad_norm_sum) / self.steps
+            record["grad_norm"] = float(self.grad_norm_sum) / self.normed
+        if self.count_skips:
+            record["skipped_steps"] = self.skipped
         if peak_flops:
             record["mfu"] = round(flops_per_token * tokens / wall / (peak_flops * world), 4)
         record.update(_examples=int(examples), _tokens=int(tokens), _seconds=wall)

@@ -200,7 +200,10 @@ class _Loop:
         self.clip_groups = clip_groups(unwrapped, config.clip_mode)
         self.flops_per_token = flops_per_token(unwrapped)
         self.peak_flops = peak_flops(accelerator.device, config.precision)
-        self._window = StepWindow()
+        # fp16's grad scaler: the scale after the last step (a drop means that step was skipped).
+        self._scaler = getattr(accelerator, "scaler", None)
+        self._scale = self._scaler.get_scale() if self._scaler is not None else None
+        self._window = StepWindow(count_skips=self._scaler is not None)
         self.bar = None  # the live training bar, once `run()` shows it (dev evaluation adds its row there)
 
     # -- phases
@@ -256,8 +259,9 @@ class _Loop:
                     n_tokens += sum(self.lengths[j] for j in indices)
             grad_norm = clip_gradients(accelerator, self.clip_groups, self.config.max_grad_norm)
             self.optimizer.step()
+            skipped = self._step_skipped()
             # optimizer.step() before scheduler.step() (the original has them the other way round).
-            if not accelerator.optimizer_step_was_skipped:
+            if not skipped:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         except (RuntimeError, MemoryError) as e:
@@ -267,8 +271,20 @@ class _Loop:
                                     longest) from None
             raise
         # The window sums over processes and divides by their step count: the step's mean loss.
-        self._window.add(loss_sum, grad_norm, n_examples, n_tokens)
+        # A skipped step's gradient norm is inf or nan: it stays out of the window's mean.
+        self._window.add(loss_sum, None if skipped else grad_norm, n_examples, n_tokens, skipped=skipped)
         state.step += 1
+
+    def _step_skipped(self) -> bool:
+        """Whether the grad scaler (fp16) skipped the optimizer step just taken: inf or nan gradients.
+
+        Accelerate tells a skip by `optimizer.step()` not being called, but a fused optimizer is always
+        called (it skips inside its kernel), so the scale is compared instead: the scaler lowers it
+        after, and only after, a step it skipped."""
+        if self._scaler is None:
+            return bool(self.accelerator.optimizer_step_was_skipped)
+        before, self._scale = self._scale, self._scaler.get_scale()
+        return self._scale < before or bool(self.accelerator.optimizer_step_was_skipped)
 
     def _after_step(self, epoch_progress: float, epoch_end: bool, final: bool) -> None:
         config, state = self.config, self.state
