@@ -52,13 +52,19 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
 
 
 def matmul_precision(precision: str) -> str:
-    """The peak a run's matrix products are held to: bf16/fp16 autocast, or fp32, which is tf32 when
-    torch lets fp32 products use tensor cores (`torch.backends.cuda.matmul.allow_tf32`)."""
+    """The peak a run's matrix products are held to: `precision` bf16/fp16 (autocast), else fp32
+    (`precision` fp32, or Accelerate's "no"), which is tf32 when torch lets fp32 products on CUDA use
+    tensor cores (`torch.set_float32_matmul_precision("high")`)."""
     if precision in ("bf16", "fp16"):
         return precision
     import torch
 
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+    matmul = torch.backends.cuda.matmul
+    try:
+        tf32 = matmul.fp32_precision == "tf32"  # torch >= 2.9
+    except AttributeError:
+        tf32 = bool(matmul.allow_tf32)
+    return "tf32" if tf32 else "fp32"
 
 
 def peak_flops(device_name: str, precision: str) -> float | None:

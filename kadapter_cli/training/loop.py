@@ -199,7 +199,7 @@ class _Loop:
         self.clip_groups = clip_groups(unwrapped, config.clip_mode)
         # Model FLOPs per real token: counted on this call's first step that has tokens (`training/flops.py`).
         self.flops_per_token: float | None = None
-        self.peak_flops, peak_source = device_peak(accelerator.device, config.precision)
+        self.peak_flops, peak_source = device_peak(accelerator.device, accelerator.mixed_precision)
         if self.is_main and accelerator.device.type == "cuda":
             info(f"MFU against {peak_source}" if self.peak_flops else peak_source)
         # fp16's grad scaler: the scale after the last step (a drop means that step was skipped).
