@@ -18,7 +18,8 @@ Exact resume: a checkpoint holds the trainable weights, optimizer/scheduler/grad
 process's RNG states and the data position (epoch, optimizer steps done in it). Batch orders are a
 pure function of (seed, epoch) (`batching.py`), so a run killed at any moment and resumed from its
 last checkpoint ends with the same weights, bit for bit, as one that was never interrupted (on the
-same hardware and number of processes).
+same hardware and number of processes; on CUDA only with `config.deterministic`, whose kernels add
+in a fixed order).
 
 The loop's pieces live one concern a file: `train_config.py` (options, the `Objective` protocol,
 the result), `train_setup.py` (accelerator, AdamW, schedule, out-of-memory message),
