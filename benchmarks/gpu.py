@@ -18,9 +18,11 @@ T-REx-like examples (mean 22.8 sub-tokens, max_length 64), the paper's fac batch
 Every step is the product's (`workloads.TrainStep`: Accelerate autocast, AdamW, clipping).
 
 Reported:
-- `fac_pretraining`: adapter-pretraining step time, real and padded tokens/s, model TFLOP/s from
-  the FLOP formula of `workloads.adapter_step_flops`, and MFU = that over the device's bf16 dense
-  peak (`kadapter_cli.training.log.PEAK_FLOPS`, or `--peak-tflops`);
+- `fac_pretraining`: adapter-pretraining step time, real and padded tokens/s, model TFLOP/s and
+  MFU as the training log has them: the step's FLOPs counted by the loop's counter
+  (`kadapter_cli.training.flops.step_flops`: the products that run) over the step time, against the
+  device's dense bf16 peak (`kadapter_cli.training.flops.PEAK_TFLOPS` by exact device name, or
+  `--peak-tflops`); `flops_per_real_token` is the log's price of a real token;
 - `full_finetune`: the same for a step that trains every backbone weight, and the ratio of the
   two steps' times;
 - `feature_cache`: building the cache of the frozen backbone's states on the device (examples/s,
@@ -66,10 +68,8 @@ from benchmarks.workloads import (  # noqa: E402
     TrainStep,
     adapter_config,
     adapter_pretrainer,
-    adapter_step_flops,
     build_backbone,
     fac_examples,
-    full_finetune_flops,
     trex_like_lengths,
 )
 
@@ -85,18 +85,26 @@ def _device_name(device: torch.device) -> str:
 
 
 def _peak(device: torch.device, peak_tflops: float | None) -> tuple[float | None, str]:
-    from kadapter_cli.training.log import peak_flops
+    from kadapter_cli.training.flops import device_peak
 
     if peak_tflops is not None:
         return peak_tflops * 1e12, "--peak-tflops"
-    peak = peak_flops(device, PRECISION)
-    return peak, ("kadapter_cli.training.log.PEAK_FLOPS" if peak else "unknown device: no MFU")
+    peak, source = device_peak(device, PRECISION)  # what the training log holds MFU to
+    return peak, ("kadapter_cli.training.flops.PEAK_TFLOPS: " + source if peak else source)
+
+
+def _counted_flops(step: Callable[[], Any]) -> float:
+    """One run of `step` (a whole optimizer step), its FLOPs counted as the training loop counts its
+    first step (`kadapter_cli.training.flops`): the products that run, forward and backward."""
+    from kadapter_cli.training import flops
+
+    return flops.step_flops(step)
 
 
 def _rates(seconds: float, flops: float, real_tokens: int, padded_tokens: int, peak: float | None) -> dict[str, Any]:
     return {"step_s": round(seconds, 5), "tokens_per_s": round(real_tokens / seconds, 1),
             "padded_tokens_per_s": round(padded_tokens / seconds, 1),
-            "model_tflops": round(flops / seconds / 1e12, 4),
+            "model_tflops": float(f"{flops / seconds / 1e12:.4g}"),  # as train_log.jsonl rounds it
             "mfu": round(flops / seconds / peak, 4) if peak else None}
 
 
@@ -230,20 +238,24 @@ def fac_pretraining(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
     full_step = TrainStep(FullFinetune(copy.deepcopy(backbone), NUM_RELATIONS).to(device), objective,
                           device=device.type, precision=PRECISION)
     members = {"adapter": lambda: adapter_step(batch), "full": lambda: full_step(batch)}
+    # Counted once each, outside the timed rounds (counting slows a step down); a warm-up step too.
+    flops, full_flops = _counted_flops(members["adapter"]), _counted_flops(members["full"])
     for _ in range(ctx["warmup"]):
         _timed_round(members)
     repeats = budget.repeats(_timed_round(members), ctx["repeats"])
     times = timing.interleaved(members, repeats, warmup=0)
     adapter_s, full_s = timing.median(times["adapter"]), timing.median(times["full"])
-    flops = adapter_step_flops(shape, config, shape.batch_size, seq_len)
     return {
         "fac_pretraining": {
             "batch": shape.batch_size, "seq_len": seq_len, "real_tokens": real,
-            **_rates(adapter_s, flops["total"], real, padded, peak),
-            "flops_per_step": {k: float(f"{v:.4g}") for k, v in flops.items()},
+            **_rates(adapter_s, flops, real, padded, peak),
+            "flops_per_step": {"total": float(f"{flops:.4g}")},
+            "flops_per_real_token": float(f"{flops / real:.4g}"),
+            "flops_counted_by": "kadapter_cli.training.flops.step_flops (the training log's counter)",
             "adapter_parameters": sum(p.numel() for p in adapter_step.trainable), **timing.summary(times["adapter"])},
         "full_finetune": {
-            **_rates(full_s, full_finetune_flops(shape, shape.batch_size, seq_len), real, padded, peak),
+            **_rates(full_s, full_flops, real, padded, peak),
+            "flops_per_real_token": float(f"{full_flops / real:.4g}"),
             "adapter_step_vs_full_finetune": round(timing.paired_ratio(times["adapter"], times["full"]), 4),
             **timing.summary(times["full"])},
     }

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 TRAJECTORY_OPTIONS = (
     "epochs", "max_steps", "batch_size", "lr", "warmup", "weight_decay", "adam_eps", "adam_beta1", "adam_beta2",
     "max_grad_norm", "clip_mode", "micro_batch_size", "seed", "limit", "bucket_size", "precision",
+    "deterministic",
 )
 CLIP_MODES = ("joint", "separate")
 
@@ -68,6 +69,9 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 | fp16
+    # Deterministic kernels only (torch.use_deterministic_algorithms, cuBLAS workspace, cuDNN): what
+    # makes a resumed CUDA run equal bit for bit to an uninterrupted one; the CPU is deterministic anyway.
+    deterministic: bool = False
     limit: int | None = None  # use the first N training (and dev) examples
     bucket_size: int = 100  # batches per length-sorted pool
     report_to: str = "none"  # tensorboard | wandb | mlflow | aim | all | none, or a comma-separated list

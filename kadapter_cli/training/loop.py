@@ -18,7 +18,8 @@ Exact resume: a checkpoint holds the trainable weights, optimizer/scheduler/grad
 process's RNG states and the data position (epoch, optimizer steps done in it). Batch orders are a
 pure function of (seed, epoch) (`batching.py`), so a run killed at any moment and resumed from its
 last checkpoint ends with the same weights, bit for bit, as one that was never interrupted (on the
-same hardware and number of processes).
+same hardware and number of processes; on CUDA only with `config.deterministic`, whose kernels add
+in a fixed order).
 
 The loop's pieces live one concern a file: `train_config.py` (options, the `Objective` protocol,
 the result), `train_setup.py` (accelerator, AdamW, schedule, out-of-memory message),
@@ -57,12 +58,11 @@ from kadapter_cli.training.checkpoints import (
     write_checkpoint,
 )
 from kadapter_cli.training.config import BatchSplit, Objective, TrainConfig, TrainResult
+from kadapter_cli.training.flops import count_flops, device_peak
 from kadapter_cli.training.log import (
     LOG_FILE,
     StepWindow,
     append_log,
-    flops_per_token,
-    peak_flops,
     progress_columns,
     truncate_log,
 )
@@ -198,9 +198,15 @@ class _Loop:
         self.total_steps, self.epochs = total_steps, epochs
         self.is_main = is_main_process()
         self.clip_groups = clip_groups(unwrapped, config.clip_mode)
-        self.flops_per_token = flops_per_token(unwrapped)
-        self.peak_flops = peak_flops(accelerator.device, config.precision)
-        self._window = StepWindow()
+        # Model FLOPs per real token: counted on this call's first step that has tokens (`training/flops.py`).
+        self.flops_per_token: float | None = None
+        self.peak_flops, peak_source = device_peak(accelerator.device, accelerator.mixed_precision)
+        if self.is_main and accelerator.device.type == "cuda":
+            info(f"MFU against {peak_source}" if self.peak_flops else peak_source)
+        # fp16's grad scaler: the scale after the last step (a drop means that step was skipped).
+        self._scaler = getattr(accelerator, "scaler", None)
+        self._scale = self._scaler.get_scale() if self._scaler is not None else None
+        self._window = StepWindow(count_skips=self._scaler is not None)
         self.bar = None  # the live training bar, once `run()` shows it (dev evaluation adds its row there)
 
     # -- phases
@@ -239,25 +245,28 @@ class _Loop:
         self._window.start()
         loss_sum = None
         n_examples = n_tokens = 0
+        counting = count_flops() if self.flops_per_token is None else nullcontext()
         try:
-            for i, (indices, share) in enumerate(micro_batches):
-                batch = self._batch(indices)
-                # Gradients are all-reduced only on the step's last micro-batch.
-                sync = nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(self.model)
-                with sync:
-                    with accelerator.autocast():
-                        loss = self.objective.loss(self.model, batch)
-                    # DDP averages over processes: × processes makes the reduced gradient the step's mean.
-                    accelerator.backward(loss * (share * processes))
-                weighted = loss.detach().float() * (share * processes)
-                loss_sum = weighted if loss_sum is None else loss_sum + weighted
-                if share > 0:  # a zero-share stand-in is not an example seen
-                    n_examples += len(indices)
-                    n_tokens += sum(self.lengths[j] for j in indices)
+            with counting as counted:
+                for i, (indices, share) in enumerate(micro_batches):
+                    batch = self._batch(indices)
+                    # Gradients are all-reduced only on the step's last micro-batch.
+                    sync = nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(self.model)
+                    with sync:
+                        with accelerator.autocast():
+                            loss = self.objective.loss(self.model, batch)
+                        # DDP averages over processes: × processes makes the reduced gradient the step's mean.
+                        accelerator.backward(loss * (share * processes))
+                    weighted = loss.detach().float() * (share * processes)
+                    loss_sum = weighted if loss_sum is None else loss_sum + weighted
+                    if share > 0:  # a zero-share stand-in is not an example seen
+                        n_examples += len(indices)
+                        n_tokens += sum(self.lengths[j] for j in indices)
             grad_norm = clip_gradients(accelerator, self.clip_groups, self.config.max_grad_norm)
             self.optimizer.step()
+            skipped = self._step_skipped()
             # optimizer.step() before scheduler.step() (the original has them the other way round).
-            if not accelerator.optimizer_step_was_skipped:
+            if not skipped:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         except (RuntimeError, MemoryError) as e:
@@ -266,9 +275,26 @@ class _Loop:
                 raise out_of_memory(f"training step {state.step + 1}", max(len(ix) for ix, _ in micro_batches),
                                     longest) from None
             raise
+        # A zero-share stand-in runs but carries no tokens: a step with one does not set the rate.
+        if counted is not None and n_tokens and all(share > 0 for _, share in micro_batches):
+            self.flops_per_token = counted.total / n_tokens
+        flops = (self.flops_per_token or 0.0) * n_tokens
         # The window sums over processes and divides by their step count: the step's mean loss.
-        self._window.add(loss_sum, grad_norm, n_examples, n_tokens)
+        # A skipped step's gradient norm is inf or nan: it stays out of the window's mean.
+        self._window.add(loss_sum, None if skipped else grad_norm, n_examples, n_tokens, skipped=skipped,
+                         flops=flops)
         state.step += 1
+
+    def _step_skipped(self) -> bool:
+        """Whether the grad scaler (fp16) skipped the optimizer step just taken: inf or nan gradients.
+
+        Accelerate tells a skip by `optimizer.step()` not being called, but a fused optimizer is always
+        called (it skips inside its kernel), so the scale is compared instead: the scaler lowers it
+        after, and only after, a step it skipped."""
+        if self._scaler is None:
+            return bool(self.accelerator.optimizer_step_was_skipped)
+        before, self._scale = self._scale, self._scaler.get_scale()
+        return self._scale < before or bool(self.accelerator.optimizer_step_was_skipped)
 
     def _after_step(self, epoch_progress: float, epoch_end: bool, final: bool) -> None:
         config, state = self.config, self.state
@@ -318,7 +344,7 @@ class _Loop:
         return send_to_device(self.objective.collate([self.examples[j] for j in indices]), self.accelerator.device)
 
     def _log_training(self, epoch_progress: float) -> None:
-        record = self._window.summary(self.accelerator, self.flops_per_token, self.peak_flops)
+        record = self._window.summary(self.accelerator, self.peak_flops)
         state = self.state
         state.examples_seen += record.pop("_examples")
         state.tokens_seen += record.pop("_tokens")

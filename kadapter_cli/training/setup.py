@@ -1,5 +1,5 @@
-"""The pieces a run is built from: the Accelerate `Accelerator` for `--device` / `--precision`, the CPU
-threads (`--threads`), AdamW, the warm-up + linear-decay schedule, gradient clipping (`--clip-mode`),
+"""The pieces a run is built from: the Accelerate `Accelerator` for `--device` / `--precision`,
+deterministic kernels (`--deterministic`), the CPU threads (`--threads`), AdamW, the warm-up + linear-decay schedule, gradient clipping (`--clip-mode`),
 and the out-of-memory error that names what to lower."""
 
 from __future__ import annotations
@@ -43,13 +43,61 @@ def set_threads(threads: int | None) -> int:
     return chosen
 
 
+# cuBLAS needs a fixed workspace to pick the same reduction order on every call (CUDA >= 10.2);
+# the variable is read when cuBLAS starts, so it must be set before the first matrix product on CUDA.
+CUBLAS_WORKSPACE = ":4096:8"
+_DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")  # the two settings NVIDIA documents as deterministic
+_determinism_saved: dict | None = None  # what `set_deterministic(True)` changed, to undo it
+
+
+def set_deterministic(on: bool) -> None:
+    """`--deterministic`: only deterministic kernels from here on (`torch.use_deterministic_algorithms`,
+    a fixed cuBLAS workspace, cuDNN deterministic and not benchmarking); an operation that has no
+    deterministic kernel then stops with torch's error naming it. `False` undoes what an earlier
+    `True` in this process changed (a pipeline runs several stages in one process) and touches
+    nothing else."""
+    global _determinism_saved
+    import torch
+
+    if on:
+        if _determinism_saved is None:
+            _determinism_saved = {"algorithms": torch.are_deterministic_algorithms_enabled(),
+                                  "cudnn_deterministic": torch.backends.cudnn.deterministic,
+                                  "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                                  "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+        if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in _DETERMINISTIC_CUBLAS:
+            if torch.cuda.is_initialized():
+                from kadapter_cli.progress import info
+
+                info(ParamText("warning: {deterministic:True} came after CUDA started in this process; set "
+                               "CUBLAS_WORKSPACE_CONFIG={workspace} in the environment for deterministic cuBLAS",
+                               workspace=CUBLAS_WORKSPACE))
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif _determinism_saved is not None:
+        saved, _determinism_saved = _determinism_saved, None
+        torch.use_deterministic_algorithms(saved["algorithms"])
+        torch.backends.cudnn.deterministic = saved["cudnn_deterministic"]
+        torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+        if saved["cublas"] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved["cublas"]
+
+
 def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Accelerator":
     """An `Accelerator` for `config.device` / `config.precision`; the launcher (if any) decides the processes.
 
+    `config.deterministic` is applied first (`set_deterministic`): before the first CUDA work of a
+    training stage, which every stage starts by making its accelerator.
     `log_with`: Accelerate tracker objects (`tracking.RunTracker` builds them)."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
+
+    set_deterministic(config.deterministic)
 
     if config.device == "cuda" and not torch.cuda.is_available():
         raise BadParameter("{device:{value}}: no CUDA device is visible to this process", config.device)
