@@ -317,7 +317,7 @@ def matmul_bf16(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
     call()
     repeats = budget.repeats(_timed_round({"matmul": call}), ctx["repeats"])
     times = timing.interleaved({"matmul": call}, repeats, warmup=0)["matmul"]
-    return {"matmul_bf16": {"n": n, "tflops": round(2.0 * n**3 / timing.median(times) / 1e12, 3),
+    return {"matmul_bf16": {"n": n, "tflops": float(f"{2.0 * n**3 / timing.median(times) / 1e12:.4g}"),
                             **timing.summary(times)}}
 
 
