@@ -15,7 +15,7 @@ from kadapter_cli.errors import BadInput
 from kadapter_cli.modeling.backbone import DEFAULT_BACKBONE
 from kadapter_cli.processes import is_main_process
 from kadapter_cli.tasks import TASKS, parse_task_options, task_class, task_options_help
-from kadapter_cli.training.config import KIND_DEFAULTS, TrainConfig, kind_defaults
+from kadapter_cli.training.config import KIND_DEFAULTS, PRECISION_HELP, TrainConfig, kind_defaults
 from kadapter_cli.training.setup import set_threads
 
 # ---------------------------------------------------------------- shared training options
@@ -98,7 +98,7 @@ OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output 
 DEVICE = typer.Option(_loop_default("device"), "--device", metavar="auto|cpu|cuda", help="Where to run (auto: cuda when available).")
 THREADS = typer.Option(None, "--threads", metavar="N",
                        help="CPU threads (default: OMP_NUM_THREADS if set, else the cores that are idle now).")
-PRECISION = typer.Option(_loop_default("precision"), "--precision", metavar="fp32|bf16|fp16", help="Mixed precision on GPU.")
+PRECISION = typer.Option(_loop_default("precision"), "--precision", metavar="auto|fp32|bf16|fp16", help=PRECISION_HELP)
 LIMIT = typer.Option(None, "--limit", help="Use only the first N examples of each split.")
 CACHE = typer.Option("auto", "--cache-features", metavar="auto|on|off",
                      help="Cache the frozen backbone's states across epochs: auto (when within budget), on, off.")

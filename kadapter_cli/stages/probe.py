@@ -80,9 +80,10 @@ class Probe:
 
 
 def build_probe_model(spec: ProbeTrainingSpec, backbone_id: str, adapters: dict[str, KnowledgeAdapter],
-                      seed: int) -> tuple[ProbeModel, Any]:
+                      seed: int, backbone_dtype: torch.dtype | None = None) -> tuple[ProbeModel, Any]:
+    """`backbone_dtype`: the compute dtype of a bf16/fp16 run (the backbone is frozen), None for fp32."""
     tokenizer = load_tokenizer(backbone_id)
-    backbone = load_backbone(backbone_id)
+    backbone = load_backbone(backbone_id, backbone_dtype)
     shape = backbone_shape(backbone)
     for adapter in adapters.values():
         check_fits_backbone(adapter.config, shape)
@@ -117,7 +118,10 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
     if backbone_id is None:
         raise BadParameter("{backbone} is needed for a probe without adapters")
     lines = read_corpus(spec.corpus) if not spec.pretrained_lm_head else []
-    model, tokenizer = build_probe_model(spec, backbone_id, adapters, config.seed)
+    from kadapter_cli.training.setup import compute_dtype
+
+    model, tokenizer = build_probe_model(spec, backbone_id, adapters, config.seed,
+                                         compute_dtype(config.precision, config.device))
     if tokenizer.mask_token_id is None:
         raise BadInput(f"the tokenizer of '{backbone_id}' has no mask token")
 
@@ -164,15 +168,17 @@ def save_probe(folder: Path, model: ProbeModel, spec: ProbeTrainingSpec, backbon
     })
 
 
-def load_probe(folder: Path, backbones: dict[str, nn.Module] | None = None) -> Probe:
-    """A probe artifact; its backbone is loaded (or taken from `backbones`, shared by id)."""
+def load_probe(folder: Path, backbones: dict[str, nn.Module] | None = None,
+               backbone_dtype: torch.dtype | None = None) -> Probe:
+    """A probe artifact; its backbone is loaded (or taken from `backbones`, shared by id), in
+    `backbone_dtype` when given (the compute dtype of a bf16/fp16 evaluation: it is frozen)."""
     folder = Path(folder)
     read_manifest(folder)
     config = read_json(folder / PROBE_CONFIG)
     backbone_id = config["backbone"]
     backbones = {} if backbones is None else backbones
     if backbone_id not in backbones:
-        backbones[backbone_id] = load_backbone(backbone_id).eval()
+        backbones[backbone_id] = load_backbone(backbone_id, backbone_dtype).eval()
     backbone = backbones[backbone_id]
     adapters = {a["name"]: KnowledgeAdapter(AdapterConfig.from_dict(a["config"])) for a in config["adapters"]}
     transform = load_lm_head(backbone_id)[0] if config["lm_head_transform"] else None
@@ -301,9 +307,12 @@ def _bpe_without_prefix_space(tokenizer) -> Callable[[str], list[int]]:
 
 def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts], candidates: list[int],
                  top_k: int, batch_size: int, device: torch.device,
-                 query_prefix_space: bool = False) -> dict[str, list[dict]]:
+                 query_prefix_space: bool = False, precision: str = "fp32") -> dict[str, list[dict]]:
     """Per probe, one prediction per kept fact (in relation, then file order): gold id, rank among
-    `candidates`, top-k ids. Probes that share a backbone share its pass over each batch."""
+    `candidates`, top-k ids. Probes that share a backbone share its pass over each batch. `precision`
+    (resolved: fp32, bf16, fp16): the autocast the passes run under, as training's."""
+    from kadapter_cli.training.setup import autocast
+
     tokenizer = probes[0].tokenizer
     facts = [f for rel in relations for f in rel.facts]
     encode = query_encoder(tokenizer, query_prefix_space)
@@ -324,7 +333,7 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
         body = probe.model.body
         pad_to = body.padded_length(int(probe.config["max_length"]))
         groups.setdefault((id(body.backbone), pad_to), []).append(probe)
-    with torch.inference_mode(), progress() as bar:
+    with torch.inference_mode(), autocast(precision, device), progress() as bar:
         task = bar.add_task("probing", total=len(facts))
         for start in range(0, len(facts), batch_size):
             chunk = encoded[start:start + batch_size]
@@ -361,7 +370,8 @@ def rank_predictions(scores: torch.Tensor, gold: torch.Tensor, candidates: torch
 
 
 def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, device: str = "auto",
-                    overwrite: bool = True, manifest_config: dict | None = None) -> dict[str, Any]:
+                    overwrite: bool = True, manifest_config: dict | None = None,
+                    precision: str = TrainConfig.precision) -> dict[str, Any]:
     """P@1 etc. of each probe on LAMA; writes `metrics.json`, one predictions file per probe and the
     manifest to `out`; returns {"probes", "uhn", "query_prefix_space", "results": {probe: {dataset: metrics}},
     "filters": {probe: {"dataset/relation": facts read, kept and dropped by each filter}}}."""
@@ -369,9 +379,13 @@ def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, devic
         raise BadParameter("{top_k} must be at least 1, got {value}", spec.top_k)
     raw = read_lama(spec)
     common = lama.read_common_vocab(spec.common_vocab) if spec.common_vocab is not None else None
+    from kadapter_cli.training.setup import compute_dtype, enable_tf32, resolve_precision
+
     dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(precision, dev.type)
+    enable_tf32(dev.type)
     backbones: dict[str, nn.Module] = {}
-    probes = [load_probe(p, backbones) for p in probe_dirs]
+    probes = [load_probe(p, backbones, compute_dtype(precision, dev.type)) for p in probe_dirs]
     names = [p.name for p in probes]
     if len(set(names)) != len(names):
         raise BadInput(f"two probes share the name {names}: give folders with different names")
@@ -389,7 +403,8 @@ def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, devic
             raise BadInput("no word of the common vocabulary is a single token of the backbone's vocabulary",
                            spec.common_vocab)
         counts = {f"{rel.dataset}/{rel.relation}": rel.counts() for rel in relations}
-        scored = score_probes(group, relations, candidates, spec.top_k, spec.batch_size, dev, spec.query_prefix_space)
+        scored = score_probes(group, relations, candidates, spec.top_k, spec.batch_size, dev, spec.query_prefix_space,
+                              precision)
         facts = [f for rel in relations for f in rel.facts]
         for probe in group:
             rows = [prediction_row(tokenizer, f, s) for f, s in zip(facts, scored[probe.name])]

@@ -341,6 +341,7 @@ def attach_backbone_cache(model: ReadsFrozenBackbone, splits: Mapping[str, list[
     their list, in candidate order). Returns where the cache lives, or None.
     """
     from kadapter_cli.modeling.backbone import backbone_states
+    from kadapter_cli.training.setup import autocast, resolve_precision
 
     names = list(splits)
     examples = list(splits.values())
@@ -349,9 +350,13 @@ def attach_backbone_cache(model: ReadsFrozenBackbone, splits: Mapping[str, list[
     if mode != "off":
         model.backbone.to(device)
 
+    # Under the autocast training runs in: the cached states are the ones the backbone would give there.
+    precision = resolve_precision(config.precision, device.type)
+
     def compute(input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> list["torch.Tensor"]:
-        tapped, last = backbone_states(model.backbone, input_ids.to(device), attention_mask.to(device),
-                                       model.tap_layers, model.attends_to_padding)
+        with autocast(precision, device):
+            tapped, last = backbone_states(model.backbone, input_ids.to(device), attention_mask.to(device),
+                                           model.tap_layers, model.attends_to_padding)
         return [*tapped, last]
 
     storage = attach_cache(sequences, compute, n_states=len(model.tap_layers) + 1, hidden=model.hidden, pad_id=pad_id,

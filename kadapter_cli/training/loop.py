@@ -75,6 +75,7 @@ from kadapter_cli.training.setup import (
     is_out_of_memory,
     make_accelerator,
     out_of_memory,
+    resolve_precision,
     warmup_then_linear_decay,
 )
 from kadapter_cli.training.tracking import RunTracker, tracking_location
@@ -115,6 +116,9 @@ def train(
     from accelerate.utils import set_seed
 
     config.validate()
+    # The precision the run computes in (auto → bf16 on a capable GPU, fp32 elsewhere): checkpoints
+    # record it, so a resume on the same hardware with `auto` continues the same run.
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, config.device))
     run_dir = Path(run_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     run_name, tracking_dir = tracking_location(config, run_dir)
