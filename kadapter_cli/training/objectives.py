@@ -147,6 +147,7 @@ class MaskedLMObjective:
     """Dynamic masking (BERT's 15 %, 80/10/10) and cross-entropy at the masked rows only."""
 
     primary_metric = "accuracy"
+    collate_draws_random = True  # the loop never makes its batches ahead (the RNG state is checkpointed)
 
     def __init__(self, pad_id: int, mask_id: int, vocab_size: int, pad_to: int | None = None):
         self.pad_id, self.mask_id, self.vocab_size = pad_id, mask_id, vocab_size
