@@ -24,7 +24,9 @@ Reported:
 - `full_finetune`: the same for a step that trains every backbone weight, and the ratio of the
   two steps' times;
 - `feature_cache`: building the cache of the frozen backbone's states on the device (examples/s,
-  size) and an epoch's steps from the cache against the same steps running the backbone;
+  size, where `attach_backbone_cache` put it) and an epoch's steps from the cache on the device and
+  from the same cache in pinned host memory, each against the same steps running the backbone
+  (`cached_vs_uncached_epoch`, `host_cached_vs_uncached_epoch`: below 1 means the cache wins);
 - `matmul_bf16`: a dense bf16 matmul's TFLOP/s, the device's attainable peak beside the nominal one;
 - `qa_eval`: `benchmarks/qa_bench.py` on the device (fp32, RoBERTa-large's layers and width, 32
   SearchQA-like questions × 50 paragraphs, batch 64, a byte-level BPE tokenizer trained on the
@@ -250,11 +252,13 @@ def fac_pretraining(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
 
 
 def feature_cache(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
-    """Builds the cache on the device, then times an epoch's steps from it against the same steps
-    running the backbone (interleaved, step by step)."""
+    """Builds the cache on the device (where the product's `attach_backbone_cache` keeps it when it
+    fits), then times an epoch's steps three ways, interleaved step by step: from the cache on the
+    device, from the same cache in pinned host memory (fp16 rows gathered on the host, copied
+    without blocking), and running the backbone. `auto` should pick the cache only where it wins."""
     from kadapter_cli.training.batching import epoch_batches
     from kadapter_cli.training.config import TrainConfig
-    from kadapter_cli.training.feature_cache import attach_backbone_cache
+    from kadapter_cli.training.feature_cache import FeatureCache, attach_backbone_cache
     from kadapter_cli.training.objectives import RelationObjective
 
     shape, device, seed, n_examples = ctx["shape"], ctx["device"], ctx["seed"], ctx["cache_examples"]
@@ -275,12 +279,19 @@ def feature_cache(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
         build_s = time.perf_counter() - started
     cached.backbone = None  # as `train_adapter` does: every batch carries its features
     cache = cached_examples[0]["_cache"]
+    # The same states in host memory, as a cache too large for the device feeds it.
+    host = FeatureCache([s.cpu() for s in cache._states], cache._offsets, cache.dtype, "memory")
+    host.pinned = device.type == "cuda"
+    host_examples = [dict(ex, _cache=host) for ex in cached_examples]
+    host_model = adapter_pretrainer(None, config)
     batches = epoch_batches(lengths, shape.batch_size, seed, epoch=1)
     members = {
         "uncached_epoch": TrainStep(uncached, objective, device=device.type, precision=PRECISION).steps(
             uncached_examples, batches),
         "cached_epoch": TrainStep(cached, objective, device=device.type, precision=PRECISION).steps(
             cached_examples, batches),
+        "host_cached_epoch": TrainStep(host_model, objective, device=device.type, precision=PRECISION).steps(
+            host_examples, batches),
     }
     first = timing.interleaved_steps(members, 1)  # the first epoch warms both up and sizes the rest
     per_round = sum(t[0] for t in first.values())
@@ -290,7 +301,10 @@ def feature_cache(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
         "build_s": round(build_s, 3), "build_examples_per_s": round(n_examples / build_s, 1),
         "batches": len(batches),
         "cached_vs_uncached_epoch": round(timing.paired_ratio(times["cached_epoch"], times["uncached_epoch"]), 4),
+        "host_cached_vs_uncached_epoch": round(timing.paired_ratio(times["host_cached_epoch"],
+                                                                   times["uncached_epoch"]), 4),
         "cached_epoch": timing.summary(times["cached_epoch"]),
+        "host_cached_epoch": timing.summary(times["host_cached_epoch"]),
         "uncached_epoch": timing.summary(times["uncached_epoch"])}}
 
 

@@ -40,12 +40,15 @@ class ProbeModel(FreezableModule):
     def features(self, batch: dict[str, Any], states=None) -> torch.Tensor:
         """`[h ; a_1 ; ...]` at the batch's valid `positions`: (N, (1 + k) H), outside inference mode.
 
+        The valid positions are `batch["rows"]`, indices into the flattened (B·P) positions (found on
+        the host: no device sync), or, without it, the boolean `batch["valid"]` (B, P).
         `states` = (tapped at `body.tap_layers`, last) computed elsewhere (shared by several probes)."""
         with torch.inference_mode():
             last, outs = self.body.encode(batch["input_ids"], batch["attention_mask"], states, batch["positions"])
             if self.transform is not None:
                 last = self.transform(last)
-            rows = torch.cat([last, *(outs[n] for n in self.adapter_names)], dim=-1)[batch["valid"]]
+            rows = torch.cat([last, *(outs[n] for n in self.adapter_names)], dim=-1)
+            rows = rows.flatten(0, 1).index_select(0, batch["rows"]) if "rows" in batch else rows[batch["valid"]]
         return rows.clone()  # a normal tensor: the Linear's backward saves it
 
     def forward(self, batch: dict[str, Any], candidates: torch.Tensor | None = None, states=None) -> torch.Tensor:

@@ -342,7 +342,8 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
                 ids, mask = pad_ids([e["input_ids"] for e in chunk], tokenizer.pad_token_id or 0, pad_to)
                 batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
                          "positions": torch.tensor([[e["mask_pos"]] for e in chunk], device=device),
-                         "valid": torch.ones(len(chunk), 1, dtype=torch.bool, device=device)}
+                         "valid": torch.ones(len(chunk), 1, dtype=torch.bool, device=device),
+                         "rows": torch.arange(len(chunk), device=device)}  # one mask row a query: all valid
                 backbone = group[0].model.body.backbone
                 taps = sorted({t for p in group for t in p.model.body.tap_layers})
                 states, last = backbone_states(backbone, batch["input_ids"], batch["attention_mask"], taps,

@@ -182,17 +182,23 @@ class MaskedLMObjective:
         labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
         for i, (p, t) in enumerate(zip(chosen, targets)):
             positions[i, : len(p)], labels[i, : len(t)] = p, t
+        valid = labels != IGNORE
+        # The masked rows as indices, found here on the host: a boolean mask applied on the device
+        # waits for it to count the rows (a sync per use).
+        rows = valid.flatten().nonzero().squeeze(1)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "positions": positions,
-                "valid": labels != IGNORE, "labels": labels}
+                "valid": valid, "labels": labels, "rows": rows, "targets": labels.flatten()[rows],
+                "masked": valid.sum(-1)}
 
     def loss(self, model, batch) -> torch.Tensor:
-        return F.cross_entropy(model(batch).float(), batch["labels"][batch["valid"]])
+        return F.cross_entropy(model(batch).float(), batch["targets"])
 
     def predict(self, model, batch) -> list[tuple[int, int]]:
         """(masked tokens predicted right, masked tokens) per example."""
-        hits = torch.zeros(batch["valid"].shape, dtype=torch.long, device=batch["valid"].device)
-        hits[batch["valid"]] = (model(batch).argmax(-1) == batch["labels"][batch["valid"]]).long()
-        return list(zip(hits.sum(-1).tolist(), batch["valid"].sum(-1).tolist()))
+        valid = batch["valid"]
+        hits = torch.zeros(valid.numel(), dtype=torch.long, device=valid.device)
+        hits[batch["rows"]] = (model(batch).argmax(-1) == batch["targets"]).long()
+        return list(zip(hits.view(valid.shape).sum(-1).tolist(), batch["masked"].tolist()))
 
     def score(self, outputs: list[tuple[int, int]], examples: list) -> dict[str, float]:
         masked = sum(n for _, n in outputs)
