@@ -80,8 +80,10 @@ class Probe:
 
 
 def build_probe_model(spec: ProbeTrainingSpec, backbone_id: str, adapters: dict[str, KnowledgeAdapter],
-                      seed: int, backbone_dtype: torch.dtype | None = None) -> tuple[ProbeModel, Any]:
-    """`backbone_dtype`: the compute dtype of a bf16/fp16 run (the backbone is frozen), None for fp32."""
+                      seed: int, backbone_dtype: torch.dtype | None = None,
+                      pad_vocab_to: int = 1) -> tuple[ProbeModel, Any]:
+    """`backbone_dtype`: the compute dtype of a bf16/fp16 run (the backbone is frozen), None for fp32;
+    `pad_vocab_to`: see `ProbeModel` (`VOCAB_MULTIPLE` on CUDA)."""
     tokenizer = load_tokenizer(backbone_id)
     backbone = load_backbone(backbone_id, backbone_dtype)
     shape = backbone_shape(backbone)
@@ -92,12 +94,13 @@ def build_probe_model(spec: ProbeTrainingSpec, backbone_id: str, adapters: dict[
     if spec.init_from_lm_head or spec.pretrained_lm_head:
         transform, weight, bias = load_lm_head(backbone_id)
     torch.manual_seed(seed)  # the layer's initial weights follow the seed
-    model = ProbeModel(backbone, adapters, shape.hidden_size, vocab_size, transform)
+    model = ProbeModel(backbone, adapters, shape.hidden_size, vocab_size, transform, pad_vocab_to)
     if weight is not None:
         with torch.no_grad():
             model.mlm.weight.zero_()  # the adapters' blocks start at 0: training starts at the pretrained LM
-            model.mlm.weight[:, : shape.hidden_size] = weight
-            model.mlm.bias.copy_(bias)
+            model.mlm.weight[:vocab_size, : shape.hidden_size] = weight
+            model.mlm.bias.zero_()
+            model.mlm.bias[:vocab_size] = bias
     return model, tokenizer
 
 
@@ -118,10 +121,12 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
     if backbone_id is None:
         raise BadParameter("{backbone} is needed for a probe without adapters")
     lines = read_corpus(spec.corpus) if not spec.pretrained_lm_head else []
-    from kadapter_cli.training.setup import compute_dtype
+    from kadapter_cli.modeling.probe_model import VOCAB_MULTIPLE
+    from kadapter_cli.training.setup import compute_dtype, uses_cuda
 
     model, tokenizer = build_probe_model(spec, backbone_id, adapters, config.seed,
-                                         compute_dtype(config.precision, config.device))
+                                         compute_dtype(config.precision, config.device),
+                                         VOCAB_MULTIPLE if uses_cuda(config.device) else 1)
     if tokenizer.mask_token_id is None:
         raise BadInput(f"the tokenizer of '{backbone_id}' has no mask token")
 
@@ -133,7 +138,7 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
             if not examples:
                 raise BadInput("the corpus has no tokens to mask", spec.corpus)
             objective = MaskedLMObjective(tokenizer.pad_token_id or 0, tokenizer.mask_token_id,
-                                          model.mlm.out_features, model.body.padded_length(spec.max_length))
+                                          model.vocab_size, model.body.padded_length(spec.max_length))
             result = train(model, objective, examples, None, config, run_dir, resume=resume, hparams=manifest_config)
             summary.update({"steps": result.steps, "throughput": result.throughput, "lines": len(lines), "sequences": len(examples),
                             "tokens": sum(len(e["input_ids"]) for e in examples)})
@@ -142,7 +147,7 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
             (run_dir / "best.safetensors").unlink(missing_ok=True)
         save_probe(run_dir, model, spec, backbone_id, adapter_configs)
         write_json(run_dir / "metrics.json", summary)
-        stats = {**summary, "trainable_parameters": model.mlm.weight.numel() + model.mlm.bias.numel()}
+        stats = {**summary, "trainable_parameters": model.vocab_size * (model.mlm.in_features + 1)}
         write_manifest(run_dir, "probe", config=manifest_config or {},
                                  inputs=sha256_inputs(inputs), stats=stats)
     return summary
@@ -154,7 +159,7 @@ def save_probe(folder: Path, model: ProbeModel, spec: ProbeTrainingSpec, backbon
     everything but the backbone, which the config names."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("body.backbone.")}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.probe_state().items()}
     save_file(state, str(folder / PROBE_WEIGHTS), metadata={"format": "pt"})
     write_json(folder / PROBE_CONFIG, {
         "backbone": backbone_id,
@@ -162,7 +167,7 @@ def save_probe(folder: Path, model: ProbeModel, spec: ProbeTrainingSpec, backbon
         "features": ["backbone"] + [f"adapter:{n}" for n in spec.adapters.names],
         "lm_head_transform": model.transform is not None,
         "pretrained_lm_head": spec.pretrained_lm_head,
-        "vocab_size": model.mlm.out_features,
+        "vocab_size": model.vocab_size,
         "hidden": model.body.hidden,
         "max_length": spec.max_length,
     })
@@ -397,7 +402,7 @@ def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, devic
     for backbone_id in dict.fromkeys(p.config["backbone"] for p in probes):
         group = [p for p in probes if p.config["backbone"] == backbone_id]
         tokenizer = group[0].tokenizer
-        vocab = group[0].model.mlm.out_features
+        vocab = group[0].model.vocab_size
         relations = filtered_facts(raw, tokenizer, common, spec.uhn, vocab)
         candidates = [i for i in lama.candidate_ids(tokenizer, common) if i < vocab]
         if not candidates:
