@@ -194,6 +194,9 @@ def train_adapter_cli(
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
     precision: str = PRECISION,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
+    compile: bool = typer.Option(_loop_default("compile"), "--compile", help=(
+        "torch.compile the adapter and its head, each batch padded to a multiple of 16 tokens (a few compiled "
+        "shapes). Pays on a GPU; on a CPU it is slower (docs/speed.md).")),
     report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print the dev metrics as JSON."),
     config: Optional[Path] = CONFIG,

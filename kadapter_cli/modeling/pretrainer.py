@@ -43,6 +43,10 @@ class AdapterPretrainer(FreezableModule):
     def hidden(self) -> int:
         return self.adapter.config.backbone_hidden_size
 
+    def compiled_parts(self) -> list[nn.Module]:
+        """What `--compile` compiles: the parts that train."""
+        return [self.adapter, self.head]
+
     def backbone_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         """[tapped states..., last hidden state] without autograd (`backbone_states`)."""
         tapped, last = backbone_states(self.backbone, input_ids, attention_mask, self.tap_layers,

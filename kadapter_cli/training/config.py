@@ -24,6 +24,8 @@ CLIP_MODES = ("joint", "separate")
 # A100, H100, RTX 30xx and later), fp32 everywhere else (a CPU, a V100 or T4, whose bf16 is emulated).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BF16_MIN_CAPABILITY = (8, 0)
+# --compile: lengths padded to a multiple of this, so the compiled graphs see a few shapes (64 / 16 = 4 at fac's max length).
+COMPILE_LENGTH_MULTIPLE = 16
 PRECISION_HELP = ("Mixed precision: auto (bf16 on a CUDA GPU of compute capability 8.0 or more, fp32 on a CPU "
                   "or an older GPU), fp32, bf16 (refused where only emulated: use fp16 there), fp16 (CUDA only).")
 
@@ -75,6 +77,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (PRECISIONS; auto: bf16 on CUDA cc >= 8.0, else fp32)
     limit: int | None = None  # use the first N training (and dev) examples
+    compile: bool = False  # torch.compile the trainable parts (adapter and head); lengths to multiples of 16
     bucket_size: int = 100  # batches per length-sorted pool
     report_to: str = "none"  # tensorboard | wandb | mlflow | aim | all | none, or a comma-separated list
     run_name: str | None = None  # the trackers' run name (default: the artifact's folder name)

@@ -72,6 +72,7 @@ from kadapter_cli.training.setup import (
     adamw,
     clip_gradients,
     clip_groups,
+    compile_trainable,
     is_out_of_memory,
     make_accelerator,
     out_of_memory,
@@ -153,6 +154,8 @@ def train(
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise KadapterError("the model has no trainable parameters (every parameter has requires_grad=False)")
+    if config.compile:
+        compile_trainable(model, objective)
     optimizer = adamw(trainable, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
         warmup_then_linear_decay, warmup=warmup_steps, total=total_steps))

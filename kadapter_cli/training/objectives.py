@@ -22,7 +22,11 @@ IGNORE = -100
 MASK_SHARE, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
 
 
-def base_batch(examples: Sequence[dict], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
+def base_batch(examples: Sequence[dict], pad_id: int, pad_to: int | None = None, multiple: int = 1) -> dict[str, Any]:
+    """`multiple`: pad to the next multiple of it (`--compile`: a compiled graph per length bucket)."""
+    if pad_to is None and multiple > 1:
+        longest = max(len(e["input_ids"]) for e in examples)
+        pad_to = -(-longest // multiple) * multiple
     ids, mask = pad_ids([e["input_ids"] for e in examples], pad_id, pad_to)
     batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
     cache = examples[0].get("_cache")
@@ -36,6 +40,7 @@ class _Objective:
     `KAdapterModel.padded_length`); None pads each batch to its longest example."""
 
     primary_metric = "loss"
+    length_multiple = 1  # pad each batch to a multiple of this many tokens (`setup.compile_trainable`)
 
     def __init__(self, pad_id: int, pad_to: int | None = None):
         self.pad_id = pad_id
@@ -55,7 +60,7 @@ class RelationObjective(_Objective):
         self.labels = list(labels)
 
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
-        batch = base_batch(examples, self.pad_id, self.pad_to)
+        batch = base_batch(examples, self.pad_id, self.pad_to, self.length_multiple)
         batch["subj_pos"] = torch.tensor([e["subj_pos"] for e in examples])
         batch["obj_pos"] = torch.tensor([e["obj_pos"] for e in examples])
         batch["labels"] = torch.tensor([e["label"] for e in examples])
@@ -80,7 +85,7 @@ class DependencyObjective(_Objective):
     primary_metric = "uas"
 
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
-        batch = base_batch(examples, self.pad_id, self.pad_to)
+        batch = base_batch(examples, self.pad_id, self.pad_to, self.length_multiple)
         targets = torch.full(batch["input_ids"].shape, IGNORE, dtype=torch.long)
         for i, e in enumerate(examples):
             targets[i, : len(e["head_targets"])] = torch.as_tensor(e["head_targets"], dtype=torch.long)

@@ -8,7 +8,7 @@ import os
 from typing import TYPE_CHECKING
 
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
-from kadapter_cli.training.config import BF16_MIN_CAPABILITY, TrainConfig
+from kadapter_cli.training.config import BF16_MIN_CAPABILITY, COMPILE_LENGTH_MULTIPLE, TrainConfig
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -128,6 +128,22 @@ def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Acce
             raise
         AcceleratorState._reset_state()
         return Accelerator(cpu=on_cpu, mixed_precision=mixed, log_with=log_with or None)
+
+
+def compile_trainable(model, objective) -> None:
+    """`--compile`: `torch.compile` the parts of `model` that train (`model.compiled_parts()`: an
+    adapter and its head), in place (parameter names, checkpoints and artifacts stay as they are),
+    and has `objective` pad each batch to a multiple of `COMPILE_LENGTH_MULTIPLE` tokens, so the
+    compiled graphs see a few lengths instead of one per batch. `BadParameter` for a model that
+    offers no parts to compile."""
+    parts = getattr(model, "compiled_parts", None)
+    if parts is None:
+        raise BadParameter("{compile:True} compiles an adapter and its head (adapter pretraining); "
+                           "this model has no parts to compile")
+    for module in parts():
+        module.compile()
+    if hasattr(objective, "length_multiple"):
+        objective.length_multiple = COMPILE_LENGTH_MULTIPLE
 
 
 def adamw(named_params: list, config: TrainConfig):
