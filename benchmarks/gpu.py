@@ -34,7 +34,10 @@ Reported:
   transformers 4.x question-answering pipeline's procedure (`qa_eval_vs_hf_pipeline`, target ≥ 1.5),
   and fac+lin composed against no adapters. On a CPU the forward pass is 97 % of both sides' time, so
   the ratio there is bounded by the padding the pipeline computes; on a GPU its per-window Python
-  and NumPy work is what remains.
+  and NumPy work is what remains;
+- `compile`: `--compile` (the adapter and head compiled, lengths in multiples of 16) against eager
+  steps from the same cached states (`compiled_vs_eager_step`, below 1 means compiling pays), and
+  the compilation's own seconds.
 """
 
 from __future__ import annotations
@@ -340,12 +343,23 @@ def qa_eval(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
                                              tokenizer=tokenizer)}
 
 
+def compile_step(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """`--compile` on the device: fac steps of the compiled adapter and head (batches padded to
+    multiples of 16 tokens) against the eager ones, from the same cached backbone states
+    (`benchmarks/training_bench.py`'s `compiled_step`; compilation timed apart)."""
+    training_bench = importlib.import_module("benchmarks.training_bench")
+    result = training_bench.compiled_step(ctx["shape"], ctx["compile_batches"], max(1, ctx["repeats"] // 3),
+                                          seed=ctx["seed"], device=ctx["device"].type, precision=PRECISION,
+                                          backbone=ctx.get("backbone"))
+    return {"compile": {"compiled_vs_eager_step": result["value"], **result["detail"]}}
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any], Budget], dict[str, Any]]] = {
     "fac_pretraining": fac_pretraining, "feature_cache": feature_cache, "matmul_bf16": matmul_bf16,
-    "qa_eval": qa_eval,
+    "qa_eval": qa_eval, "compile": compile_step,
 }
 # Shares of --budget-s; time a section leaves unused goes to those after it.
-SHARES = {"fac_pretraining": 0.3, "feature_cache": 0.3, "matmul_bf16": 0.1, "qa_eval": 0.3}
+SHARES = {"fac_pretraining": 0.3, "feature_cache": 0.3, "matmul_bf16": 0.1, "qa_eval": 0.3, "compile": 0.25}
 
 
 def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cache_examples: int,
@@ -364,13 +378,13 @@ def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cach
     budget = Budget(budget_s, {name: SHARES[name] for name in sections})
     ctx = {"shape": shape, "device": device, "peak": peak, "seed": seed, "repeats": repeats, "warmup": warmup,
            "cache_examples": cache_examples, "cache_repeats": max(1, repeats // 3), "matmul_n": matmul_n,
-           "qa_sizes": qa_sizes}
+           "qa_sizes": qa_sizes, "compile_batches": 2 if shape.layers < 8 else 8}
     for name in sections:
         allowed = budget.begin(name)
         began = time.perf_counter()
         try:
             with time_limit(allowed):
-                if "backbone" not in ctx and name in ("fac_pretraining", "feature_cache"):
+                if "backbone" not in ctx and name in ("fac_pretraining", "feature_cache", "compile"):
                     ctx["backbone"] = build_backbone(shape, seed).to(device)
                 values = SECTIONS[name](ctx, budget)
         except (Exception, SectionTimeout) as error:  # noqa: BLE001  every section is on its own

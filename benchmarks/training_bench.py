@@ -160,20 +160,20 @@ def cached_epoch(shape: BenchShape, n_examples: int, repeats: int, small_batch: 
 
 
 def compiled_step(shape: BenchShape, n_batches: int, repeats: int, seed: int = 0, device: str = "cpu",
-                  precision: str = "fp32") -> dict[str, Any]:
+                  precision: str = "fp32", backbone: torch.nn.Module | None = None) -> dict[str, Any]:
     """`compiled_vs_eager_step`: fac steps of the adapter and head as `--compile` runs them
     (`setup.compile_trainable`: compiled in place, each batch padded to a multiple of 16 tokens)
     against the eager default (each batch padded to its longest example), both reading the same
     cached backbone states (the backbone is not what `--compile` compiles). `n_batches` batches of
     T-REx-like lengths, interleaved step by step; the first pass over them (compilation: one graph
-    per length bucket) is timed apart as `compile_s`."""
+    per length bucket) is timed apart as `compile_s`. `backbone`: one already built (default: `shape`'s)."""
     from kadapter_cli.training.batching import epoch_batches
     from kadapter_cli.training.config import TrainConfig
     from kadapter_cli.training.feature_cache import attach_backbone_cache
     from kadapter_cli.training.setup import compile_trainable
 
     torch_device = torch.device(device)
-    backbone = build_backbone(shape, seed).to(torch_device)
+    backbone = (build_backbone(shape, seed) if backbone is None else backbone).to(torch_device)
     config = adapter_config(backbone)
     lengths = trex_like_lengths(n_batches * shape.batch_size, shape.max_length, seed)
     examples = fac_examples(lengths, shape.vocab, seed)
@@ -182,7 +182,7 @@ def compiled_step(shape: BenchShape, n_batches: int, repeats: int, seed: int = 0
         attach_backbone_cache(reader, {"train": examples}, PAD_ID,
                               TrainConfig(device=device, batch_size=shape.batch_size, precision=precision), Path(tmp),
                               torch_device, mode="on", budget_gib=64.0)
-    del reader, backbone
+    del reader
     batches = epoch_batches(lengths, shape.batch_size, seed, epoch=1)
     eager_model, compiled_model = adapter_pretrainer(None, config), adapter_pretrainer(None, config)
     eager_objective, compiled_objective = _objective(config), _objective(config)

@@ -11,6 +11,7 @@ from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.training.config import BF16_MIN_CAPABILITY, COMPILE_LENGTH_MULTIPLE, TrainConfig
 
 if TYPE_CHECKING:
+    import torch
     from accelerate import Accelerator
 
 
