@@ -350,7 +350,7 @@ def compile_step(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
     training_bench = importlib.import_module("benchmarks.training_bench")
     result = training_bench.compiled_step(ctx["shape"], ctx["compile_batches"], max(1, ctx["repeats"] // 3),
                                           seed=ctx["seed"], device=ctx["device"].type, precision=PRECISION,
-                                          backbone=ctx.get("backbone"))
+                                          backbone=ctx.get("backbone"), backend=ctx["compile_backend"])
     return {"compile": {"compiled_vs_eager_step": result["value"], **result["detail"]}}
 
 
@@ -365,7 +365,7 @@ SHARES = {"fac_pretraining": 0.3, "feature_cache": 0.3, "matmul_bf16": 0.1, "qa_
 def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cache_examples: int,
         matmul_n: int, peak_tflops: float | None = None, seed: int = 0,
         qa_sizes: tuple[int, int, int] = (32, 50, 64), out_dir: Path | None = None,
-        budget_s: float | None = None, sections: tuple[str, ...] = tuple(SECTIONS)) -> dict[str, Any]:
+        budget_s: float | None = None, sections: tuple[str, ...] = tuple(SECTIONS), tiny: bool = False) -> dict[str, Any]:
     """Every section in turn, each on its own: one that fails (a missing package, an out-of-memory,
     its share of the budget run out) is reported under `errors` and the next one runs."""
     started = time.perf_counter()
@@ -378,7 +378,9 @@ def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cach
     budget = Budget(budget_s, {name: SHARES[name] for name in sections})
     ctx = {"shape": shape, "device": device, "peak": peak, "seed": seed, "repeats": repeats, "warmup": warmup,
            "cache_examples": cache_examples, "cache_repeats": max(1, repeats // 3), "matmul_n": matmul_n,
-           "qa_sizes": qa_sizes, "compile_batches": 2 if shape.layers < 8 else 8}
+           "qa_sizes": qa_sizes, "compile_batches": 2 if tiny else 8,
+           # --tiny is a smoke run: compiling with inductor takes minutes on a small CPU
+           "compile_backend": "eager" if tiny else None}
     for name in sections:
         allowed = budget.begin(name)
         began = time.perf_counter()
@@ -440,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  cache_examples=args.cache_examples or (8 if args.tiny else 4096),
                  matmul_n=64 if args.tiny else 8192, peak_tflops=args.peak_tflops,
                  qa_sizes=(2, 2, 2) if args.tiny else (32, 50, 64), out_dir=args.out, budget_s=args.budget_s,
-                 sections=tuple(args.section or SECTIONS))
+                 sections=tuple(args.section or SECTIONS), tiny=args.tiny)
     print(json.dumps(report, indent=2))
     return report
 

@@ -160,13 +160,15 @@ def cached_epoch(shape: BenchShape, n_examples: int, repeats: int, small_batch: 
 
 
 def compiled_step(shape: BenchShape, n_batches: int, repeats: int, seed: int = 0, device: str = "cpu",
-                  precision: str = "fp32", backbone: torch.nn.Module | None = None) -> dict[str, Any]:
+                  precision: str = "fp32", backbone: torch.nn.Module | None = None,
+                  backend: str | None = None) -> dict[str, Any]:
     """`compiled_vs_eager_step`: fac steps of the adapter and head as `--compile` runs them
     (`setup.compile_trainable`: compiled in place, each batch padded to a multiple of 16 tokens)
     against the eager default (each batch padded to its longest example), both reading the same
     cached backbone states (the backbone is not what `--compile` compiles). `n_batches` batches of
     T-REx-like lengths, interleaved step by step; the first pass over them (compilation: one graph
-    per length bucket) is timed apart as `compile_s`. `backbone`: one already built (default: `shape`'s)."""
+    per length bucket) is timed apart as `compile_s`. `backbone`: one already built (default: `shape`'s);
+    `backend`: torch.compile's (default inductor, what `--compile` uses; "eager" for a smoke run)."""
     from kadapter_cli.training.batching import epoch_batches
     from kadapter_cli.training.config import TrainConfig
     from kadapter_cli.training.feature_cache import attach_backbone_cache
@@ -186,7 +188,7 @@ def compiled_step(shape: BenchShape, n_batches: int, repeats: int, seed: int = 0
     batches = epoch_batches(lengths, shape.batch_size, seed, epoch=1)
     eager_model, compiled_model = adapter_pretrainer(None, config), adapter_pretrainer(None, config)
     eager_objective, compiled_objective = _objective(config), _objective(config)
-    compile_trainable(compiled_model, compiled_objective)
+    compile_trainable(compiled_model, compiled_objective, backend)
     eager = TrainStep(eager_model.to(torch_device), eager_objective, device=device, precision=precision)
     compiled = TrainStep(compiled_model.to(torch_device), compiled_objective, device=device, precision=precision)
     started = time.perf_counter()
@@ -197,7 +199,8 @@ def compiled_step(shape: BenchShape, n_batches: int, repeats: int, seed: int = 0
     members = {"eager": eager.steps(examples, batches), "compiled": compiled_steps}
     times = timing.interleaved_steps(members, repeats)
     padded = [len(b) * (-(-max(lengths[i] for i in b) // 16) * 16) for b in batches]
-    detail = {"device": device, "precision": precision, "batches": len(batches), "batch_size": shape.batch_size,
+    detail = {"device": device, "precision": precision, "backend": backend or "inductor", "batches": len(batches),
+              "batch_size": shape.batch_size,
               "compile_s": round(compile_s, 2), "padded_tokens_compiled": sum(padded),
               "padded_tokens_eager": sum(len(b) * max(lengths[i] for i in b) for b in batches),
               "eager_epoch": timing.summary(times["eager"]), "compiled_epoch": timing.summary(times["compiled"])}

@@ -131,18 +131,18 @@ def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Acce
         return Accelerator(cpu=on_cpu, mixed_precision=mixed, log_with=log_with or None)
 
 
-def compile_trainable(model, objective) -> None:
+def compile_trainable(model, objective, backend: str | None = None) -> None:
     """`--compile`: `torch.compile` the parts of `model` that train (`model.compiled_parts()`: an
     adapter and its head), in place (parameter names, checkpoints and artifacts stay as they are),
     and has `objective` pad each batch to a multiple of `COMPILE_LENGTH_MULTIPLE` tokens, so the
     compiled graphs see a few lengths instead of one per batch. `BadParameter` for a model that
-    offers no parts to compile."""
+    offers no parts to compile. `backend`: torch.compile's (default: inductor)."""
     parts = getattr(model, "compiled_parts", None)
     if parts is None:
         raise BadParameter("{compile:True} compiles an adapter and its head (adapter pretraining); "
                            "this model has no parts to compile")
     for module in parts():
-        module.compile()
+        module.compile(**({} if backend is None else {"backend": backend}))
     if hasattr(objective, "length_multiple"):
         objective.length_multiple = COMPILE_LENGTH_MULTIPLE
 
