@@ -265,6 +265,21 @@ def fits_on_device(n_bytes: int, device: "torch.device | None") -> bool:
     return n_bytes <= DEVICE_CACHE_SHARE * free
 
 
+def _all_agree(flag: bool, device: "torch.device | None") -> bool:
+    """`flag` where every process of an initialised process group has it (all_reduce MIN: on
+    `device` under NCCL, which reduces CUDA tensors only); `flag` itself for a process started alone."""
+    import torch
+    import torch.distributed as dist
+
+    if device is None or device.type != "cuda" or not (dist.is_available() and dist.is_initialized()):
+        return flag
+    if dist.get_world_size() == 1:
+        return flag
+    agreed = torch.tensor([int(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
 def _free_disk_bytes(folder: Path) -> int:
     probe = folder
     while not probe.exists() and probe != probe.parent:  # the cache folder may not exist yet
@@ -400,12 +415,13 @@ def attach_cache(
     n_tokens = sum(len(ex["input_ids"]) if pad_to is None else pad_to for split in splits for ex in split)
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     budget = default_budget_bytes() // local_processes if budget_gib is None else int(budget_gib * GiB)
-    storage = decide_cache(mode, estimate_bytes(n_tokens, n_states, hidden), budget, folder)
+    n_bytes = estimate_bytes(n_tokens, n_states, hidden)
+    storage = decide_cache(mode, n_bytes, budget, folder)
+    # Every process must keep it in the same place (a device cache's build is split over them).
+    if _all_agree(storage == "memory" and fits_on_device(n_bytes, device), device):
+        storage = "device"
     if storage is None:
         return None
-    n_bytes = estimate_bytes(n_tokens, n_states, hidden)
-    if storage == "memory" and fits_on_device(n_bytes, device):
-        storage = "device"
     rank = str(process_index())
     shard = build_shard(storage)
     for i, examples in enumerate(splits):

@@ -178,3 +178,26 @@ def test_each_process_computes_its_share_of_the_batches_and_all_hold_the_whole_c
     assert sum(len(r["calls"]) for r in results) == 3 and all(r["calls"] for r in results)  # 3 batches in all
     for r in results:
         assert all(torch.equal(a, b) for a, b in zip(r["states"], whole._states))
+
+
+def _agreement(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    got = feature_cache._all_agree(rank == 0, torch.device("cuda"))  # gloo: the flags meet on the CPU
+    torch.save(got, f"{out}/agree-{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_processes_agree_on_keeping_the_cache_on_their_devices(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_agreement, args=(2, port, str(tmp_path)), nprocs=2)
+    # One process's device has room, the other's not: neither keeps it there (their builds would not meet).
+    assert [torch.load(tmp_path / f"agree-{rank}.pt") for rank in (0, 1)] == [False, False]
