@@ -437,6 +437,8 @@ class _Recorder:
 ])
 def test_device_and_precision_reach_accelerate(monkeypatch, cuda, device, precision, cpu, mixed):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))  # stand-ins: no GPU here
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda *a: None)
     accelerate = _Recorder(monkeypatch)
     make_accelerator(TrainConfig(device=device, precision=precision))
     assert accelerate.calls == [{"cpu": cpu, "mixed_precision": mixed, "log_with": None}]

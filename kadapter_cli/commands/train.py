@@ -15,7 +15,7 @@ from kadapter_cli.errors import BadInput
 from kadapter_cli.modeling.backbone import DEFAULT_BACKBONE
 from kadapter_cli.processes import is_main_process
 from kadapter_cli.tasks import TASKS, parse_task_options, task_class, task_options_help
-from kadapter_cli.training.config import KIND_DEFAULTS, TrainConfig, kind_defaults
+from kadapter_cli.training.config import KIND_DEFAULTS, PRECISION_HELP, TrainConfig, kind_defaults
 from kadapter_cli.training.setup import set_threads
 
 # ---------------------------------------------------------------- shared training options
@@ -98,7 +98,7 @@ OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output 
 DEVICE = typer.Option(_loop_default("device"), "--device", metavar="auto|cpu|cuda", help="Where to run (auto: cuda when available).")
 THREADS = typer.Option(None, "--threads", metavar="N",
                        help="CPU threads (default: OMP_NUM_THREADS if set, else the cores that are idle now).")
-PRECISION = typer.Option(_loop_default("precision"), "--precision", metavar="fp32|bf16|fp16", help="Mixed precision on GPU.")
+PRECISION = typer.Option(_loop_default("precision"), "--precision", metavar="auto|fp32|bf16|fp16", help=PRECISION_HELP)
 DETERMINISTIC = typer.Option(_loop_default("deterministic"), "--deterministic", help=(
     "Deterministic CUDA kernels only (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8, "
     "cuDNN deterministic): a resumed GPU run then equals an uninterrupted one bit for bit; slower (docs: Speed). "
@@ -198,6 +198,9 @@ def train_adapter_cli(
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
     precision: str = PRECISION, deterministic: bool = DETERMINISTIC,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
+    compile: bool = typer.Option(_loop_default("compile"), "--compile", help=(
+        "torch.compile the adapter and its head, each batch padded to a multiple of 16 tokens (a few compiled "
+        "shapes). Pays on a GPU; on a CPU it is slower (docs/speed.md).")),
     report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print the dev metrics as JSON."),
     config: Optional[Path] = CONFIG,

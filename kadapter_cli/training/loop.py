@@ -72,9 +72,11 @@ from kadapter_cli.training.setup import (
     adamw,
     clip_gradients,
     clip_groups,
+    compile_trainable,
     is_out_of_memory,
     make_accelerator,
     out_of_memory,
+    resolve_precision,
     warmup_then_linear_decay,
 )
 from kadapter_cli.training.tracking import RunTracker, tracking_location
@@ -115,6 +117,9 @@ def train(
     from accelerate.utils import set_seed
 
     config.validate()
+    # The precision the run computes in (auto → bf16 on a capable GPU, fp32 elsewhere): checkpoints
+    # record it, so a resume on the same hardware with `auto` continues the same run.
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, config.device))
     run_dir = Path(run_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     run_name, tracking_dir = tracking_location(config, run_dir)
@@ -149,6 +154,8 @@ def train(
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise KadapterError("the model has no trainable parameters (every parameter has requires_grad=False)")
+    if config.compile:
+        compile_trainable(model, objective)
     optimizer = adamw(trainable, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
         warmup_then_linear_decay, warmup=warmup_steps, total=total_steps))
@@ -223,22 +230,44 @@ class _Loop:
                 # One batch per optimizer step, the same on every process; each takes its parts.
                 steps = epoch_batches(self.lengths, config.batch_size, config.seed, epoch, config.bucket_size)
                 first = state.steps_in_epoch if epoch == state.epoch else 0
-                for g in range(first, len(steps)):
-                    self._train_step(step_micro_batches(steps[g], split.processes, split.grad_accum, rank))
-                    epoch_end = g == len(steps) - 1
-                    final = state.step >= self.total_steps
-                    if epoch_end:
-                        state.epoch, state.steps_in_epoch = epoch + 1, 0
-                    else:
-                        state.epoch, state.steps_in_epoch = epoch, g + 1
-                    self._after_step(epoch + (g + 1) / len(steps), epoch_end, final)
-                    if self.is_main:
-                        bar.update(task, completed=state.step, status=self._window.status)
-                    if final:
-                        return
+                plan = {g: step_micro_batches(steps[g], split.processes, split.grad_accum, rank)
+                        for g in range(first, len(steps))}
+                feeder = _Feeder(self._batch, [ix for g in plan for ix, _ in plan[g]]) if self._prefetches() else None
+                try:
+                    self._epoch(epoch, steps, first, plan, feeder, bar, task)
+                finally:
+                    if feeder is not None:
+                        feeder.close()
+                if state.step >= self.total_steps:
+                    return
 
-    def _train_step(self, micro_batches: list[tuple[list[int], float]]) -> None:
-        """One optimizer step: this process's micro-batches, each loss weighted by its share of the step."""
+    def _prefetches(self) -> bool:
+        """Whether batches are made one ahead on a background thread: on a CUDA device (the host's
+        collation and cache gathering then overlap the device's step), for objectives whose
+        collation draws no random numbers (a prefetched draw would move the RNG state a checkpoint
+        saves). Never on a CPU: the thread would compete with the step for the same cores."""
+        return self.accelerator.device.type == "cuda" and not getattr(self.objective, "collate_draws_random", False)
+
+    def _epoch(self, epoch: int, steps: list, first: int, plan: dict, feeder, bar, task) -> None:
+        """The steps `first`… of `epoch` (`plan`: each step's micro-batches); returns early at the run's last step."""
+        state = self.state
+        for g in range(first, len(steps)):
+            self._train_step(plan[g], feeder)
+            epoch_end = g == len(steps) - 1
+            final = state.step >= self.total_steps
+            if epoch_end:
+                state.epoch, state.steps_in_epoch = epoch + 1, 0
+            else:
+                state.epoch, state.steps_in_epoch = epoch, g + 1
+            self._after_step(epoch + (g + 1) / len(steps), epoch_end, final)
+            if self.is_main:
+                bar.update(task, completed=state.step, status=self._window.status)
+            if final:
+                return
+
+    def _train_step(self, micro_batches: list[tuple[list[int], float]], feeder: "_Feeder | None" = None) -> None:
+        """One optimizer step: this process's micro-batches, each loss weighted by its share of the step
+        (made here, or taken from `feeder`, which made them ahead)."""
         accelerator, state = self.accelerator, self.state
         processes = accelerator.num_processes
         self.model.train()
@@ -249,7 +278,7 @@ class _Loop:
         try:
             with counting as counted:
                 for i, (indices, share) in enumerate(micro_batches):
-                    batch = self._batch(indices)
+                    batch = self._batch(indices) if feeder is None else feeder.get(indices)
                     # Gradients are all-reduced only on the step's last micro-batch.
                     sync = nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(self.model)
                     with sync:
@@ -341,7 +370,9 @@ class _Loop:
     def _batch(self, indices: list[int]) -> dict:
         from accelerate.utils import send_to_device
 
-        return send_to_device(self.objective.collate([self.examples[j] for j in indices]), self.accelerator.device)
+        # non_blocking: a copy from pinned memory (a cache's gathered rows) overlaps the device's work.
+        return send_to_device(self.objective.collate([self.examples[j] for j in indices]), self.accelerator.device,
+                              non_blocking=self.accelerator.device.type == "cuda")
 
     def _log_training(self, epoch_progress: float) -> None:
         record = self._window.summary(self.accelerator, self.peak_flops)
@@ -400,6 +431,36 @@ class _Loop:
                        "batch_split": self.split.as_dict()},
             )
         accelerator.wait_for_everyone()
+
+
+class _Feeder:
+    """The batches of a known sequence of micro-batches, each made by `make(indices)` on one
+    background thread one ahead of its use. The copies to the device are issued there, on the
+    device's default stream, so the step that reads a batch is ordered after its copy."""
+
+    def __init__(self, make, order: list[list[int]]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._make, self._order, self._next = make, order, 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kadapter-feeder")
+        self._pending = self._submit()
+
+    def _submit(self):
+        if self._next >= len(self._order):
+            return None
+        future = self._pool.submit(self._make, self._order[self._next])
+        self._next += 1
+        return future
+
+    def get(self, indices: list[int]) -> dict:
+        expected = self._order[self._next - 1] if self._pending is not None else None
+        if expected != list(indices):
+            raise KadapterError(f"batches were asked for out of order: {indices[:3]}…, expected {(expected or [])[:3]}…")
+        future, self._pending = self._pending, self._submit()
+        return future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------- evaluation
