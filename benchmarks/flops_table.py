@@ -91,9 +91,12 @@ def table(layers: int, hidden: int, heads: int, vocab: int, batch: int, length: 
     probe = ProbeModel(backbone, {"fac": KnowledgeAdapter(fac)}, hidden, vocab).train()
     masked = max(1, round(0.15 * length))
     positions = torch.stack([torch.randperm(length - 2)[:masked] + 1 for _ in range(batch)])
-    probe_batch = {"input_ids": ids, "attention_mask": mask, "positions": positions,
-                   "valid": torch.ones(batch, masked, dtype=torch.bool),
-                   "labels": torch.randint(0, vocab, (batch, masked))}
+    valid = torch.ones(batch, masked, dtype=torch.bool)
+    probe_labels = torch.randint(0, vocab, (batch, masked))
+    rows = valid.flatten().nonzero().squeeze(1)  # as MaskedLMObjective.collate builds them
+    probe_batch = {"input_ids": ids, "attention_mask": mask, "positions": positions, "valid": valid,
+                   "labels": probe_labels, "rows": rows, "targets": probe_labels.flatten()[rows],
+                   "masked": valid.sum(-1)}
     mlm = MaskedLMObjective(1, 4, vocab)
     add("probe_masked_lm", probe, lambda: mlm.loss(probe, probe_batch).backward())
 

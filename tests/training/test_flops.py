@@ -125,8 +125,12 @@ def test_lin_dependency_heads(tiny):
 def test_probe_masked_lm_counts_the_vocabulary_layer_at_masked_rows_only(tiny):
     backbone, s, ids, mask = tiny
     probe = ProbeModel(copy.deepcopy(backbone), {"fac": KnowledgeAdapter(s.fac)}, s.H, V).train()
+    labels = torch.randint(0, V, (B, P))
+    valid = torch.ones(B, P, dtype=torch.bool)
+    rows = valid.flatten().nonzero().squeeze(1)  # as MaskedLMObjective.collate builds them on the host
     batch = {"input_ids": ids, "attention_mask": mask, "positions": torch.tensor([[1, 4], [2, 5], [3, 6]]),
-             "valid": torch.ones(B, P, dtype=torch.bool), "labels": torch.randint(0, V, (B, P))}
+             "valid": valid, "labels": labels, "rows": rows, "targets": labels.flatten()[rows],
+             "masked": valid.sum(-1)}
     counted = step_flops(lambda: MaskedLMObjective(1, 4, V).loss(probe, batch).backward())
 
     linears, attention = s.adapter(rows=P)  # the frozen adapter computes the masked rows in its last layer
