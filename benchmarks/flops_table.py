@@ -93,9 +93,9 @@ def table(layers: int, hidden: int, heads: int, vocab: int, batch: int, length: 
     positions = torch.stack([torch.randperm(length - 2)[:masked] + 1 for _ in range(batch)])
     valid = torch.ones(batch, masked, dtype=torch.bool)
     probe_labels = torch.randint(0, vocab, (batch, masked))
-    rows = valid.flatten().nonzero().squeeze(1)  # as MaskedLMObjective.collate builds them
+    masked_rows = valid.flatten().nonzero().squeeze(1)  # as MaskedLMObjective.collate builds them
     probe_batch = {"input_ids": ids, "attention_mask": mask, "positions": positions, "valid": valid,
-                   "labels": probe_labels, "rows": rows, "targets": probe_labels.flatten()[rows],
+                   "labels": probe_labels, "rows": masked_rows, "targets": probe_labels.flatten()[masked_rows],
                    "masked": valid.sum(-1)}
     mlm = MaskedLMObjective(1, 4, vocab)
     add("probe_masked_lm", probe, lambda: mlm.loss(probe, probe_batch).backward())
