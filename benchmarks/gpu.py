@@ -18,13 +18,17 @@ T-REx-like examples (mean 22.8 sub-tokens, max_length 64), the paper's fac batch
 Every step is the product's (`workloads.TrainStep`: Accelerate autocast, AdamW, clipping).
 
 Reported:
-- `fac_pretraining`: adapter-pretraining step time, real and padded tokens/s, model TFLOP/s from
-  the FLOP formula of `workloads.adapter_step_flops`, and MFU = that over the device's bf16 dense
-  peak (`kadapter_cli.training.log.PEAK_FLOPS`, or `--peak-tflops`);
+- `fac_pretraining`: adapter-pretraining step time, real and padded tokens/s, model TFLOP/s and
+  MFU as the training log has them: the step's FLOPs counted by the loop's counter
+  (`kadapter_cli.training.flops.step_flops`: the products that run) over the step time, against the
+  device's dense bf16 peak (`kadapter_cli.training.flops.PEAK_TFLOPS` by exact device name, or
+  `--peak-tflops`); `flops_per_real_token` is the log's price of a real token;
 - `full_finetune`: the same for a step that trains every backbone weight, and the ratio of the
   two steps' times;
 - `feature_cache`: building the cache of the frozen backbone's states on the device (examples/s,
-  size) and an epoch's steps from the cache against the same steps running the backbone;
+  size, where `attach_backbone_cache` put it) and an epoch's steps from the cache on the device and
+  from the same cache in pinned host memory, each against the same steps running the backbone
+  (`cached_vs_uncached_epoch`, `host_cached_vs_uncached_epoch`: below 1 means the cache wins);
 - `matmul_bf16`: a dense bf16 matmul's TFLOP/s, the device's attainable peak beside the nominal one;
 - `qa_eval`: `benchmarks/qa_bench.py` on the device (fp32, RoBERTa-large's layers and width, 32
   SearchQA-like questions × 50 paragraphs, batch 64, a byte-level BPE tokenizer trained on the
@@ -32,7 +36,10 @@ Reported:
   transformers 4.x question-answering pipeline's procedure (`qa_eval_vs_hf_pipeline`, target ≥ 1.5),
   and fac+lin composed against no adapters. On a CPU the forward pass is 97 % of both sides' time, so
   the ratio there is bounded by the padding the pipeline computes; on a GPU its per-window Python
-  and NumPy work is what remains.
+  and NumPy work is what remains;
+- `compile`: `--compile` (the adapter and head compiled, lengths in multiples of 16) against eager
+  steps from the same cached states (`compiled_vs_eager_step`, below 1 means compiling pays), and
+  the compilation's own seconds.
 """
 
 from __future__ import annotations
@@ -66,10 +73,8 @@ from benchmarks.workloads import (  # noqa: E402
     TrainStep,
     adapter_config,
     adapter_pretrainer,
-    adapter_step_flops,
     build_backbone,
     fac_examples,
-    full_finetune_flops,
     trex_like_lengths,
 )
 
@@ -85,18 +90,26 @@ def _device_name(device: torch.device) -> str:
 
 
 def _peak(device: torch.device, peak_tflops: float | None) -> tuple[float | None, str]:
-    from kadapter_cli.training.log import peak_flops
+    from kadapter_cli.training.flops import device_peak
 
     if peak_tflops is not None:
         return peak_tflops * 1e12, "--peak-tflops"
-    peak = peak_flops(device, PRECISION)
-    return peak, ("kadapter_cli.training.log.PEAK_FLOPS" if peak else "unknown device: no MFU")
+    peak, source = device_peak(device, PRECISION)  # what the training log holds MFU to
+    return peak, ("kadapter_cli.training.flops.PEAK_TFLOPS: " + source if peak else source)
+
+
+def _counted_flops(step: Callable[[], Any]) -> float:
+    """One run of `step` (a whole optimizer step), its FLOPs counted as the training loop counts its
+    first step (`kadapter_cli.training.flops`): the products that run, forward and backward."""
+    from kadapter_cli.training import flops
+
+    return flops.step_flops(step)
 
 
 def _rates(seconds: float, flops: float, real_tokens: int, padded_tokens: int, peak: float | None) -> dict[str, Any]:
     return {"step_s": round(seconds, 5), "tokens_per_s": round(real_tokens / seconds, 1),
             "padded_tokens_per_s": round(padded_tokens / seconds, 1),
-            "model_tflops": round(flops / seconds / 1e12, 4),
+            "model_tflops": float(f"{flops / seconds / 1e12:.4g}"),  # as train_log.jsonl rounds it
             "mfu": round(flops / seconds / peak, 4) if peak else None}
 
 
@@ -230,31 +243,37 @@ def fac_pretraining(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
     full_step = TrainStep(FullFinetune(copy.deepcopy(backbone), NUM_RELATIONS).to(device), objective,
                           device=device.type, precision=PRECISION)
     members = {"adapter": lambda: adapter_step(batch), "full": lambda: full_step(batch)}
+    # Counted once each, outside the timed rounds (counting slows a step down); a warm-up step too.
+    flops, full_flops = _counted_flops(members["adapter"]), _counted_flops(members["full"])
     for _ in range(ctx["warmup"]):
         _timed_round(members)
     repeats = budget.repeats(_timed_round(members), ctx["repeats"])
     times = timing.interleaved(members, repeats, warmup=0)
     adapter_s, full_s = timing.median(times["adapter"]), timing.median(times["full"])
-    flops = adapter_step_flops(shape, config, shape.batch_size, seq_len)
     return {
         "fac_pretraining": {
             "batch": shape.batch_size, "seq_len": seq_len, "real_tokens": real,
-            **_rates(adapter_s, flops["total"], real, padded, peak),
-            "flops_per_step": {k: float(f"{v:.4g}") for k, v in flops.items()},
+            **_rates(adapter_s, flops, real, padded, peak),
+            "flops_per_step": {"total": float(f"{flops:.4g}")},
+            "flops_per_real_token": float(f"{flops / real:.4g}"),
+            "flops_counted_by": "kadapter_cli.training.flops.step_flops (the training log's counter)",
             "adapter_parameters": sum(p.numel() for p in adapter_step.trainable), **timing.summary(times["adapter"])},
         "full_finetune": {
-            **_rates(full_s, full_finetune_flops(shape, shape.batch_size, seq_len), real, padded, peak),
+            **_rates(full_s, full_flops, real, padded, peak),
+            "flops_per_real_token": float(f"{full_flops / real:.4g}"),
             "adapter_step_vs_full_finetune": round(timing.paired_ratio(times["adapter"], times["full"]), 4),
             **timing.summary(times["full"])},
     }
 
 
 def feature_cache(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
-    """Builds the cache on the device, then times an epoch's steps from it against the same steps
-    running the backbone (interleaved, step by step)."""
+    """Builds the cache on the device (where the product's `attach_backbone_cache` keeps it when it
+    fits), then times an epoch's steps three ways, interleaved step by step: from the cache on the
+    device, from the same cache in pinned host memory (fp16 rows gathered on the host, copied
+    without blocking), and running the backbone. `auto` should pick the cache only where it wins."""
     from kadapter_cli.training.batching import epoch_batches
     from kadapter_cli.training.config import TrainConfig
-    from kadapter_cli.training.feature_cache import attach_backbone_cache
+    from kadapter_cli.training.feature_cache import FeatureCache, attach_backbone_cache
     from kadapter_cli.training.objectives import RelationObjective
 
     shape, device, seed, n_examples = ctx["shape"], ctx["device"], ctx["seed"], ctx["cache_examples"]
@@ -275,12 +294,19 @@ def feature_cache(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
         build_s = time.perf_counter() - started
     cached.backbone = None  # as `train_adapter` does: every batch carries its features
     cache = cached_examples[0]["_cache"]
+    # The same states in host memory, as a cache too large for the device feeds it.
+    host = FeatureCache([s.cpu() for s in cache._states], cache._offsets, cache.dtype, "memory")
+    host.pinned = device.type == "cuda"
+    host_examples = [dict(ex, _cache=host) for ex in cached_examples]
+    host_model = adapter_pretrainer(None, config)
     batches = epoch_batches(lengths, shape.batch_size, seed, epoch=1)
     members = {
         "uncached_epoch": TrainStep(uncached, objective, device=device.type, precision=PRECISION).steps(
             uncached_examples, batches),
         "cached_epoch": TrainStep(cached, objective, device=device.type, precision=PRECISION).steps(
             cached_examples, batches),
+        "host_cached_epoch": TrainStep(host_model, objective, device=device.type, precision=PRECISION).steps(
+            host_examples, batches),
     }
     first = timing.interleaved_steps(members, 1)  # the first epoch warms both up and sizes the rest
     per_round = sum(t[0] for t in first.values())
@@ -290,7 +316,10 @@ def feature_cache(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
         "build_s": round(build_s, 3), "build_examples_per_s": round(n_examples / build_s, 1),
         "batches": len(batches),
         "cached_vs_uncached_epoch": round(timing.paired_ratio(times["cached_epoch"], times["uncached_epoch"]), 4),
+        "host_cached_vs_uncached_epoch": round(timing.paired_ratio(times["host_cached_epoch"],
+                                                                   times["uncached_epoch"]), 4),
         "cached_epoch": timing.summary(times["cached_epoch"]),
+        "host_cached_epoch": timing.summary(times["host_cached_epoch"]),
         "uncached_epoch": timing.summary(times["uncached_epoch"])}}
 
 
@@ -305,7 +334,7 @@ def matmul_bf16(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
     call()
     repeats = budget.repeats(_timed_round({"matmul": call}), ctx["repeats"])
     times = timing.interleaved({"matmul": call}, repeats, warmup=0)["matmul"]
-    return {"matmul_bf16": {"n": n, "tflops": round(2.0 * n**3 / timing.median(times) / 1e12, 3),
+    return {"matmul_bf16": {"n": n, "tflops": float(f"{2.0 * n**3 / timing.median(times) / 1e12:.4g}"),
                             **timing.summary(times)}}
 
 
@@ -326,18 +355,29 @@ def qa_eval(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
                                              tokenizer=tokenizer)}
 
 
+def compile_step(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """`--compile` on the device: fac steps of the compiled adapter and head (batches padded to
+    multiples of 16 tokens) against the eager ones, from the same cached backbone states
+    (`benchmarks/training_bench.py`'s `compiled_step`; compilation timed apart)."""
+    training_bench = importlib.import_module("benchmarks.training_bench")
+    result = training_bench.compiled_step(ctx["shape"], ctx["compile_batches"], max(1, ctx["repeats"] // 3),
+                                          seed=ctx["seed"], device=ctx["device"].type, precision=PRECISION,
+                                          backbone=ctx.get("backbone"), backend=ctx["compile_backend"])
+    return {"compile": {"compiled_vs_eager_step": result["value"], **result["detail"]}}
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any], Budget], dict[str, Any]]] = {
     "fac_pretraining": fac_pretraining, "feature_cache": feature_cache, "matmul_bf16": matmul_bf16,
-    "qa_eval": qa_eval,
+    "qa_eval": qa_eval, "compile": compile_step,
 }
 # Shares of --budget-s; time a section leaves unused goes to those after it.
-SHARES = {"fac_pretraining": 0.3, "feature_cache": 0.3, "matmul_bf16": 0.1, "qa_eval": 0.3}
+SHARES = {"fac_pretraining": 0.3, "feature_cache": 0.3, "matmul_bf16": 0.1, "qa_eval": 0.3, "compile": 0.25}
 
 
 def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cache_examples: int,
         matmul_n: int, peak_tflops: float | None = None, seed: int = 0,
         qa_sizes: tuple[int, int, int] = (32, 50, 64), out_dir: Path | None = None,
-        budget_s: float | None = None, sections: tuple[str, ...] = tuple(SECTIONS)) -> dict[str, Any]:
+        budget_s: float | None = None, sections: tuple[str, ...] = tuple(SECTIONS), tiny: bool = False) -> dict[str, Any]:
     """Every section in turn, each on its own: one that fails (a missing package, an out-of-memory,
     its share of the budget run out) is reported under `errors` and the next one runs."""
     started = time.perf_counter()
@@ -350,13 +390,15 @@ def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cach
     budget = Budget(budget_s, {name: SHARES[name] for name in sections})
     ctx = {"shape": shape, "device": device, "peak": peak, "seed": seed, "repeats": repeats, "warmup": warmup,
            "cache_examples": cache_examples, "cache_repeats": max(1, repeats // 3), "matmul_n": matmul_n,
-           "qa_sizes": qa_sizes}
+           "qa_sizes": qa_sizes, "compile_batches": 2 if tiny else 8,
+           # --tiny is a smoke run: compiling with inductor takes minutes on a small CPU
+           "compile_backend": "eager" if tiny else None}
     for name in sections:
         allowed = budget.begin(name)
         began = time.perf_counter()
         try:
             with time_limit(allowed):
-                if "backbone" not in ctx and name in ("fac_pretraining", "feature_cache"):
+                if "backbone" not in ctx and name in ("fac_pretraining", "feature_cache", "compile"):
                     ctx["backbone"] = build_backbone(shape, seed).to(device)
                 values = SECTIONS[name](ctx, budget)
         except (Exception, SectionTimeout) as error:  # noqa: BLE001  every section is on its own
@@ -412,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  cache_examples=args.cache_examples or (8 if args.tiny else 4096),
                  matmul_n=64 if args.tiny else 8192, peak_tflops=args.peak_tflops,
                  qa_sizes=(2, 2, 2) if args.tiny else (32, 50, 64), out_dir=args.out, budget_s=args.budget_s,
-                 sections=tuple(args.section or SECTIONS))
+                 sections=tuple(args.section or SECTIONS), tiny=args.tiny)
     print(json.dumps(report, indent=2))
     return report
 

@@ -68,6 +68,7 @@ TOY_SHAPE = BenchShape(layers=4, hidden=64, heads=2, ffn=128, vocab=1000, max_le
 GROUPS: dict[str, tuple[str, ...]] = {
     "adapter_step": ("adapter_step_vs_full_finetune", "mfu"),
     "cache": ("cached_epoch_vs_uncached",),
+    "compile": ("compiled_vs_eager_step",),
     "buckets": ("bucketed_vs_padded",),
     "inference": ("composed_inference_vs_backbone",),
     "qa": ("qa_eval_vs_hf_pipeline", "qa_composed_eval_vs_base"),
@@ -80,7 +81,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
             "parse_ray_time_over_workers", "parse_ray_speedup_over_one_process"),
 }
 # Groups that take minutes whatever the size: they run only when --only names them.
-ON_REQUEST = ("ray",)
+ON_REQUEST = ("ray", "compile")  # compile: compilation alone takes minutes on a small CPU
 
 
 def _runners(shape: BenchShape, sizes: Sizes, trex_dump: Path) -> dict[str, Callable[[], dict[str, Any]]]:
@@ -89,6 +90,8 @@ def _runners(shape: BenchShape, sizes: Sizes, trex_dump: Path) -> dict[str, Call
         "adapter_step": lambda: training_bench.adapter_step(shape, r, w, sizes.matmul_n),
         "cache": lambda: {"cached_epoch_vs_uncached": training_bench.cached_epoch(
             dataclasses.replace(shape, batch_size=sizes.epoch_batch_size), sizes.epoch_examples, r, sizes.batch_size)},
+        "compile": lambda: {"compiled_vs_eager_step": training_bench.compiled_step(
+            dataclasses.replace(shape, batch_size=sizes.epoch_batch_size), 4, r)},
         "buckets": lambda: {"bucketed_vs_padded": training_bench.bucketed_epoch(shape, sizes.batches_timed, r)},
         "inference": lambda: {"composed_inference_vs_backbone": training_bench.composed_inference(
             dataclasses.replace(shape, batch_size=sizes.inference_batch_size), sizes.inference_examples, r, w)},

@@ -30,6 +30,7 @@ from benchmarks.workloads import (
     full_finetune_flops,
     trex_like_lengths,
 )
+from kadapter_cli.training.flops import step_flops
 
 
 def entry(value: float, op: str, target: float, detail: dict[str, Any]) -> dict[str, Any]:
@@ -72,9 +73,12 @@ def adapter_step(shape: BenchShape, repeats: int, warmup: int = 1, matmul_n: int
     adapter_s, matmul_s = timing.median(times["adapter_step"]), timing.median(times["matmul"])
     flops = adapter_step_flops(shape, config, shape.batch_size, seq_len)
     full_flops = full_finetune_flops(shape, shape.batch_size, seq_len)
-    achieved, peak = flops["total"] / adapter_s, matmul_flops / matmul_s
+    # The training log's counter (the products that run, on this batch) prices the step; the shape
+    # formula stays beside it as a cross-check.
+    counted = step_flops(lambda: adapter_step_fn(batch))
+    achieved, peak = counted / adapter_s, matmul_flops / matmul_s
     # MFU = (F / t_step) / (F_mm / t_mm) = (F / F_mm) × (t_mm / t_step), paired round by round.
-    mfu = flops["total"] / matmul_flops * timing.paired_ratio(times["matmul"], times["adapter_step"])
+    mfu = counted / matmul_flops * timing.paired_ratio(times["matmul"], times["adapter_step"])
     step_ratio = timing.paired_ratio(times["adapter_step"], times["full_finetune_step"])
     batch_detail = {"batch_size": shape.batch_size, "padded_length": seq_len,
                     "real_tokens": int(batch["attention_mask"].sum())}
@@ -88,12 +92,14 @@ def adapter_step(shape: BenchShape, repeats: int, warmup: int = 1, matmul_n: int
         }),
         "mfu": entry(mfu, ">=", 0.80, {
             **batch_detail,
+            "step_flops_counted": round(counted / 1e9, 3),
+            "step_flops_counted_by": "kadapter_cli.training.flops.step_flops (the training log's counter)",
             "step_flops": {k: round(v / 1e9, 3) for k, v in flops.items()},
             "step_flops_unit": "GFLOP",
             "achieved_gflops": round(achieved / 1e9, 2),
             "matmul_gflops": round(peak / 1e9, 2),
             "matmul": {"n": matmul_n, "dtype": "float32", **timing.summary(times["matmul"])},
-            "formula": "adapter step = backbone forward + 3 x (adapter + head forward); a layer's forward = "
+            "formula": "cross-check: adapter step = backbone forward + 3 x (adapter + head forward); a layer's forward = "
                        "tokens x (8 d^2 + 4 d f + 4 n d); an adapter tap adds 4 H W per token; head per example "
                        "12 H^2 + 2 H C; matmul = 2 n^3 (benchmarks/workloads.py)",
         }),
@@ -154,6 +160,57 @@ def cached_epoch(shape: BenchShape, n_examples: int, repeats: int, small_batch: 
         else:
             detail[f"at_batch_{size}"] = {"examples": n, "ratio": round(size_ratio, 4), **timed}
     return entry(ratio, "<=", 0.31, detail)
+
+
+# ---------------------------------------------------------------- --compile
+
+
+def compiled_step(shape: BenchShape, n_batches: int, repeats: int, seed: int = 0, device: str = "cpu",
+                  precision: str = "fp32", backbone: torch.nn.Module | None = None,
+                  backend: str | None = None) -> dict[str, Any]:
+    """`compiled_vs_eager_step`: fac steps of the adapter and head as `--compile` runs them
+    (`setup.compile_trainable`: compiled in place, each batch padded to a multiple of 16 tokens)
+    against the eager default (each batch padded to its longest example), both reading the same
+    cached backbone states (the backbone is not what `--compile` compiles). `n_batches` batches of
+    T-REx-like lengths, interleaved step by step; the first pass over them (compilation: one graph
+    per length bucket) is timed apart as `compile_s`. `backbone`: one already built (default: `shape`'s);
+    `backend`: torch.compile's (default inductor, what `--compile` uses; "eager" for a smoke run)."""
+    from kadapter_cli.training.batching import epoch_batches
+    from kadapter_cli.training.config import TrainConfig
+    from kadapter_cli.training.feature_cache import attach_backbone_cache
+    from kadapter_cli.training.setup import compile_trainable
+
+    torch_device = torch.device(device)
+    backbone = (build_backbone(shape, seed) if backbone is None else backbone).to(torch_device)
+    config = adapter_config(backbone)
+    lengths = trex_like_lengths(n_batches * shape.batch_size, shape.max_length, seed)
+    examples = fac_examples(lengths, shape.vocab, seed)
+    reader = adapter_pretrainer(backbone, config)
+    with tempfile.TemporaryDirectory(prefix="kadapter-bench-") as tmp:
+        attach_backbone_cache(reader, {"train": examples}, PAD_ID,
+                              TrainConfig(device=device, batch_size=shape.batch_size, precision=precision), Path(tmp),
+                              torch_device, mode="on", budget_gib=64.0)
+    del reader
+    batches = epoch_batches(lengths, shape.batch_size, seed, epoch=1)
+    eager_model, compiled_model = adapter_pretrainer(None, config), adapter_pretrainer(None, config)
+    eager_objective, compiled_objective = _objective(config), _objective(config)
+    compile_trainable(compiled_model, compiled_objective, backend)
+    eager = TrainStep(eager_model.to(torch_device), eager_objective, device=device, precision=precision)
+    compiled = TrainStep(compiled_model.to(torch_device), compiled_objective, device=device, precision=precision)
+    started = time.perf_counter()
+    compiled_steps = compiled.steps(examples, batches)
+    for step in compiled_steps:  # every length bucket compiled before timing
+        step()
+    compile_s = time.perf_counter() - started
+    members = {"eager": eager.steps(examples, batches), "compiled": compiled_steps}
+    times = timing.interleaved_steps(members, repeats)
+    padded = [len(b) * (-(-max(lengths[i] for i in b) // 16) * 16) for b in batches]
+    detail = {"device": device, "precision": precision, "backend": backend or "inductor", "batches": len(batches),
+              "batch_size": shape.batch_size,
+              "compile_s": round(compile_s, 2), "padded_tokens_compiled": sum(padded),
+              "padded_tokens_eager": sum(len(b) * max(lengths[i] for i in b) for b in batches),
+              "eager_epoch": timing.summary(times["eager"]), "compiled_epoch": timing.summary(times["compiled"])}
+    return entry(timing.paired_ratio(times["compiled"], times["eager"]), "<=", 1.0, detail)
 
 
 # ---------------------------------------------------------------- length bucketing

@@ -14,6 +14,7 @@ from kadapter_cli.commands.train import (
     ADAM_BETA2,
     ADAM_EPS,
     CONFIG,
+    DETERMINISTIC,
     DEVICE,
     EPOCHS,
     LIMIT,
@@ -55,7 +56,7 @@ def train_probe_cli(
     adam_eps: float = ADAM_EPS, adam_beta1: float = ADAM_BETA1, adam_beta2: float = ADAM_BETA2,
     max_length: Optional[int] = MAX_LENGTH, seed: int = SEED, save_every: Optional[int] = SAVE_EVERY,
     log_every: int = LOG_EVERY, resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE,
-    precision: str = PRECISION, limit: Optional[int] = LIMIT,
+    precision: str = PRECISION, deterministic: bool = DETERMINISTIC, limit: Optional[int] = LIMIT,
     report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     config: Optional[Path] = CONFIG,
@@ -105,6 +106,7 @@ def probe_cli(
     batch_size: int = typer.Option(64, "--batch-size", help="Queries per batch."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <workdir>/probe-results/<probes joined by +>[-uhn])."),
     device: str = DEVICE,
+    precision: str = PRECISION,
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """P@1 (macro over relations), micro P@1, P@10 and MRR of each probe on LAMA, side by side."""
@@ -120,7 +122,7 @@ def probe_cli(
                     templates=parse_template_options(template), top_k=top_k, batch_size=batch_size,
                     query_prefix_space=query_prefix_space)
     target = out or probe_results_dir(workdir, [d.name for d in dirs], uhn)
-    summary = evaluate_probes(dirs, spec, target, device=device,
+    summary = evaluate_probes(dirs, spec, target, device=device, precision=precision,
                               manifest_config=jsonable({**ctx.params, "probes": [str(d) for d in dirs]}))
     if json_out:
         echo_json(summary)

@@ -15,7 +15,7 @@ from kadapter_cli.errors import BadInput
 from kadapter_cli.modeling.backbone import DEFAULT_BACKBONE
 from kadapter_cli.processes import is_main_process
 from kadapter_cli.tasks import TASKS, parse_task_options, task_class, task_options_help
-from kadapter_cli.training.config import KIND_DEFAULTS, TrainConfig, kind_defaults
+from kadapter_cli.training.config import KIND_DEFAULTS, PRECISION_HELP, TrainConfig, kind_defaults
 from kadapter_cli.training.setup import set_threads
 
 # ---------------------------------------------------------------- shared training options
@@ -98,7 +98,11 @@ OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output 
 DEVICE = typer.Option(_loop_default("device"), "--device", metavar="auto|cpu|cuda", help="Where to run (auto: cuda when available).")
 THREADS = typer.Option(None, "--threads", metavar="N",
                        help="CPU threads (default: OMP_NUM_THREADS if set, else the cores that are idle now).")
-PRECISION = typer.Option(_loop_default("precision"), "--precision", metavar="fp32|bf16|fp16", help="Mixed precision on GPU.")
+PRECISION = typer.Option(_loop_default("precision"), "--precision", metavar="auto|fp32|bf16|fp16", help=PRECISION_HELP)
+DETERMINISTIC = typer.Option(_loop_default("deterministic"), "--deterministic", help=(
+    "Deterministic CUDA kernels only (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8, "
+    "cuDNN deterministic): a resumed GPU run then equals an uninterrupted one bit for bit; slower (docs: Speed). "
+    "The CPU is deterministic without it."))
 LIMIT = typer.Option(None, "--limit", help="Use only the first N examples of each split.")
 CACHE = typer.Option("auto", "--cache-features", metavar="auto|on|off",
                      help="Cache the frozen backbone's states across epochs: auto (when within budget), on, off.")
@@ -192,8 +196,11 @@ def train_adapter_cli(
     max_length: Optional[int] = ADAPTER["max_length"], seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
-    precision: str = PRECISION,
+    precision: str = PRECISION, deterministic: bool = DETERMINISTIC,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
+    compile: bool = typer.Option(_loop_default("compile"), "--compile", help=(
+        "torch.compile the adapter and its head, each batch padded to a multiple of 16 tokens (a few compiled "
+        "shapes). Pays on a GPU; on a CPU it is slower (docs/speed.md).")),
     report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print the dev metrics as JSON."),
     config: Optional[Path] = CONFIG,
@@ -318,7 +325,7 @@ def finetune_cli(
     max_length: Optional[int] = TASK["max_length"], seed: int = SEED,
     save_every: Optional[int] = SAVE_EVERY, eval_every: Optional[int] = EVAL_EVERY, log_every: int = LOG_EVERY,
     resume: bool = RESUME, overwrite: bool = OVERWRITE, device: str = DEVICE, threads: Optional[int] = THREADS,
-    precision: str = PRECISION,
+    precision: str = PRECISION, deterministic: bool = DETERMINISTIC,
     limit: Optional[int] = LIMIT, cache_features: str = CACHE, cache_budget: Optional[float] = CACHE_BUDGET,
     report_to: str = REPORT_TO, run_name: Optional[str] = RUN_NAME, tracking_dir: Optional[Path] = TRACKING_DIR,
     json_out: bool = typer.Option(False, "--json", help="Print dev and test metrics as JSON."),

@@ -43,6 +43,10 @@ class AdapterPretrainer(FreezableModule):
     def hidden(self) -> int:
         return self.adapter.config.backbone_hidden_size
 
+    def compiled_parts(self) -> list[nn.Module]:
+        """What `--compile` compiles: the parts that train."""
+        return [self.adapter, self.head]
+
     def backbone_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         """[tapped states..., last hidden state] without autograd (`backbone_states`)."""
         tapped, last = backbone_states(self.backbone, input_ids, attention_mask, self.tap_layers,
@@ -52,7 +56,10 @@ class AdapterPretrainer(FreezableModule):
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         mask = batch["attention_mask"]
         states = batch.get("features") or self.backbone_features(batch["input_ids"], mask)
-        *tapped, last = states
+        # Cached features from pinned host memory are fp16, a backbone loaded for bf16 gives bf16:
+        # the adapter and head compute from their own dtype (autocast casts where it computes lower).
+        dtype = next(self.adapter.parameters()).dtype
+        *tapped, last = [s if s.dtype == dtype else s.to(dtype) for s in states]
         if self.head_type == "relation":
             # The relation head reads two positions, and com_dense and the adapter's last layer work
             # row by row there: computing only those two rows gives the same logits for less work.

@@ -38,7 +38,7 @@ from kadapter_cli.training.config import TrainConfig, kind_defaults
 from kadapter_cli.training.feature_cache import FEATURE_CACHE_DIR, attach_backbone_cache
 from kadapter_cli.training.loop import train
 from kadapter_cli.training.objectives import DependencyObjective, RelationObjective
-from kadapter_cli.training.setup import make_accelerator
+from kadapter_cli.training.setup import compute_dtype, make_accelerator
 
 LIN_HEADS = ("pointer", "original")
 
@@ -168,7 +168,8 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
         train_records, dev_records = train_records[: config.limit], dev_records[: config.limit]
 
     tokenizer = load_tokenizer(spec.backbone)
-    backbone = load_backbone(spec.backbone)
+    # Frozen: loaded in the compute dtype of a bf16/fp16 run, not re-cast from fp32 at every forward.
+    backbone = load_backbone(spec.backbone, compute_dtype(config.precision, config.device))
     shape = backbone_shape(backbone)
     fingerprint = backbone_fingerprint(spec.backbone, backbone)  # the backbone as another machine finds it
     overrides: dict[str, Any] = {"name": spec.name, "backbone": backbone_name(fingerprint, spec.backbone),
@@ -201,13 +202,16 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     objective = (RelationObjective(pad_id, relations, pad_to) if spec.kind == "fac"
                  else DependencyObjective(pad_id, pad_to))
     model = AdapterPretrainer(backbone, adapter, head, adapter_config.head["type"])
+    del backbone  # the model holds it: once the cache holds its states, nothing else keeps it alive
 
     processes = make_accelerator(config)  # joins the other processes of `accelerate launch` / `torchrun`
     with training_output(spec.out, processes, overwrite=overwrite, resume=resume) as run_dir:
         cached = attach_backbone_cache(model, {"train": train_examples, "dev": dev_examples}, pad_id, config,
                                        run_dir, processes.device, spec.cache_features, spec.cache_budget, pad_to)
         if cached:
-            model.backbone = None  # every batch now carries its features
+            model.backbone = None  # every batch now carries its features: the backbone's memory is freed
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # and handed back to the device, for the cache and the steps
         result = train(model, objective, train_examples, dev_examples, config, run_dir, resume=resume,
                        hparams=manifest_config)
         summary = {"dev": result.best_metrics, "best_step": result.best_step, "steps": result.steps,

@@ -80,9 +80,12 @@ class Probe:
 
 
 def build_probe_model(spec: ProbeTrainingSpec, backbone_id: str, adapters: dict[str, KnowledgeAdapter],
-                      seed: int) -> tuple[ProbeModel, Any]:
+                      seed: int, backbone_dtype: torch.dtype | None = None,
+                      pad_vocab_to: int = 1) -> tuple[ProbeModel, Any]:
+    """`backbone_dtype`: the compute dtype of a bf16/fp16 run (the backbone is frozen), None for fp32;
+    `pad_vocab_to`: see `ProbeModel` (`VOCAB_MULTIPLE` on CUDA)."""
     tokenizer = load_tokenizer(backbone_id)
-    backbone = load_backbone(backbone_id)
+    backbone = load_backbone(backbone_id, backbone_dtype)
     shape = backbone_shape(backbone)
     for adapter in adapters.values():
         check_fits_backbone(adapter.config, shape)
@@ -91,12 +94,13 @@ def build_probe_model(spec: ProbeTrainingSpec, backbone_id: str, adapters: dict[
     if spec.init_from_lm_head or spec.pretrained_lm_head:
         transform, weight, bias = load_lm_head(backbone_id)
     torch.manual_seed(seed)  # the layer's initial weights follow the seed
-    model = ProbeModel(backbone, adapters, shape.hidden_size, vocab_size, transform)
+    model = ProbeModel(backbone, adapters, shape.hidden_size, vocab_size, transform, pad_vocab_to)
     if weight is not None:
         with torch.no_grad():
             model.mlm.weight.zero_()  # the adapters' blocks start at 0: training starts at the pretrained LM
-            model.mlm.weight[:, : shape.hidden_size] = weight
-            model.mlm.bias.copy_(bias)
+            model.mlm.weight[:vocab_size, : shape.hidden_size] = weight
+            model.mlm.bias.zero_()
+            model.mlm.bias[:vocab_size] = bias
     return model, tokenizer
 
 
@@ -117,7 +121,12 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
     if backbone_id is None:
         raise BadParameter("{backbone} is needed for a probe without adapters")
     lines = read_corpus(spec.corpus) if not spec.pretrained_lm_head else []
-    model, tokenizer = build_probe_model(spec, backbone_id, adapters, config.seed)
+    from kadapter_cli.modeling.probe_model import VOCAB_MULTIPLE
+    from kadapter_cli.training.setup import compute_dtype, uses_cuda
+
+    model, tokenizer = build_probe_model(spec, backbone_id, adapters, config.seed,
+                                         compute_dtype(config.precision, config.device),
+                                         VOCAB_MULTIPLE if uses_cuda(config.device) else 1)
     if tokenizer.mask_token_id is None:
         raise BadInput(f"the tokenizer of '{backbone_id}' has no mask token")
 
@@ -129,7 +138,7 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
             if not examples:
                 raise BadInput("the corpus has no tokens to mask", spec.corpus)
             objective = MaskedLMObjective(tokenizer.pad_token_id or 0, tokenizer.mask_token_id,
-                                          model.mlm.out_features, model.body.padded_length(spec.max_length))
+                                          model.vocab_size, model.body.padded_length(spec.max_length))
             result = train(model, objective, examples, None, config, run_dir, resume=resume, hparams=manifest_config)
             summary.update({"steps": result.steps, "throughput": result.throughput, "lines": len(lines), "sequences": len(examples),
                             "tokens": sum(len(e["input_ids"]) for e in examples)})
@@ -138,7 +147,7 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
             (run_dir / "best.safetensors").unlink(missing_ok=True)
         save_probe(run_dir, model, spec, backbone_id, adapter_configs)
         write_json(run_dir / "metrics.json", summary)
-        stats = {**summary, "trainable_parameters": model.mlm.weight.numel() + model.mlm.bias.numel()}
+        stats = {**summary, "trainable_parameters": model.vocab_size * (model.mlm.in_features + 1)}
         write_manifest(run_dir, "probe", config=manifest_config or {},
                                  inputs=sha256_inputs(inputs), stats=stats)
     return summary
@@ -150,7 +159,7 @@ def save_probe(folder: Path, model: ProbeModel, spec: ProbeTrainingSpec, backbon
     everything but the backbone, which the config names."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("body.backbone.")}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.probe_state().items()}
     save_file(state, str(folder / PROBE_WEIGHTS), metadata={"format": "pt"})
     write_json(folder / PROBE_CONFIG, {
         "backbone": backbone_id,
@@ -158,21 +167,23 @@ def save_probe(folder: Path, model: ProbeModel, spec: ProbeTrainingSpec, backbon
         "features": ["backbone"] + [f"adapter:{n}" for n in spec.adapters.names],
         "lm_head_transform": model.transform is not None,
         "pretrained_lm_head": spec.pretrained_lm_head,
-        "vocab_size": model.mlm.out_features,
+        "vocab_size": model.vocab_size,
         "hidden": model.body.hidden,
         "max_length": spec.max_length,
     })
 
 
-def load_probe(folder: Path, backbones: dict[str, nn.Module] | None = None) -> Probe:
-    """A probe artifact; its backbone is loaded (or taken from `backbones`, shared by id)."""
+def load_probe(folder: Path, backbones: dict[str, nn.Module] | None = None,
+               backbone_dtype: torch.dtype | None = None) -> Probe:
+    """A probe artifact; its backbone is loaded (or taken from `backbones`, shared by id), in
+    `backbone_dtype` when given (the compute dtype of a bf16/fp16 evaluation: it is frozen)."""
     folder = Path(folder)
     read_manifest(folder)
     config = read_json(folder / PROBE_CONFIG)
     backbone_id = config["backbone"]
     backbones = {} if backbones is None else backbones
     if backbone_id not in backbones:
-        backbones[backbone_id] = load_backbone(backbone_id).eval()
+        backbones[backbone_id] = load_backbone(backbone_id, backbone_dtype).eval()
     backbone = backbones[backbone_id]
     adapters = {a["name"]: KnowledgeAdapter(AdapterConfig.from_dict(a["config"])) for a in config["adapters"]}
     transform = load_lm_head(backbone_id)[0] if config["lm_head_transform"] else None
@@ -301,9 +312,12 @@ def _bpe_without_prefix_space(tokenizer) -> Callable[[str], list[int]]:
 
 def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts], candidates: list[int],
                  top_k: int, batch_size: int, device: torch.device,
-                 query_prefix_space: bool = False) -> dict[str, list[dict]]:
+                 query_prefix_space: bool = False, precision: str = "fp32") -> dict[str, list[dict]]:
     """Per probe, one prediction per kept fact (in relation, then file order): gold id, rank among
-    `candidates`, top-k ids. Probes that share a backbone share its pass over each batch."""
+    `candidates`, top-k ids. Probes that share a backbone share its pass over each batch. `precision`
+    (resolved: fp32, bf16, fp16): the autocast the passes run under, as training's."""
+    from kadapter_cli.training.setup import autocast
+
     tokenizer = probes[0].tokenizer
     facts = [f for rel in relations for f in rel.facts]
     encode = query_encoder(tokenizer, query_prefix_space)
@@ -324,7 +338,7 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
         body = probe.model.body
         pad_to = body.padded_length(int(probe.config["max_length"]))
         groups.setdefault((id(body.backbone), pad_to), []).append(probe)
-    with torch.inference_mode(), progress() as bar:
+    with torch.inference_mode(), autocast(precision, device), progress() as bar:
         task = bar.add_task("probing", total=len(facts))
         for start in range(0, len(facts), batch_size):
             chunk = encoded[start:start + batch_size]
@@ -333,7 +347,8 @@ def score_probes(probes: Sequence[Probe], relations: Sequence[lama.RelationFacts
                 ids, mask = pad_ids([e["input_ids"] for e in chunk], tokenizer.pad_token_id or 0, pad_to)
                 batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
                          "positions": torch.tensor([[e["mask_pos"]] for e in chunk], device=device),
-                         "valid": torch.ones(len(chunk), 1, dtype=torch.bool, device=device)}
+                         "valid": torch.ones(len(chunk), 1, dtype=torch.bool, device=device),
+                         "rows": torch.arange(len(chunk), device=device)}  # one mask row a query: all valid
                 backbone = group[0].model.body.backbone
                 taps = sorted({t for p in group for t in p.model.body.tap_layers})
                 states, last = backbone_states(backbone, batch["input_ids"], batch["attention_mask"], taps,
@@ -361,7 +376,8 @@ def rank_predictions(scores: torch.Tensor, gold: torch.Tensor, candidates: torch
 
 
 def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, device: str = "auto",
-                    overwrite: bool = True, manifest_config: dict | None = None) -> dict[str, Any]:
+                    overwrite: bool = True, manifest_config: dict | None = None,
+                    precision: str = TrainConfig.precision) -> dict[str, Any]:
     """P@1 etc. of each probe on LAMA; writes `metrics.json`, one predictions file per probe and the
     manifest to `out`; returns {"probes", "uhn", "query_prefix_space", "results": {probe: {dataset: metrics}},
     "filters": {probe: {"dataset/relation": facts read, kept and dropped by each filter}}}."""
@@ -369,9 +385,13 @@ def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, devic
         raise BadParameter("{top_k} must be at least 1, got {value}", spec.top_k)
     raw = read_lama(spec)
     common = lama.read_common_vocab(spec.common_vocab) if spec.common_vocab is not None else None
+    from kadapter_cli.training.setup import compute_dtype, enable_tf32, resolve_precision
+
     dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(precision, dev.type)
+    enable_tf32(dev.type)
     backbones: dict[str, nn.Module] = {}
-    probes = [load_probe(p, backbones) for p in probe_dirs]
+    probes = [load_probe(p, backbones, compute_dtype(precision, dev.type)) for p in probe_dirs]
     names = [p.name for p in probes]
     if len(set(names)) != len(names):
         raise BadInput(f"two probes share the name {names}: give folders with different names")
@@ -382,14 +402,15 @@ def evaluate_probes(probe_dirs: Sequence[Path], spec: LamaSpec, out: Path, devic
     for backbone_id in dict.fromkeys(p.config["backbone"] for p in probes):
         group = [p for p in probes if p.config["backbone"] == backbone_id]
         tokenizer = group[0].tokenizer
-        vocab = group[0].model.mlm.out_features
+        vocab = group[0].model.vocab_size
         relations = filtered_facts(raw, tokenizer, common, spec.uhn, vocab)
         candidates = [i for i in lama.candidate_ids(tokenizer, common) if i < vocab]
         if not candidates:
             raise BadInput("no word of the common vocabulary is a single token of the backbone's vocabulary",
                            spec.common_vocab)
         counts = {f"{rel.dataset}/{rel.relation}": rel.counts() for rel in relations}
-        scored = score_probes(group, relations, candidates, spec.top_k, spec.batch_size, dev, spec.query_prefix_space)
+        scored = score_probes(group, relations, candidates, spec.top_k, spec.batch_size, dev, spec.query_prefix_space,
+                              precision)
         facts = [f for rel in relations for f in rel.facts]
         for probe in group:
             rows = [prediction_row(tokenizer, f, s) for f, s in zip(facts, scored[probe.name])]

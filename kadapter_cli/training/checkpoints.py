@@ -71,7 +71,11 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, accelerator, conf
 
     saved = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     # An option a checkpoint does not record (written before the option existed) ran at its default.
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | {"precision": "fp32"}
+    # A checkpoint records the precision its run computed in (`auto` resolved): compare with this one's.
+    from kadapter_cli.training.setup import resolve_precision
+
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, config.device))
     saved_config = {k: saved.get("config", {}).get(k, defaults[k]) for k in TRAJECTORY_OPTIONS}
     changed = [k for k in TRAJECTORY_OPTIONS if saved_config[k] != getattr(config, k)]
     if changed:

@@ -18,8 +18,17 @@ if TYPE_CHECKING:
 TRAJECTORY_OPTIONS = (
     "epochs", "max_steps", "batch_size", "lr", "warmup", "weight_decay", "adam_eps", "adam_beta1", "adam_beta2",
     "max_grad_norm", "clip_mode", "micro_batch_size", "seed", "limit", "bucket_size", "precision",
+    "deterministic",
 )
 CLIP_MODES = ("joint", "separate")
+# auto: bf16 autocast on a CUDA GPU that computes bf16 natively (compute capability 8.0 or more:
+# A100, H100, RTX 30xx and later), fp32 everywhere else (a CPU, a V100 or T4, whose bf16 is emulated).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BF16_MIN_CAPABILITY = (8, 0)
+# --compile: lengths padded to a multiple of this, so the compiled graphs see a few shapes (64 / 16 = 4 at fac's max length).
+COMPILE_LENGTH_MULTIPLE = 16
+PRECISION_HELP = ("Mixed precision: auto (bf16 on a CUDA GPU of compute capability 8.0 or more, fp32 on a CPU "
+                  "or an older GPU), fp32, bf16 (refused where only emulated: use fp16 there), fp16 (CUDA only).")
 
 # ---------------------------------------------------------------- the paper's settings
 # Torch-free, so that the commands' --help states them from here.
@@ -67,8 +76,12 @@ class TrainConfig:
     eval_every: int | None = None  # steps; None = at the end of each epoch
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (PRECISIONS; auto: bf16 on CUDA cc >= 8.0, else fp32)
+    # Deterministic kernels only (torch.use_deterministic_algorithms, cuBLAS workspace, cuDNN): what
+    # makes a resumed CUDA run equal bit for bit to an uninterrupted one; the CPU is deterministic anyway.
+    deterministic: bool = False
     limit: int | None = None  # use the first N training (and dev) examples
+    compile: bool = False  # torch.compile the trainable parts (adapter and head); lengths to multiples of 16
     bucket_size: int = 100  # batches per length-sorted pool
     report_to: str = "none"  # tensorboard | wandb | mlflow | aim | all | none, or a comma-separated list
     run_name: str | None = None  # the trackers' run name (default: the artifact's folder name)
@@ -118,8 +131,8 @@ class TrainConfig:
                 raise BadParameter("{%s} must be in [0, 1), got {value}" % name, getattr(self, name))
         if self.device not in ("auto", "cpu", "cuda"):
             raise BadParameter("{device} must be auto, cpu or cuda, got {value!r}", self.device)
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise BadParameter("{precision} must be fp32, bf16 or fp16, got {value!r}", self.precision)
+        if self.precision not in PRECISIONS:
+            raise BadParameter("{precision} must be auto, fp32, bf16 or fp16, got {value!r}", self.precision)
         if self.clip_mode not in CLIP_MODES:
             raise BadParameter("{clip_mode} must be joint or separate, got {value!r}", self.clip_mode)
         from kadapter_cli.training.tracking import parse_report_to

@@ -5,8 +5,15 @@ yet a plain loop recomputes them every epoch — for RoBERTa-large that is most 
 cache runs the backbone once over all examples (length-sorted batches, `inference_mode`) and keeps
 each example's states unpadded, one `(total_tokens, hidden)` array per state plus row offsets:
 
+- `device`: torch tensors in the training device's memory (a CUDA GPU), when the cache takes at
+  most `DEVICE_CACHE_SHARE` of its free memory: a batch is gathered on the device, nothing crosses
+  the bus in the hot loop;
 - `memory`: torch tensors in RAM;
 - `disk`: `.npy` files in a folder, memory-mapped (the OS pages in what a batch needs).
+
+A `memory` or `disk` cache feeding a CUDA device is `pinned`: a batch's rows are gathered in the
+cache's dtype (fp16, not new fp32 tensors) into pinned host memory, which the loop copies to the
+device without blocking, from a background thread (`loop._Feeder`).
 
 States are stored in fp16 by default (half the bytes; adapters consume them in fp32). `gather` gives
 a batch back zero-padded to the batch's length: positions past an example's end hold zeros, not the
@@ -41,6 +48,10 @@ Compute = Callable[["torch.Tensor", "torch.Tensor"], Sequence["torch.Tensor"]]
 
 GiB = 2**30
 MAX_DEFAULT_BUDGET = 8 * GiB
+# A cache is kept on the device when it takes at most this share of the device's free memory (read
+# once the backbone is loaded): the rest is for the steps' activations, AdamW's state and the
+# allocator's fragmentation.
+DEVICE_CACHE_SHARE = 0.5
 
 
 class FeatureCache:
@@ -48,11 +59,13 @@ class FeatureCache:
 
     def __init__(self, states: list, offsets: "torch.Tensor", dtype: "torch.dtype", storage: str,
                  folder: Path | None = None):
-        self._states = states  # per state: torch tensor (memory) or numpy memmap (disk), (total_tokens, hidden)
+        self._states = states  # per state: torch tensor (memory, device) or numpy memmap (disk), (total_tokens, hidden)
         self._offsets = offsets  # (n_examples + 1,) int64: example i owns rows offsets[i]:offsets[i+1]
         self.dtype = dtype
         self.storage = storage
         self.folder = folder
+        # Feeding a CUDA device from the host: `gather` gives the cache's dtype in pinned memory.
+        self.pinned = False
 
     @classmethod
     def build(
@@ -66,19 +79,30 @@ class FeatureCache:
         dtype: "torch.dtype | None" = None,
         description: str = "caching features",
         pad_to: int | None = None,
+        device: "torch.device | None" = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> "FeatureCache":
         """Runs `compute(input_ids (B, L), attention_mask (B, L)) -> [states (B, L, H), ...]` over
         every example once and stores the states of its real tokens — or, with `pad_to`, of all
         `pad_to` positions of the example padded to that length.
 
         Batches are sorted by length (little padding). `storage="disk"` writes into `folder`; two
-        processes building at once need different folders.
+        processes building at once need different folders. `storage="device"` keeps the states on
+        `device`. `shard=(rank, processes)` (memory and device storage, under an initialised
+        process group): each process computes every `processes`-th batch and the processes then sum
+        their zero-filled stores (`all_reduce`), so every one holds the whole cache for a
+        `processes`-th of the backbone passes — each row is written by one process, and x + 0 is x.
         """
         import torch
 
         dtype = torch.float16 if dtype is None else dtype
-        if storage not in ("memory", "disk"):
-            raise ValueError(f"storage must be 'memory' or 'disk', got {storage!r}")
+        if storage not in ("memory", "disk", "device"):
+            raise ValueError(f"storage must be 'memory', 'disk' or 'device', got {storage!r}")
+        if storage == "device" and device is None:
+            raise ValueError("a device cache needs a device")
+        rank, processes = shard
+        if processes > 1 and storage == "disk":
+            raise ValueError("a disk cache is built whole by each process")
         if storage == "disk" and folder is None:
             raise ValueError("a disk cache needs a folder")
         if dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -97,23 +121,27 @@ class FeatureCache:
         folder = Path(folder) if folder is not None else None
 
         states: list = []
-        batches = sequential_batches(lengths, batch_size)
+        batches = sequential_batches(lengths, batch_size)[rank::processes]
+        where = device if storage == "device" else None
         with progress() as bar:
-            task = bar.add_task(description, total=len(lengths), unit="examples")
+            task = bar.add_task(description, total=sum(len(b) for b in batches), unit="examples")
             for indices in batches:
                 ids, mask = pad_ids([examples_input_ids[i] for i in indices], pad_id, pad_to)
                 with torch.inference_mode():
                     outputs = list(compute(ids, mask))
                 _check_outputs(outputs, ids.shape, states)
                 if not states:
-                    states = [_allocate(total, out.shape[-1], dtype, storage, folder, k) for k, out in enumerate(outputs)]
+                    states = [_allocate(total, out.shape[-1], dtype, storage, folder, k, where, zeroed=processes > 1)
+                              for k, out in enumerate(outputs)]
                 rows = torch.cat([torch.arange(int(offsets[i]), int(offsets[i + 1])) for i in indices])
                 kept = mask if pad_to is None else torch.ones_like(mask)
                 real = kept.bool().to(outputs[0].device)
                 for store, out in zip(states, outputs):
                     # Row-major over (example, position): the same order as `rows`.
-                    _write_rows(store, rows, out[real].to("cpu", dtype))
+                    _write_rows(store, rows, out[real].to(where or "cpu", dtype))
                 bar.advance(task, len(indices))
+        if processes > 1:
+            states = _sum_shards(states, total, dtype, storage, where)
         cache = cls(states, offsets, dtype, storage, folder)
         if storage == "disk":
             for store in states:
@@ -146,7 +174,8 @@ class FeatureCache:
 
     def gather(self, indices: Sequence[int], length: int) -> list["torch.Tensor"]:
         """The states of examples `indices` as float32 `(B, length, H)` tensors, zero-padded
-        (and cut to `length` if an example is longer)."""
+        (and cut to `length` if an example is longer). A `device` cache gathers on its device; a
+        `pinned` one gives the cache's dtype in pinned host memory (the consumer casts on the device)."""
         import torch
 
         starts = self._offsets[list(indices)]
@@ -156,10 +185,23 @@ class FeatureCache:
         first_row = torch.repeat_interleave(torch.cumsum(kept, 0) - kept, kept)
         token_pos = torch.arange(int(kept.sum())) - first_row
         rows = torch.repeat_interleave(starts, kept) + token_pos
+        if self.storage == "device":
+            device = self._states[0].device
+            batch_pos, token_pos, rows = (t.to(device, non_blocking=True) for t in (batch_pos, token_pos, rows))
+            gathered = []
+            for store in self._states:
+                out = torch.zeros(len(indices), length, self.hidden, dtype=torch.float32, device=device)
+                out[batch_pos, token_pos] = store[rows].float()
+                gathered.append(out)
+            return gathered
         gathered = []
         for store in self._states:
-            out = torch.zeros(len(indices), length, self.hidden, dtype=torch.float32)
-            out[batch_pos, token_pos] = _read_rows(store, rows, self.dtype).float()
+            if self.pinned:
+                out = _pinned_zeros((len(indices), length, self.hidden), self.dtype)
+                out[batch_pos, token_pos] = _read_rows(store, rows, self.dtype)
+            else:
+                out = torch.zeros(len(indices), length, self.hidden, dtype=torch.float32)
+                out[batch_pos, token_pos] = _read_rows(store, rows, self.dtype).float()
             gathered.append(out)
         return gathered
 
@@ -212,6 +254,32 @@ def decide_cache(mode: str, n_bytes: int, budget_bytes: int | None = None, folde
     return None
 
 
+def fits_on_device(n_bytes: int, device: "torch.device | None") -> bool:
+    """Whether a cache of `n_bytes` stays on `device`: a CUDA device whose free memory (now, the
+    backbone loaded) is at least `n_bytes / DEVICE_CACHE_SHARE`. Never a CPU."""
+    import torch
+
+    if device is None or device.type != "cuda":
+        return False
+    free, _total = torch.cuda.mem_get_info(device)
+    return n_bytes <= DEVICE_CACHE_SHARE * free
+
+
+def _all_agree(flag: bool, device: "torch.device | None") -> bool:
+    """`flag` where every process of an initialised process group has it (all_reduce MIN: on
+    `device` under NCCL, which reduces CUDA tensors only); `flag` itself for a process started alone."""
+    import torch
+    import torch.distributed as dist
+
+    if device is None or device.type != "cuda" or not (dist.is_available() and dist.is_initialized()):
+        return flag
+    if dist.get_world_size() == 1:
+        return flag
+    agreed = torch.tensor([int(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
 def _free_disk_bytes(folder: Path) -> int:
     probe = folder
     while not probe.exists() and probe != probe.parent:  # the cache folder may not exist yet
@@ -230,12 +298,13 @@ def _numpy_dtypes() -> dict:
     return {torch.float16: np.float16, torch.float32: np.float32, torch.bfloat16: np.int16}
 
 
-def _allocate(total: int, hidden: int, dtype: "torch.dtype", storage: str, folder: Path | None, k: int):
+def _allocate(total: int, hidden: int, dtype: "torch.dtype", storage: str, folder: Path | None, k: int,
+              device: "torch.device | None" = None, zeroed: bool = False):
     import numpy as np
     import torch
 
-    if storage == "memory":
-        return torch.empty(total, hidden, dtype=dtype)
+    if storage in ("memory", "device"):
+        return (torch.zeros if zeroed else torch.empty)(total, hidden, dtype=dtype, device=device)
     folder.mkdir(parents=True, exist_ok=True)
     return np.lib.format.open_memmap(folder / f"state-{k}.npy", mode="w+", dtype=_numpy_dtypes()[dtype],
                                      shape=(total, hidden))
@@ -248,6 +317,44 @@ def _write_rows(store, rows: "torch.Tensor", values: "torch.Tensor") -> None:
         store[rows] = values
     else:
         store[rows.numpy()] = (values.view(torch.int16) if values.dtype == torch.bfloat16 else values).numpy()
+
+
+def _pinned_zeros(shape: tuple[int, ...], dtype: "torch.dtype") -> "torch.Tensor":
+    """Zeros in pinned (page-locked) host memory: the device copies from it without blocking.
+    PyTorch's caching host allocator reuses freed pinned blocks, so this is cheap after the first steps."""
+    import torch
+
+    return torch.zeros(shape, dtype=dtype, pin_memory=True)
+
+
+def _sum_shards(states: list, total: int, dtype: "torch.dtype", storage: str, device) -> list:
+    """Every process's zero-filled store summed over the process group: the whole cache everywhere.
+    A process that computed no batch (fewer batches than processes) has no store yet: it joins with zeros."""
+    import torch
+    import torch.distributed as dist
+
+    # [number of states, hidden]: the same on every process that computed a batch.
+    shape = torch.tensor([len(states), states[0].shape[1] if states else 0], dtype=torch.long, device=device)
+    dist.all_reduce(shape, op=dist.ReduceOp.MAX)
+    if not states:
+        states = [_allocate(total, int(shape[1]), dtype, storage, None, k, device, zeroed=True)
+                  for k in range(int(shape[0]))]
+    for store in states:
+        dist.all_reduce(store)
+    return states
+
+
+def build_shard(storage: str) -> tuple[int, int]:
+    """`(rank, processes)` for `FeatureCache.build`: the processes of an initialised process group
+    split the backbone passes of a device cache, and of a memory cache where they reduce over gloo
+    (CPU processes); a disk cache, or a host cache under NCCL, is built whole by each process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0, 1
+    if storage == "device" or (storage == "memory" and dist.get_backend() == "gloo"):
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _read_rows(store, rows: "torch.Tensor", dtype: "torch.dtype") -> "torch.Tensor":
@@ -286,13 +393,18 @@ def attach_cache(
     folder: Path,
     names: Sequence[str] | None = None,
     pad_to: int | None = None,
+    device: "torch.device | None" = None,
 ) -> str | None:
     """Caches the frozen backbone's states of every example of every split, when the budget allows.
 
     Each example (a dict with `input_ids`) then carries `_cache` (its split's `FeatureCache`) and
     `_row`, so collate functions can gather `features` for a batch. Returns where the cache lives
-    ("memory" / "disk") or None when it is off. `pad_to`: see `FeatureCache.build`. Each process of a
-    multi-process run builds its own cache with `compute` on its own device; disk caches go under
+    ("device" / "memory" / "disk") or None when it is off. `pad_to`: see `FeatureCache.build`.
+
+    On a CUDA `device` a cache that fits the memory budget stays on the device when it takes at
+    most `DEVICE_CACHE_SHARE` of its free memory (`fits_on_device`); a host cache feeding it is
+    `pinned`. Each process of a multi-process run holds the whole cache, its backbone passes split
+    over the processes where they can sum their stores (`build_shard`); disk caches go under
     `folder/<rank>/<split>`, and the default memory budget is shared by the processes of one machine.
     `names` name the splits in the progress bars.
     """
@@ -303,17 +415,24 @@ def attach_cache(
     n_tokens = sum(len(ex["input_ids"]) if pad_to is None else pad_to for split in splits for ex in split)
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     budget = default_budget_bytes() // local_processes if budget_gib is None else int(budget_gib * GiB)
-    storage = decide_cache(mode, estimate_bytes(n_tokens, n_states, hidden), budget, folder)
+    n_bytes = estimate_bytes(n_tokens, n_states, hidden)
+    storage = decide_cache(mode, n_bytes, budget, folder)
+    # Every process must keep it in the same place (a device cache's build is split over them).
+    if _all_agree(storage == "memory" and fits_on_device(n_bytes, device), device):
+        storage = "device"
     if storage is None:
         return None
     rank = str(process_index())
+    shard = build_shard(storage)
     for i, examples in enumerate(splits):
         if not examples:
             continue
         cache = FeatureCache.build(compute, [ex["input_ids"] for ex in examples], pad_id=pad_id,
                                    batch_size=batch_size, storage=storage,
                                    folder=folder / rank / str(i) if storage == "disk" else None, pad_to=pad_to,
-                                   description=f"caching features ({names[i]})" if names else "caching features")
+                                   description=f"caching features ({names[i]})" if names else "caching features",
+                                   device=device, shard=shard)
+        cache.pinned = storage != "device" and device is not None and device.type == "cuda"
         for row, ex in enumerate(examples):
             ex["_cache"], ex["_row"] = cache, row
     return storage
@@ -341,6 +460,7 @@ def attach_backbone_cache(model: ReadsFrozenBackbone, splits: Mapping[str, list[
     their list, in candidate order). Returns where the cache lives, or None.
     """
     from kadapter_cli.modeling.backbone import backbone_states
+    from kadapter_cli.training.setup import autocast, resolve_precision
 
     names = list(splits)
     examples = list(splits.values())
@@ -349,14 +469,18 @@ def attach_backbone_cache(model: ReadsFrozenBackbone, splits: Mapping[str, list[
     if mode != "off":
         model.backbone.to(device)
 
+    # Under the autocast training runs in: the cached states are the ones the backbone would give there.
+    precision = resolve_precision(config.precision, device.type)
+
     def compute(input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> list["torch.Tensor"]:
-        tapped, last = backbone_states(model.backbone, input_ids.to(device), attention_mask.to(device),
-                                       model.tap_layers, model.attends_to_padding)
+        with autocast(precision, device):
+            tapped, last = backbone_states(model.backbone, input_ids.to(device), attention_mask.to(device),
+                                           model.tap_layers, model.attends_to_padding)
         return [*tapped, last]
 
     storage = attach_cache(sequences, compute, n_states=len(model.tap_layers) + 1, hidden=model.hidden, pad_id=pad_id,
                            batch_size=max(config.forward_batch_size, 32), mode=mode, budget_gib=budget_gib,
-                           folder=run_dir / FEATURE_CACHE_DIR, pad_to=pad_to, names=names)
+                           folder=run_dir / FEATURE_CACHE_DIR, pad_to=pad_to, names=names, device=device)
     for split, seqs in zip(examples, sequences):
         if storage is None or seqs is split:
             continue

@@ -11,10 +11,6 @@ from typing import Any, Iterator
 
 LOG_FILE = "train_log.jsonl"
 
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) of common training GPUs, for the MFU column.
-PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
-
-
 class StepWindow:
     """Training numbers since the last log line.
 
@@ -23,7 +19,8 @@ class StepWindow:
     step waits for the device just to be measured.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, count_skips: bool = False) -> None:
+        self.count_skips = count_skips  # log `skipped_steps` (fp16's grad scaler can skip steps)
         self._reset()
         self.status = ""
 
@@ -31,33 +28,44 @@ class StepWindow:
         self.loss_sum = None
         self.grad_norm_sum = None
         self.steps = 0
+        self.normed = 0  # steps with a gradient norm
+        self.skipped = 0  # steps the fp16 grad scaler skipped (inf/nan gradients)
         self.examples = 0
         self.tokens = 0
+        self.flops = 0.0  # model FLOPs of the window's steps (`training/flops.py`)
         self.started: float | None = None
 
     def start(self) -> None:
         if self.started is None:
             self.started = time.perf_counter()
 
-    def add(self, loss, grad_norm, examples: int, tokens: int) -> None:
+    def add(self, loss, grad_norm, examples: int, tokens: int, skipped: bool = False, flops: float = 0.0) -> None:
+        """One optimizer step; `grad_norm` None for a step without one (clipping off, or skipped);
+        `tokens`: real tokens (padding not counted); `flops`: the step's model FLOPs."""
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         if grad_norm is not None:
             grad_norm = grad_norm.detach().float()
             self.grad_norm_sum = grad_norm if self.grad_norm_sum is None else self.grad_norm_sum + grad_norm
+            self.normed += 1
         self.steps += 1
+        self.skipped += int(skipped)
         self.examples += examples
         self.tokens += tokens
+        self.flops += flops
 
-    def summary(self, accelerator, flops_per_token: float, peak_flops: float | None) -> dict[str, Any]:
-        """Log fields averaged over the window and summed over processes (a collective: every process calls it)."""
+    def summary(self, accelerator, peak_flops: float | None) -> dict[str, Any]:
+        """Log fields averaged over the window and summed over processes (a collective: every process calls it).
+
+        `model_tflops` and `mfu` count the model FLOPs of the steps (`training/flops.py`) over the
+        window's wall time; `mfu` against `peak_flops` per process (None: no MFU)."""
         import torch
 
         loss_sum = float(self.loss_sum)  # waits for the device: the window's work is done after this
         seconds = time.perf_counter() - self.started
-        totals = torch.tensor([loss_sum, float(self.steps), float(self.examples), float(self.tokens), seconds],
-                              dtype=torch.float64, device=accelerator.device)
+        totals = torch.tensor([loss_sum, float(self.steps), float(self.examples), float(self.tokens), seconds,
+                               self.flops], dtype=torch.float64, device=accelerator.device)
         totals = accelerator.reduce(totals, reduction="sum")
-        loss_sum, steps, examples, tokens, seconds = totals.tolist()
+        loss_sum, steps, examples, tokens, seconds, flops = totals.tolist()
         world = accelerator.num_processes
         wall = max(seconds / world, 1e-9)  # processes run side by side: their mean time is the wall time
         record: dict[str, Any] = {
@@ -65,12 +73,14 @@ class StepWindow:
             "examples_per_s": round(examples / wall, 2),
             "tokens_per_s": round(tokens / wall, 1),
             "ms_per_step": round(1000 * wall / (steps / world), 2),
-            "model_tflops": float(f"{flops_per_token * tokens / wall / 1e12:.4g}"),
+            "model_tflops": float(f"{flops / wall / 1e12:.4g}"),
         }
         if self.grad_norm_sum is not None:
-            record["grad_norm"] = float(self.grad_norm_sum) / self.steps
+            record["grad_norm"] = float(self.grad_norm_sum) / self.normed
+        if self.count_skips:
+            record["skipped_steps"] = self.skipped
         if peak_flops:
-            record["mfu"] = round(flops_per_token * tokens / wall / (peak_flops * world), 4)
+            record["mfu"] = round(flops / wall / (peak_flops * world), 4)
         record.update(_examples=int(examples), _tokens=int(tokens), _seconds=wall)
         self.status = f"loss {record['loss']:.4f} · {record['examples_per_s']:.0f} ex/s · {record['ms_per_step']:.0f} ms/step"
         self._reset()
@@ -105,26 +115,6 @@ def log_lines(path: Path) -> Iterator[tuple[str, dict]]:
         except json.JSONDecodeError:  # a line cut short by a kill
             continue
         yield line, record
-
-
-def flops_per_token(model) -> float:
-    """Approximate training FLOPs per token: 2·N forward over all weights + 4·N backward over trainable ones.
-
-    Attention's L² term is left out (small at these lengths); a cached backbone that is skipped
-    makes this an overestimate.
-    """
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return 2.0 * total + 4.0 * trainable
-
-
-def peak_flops(device, precision: str) -> float | None:
-    import torch
-
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for gpu, peak in PEAK_FLOPS.items() if gpu in name), None)
 
 
 def progress_columns() -> list:

@@ -18,7 +18,8 @@ Exact resume: a checkpoint holds the trainable weights, optimizer/scheduler/grad
 process's RNG states and the data position (epoch, optimizer steps done in it). Batch orders are a
 pure function of (seed, epoch) (`batching.py`), so a run killed at any moment and resumed from its
 last checkpoint ends with the same weights, bit for bit, as one that was never interrupted (on the
-same hardware and number of processes).
+same hardware and number of processes; on CUDA only with `config.deterministic`, whose kernels add
+in a fixed order).
 
 The loop's pieces live one concern a file: `train_config.py` (options, the `Objective` protocol,
 the result), `train_setup.py` (accelerator, AdamW, schedule, out-of-memory message),
@@ -57,12 +58,11 @@ from kadapter_cli.training.checkpoints import (
     write_checkpoint,
 )
 from kadapter_cli.training.config import BatchSplit, Objective, TrainConfig, TrainResult
+from kadapter_cli.training.flops import count_flops, device_peak
 from kadapter_cli.training.log import (
     LOG_FILE,
     StepWindow,
     append_log,
-    flops_per_token,
-    peak_flops,
     progress_columns,
     truncate_log,
 )
@@ -72,9 +72,11 @@ from kadapter_cli.training.setup import (
     adamw,
     clip_gradients,
     clip_groups,
+    compile_trainable,
     is_out_of_memory,
     make_accelerator,
     out_of_memory,
+    resolve_precision,
     warmup_then_linear_decay,
 )
 from kadapter_cli.training.tracking import RunTracker, tracking_location
@@ -115,6 +117,9 @@ def train(
     from accelerate.utils import set_seed
 
     config.validate()
+    # The precision the run computes in (auto → bf16 on a capable GPU, fp32 elsewhere): checkpoints
+    # record it, so a resume on the same hardware with `auto` continues the same run.
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, config.device))
     run_dir = Path(run_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     run_name, tracking_dir = tracking_location(config, run_dir)
@@ -149,6 +154,8 @@ def train(
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise KadapterError("the model has no trainable parameters (every parameter has requires_grad=False)")
+    if config.compile:
+        compile_trainable(model, objective)
     optimizer = adamw(trainable, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
         warmup_then_linear_decay, warmup=warmup_steps, total=total_steps))
@@ -198,9 +205,15 @@ class _Loop:
         self.total_steps, self.epochs = total_steps, epochs
         self.is_main = is_main_process()
         self.clip_groups = clip_groups(unwrapped, config.clip_mode)
-        self.flops_per_token = flops_per_token(unwrapped)
-        self.peak_flops = peak_flops(accelerator.device, config.precision)
-        self._window = StepWindow()
+        # Model FLOPs per real token: counted on this call's first step that has tokens (`training/flops.py`).
+        self.flops_per_token: float | None = None
+        self.peak_flops, peak_source = device_peak(accelerator.device, accelerator.mixed_precision)
+        if self.is_main and accelerator.device.type == "cuda":
+            info(f"MFU against {peak_source}" if self.peak_flops else peak_source)
+        # fp16's grad scaler: the scale after the last step (a drop means that step was skipped).
+        self._scaler = getattr(accelerator, "scaler", None)
+        self._scale = self._scaler.get_scale() if self._scaler is not None else None
+        self._window = StepWindow(count_skips=self._scaler is not None)
         self.bar = None  # the live training bar, once `run()` shows it (dev evaluation adds its row there)
 
     # -- phases
@@ -217,47 +230,72 @@ class _Loop:
                 # One batch per optimizer step, the same on every process; each takes its parts.
                 steps = epoch_batches(self.lengths, config.batch_size, config.seed, epoch, config.bucket_size)
                 first = state.steps_in_epoch if epoch == state.epoch else 0
-                for g in range(first, len(steps)):
-                    self._train_step(step_micro_batches(steps[g], split.processes, split.grad_accum, rank))
-                    epoch_end = g == len(steps) - 1
-                    final = state.step >= self.total_steps
-                    if epoch_end:
-                        state.epoch, state.steps_in_epoch = epoch + 1, 0
-                    else:
-                        state.epoch, state.steps_in_epoch = epoch, g + 1
-                    self._after_step(epoch + (g + 1) / len(steps), epoch_end, final)
-                    if self.is_main:
-                        bar.update(task, completed=state.step, status=self._window.status)
-                    if final:
-                        return
+                plan = {g: step_micro_batches(steps[g], split.processes, split.grad_accum, rank)
+                        for g in range(first, len(steps))}
+                feeder = _Feeder(self._batch, [ix for g in plan for ix, _ in plan[g]]) if self._prefetches() else None
+                try:
+                    self._epoch(epoch, steps, first, plan, feeder, bar, task)
+                finally:
+                    if feeder is not None:
+                        feeder.close()
+                if state.step >= self.total_steps:
+                    return
 
-    def _train_step(self, micro_batches: list[tuple[list[int], float]]) -> None:
-        """One optimizer step: this process's micro-batches, each loss weighted by its share of the step."""
+    def _prefetches(self) -> bool:
+        """Whether batches are made one ahead on a background thread: on a CUDA device (the host's
+        collation and cache gathering then overlap the device's step), for objectives whose
+        collation draws no random numbers (a prefetched draw would move the RNG state a checkpoint
+        saves). Never on a CPU: the thread would compete with the step for the same cores."""
+        return self.accelerator.device.type == "cuda" and not getattr(self.objective, "collate_draws_random", False)
+
+    def _epoch(self, epoch: int, steps: list, first: int, plan: dict, feeder, bar, task) -> None:
+        """The steps `first`… of `epoch` (`plan`: each step's micro-batches); returns early at the run's last step."""
+        state = self.state
+        for g in range(first, len(steps)):
+            self._train_step(plan[g], feeder)
+            epoch_end = g == len(steps) - 1
+            final = state.step >= self.total_steps
+            if epoch_end:
+                state.epoch, state.steps_in_epoch = epoch + 1, 0
+            else:
+                state.epoch, state.steps_in_epoch = epoch, g + 1
+            self._after_step(epoch + (g + 1) / len(steps), epoch_end, final)
+            if self.is_main:
+                bar.update(task, completed=state.step, status=self._window.status)
+            if final:
+                return
+
+    def _train_step(self, micro_batches: list[tuple[list[int], float]], feeder: "_Feeder | None" = None) -> None:
+        """One optimizer step: this process's micro-batches, each loss weighted by its share of the step
+        (made here, or taken from `feeder`, which made them ahead)."""
         accelerator, state = self.accelerator, self.state
         processes = accelerator.num_processes
         self.model.train()
         self._window.start()
         loss_sum = None
         n_examples = n_tokens = 0
+        counting = count_flops() if self.flops_per_token is None else nullcontext()
         try:
-            for i, (indices, share) in enumerate(micro_batches):
-                batch = self._batch(indices)
-                # Gradients are all-reduced only on the step's last micro-batch.
-                sync = nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(self.model)
-                with sync:
-                    with accelerator.autocast():
-                        loss = self.objective.loss(self.model, batch)
-                    # DDP averages over processes: × processes makes the reduced gradient the step's mean.
-                    accelerator.backward(loss * (share * processes))
-                weighted = loss.detach().float() * (share * processes)
-                loss_sum = weighted if loss_sum is None else loss_sum + weighted
-                if share > 0:  # a zero-share stand-in is not an example seen
-                    n_examples += len(indices)
-                    n_tokens += sum(self.lengths[j] for j in indices)
+            with counting as counted:
+                for i, (indices, share) in enumerate(micro_batches):
+                    batch = self._batch(indices) if feeder is None else feeder.get(indices)
+                    # Gradients are all-reduced only on the step's last micro-batch.
+                    sync = nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(self.model)
+                    with sync:
+                        with accelerator.autocast():
+                            loss = self.objective.loss(self.model, batch)
+                        # DDP averages over processes: × processes makes the reduced gradient the step's mean.
+                        accelerator.backward(loss * (share * processes))
+                    weighted = loss.detach().float() * (share * processes)
+                    loss_sum = weighted if loss_sum is None else loss_sum + weighted
+                    if share > 0:  # a zero-share stand-in is not an example seen
+                        n_examples += len(indices)
+                        n_tokens += sum(self.lengths[j] for j in indices)
             grad_norm = clip_gradients(accelerator, self.clip_groups, self.config.max_grad_norm)
             self.optimizer.step()
+            skipped = self._step_skipped()
             # optimizer.step() before scheduler.step() (the original has them the other way round).
-            if not accelerator.optimizer_step_was_skipped:
+            if not skipped:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         except (RuntimeError, MemoryError) as e:
@@ -266,9 +304,26 @@ class _Loop:
                 raise out_of_memory(f"training step {state.step + 1}", max(len(ix) for ix, _ in micro_batches),
                                     longest) from None
             raise
+        # A zero-share stand-in runs but carries no tokens: a step with one does not set the rate.
+        if counted is not None and n_tokens and all(share > 0 for _, share in micro_batches):
+            self.flops_per_token = counted.total / n_tokens
+        flops = (self.flops_per_token or 0.0) * n_tokens
         # The window sums over processes and divides by their step count: the step's mean loss.
-        self._window.add(loss_sum, grad_norm, n_examples, n_tokens)
+        # A skipped step's gradient norm is inf or nan: it stays out of the window's mean.
+        self._window.add(loss_sum, None if skipped else grad_norm, n_examples, n_tokens, skipped=skipped,
+                         flops=flops)
         state.step += 1
+
+    def _step_skipped(self) -> bool:
+        """Whether the grad scaler (fp16) skipped the optimizer step just taken: inf or nan gradients.
+
+        Accelerate tells a skip by `optimizer.step()` not being called, but a fused optimizer is always
+        called (it skips inside its kernel), so the scale is compared instead: the scaler lowers it
+        after, and only after, a step it skipped."""
+        if self._scaler is None:
+            return bool(self.accelerator.optimizer_step_was_skipped)
+        before, self._scale = self._scale, self._scaler.get_scale()
+        return self._scale < before or bool(self.accelerator.optimizer_step_was_skipped)
 
     def _after_step(self, epoch_progress: float, epoch_end: bool, final: bool) -> None:
         config, state = self.config, self.state
@@ -315,10 +370,12 @@ class _Loop:
     def _batch(self, indices: list[int]) -> dict:
         from accelerate.utils import send_to_device
 
-        return send_to_device(self.objective.collate([self.examples[j] for j in indices]), self.accelerator.device)
+        # non_blocking: a copy from pinned memory (a cache's gathered rows) overlaps the device's work.
+        return send_to_device(self.objective.collate([self.examples[j] for j in indices]), self.accelerator.device,
+                              non_blocking=self.accelerator.device.type == "cuda")
 
     def _log_training(self, epoch_progress: float) -> None:
-        record = self._window.summary(self.accelerator, self.flops_per_token, self.peak_flops)
+        record = self._window.summary(self.accelerator, self.peak_flops)
         state = self.state
         state.examples_seen += record.pop("_examples")
         state.tokens_seen += record.pop("_tokens")
@@ -374,6 +431,36 @@ class _Loop:
                        "batch_split": self.split.as_dict()},
             )
         accelerator.wait_for_everyone()
+
+
+class _Feeder:
+    """The batches of a known sequence of micro-batches, each made by `make(indices)` on one
+    background thread one ahead of its use. The copies to the device are issued there, on the
+    device's default stream, so the step that reads a batch is ordered after its copy."""
+
+    def __init__(self, make, order: list[list[int]]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._make, self._order, self._next = make, order, 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kadapter-feeder")
+        self._pending = self._submit()
+
+    def _submit(self):
+        if self._next >= len(self._order):
+            return None
+        future = self._pool.submit(self._make, self._order[self._next])
+        self._next += 1
+        return future
+
+    def get(self, indices: list[int]) -> dict:
+        expected = self._order[self._next - 1] if self._pending is not None else None
+        if expected != list(indices):
+            raise KadapterError(f"batches were asked for out of order: {indices[:3]}…, expected {(expected or [])[:3]}…")
+        future, self._pending = self._pending, self._submit()
+        return future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------- evaluation

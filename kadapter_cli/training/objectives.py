@@ -22,7 +22,11 @@ IGNORE = -100
 MASK_SHARE, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
 
 
-def base_batch(examples: Sequence[dict], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
+def base_batch(examples: Sequence[dict], pad_id: int, pad_to: int | None = None, multiple: int = 1) -> dict[str, Any]:
+    """`multiple`: pad to the next multiple of it (`--compile`: a compiled graph per length bucket)."""
+    if pad_to is None and multiple > 1:
+        longest = max(len(e["input_ids"]) for e in examples)
+        pad_to = -(-longest // multiple) * multiple
     ids, mask = pad_ids([e["input_ids"] for e in examples], pad_id, pad_to)
     batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
     cache = examples[0].get("_cache")
@@ -36,6 +40,7 @@ class _Objective:
     `KAdapterModel.padded_length`); None pads each batch to its longest example."""
 
     primary_metric = "loss"
+    length_multiple = 1  # pad each batch to a multiple of this many tokens (`setup.compile_trainable`)
 
     def __init__(self, pad_id: int, pad_to: int | None = None):
         self.pad_id = pad_id
@@ -55,7 +60,7 @@ class RelationObjective(_Objective):
         self.labels = list(labels)
 
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
-        batch = base_batch(examples, self.pad_id, self.pad_to)
+        batch = base_batch(examples, self.pad_id, self.pad_to, self.length_multiple)
         batch["subj_pos"] = torch.tensor([e["subj_pos"] for e in examples])
         batch["obj_pos"] = torch.tensor([e["obj_pos"] for e in examples])
         batch["labels"] = torch.tensor([e["label"] for e in examples])
@@ -80,7 +85,7 @@ class DependencyObjective(_Objective):
     primary_metric = "uas"
 
     def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
-        batch = base_batch(examples, self.pad_id, self.pad_to)
+        batch = base_batch(examples, self.pad_id, self.pad_to, self.length_multiple)
         targets = torch.full(batch["input_ids"].shape, IGNORE, dtype=torch.long)
         for i, e in enumerate(examples):
             targets[i, : len(e["head_targets"])] = torch.as_tensor(e["head_targets"], dtype=torch.long)
@@ -147,6 +152,7 @@ class MaskedLMObjective:
     """Dynamic masking (BERT's 15 %, 80/10/10) and cross-entropy at the masked rows only."""
 
     primary_metric = "accuracy"
+    collate_draws_random = True  # the loop never makes its batches ahead (the RNG state is checkpointed)
 
     def __init__(self, pad_id: int, mask_id: int, vocab_size: int, pad_to: int | None = None):
         self.pad_id, self.mask_id, self.vocab_size = pad_id, mask_id, vocab_size
@@ -181,17 +187,23 @@ class MaskedLMObjective:
         labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
         for i, (p, t) in enumerate(zip(chosen, targets)):
             positions[i, : len(p)], labels[i, : len(t)] = p, t
+        valid = labels != IGNORE
+        # The masked rows as indices, found here on the host: a boolean mask applied on the device
+        # waits for it to count the rows (a sync per use).
+        rows = valid.flatten().nonzero().squeeze(1)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "positions": positions,
-                "valid": labels != IGNORE, "labels": labels}
+                "valid": valid, "labels": labels, "rows": rows, "targets": labels.flatten()[rows],
+                "masked": valid.sum(-1)}
 
     def loss(self, model, batch) -> torch.Tensor:
-        return F.cross_entropy(model(batch).float(), batch["labels"][batch["valid"]])
+        return F.cross_entropy(model(batch).float(), batch["targets"])
 
     def predict(self, model, batch) -> list[tuple[int, int]]:
         """(masked tokens predicted right, masked tokens) per example."""
-        hits = torch.zeros(batch["valid"].shape, dtype=torch.long, device=batch["valid"].device)
-        hits[batch["valid"]] = (model(batch).argmax(-1) == batch["labels"][batch["valid"]]).long()
-        return list(zip(hits.sum(-1).tolist(), batch["valid"].sum(-1).tolist()))
+        valid = batch["valid"]
+        hits = torch.zeros(valid.numel(), dtype=torch.long, device=valid.device)
+        hits[batch["rows"]] = (model(batch).argmax(-1) == batch["targets"]).long()
+        return list(zip(hits.view(valid.shape).sum(-1).tolist(), batch["masked"].tolist()))
 
     def score(self, outputs: list[tuple[int, int]], examples: list) -> dict[str, float]:
         masked = sum(n for _, n in outputs)

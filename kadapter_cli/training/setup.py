@@ -1,5 +1,5 @@
-"""The pieces a run is built from: the Accelerate `Accelerator` for `--device` / `--precision`, the CPU
-threads (`--threads`), AdamW, the warm-up + linear-decay schedule, gradient clipping (`--clip-mode`),
+"""The pieces a run is built from: the Accelerate `Accelerator` for `--device` / `--precision`,
+deterministic kernels (`--deterministic`), the CPU threads (`--threads`), AdamW, the warm-up + linear-decay schedule, gradient clipping (`--clip-mode`),
 and the out-of-memory error that names what to lower."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import os
 from typing import TYPE_CHECKING
 
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
-from kadapter_cli.training.config import TrainConfig
+from kadapter_cli.training.config import BF16_MIN_CAPABILITY, COMPILE_LENGTH_MULTIPLE, TrainConfig
 
 if TYPE_CHECKING:
+    import torch
     from accelerate import Accelerator
 
 
@@ -43,20 +44,123 @@ def set_threads(threads: int | None) -> int:
     return chosen
 
 
-def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Accelerator":
-    """An `Accelerator` for `config.device` / `config.precision`; the launcher (if any) decides the processes.
+# cuBLAS needs a fixed workspace to pick the same reduction order on every call (CUDA >= 10.2);
+# the variable is read when cuBLAS starts, so it must be set before the first matrix product on CUDA.
+CUBLAS_WORKSPACE = ":4096:8"
+_DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")  # the two settings NVIDIA documents as deterministic
+_determinism_saved: dict | None = None  # what `set_deterministic(True)` changed, to undo it
 
+
+def set_deterministic(on: bool) -> None:
+    """`--deterministic`: only deterministic kernels from here on (`torch.use_deterministic_algorithms`,
+    a fixed cuBLAS workspace, cuDNN deterministic and not benchmarking); an operation that has no
+    deterministic kernel then stops with torch's error naming it. `False` undoes what an earlier
+    `True` in this process changed (a pipeline runs several stages in one process) and touches
+    nothing else."""
+    global _determinism_saved
+    import torch
+
+    if on:
+        if _determinism_saved is None:
+            _determinism_saved = {"algorithms": torch.are_deterministic_algorithms_enabled(),
+                                  "cudnn_deterministic": torch.backends.cudnn.deterministic,
+                                  "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                                  "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+        if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in _DETERMINISTIC_CUBLAS:
+            if torch.cuda.is_initialized():
+                from kadapter_cli.progress import info
+
+                info(ParamText("warning: {deterministic:True} came after CUDA started in this process; set "
+                               "CUBLAS_WORKSPACE_CONFIG={workspace} in the environment for deterministic cuBLAS",
+                               workspace=CUBLAS_WORKSPACE))
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif _determinism_saved is not None:
+        saved, _determinism_saved = _determinism_saved, None
+        torch.use_deterministic_algorithms(saved["algorithms"])
+        torch.backends.cudnn.deterministic = saved["cudnn_deterministic"]
+        torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+        if saved["cublas"] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved["cublas"]
+def uses_cuda(device: str) -> bool:
+    """Whether `--device` `device` (auto | cpu | cuda) runs on a CUDA GPU on this machine."""
+    import torch
+
+    return device != "cpu" and torch.cuda.is_available()
+
+
+def resolve_precision(precision: str, device: str = "auto") -> str:
+    """The precision a run computes in: `auto` becomes bf16 on a CUDA GPU that computes bf16 natively
+    (compute capability 8.0 or more), fp32 elsewhere (a CPU; a V100 or T4). An explicit bf16 on a
+    GPU that only emulates it is refused, suggesting fp16 (`BadParameter`)."""
+    import torch
+
+    if precision not in ("auto", "bf16") or not uses_cuda(device):
+        return "fp32" if precision == "auto" else precision
+    capability = tuple(torch.cuda.get_device_capability())
+    native_bf16 = capability >= BF16_MIN_CAPABILITY
+    if precision == "auto":
+        return "bf16" if native_bf16 else "fp32"
+    if not native_bf16:
+        raise BadParameter("{precision:{value}} is only emulated on this GPU (compute capability {cc}; bf16 needs "
+                           "{need} or more), slower than fp32; use {precision:fp16} there", precision,
+                           cc=".".join(map(str, capability)), need=".".join(map(str, BF16_MIN_CAPABILITY)))
+    return precision
+
+
+def compute_dtype(precision: str, device: str = "auto") -> "torch.dtype | None":
+    """The dtype a frozen part runs in under `precision` (bf16/fp16), or None for fp32: a frozen
+    backbone loaded in it is not re-cast from fp32 at every forward under autocast."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision, device))
+
+
+def autocast(precision: str, device: "torch.device"):
+    """The autocast context of `precision` (resolved) on `device`; a no-op for fp32. What the loop's
+    Accelerate autocast is, for work outside it (building a feature cache, LAMA scoring)."""
+    import contextlib
+
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def enable_tf32(device: str) -> None:
+    """On a CUDA GPU, fp32 matrix products may use TF32 tensor cores (`set_float32_matmul_precision("high")`):
+    what fp32 work is left under autocast (and an fp32 run) goes several times faster. Never on a CPU."""
+    import torch
+
+    if uses_cuda(device):
+        torch.set_float32_matmul_precision("high")
+
+
+def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Accelerator":
+    """An `Accelerator` for `config.device` / `config.precision` (`resolve_precision`); the launcher
+    (if any) decides the processes. On a CUDA GPU fp32 matrix products use TF32 (`enable_tf32`).
+
+    `config.deterministic` is applied first (`set_deterministic`): before the first CUDA work of a
+    training stage, which every stage starts by making its accelerator.
     `log_with`: Accelerate tracker objects (`tracking.RunTracker` builds them)."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
+    set_deterministic(config.deterministic)
+
     if config.device == "cuda" and not torch.cuda.is_available():
         raise BadParameter("{device:{value}}: no CUDA device is visible to this process", config.device)
-    on_cpu = config.device == "cpu" or not torch.cuda.is_available()
-    if config.precision == "fp16" and on_cpu:
-        raise BadParameter("{precision:{value}} needs a CUDA device; use bf16 or fp32 on CPU", config.precision)
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision]
+    on_cpu = not uses_cuda(config.device)
+    precision = resolve_precision(config.precision, config.device)
+    if precision == "fp16" and on_cpu:
+        raise BadParameter("{precision:{value}} needs a CUDA device; use bf16 or fp32 on CPU", precision)
+    enable_tf32(config.device)
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     # Gradient accumulation is the loop's own (`batching.step_micro_batches`), not Accelerate's
     # counter: checkpoints then fall on optimizer-step boundaries and an epoch's short last step is
     # averaged over its own examples.
@@ -71,6 +175,22 @@ def make_accelerator(config: TrainConfig, log_with: list | None = None) -> "Acce
             raise
         AcceleratorState._reset_state()
         return Accelerator(cpu=on_cpu, mixed_precision=mixed, log_with=log_with or None)
+
+
+def compile_trainable(model, objective, backend: str | None = None) -> None:
+    """`--compile`: `torch.compile` the parts of `model` that train (`model.compiled_parts()`: an
+    adapter and its head), in place (parameter names, checkpoints and artifacts stay as they are),
+    and has `objective` pad each batch to a multiple of `COMPILE_LENGTH_MULTIPLE` tokens, so the
+    compiled graphs see a few lengths instead of one per batch. `BadParameter` for a model that
+    offers no parts to compile. `backend`: torch.compile's (default: inductor)."""
+    parts = getattr(model, "compiled_parts", None)
+    if parts is None:
+        raise BadParameter("{compile:True} compiles an adapter and its head (adapter pretraining); "
+                           "this model has no parts to compile")
+    for module in parts():
+        module.compile(**({} if backend is None else {"backend": backend}))
+    if hasattr(objective, "length_multiple"):
+        objective.length_multiple = COMPILE_LENGTH_MULTIPLE
 
 
 def adamw(named_params: list, config: TrainConfig):

@@ -38,12 +38,17 @@ def test_a_missing_package_loses_one_section_and_the_report_keeps_the_rest(tmp_p
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "gpu.json").read_text())
     assert json.loads(done.stdout) == report
-    for section in ("fac_pretraining", "full_finetune", "feature_cache", "matmul_bf16"):
+    for section in ("fac_pretraining", "full_finetune", "feature_cache", "matmul_bf16", "compile"):
         assert section in report, section
     assert "qa_eval" not in report
     assert report["errors"]["qa_eval"]["error"].startswith("ModuleNotFoundError")
     assert "benchmarks.qa_bench" in report["errors"]["qa_eval"]["error"]
-    assert set(report["section_s"]) == {"fac_pretraining", "full_finetune", "feature_cache", "matmul_bf16", "qa_eval"}
+    assert set(report["section_s"]) == {"fac_pretraining", "full_finetune", "feature_cache", "matmul_bf16", "qa_eval",
+                                        "compile"}
+    cache = report["feature_cache"]  # the cache on the device, from pinned host memory, and none
+    assert cache["cached_vs_uncached_epoch"] > 0 and cache["host_cached_vs_uncached_epoch"] > 0
+    assert cache["host_cached_epoch"]["median_s"] > 0
+    assert report["compile"]["compiled_vs_eager_step"] > 0 and report["compile"]["backend"] == "eager"  # --tiny
     imported = done.stderr.split("IMPORTED", 1)[1]
     for package in NOT_ON_THE_DEVICE:
         assert f"'{package}'" not in imported, package

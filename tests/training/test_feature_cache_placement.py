@@ -128,7 +128,7 @@ def test_disk_cache_describes_itself_in_cache_json(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"storage": "gpu"}, "storage must be 'memory' or 'disk', got 'gpu'"),
+    ({"storage": "gpu"}, "storage must be 'memory', 'disk' or 'device', got 'gpu'"),
     ({"storage": "disk"}, "a disk cache needs a folder"),
     ({"dtype": torch.int8}, "unsupported cache dtype torch.int8; use float16, bfloat16 or float32"),
 ])

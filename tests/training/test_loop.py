@@ -161,7 +161,7 @@ def test_other_runtime_errors_are_not_disguised_as_out_of_memory(tmp_path, monke
     ("batch_size", 0, "^batch_size must be at least 1"),
     ("warmup", -1, "^warmup must be at least 0"),
     ("lr", 0.0, "^lr must be positive"),
-    ("precision", "fp8", "^precision must be fp32, bf16 or fp16"),
+    ("precision", "fp8", "^precision must be auto, fp32, bf16 or fp16"),
     ("save_every", 0, "^save_every must be at least 1"),
     ("adam_beta2", 1.0, r"^adam_beta2 must be in \[0, 1\)"),
     ("adam_beta1", -0.1, r"^adam_beta1 must be in \[0, 1\)"),
@@ -958,6 +958,8 @@ class _Recorder:
 ])
 def test_device_and_precision_reach_accelerate(monkeypatch, cuda, device, precision, cpu, mixed):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))  # stand-ins: no GPU here
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda *a: None)
     accelerate = _Recorder(monkeypatch)
     make_accelerator(TrainConfig(device=device, precision=precision))
     assert accelerate.calls == [{"cpu": cpu, "mixed_precision": mixed, "log_with": None}]
