@@ -2,15 +2,13 @@
 over gloo on one machine, or as two "machines" on loopback (two launchers, machine ranks 0 and 1,
 one process each, `--main_process_ip 127.0.0.1`).
 
-Every launch runs in its own process group: a launch that hangs (a collective one process never
-joins) is killed whole when its time is up, workers included, and the test fails instead of
-hanging."""
+A launch that hangs (a collective one process never joins) is killed whole when its time is up,
+workers included, and the test fails instead of hanging."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -52,8 +50,7 @@ def free_port() -> int:
 def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
     if not ACCELERATE.exists():
         pytest.skip(f"no accelerate beside {sys.executable}")
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            start_new_session=True)
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
 def _wait(process: subprocess.Popen, timeout: float) -> tuple[str, str, bool]:
@@ -62,9 +59,26 @@ def _wait(process: subprocess.Popen, timeout: float) -> tuple[str, str, bool]:
         out, err = process.communicate(timeout=timeout)
         return out, err, False
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_tree(process.pid)
         out, err = process.communicate()
         return out, err, True
+
+
+def kill_tree(pid: int) -> None:
+    """Kills a launcher and every process under it: its workers run in sessions of their own, so
+    killing its process group would leave them running (holding the pipes a test reads)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        family = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def run(command: list[str], timeout: float = 240, env: dict[str, str] | None = None,
@@ -90,7 +104,7 @@ def run_machines(commands: list[list[str]], timeout: float = 300,
         if timed_out:
             for other in processes:
                 if other.poll() is None:
-                    os.killpg(other.pid, signal.SIGKILL)
+                    kill_tree(other.pid)
             raise AssertionError(f"{' '.join(command)} hung (killed after {timeout} s)\n{err[-4000:]}")
     for d in done:
         assert d.returncode == 0, f"{' '.join(d.args)}\n{d.stdout[-2000:]}\n{d.stderr[-4000:]}"
