@@ -29,13 +29,11 @@ def is_main_process() -> bool:
 
 
 def end_processes() -> None:
-    """Ends the process group this process joined under a launcher, once its command has succeeded.
-
-    Left to the interpreter's exit, the group's C++ worker threads (gloo's) are destroyed with the
-    process and now and then abort it ("terminate called without an active exception") after the
-    work is done. Only after success: a process that failed may leave another waiting in a
-    collective, and ending the group there could wait for it. Nothing to do (and torch is not
-    imported) for a command that never used it."""
+    """Ends the process group this process joined under a launcher, once its command has succeeded,
+    as torch asks of every process before it exits (rather than leaving the group's C++ threads to
+    the interpreter's teardown). Only after success: a process that failed may leave another
+    waiting in a collective, and ending the group there could wait for it. Nothing to do (and torch
+    is not imported) for a command that never used it."""
     import sys
 
     if "torch.distributed" not in sys.modules:

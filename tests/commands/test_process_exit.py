@@ -1,8 +1,6 @@
 """A command that succeeded ends the process group its launcher's processes joined, before the
-interpreter exits. Left to the exit, gloo's C++ threads were torn down with the process and now and
-then aborted it after the work was done ("terminate called without an active exception"), failing a
-finished run. A command that failed leaves the group alone: another process may still wait in a
-collective, and ending the group could wait for it."""
+interpreter exits, as torch asks. A command that failed leaves the group alone: another process may
+still wait in a collective, and ending the group could wait for it."""
 
 from __future__ import annotations
 
