@@ -26,3 +26,19 @@ def process_count() -> int:
 def is_main_process() -> bool:
     """Whether this process writes the outputs and reports: rank 0, or the only process."""
     return process_index() == 0
+
+
+def end_processes() -> None:
+    """Ends the process group this process joined under a launcher, once its command has succeeded,
+    as torch asks of every process before it exits (rather than leaving the group's C++ threads to
+    the interpreter's teardown). Only after success: a process that failed may leave another
+    waiting in a collective, and ending the group there could wait for it. Nothing to do (and torch
+    is not imported) for a command that never used it."""
+    import sys
+
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

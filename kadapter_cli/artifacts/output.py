@@ -169,10 +169,17 @@ def training_output(final: str | Path, processes, overwrite: bool = False, resum
     """`atomic_output(resumable=True)` for a run of one or several processes.
 
     `processes` is what Accelerate's `Accelerator` or `PartialState` offers: `wait_for_everyone()`.
-    The main process (`kadapter_cli.processes.is_main_process`) owns the output (lock, the
-    `.<name>.partial` folder, the rename); the others get the same folder once it is ready and write
-    only what is their own there (a disk feature cache under a sub-folder named by rank). Every process refuses an
-    existing output alike, so a refusal stops them all with the same message.
+    The main process (`kadapter_cli.processes.is_main_process`: rank 0 of the whole run, on whichever
+    machine) owns the output (lock, the `.<name>.partial` folder, the rename); the others get the
+    same folder once it is ready and write only what is their own there (a disk feature cache under a
+    sub-folder named by rank). Every process refuses an existing output alike, so a refusal stops
+    them all with the same message.
+
+    On another machine whose output folder is its own (not on a file system shared with the main
+    process's), the main process's `.<name>.partial` folder is not there: its processes get a
+    scratch folder of their own (`.<name>.tmp-<pid>`, for their disk feature cache), removed when
+    they are done, and that machine's output folder gets neither a complete artifact nor a
+    `.partial` folder: the main machine's is the run's one artifact.
     """
     final = Path(final)
     check_output(final, overwrite=overwrite, resume=resume, resumable=True)
@@ -185,7 +192,16 @@ def training_output(final: str | Path, processes, overwrite: bool = False, resum
             yield tmp
     else:
         processes.wait_for_everyone()
-        yield partial_dir(final)
+        shared = partial_dir(final)
+        if shared.is_dir():
+            yield shared
+            return
+        scratch = final.parent / f".{final.name}.tmp-{os.getpid()}"  # a machine whose output folder is its own
+        scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -35,7 +35,7 @@ from kadapter_cli.commands.train import (
     _train_config,
 )
 from kadapter_cli.errors import BadInput
-from kadapter_cli.processes import process_count
+from kadapter_cli.processes import is_main_process, process_count
 from kadapter_cli.training.config import PROBE_DEFAULTS
 
 
@@ -82,6 +82,8 @@ def train_probe_cli(
     )
     summary = train_probe(spec, train_config, resume=options["resume"], overwrite=options["overwrite"],
                           manifest_config=jsonable(resolved))
+    if not is_main_process():  # the main process reports
+        return
     if json_out:
         echo_json(summary)
     else:

@@ -106,7 +106,7 @@ DETERMINISTIC = typer.Option(_loop_default("deterministic"), "--deterministic", 
 LIMIT = typer.Option(None, "--limit", help="Use only the first N examples of each split.")
 CACHE = typer.Option("auto", "--cache-features", metavar="auto|on|off",
                      help="Cache the frozen backbone's states across epochs: auto (when within budget), on, off.")
-CACHE_BUDGET = typer.Option(None, "--cache-budget", help="Feature cache budget in GiB (default: a share of RAM).")
+CACHE_BUDGET = typer.Option(None, "--cache-budget", help="Feature cache budget in GiB for this machine, shared by its processes (default: a share of RAM).")
 CONFIG = typer.Option(None, "--config", help="YAML file of options (long names with _); flags override it.")
 LOG_EVERY = typer.Option(_loop_default("log_every"), "--log-every", help="Write a train_log.jsonl line every N steps.")
 SCORES = typer.Option(False, "--scores", help="Add each prediction's probability per predicted label (\"scores\").")

@@ -30,7 +30,13 @@ from torch import nn
 
 from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json, write_jsonl
 from kadapter_cli.artifacts.manifest import read_manifest, write_manifest
-from kadapter_cli.artifacts.output import atomic_output, nothing_to_resume, remove_checkpoints
+from kadapter_cli.artifacts.output import (
+    atomic_output,
+    check_output,
+    nothing_to_resume,
+    remove_checkpoints,
+    training_output,
+)
 from kadapter_cli.data import lama
 from kadapter_cli.data.corpus import encode_corpus, read_corpus
 from kadapter_cli.data.padding import pad_ids
@@ -39,12 +45,14 @@ from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_
 from kadapter_cli.modeling.backbone import backbone_shape, backbone_states, load_backbone, load_tokenizer
 from kadapter_cli.modeling.kadapter import check_fits_backbone
 from kadapter_cli.modeling.probe_model import ProbeModel, load_lm_head
+from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import progress
 from kadapter_cli.stages.compose import AdapterSet, load_adapters, recorded_backbone
 from kadapter_cli.tasks import metrics
 from kadapter_cli.training.config import PROBE_DEFAULTS, TrainConfig
 from kadapter_cli.training.loop import train
 from kadapter_cli.training.objectives import MaskedLMObjective
+from kadapter_cli.training.setup import make_accelerator
 
 PROBE_CONFIG = "probe_config.json"
 PROBE_WEIGHTS = "probe.safetensors"
@@ -115,6 +123,7 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
                            spec.adapters.names)
     if not spec.pretrained_lm_head and spec.corpus is None:
         raise BadParameter("{corpus} FILE is needed to train the probe (or {pretrained_lm_head:True} for the baseline)")
+    check_output(spec.out, overwrite=overwrite, resume=resume, resumable=True)  # a refusal before the model loads
     adapters, adapter_configs = load_adapters(spec.adapters)
     backbone_id = spec.backbone or (recorded_backbone(adapter_configs[0], spec.adapters.names[0])
                                     if adapter_configs else None)
@@ -130,7 +139,8 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
     if tokenizer.mask_token_id is None:
         raise BadInput(f"the tokenizer of '{backbone_id}' has no mask token")
 
-    with atomic_output(spec.out, overwrite=overwrite, resume=resume, resumable=True) as run_dir:
+    processes = make_accelerator(config)  # joins the other processes of `accelerate launch` / `torchrun`
+    with training_output(spec.out, processes, overwrite=overwrite, resume=resume) as run_dir:
         summary: dict[str, Any] = {"trained": not spec.pretrained_lm_head}
         inputs: list[Path] = list(spec.adapters.paths)
         if not spec.pretrained_lm_head:
@@ -143,8 +153,10 @@ def train_probe(spec: ProbeTrainingSpec, config: TrainConfig, resume: bool = Fal
             summary.update({"steps": result.steps, "throughput": result.throughput, "lines": len(lines), "sequences": len(examples),
                             "tokens": sum(len(e["input_ids"]) for e in examples)})
             inputs.append(spec.corpus)
-            remove_checkpoints(run_dir)
-            (run_dir / "best.safetensors").unlink(missing_ok=True)
+        if not is_main_process():  # the main process writes the artifact
+            return summary
+        remove_checkpoints(run_dir)
+        (run_dir / "best.safetensors").unlink(missing_ok=True)
         save_probe(run_dir, model, spec, backbone_id, adapter_configs)
         write_json(run_dir / "metrics.json", summary)
         stats = {**summary, "trainable_parameters": model.vocab_size * (model.mlm.in_features + 1)}

@@ -14,8 +14,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kadapter_cli.artifacts.output import step_folders
+from kadapter_cli.artifacts.output import latest_checkpoint, step_folders
 from kadapter_cli.errors import BadInput, ParamText
+from kadapter_cli.processes import is_main_process
 from kadapter_cli.training.config import TRAJECTORY_OPTIONS, TrainConfig
 from kadapter_cli.training.rng import set_rng_state
 
@@ -145,3 +146,50 @@ def copy_into(model, weights: dict, source: Path) -> None:
                 raise BadInput(f"{name}: saved shape {tuple(weights[name].shape)}, model has {tuple(p.shape)}", source)
             p.copy_(weights[name])
 
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a resumed run continues from: the newest complete one under `run_dir`, seen
+    alike by every process of the run. A process that sees another one (a machine whose output
+    folder is its own, not the main process's on a shared file system) stops them all with the same
+    `BadInput`, rather than start fresh beside processes that resume."""
+    checkpoint = latest_checkpoint(run_dir)
+    if not _distributed():
+        return checkpoint
+    import torch.distributed as dist
+
+    seen: list = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, checkpoint.name if checkpoint is not None else None)
+    if len(set(seen)) > 1:
+        differs = next(rank for rank, name in enumerate(seen) if name != seen[0])
+        raise BadInput(ParamText(
+            "{resume:True}: the main process resumes from {main}, process {rank} finds {other}; on several "
+            "machines a run resumes only where they all read the main process's output folder (a shared file "
+            "system): start again with {overwrite:True} or put the output folder on one",
+            main=seen[0] or "no checkpoint", rank=differs, other=seen[differs] or "no checkpoint"), run_dir)
+    return checkpoint
+
+
+def load_best_weights(model, path: Path, accelerator) -> None:
+    """The trainable weights the main process saved at `path` into `model`, in every process. Under
+    several processes the main process reads them and sends them to the others, which need no copy
+    of the file (a machine whose output folder is its own has none)."""
+    from safetensors.torch import load_file
+
+    if accelerator.num_processes == 1 or not _distributed():
+        copy_into(model, load_file(path), path)
+        return
+    import torch.distributed as dist
+
+    weights = load_file(path) if is_main_process() else trainable_state(model)
+    for name in sorted(weights):
+        tensor = weights[name].to(accelerator.device)
+        dist.broadcast(tensor, src=0)
+        weights[name] = tensor.cpu()
+    copy_into(model, weights, path)

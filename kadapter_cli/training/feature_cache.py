@@ -28,13 +28,14 @@ the backbone's pad-token states included, for adapters that attend to padding
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 from kadapter_cli.data.padding import is_choices, pad_ids
 from kadapter_cli.errors import BadParameter
-from kadapter_cli.processes import process_index
+from kadapter_cli.processes import is_main_process, process_count, process_index
 from kadapter_cli.progress import progress
 from kadapter_cli.training.batching import sequential_batches
 
@@ -224,7 +225,8 @@ def default_budget_bytes() -> int:
     return min(psutil.virtual_memory().total // 4, MAX_DEFAULT_BUDGET)
 
 
-def decide_cache(mode: str, n_bytes: int, budget_bytes: int | None = None, folder: str | Path | None = None) -> str | None:
+def decide_cache(mode: str, n_bytes: int, budget_bytes: int | None = None, folder: str | Path | None = None,
+                 free_bytes: int | None = None, processes: int = 1) -> str | None:
     """Where to keep a cache of `n_bytes`: "memory", "disk" or None (no cache).
 
     - `off`: None.
@@ -232,6 +234,9 @@ def decide_cache(mode: str, n_bytes: int, budget_bytes: int | None = None, folde
       `folder` is given and the cache takes at most half its free space (checkpoints and outputs
       need the rest); else None — training still works, just recomputing the backbone.
     - `on`: as auto, but `BadInput` instead of None.
+
+    `free_bytes`: this process's share of the free space under `folder` (default: all of it);
+    `processes` > 1 says, in the refusal, that the budget and the disk are shares (`cache_limits`).
     """
     if mode not in ("auto", "on", "off"):
         raise BadParameter("{cache_features} must be auto, on or off, got {value!r}", mode)
@@ -240,14 +245,15 @@ def decide_cache(mode: str, n_bytes: int, budget_bytes: int | None = None, folde
     budget = default_budget_bytes() if budget_bytes is None else budget_bytes
     if n_bytes <= budget:
         return "memory"
-    free = _free_disk_bytes(Path(folder)) if folder is not None else 0
+    free = 0 if folder is None else free_bytes if free_bytes is not None else _free_disk_bytes(Path(folder))
     if n_bytes <= free // 2:
         return "disk"
     if mode == "on":
+        shares = f" per process, {processes} processes" if processes > 1 else ""
         raise BadParameter(
             "{cache_features:{value}}: the cache needs {need:.2f} GiB, over the memory budget "
-            "({budget:.2f} GiB) and half the free disk ({free:.2f} GiB free"
-            + (" under {folder}" if folder is not None else "") + "); raise {cache_budget}, free disk space, "
+            "({budget:.2f} GiB" + shares + ") and half the free disk ({free:.2f} GiB free"
+            + (" under {folder}" if folder is not None else "") + shares + "); raise {cache_budget}, free disk space, "
             "or use {cache_features:auto}", mode, need=n_bytes / GiB, budget=budget / GiB, free=free / GiB,
             folder=folder,
         )
@@ -278,13 +284,64 @@ def _all_agree(flag: bool, device: "torch.device | None") -> bool:
     agreed = torch.tensor([int(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
     return bool(agreed.item())
+FAKE_FREE_DISK = "KADAPTER_TEST_FREE_DISK"  # tests only: "RANK:BYTES[,RANK:BYTES]", the free disk a rank sees
 
 
 def _free_disk_bytes(folder: Path) -> int:
+    fake = dict(item.split(":") for item in os.environ.get(FAKE_FREE_DISK, "").split(",") if ":" in item)
+    if str(process_index()) in fake:
+        return int(fake[str(process_index())])
     probe = folder
     while not probe.exists() and probe != probe.parent:  # the cache folder may not exist yet
         probe = probe.parent
     return shutil.disk_usage(probe).free
+
+
+def local_process_count() -> int:
+    """The processes of this run on this machine (`LOCAL_WORLD_SIZE`, as the launchers set it)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def cache_limits(budget_gib: float | None, folder: Path) -> tuple[int, int | None, int]:
+    """`(budget bytes, free disk bytes, processes)`: what one process's cache may take, the same
+    answer in every process of the run.
+
+    The memory budget (`budget_gib`, or the default a share of this machine's RAM) is a machine's:
+    its processes share it. A process's share of the free disk under `folder` (its disk cache's
+    place) is that space divided by the processes whose caches go on the same disk: every process
+    that sees the main process's `folder` (the main process's machine, and others where the output
+    folder is on a shared file system) or, where a machine writes to a folder of its own, that
+    machine's processes. Under several processes each one's shares are gathered and all take the
+    smallest, so they all decide alike (`decide_cache`): one process that cached while another did
+    not would hold a model of another shape, and their first collective would never match.
+    """
+    budget = default_budget_bytes() if budget_gib is None else int(budget_gib * GiB)
+    local = local_process_count()
+    if process_count() == 1 or not _distributed():
+        return budget // local, _free_disk_bytes(folder) // local, local
+    import socket
+
+    import torch.distributed as dist
+
+    if is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)  # removed with the run's scratch when the artifact is written
+    dist.barrier()
+    mine = {"budget": budget // local, "free": _free_disk_bytes(folder), "sees_main": folder.is_dir(),
+            "host": socket.gethostname()}
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    beside_main = sum(1 for r in everyone if r["sees_main"])
+
+    def sharing(row: dict) -> int:
+        return beside_main if row["sees_main"] else sum(1 for r in everyone if not r["sees_main"] and r["host"] == row["host"])
+
+    return (min(r["budget"] for r in everyone), min(r["free"] // sharing(r) for r in everyone), len(everyone))
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 # ---------------------------------------------------------------- storage
@@ -405,18 +462,17 @@ def attach_cache(
     most `DEVICE_CACHE_SHARE` of its free memory (`fits_on_device`); a host cache feeding it is
     `pinned`. Each process of a multi-process run holds the whole cache, its backbone passes split
     over the processes where they can sum their stores (`build_shard`); disk caches go under
-    `folder/<rank>/<split>`, and the default memory budget is shared by the processes of one machine.
+    `folder/<rank>/<split>`. The memory budget (given or default) is shared by the processes of one
+    machine, the free disk by the processes that write to it, and every process takes the same
+    decision (`cache_limits`).
     `names` name the splits in the progress bars.
     """
-    import os
-
     if mode == "off":
         return None
     n_tokens = sum(len(ex["input_ids"]) if pad_to is None else pad_to for split in splits for ex in split)
-    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    budget = default_budget_bytes() // local_processes if budget_gib is None else int(budget_gib * GiB)
+    budget, free, processes = cache_limits(budget_gib, folder)
     n_bytes = estimate_bytes(n_tokens, n_states, hidden)
-    storage = decide_cache(mode, n_bytes, budget, folder)
+    storage = decide_cache(mode, n_bytes, budget, folder, free, processes)
     # Every process must keep it in the same place (a device cache's build is split over them).
     if _all_agree(storage == "memory" and fits_on_device(n_bytes, device), device):
         storage = "device"

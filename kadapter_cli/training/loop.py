@@ -51,8 +51,9 @@ from kadapter_cli.training.batching import epoch_batches, restore_order, sequent
 from kadapter_cli.training.checkpoints import (
     BEST_WEIGHTS,
     TrainState,
-    copy_into,
+    load_best_weights,
     load_checkpoint,
+    resume_checkpoint,
     save_weights_atomically,
     trainable_state,
     write_checkpoint,
@@ -121,7 +122,7 @@ def train(
     # record it, so a resume on the same hardware with `auto` continues the same run.
     config = dataclasses.replace(config, precision=resolve_precision(config.precision, config.device))
     run_dir = Path(run_dir)
-    checkpoint = latest_checkpoint(run_dir) if resume else None
+    checkpoint = resume_checkpoint(run_dir) if resume else None
     run_name, tracking_dir = tracking_location(config, run_dir)
     tracker = RunTracker(config.report_to, run_name, tracking_dir, hparams or dataclasses.asdict(config),
                          resume_step=checkpoint_step(checkpoint) if checkpoint is not None else None)
@@ -338,8 +339,6 @@ class _Loop:
 
     def finish(self) -> TrainResult:
         """Loads the best weights back (writing them first when there is no dev data) and reports."""
-        from safetensors.torch import load_file
-
         state, accelerator = self.state, self.accelerator
         best_path = self.run_dir / BEST_WEIGHTS
         if not self.dev:
@@ -347,7 +346,7 @@ class _Loop:
             if self.is_main:
                 save_weights_atomically(trainable_state(self.unwrapped), best_path)
         accelerator.wait_for_everyone()
-        copy_into(self.unwrapped, load_file(best_path), best_path)
+        load_best_weights(self.unwrapped, best_path, accelerator)
         seconds = max(state.train_seconds, 1e-9)
         throughput = {
             "examples_per_s": state.examples_seen / seconds,

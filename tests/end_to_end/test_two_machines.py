@@ -1,0 +1,91 @@
+"""Two machines, as on a cluster, played on loopback: two `accelerate launch` commands, machine ranks
+0 and 1, one CPU process each, the main one at 127.0.0.1 (docs: Paper scale, "Several machines").
+
+Each training command gives the artifact two processes on one machine give, byte for byte. The main
+process (rank 0 of the run, on machine 0) owns the output: with one output folder that both machines
+write to (a shared file system), it is written once; with a folder each (separate disks), machine 0's
+holds the artifact and machine 1's holds nothing, neither an artifact nor a `.partial` folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers.launching import assert_one_owner_wrote, free_port, machine, one_machine, run, run_machines
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--batch-size", "8", "--lr", "1e-3", "--max-length", "48", "--seed", "5"]
+CORPUS = ["The capital of France is Paris and it is a large city.", "Dante was born in Florence in Italy.",
+          "The Eiffel Tower stands in Paris, on the left bank of the Seine."]
+COMMANDS = ("train-adapter", "finetune", "train-probe")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, shared_data, tiny_backbone) -> dict[str, Path]:
+    from typer.testing import CliRunner
+
+    from kadapter_cli.cli import app
+
+    root = tmp_path_factory.mktemp("machines")
+    workdir = root / "work"
+    result = CliRunner().invoke(app, ["--workdir", str(workdir), "prepare-trex", str(shared_data / "trex"),
+                                      "--min-count", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 6) + "\n")
+    return {"workdir": workdir, "backbone": tiny_backbone, "corpus": corpus, "root": root,
+            "openentity": shared_data / "openentity" / "ernie-format"}
+
+
+def _arguments(command: str, inputs: dict[str, Path], out: Path) -> list[str]:
+    common = ["--workdir", str(inputs["workdir"]), command, "--backbone", str(inputs["backbone"]), "--out", str(out),
+              *FAST]
+    if command == "train-adapter":  # dev evaluated at every epoch's end: the best weights go to every process
+        return [*common, "--kind", "fac", "--name", out.name, "--limit", "16", "--max-steps", "4", "--eval-every", "2"]
+    if command == "finetune":
+        return [*common, "--task", "openentity", "--data", str(inputs["openentity"]), "--name", out.name,
+                "--limit", "12", "--max-steps", "3", "--json"]
+    return [*common, "--corpus", str(inputs["corpus"]), "--name", out.name, "--max-steps", "3"]
+
+
+def _weights(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.safetensors"))}
+
+
+@pytest.fixture(scope="module")
+def one_machine_outputs(inputs) -> dict[str, Path]:
+    """Each command under two processes on one machine: what two machines must give."""
+    outputs = {}
+    for command in COMMANDS:
+        out = inputs["root"] / "one-machine" / command
+        run(one_machine(*_arguments(command, inputs, out)), timeout=300)
+        outputs[command] = out
+    return outputs
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("folders", ["shared", "separate"])
+def test_two_machines_give_the_one_machine_artifact(inputs, one_machine_outputs, command, folders):
+    root = inputs["root"] / f"{folders}-{command}"
+    # Shared: both machines name the same folder. Separate: each machine its own (on one disk here,
+    # as two machines' disks would be).
+    outs = [root / "out" / command] * 2 if folders == "shared" else [root / f"machine-{r}" / command for r in (0, 1)]
+    port = free_port()
+    done = run_machines([machine(rank, port, *_arguments(command, inputs, outs[rank])) for rank in (0, 1)],
+                        timeout=400)
+
+    reference = one_machine_outputs[command]
+    manifest = assert_one_owner_wrote(outs[0])
+    if command != "train-probe":  # the probe's manifest records no batch split
+        assert manifest["stats"]["batch_split"]["processes"] == 2
+    assert _weights(outs[0]) == _weights(reference) and _weights(reference)
+    assert sorted(p.name for p in outs[0].iterdir()) == sorted(p.name for p in reference.iterdir())
+    if command == "finetune":  # the same predictions, printed once by machine 0
+        assert (outs[0] / "predictions-test.jsonl").read_text() == (reference / "predictions-test.jsonl").read_text()
+        assert json.loads(done[0].stdout) == json.loads((outs[0] / "metrics.json").read_text())
+    assert done[1].stdout.strip() == ""  # machine 1 prints nothing
+    if folders == "separate":
+        left = sorted(p.relative_to(root).as_posix() for p in (root / "machine-1").rglob("*"))
+        assert left == [], f"machine 1's output folder holds {left}"
