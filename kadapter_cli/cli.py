@@ -11,17 +11,18 @@ from kadapter_cli.commands import pipeline as _pipeline  # noqa: F401  run, demo
 from kadapter_cli.commands import probe as _probe  # noqa: F401  train-probe, probe
 from kadapter_cli.commands import report as _report  # noqa: F401  report
 from kadapter_cli.commands import train as _train  # noqa: F401  train-adapter, compose, finetune, evaluate, predict
-from kadapter_cli.processes import end_processes
+from kadapter_cli.processes import end_processes, exit_now
 
 
 def main() -> None:
     try:
         app()
     except SystemExit as e:
-        if e.code in (0, None):  # the command succeeded (typer exits with 0)
-            end_processes()
+        if e.code in (0, None) and end_processes():  # the command succeeded (typer exits with 0)
+            exit_now(0)
         raise
-    end_processes()
+    if end_processes():
+        exit_now(0)
 
 
 if __name__ == "__main__":
