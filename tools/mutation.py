@@ -56,7 +56,9 @@ TASK_READERS = tuple(f"kadapter_cli.tasks.{f}__mutmut_*" for f in (
     "figer.x_read_figer_raw", "figer.x_convert_figer_raw"))
 MODULES: dict[str, Target] = {
     "fusion": Target(["kadapter_cli/modeling/fusion.py"], ["tests/modeling/test_model.py", "tests/modeling/test_fusion.py"]),
-    "train_setup": Target(["kadapter_cli/training/setup.py"], LOOP_TESTS),
+    "train_setup": Target(["kadapter_cli/training/setup.py"],
+                          LOOP_TESTS + ["tests/training/test_precision.py", "tests/training/test_deterministic.py",
+                                        "tests/training/test_compile.py"]),
     "metrics": Target(["kadapter_cli/tasks/metrics.py"],
                       ["tests/tasks/test_metrics.py"]),
     # Not test_original.py: its full-size checkpoints make each head mutant take a minute.
@@ -69,7 +71,8 @@ MODULES: dict[str, Target] = {
     "import_original": Target(["kadapter_cli/modeling/original.py"],
                              ["tests/commands/test_untrusted.py", "tests/modeling/test_original.py"]),
     "feature_cache": Target(["kadapter_cli/training/feature_cache.py"],
-                            ["tests/training/test_feature_cache.py", "tests/training/test_feature_cache_placement.py"]),
+                            ["tests/training/test_feature_cache.py", "tests/training/test_feature_cache_placement.py",
+                             "tests/training/test_cache_feed.py", "tests/training/test_cache_processes.py"]),
     "encoding": Target(["kadapter_cli/data/encoding.py"],
                        ["tests/data/test_encoding.py", "tests/data/test_properties.py", "tests/tasks/test_tasks.py",
                         "tests/tasks/test_cosmosqa.py", "tests/tasks/test_qa_spans.py",
@@ -87,7 +90,7 @@ MODULES: dict[str, Target] = {
                              "tests/tasks/test_qa_formats.py", "tests/tasks/test_open_qa.py"]),
     # The loop's schedule, clipping and resume: `train` (total steps, schedule, resume or fresh start),
     # the epoch/step walk that resume re-enters, the optimizer step with clipping, the save/eval points.
-    "training": Target(["kadapter_cli/training/loop.py"], LOOP_TESTS,
+    "training": Target(["kadapter_cli/training/loop.py"], LOOP_TESTS + ["tests/training/test_fp16_skipped_steps.py"],
                        ("kadapter_cli.training.loop.x_train*", "kadapter_cli.training.loop.xǁ_Loopǁrun*",
                         "kadapter_cli.training.loop.xǁ_Loopǁ_train_step*",
                         "kadapter_cli.training.loop.xǁ_Loopǁ_after_step*")),
