@@ -29,10 +29,8 @@ Each floor times the parts a ratio's numerator cannot skip, interleaved with its
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -238,23 +236,10 @@ def floors(shape: BenchShape, sizes) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from benchmarks.run import FULL, QUICK, TOY, TOY_SHAPE
+    """`benchmarks/run.py` with `--only floors` and the same options (`--quick`, `--toy`, `--threads`, `--out`)."""
+    from benchmarks import run
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true")
-    group.add_argument("--toy", action="store_true", help="a smoke run; its numbers mean nothing")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    shape, sizes = (TOY_SHAPE, TOY) if args.toy else (BenchShape(), QUICK if args.quick else FULL)
-    report = {"machine": timing.machine_info(args.threads),
-              "floors": floors(dataclasses.replace(shape, batch_size=sizes.batch_size), sizes)}
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    run.main(["--only", "floors", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
