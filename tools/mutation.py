@@ -87,7 +87,8 @@ MODULES: dict[str, Target] = {
                              ["tests/tasks/test_cosmosqa.py"]),
     "tasks_open_qa": Target(["kadapter_cli/tasks/open_qa/task.py"],
                             ["tests/tasks/test_open_qa_chains.py", "tests/tasks/test_qa_spans.py",
-                             "tests/tasks/test_qa_formats.py", "tests/tasks/test_open_qa.py"]),
+                             "tests/tasks/test_qa_formats.py", "tests/tasks/test_open_qa.py",
+                             "tests/tasks/test_open_qa_protocol.py"]),
     # The loop's schedule, clipping and resume: `train` (total steps, schedule, resume or fresh start),
     # the epoch/step walk that resume re-enters, the optimizer step with clipping, the save/eval points.
     "training": Target(["kadapter_cli/training/loop.py"], LOOP_TESTS + ["tests/training/test_fp16_skipped_steps.py"],
@@ -166,11 +167,13 @@ def prepare(module: str, work: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO / "kadapter_cli", work / "kadapter_cli", ignore=ignore)
     shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
+    shutil.copytree(REPO / "benchmarks", work / "benchmarks", ignore=ignore)  # some tests build its workloads
     existing = [t for t in tests if (REPO / t).is_file()]
     config = (REPO / "pyproject.toml").read_text() + f"""
 [tool.mutmut]
 source_paths = ["kadapter_cli"]
 only_mutate = {toml_list(files)}
+also_copy = ["benchmarks"]
 pytest_add_cli_args_test_selection = {toml_list(existing + ["-m", "not slow"] + [a for d in DESELECT for a in ("--deselect", d)])}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 timeout_multiplier = {TIMEOUT_MULTIPLIER}

@@ -284,6 +284,8 @@ def _all_agree(flag: bool, device: "torch.device | None") -> bool:
     agreed = torch.tensor([int(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
     return bool(agreed.item())
+
+
 FAKE_FREE_DISK = "KADAPTER_TEST_FREE_DISK"  # tests only: "RANK:BYTES[,RANK:BYTES]", the free disk a rank sees
 
 
@@ -302,7 +304,7 @@ def local_process_count() -> int:
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def cache_limits(budget_gib: float | None, folder: Path) -> tuple[int, int | None, int]:
+def cache_limits(budget_gib: float | None, folder: Path | None) -> tuple[int, int | None, int]:
     """`(budget bytes, free disk bytes, processes)`: what one process's cache may take, the same
     answer in every process of the run.
 
@@ -318,15 +320,16 @@ def cache_limits(budget_gib: float | None, folder: Path) -> tuple[int, int | Non
     budget = default_budget_bytes() if budget_gib is None else int(budget_gib * GiB)
     local = local_process_count()
     if process_count() == 1 or not _distributed():
-        return budget // local, _free_disk_bytes(folder) // local, local
+        return budget // local, (_free_disk_bytes(folder) // local if folder is not None else 0), local
     import socket
 
     import torch.distributed as dist
 
-    if is_main_process():
+    if is_main_process() and folder is not None:
         folder.mkdir(parents=True, exist_ok=True)  # removed with the run's scratch when the artifact is written
     dist.barrier()
-    mine = {"budget": budget // local, "free": _free_disk_bytes(folder), "sees_main": folder.is_dir(),
+    mine = {"budget": budget // local, "free": _free_disk_bytes(folder) if folder is not None else 0,
+            "sees_main": folder is not None and folder.is_dir(),
             "host": socket.gethostname()}
     everyone: list = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
@@ -447,7 +450,7 @@ def attach_cache(
     batch_size: int,
     mode: str,
     budget_gib: float | None,
-    folder: Path,
+    folder: Path | None,
     names: Sequence[str] | None = None,
     pad_to: int | None = None,
     device: "torch.device | None" = None,
