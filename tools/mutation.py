@@ -91,7 +91,10 @@ MODULES: dict[str, Target] = {
                              "tests/tasks/test_open_qa_protocol.py"]),
     # The loop's schedule, clipping and resume: `train` (total steps, schedule, resume or fresh start),
     # the epoch/step walk that resume re-enters, the optimizer step with clipping, the save/eval points.
-    "training": Target(["kadapter_cli/training/loop.py"], LOOP_TESTS + ["tests/training/test_fp16_skipped_steps.py"],
+    "training": Target(["kadapter_cli/training/loop.py"],
+                       LOOP_TESTS + ["tests/training/test_fp16_skipped_steps.py", "tests/training/test_flops.py",
+                                     "tests/training/test_compile.py", "tests/training/test_precision.py",
+                                     "tests/training/test_cache_feed.py", "tests/training/test_tracking.py"],
                        ("kadapter_cli.training.loop.x_train*", "kadapter_cli.training.loop.xǁ_Loopǁrun*",
                         "kadapter_cli.training.loop.xǁ_Loopǁ_train_step*",
                         "kadapter_cli.training.loop.xǁ_Loopǁ_after_step*")),
