@@ -171,12 +171,13 @@ def prepare(module: str, work: Path) -> None:
     shutil.copytree(REPO / "kadapter_cli", work / "kadapter_cli", ignore=ignore)
     shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
     shutil.copytree(REPO / "benchmarks", work / "benchmarks", ignore=ignore)  # some tests build its workloads
+    shutil.copytree(REPO / "docs", work / "docs", ignore=ignore)  # and some read the documented tables
     existing = [t for t in tests if (REPO / t).is_file()]
     config = (REPO / "pyproject.toml").read_text() + f"""
 [tool.mutmut]
 source_paths = ["kadapter_cli"]
 only_mutate = {toml_list(files)}
-also_copy = ["benchmarks"]
+also_copy = ["benchmarks", "docs"]
 pytest_add_cli_args_test_selection = {toml_list(existing + ["-m", "not slow"] + [a for d in DESELECT for a in ("--deselect", d)])}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 timeout_multiplier = {TIMEOUT_MULTIPLIER}
