@@ -75,3 +75,19 @@ def test_the_loop_compiles_when_asked_and_only_then(compiled, tmp_path):
 def test_train_adapter_offers_compile(cli):
     text = " ".join(cli("train-adapter", "--help").stdout.replace("│", " ").split())
     assert "--compile" in text and "multiple of 16 tokens" in text
+
+
+def test_the_refusal_names_what_compile_is_for():
+    with pytest.raises(BadParameter) as caught:
+        compile_trainable(torch.nn.Linear(2, 2), object())
+    assert str(caught.value) == ("compile=True compiles an adapter and its head (adapter pretraining); "
+                                 "this model has no parts to compile")
+
+
+@pytest.mark.parametrize("backend, kwargs", [(None, {}), ("eager", {"backend": "eager"})])
+def test_the_backend_reaches_torch_compile_only_when_given(monkeypatch, backend, kwargs):
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: calls.append(k))
+    model, objective, _ = _fac()
+    compile_trainable(model, objective, backend=backend)
+    assert calls and all(k == kwargs for k in calls)

@@ -143,3 +143,21 @@ def test_a_resumed_run_with_deterministic_matches_an_uninterrupted_one(tmp_path)
         setup.set_deterministic(False)
     assert all(torch.equal(whole[n], resumed[n]) for n in whole)
     assert (tmp_path / "whole" / "best.safetensors").read_bytes() == (tmp_path / "killed" / "best.safetensors").read_bytes()
+
+
+def test_a_user_workspace_that_is_not_deterministic_is_replaced_then_given_back(monkeypatch):
+    TorchRecorder(monkeypatch)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    setup.set_deterministic(True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    setup.set_deterministic(False)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":0:0"
+
+
+def test_the_late_cuda_warning_reads_in_full(monkeypatch, capsys):
+    TorchRecorder(monkeypatch, cuda_started=True)
+    setup.set_deterministic(True)
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("warning: deterministic=True came after CUDA started in this process; set "
+            "CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment for deterministic cuBLAS") in err
+    setup.set_deterministic(False)

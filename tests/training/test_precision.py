@@ -200,3 +200,20 @@ def test_a_frozen_backbone_is_loaded_in_the_compute_dtype_and_freed_once_cached(
     assert alive_at_training == [False]  # the cache holds its states: the backbone is gone
     pretrain.train_adapter(spec, TrainConfig(device="cpu", max_steps=1, batch_size=4), overwrite=True)
     assert loaded[1][0] is None  # the default CPU run: fp32, as it always was
+
+
+def test_device_cpu_on_a_cuda_machine_is_fp32_without_tf32(fake_cuda, recorded_accelerator):
+    tf32 = fake_cuda((9, 0))
+    make_accelerator(TrainConfig(device="cpu"))
+    assert recorded_accelerator == [{"cpu": True, "mixed_precision": "no", "log_with": None}]
+    assert tf32 == []  # --device cpu: the GPU beside it changes nothing
+    assert resolve_precision("auto", "cpu") == "fp32"
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_work_outside_the_loop_autocasts_to_the_precision_s_dtype(precision, dtype):
+    from kadapter_cli.training.setup import autocast
+
+    context = autocast(precision, torch.device("cpu"))
+    assert isinstance(context, torch.autocast) and context.fast_dtype is dtype and context.device == "cpu"
+    assert not isinstance(autocast("fp32", torch.device("cpu")), torch.autocast)
