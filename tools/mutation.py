@@ -72,7 +72,10 @@ MODULES: dict[str, Target] = {
                              ["tests/commands/test_untrusted.py", "tests/modeling/test_original.py"]),
     "feature_cache": Target(["kadapter_cli/training/feature_cache.py"],
                             ["tests/training/test_feature_cache.py", "tests/training/test_feature_cache_placement.py",
-                             "tests/training/test_cache_feed.py", "tests/training/test_cache_processes.py"]),
+                             "tests/training/test_cache_feed.py", "tests/training/test_cache_processes.py",
+                             # attach_backbone_cache: the stages that cache a frozen backbone's states
+                             "tests/training/test_precision.py", "tests/stages/test_freeze_backbone.py",
+                             "tests/modeling/test_released_checkpoints.py", "tests/tasks/test_cosmosqa.py"]),
     "encoding": Target(["kadapter_cli/data/encoding.py"],
                        ["tests/data/test_encoding.py", "tests/data/test_properties.py", "tests/tasks/test_tasks.py",
                         "tests/tasks/test_cosmosqa.py", "tests/tasks/test_qa_spans.py",
