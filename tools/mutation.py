@@ -173,8 +173,9 @@ def prepare(module: str, work: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO / "kadapter_cli", work / "kadapter_cli", ignore=ignore)
     shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
-    shutil.copytree(REPO / "benchmarks", work / "benchmarks", ignore=ignore)  # some tests build its workloads
-    shutil.copytree(REPO / "docs", work / "docs", ignore=ignore)  # and some read the documented tables
+    for extra in ("benchmarks", "docs"):  # some tests build the benchmarks' workloads, some read documented tables
+        if (REPO / extra).is_dir():
+            shutil.copytree(REPO / extra, work / extra, ignore=ignore)
     existing = [t for t in tests if (REPO / t).is_file()]
     config = (REPO / "pyproject.toml").read_text() + f"""
 [tool.mutmut]
