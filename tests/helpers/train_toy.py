@@ -133,3 +133,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    from kadapter_cli.processes import end_processes, exit_now
+
+    if end_processes():  # launched: leave the process group as the CLI does, or teardown may abort
+        exit_now(0)
