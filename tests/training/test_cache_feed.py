@@ -12,6 +12,7 @@ import threading
 
 import pytest
 import torch
+from helpers.launching import free_port
 
 from kadapter_cli.training import feature_cache
 from kadapter_cli.training.feature_cache import DEVICE_CACHE_SHARE, FeatureCache, attach_cache, fits_on_device
@@ -163,15 +164,15 @@ def _sharded_build(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_each_process_computes_its_share_of_the_batches_and_all_hold_the_whole_cache(tmp_path):
-    import socket
-
+def _spawn_two(worker, out) -> None:
+    """`worker(rank, 2, port, out)` in two processes joined over gloo on loopback."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_sharded_build, args=(2, port, str(tmp_path)), nprocs=2)
+    mp.spawn(worker, args=(2, free_port(), str(out)), nprocs=2)
+
+
+def test_each_process_computes_its_share_of_the_batches_and_all_hold_the_whole_cache(tmp_path):
+    _spawn_two(_sharded_build, tmp_path)
     whole = FeatureCache.build(compute, IDS, pad_id=0, batch_size=2)
     results = [torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1)]
     assert [r["shard"] for r in results] == [(0, 2), (1, 2)]
@@ -191,13 +192,6 @@ def _agreement(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_processes_agree_on_keeping_the_cache_on_their_devices(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_agreement, args=(2, port, str(tmp_path)), nprocs=2)
+    _spawn_two(_agreement, tmp_path)
     # One process's device has room, the other's not: neither keeps it there (their builds would not meet).
     assert [torch.load(tmp_path / f"agree-{rank}.pt") for rank in (0, 1)] == [False, False]

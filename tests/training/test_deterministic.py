@@ -63,19 +63,25 @@ def test_without_the_option_nothing_is_touched(monkeypatch):
     assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (False, True)
 
 
-def test_a_workspace_the_user_set_to_a_deterministic_value_is_kept(monkeypatch):
+@pytest.mark.parametrize("user_value, during_the_run", [
+    (":16:8", ":16:8"),  # already deterministic: kept
+    (":0:0", ":4096:8"),  # not deterministic: replaced for the run
+])
+def test_a_user_workspace_is_kept_or_replaced_then_given_back(user_value, during_the_run, monkeypatch):
     TorchRecorder(monkeypatch)
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", user_value)
     setup.set_deterministic(True)
-    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == during_the_run
     setup.set_deterministic(False)
-    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == user_value
 
 
-def test_cuda_started_before_the_option_is_warned_about(monkeypatch, capsys):
+def test_cuda_started_before_the_option_is_warned_about_in_full(monkeypatch, capsys):
     TorchRecorder(monkeypatch, cuda_started=True)
     setup.set_deterministic(True)
-    assert "CUBLAS_WORKSPACE_CONFIG=:4096:8" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("warning: deterministic=True came after CUDA started in this process; set "
+            "CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment for deterministic cuBLAS") in err
     setup.set_deterministic(False)
 
 
@@ -143,21 +149,3 @@ def test_a_resumed_run_with_deterministic_matches_an_uninterrupted_one(tmp_path)
         setup.set_deterministic(False)
     assert all(torch.equal(whole[n], resumed[n]) for n in whole)
     assert (tmp_path / "whole" / "best.safetensors").read_bytes() == (tmp_path / "killed" / "best.safetensors").read_bytes()
-
-
-def test_a_user_workspace_that_is_not_deterministic_is_replaced_then_given_back(monkeypatch):
-    TorchRecorder(monkeypatch)
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
-    setup.set_deterministic(True)
-    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-    setup.set_deterministic(False)
-    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":0:0"
-
-
-def test_the_late_cuda_warning_reads_in_full(monkeypatch, capsys):
-    TorchRecorder(monkeypatch, cuda_started=True)
-    setup.set_deterministic(True)
-    err = " ".join(capsys.readouterr().err.split())
-    assert ("warning: deterministic=True came after CUDA started in this process; set "
-            "CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment for deterministic cuBLAS") in err
-    setup.set_deterministic(False)
