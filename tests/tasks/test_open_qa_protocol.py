@@ -186,6 +186,28 @@ def test_distant_supervision_matches_the_answers_words_articles_kept():
     assert answer_char_spans("the end", ["the"]) == []  # an answer with no word but an article matches nothing
 
 
+def test_finetune_labels_the_who_and_vitamin_a_only_where_the_articles_match(tiny_backbone, tmp_path):
+    # As the docs run it: OpenQA files, `--task-option combine=sum`, then `kadapter evaluate`. With the
+    # articles dropped, "The Who" would label each paragraph's "who" and "Vitamin A" the "vitamin" of
+    # "vitamin C": 5 labelled windows instead of 2.
+    questions = [{"question": "Which band recorded the rock opera Tommy ?", "answers": ["The Who"]},
+                 {"question": "Which vitamin are carrots rich in ?", "answers": ["Vitamin A"]}]
+    paragraphs = [["The Who recorded the rock opera Tommy in 1969 .", "nobody knows who wrote the first rock opera .",
+                   "who played at the festival that year is not known ."],
+                  ["carrots are rich in vitamin A and in fibre .", "oranges are rich in vitamin C and in water ."]]
+    for split in ("train", "dev"):
+        _write_openqa(tmp_path / "data", split, questions, paragraphs)
+    run = kadapter_in(tmp_path / "work")
+    run("finetune", "--backbone", tiny_backbone, "--task", "quasart", "--data", tmp_path / "data", "--name", "who",
+        "--task-option", "combine=sum", "--epochs", "1", *FAST)
+    run_dir = run.workdir / "finetuned" / "who"
+    assert json.loads((run_dir / "manifest.json").read_text())["stats"]["train_examples"] == 2
+    evaluated = json.loads(run("evaluate", run_dir, "--data", tmp_path / "data", "--split", "dev", "--json").stdout)
+    lines = _lines(run.workdir / "evaluations" / "who-dev" / "predictions-dev.jsonl")
+    assert [x["gold"] for x in lines] == [["The Who"], ["Vitamin A"]]
+    assert evaluated == pytest.approx(metrics.extractive_qa_metrics([x["gold"] for x in lines], [x["pred"] for x in lines]))
+
+
 # ---------------------------------------------------------------- 4. --combine sum counts a span once
 
 
@@ -229,6 +251,44 @@ def test_sum_counts_a_span_in_the_overlap_of_two_windows_once(tiny_backbone):
              {"pred": [], "spans": [[0.5, *span_of(w, "Davos")]]} if w is davos else {"pred": [], "spans": []}
              for w in windows]
     assert task.ranked_answers(twice, windows)[0][1] == [("Samos", 0.6), ("Davos", 0.5)]
+
+
+def _overlap_records(tokenizer, max_length: int, stride: int) -> list[dict]:
+    """A question whose one paragraph is cut into two windows that both hold the answer (in their
+    overlap), then the same question over each window's text alone, and over both texts as two
+    paragraphs. Each text re-encodes to the very window it came from."""
+    words = ["city", "river", "book", "school", "music", "water", "forest", "harbor", "mountain", "village",
+             "museum", "library", "bridge", "garden", "storm", "winter", "morning", "factory", "hospital", "lake"]
+    paragraph = " ".join([*words[:12], "island", *words[12:]])
+    record = {"id": "long", "question": "Where?", "answers": ["island"], "paragraphs": [paragraph]}
+    task = get_task("searchqa", stride=stride)
+    windows = task.examples(tokenizer, record, {}, max_length)
+    texts = [w["paragraph"][w["offsets"][0][0]: w["offsets"][-1][1]] for w in windows]
+    assert len(texts) == 2 and all(t.split().count("island") == 1 for t in texts)  # the answer in the overlap
+    alone = [task.examples(tokenizer, {**record, "paragraphs": [t]}, {}, max_length) for t in texts]
+    assert [[w["input_ids"] for w in a] for a in alone] == [[w["input_ids"]] for w in windows]
+    return [record, *({**record, "id": f"window{i}", "paragraphs": [t]} for i, t in enumerate(texts)),
+            {**record, "id": "both", "paragraphs": texts}]
+
+
+def test_evaluate_with_sum_scores_an_answer_in_two_overlapping_windows_once(tiny_backbone, tmp_path):
+    from kadapter_cli.modeling.backbone import load_tokenizer
+
+    records = _overlap_records(load_tokenizer(tiny_backbone), 24, 8)
+    for split in ("train", "dev"):
+        _write_jsonl(tmp_path / "data" / f"{split}.jsonl", records)
+    # As the docs run it: `--task-option combine=sum` at fine-tuning, then `kadapter evaluate` (here
+    # `--all-scores`, to read each answer's combined score). The model learns where the answer is.
+    run = kadapter_in(tmp_path / "work")
+    run("finetune", "--backbone", tiny_backbone, "--task", "searchqa", "--data", tmp_path / "data", "--name", "sum",
+        "--task-option", "combine=sum", "--task-option", "stride=8", "--max-length", "24",
+        "--epochs", "15", "--batch-size", "4", "--lr", "1e-2")
+    run_dir = run.workdir / "finetuned" / "sum"
+    run("evaluate", run_dir, "--data", tmp_path / "data", "--split", "dev", "--all-scores")
+    scores = {x["id"]: x["scores"]["island"] for x in _lines(run.workdir / "evaluations" / "sum-dev" / "predictions-dev.jsonl")}
+    first, second = scores["window0"], scores["window1"]  # the answer's probability in each window
+    assert scores["both"] == pytest.approx(first + second, abs=2e-6)  # two paragraphs: two occurrences, summed
+    assert scores["long"] == pytest.approx(max(first, second), abs=2e-6)  # one occurrence, seen by two windows
 
 
 # ---------------------------------------------------------------- 5. --skip-bad scores a question without paragraphs as wrong
