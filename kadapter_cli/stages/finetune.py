@@ -136,6 +136,10 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
     task = spec.task
     splits = read_task_data(task, spec.data)
     files = task.task_files(spec.data)
+    if is_main_process():
+        for split in splits:
+            for note in task.read_notes(files[split], training=split == "train"):
+                info(note)
     train_records = task.prepare_train(splits["train"])
     label_set = task.label_set(train_records, spec.data, spec.labels)
     labels = list(label_set.labels)
@@ -359,6 +363,9 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
         raise BadParameter("{data_dir} is required (the folder with the task's split files)")
     path = task.task_files(data_dir)[split]
     records = task.read(path, labeled=split != "test" or not task.test_labels_optional)
+    if is_main_process():
+        for note in task.read_notes(path):
+            info(note)
     if not all(task.has_gold(r) for r in records):
         raise BadInput(f"the {split} split has no labels to score against; use `kadapter predict` for it", path)
     trained = LabelSet(labels, "the model was trained on", benchmark=False,

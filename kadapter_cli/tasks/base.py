@@ -180,6 +180,11 @@ class Task:
         """What reading the splits counted (e.g. bad records skipped), for the finetuned and evaluation manifests."""
         return {}
 
+    def read_notes(self, path: str | Path, training: bool = False) -> list[str]:
+        """Lines for the user about what reading `path` counted (`read_stats`, per file); `training`:
+        it is the training split of a fine-tuning run. None by default."""
+        return []
+
     def prepare_train(self, records: list[dict]) -> list[dict]:
         """The training records actually used (a task may sub-sample); the default keeps them all."""
         return records

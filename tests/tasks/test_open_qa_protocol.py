@@ -322,6 +322,31 @@ def test_skip_bad_scores_a_question_left_without_paragraphs_as_wrong(tiny_backbo
     assert json.loads((evaluation / "manifest.json").read_text())["stats"]["questions_without_paragraphs"] == 1
 
 
+def test_finetune_and_evaluate_say_how_many_questions_were_skipped_or_left_without_paragraphs(tiny_backbone, tmp_path):
+    questions = [{"question": f"Where was person {i} born ?", "answers": [city]}
+                 for i, city in enumerate(["Samos", "Paris", "Rome", "Oslo"])]
+    paragraphs = [[f"{q['answers'][0]} is where person {i} was born , as all books say ."] for i, q in enumerate(questions)]
+    short = ["too short to keep"]  # OpenQA drops paragraphs of ≤ 5 tokens
+    train = [*questions[:2], {**questions[2], "answers": []}, questions[3]]  # no answers: a bad question
+    _write_openqa(tmp_path / "data", "train", train, [*paragraphs[:3], short])
+    _write_openqa(tmp_path / "data", "dev", questions, [*paragraphs[:2], short, paragraphs[3]])
+    run = kadapter_in(tmp_path / "work")
+    trained = run("finetune", "--backbone", tiny_backbone, "--task", "quasart", "--data", tmp_path / "data",
+                  "--name", "told", "--epochs", "1", *FAST, "--skip-bad", "--json")
+    assert "train.txt: 1 bad question skipped" in trained.stderr
+    assert "train.txt: 1 question without paragraphs: left out of training" in trained.stderr
+    assert "dev.txt: 1 question without paragraphs: scored as wrong" in trained.stderr
+    assert trained.stderr.count("skipped") == 1 and trained.stderr.count("without paragraphs") == 2
+    json.loads(trained.stdout)  # stdout stays the metrics
+    run_dir = run.workdir / "finetuned" / "told"
+    stats = json.loads((run_dir / "manifest.json").read_text())["stats"]
+    assert (stats["skipped_bad_questions"], stats["questions_without_paragraphs"]) == (1, 2)
+    # evaluate --no-save writes no manifest: the count is printed
+    evaluated = run("evaluate", run_dir, "--data", tmp_path / "data", "--split", "dev", "--skip-bad", "--no-save")
+    assert "dev.txt: 1 question without paragraphs: scored as wrong" in evaluated.stderr
+    assert "skipped" not in evaluated.stderr and not (run.workdir / "evaluations").exists()
+
+
 # ---------------------------------------------------------------- 9. the answer-length default is a documented difference
 
 

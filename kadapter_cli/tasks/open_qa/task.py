@@ -164,6 +164,10 @@ def ranked_answers_by_question(windows: Sequence[dict], spans: Sequence[list[tup
     return [ranked_answers(c.values(), combine) for c in candidates]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 # ---------------------------------------------------------------- the tasks
 
 
@@ -234,6 +238,20 @@ class OpenQATask(Task):
         training, scored as wrong on dev and test."""
         return {"skipped_bad_questions": sum(self.skipped.values()),
                 "questions_without_paragraphs": sum(self.without_paragraphs.values())}
+
+    def read_notes(self, path: str | Path, training: bool = False) -> list[str]:
+        """`dev.txt: 2 bad questions skipped`, `dev.txt: 1 question without paragraphs: scored as
+        wrong` (`left out of training` for the training split): the counts `read_stats` saves in the
+        manifests, per file read, for `finetune` and `evaluate` to print (nothing when zero)."""
+        name = Path(path).name
+        skipped, without = self.skipped.get(str(path), 0), self.without_paragraphs.get(str(path), 0)
+        notes = []
+        if skipped:
+            notes.append(f"{name}: {_count(skipped, 'bad question')} skipped")
+        if without:
+            fate = "left out of training" if training else "scored as wrong"
+            notes.append(f"{name}: {_count(without, 'question')} without paragraphs: {fate}")
+        return notes
 
     def prepare_train(self, records: list[dict]) -> list[dict]:
         """Training records get answer labels and the `no_answer` rule (dev and test keep every
