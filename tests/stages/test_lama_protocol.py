@@ -13,6 +13,7 @@ import torch
 
 from kadapter_cli.data import lama
 
+REPO = Path(__file__).resolve().parents[2]
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +133,31 @@ def test_wordpiece_queries_are_unchanged_by_the_prefix_space_option(minilm):
     fact = _fact("Paris", "[X] was born in [Y] .")
     expected = tokenizer(fact.query(tokenizer.mask_token))["input_ids"]
     assert encode_query(tokenizer, fact)["input_ids"] == expected == encode_query(tokenizer, fact, prefix_space=True)["input_ids"]
+
+
+def test_on_the_real_samples_the_prefix_space_changes_every_bpe_query_and_no_wordpiece_one(tiny_backbone, minilm,
+                                                                                           shared_data):
+    # What docs/probing.md and docs/differences.md state, measured: the 20 facts of the LAMA samples
+    # (T-REx P17 with the docs' template, Google-RE's three relations), before any filter.
+    from kadapter_cli.modeling.backbone import is_byte_level, load_tokenizer
+    from kadapter_cli.stages.probe import LamaSpec, query_encoder, read_lama
+
+    relations = read_lama(LamaSpec(trex=shared_data / "lama-trex", google_re=shared_data / "lama-google-re",
+                                   templates={"P17": "[X] is located in [Y] ."}))
+    facts = [fact for _, raw in relations for fact, _ in raw]
+    changed = {}
+    for kind, backbone in (("byte-level", tiny_backbone), ("wordpiece", minilm)):
+        tokenizer = load_tokenizer(backbone)
+        assert is_byte_level(tokenizer) == (kind == "byte-level")
+        lamas, spaced = query_encoder(tokenizer), query_encoder(tokenizer, prefix_space=True)
+        changed[kind] = sum(lamas(f)["input_ids"] != spaced(f)["input_ids"] for f in facts)
+    assert (len(facts), changed) == (20, {"byte-level": 20, "wordpiece": 0})
+    probing = " ".join((REPO / "docs" / "probing.md").read_text().split())
+    assert (f"changes the ids of all {changed['byte-level']} queries with a byte-level tokenizer and "
+            f"none with MiniLM's WordPiece") in probing
+    differences = (REPO / "docs" / "differences.md").read_text().split("## Open QA and LAMA")[1]
+    row = next((line for line in differences.splitlines() if "--query-prefix-space" in line), "")
+    assert row.startswith("| LAMA") and f"all {changed['byte-level']} queries" in row and "none with WordPiece" in row
 
 
 def test_query_prefix_space_scores_the_queries_as_the_corpus_lines_are_encoded(cli, tiny_mlm, tmp_path):
