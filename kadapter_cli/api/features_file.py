@@ -113,6 +113,7 @@ def encode_file(model: str | Path | Sequence[str | Path], texts: str | Path, out
             ids += [i for i, _ in chunk]
             lengths += [len(s) for s in encoder.sequences([t for _, t in chunk])]
             bar.advance(counting, len(chunk))
+        bar.update(counting, total=len(ids))  # counted: the bar ends full (12/12), not open-ended (12/?)
     if not ids:
         raise BadInput("no texts", texts)
     sizes = encoder.part_sizes
