@@ -88,18 +88,24 @@ DATA = {"openentity": _typing_data, "figer": _figer_data, "tacred": _tacred_data
         "searchqa": _searchqa_data, "quasart": _quasart_data}
 
 
+GOLD_FIELDS = ("labels", "relation", "label", "answers")
+
+
 def _prediction_records(task_name: str, data: Path) -> list[dict]:
     """The first test records in the task's own format, as a user hands them to `predict`: the file's
     records as they are; open QA's in the `records` format (`example_records`' keys), 4 paragraphs
-    per question (several windows each, a few seconds)."""
+    per question (several windows each, a few seconds). The second record comes without its gold."""
     task = get_task(task_name)
     test = task.task_files(data)["test"]
     if task_name in ("searchqa", "quasart"):
-        return [{"id": r["id"], "question": r["question"], "paragraphs": r["paragraphs"][:4], "answers": r["answers"]}
-                for r in task.read(test, labeled=False)[:N_RECORDS]]
-    from kadapter_cli.tasks.base import iter_raw_records
+        records = [{"id": r["id"], "question": r["question"], "paragraphs": r["paragraphs"][:4], "answers": r["answers"]}
+                   for r in task.read(test, labeled=False)[:N_RECORDS]]
+    else:
+        from kadapter_cli.tasks.base import iter_raw_records
 
-    return [raw for _, raw in iter_raw_records(test)][:N_RECORDS]
+        records = [raw for _, raw in iter_raw_records(test)][:N_RECORDS]
+    records[1] = {k: v for k, v in records[1].items() if k not in GOLD_FIELDS}
+    return records
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +134,18 @@ def test_predict_equals_the_command_at_two_batch_sizes(runs, task_name, tmp_path
     path = tmp_path / "records.json"
     path.write_text(json.dumps(records))
     model = KAdapterForTask.from_pretrained(folder)
+    printed = {}
     for batch_size in (2, 5):
-        printed = runs["kadapter"]("predict", folder, path, "--scores", "--batch-size", batch_size).stdout
-        lines = [json.loads(line) for line in printed.splitlines()]
-        assert [line["index"] for line in lines] == list(range(len(records)))
-        assert model.predict(records, scores=True, batch_size=batch_size) == lines
+        out = runs["kadapter"]("predict", folder, path, "--scores", "--batch-size", batch_size).stdout
+        printed[batch_size] = [json.loads(line) for line in out.splitlines()]
+        assert [line["index"] for line in printed[batch_size]] == list(range(len(records)))
+        assert model.predict(records, scores=True, batch_size=batch_size) == printed[batch_size]
+    assert printed[2][1]["gold"] == [] and all(line["gold"] for line in printed[2][:1] + printed[2][2:])
+    # Across batch sizes (each padded as the model's rule says): the same predictions, the same
+    # probabilities up to float rounding.
+    for line, other in zip(printed[2], printed[5]):
+        assert line["pred"] == other["pred"] and line["scores"].keys() == other["scores"].keys()
+        assert all(abs(p - other["scores"][k]) <= 1e-5 for k, p in line["scores"].items())
 
 
 def _batch(loaded, records: list[dict]) -> dict:
