@@ -1,7 +1,9 @@
 """`kadapter encode`: the features of a file of texts, written to one file read with one call.
 
-The input is streamed twice — once to count tokens and collect ids, once to encode — and the
-output is written batch by batch, so memory holds one batch of features, never the whole output.
+The input is streamed twice — once to count tokens and collect ids, once to encode; a JSON list is
+parsed one item at a time, as JSON Lines are — and the output is written batch by batch, so memory
+holds one batch of texts and features (and every input's id and token count), never the whole
+input or output.
 
 Output formats (by the file's extension):
 
@@ -24,7 +26,7 @@ from typing import Any, Iterator, Sequence
 
 from kadapter_cli import __version__
 from kadapter_cli.api.features import EncodesText
-from kadapter_cli.artifacts.io import iter_text_lines, read_json
+from kadapter_cli.artifacts.io import iter_json_list, iter_text_lines
 from kadapter_cli.artifacts.manifest import read_manifest
 from kadapter_cli.artifacts.sources import model_folder
 from kadapter_cli.errors import BadInput, BadParameter, OutputExists, ParamText
@@ -65,11 +67,8 @@ def iter_texts(path: str | Path) -> Iterator[tuple[Any, str]]:
                 yield position, text
                 position += 1
         return
-    if kind == "json":
-        values = read_json(path)
-        if not isinstance(values, list):
-            raise BadInput("expected a JSON list of texts or {\"text\": ...} objects", path)
-        items = ((i, value, f"record {i}") for i, value in enumerate(values))
+    if kind == "json":  # parsed one item at a time, as JSON Lines are
+        items = ((i, value, f"record {i}") for i, value in iter_json_list(path))
     else:
         from kadapter_cli.artifacts.io import iter_jsonl
 
@@ -113,6 +112,7 @@ def encode_file(model: str | Path | Sequence[str | Path], texts: str | Path, out
             ids += [i for i, _ in chunk]
             lengths += [len(s) for s in encoder.sequences([t for _, t in chunk])]
             bar.advance(counting, len(chunk))
+        bar.update(counting, total=len(ids))  # counted: the bar ends full (12/12), not open-ended (12/?)
     if not ids:
         raise BadInput("no texts", texts)
     sizes = encoder.part_sizes

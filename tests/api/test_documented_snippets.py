@@ -5,32 +5,13 @@ the Python API page and every model card's snippet, against models the commands 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.snippets import python_blocks, run_blocks
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def python_blocks(markdown: str, section: str | None = None) -> list[str]:
-    """The ```python blocks of a Markdown text, or of its `## section` only."""
-    if section is not None:
-        start = markdown.index(f"## {section}\n")
-        end = markdown.find("\n## ", start + 1)
-        markdown = markdown[start:end if end >= 0 else None]
-    return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
-
-
-def run_blocks(blocks: list[str], where: Path, monkeypatch) -> dict:
-    """Executes the blocks one after the other in one namespace, from `where` (as a user's shell)."""
-    assert blocks, "no Python to run"
-    monkeypatch.chdir(where)
-    namespace: dict = {"__name__": "__main__"}
-    for block in blocks:
-        exec(compile(block, "<snippet>", "exec"), namespace)
-    return namespace
 
 
 def cli_predict(cli, workdir: Path, records: list[dict], tmp_path: Path, *flags: str) -> list[dict]:

@@ -81,6 +81,31 @@ def test_it_streams(trained_work, tmp_path, monkeypatch):
     assert np.load(tmp_path / "many.npy").shape == (n, 2 * 384)
 
 
+def test_a_json_list_is_read_one_item_at_a_time_as_json_lines_are(trained_work, texts, tmp_path, monkeypatch):
+    """The same features and ids from a JSON list as from JSON Lines, the list never read whole."""
+    from kadapter_cli.api import features_file
+    from kadapter_cli.artifacts import io
+
+    listed = tmp_path / "texts.json"
+    listed.write_text(json.dumps(TEXTS, indent=2))
+
+    def whole(path, *args, **kwargs):
+        if Path(path) == listed:
+            raise AssertionError("the JSON list was read whole")
+        return original(path, *args, **kwargs)
+
+    original = io.read_json
+    monkeypatch.setattr(io, "read_json", whole)
+    monkeypatch.setattr(features_file, "read_json", whole, raising=False)
+    fac = trained_work / "adapters" / "fac"
+    for path, out in ((listed, tmp_path / "list.safetensors"), (texts, tmp_path / "lines.safetensors")):
+        features_file.encode_file(fac, path, out, "mean", batch_size=2)
+    assert torch.equal(load_file(tmp_path / "list.safetensors")["features"],
+                       load_file(tmp_path / "lines.safetensors")["features"])
+    ids = [json.loads(safe_open(str(tmp_path / f"{name}.safetensors"), "pt").metadata()["ids"]) for name in ("list", "lines")]
+    assert ids[0] == ids[1] == ["paris", 1, 7]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--pool", "max"], "--pool must be cls, mean or none"),
     (["--pool", "none", "--out-suffix", ".npy"], "per-token features (--pool none) vary in length"),
