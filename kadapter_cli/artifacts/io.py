@@ -82,76 +82,23 @@ class _NotStreamable(Exception):
     """The file is not one well-formed JSON list (`read_json` then says where)."""
 
 
-class _JSONStream:
-    """Text of an open file read chunk by chunk; `pos` is where parsing is, in `text`."""
-
-    def __init__(self, file, chunk_size: int):
-        self.file, self.chunk_size, self.text, self.pos, self.eof = file, chunk_size, "", 0, False
-
-    def more(self) -> bool:
-        """Drops what was parsed, appends the next chunk; False at the end of the file. The chunk grows
-        with the item being read, so a large item costs a few reads, not one per chunk."""
-        if self.eof:
-            return False
-        self.chunk_size = max(self.chunk_size, len(self.text) - self.pos)
-        data = self.file.read(self.chunk_size)
-        if not data:
-            self.eof = True
-            return False
-        self.text, self.pos = self.text[self.pos:] + data, 0
-        return True
-
-    def next_char(self) -> str | None:
-        """The next non-blank character (not consumed), None at the end of the file."""
-        while True:
-            while self.pos < len(self.text) and self.text[self.pos] in " \t\n\r":
-                self.pos += 1
-            if self.pos < len(self.text):
-                return self.text[self.pos]
-            if not self.more():
-                return None
-
-    def value(self, decoder: json.JSONDecoder) -> Any:
-        """The JSON value at `pos` (consumed). In a list a value is followed by a blank, `,` or `]`;
-        one that parses but is followed by anything else, or by nothing read yet, may go on (a
-        number cut by the chunk: `12|3`, `1|e+16`), so it is parsed again with more text."""
-        while True:
-            try:
-                value, end = decoder.raw_decode(self.text, self.pos)
-            except json.JSONDecodeError:
-                end = None
-            if end is not None and (self.eof or end < len(self.text) and self.text[end] in " \t\n\r,]"):
-                self.pos = end
-                return value
-            if not self.more():
-                if end is None:
-                    raise _NotStreamable
-                self.pos = end
-                return value
-
-
 def _stream_json_list(path: Path, chunk_size: int) -> Iterator[Any]:
-    decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is skipped, as read_json does
-        stream = _JSONStream(f, chunk_size)
-        if stream.next_char() != "[":
-            raise _NotStreamable
-        stream.pos += 1
-        if stream.next_char() == "]":
-            stream.pos += 1
-        else:
-            while True:
-                if stream.next_char() is None:
-                    raise _NotStreamable
-                yield stream.value(decoder)
-                following = stream.next_char()
-                stream.pos += 1
-                if following == "]":
-                    break
-                if following != ",":
-                    raise _NotStreamable
-        if stream.next_char() is not None:  # anything after the list
-            raise _NotStreamable
+    """The items of the JSON list in `path`, parsed one at a time by ijson (numbers as `json` reads
+    them: int, or float); `_NotStreamable` where the file is not one well-formed list."""
+    import ijson
+
+    with open(path, "rb") as f:
+        head = f.read(3)
+        f.seek(3 if head == b"\xef\xbb\xbf" else 0)  # a byte-order mark (Windows editors) is skipped
+        while (first := f.read(1)) in b" \t\r\n" and first:
+            pass
+        if first != b"[":
+            raise _NotStreamable  # not a list (or empty): read_json names what it is
+        f.seek(-1, 1)
+        try:
+            yield from ijson.items(f, "item", use_float=True, buf_size=chunk_size)
+        except ijson.JSONError:
+            raise _NotStreamable from None
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
