@@ -417,7 +417,7 @@ class ClassificationTask(Task):
         if data_dir is not None and data_name(data_dir).lower() == self.name:
             return f"its folder is named {data_name(data_dir)}"
         if self.distinctive_labels:
-            return f"every training label is one of the {self.name} benchmark's own"
+            return f"every training label is one of its {len(self.benchmark_labels)} own label names"
         if set(seen) == set(self.benchmark_labels):
             return f"the training split uses all {len(self.benchmark_labels)} of its labels"
         return None
