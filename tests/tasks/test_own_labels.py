@@ -9,6 +9,7 @@ names the run after the data folder and writes a card that claims no benchmark.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -327,3 +328,66 @@ def test_own_relations_in_the_tacred_format_add_no_relation_and_score_it_as_the_
     metrics = json.loads(scored.stdout)
     assert (metrics["precision"], metrics["recall"], metrics["accuracy"]) == (0.25, 0.5, 0.25)
     assert metrics["f1"] == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------- the README's section, as a user runs it
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_section(title: str) -> str:
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else None]
+
+
+@pytest.mark.slow
+def test_the_readmes_own_labels_section_runs_as_written(tmp_path, monkeypatch, tiny_backbone, make_trex_rc):
+    """The README's "Your own labels": its records are read by their tasks, and its commands, run as
+    written from a folder holding `data/biomed` (the biomedical data) and a `kadapter-work` with a
+    `fac` adapter (on the tiny backbone), print the line it quotes and write the folder it names."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from kadapter_cli.cli import app
+    from kadapter_cli.tasks import get_task
+
+    section = _readme_section("Your own labels")
+    [records] = re.findall(r"```json\n(.*?)```", section, flags=re.S)
+    typing_record, relation_record = map(json.loads, records.splitlines())
+    path = tmp_path / "records.jsonl"
+    for task, record in (("openentity", typing_record), ("figer", typing_record), ("tacred", relation_record)):
+        path.write_text(json.dumps(record) + "\n")
+        [read] = get_task(task).read(path)
+        assert get_task(task).gold(read) == record.get("labels", [record.get("relation")])
+    assert typing_record["sent"][typing_record["start"]:typing_record["end"]] == "aspirin"  # end exclusive
+
+    root = tmp_path / "user"
+    shutil.copytree(BIOMED, root / "data" / "biomed")
+    test_records = json.loads((BIOMED / "test.json").read_text())
+    (root / "new_mentions.jsonl").write_text("".join(json.dumps({k: r[k] for k in ("sent", "start", "end")}) + "\n"
+                                                     for r in test_records))
+    runner = CliRunner()
+    workdir = root / "kadapter-work"
+    make_trex_rc(workdir / "trex-rc")
+    made = runner.invoke(app, ["--workdir", str(workdir), "train-adapter", "--kind", "fac", "--backbone",
+                               str(tiny_backbone), *FAST], catch_exceptions=False)
+    assert made.exit_code == 0, made.output
+    monkeypatch.chdir(root)
+    [commands] = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    outputs = []
+    for line in commands.splitlines():
+        argv = shlex.split(line, comments=True)
+        assert argv[0] == "kadapter", line
+        result = runner.invoke(app, argv[1:], catch_exceptions=False)  # the default workdir: ./kadapter-work
+        assert result.exit_code == 0, f"{line}\n{result.output}"
+        outputs.append(result)
+    [quoted] = re.findall(r"The run prints `(labels: [^`]*)`", section)
+    assert quoted in outputs[0].stderr.splitlines()
+    [named] = re.findall(r"writes `(kadapter-work/finetuned/[^`]*)`", section)
+    assert (root / named / "labels.json").is_file() and named.endswith("/biomed-fac")
+    predictions = [json.loads(line) for line in outputs[1].stdout.splitlines()]
+    assert len(predictions) == len(test_records)
+    assert all(set(p["pred"]) <= {"disease", "drug", "gene"} for p in predictions)
