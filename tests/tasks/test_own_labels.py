@@ -240,6 +240,19 @@ def test_asking_for_the_benchmark_refuses_a_label_outside_it(cli, biomed, tmp_pa
             "split") in result.stderr
 
 
+def test_asking_for_the_benchmark_of_a_task_without_one_names_the_parameter():
+    from kadapter_cli.errors import BadParameter
+    from kadapter_cli.tasks.base import RelationTask
+
+    class Mine(RelationTask):  # a task author's relations: no benchmark label set
+        name, primary_metric, headline_metrics = "mine", "accuracy", ("accuracy",)
+
+    with pytest.raises(BadParameter) as e:
+        Mine().label_set([{"relation": "treats"}], None, "benchmark")
+    assert e.value.parameter == "labels" and str(e.value).startswith(
+        "labels benchmark: the mine task has no benchmark label set; pass a labels file")
+
+
 def test_the_benchmarks_samples_are_recognised_and_say_why(shared_data):
     """The real samples stay the benchmark's in folders not named after it: OpenEntity's (its
     training split uses all nine types) and TACRED's (its relation names are TACRED's own, though
