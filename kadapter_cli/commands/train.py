@@ -300,9 +300,9 @@ def finetune_cli(
         "for the benchmark's data, the --data folder's name for your own labels).")),
     name: Optional[str] = typer.Option(None, "--name", help="Run name under <workdir>/finetuned/."),
     labels: Optional[Path] = typer.Option(None, "--labels", metavar="FILE", help=(
-        "The label set, a JSON list or one label a line (typing and relation tasks). Default: labels.json in the "
-        "data folder, else the benchmark's labels when every training label is one of them, else the labels of "
-        "the training split.")),
+        "The label set, a JSON list or one label a line (typing and relation tasks), or 'benchmark' for the "
+        "benchmark's. Default: labels.json in the data folder, else the benchmark's labels when the data is "
+        "recognisably the benchmark's (docs/tasks.md), else the labels of the training split.")),
     backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Backbone id or folder (default: the adapters', else {DEFAULT_BACKBONE})."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Freeze the backbone (the paper trains it); enables the feature cache."),
     task_option: list[str] = typer.Option([], "--task-option", metavar="KEY=VALUE",

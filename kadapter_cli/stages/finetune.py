@@ -76,8 +76,8 @@ class FinetuneSpec:
     cache_budget: float | None = None  # GiB
     allow_backbone_mismatch: bool = False
     keep_adapter_dropout: bool = False  # the original code: frozen adapters stay in train mode
-    # A labels file (a JSON list, or one label a line); default: labels.json in `data`, else the
-    # benchmark's labels or those of the training split (`ClassificationTask.label_set`).
+    # A labels file (a JSON list, or one label a line), or `benchmark`; default: labels.json in `data`,
+    # else the benchmark's labels or those of the training split (`ClassificationTask.label_set`).
     labels: Path | None = None
 
 
@@ -153,6 +153,8 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
                                                      matching.fingerprint)
     if labels and is_main_process():
         info(label_set.describe())
+        if label_set.notice() is not None:  # why this set, and how to choose the other
+            info(label_set.notice())
 
     splits["train"] = train_records
     if config.limit:  # the first N of every split, before the work of encoding them

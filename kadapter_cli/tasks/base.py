@@ -349,50 +349,110 @@ class ClassificationTask(Task):
     """A head with one logit per label of a closed vocabulary; single- or multi-label."""
 
     multilabel: ClassVar[bool]
-    # The benchmark's closed label set, when it has one. Training labels all within it mean the
-    # data is the benchmark's; any other label means your own data, whose labels are then read
-    # from the training split (`label_set`, docs/tasks.md).
+    # The benchmark's closed label set, when it has one. Data is taken for the benchmark's only when it
+    # is recognisably so (`benchmark_reason`); otherwise, your own data, its labels are read from the
+    # training split (`label_set`, docs/tasks.md).
     benchmark_labels: ClassVar[tuple[str, ...] | None] = None
+    # Whether the benchmark's label names are its own, so that training labels all among them
+    # identify its data (TACRED's `per:title`, FIGER's `/person/artist`: a sample of the benchmark
+    # rarely holds them all). False for plain words (OpenEntity's person, location): data of your
+    # own may use a few of them, so the training split must use every one.
+    distinctive_labels: ClassVar[bool] = False
 
     def label_set(self, train_records: Sequence[dict], data_dir: str | Path | None = None,
                   labels: str | Path | None = None) -> "LabelSet":
         """The label list (index = label id), from the first of:
 
-        1. `labels`, a labels file (`finetune --labels FILE`: a JSON list, or one label a line);
+        1. `labels`, a labels file (`finetune --labels FILE`: a JSON list, or one label a line), or
+           the word `benchmark` (and no such file): the benchmark's list, the data taken for its;
         2. `labels.json` in `data_dir`;
-        3. the training labels, when they are all the benchmark's (`benchmark_labels`): the
-           benchmark's list (`benchmark_label_set`) — the data is the benchmark's;
-        4. otherwise the labels of the training split, sorted (`own_labels`) — your own data.
+        3. the benchmark's list (`benchmark_label_set`) when the data is recognisably the
+           benchmark's (`benchmark_reason`);
+        4. otherwise the labels of the training split, sorted (`own_labels`): your own data.
+
+        With a file the data is the benchmark's when the file's labels are all the benchmark's and
+        the data is recognisably its. The set's `note` says why it was chosen and how to choose
+        the other, where a user could mean the other.
         """
+        if labels is not None and str(labels) == BENCHMARK_KEYWORD and not Path(labels).exists():
+            return self.asked_benchmark_label_set(self.training_labels(train_records))
         given = None if labels is None else Path(labels)
         if given is None and data_dir is not None and (Path(data_dir) / LABELS_FILE).is_file():
             given = Path(data_dir) / LABELS_FILE
         if given is not None:
             from_file = read_label_file(given)
-            return LabelSet(from_file, f"from {given}", self.is_benchmark(from_file), fix=f"add it to {given}")
+            benchmark = self.is_benchmark(from_file) and \
+                self.benchmark_reason(self.training_labels(train_records), data_dir) is not None
+            return LabelSet(from_file, f"from {given}", benchmark, fix=f"add it to {given}")
         seen = self.training_labels(train_records)
         if not seen:
             raise BadInput(ParamText("the training records carry no labels; list the labels in a file (a JSON list, "
                                      "or one label a line) and pass {labels} FILE, or save it as {file} in the "
                                      "data folder", file=LABELS_FILE), data_dir)
-        return self.benchmark_label_set(seen) if self.is_benchmark(seen) else \
-            LabelSet(self.own_labels(seen), "from the training split", benchmark=False, fix=OWN_LABELS_FIX)
+        return self.inferred_label_set(seen, data_dir)
+
+    def inferred_label_set(self, seen: list[str], data_dir: str | Path | None = None) -> "LabelSet":
+        """The label set when no labels file is given (`seen`: the training labels, sorted): the
+        benchmark's when the data is recognisably the benchmark's, else your own."""
+        reason = self.benchmark_reason(seen, data_dir)
+        if reason is not None:
+            chosen = self.benchmark_label_set(seen)
+            note = (f"the data is taken for the {self.name} benchmark's ({_literal(reason)}); for labels of your own, "
+                    "list them in a file (a JSON list, or one label a line) and pass {labels} FILE")
+            return LabelSet(chosen.labels, chosen.origin, True, chosen.fix, note=note)
+        note = ""
+        if self.is_benchmark(seen):  # a part of the benchmark's labels: say so, and how to get them all
+            assert self.benchmark_labels is not None
+            where = "" if data_dir is None else f", in a folder not named {self.name}"
+            note = (f"they are all {self.name} benchmark labels, but the data is not taken for the benchmark's "
+                    f"(the training split uses {len(set(seen))} of its {len(self.benchmark_labels)} labels{where}); "
+                    f"for the benchmark's labels, and a run and card named after it, pass {{labels}} "
+                    f"{BENCHMARK_KEYWORD}")
+        return LabelSet(self.own_labels(seen), "from the training split", benchmark=False, fix=OWN_LABELS_FIX,
+                        note=note)
+
+    def benchmark_reason(self, seen: Sequence[str], data_dir: str | Path | None = None) -> str | None:
+        """Why data whose training labels are `seen` is the benchmark's (words a run prints), or None
+        when it is not recognisably so. Its labels must all be the benchmark's, and either its folder
+        is named after the task (`OpenEntity/` too), or the labels identify the benchmark: they are
+        its own names (`distinctive_labels`), or the training split uses every one of them."""
+        if not seen or not self.is_benchmark(seen):
+            return None
+        assert self.benchmark_labels is not None
+        if data_dir is not None and data_name(data_dir).lower() == self.name:
+            return f"its folder is named {data_name(data_dir)}"
+        if self.distinctive_labels:
+            return f"every training label is one of its {len(self.benchmark_labels)} own label names"
+        if set(seen) == set(self.benchmark_labels):
+            return f"the training split uses all {len(self.benchmark_labels)} of its labels"
+        return None
+
+    def asked_benchmark_label_set(self, seen: list[str]) -> "LabelSet":
+        """`labels` = `benchmark`: the benchmark's label set, asked for (a training label outside it
+        is then refused by `check_labels`, with this set's fix)."""
+        if self.benchmark_labels is None:
+            raise BadParameter("{labels} benchmark: the {task} task has no benchmark label set; pass a labels file "
+                               "(a JSON list, or one label a line), or leave {labels} out to read the labels from "
+                               "the training split", value=BENCHMARK_KEYWORD, task=self.name)
+        chosen = self.benchmark_label_set([label for label in seen if label in self.benchmark_labels])
+        return LabelSet(chosen.labels, chosen.origin, True,
+                        fix=f"it was asked for with {{labels}} {BENCHMARK_KEYWORD}; leave that out to read your own "
+                            "labels from the training split",
+                        note=f"the data is taken for the {self.name} benchmark's, as asked ({{labels}} "
+                             f"{BENCHMARK_KEYWORD})")
 
     def run_data_name(self, data_dir: str | Path, labels: str | Path | None = None) -> str:
-        """The task's name when the data is the benchmark's (its labels, as `label_set` finds them,
-        are all the benchmark's), else the data folder's name (`data_name`): your own data. A folder
-        named after the task is named without reading records, and so is one without a training
-        split yet (a pipeline planning ahead): the task's name, as before there were own labels."""
+        """The task's name when the data is the benchmark's (`label_set` decides), else the data
+        folder's name (`data_name`): your own data. A folder named after the task is named without
+        reading records, and so is one without a training split yet (a pipeline planning ahead):
+        the task's name, as before there were own labels."""
         folder = data_name(data_dir)
         if folder == self.name:
             return folder
-        records: list[dict] = []
-        if labels is None and not (Path(data_dir) / LABELS_FILE).is_file():  # the training split decides
-            train = self.task_files(data_dir)["train"]
-            if not train.exists():
-                return self.name
-            records = self.read(train)
-        return self.name if self.label_set(records, data_dir, labels).benchmark else folder
+        train = self.task_files(data_dir)["train"]
+        if not train.exists():
+            return self.name
+        return self.name if self.label_set(self.read(train), data_dir, labels).benchmark else folder
 
     def training_labels(self, train_records: Sequence[dict]) -> list[str]:
         """The distinct gold labels of the training records, sorted."""
@@ -411,12 +471,10 @@ class ClassificationTask(Task):
         """The label list of your own data, from its training labels `seen` (sorted): those labels."""
         return list(seen)
 
-    def default_labels(self, train_records: Sequence[dict]) -> list[str]:
+    def default_labels(self, train_records: Sequence[dict], data_dir: str | Path | None = None) -> list[str]:
         """The label list when no labels file is given; [] when the training records carry no labels."""
         seen = self.training_labels(train_records)
-        if not seen:
-            return []
-        return list(self.benchmark_label_set(seen).labels) if self.is_benchmark(seen) else self.own_labels(seen)
+        return list(self.inferred_label_set(seen, data_dir).labels) if seen else []
 
     def check_labels(self, records: Sequence[dict], labels: "Sequence[str] | LabelSet", path: str | Path) -> None:
         """`BadInput` naming the file and record of the first gold label outside `labels`; with a
@@ -692,8 +750,10 @@ def _whole_json(path: str | Path) -> Any:
 
 OWN_LABELS_FIX = ("if it is right, list every label in a file (a JSON list, or one label a line) and pass "
                   "{labels} FILE")
-BENCHMARK_FIX = ("the training labels are all the benchmark's, so its label set is used; for labels of your own, "
+BENCHMARK_FIX = ("the data is taken for the benchmark's, so its label set is used; for labels of your own, "
                  "list them in a file (a JSON list, or one label a line) and pass {labels} FILE")
+# `finetune --labels benchmark`: the benchmark's label set, asked for (a file of that name wins).
+BENCHMARK_KEYWORD = "benchmark"
 
 
 @dataclass(frozen=True)
@@ -708,16 +768,28 @@ class LabelSet:
     origin: str
     benchmark: bool
     fix: str = ""
+    # Why this set was chosen and how to choose the other, where a user could mean the other (a
+    # `ParamText` template; "" when there is nothing to say): a run prints it after `describe()`.
+    note: str = ""
 
     def describe(self) -> str:
         """`labels: 3 from the training split (disease, drug, gene)`: what a run says it uses."""
         return f"labels: {len(self.labels)} {self.origin} ({listed(self.labels)})"
+
+    def notice(self) -> ParamText | None:
+        """`note` as a message (`labels: …` then this line), or None."""
+        return ParamText(self.note) if self.note else None
 
     def unknown(self, label: str) -> ParamText:
         """The message for a gold label outside the set: the labels, their origin, the fix."""
         return ParamText("label {label!r} is not one of the {count} labels {origin} ({known})"
                          + (f"; {self.fix}" if self.fix else ""),
                          label=label, count=len(self.labels), origin=self.origin, known=listed(self.labels))
+
+
+def _literal(text: str) -> str:
+    """`text` inside a `ParamText` template, as it is (a folder name may hold braces)."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def listed(labels: Sequence[str], most: int = 12) -> str:

@@ -81,7 +81,10 @@ class Figer(TypingTask):
             return read_figer_raw(path)[0]
         return super().read(path, labeled)
 
+    # FIGER's type paths (`/person/artist`) are its own names: training labels all among them are
+    # FIGER's data, in any folder (a sample holds a few of the 113).
     benchmark_labels = FIGER_TYPES
+    distinctive_labels = True
 
     def benchmark_label_set(self, seen: list[str]) -> LabelSet:
         """FIGER's data: its training labels, sorted, so label ids do not depend on the order of

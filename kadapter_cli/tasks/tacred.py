@@ -47,8 +47,11 @@ class Tacred(RelationTask):
             raise BadInput(f"max_negatives must be a non-negative integer or None, got {self.max_negatives!r}")
 
     # The official 42 (sorted) when the training labels are TACRED's; otherwise (a variant such as
-    # Re-TACRED, or your own relations) the sorted training labels with `no_relation`.
+    # Re-TACRED, or your own relations) the sorted training labels with `no_relation`. The relation
+    # names (`per:title`: the subject's type and a TAC KBP slot) are TACRED's own, so training
+    # labels all among them are TACRED's data, in any folder: a sample rarely holds all 42.
     benchmark_labels = tuple(OFFICIAL_LABELS)
+    distinctive_labels = True
 
     def prepare_train(self, records: list[dict]) -> list[dict]:
         if self.max_negatives is None:

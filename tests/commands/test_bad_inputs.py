@@ -93,11 +93,10 @@ CASES = [
     Case("typing/blank_mention.json", "openentity", "mention [6, 7) is blank", "record 1"),
     Case("typing/empty.json", "openentity", "empty file", None),
     Case("typing/empty_list.json", "openentity", "no records", None),
-    # A dev label outside the benchmark's labels the training split uses (a training label of your
-    # own would make the data your own: tests/tasks/test_own_labels.py)
-    Case("typing/unknown_label.json", "openentity", "label 'dragon' is not one of the 9 labels of the openentity "
-         "benchmark (entity, location, time, organization, object, event, place, person, group)", "record 1",
-         split="dev"),
+    # A dev label outside the labels the training split uses (two of OpenEntity's, in a folder not
+    # named after it: your own labels, tests/tasks/test_own_labels.py)
+    Case("typing/unknown_label.json", "openentity", "label 'dragon' is not one of the 2 labels from the training "
+         "split (entity, person)", "record 1", split="dev"),
     Case("typing/truncated.json", "figer", "malformed JSON", "line "),
     # raw FIGER (token<TAB>BIO) → finetune --task figer
     Case("figer-raw/bad_tag.label", "figer", "tag 'X-/location' is not O, B-<types> or I-<types>", "line 5"),

@@ -13,7 +13,11 @@ def finetune_then_fix_head(cli, backbone, task: str, data_dir, bias: list[float]
     result = cli("finetune", "--task", task, "--data", data_dir, "--backbone", backbone, "--max-steps", "1",
                  "--batch-size", "2", "--max-length", "32")
     assert result.exit_code == 0, result.output
-    run = cli.workdir / "finetuned" / f"{task}-base"
+    return fix_head(cli.workdir / "finetuned" / f"{task}-base", bias)
+
+
+def fix_head(run, bias: list[float]):
+    """The finetuned folder `run`, its head's output set to `bias` (one value per label)."""
     weights = load_file(run / "model.safetensors")
     weights["head.out_proj.weight"] = torch.zeros_like(weights["head.out_proj.weight"])
     weights["head.out_proj.bias"] = torch.tensor(bias, dtype=weights["head.out_proj.bias"].dtype)

@@ -137,7 +137,7 @@ def imported_model(tmp_path_factory, shared_data):
     torch.save(original_state_dict("fac", 1, scale=0.1), root / "pytorch_model.bin")
     cli("import-original", "--fac", root / "pytorch_model.bin", "--taps", "0,1,2")
     records = json.loads((shared_data / "openentity" / "ernie-format" / "dev.json").read_text())
-    data = root / "data"
+    data = root / "openentity"  # a slice of OpenEntity, in a folder named after it
     data.mkdir()
     for split, part in (("train", records[:8]), ("dev", records[8:20]), ("test", records[20:32])):
         (data / f"{split}.json").write_text(json.dumps(part))

@@ -272,7 +272,7 @@ def test_json_lines_input_and_unlabelled_records(tmp_path):
 
 def test_label_vocabularies(tmp_path, shared_data):
     oe = get_task("openentity")
-    assert oe.label_vocab([GOOD_TYPING], tmp_path) == OPENENTITY_LABELS  # K-Adapter's fixed order
+    assert oe.label_vocab([GOOD_TYPING], tmp_path / "openentity") == OPENENTITY_LABELS  # K-Adapter's fixed order
     figer = get_task("figer")
     records = [{**GOOD_TYPING, "labels": ["/person/artist", "/person"]}, {**GOOD_TYPING, "labels": ["/location"]}]
     assert figer.label_vocab(records, tmp_path) == ["/location", "/person", "/person/artist"]  # sorted, not file order
