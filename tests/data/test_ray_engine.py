@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.terminal import kadapter, plain
 
-from kadapter_cli.data.ray_engine import KILL_ONCE_ENV
+from kadapter_cli.data.ray_engine import KILL_ONCE_ENV, block_count
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "kadapter_cli" / "demo_data"
@@ -236,3 +237,36 @@ def test_engine_options_are_checked_before_anything_runs(cli, tmp_path):
     assert done.returncode == 2
     assert "--engine ray: the ray package is not installed; pip install 'kadapter[ray]'" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_blocks_are_a_multiple_of_the_pool_or_one_an_item():
+    assert block_count(100, 16) == 96 and block_count(3, 8) == 3 and block_count(0, 4) == 1
+    for workers in range(1, 18):
+        for items in range(0, 120):
+            blocks = block_count(items, workers)
+            if items <= workers:  # no more blocks than items, each alone
+                assert blocks == max(items, 1), (items, workers)
+            else:  # every worker gets the same number of blocks, as many as the items allow
+                assert blocks % workers == 0 and workers <= blocks <= items < blocks + workers, (items, workers)
+
+
+def test_prepare_trex_on_ray_shows_one_bar_and_rays_progress_only_with_verbose(shared_data, tmp_path):
+    """As a user runs it: on a terminal, kadapter's bar (files done / total, rate, time) and none of
+    Ray's output; with `--verbose`, Ray's logs and per-operator progress (which Ray writes as log
+    lines when its output is not a terminal, and draws no bar for on one). The files are the same."""
+    inputs = (DEMO / "trex", shared_data / "trex" / "sample-output.json")  # 3 dumps
+    env = {"RAY_ADDRESS": ""}  # a new local instance
+    args = (*inputs, "--min-count", "2", "--engine", "ray", "--workers", "2")
+    quiet = plain(kadapter(tmp_path, "prepare-trex", *args, "--out", tmp_path / "quiet", terminal=True, env=env))
+    # `T-REx files ━━━━ 3/3 1.2 it/s 682 docs, 350 docs/s 0:00:02 0:00:00`
+    bar = r"T-REx files [━╺╸ ]+ 3/3 ([\d,.]+|–) it/s 682 docs, [\d,]+ docs/s \d+:\d\d:\d\d \d+:\d\d:\d\d"
+    assert re.search(bar, quiet), quiet
+    for noise in (*RAY_NOISE, "MapBatches(extract_trex_file)"):
+        assert noise not in quiet, noise
+    verbose = kadapter(tmp_path, "prepare-trex", *args, "--out", tmp_path / "verbose", "--verbose", terminal=False,
+                       env=env)
+    for progress in ("Started a local Ray instance", "Running Dataset", "Total Progress"):
+        assert progress in verbose, (progress, verbose)
+    assert re.search(r"MapBatches\(extract_trex_file\): \d+/\d+", verbose), verbose  # the operator's progress
+    for name in TREX_FILES:
+        assert (tmp_path / "verbose" / name).read_bytes() == (tmp_path / "quiet" / name).read_bytes()
