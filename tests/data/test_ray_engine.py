@@ -106,20 +106,25 @@ def test_gold_conllu_on_ray_gives_the_local_files_with_one_bar_and_no_ray_progre
 def test_spacy_on_ray_with_a_worker_killed_mid_run_gives_the_local_files(cli, ray_instance, tmp_path, monkeypatch):
     spacy = pytest.importorskip("spacy")
     pytest.importorskip(SPACY_MODEL)
-    models = tmp_path / "models"  # a folder every node could read: the pipeline saved in it
-    models.mkdir()
-    spacy.load(SPACY_MODEL).to_disk(models / SPACY_MODEL)
+    models = tmp_path / "models"  # a folder every node could read: the pipeline saved in it, changed so
+    models.mkdir()                # that its output tells it from the installed package's
+    nlp = spacy.load(SPACY_MODEL)
+    nlp.tokenizer.add_special_case("decided", [{"ORTH": "decid"}, {"ORTH": "ed"}])
+    nlp.to_disk(models / SPACY_MODEL)
     corpus = DEMO / "corpus" / "corpus.txt"
-    options = ("--parser", "spacy", "--model", SPACY_MODEL, "--limit", "600", "--workers", "2")
+    options = ("--parser", "spacy", "--model", SPACY_MODEL, "--model-dir", models, "--limit", "600", "--workers", "2")
     run(cli, "parse", corpus, *options, "--out", tmp_path / "local")
     marker = tmp_path / "killed"
     monkeypatch.setenv(KILL_ONCE_ENV, str(marker))
-    run(cli, "parse", corpus, *options, "--model-dir", models, "--engine", "ray", "--out", tmp_path / "ray")
+    run(cli, "parse", corpus, *options, "--engine", "ray", "--out", tmp_path / "ray")
     assert marker.exists()  # a parser actor killed itself after its first segment
     local = json.loads((tmp_path / "local" / "manifest.json").read_text())
     assert local["stats"]["units"] == 600 and local["stats"]["sentences"] >= 600
-    ray_stats = assert_same_artifact(tmp_path / "local", tmp_path / "ray", PARSED_FILES, config_differs=("model_dir",))
+    ray_stats = assert_same_artifact(tmp_path / "local", tmp_path / "ray", PARSED_FILES)
     assert ray_stats["retries"] == 1 and ray_stats["segments"] == 3 and ray_stats["workers"] == 2
+    # The workers parsed with the folder's pipeline, not the installed package of the same name
+    parsed = (tmp_path / "ray" / "train.jsonl").read_text(encoding="utf-8")
+    assert '"decid", "ed"' in parsed and '"decided"' not in parsed
 
 
 def test_prepare_trex_on_ray_with_a_task_killed_mid_run_gives_the_local_files(
