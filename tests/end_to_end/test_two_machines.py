@@ -9,10 +9,21 @@ holds the artifact and machine 1's holds nothing, neither an artifact nor a `.pa
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
-from helpers.launching import assert_one_owner_wrote, free_port, machine, one_machine, run, run_machines
+from helpers.launching import (
+    assert_one_owner_wrote,
+    free_port,
+    kill_tree,
+    machine,
+    one_machine,
+    run,
+    run_machines,
+    start_machines,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +100,40 @@ def test_two_machines_give_the_one_machine_artifact(inputs, one_machine_outputs,
     if folders == "separate":
         left = sorted(p.relative_to(root).as_posix() for p in (root / "machine-1").rglob("*"))
         assert left == [], f"machine 1's output folder holds {left}"
+
+
+def test_resume_on_a_folder_each_is_refused_alike_on_every_machine(inputs):
+    """A run on two machines, each with its own output folder, interrupted once machine 0 holds a
+    checkpoint; `--resume` then is refused on both machines with the same message, exit 2, as
+    machine 1 cannot see machine 0's checkpoints, and nothing is deleted (docs: Paper scale, "Several machines")."""
+    root = inputs["root"] / "resume-separate"
+    outs = [root / f"machine-{rank}" / "fac" for rank in (0, 1)]
+    checkpoints = outs[0].parent / ".fac.partial" / "checkpoints"
+    args = ["--workdir", str(inputs["workdir"]), "train-adapter", "--backbone", str(inputs["backbone"]), *FAST,
+            "--kind", "fac", "--limit", "16", "--max-steps", "400", "--save-every", "1"]
+    port = free_port()
+    launchers = start_machines([machine(rank, port, *args, "--out", str(outs[rank])) for rank in (0, 1)])
+    try:
+        deadline = time.monotonic() + 240
+        while not any(checkpoints.glob("step-*/state.json")):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in launchers), \
+                [p.communicate()[1][-3000:] for p in launchers if p.poll() is not None]
+            time.sleep(0.5)
+    finally:
+        for launcher in launchers:
+            kill_tree(launcher.pid)
+            launcher.communicate()
+    assert not any(outs[1].parent.glob(".fac.partial/checkpoints/step-*"))  # machine 1 wrote none
+
+    resume_port = free_port()
+    done = run_machines([machine(rank, resume_port, *args, "--out", str(outs[rank]), "--resume") for rank in (0, 1)],
+                        timeout=300, check=False)
+    for rank, machine_done in enumerate(done):
+        stderr = machine_done.stderr
+        # The process exits 2; its launcher (torch elastic) reports that and exits 1
+        assert machine_done.returncode == 1 and re.search(r"exitcode\s*: 2 ", stderr), (rank, stderr[-4000:])
+        assert ("--resume: the main process resumes from step-" in stderr and ", process 1 finds no checkpoint; on "
+                "several machines a run resumes only where they all read the main process's output folder (a shared "
+                "file system): start again with --overwrite or put the output folder on one" in stderr), (rank, stderr)
+        assert "/kadapter_cli/" not in stderr, (rank, stderr[-4000:])  # no traceback but the launcher's own
+    assert any(checkpoints.glob("step-*/state.json")) and not outs[0].exists()
