@@ -7,14 +7,20 @@ on a CPU machine), on the real samples and the demo data, with small inputs to s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+from helpers.launching import free_port, kill_tree
 from helpers.terminal import kadapter, plain
 
 from kadapter_cli.data.ray_engine import KILL_ONCE_ENV, block_count
@@ -220,12 +226,88 @@ def test_a_command_without_ray_running_starts_its_own_local_instance(tmp_path):
         assert noise not in outputs["ray"]
 
 
+@contextlib.contextmanager
+def ray_cluster(env: dict[str, str]) -> Iterator[int]:
+    """A one-node Ray cluster on this machine, started as the docs tell users (`ray start --head`,
+    the `ray` beside this Python), with 3 CPUs and no dashboard; yields its port. It runs in a
+    session of its own (`--block`) and is stopped at the end, it and every process under it, by
+    process id: `ray stop` would stop every Ray instance on the machine, other tests' too.
+    Skips the test if it does not start."""
+    import psutil
+
+    ray = Path(sys.executable).parent / "ray"
+    if not ray.exists():
+        pytest.skip(f"no ray beside {sys.executable}")
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="kray-")  # short: Ray's socket paths live under it
+    head = subprocess.Popen([str(ray), "start", "--head", "--block", "--num-cpus", "3", "--port", str(port),
+                             "--ray-client-server-port", str(free_port()), "--include-dashboard=false",
+                             "--node-ip-address", "127.0.0.1", "--temp-dir", temp],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        for line in head.stdout:
+            lines.append(line)
+            if "block forever" in line:
+                started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        if not started.wait(timeout=120):
+            pytest.skip("ray start --head did not start:\n" + "".join(lines)[-3000:])
+        yield port
+    finally:
+        try:
+            family = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        head.terminate()  # --block: Ray stops what it started
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        for process in family:
+            kill_tree(process.pid)
+        head.wait()
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_cluster_started_with_ray_start_gives_the_local_files(tmp_path):
+    """The docs' way onto a cluster: `ray start --head` on a node, then the command there with
+    `--ray-address auto` and `RAY_ADDRESS` (as in the Slurm recipe), as a user runs it; the same
+    files as the local run. (A `ray://` address is refused up front: Ray Data does not run through
+    Ray Client; `test_engine_options_are_checked_before_anything_runs`.)"""
+    corpus = DEMO / "corpus" / "corpus.conllu"
+    # Ray's token authentication, set up as for a secured cluster: the same token for the nodes and the driver
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KADAPTER_PROGRESS": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    args = ("parse", corpus, "--parser", "conllu", "--limit", "600", "--workers", "2")
+    kadapter(tmp_path, *args, "--out", tmp_path / "local", terminal=False, env=env)
+    with ray_cluster(env) as port:
+        shown = kadapter(tmp_path, *args, "--engine", "ray", "--ray-address", "auto", "--out", tmp_path / "ray",
+                         terminal=False, env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"})
+    ray_stats = assert_same_artifact(tmp_path / "local", tmp_path / "ray", PARSED_FILES)
+    # The cluster's 3 CPUs (as declared): the job ran there, not on a new local instance
+    assert ray_stats["address"] == "auto" and ray_stats["cpus"] == 3 and ray_stats["workers"] == 2, ray_stats
+    for noise in RAY_NOISE:
+        assert noise not in shown
+
+
 def test_engine_options_are_checked_before_anything_runs(cli, tmp_path):
     conllu = DEMO / "corpus" / "corpus.conllu"
     cases = [
         (("parse", conllu, "--engine", "spark"), "--engine must be one of local, ray, got 'spark'"),
         (("parse", conllu, "--engine", "ray", "--shard", "1/2"), "use one or the other"),
         (("parse", conllu, "--ray-address", "auto"), "--ray-address needs --engine ray"),
+        (("parse", conllu, "--engine", "ray", "--ray-address", "ray://127.0.0.1:10001"),
+         "error: --ray-address ray://127.0.0.1:10001: Ray Data does not run through Ray Client (ray://): run this on "
+         "a node of the cluster with --ray-address auto"),
         (("parse", DEMO / "corpus" / "corpus.txt", "--parser", "spacy", "--engine", "ray",
           "--num-gpus-per-worker", "1"), "add --device cuda"),
         (("prepare-trex", DEMO / "trex", "--engine", "ray", "--limit", "5"), "cannot be combined with --engine ray"),
