@@ -12,6 +12,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from helpers.launching import (
@@ -30,7 +31,9 @@ pytestmark = pytest.mark.slow
 FAST = ["--batch-size", "8", "--lr", "1e-3", "--max-length", "48", "--seed", "5"]
 CORPUS = ["The capital of France is Paris and it is a large city.", "Dante was born in Florence in Italy.",
           "The Eiffel Tower stands in Paris, on the left bank of the Seine."]
-COMMANDS = ("train-adapter", "finetune", "train-probe")
+# finetune-frozen: `finetune --freeze-backbone` with its features cached on disk (a cache each process writes)
+COMMANDS = ("train-adapter", "finetune", "finetune-frozen", "train-probe")
+FROZEN = ["--freeze-backbone", "--cache-features", "on", "--cache-budget", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +54,14 @@ def inputs(tmp_path_factory, shared_data, tiny_backbone) -> dict[str, Path]:
 
 
 def _arguments(command: str, inputs: dict[str, Path], out: Path) -> list[str]:
-    common = ["--workdir", str(inputs["workdir"]), command, "--backbone", str(inputs["backbone"]), "--out", str(out),
-              *FAST]
+    cli_command = command.removesuffix("-frozen")
+    common = ["--workdir", str(inputs["workdir"]), cli_command, "--backbone", str(inputs["backbone"]), "--out",
+              str(out), *FAST]
     if command == "train-adapter":  # dev evaluated at every epoch's end: the best weights go to every process
         return [*common, "--kind", "fac", "--name", out.name, "--limit", "16", "--max-steps", "4", "--eval-every", "2"]
-    if command == "finetune":
+    if cli_command == "finetune":
         return [*common, "--task", "openentity", "--data", str(inputs["openentity"]), "--name", out.name,
-                "--limit", "12", "--max-steps", "3", "--json"]
+                "--limit", "12", "--max-steps", "3", "--json", *(FROZEN if command == "finetune-frozen" else [])]
     return [*common, "--corpus", str(inputs["corpus"]), "--name", out.name, "--max-steps", "3"]
 
 
@@ -66,14 +70,19 @@ def _weights(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def one_machine_outputs(inputs) -> dict[str, Path]:
-    """Each command under two processes on one machine: what two machines must give."""
-    outputs = {}
-    for command in COMMANDS:
-        out = inputs["root"] / "one-machine" / command
-        run(one_machine(*_arguments(command, inputs, out)), timeout=300)
-        outputs[command] = out
-    return outputs
+def one_machine_outputs(inputs) -> Callable[[str], Path]:
+    """`one_machine_outputs(command)`: the command under two processes on one machine (run once, on
+    first use): what two machines must give."""
+    outputs: dict[str, Path] = {}
+
+    def output(command: str) -> Path:
+        if command not in outputs:
+            out = inputs["root"] / "one-machine" / command
+            run(one_machine(*_arguments(command, inputs, out)), timeout=300)
+            outputs[command] = out
+        return outputs[command]
+
+    return output
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -87,13 +96,13 @@ def test_two_machines_give_the_one_machine_artifact(inputs, one_machine_outputs,
     done = run_machines([machine(rank, port, *_arguments(command, inputs, outs[rank])) for rank in (0, 1)],
                         timeout=400)
 
-    reference = one_machine_outputs[command]
+    reference = one_machine_outputs(command)
     manifest = assert_one_owner_wrote(outs[0])
     if command != "train-probe":  # the probe's manifest records no batch split
         assert manifest["stats"]["batch_split"]["processes"] == 2
     assert _weights(outs[0]) == _weights(reference) and _weights(reference)
     assert sorted(p.name for p in outs[0].iterdir()) == sorted(p.name for p in reference.iterdir())
-    if command == "finetune":  # the same predictions, printed once by machine 0
+    if command.startswith("finetune"):  # the same predictions, printed once by machine 0
         assert (outs[0] / "predictions-test.jsonl").read_text() == (reference / "predictions-test.jsonl").read_text()
         assert json.loads(done[0].stdout) == json.loads((outs[0] / "metrics.json").read_text())
     assert done[1].stdout.strip() == ""  # machine 1 prints nothing
