@@ -31,7 +31,8 @@ def parse_shard(spec: Optional[str]) -> tuple[int, int] | None:
 ENGINE_HELP = ("local: this machine's processes (--workers); ray: a Ray Data job, on a local Ray instance "
                "or the cluster at --ray-address (pip install 'kadapter[ray]').")
 RAY_ADDRESS_HELP = ("With --engine ray: the cluster to run on (auto: the one this node belongs to or RAY_ADDRESS; "
-                    "ray://HOST:PORT: a remote one). Default: a new local Ray instance on this machine's cores.")
+                    "run on a node of the cluster: Ray Data does not run through Ray Client, ray://). "
+                    "Default: a new local Ray instance on this machine's cores.")
 MAX_RETRIES_HELP = "With --engine ray: times the work of a worker that died is run again (counted in the manifest)."
 VERBOSE_HELP = "With --engine ray: show Ray's own per-operator progress bars and worker logs."
 

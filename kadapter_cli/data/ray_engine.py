@@ -24,7 +24,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from kadapter_cli.errors import BadInput
+from kadapter_cli.errors import BadInput, ParamText
 
 ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install 'kadapter[ray]'"
@@ -37,7 +37,7 @@ KILL_ONCE_ENV = "KADAPTER_RAY_KILL_ONCE"
 class RayOptions:
     """How a stage runs on Ray (`engine="ray"`)."""
 
-    address: str | None = None  # an existing cluster ("auto", "ray://host:port"); None: a new local instance
+    address: str | None = None  # an existing cluster ("auto", "host:port"); None: a new local instance
     num_gpus_per_worker: float = 0.0  # GPUs each worker reserves; fractions share a GPU
     verbose: bool = False  # Ray's own per-operator progress bars and logs
     max_retries: int = 3  # times an item runs again after its worker died
@@ -58,6 +58,10 @@ def check_engine(engine: str, options: RayOptions | None, shard: tuple[int, int]
     if shard is not None:
         raise BadInput("--shard splits a job into runs you start yourself; --engine ray runs it whole: "
                        "use one or the other")
+    if (options.address or "").startswith("ray://"):  # Ray Data's executor needs a driver on a node of the cluster
+        raise BadInput(ParamText(
+            "{ray_address:{address}}: Ray Data does not run through Ray Client (ray://): run this on a node of the "
+            "cluster with {ray_address:auto} (by hand, or as a Ray job: ray job submit)", address=options.address))
     if options.num_gpus_per_worker < 0:
         raise BadInput(f"--num-gpus-per-worker must be 0 or more, got {options.num_gpus_per_worker}")
     if options.max_retries < 0:

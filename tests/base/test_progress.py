@@ -5,41 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers.terminal import kadapter as _kadapter
+
 REPO = Path(__file__).resolve().parents[2]
 TYPING = REPO / "kadapter_cli" / "demo_data" / "typing"
 FAST = ("--max-steps", "2", "--batch-size", "4", "--max-length", "24", "--device", "cpu", "--limit", "16")
-
-
-def _kadapter(workdir: Path, *args, terminal: bool) -> str:
-    """`kadapter --workdir W args...` as a process, its stderr a pty (a terminal) or a pipe; returns its output."""
-    import os
-    import pty
-    import subprocess
-    import sys
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "160"}
-    env.pop("KADAPTER_PROGRESS", None)
-    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
-    argv = [sys.executable, "-m", "kadapter_cli.cli", "--workdir", str(workdir), *map(str, args)]
-    if not terminal:
-        done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr
-        return done.stdout + done.stderr
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(argv, cwd=REPO, env=env, stdin=follower, stdout=follower, stderr=follower)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    assert process.wait(timeout=600) == 0, b"".join(chunks).decode(errors="replace")
-    return b"".join(chunks).decode(errors="replace")
 
 
 def test_every_wait_shows_a_labelled_bar_on_a_terminal_and_nothing_when_piped(tmp_path, tiny_backbone):

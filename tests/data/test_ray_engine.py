@@ -7,16 +7,25 @@ on a CPU machine), on the real samples and the demo data, with small inputs to s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+from helpers.launching import free_port
+from helpers.terminal import kadapter, plain
 
-from kadapter_cli.data.ray_engine import KILL_ONCE_ENV
+from kadapter_cli.data.ray_engine import KILL_ONCE_ENV, block_count
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "kadapter_cli" / "demo_data"
@@ -105,20 +114,25 @@ def test_gold_conllu_on_ray_gives_the_local_files_with_one_bar_and_no_ray_progre
 def test_spacy_on_ray_with_a_worker_killed_mid_run_gives_the_local_files(cli, ray_instance, tmp_path, monkeypatch):
     spacy = pytest.importorskip("spacy")
     pytest.importorskip(SPACY_MODEL)
-    models = tmp_path / "models"  # a folder every node could read: the pipeline saved in it
-    models.mkdir()
-    spacy.load(SPACY_MODEL).to_disk(models / SPACY_MODEL)
+    models = tmp_path / "models"  # a folder every node could read: the pipeline saved in it, changed so
+    models.mkdir()                # that its output tells it from the installed package's
+    nlp = spacy.load(SPACY_MODEL)
+    nlp.tokenizer.add_special_case("decided", [{"ORTH": "decid"}, {"ORTH": "ed"}])
+    nlp.to_disk(models / SPACY_MODEL)
     corpus = DEMO / "corpus" / "corpus.txt"
-    options = ("--parser", "spacy", "--model", SPACY_MODEL, "--limit", "600", "--workers", "2")
+    options = ("--parser", "spacy", "--model", SPACY_MODEL, "--model-dir", models, "--limit", "600", "--workers", "2")
     run(cli, "parse", corpus, *options, "--out", tmp_path / "local")
     marker = tmp_path / "killed"
     monkeypatch.setenv(KILL_ONCE_ENV, str(marker))
-    run(cli, "parse", corpus, *options, "--model-dir", models, "--engine", "ray", "--out", tmp_path / "ray")
+    run(cli, "parse", corpus, *options, "--engine", "ray", "--out", tmp_path / "ray")
     assert marker.exists()  # a parser actor killed itself after its first segment
     local = json.loads((tmp_path / "local" / "manifest.json").read_text())
     assert local["stats"]["units"] == 600 and local["stats"]["sentences"] >= 600
-    ray_stats = assert_same_artifact(tmp_path / "local", tmp_path / "ray", PARSED_FILES, config_differs=("model_dir",))
+    ray_stats = assert_same_artifact(tmp_path / "local", tmp_path / "ray", PARSED_FILES)
     assert ray_stats["retries"] == 1 and ray_stats["segments"] == 3 and ray_stats["workers"] == 2
+    # The workers parsed with the folder's pipeline, not the installed package of the same name
+    parsed = (tmp_path / "ray" / "train.jsonl").read_text(encoding="utf-8")
+    assert '"decid", "ed"' in parsed and '"decided"' not in parsed
 
 
 def test_prepare_trex_on_ray_with_a_task_killed_mid_run_gives_the_local_files(
@@ -214,12 +228,90 @@ def test_a_command_without_ray_running_starts_its_own_local_instance(tmp_path):
         assert noise not in outputs["ray"]
 
 
+@contextlib.contextmanager
+def ray_cluster(env: dict[str, str]) -> Iterator[int]:
+    """A one-node Ray cluster on this machine, started as the docs tell users (`ray start --head`,
+    the `ray` beside this Python), with 3 CPUs and no dashboard; yields its port. It runs in a
+    session of its own (`--block`) and is stopped at the end, it and every process under it, by
+    process id: `ray stop` would stop every Ray instance on the machine, other tests' too.
+    Skips the test if it does not start."""
+    import psutil
+
+    ray = Path(sys.executable).parent / "ray"
+    if not ray.exists():
+        pytest.skip(f"no ray beside {sys.executable}")
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="kray-")  # short: Ray's socket paths live under it
+    head = subprocess.Popen([str(ray), "start", "--head", "--block", "--num-cpus", "3", "--port", str(port),
+                             # not Ray Client's default port 10001, which another cluster may hold
+                             "--ray-client-server-port", str(free_port()), "--include-dashboard=false",
+                             "--node-ip-address", "127.0.0.1", "--temp-dir", temp],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        for line in head.stdout:
+            lines.append(line)
+            if "block forever" in line:
+                started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 120
+        while not started.wait(timeout=0.5):
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.skip("ray start --head did not start:\n" + "".join(lines)[-3000:])
+        yield port
+    finally:
+        try:
+            family = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        head.terminate()  # --block: Ray stops what it started
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        for process in family:  # what did not stop (psutil's handles: never a process that took a freed id)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_cluster_started_with_ray_start_gives_the_local_files(tmp_path):
+    """The docs' way onto a cluster: `ray start --head` on a node, then the command there with
+    `--ray-address auto` and `RAY_ADDRESS` (as in the Slurm recipe), as a user runs it; the same
+    files as the local run. (A `ray://` address is refused up front: Ray Data does not run through
+    Ray Client; `test_engine_options_are_checked_before_anything_runs`.)"""
+    corpus = DEMO / "corpus" / "corpus.conllu"
+    # Ray's token authentication, set up as for a secured cluster: the same token for the nodes and the driver
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KADAPTER_PROGRESS": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    args = ("parse", corpus, "--parser", "conllu", "--limit", "600", "--workers", "2")
+    kadapter(tmp_path, *args, "--out", tmp_path / "local", terminal=False, env=env)
+    with ray_cluster(env) as port:
+        shown = kadapter(tmp_path, *args, "--engine", "ray", "--ray-address", "auto", "--out", tmp_path / "ray",
+                         terminal=False, env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"})
+    ray_stats = assert_same_artifact(tmp_path / "local", tmp_path / "ray", PARSED_FILES)
+    # The cluster's 3 CPUs (as declared): the job ran there, not on a new local instance
+    assert ray_stats["address"] == "auto" and ray_stats["cpus"] == 3 and ray_stats["workers"] == 2, ray_stats
+    for noise in RAY_NOISE:
+        assert noise not in shown
+
+
 def test_engine_options_are_checked_before_anything_runs(cli, tmp_path):
     conllu = DEMO / "corpus" / "corpus.conllu"
     cases = [
         (("parse", conllu, "--engine", "spark"), "--engine must be one of local, ray, got 'spark'"),
         (("parse", conllu, "--engine", "ray", "--shard", "1/2"), "use one or the other"),
         (("parse", conllu, "--ray-address", "auto"), "--ray-address needs --engine ray"),
+        (("parse", conllu, "--engine", "ray", "--ray-address", "ray://127.0.0.1:10001"),
+         "error: --ray-address ray://127.0.0.1:10001: Ray Data does not run through Ray Client (ray://): run this on "
+         "a node of the cluster with --ray-address auto"),
         (("parse", DEMO / "corpus" / "corpus.txt", "--parser", "spacy", "--engine", "ray",
           "--num-gpus-per-worker", "1"), "add --device cuda"),
         (("prepare-trex", DEMO / "trex", "--engine", "ray", "--limit", "5"), "cannot be combined with --engine ray"),
@@ -236,3 +328,41 @@ def test_engine_options_are_checked_before_anything_runs(cli, tmp_path):
     assert done.returncode == 2
     assert "--engine ray: the ray package is not installed; pip install 'kadapter[ray]'" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_blocks_are_a_multiple_of_the_pool_or_one_an_item():
+    assert block_count(100, 16) == 96 and block_count(3, 8) == 3 and block_count(0, 4) == 1
+    for workers in range(1, 18):
+        for items in range(0, 120):
+            blocks = block_count(items, workers)
+            if items <= workers:  # no more blocks than items, each alone
+                assert blocks == max(items, 1), (items, workers)
+            else:  # every worker gets the same number of blocks, as many as the items allow
+                assert blocks % workers == 0 and workers <= blocks <= items < blocks + workers, (items, workers)
+
+
+def test_prepare_trex_on_ray_shows_one_bar_and_rays_progress_only_with_verbose(shared_data, tmp_path):
+    """As a user runs it: on a terminal, kadapter's bar (files done / total, rate, time), as the
+    local run shows it, and none of Ray's output; with `--verbose`, Ray's logs and per-operator
+    progress (which Ray writes as log lines when its output is not a terminal, and draws no bar for
+    on one). The files are the same."""
+    inputs = (DEMO / "trex", shared_data / "trex" / "sample-output.json")  # 3 dumps
+    env = {"RAY_ADDRESS": ""}  # a new local instance
+    args = (*inputs, "--min-count", "2", "--engine", "ray", "--workers", "2")
+    local = plain(kadapter(tmp_path, "prepare-trex", *inputs, "--min-count", "2", "--workers", "2",
+                           "--out", tmp_path / "local", terminal=True, env=env))
+    quiet = plain(kadapter(tmp_path, "prepare-trex", *args, "--out", tmp_path / "quiet", terminal=True, env=env))
+    # `T-REx files ━━━━ 3/3 1.2 it/s 682 docs, 350 docs/s 0:00:02 0:00:00`, the local run's bar
+    bar = r"T-REx files [━╺╸ ]+ 3/3 ([\d,.]+|–) it/s 682 docs, [\d,]+ docs/s \d+:\d\d:\d\d \d+:\d\d:\d\d"
+    assert re.search(bar, local), local
+    assert re.search(bar, quiet), quiet
+    for noise in (*RAY_NOISE, "MapBatches(extract_trex_file)"):
+        assert noise not in quiet, noise
+    verbose = kadapter(tmp_path, "prepare-trex", *args, "--out", tmp_path / "verbose", "--verbose", terminal=False,
+                       env=env)
+    for progress in ("Started a local Ray instance", "Running Dataset", "Total Progress"):
+        assert progress in verbose, (progress, verbose)
+    assert re.search(r"MapBatches\(extract_trex_file\): \d+/\d+", verbose), verbose  # the operator's progress
+    for name in TREX_FILES:
+        assert (tmp_path / "verbose" / name).read_bytes() == (tmp_path / "quiet" / name).read_bytes() \
+            == (tmp_path / "local" / name).read_bytes()
