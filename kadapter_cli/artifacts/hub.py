@@ -75,6 +75,24 @@ def describe_source(path: str | Path) -> str:
     return origin.uri() if origin is not None else str(path)
 
 
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def cached_commit(ref: HubRef) -> str | None:
+    """The commit the Hub's cache holds for `ref`, without the network: a commit that has a snapshot
+    there, or the commit the cache's `refs/<branch or tag>` file (`refs/main` for no revision) says
+    the revision was when last fetched; None when the cache does not know it."""
+    repo = hub_cache_dir() / ("models--" + ref.repo_id.replace("/", "--"))
+    revision = ref.revision or "main"
+    if _COMMIT.fullmatch(revision):
+        return revision if (repo / "snapshots" / revision).is_dir() else None
+    try:
+        commit = (repo / "refs" / revision).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return commit if _COMMIT.fullmatch(commit) else None
+
+
 # ---------------------------------------------------------------- the environment
 
 
