@@ -117,6 +117,38 @@ def test_pushed_artifacts_fetched_once_are_used_offline_by_repository_id(built, 
     assert (work / "evaluations" / "typing-dev" / "metrics.json").is_file(), evaluated.stdout
     model = json.loads((work / "evaluations" / "typing-dev" / "manifest.json").read_text())["config"]["model"]
     assert model == f"hf://kadapter-test/typing@{hub.repos['kadapter-test/typing'].branches['main']}"
+    # encode, train-probe --adapters: what the local folders give
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Paris is in France .\nBerlin is a city .\n")
+    for source, folder in (("kadapter-test/fac", built / "adapters" / "fac"),
+                           ("kadapter-test/typing", built / "finetuned" / "typing")):
+        ok(kadapter(work, "encode", folder, texts, "--out", work / "local.safetensors", "--overwrite"))
+        ok(kadapter(work, "encode", source, texts, "--out", work / "hub.safetensors", "--overwrite"))
+        _same_tensors(work / "hub.safetensors", work / "local.safetensors")
+    probe = ("train-probe", "--corpus", DEMO_DATA / "corpus" / "corpus.txt", "--max-steps", "1", "--max-length", "24",
+             "--batch-size", "4", "--device", "cpu")
+    ok(kadapter(work, *probe, "--adapters", built / "adapters" / "fac", "--name", "local"))
+    ok(kadapter(work, *probe, "--adapters", "kadapter-test/fac"))
+    assert (work / "probes" / "fac" / "probe.safetensors").is_file()  # named after the repository, as finetune does
+    _same_tensors(work / "probes" / "fac" / "probe.safetensors", work / "probes" / "local" / "probe.safetensors")
+
+    # the Python API: KAdapterForTask, KAdapterModel, load_adapter by repository id
+    import torch
+
+    from kadapter import KAdapterForTask, KAdapterModel, load_adapter
+
+    sample = json.loads(records.read_text())[:3]
+    assert KAdapterForTask.from_pretrained("kadapter-test/typing").predict(sample, scores=True) == \
+        KAdapterForTask.from_pretrained(built / "finetuned" / "typing").predict(sample, scores=True)
+    local_encoder = KAdapterModel.from_pretrained(built / "adapters" / "fac")
+    for source in ("kadapter-test/fac", "kadapter-test/fac-set", ["kadapter-test/fac"]):
+        encoder = KAdapterModel.from_pretrained(source)
+        assert encoder.adapter_names == ["fac"]
+        assert torch.equal(encoder.encode(["Paris is in France ."]), local_encoder.encode(["Paris is in France ."]))
+    adapter, config, head = load_adapter("kadapter-test/fac")
+    local_adapter, local_config, local_head = load_adapter(built / "adapters" / "fac")
+    assert config == local_config and head.keys() == local_head.keys()
+    assert all(torch.equal(v, local_adapter.state_dict()[k]) for k, v in adapter.state_dict().items())
     assert len(hub.requests) == asked  # offline: nothing was asked of the Hub
 
     hub.stop()
