@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,22 @@ def hub_origin(path: str | Path) -> HubOrigin | None:
         if match and parts[i + 1] == "snapshots":
             return HubOrigin(match["repo"].replace("--", "/"), parts[i + 2], "/".join(parts[i + 3:]))
     return None
+
+
+def describe_command(argv: Sequence[str]) -> list[str]:
+    """A command line as an artifact records it (its manifest's `command`, its card's "Training"):
+    every argument, or `--flag=value` value, that is a file or folder of the Hub's cache written as
+    `hf://org/name@<commit>[/<path>]` (`describe_source`), so that no path of this machine's cache is
+    shown; everything else as typed."""
+    shown = []
+    for arg in map(str, argv):
+        flag, equals, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if not equals and flag:
+            flag, value = "", arg
+        if value and hub_origin(value) is not None and Path(value).expanduser().exists():
+            value = describe_source(value)
+        shown.append(f"{flag}={value}" if equals else value)
+    return shown
 
 
 def describe_source(path: str | Path) -> str:

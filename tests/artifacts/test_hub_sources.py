@@ -300,3 +300,17 @@ def test_a_pipeline_reads_repository_ids_with_a_revision_names_outputs_as_the_co
     ok(kadapter(work, "push", built / "compositions" / "fac", "kadapter-test/fac-set"))
     stage = Stage(name="f", command="finetune", options={"task": "openentity", "adapters": "kadapter-test/fac-set"})
     assert command_io(stage, work)[1] == [str(work / "finetuned" / "openentity-fac")]
+
+
+def test_a_command_line_names_folders_of_the_hubs_cache_by_repository_and_commit(tmp_path):
+    from kadapter_cli.artifacts.hub import describe_command
+
+    commit = "a" * 40
+    snapshot = tmp_path / "hub" / "models--org--bert" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    gone = tmp_path / "models--org--gone" / "snapshots" / ("b" * 40)  # not on disk: left as typed
+    argv = ["kadapter", "train-adapter", "--backbone", str(snapshot), f"--data={snapshot / 'config.json'}",
+            "--name", "x", str(gone)]
+    assert describe_command(argv) == ["kadapter", "train-adapter", "--backbone", f"hf://org/bert@{commit}",
+                                      f"--data=hf://org/bert@{commit}/config.json", "--name", "x", str(gone)]

@@ -94,7 +94,9 @@ def test_a_backbone_from_the_hubs_cache_is_recorded_by_id_and_commit_and_found_t
         snapshot = hub.fetched_model("kadapter-test/tiny-roberta", tiny_backbone, hub_home)
         commit = hub.repos["kadapter-test/tiny-roberta"].branches["main"]
     data = make_trex_rc(tmp_path / "trex-rc", 16, 4)
-    assert cli("train-adapter", "--kind", "fac", "--data", data, "--backbone", snapshot, *STEPS).exit_code == 0
+    typed = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", snapshot, *STEPS)
+    monkeypatch.setattr(sys, "argv", ["kadapter", "--workdir", str(cli.workdir), *map(str, typed)])  # as typed
+    assert cli(*typed).exit_code == 0
     assert cli("compose", "fac").exit_code == 0
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = cli("finetune", "--task", "openentity", "--data", TYPING, "--adapters", "fac", *STEPS)  # no --backbone
@@ -117,6 +119,12 @@ def test_a_backbone_from_the_hubs_cache_is_recorded_by_id_and_commit_and_found_t
                  (cli.workdir / "compositions" / "fac" / "composition.json").read_text(),
                  card.split("## Training\n")[0]):  # the card's training section quotes the command as typed
         assert str(hub_home) not in text and "snapshots" not in text
+    # The command as typed, in the manifest and the card, names the backbone's folder of the cache by
+    # its repository and commit.
+    command = json.loads((adapter / "manifest.json").read_text())["command"]
+    assert command[command.index("--backbone") + 1] == f"hf://kadapter-test/tiny-roberta@{commit}"
+    assert f"--backbone hf://kadapter-test/tiny-roberta@{commit} " in card.split("## Training\n")[1]
+    assert str(hub_home) not in card and str(hub_home) not in json.dumps(command)
 
 
 def test_a_backbone_given_by_its_hub_id_is_recorded_by_id_and_commit_offline(tmp_path, tiny_backbone, make_trex_rc,
