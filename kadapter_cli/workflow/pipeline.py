@@ -27,8 +27,10 @@ stage's output runs after it and reruns when that output changes.
 The lock file `<workdir>.lock.yaml` (beside the workdir: deleting the workdir leaves the history
 readable, and one workdir has one lock) records for every stage the hash of its resolved command
 and options, the digest of every input (an artifact's digest is that of its manifest's file list,
-so reading it is cheap; other files are hashed), the kadapter version and the time it took. An
-entry is written as soon as its stage succeeds, so a failing stage leaves the earlier ones done.
+so reading it is cheap; other files are hashed; a Hugging Face Hub repository id is digested by
+the commit its revision names, `hf://org/name@<commit>`), the kadapter version and the time it
+took. An entry is written as soon as its stage succeeds, so a failing stage leaves the earlier ones
+done.
 
 A stage reruns when it was never run, when `--force` is given, when its options, an input or the
 kadapter version changed, or when an output is missing. When it reruns over an existing output the
