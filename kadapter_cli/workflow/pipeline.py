@@ -609,7 +609,8 @@ class Hasher:
                     self._known[(path, fingerprint)] = digests[path]
 
     def digest(self, path: str) -> tuple[str | None, str | None]:
-        """(digest, fingerprint) of what is at `path`; (None, None) when nothing is."""
+        """(digest, fingerprint) of what is at `path`; (None, None) when nothing is. A Hub repository
+        id that is no path here: (`hf://org/name@<commit>`, None)."""
         fingerprint = path_fingerprint(path)
         if fingerprint is None:
             return self._hub_digest(path), None
