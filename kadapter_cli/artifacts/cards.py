@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from kadapter_cli.artifacts.hub import describe_command
 from kadapter_cli.artifacts.io import read_json
 from kadapter_cli.artifacts.layout import DEMO_DATA
 from kadapter_cli.artifacts.manifest import MANIFEST
@@ -70,7 +71,7 @@ def _under(path: Path, folder: Path) -> bool:
 
 
 def command_line(command: Sequence[str] | None) -> str:
-    argv = list(sys.argv if command is None else command)
+    argv = describe_command(sys.argv if command is None else command)
     if argv and Path(argv[0]).name in ("kadapter", "cli.py", "__main__.py"):
         argv = ["kadapter", *argv[1:]]
     return shlex.join(argv)

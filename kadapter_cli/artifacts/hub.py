@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,11 +69,45 @@ def hub_origin(path: str | Path) -> HubOrigin | None:
     return None
 
 
+def describe_command(argv: Sequence[str]) -> list[str]:
+    """A command line as an artifact records it (its manifest's `command`, its card's "Training"):
+    every argument, or `--flag=value` value, that is a file or folder of the Hub's cache written as
+    `hf://org/name@<commit>[/<path>]` (`describe_source`), so that no path of this machine's cache is
+    shown; everything else as typed."""
+    shown = []
+    for arg in map(str, argv):
+        flag, equals, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if not equals and flag:
+            flag, value = "", arg
+        if value and hub_origin(value) is not None and Path(value).expanduser().exists():
+            value = describe_source(value)
+        shown.append(f"{flag}={value}" if equals else value)
+    return shown
+
+
 def describe_source(path: str | Path) -> str:
     """A path as an artifact records it: `hf://org/name@<commit>/<path>` for a file or folder that
     came from the Hub (never a path of this machine's cache), the path itself otherwise."""
     origin = hub_origin(path)
     return origin.uri() if origin is not None else str(path)
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def cached_commit(ref: HubRef) -> str | None:
+    """The commit the Hub's cache holds for `ref`, without the network: a commit that has a snapshot
+    there, or the commit the cache's `refs/<branch or tag>` file (`refs/main` for no revision) says
+    the revision was when last fetched; None when the cache does not know it."""
+    repo = hub_cache_dir() / ("models--" + ref.repo_id.replace("/", "--"))
+    revision = ref.revision or "main"
+    if _COMMIT.fullmatch(revision):
+        return revision if (repo / "snapshots" / revision).is_dir() else None
+    try:
+        commit = (repo / "refs" / revision).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return commit if _COMMIT.fullmatch(commit) else None
 
 
 # ---------------------------------------------------------------- the environment

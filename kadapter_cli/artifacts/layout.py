@@ -98,6 +98,7 @@ ADAPTER_WEIGHTS = "kadapter_adapter.safetensors"
 HEAD_WEIGHTS = "kadapter_head.safetensors"  # the pretraining head
 OLD_ADAPTER_FILES = {"adapter_config.json": ADAPTER_CONFIG, "adapter.safetensors": ADAPTER_WEIGHTS,
                      "head.safetensors": HEAD_WEIGHTS}
+COMPOSITION_FILE = "composition.json"  # what makes a folder a composition: its adapters, in order, and the fusion
 
 
 def adapter_file(folder: str | Path, name: str) -> Path:

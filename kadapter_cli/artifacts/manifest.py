@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from kadapter_cli import __version__
+from kadapter_cli.artifacts.hub import describe_command
 from kadapter_cli.artifacts.io import read_json, sha256_file, write_json
 from kadapter_cli.artifacts.layout import OLD_ADAPTER_FILES
 from kadapter_cli.errors import BadInput
@@ -42,7 +43,7 @@ def write_manifest(
         "format_version": FORMAT_VERSION,
         "kadapter_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": list(sys.argv if command is None else command),
+        "command": describe_command(sys.argv if command is None else command),
         "config": config or {},
         "inputs": inputs or [],
         "files": files,

@@ -21,7 +21,7 @@ import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from kadapter_cli.artifacts.hub import HubRef, hub_cache_dir, hub_endpoint, hub_offline, parse_hub_ref
+from kadapter_cli.artifacts.hub import HubRef, cached_commit, hub_cache_dir, hub_endpoint, hub_offline, parse_hub_ref
 from kadapter_cli.artifacts.io import read_json, sha256_file
 from kadapter_cli.artifacts.layout import resolve_artifact
 from kadapter_cli.artifacts.manifest import MANIFEST, read_manifest
@@ -84,6 +84,34 @@ def hub_folder(ref: HubRef) -> Path:
         check_fetched(folder, ref, listing)
         _FETCHED[key] = folder
     return _FETCHED[key]
+
+
+def hub_commit(ref: HubRef) -> str | None:
+    """The commit `ref` names now, fetching no file: asked of the Hub (a branch may have moved since
+    it was fetched), or with `HF_HUB_OFFLINE` (or when the Hub cannot be reached) what the cache says
+    (`hub.cached_commit`), as a command reading `ref` would then find it; None when neither knows."""
+    if not hub_offline():
+        from huggingface_hub import HfApi
+
+        try:
+            sha = HfApi(endpoint=hub_endpoint()).model_info(ref.repo_id, revision=ref.revision).sha
+        except Exception:  # noqa: BLE001 - no answer from the Hub: the cache is what a command would use
+            sha = None
+        if sha:
+            return str(sha)
+    return cached_commit(ref)
+
+
+def hub_file(ref: HubRef, filename: str) -> Path | None:
+    """One small file of a repository (a JSON), from the cache or fetched alone; None when the
+    repository has no such file or it cannot be had (offline and not in the cache)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(ref.repo_id, filename, revision=ref.revision, cache_dir=str(hub_cache_dir()),
+                                    endpoint=hub_endpoint(), local_files_only=hub_offline()))
+    except Exception:  # noqa: BLE001 - not there, or not reachable: the caller falls back
+        return None
 
 
 def _fetch(ref: HubRef) -> tuple[Path, list[str] | None]:

@@ -16,7 +16,8 @@ def encode_cli(
     model: str = typer.Argument(..., metavar="MODEL", help=(
         "A finetuned model folder (its fine-tuned fused representation), or a composition folder, an "
         "adapter folder, or adapter folders separated by commas (the K-Adapter output: the backbone's last "
-        "hidden state and each adapter's output side by side).")),
+        "hidden state and each adapter's output side by side). Each may be a Hugging Face Hub repository id "
+        "(org/name or org/name@revision).")),
     texts: Path = typer.Argument(..., metavar="TEXTS", help=(
         "JSON Lines of {\"text\": ..., \"id\": ...} (id optional: the 0-based position), a JSON list, or "
         "plain text (one text a line).")),

@@ -91,7 +91,7 @@ def inspect_cli(
     ctx: typer.Context,
     folder: Path = typer.Argument(..., help=(
         "Artifact folder (or an adapter name, resolved under <workdir>/adapters, or a Hugging Face Hub repository "
-        "id org/name[@revision]).")),
+        "id org/name or org/name@revision).")),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Show an artifact's manifest summary and its parameter table."""

@@ -42,7 +42,9 @@ from kadapter_cli.training.config import PROBE_DEFAULTS
 @app.command("train-probe")
 def train_probe_cli(
     ctx: typer.Context,
-    adapters: Optional[str] = typer.Option(None, "--adapters", help="Adapters to probe, e.g. fac or fac,lin (names or folders); none = the backbone alone."),
+    adapters: Optional[str] = typer.Option(None, "--adapters", help=(
+        "Adapters to probe, e.g. fac or fac,lin (names, folders or Hugging Face Hub repository ids org/name or org/name@revision), "
+        "or a composition; none = the backbone alone.")),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Text file, one paragraph a line (raw WikiText: ' = Heading = ' lines are skipped)."),
     name: Optional[str] = typer.Option(None, "--name", help="Probe name (default: the adapters joined by +, or base); written to <workdir>/probes/<name>."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <workdir>/probes/<name>)."),

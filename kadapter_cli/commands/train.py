@@ -244,7 +244,7 @@ def train_adapter_cli(
 def compose_cli(
     ctx: typer.Context,
     adapters: list[str] = typer.Argument(..., help=(
-        "Adapter names (under <workdir>/adapters), folders or Hugging Face Hub repository ids (org/name[@revision]), "
+        "Adapter names (under <workdir>/adapters), folders or Hugging Face Hub repository ids (org/name or org/name@revision), "
         "e.g. fac lin.")),
     fusion: str = typer.Option("concat", "--fusion", metavar="concat|add|gated", help="concat (the paper's), add, or gated (learned per-token weights)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/compositions/<a>+<b>)."),
@@ -292,7 +292,7 @@ def finetune_cli(
     ctx: typer.Context,
     task: str = typer.Option(..., "--task", help=f"Task name: {', '.join(TASKS)} (kadapter_cli/tasks)."),
     adapters: Optional[str] = typer.Option(None, "--adapters", help=(
-        "fac,lin (names, folders or Hub repository ids org/name[@revision]), a composition, or none for the baseline.")),
+        "fac,lin (names, folders or Hub repository ids org/name or org/name@revision), a composition, or none for the baseline.")),
     fusion: Optional[str] = typer.Option(None, "--fusion", metavar="concat|add|gated", help="How adapters are fused (default: concat, or the composition's)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Folder with train.json, dev.json, test.json (or the task's own file names; default <workdir>/tasks/<task>)."),
     out: Optional[Path] = typer.Option(None, "--out", help=(
@@ -389,7 +389,7 @@ def _reading_overrides(task_cls, max_paragraphs: Optional[int], skip_bad: bool,
 def evaluate_cli(
     ctx: typer.Context,
     model_dir: Path = typer.Argument(..., help=(
-        "A finetuned model folder, or its Hugging Face Hub repository id (org/name[@revision]).")),
+        "A finetuned model folder, or its Hugging Face Hub repository id (org/name or org/name@revision).")),
     data: Optional[Path] = typer.Option(None, "--data", help="Task data folder (default <workdir>/tasks/<task>)."),
     split: str = typer.Option("test", "--split", metavar="train|dev|test", help="The split to evaluate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write predictions and metrics (default <workdir>/evaluations/<run>-<split>)."),
@@ -433,7 +433,7 @@ def evaluate_cli(
 @app.command("predict")
 def predict_cli(
     model_dir: Path = typer.Argument(..., help=(
-        "A finetuned model folder, or its Hugging Face Hub repository id (org/name[@revision]).")),
+        "A finetuned model folder, or its Hugging Face Hub repository id (org/name or org/name@revision).")),
     input_path: Path = typer.Argument(..., metavar="INPUT",
                                       help="Records in the task's format (JSON list or JSON Lines); - reads stdin."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write JSONL predictions here (default: stdout)."),

@@ -132,7 +132,7 @@ def backbone_fingerprint(name_or_path: str | Path, model: "PreTrainedModel") -> 
     """
     local = Path(str(name_or_path)).expanduser()
     if not local.is_dir():  # a Hub id: transformers found it in the cache or downloaded it
-        revision = getattr(model.config, "_commit_hash", None)
+        revision = getattr(model.config, "_commit_hash", None) or _cached_commit(str(name_or_path))
         snapshot = cached_snapshot(str(name_or_path), revision)
         return {"hub_id": str(name_or_path), "revision": revision, **(_hashes(snapshot) if snapshot else {})}
     origin = hub_origin(local)
@@ -152,6 +152,19 @@ def _hashes(folder: Path) -> dict[str, str]:
     combined = "\n".join(f"{f.name} {sha256_file(f)}" for f in weights)
     return {"config_sha256": sha256_file(folder / "config.json"),
             "weights_sha256": hashlib.sha256(combined.encode()).hexdigest()}
+
+
+def _cached_commit(hub_id: str) -> str | None:
+    """The commit of the default branch that the Hub's cache holds for `hub_id`: what `from_pretrained`
+    just loaded by id. transformers 5 no longer sets `config._commit_hash`, so it is read from the cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(hub_id, "config.json", cache_dir=str(hub_cache_dir()))
+    except ValueError:  # not a valid repository id
+        return None
+    origin = hub_origin(found) if isinstance(found, str) else None
+    return origin.revision if origin is not None else None
 
 
 def cached_snapshot(hub_id: str, revision: str | None) -> Path | None:

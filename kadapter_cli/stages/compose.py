@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from kadapter_cli.artifacts.cards import composition_card, write_card
 from kadapter_cli.artifacts.hub import describe_source
 from kadapter_cli.artifacts.io import read_json, sha256_inputs, write_json
-from kadapter_cli.artifacts.layout import ADAPTERS, COMPOSITIONS, NO_ADAPTERS, adapter_dir
+from kadapter_cli.artifacts.layout import ADAPTERS, COMPOSITION_FILE, COMPOSITIONS, NO_ADAPTERS, adapter_dir
 from kadapter_cli.artifacts.manifest import link_artifact, write_manifest
 from kadapter_cli.artifacts.output import atomic_output
 from kadapter_cli.artifacts.sources import artifact_folder, source_name
@@ -28,8 +28,6 @@ from kadapter_cli.modeling.backbone import (
 )
 from kadapter_cli.modeling.fusion import DEFAULT_FUSION, FUSION_MODES
 from kadapter_cli.modeling.kadapter import check_composable, check_fits_backbone, marker_style
-
-COMPOSITION_FILE = "composition.json"
 
 # ---------------------------------------------------------------- adapters and compositions
 

@@ -27,8 +27,10 @@ stage's output runs after it and reruns when that output changes.
 The lock file `<workdir>.lock.yaml` (beside the workdir: deleting the workdir leaves the history
 readable, and one workdir has one lock) records for every stage the hash of its resolved command
 and options, the digest of every input (an artifact's digest is that of its manifest's file list,
-so reading it is cheap; other files are hashed), the kadapter version and the time it took. An
-entry is written as soon as its stage succeeds, so a failing stage leaves the earlier ones done.
+so reading it is cheap; other files are hashed; a Hugging Face Hub repository id is digested by
+the commit its revision names, `hf://org/name@<commit>`), the kadapter version and the time it
+took. An entry is written as soon as its stage succeeds, so a failing stage leaves the earlier ones
+done.
 
 A stage reruns when it was never run, when `--force` is given, when its options, an input or the
 kadapter version changed, or when an output is missing. When it reruns over an existing output the
@@ -54,9 +56,11 @@ import yaml
 
 from kadapter_cli import __version__
 from kadapter_cli.artifacts import layout
-from kadapter_cli.artifacts.io import load_yaml_mapping, sha256_file
+from kadapter_cli.artifacts.hub import HF_URI, parse_hub_ref
+from kadapter_cli.artifacts.io import load_yaml_mapping, read_json, sha256_file
 from kadapter_cli.artifacts.layout import DEMO_DATA
 from kadapter_cli.artifacts.manifest import MANIFEST
+from kadapter_cli.artifacts.sources import hub_commit, hub_file, source_name
 from kadapter_cli.errors import BadInput, BadParameter, KadapterError
 
 DEMO_PIPELINE = DEMO_DATA / "demo.yaml"  # a copy of pipelines/demo.yaml shipped in the package
@@ -316,6 +320,20 @@ def _run_data_name(task: str, data: Any, labels: Any, workdir: Path) -> str:
         return task
 
 
+def _adapter_set_names(adapters: list[str]) -> list[str]:
+    """The names `finetune` and `train-probe` give the adapters of `--adapters`, as the commands do
+    (`stages.compose.resolve_adapters`): each one's `sources.source_name` (`org/fac@v1` → `fac`), or
+    for one Hub repository that holds a composition, the adapters it composes (its composition.json,
+    read from the cache or fetched alone)."""
+    if len(adapters) == 1 and not Path(adapters[0]).expanduser().exists():
+        ref = parse_hub_ref(adapters[0])
+        found = hub_file(ref, layout.COMPOSITION_FILE) if ref is not None else None
+        if found is not None:
+            with contextlib.suppress(BadInput, KeyError, TypeError):
+                return [str(a["name"]) for a in read_json(found)["adapters"]]
+    return [source_name(a) for a in adapters]
+
+
 def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
     """(default inputs, default outputs) of a stage's command (docs/commands.md), by the rules of
     `kadapter_cli.artifacts.layout` that the commands follow.
@@ -341,7 +359,7 @@ def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
     if cmd == "compose":
         parts = [p for p in (*stage.inputs, *stage.args)]
         reads = [_artifact(workdir, layout.ADAPTERS, p) for p in parts]
-        name = opts.get("name") or layout.joined_name([Path(p).name for p in parts])
+        name = opts.get("name") or layout.joined_name([source_name(p) for p in parts])
         return reads, [_artifact(workdir, layout.COMPOSITIONS, str(output or name))]
     if cmd == "finetune":
         task = str(opts.get("task", ""))
@@ -350,15 +368,15 @@ def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
         for a in adapters:
             reads.append(_artifact(workdir, layout.COMPOSITIONS if "+" in a else layout.ADAPTERS, a))
         run = opts.get("name") or output or layout.finetuned_run_name(
-            _run_data_name(task, opts.get("data"), opts.get("labels"), workdir), [Path(a).name for a in adapters])
+            _run_data_name(task, opts.get("data"), opts.get("labels"), workdir), _adapter_set_names(adapters))
         return reads, [_artifact(workdir, layout.FINETUNED, str(output or run))]
     if cmd == "evaluate" and stage.inputs and not opts.get("no-save"):
         split = opts.get("split", "test")
-        return [], out(layout.evaluation_dir(workdir, Path(stage.inputs[0]).name, split))
+        return [], out(layout.evaluation_dir(workdir, source_name(stage.inputs[0]), split))
     if cmd == "train-probe":
         adapters = _adapter_names(opts.get("adapters"))
         reads = [_artifact(workdir, layout.ADAPTERS, a) for a in adapters]
-        default = layout.probe_name([Path(a).name for a in adapters], bool(opts.get("pretrained-lm-head")))
+        default = layout.probe_name(_adapter_set_names(adapters), bool(opts.get("pretrained-lm-head")))
         return reads, [str(output) if output else _artifact(workdir, layout.PROBES, str(opts.get("name") or default))]
     if cmd == "probe" and stage.inputs:
         reads = [_artifact(workdir, layout.PROBES, p) for p in stage.inputs]
@@ -576,11 +594,14 @@ class Hasher:
 
     An input whose size and modification times equal those recorded in the lock gets the digest
     recorded with them (as make and DVC do), so multi-gigabyte dumps and backbones are hashed
-    once, not on every run; anything else is hashed, once per run.
+    once, not on every run; anything else is hashed, once per run. A Hub repository id is digested
+    by the commit its revision names (`hf://org/name@<commit>`): a branch that moved reruns its readers.
     """
 
-    def __init__(self, lock: Mapping[str, Mapping[str, Any]]):
+    def __init__(self, lock: Mapping[str, Mapping[str, Any]], produced: Iterable[str] = ()):
         self._known: dict[tuple[str, str], str] = {}
+        self._hub: dict[str, str | None] = {}
+        self._produced = set(produced)  # outputs of the pipeline's stages: paths here, never repository ids
         for entry in lock.values():
             digests, stats = entry.get("inputs") or {}, entry.get("input_stats") or {}
             for path, fingerprint in stats.items():
@@ -588,10 +609,11 @@ class Hasher:
                     self._known[(path, fingerprint)] = digests[path]
 
     def digest(self, path: str) -> tuple[str | None, str | None]:
-        """(digest, fingerprint) of what is at `path`; (None, None) when nothing is."""
+        """(digest, fingerprint) of what is at `path`; (None, None) when nothing is. A Hub repository
+        id that is no path here: (`hf://org/name@<commit>`, None)."""
         fingerprint = path_fingerprint(path)
         if fingerprint is None:
-            return None, None
+            return self._hub_digest(path), None
         key = (path, fingerprint)
         if key not in self._known:
             digest = path_digest(path)
@@ -599,6 +621,18 @@ class Hasher:
                 return None, None
             self._known[key] = digest
         return self._known[key], fingerprint
+
+    def _hub_digest(self, text: str) -> str | None:
+        """What a Hugging Face Hub repository id read by a stage (not a path here) stands for:
+        `hf://org/name@<commit>`, the commit its revision names now (`sources.hub_commit`: asked of
+        the Hub, or read from the cache offline), once per run; None when it is not known."""
+        ref = parse_hub_ref(text)
+        if ref is None or text in self._produced:
+            return None
+        if text not in self._hub:
+            commit = hub_commit(ref)
+            self._hub[text] = f"{HF_URI}{ref.repo_id}@{commit}" if commit else None
+        return self._hub[text]
 
     def state(self, stage: Stage) -> StageState:
         digests, fingerprints = {}, {}
@@ -705,7 +739,7 @@ def run_pipeline(
     validate(pipeline, commands)
     lock = read_lock(pipeline.lock_path)
     started = read_lock(pipeline.lock_path, "started")
-    hasher = Hasher(lock)
+    hasher = Hasher(lock, produced=(o for s in pipeline.stages for o in s.outputs))
     argvs = {s.name: commands.argv(s, pipeline.workdir, pipeline.path) for s in pipeline.stages}
 
     if dry_run:
@@ -832,7 +866,7 @@ def demo_summary(pipeline: Pipeline) -> dict[str, Any]:
             task = str(stage.options.get("task"))
             summary["task"] = summary["task"] or task
             name = Path(stage.outputs[0]).name
-            adapters = [Path(a).name for a in _adapter_names(stage.options.get("adapters"))]
+            adapters = [source_name(a) for a in _adapter_names(stage.options.get("adapters"))]
             summary["finetuned"].append({
                 "name": name, "variant": name.removeprefix(f"{task}-"), "stage": stage.name,
                 "adapters": ",".join(adapters),

@@ -154,3 +154,25 @@ def test_mistakes_are_one_line_errors(encoder, model, finetuned):
     assert str(error.value).startswith("<records>, record 1 (counted from 0):")
     with pytest.raises(BadInput, match="no such folder"):
         KAdapterForTask.from_pretrained(finetuned.parent / "missing")
+
+
+def test_an_adapter_whose_backbone_is_not_here_names_the_adapter_and_the_backbone_parameter(tiny_backbone, tmp_path):
+    """As on the command line: the adapter is named, and what to pass (the `backbone` parameter)."""
+    import shutil
+
+    from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, save_adapter
+    from kadapter_cli.modeling.backbone import backbone_fingerprint, backbone_shape, load_backbone
+
+    alice = shutil.copytree(tiny_backbone, tmp_path / "alice" / "minilm")
+    backbone = load_backbone(alice)
+    config = AdapterConfig.for_backbone(backbone_shape(backbone), "fac", backbone=str(alice),
+                                        backbone_fingerprint=backbone_fingerprint(alice, backbone))
+    save_adapter(tmp_path / "fac", KnowledgeAdapter(config), config)
+    shutil.rmtree(tmp_path / "alice")
+    with pytest.raises(BadInput) as error:
+        KAdapterModel.from_pretrained(tmp_path / "fac")
+    message = str(error.value)
+    assert message.startswith(f"adapter 'fac' was trained on the backbone folder {alice.resolve()} (config ")
+    assert "and it is not on this machine: pass backbone with that backbone (a Hugging Face id or a folder" in message
+    encoder = KAdapterModel.from_pretrained(tmp_path / "fac", backbone=tiny_backbone)  # a copy elsewhere is fine
+    assert encoder.adapter_names == ["fac"]

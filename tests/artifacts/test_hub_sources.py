@@ -117,6 +117,38 @@ def test_pushed_artifacts_fetched_once_are_used_offline_by_repository_id(built, 
     assert (work / "evaluations" / "typing-dev" / "metrics.json").is_file(), evaluated.stdout
     model = json.loads((work / "evaluations" / "typing-dev" / "manifest.json").read_text())["config"]["model"]
     assert model == f"hf://kadapter-test/typing@{hub.repos['kadapter-test/typing'].branches['main']}"
+    # encode, train-probe --adapters: what the local folders give
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Paris is in France .\nBerlin is a city .\n")
+    for source, folder in (("kadapter-test/fac", built / "adapters" / "fac"),
+                           ("kadapter-test/typing", built / "finetuned" / "typing")):
+        ok(kadapter(work, "encode", folder, texts, "--out", work / "local.safetensors", "--overwrite"))
+        ok(kadapter(work, "encode", source, texts, "--out", work / "hub.safetensors", "--overwrite"))
+        _same_tensors(work / "hub.safetensors", work / "local.safetensors")
+    probe = ("train-probe", "--corpus", DEMO_DATA / "corpus" / "corpus.txt", "--max-steps", "1", "--max-length", "24",
+             "--batch-size", "4", "--device", "cpu")
+    ok(kadapter(work, *probe, "--adapters", built / "adapters" / "fac", "--name", "local"))
+    ok(kadapter(work, *probe, "--adapters", "kadapter-test/fac"))
+    assert (work / "probes" / "fac" / "probe.safetensors").is_file()  # named after the repository, as finetune does
+    _same_tensors(work / "probes" / "fac" / "probe.safetensors", work / "probes" / "local" / "probe.safetensors")
+
+    # the Python API: KAdapterForTask, KAdapterModel, load_adapter by repository id
+    import torch
+
+    from kadapter import KAdapterForTask, KAdapterModel, load_adapter
+
+    sample = json.loads(records.read_text())[:3]
+    assert KAdapterForTask.from_pretrained("kadapter-test/typing").predict(sample, scores=True) == \
+        KAdapterForTask.from_pretrained(built / "finetuned" / "typing").predict(sample, scores=True)
+    local_encoder = KAdapterModel.from_pretrained(built / "adapters" / "fac")
+    for source in ("kadapter-test/fac", "kadapter-test/fac-set", ["kadapter-test/fac"]):
+        encoder = KAdapterModel.from_pretrained(source)
+        assert encoder.adapter_names == ["fac"]
+        assert torch.equal(encoder.encode(["Paris is in France ."]), local_encoder.encode(["Paris is in France ."]))
+    adapter, config, head = load_adapter("kadapter-test/fac")
+    local_adapter, local_config, local_head = load_adapter(built / "adapters" / "fac")
+    assert config == local_config and head.keys() == local_head.keys()
+    assert all(torch.equal(v, local_adapter.state_dict()[k]) for k, v in adapter.state_dict().items())
     assert len(hub.requests) == asked  # offline: nothing was asked of the Hub
 
     hub.stop()
@@ -212,3 +244,73 @@ def test_repositories_kadapter_must_not_load_are_refused_saying_why(built, hub_e
     assert refused.exit_code == 2
     assert "kadapter-test/fac: not a folder here, and not in the Hugging Face cache" in refused.stderr
     assert "HF_HUB_OFFLINE is set" in refused.stderr
+
+
+def _plan(work: Path, pipeline: Path) -> dict[str, str]:
+    """`kadapter run --dry-run --json`: each stage's reason to run, or "" when it is skipped."""
+    shown = json.loads(ok(kadapter(work, "run", pipeline, "--dry-run", "--json")).stdout)
+    return {s["stage"]: s["reason"] if s["ran"] else "" for s in shown["stages"]}
+
+
+def test_a_pipeline_reads_repository_ids_with_a_revision_names_outputs_as_the_commands_do_and_reruns_on_a_moved_branch(
+        built, hub_env, tmp_path, monkeypatch):
+    hub, work = hub_env, tmp_path / "work"
+    ok(kadapter(work, "push", built / "adapters" / "fac", "kadapter-test/fac", "--revision", "v1"))
+    ok(kadapter(work, "push", built / "finetuned" / "typing", "kadapter-test/typing", "--revision", "v1"))
+    steps = "{max-steps: 2, batch-size: 4, max-length: 24, device: cpu, limit: 16, threads: 1"
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        "stages:\n"
+        "  - {name: compose, command: compose, inputs: [kadapter-test/fac@v1]}\n"
+        f"  - name: finetune\n    command: finetune\n    options: {steps}, task: openentity, data: {TYPING},\n"
+        "                adapters: kadapter-test/fac@v1}\n"
+        f"  - name: probe\n    command: train-probe\n    options: {{adapters: kadapter-test/fac@v1, corpus: "
+        f"{DEMO_DATA / 'corpus' / 'corpus.txt'}, max-steps: 1, max-length: 24}}\n"
+        f"  - {{name: evaluate, command: evaluate, inputs: [kadapter-test/typing@v1], options: {{data: {TYPING}, "
+        "split: dev}}\n")
+
+    # The outputs are where the commands write them (named without the revision), so the run succeeds.
+    ok(kadapter(work, "run", pipeline))
+    for output in ("compositions/fac", "finetuned/openentity-fac", "probes/fac", "evaluations/typing-dev"):
+        assert (work / output / "manifest.json").is_file(), output
+    lock = __import__("yaml").safe_load((tmp_path / "work.lock.yaml").read_text())["stages"]
+    fac_v1 = hub.repos["kadapter-test/fac"].branches["v1"]
+    assert lock["finetune"]["inputs"]["kadapter-test/fac@v1"] == f"hf://kadapter-test/fac@{fac_v1}"
+
+    # Nothing changed: nothing reruns.
+    assert _plan(work, pipeline) == {"compose": "", "finetune": "", "probe": "", "evaluate": ""}
+
+    # The branch v1 moved: the stages reading it rerun, the others do not.
+    hub.commit("kadapter-test/fac", {"NOTES.md": b"a new commit on v1\n"}, branch="v1")
+    changed = "input kadapter-test/fac@v1 changed"
+    assert _plan(work, pipeline) == {"compose": changed, "finetune": changed, "probe": changed, "evaluate": ""}
+    ok(kadapter(work, "run", pipeline))
+
+    # Offline, the cache says where v1 was last seen: nothing reruns, and the Hub is not asked.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    asked = len(hub.requests)
+    assert _plan(work, pipeline) == {"compose": "", "finetune": "", "probe": "", "evaluate": ""}
+    assert len(hub.requests) == asked
+
+    # A composition named by its repository id: the run is named after the adapters it composes,
+    # as `finetune` names it.
+    from kadapter_cli.workflow.pipeline import Stage, command_io
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    ok(kadapter(work, "push", built / "compositions" / "fac", "kadapter-test/fac-set"))
+    stage = Stage(name="f", command="finetune", options={"task": "openentity", "adapters": "kadapter-test/fac-set"})
+    assert command_io(stage, work)[1] == [str(work / "finetuned" / "openentity-fac")]
+
+
+def test_a_command_line_names_folders_of_the_hubs_cache_by_repository_and_commit(tmp_path):
+    from kadapter_cli.artifacts.hub import describe_command
+
+    commit = "a" * 40
+    snapshot = tmp_path / "hub" / "models--org--bert" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    gone = tmp_path / "models--org--gone" / "snapshots" / ("b" * 40)  # not on disk: left as typed
+    argv = ["kadapter", "train-adapter", "--backbone", str(snapshot), f"--data={snapshot / 'config.json'}",
+            "--name", "x", str(gone)]
+    assert describe_command(argv) == ["kadapter", "train-adapter", "--backbone", f"hf://org/bert@{commit}",
+                                      f"--data=hf://org/bert@{commit}/config.json", "--name", "x", str(gone)]

@@ -1,5 +1,6 @@
-"""`--help`: the paper's defaults per adapter kind and task, choices shown as choices, and no Python
-type names leaking into any command's help."""
+"""`--help`: the paper's defaults per adapter kind and task, choices shown as choices, no Python
+type names leaking into any command's help, and every argument that takes a model says it takes a
+Hugging Face Hub repository id."""
 
 from __future__ import annotations
 
@@ -50,3 +51,20 @@ def test_help_shows_choices_as_choices(cli, monkeypatch):
     assert "concat|add|gated" in cli("compose", "--help").stdout
     assert "train|dev|test" in cli("evaluate", "--help").stdout
     assert "Usage: kadapter parse [OPTIONS] INPUTS..." in " ".join(cli("parse", "--help").stdout.split())
+
+
+@pytest.mark.parametrize("command, argument", [
+    ("compose", "ADAPTERS..."), ("finetune", "--adapters"), ("train-probe", "--adapters"), ("encode", "MODEL"),
+    ("evaluate", "MODEL_DIR"), ("predict", "MODEL_DIR"), ("inspect", "FOLDER"),
+])
+def test_every_argument_that_takes_a_model_says_it_takes_a_hub_repository_id(cli, command, argument, monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "200")
+    rows = [line.strip("│ ") for line in cli(command, "--help").stdout.splitlines()]
+    start = next(i for i, row in enumerate(rows) if row.lstrip("* ").startswith(argument + " "))
+    end = next(i for i, row in enumerate(rows[start + 1:], start + 1)
+               if re.match(r"[*\s]*(--|[A-Z_.]+\s|╰)", row))  # the next argument, option or box
+    described = " ".join(" ".join(rows[start:end]).split())
+    # written without brackets: rich reads `[@revision]` as markup and drops it from the help
+    assert "Hub repository id" in described and "org/name or org/name@revision" in described, described

@@ -7,16 +7,21 @@ recorded backbone is not there, every command that needs it names the adapter an
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from helpers.hub_server import HubServer
 
+from kadapter_cli.artifacts.io import sha256_file
 from kadapter_cli.artifacts.layout import DEMO_DATA
 from kadapter_cli.modeling.tiny_backbone import make_tiny_backbone
 
 TYPING = DEMO_DATA / "typing"
+REPO = Path(__file__).resolve().parents[2]
 STEPS = ("--max-steps", "2", "--batch-size", "4", "--max-length", "24", "--device", "cpu", "--limit", "16",
          "--threads", "1")
 
@@ -89,7 +94,9 @@ def test_a_backbone_from_the_hubs_cache_is_recorded_by_id_and_commit_and_found_t
         snapshot = hub.fetched_model("kadapter-test/tiny-roberta", tiny_backbone, hub_home)
         commit = hub.repos["kadapter-test/tiny-roberta"].branches["main"]
     data = make_trex_rc(tmp_path / "trex-rc", 16, 4)
-    assert cli("train-adapter", "--kind", "fac", "--data", data, "--backbone", snapshot, *STEPS).exit_code == 0
+    typed = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", snapshot, *STEPS)
+    monkeypatch.setattr(sys, "argv", ["kadapter", "--workdir", str(cli.workdir), *map(str, typed)])  # as typed
+    assert cli(*typed).exit_code == 0
     assert cli("compose", "fac").exit_code == 0
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = cli("finetune", "--task", "openentity", "--data", TYPING, "--adapters", "fac", *STEPS)  # no --backbone
@@ -112,6 +119,40 @@ def test_a_backbone_from_the_hubs_cache_is_recorded_by_id_and_commit_and_found_t
                  (cli.workdir / "compositions" / "fac" / "composition.json").read_text(),
                  card.split("## Training\n")[0]):  # the card's training section quotes the command as typed
         assert str(hub_home) not in text and "snapshots" not in text
+    # The command as typed, in the manifest and the card, names the backbone's folder of the cache by
+    # its repository and commit.
+    command = json.loads((adapter / "manifest.json").read_text())["command"]
+    assert command[command.index("--backbone") + 1] == f"hf://kadapter-test/tiny-roberta@{commit}"
+    assert f"--backbone hf://kadapter-test/tiny-roberta@{commit} " in card.split("## Training\n")[1]
+    assert str(hub_home) not in card and str(hub_home) not in json.dumps(command)
+
+
+def test_a_backbone_given_by_its_hub_id_is_recorded_by_id_and_commit_offline(tmp_path, tiny_backbone, make_trex_rc,
+                                                                             hub_home):
+    """`--backbone org/name` as typed, read from the Hub's cache with HF_HUB_OFFLINE=1 (in a process of
+    its own: transformers reads the cache's location and the offline switch when it is imported)."""
+    with HubServer() as hub:
+        hub.fetched_model("kadapter-test/tiny-roberta", tiny_backbone, hub_home)
+        commit = hub.repos["kadapter-test/tiny-roberta"].branches["main"]
+    data = make_trex_rc(tmp_path / "trex-rc", 16, 4)
+    work = tmp_path / "work"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "PYTHONPATH": str(REPO),
+           "KADAPTER_PROGRESS": "0"}
+    result = subprocess.run([sys.executable, "-m", "kadapter_cli.cli", "--workdir", str(work), "train-adapter",
+                             "--kind", "fac", "--data", str(data), "--backbone", "kadapter-test/tiny-roberta", *STEPS],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    adapter = work / "adapters" / "fac"
+    config = json.loads((adapter / "kadapter_adapter.json").read_text())
+    assert config["backbone"] == "kadapter-test/tiny-roberta"
+    assert config["backbone_fingerprint"]["hub_id"] == "kadapter-test/tiny-roberta"
+    assert config["backbone_fingerprint"]["revision"] == commit
+    snapshot = hub_home / "models--kadapter-test--tiny-roberta" / "snapshots" / commit
+    assert config["backbone_fingerprint"]["config_sha256"] == sha256_file(snapshot / "config.json")
+    assert config["backbone_fingerprint"]["weights_sha256"]
+    card = (adapter / "README.md").read_text()
+    assert "base_model: kadapter-test/tiny-roberta" in card
+    assert str(hub_home) not in (adapter / "kadapter_adapter.json").read_text() + card
 
 
 def test_a_packaged_backbone_is_recorded_by_its_package_not_by_a_site_packages_path(trained_work, cli, tmp_path):
