@@ -259,3 +259,33 @@ def test_finetune_loads_a_frozen_backbone_in_the_compute_dtype_frees_it_once_cac
     for key, value in original.items():
         if f"body.backbone.{key}" in saved:
             assert saved[f"body.backbone.{key}"].dtype == torch.float32 and saved[f"body.backbone.{key}"].equal(value)
+
+
+def test_evaluate_and_predict_on_cuda_run_in_bf16_as_training_does(cli, monkeypatch, fake_cuda, tiny_backbone,
+                                                                   shared_data):
+    """`evaluate` and `predict` take the default precision (`auto`): bf16 autocast on a GPU that
+    computes it natively, as `finetune` does; on the CPU fp32."""
+    import accelerate
+
+    data = shared_data / "openentity" / "ernie-format"
+    trained = cli("finetune", "--task", "openentity", "--data", data, "--backbone", tiny_backbone, "--device", "cpu",
+                  "--limit", "4", "--max-steps", "1", "--batch-size", "4", "--max-length", "32")
+    assert trained.exit_code == 0, trained.output
+    run = cli.workdir / "finetuned" / "openentity-base"
+    made: list[dict] = []
+
+    class Made(Exception):
+        pass
+
+    class Accelerator:  # records how it was asked for, then stops the command: there is no GPU here
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            raise Made
+
+    monkeypatch.setattr(accelerate, "Accelerator", Accelerator)
+    fake_cuda((9, 0))
+    for command in (("evaluate", run, "--data", data, "--split", "dev", "--no-save"),
+                    ("predict", run, data / "dev.json")):
+        stopped = cli(*command)
+        assert stopped.exit_code != 0 and "Made" in stopped.output, stopped.output
+    assert made == [{"cpu": False, "mixed_precision": "bf16", "log_with": None}] * 2
