@@ -24,7 +24,12 @@ Each floor times the parts a ratio's numerator cannot skip, interleaved with its
   (tokens × hidden by hidden × 3·hidden, hidden, FFN, and FFN back), over the rate of the
   n × n matmul the MFU ratio divides by (`gemm_rate_ceiling`), times the share of the adapter step's
   time spent in matmuls (`matmul_time_share`, from torch's profiler: dropout's masks, GELU,
-  LayerNorm and softmax are the model's work too, but count no FLOPs): `ceiling`.
+  LayerNorm and softmax are the model's work too, but count no FLOPs): `ceiling`. Beside it,
+  `bernoulli_time_share`: the share spent drawing dropout's random masks (`aten::bernoulli_`).
+
+`cached_epoch_vs_uncached` also reports `gather_and_collate_ms`: what a cached step adds to the
+training on states, gathering the batch's rows from the product's in-memory feature cache and
+collating them, and its share of a cached step.
 """
 
 from __future__ import annotations
@@ -97,18 +102,36 @@ def adapter_step_floor(shape: BenchShape, repeats: int, warmup: int) -> dict[str
 
 
 def cached_floor(shape: BenchShape, repeats: int, warmup: int) -> dict[str, Any]:
-    """Adapter training on states already in tensors over the uncached step, at `shape.batch_size`."""
+    """Adapter training on states already in tensors over the uncached step, at `shape.batch_size`;
+    beside them, what a cached step adds to that training: gathering the batch's rows from the
+    product's feature cache (in memory, as on a CPU) and collating them (`gather_and_collate`)."""
+    import tempfile
+
+    from kadapter_cli.training.config import TrainConfig
+    from kadapter_cli.training.feature_cache import attach_backbone_cache
+
     backbone = build_backbone(shape, 0)
     config = adapter_config(backbone)
     objective = _objective(config)
-    batch = objective.collate(fac_examples(trex_like_lengths(shape.batch_size, shape.max_length, 0), shape.vocab, 0))
+    examples = fac_examples(trex_like_lengths(shape.batch_size, shape.max_length, 0), shape.vocab, 0)
+    batch = objective.collate(examples)
     uncached = TrainStep(adapter_pretrainer(backbone, config), objective)
     cached = TrainStep(adapter_pretrainer(None, config), objective)
     featured = _with_features(adapter_pretrainer(backbone, config), batch)
-    times = timing.interleaved({"uncached_step": lambda: uncached(batch), "training_on_states": lambda: cached(featured)},
-                               repeats, warmup)
+    in_cache = [dict(ex) for ex in examples]
+    with tempfile.TemporaryDirectory(prefix="kadapter-floors-") as tmp:
+        attach_backbone_cache(adapter_pretrainer(backbone, config), {"train": in_cache}, PAD_ID,
+                              TrainConfig(device="cpu", batch_size=shape.batch_size), Path(tmp), torch.device("cpu"),
+                              mode="on", budget_gib=8.0)
+    times = timing.interleaved({"uncached_step": lambda: uncached(batch), "training_on_states": lambda: cached(featured),
+                                "gather_and_collate": lambda: objective.collate(in_cache)}, repeats, warmup)
+    gather = timing.median(times["gather_and_collate"])
     return {"floor": round(timing.paired_ratio(times["training_on_states"], times["uncached_step"]), 4),
-            "batch_size": shape.batch_size, **{name: timing.summary(t) for name, t in times.items()}}
+            "batch_size": shape.batch_size, "gather_and_collate_ms": round(gather * 1e3, 2),
+            # a cached step = its training + the gather and collation: the share the gather takes of it
+            "gather_and_collate_share_of_cached_step": round(
+                gather / (gather + timing.median(times["training_on_states"])), 4),
+            **{name: timing.summary(t) for name, t in times.items()}}
 
 
 def bucket_floor(shape: BenchShape, repeats: int, warmup: int, bucket_size: int = 100) -> dict[str, Any]:
@@ -190,19 +213,23 @@ def matmul_floor(shape: BenchShape, tokens: int, repeats: int, warmup: int, matm
     times = timing.interleaved({"layer_matmuls": layer, "matmul": big}, repeats, warmup)
     # rate ratio = (F_layer / t_layer) / (F_big / t_big)
     ratio = layer_flops / big_flops * timing.paired_ratio(times["matmul"], times["layer_matmuls"])
-    share = matmul_time_share(shape)
+    shares = step_time_shares(shape)
+    share = shares["matmul"]
     return {"ceiling": round(ratio * share, 4), "gemm_rate_ceiling": round(ratio, 4),
-            "matmul_time_share": round(share, 4), "tokens": tokens, "shapes": [list(s) for s in shapes],
+            "matmul_time_share": round(share, 4), "bernoulli_time_share": round(shares["bernoulli"], 4),
+            "tokens": tokens, "shapes": [list(s) for s in shapes],
             "layer_gflops": round(layer_flops / timing.median(times["layer_matmuls"]) / 1e9, 2),
             "matmul_gflops": round(big_flops / timing.median(times["matmul"]) / 1e9, 2),
             **{name: timing.summary(t) for name, t in times.items()}}
 
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear")
+BERNOULLI_OPS = ("aten::bernoulli_", "aten::bernoulli")  # dropout's random masks
 
 
-def matmul_time_share(shape: BenchShape, steps: int = 3) -> float:
-    """The share of an adapter step's CPU time spent inside matmul kernels (torch's profiler, self time)."""
+def step_time_shares(shape: BenchShape, steps: int = 3) -> dict[str, float]:
+    """The shares of an adapter step's CPU time (torch's profiler, self time) spent inside matmul
+    kernels (`matmul`) and drawing dropout's masks (`bernoulli`)."""
     from torch.profiler import ProfilerActivity, profile
 
     backbone = build_backbone(shape, 0)
@@ -216,8 +243,11 @@ def matmul_time_share(shape: BenchShape, steps: int = 3) -> float:
             step(batch)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
-    in_matmuls = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
-    return in_matmuls / total if total else 0.0
+
+    def share(ops: tuple[str, ...]) -> float:
+        return sum(e.self_cpu_time_total for e in events if e.key in ops) / total if total else 0.0
+
+    return {"matmul": share(MATMUL_OPS), "bernoulli": share(BERNOULLI_OPS)}
 
 
 def floors(shape: BenchShape, sizes) -> dict[str, Any]:

@@ -39,7 +39,12 @@ Reported:
   and NumPy work is what remains;
 - `compile`: `--compile` (the adapter and head compiled, lengths in multiples of 16) against eager
   steps from the same cached states (`compiled_vs_eager_step`, below 1 means compiling pays), and
-  the compilation's own seconds.
+  the compilation's own seconds;
+- `lin_arc_dim`: the lin pointer head at width 500 (Dozat & Manning's, kadapter's default) against
+  512, a multiple of 64 (`train-adapter --arc-dim 512`): a lin pretraining step from the backbone's
+  states and the head alone (`arc_512_vs_500_step`, `arc_512_vs_500_head`, below 1 means 512 is faster);
+- `deterministic`: the fac adapter-pretraining step with `--deterministic`'s kernels against the
+  default ones, alternating on the same model (`deterministic_vs_default_step`, above 1 is its cost).
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
@@ -75,6 +81,7 @@ from benchmarks.workloads import (  # noqa: E402
     adapter_pretrainer,
     build_backbone,
     fac_examples,
+    lin_examples,
     trex_like_lengths,
 )
 
@@ -366,12 +373,114 @@ def compile_step(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
     return {"compile": {"compiled_vs_eager_step": result["value"], **result["detail"]}}
 
 
+class _LinHeadAlone(nn.Module):
+    """The lin pretraining head by itself (com_dense, the dependent/head MLPs, the biaffine), reading
+    the backbone's last state and a stand-in adapter output from the batch."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.head(batch["features"][-1], batch["adapter_out"], batch["candidates"])
+
+
+def lin_arc_dim(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """The lin pointer head at Dozat & Manning's width 500 (kadapter's default, `min(500, hidden)`)
+    against 512, a multiple of 64 (`train-adapter --arc-dim 512`): lin pretraining steps from the
+    backbone's states computed once (as from the feature cache), the whole step (adapter and head)
+    and the head alone, interleaved; `arc_512_vs_500_*` below 1 means 512 is faster."""
+    from kadapter_cli.modeling.adapter import KnowledgeAdapter
+    from kadapter_cli.modeling.heads import build_head
+    from kadapter_cli.modeling.pretrainer import AdapterPretrainer
+    from kadapter_cli.training.objectives import DependencyObjective
+    from kadapter_cli.training.setup import autocast
+
+    shape, device, seed, backbone = ctx["shape"], ctx["device"], ctx["seed"], ctx["backbone"]
+    hidden = backbone.config.hidden_size
+    objective = DependencyObjective(PAD_ID)
+    examples = lin_examples(trex_like_lengths(shape.batch_size, shape.max_length, seed), shape.vocab, seed)
+    batch = objective.collate(examples)
+    reader = AdapterPretrainer(backbone, KnowledgeAdapter(adapter_config(backbone, "lin")), nn.Identity(), "lin_pointer")
+    with autocast(PRECISION, device):
+        features = reader.backbone_features(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    batch = {**{k: v.to(device) for k, v in batch.items()}, "features": features,
+             "adapter_out": torch.randn_like(features[-1])}
+    members: dict[str, Callable[[], Any]] = {}
+    widths = (500, 512)
+    for arc_dim in widths:
+        config = adapter_config(backbone, "lin", arc_dim=arc_dim)
+        torch.manual_seed(1)
+        model = AdapterPretrainer(None, KnowledgeAdapter(config), build_head(config.head, hidden), "lin_pointer")
+        step = TrainStep(model.to(device), objective, device=device.type, precision=PRECISION)
+        head = TrainStep(_LinHeadAlone(build_head(config.head, hidden)).to(device), objective, device=device.type,
+                         precision=PRECISION)
+        members[f"step_arc_{arc_dim}"] = lambda step=step: step(batch)
+        members[f"head_arc_{arc_dim}"] = lambda head=head: head(batch)
+    for _ in range(ctx["warmup"]):
+        _timed_round(members)
+    times = timing.interleaved(members, budget.repeats(_timed_round(members), ctx["repeats"]), warmup=0)
+    return {"lin_arc_dim": {
+        "batch": shape.batch_size, "seq_len": int(batch["input_ids"].shape[1]), "widths": list(widths),
+        "arc_512_vs_500_step": round(timing.paired_ratio(times["step_arc_512"], times["step_arc_500"]), 4),
+        "arc_512_vs_500_head": round(timing.paired_ratio(times["head_arc_512"], times["head_arc_500"]), 4),
+        **{name: timing.summary(values) for name, values in times.items()}}}
+
+
+def deterministic(ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """What `--deterministic` costs: the fac adapter-pretraining step (the backbone running, as in
+    `fac_pretraining`) with the product's deterministic mode (`set_deterministic`) on and off,
+    alternating step by step on the same model and optimizer (`deterministic_vs_default_step`: above 1
+    is its cost). CUBLAS_WORKSPACE_CONFIG is set to the mode's value for the whole section, so both
+    members use the cuBLAS workspace the process started with (torch reads its size once): the
+    figure is the deterministic kernels' cost."""
+    from kadapter_cli.training.objectives import RelationObjective
+    from kadapter_cli.training.setup import CUBLAS_WORKSPACE, set_deterministic
+
+    shape, device, seed, backbone = ctx["shape"], ctx["device"], ctx["seed"], ctx["backbone"]
+    config = adapter_config(backbone)
+    objective = RelationObjective(PAD_ID, config.labels)
+    batch = objective.collate(fac_examples(trex_like_lengths(shape.batch_size, shape.max_length, seed), shape.vocab,
+                                           seed))
+    step = TrainStep(adapter_pretrainer(backbone, config).to(device), objective, device=device.type,
+                     precision=PRECISION)
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+
+    def in_mode(on: bool) -> Callable[[], Any]:
+        def call() -> Any:
+            set_deterministic(on)
+            try:
+                return step(batch)
+            finally:
+                set_deterministic(False)
+        return call
+
+    members = {"deterministic": in_mode(True), "default": in_mode(False)}
+    try:
+        for _ in range(ctx["warmup"]):
+            _timed_round(members)
+        times = timing.interleaved(members, budget.repeats(_timed_round(members), ctx["repeats"]), warmup=0)
+    finally:
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
+    return {"deterministic": {
+        "batch": shape.batch_size, "seq_len": int(batch["input_ids"].shape[1]),
+        "deterministic_vs_default_step": round(timing.paired_ratio(times["deterministic"], times["default"]), 4),
+        "deterministic_step": timing.summary(times["deterministic"]), "default_step": timing.summary(times["default"])}}
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any], Budget], dict[str, Any]]] = {
     "fac_pretraining": fac_pretraining, "feature_cache": feature_cache, "matmul_bf16": matmul_bf16,
-    "qa_eval": qa_eval, "compile": compile_step,
+    "qa_eval": qa_eval, "compile": compile_step, "lin_arc_dim": lin_arc_dim, "deterministic": deterministic,
 }
 # Shares of --budget-s; time a section leaves unused goes to those after it.
-SHARES = {"fac_pretraining": 0.3, "feature_cache": 0.3, "matmul_bf16": 0.1, "qa_eval": 0.3, "compile": 0.25}
+SHARES = {"fac_pretraining": 0.3, "feature_cache": 0.3, "matmul_bf16": 0.1, "qa_eval": 0.3, "compile": 0.25,
+          "lin_arc_dim": 0.1, "deterministic": 0.1}
+# The sections that run on the RoBERTa-large-shaped backbone (built once, for the first of them).
+ON_THE_BACKBONE = ("fac_pretraining", "feature_cache", "compile", "lin_arc_dim", "deterministic")
 
 
 def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cache_examples: int,
@@ -398,7 +507,7 @@ def run(shape: BenchShape, device: torch.device, repeats: int, warmup: int, cach
         began = time.perf_counter()
         try:
             with time_limit(allowed):
-                if "backbone" not in ctx and name in ("fac_pretraining", "feature_cache", "compile"):
+                if "backbone" not in ctx and name in ON_THE_BACKBONE:
                     ctx["backbone"] = build_backbone(shape, seed).to(device)
                 values = SECTIONS[name](ctx, budget)
         except (Exception, SectionTimeout) as error:  # noqa: BLE001  every section is on its own

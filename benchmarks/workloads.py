@@ -52,8 +52,9 @@ def build_backbone(shape: BenchShape, seed: int = 0) -> nn.Module:
     return RobertaModel(config, add_pooling_layer=False).eval()
 
 
-def adapter_config(backbone: nn.Module, kind: str = "fac"):
-    """The product's default adapter for this backbone (fac: a relation head over 410 labels)."""
+def adapter_config(backbone: nn.Module, kind: str = "fac", arc_dim: int | None = None):
+    """The product's default adapter for this backbone (fac: a relation head over 410 labels; lin:
+    the pointer head, `arc_dim` wide when given, as `train-adapter --arc-dim` records it)."""
     from kadapter_cli.modeling.adapter import AdapterConfig
     from kadapter_cli.modeling.backbone import backbone_shape
 
@@ -62,6 +63,8 @@ def adapter_config(backbone: nn.Module, kind: str = "fac"):
         head = {"type": "relation", "num_labels": NUM_RELATIONS, "com_dense": True}
     else:
         labels, head = [], {"type": "lin_pointer", "com_dense": True}
+        if arc_dim is not None:
+            head["arc_dim"] = arc_dim
     shape = backbone_shape(backbone)
     return AdapterConfig.for_backbone(shape, kind, name=kind, labels=labels, head=head, max_length=64)
 
@@ -94,6 +97,21 @@ def fac_examples(lengths: Sequence[int], vocab: int, seed: int) -> list[dict]:
         subj, obj = sorted(rng.sample(range(1, length - 1), 2))
         examples.append({"input_ids": [BOS_ID, *body, EOS_ID], "subj_pos": subj, "obj_pos": obj,
                          "label": rng.randrange(NUM_RELATIONS)})
+    return examples
+
+
+def lin_examples(lengths: Sequence[int], vocab: int, seed: int) -> list[dict]:
+    """Encoded lin examples (what `encoding.encode_dependency` yields) of these lengths: about three
+    words in four sub-tokens start a word, each word's head is `<s>` (the root, 0) or another word's start."""
+    rng = random.Random(seed)
+    examples = []
+    for length in lengths:
+        body = [rng.randrange(3, vocab) for _ in range(length - 2)]
+        starts = [p for p in range(1, length - 1) if p == 1 or rng.random() < 0.75]
+        targets = [-100] * length  # IGNORE_INDEX: positions that are not a word's start
+        for position in starts:
+            targets[position] = rng.choice([0, *(p for p in starts if p != position)])
+        examples.append({"input_ids": [BOS_ID, *body, EOS_ID], "word_starts": starts, "head_targets": targets})
     return examples
 
 

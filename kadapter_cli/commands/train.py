@@ -187,6 +187,9 @@ def train_adapter_cli(
                                      help="fac only: entity markers as words with their leading space (spaced, kadapter's) "
                                           "or the bare '@'/'#' ids (original, as the released fac adapter)."),
     lin_head: str = typer.Option("pointer", "--lin-head", metavar="pointer|original", help="lin only: pointer (biaffine, default) or original (classification over positions)."),
+    arc_dim: Optional[int] = typer.Option(None, "--arc-dim", metavar="N", help=(
+        "lin pointer head only: width of its dependent/head MLPs and biaffine (default: min(500, backbone width), "
+        "Dozat & Manning's 500; 512 suits a GPU's tensor cores, docs: Speed). Recorded in the adapter's config.")),
     epochs: Optional[int] = ADAPTER["epochs"], max_steps: Optional[int] = MAX_STEPS,
     batch_size: Optional[int] = ADAPTER["batch_size"], lr: Optional[float] = ADAPTER["lr"],
     warmup: Optional[float] = ADAPTER["warmup"], weight_decay: float = WEIGHT_DECAY,
@@ -225,6 +228,7 @@ def train_adapter_cli(
         tap_layers=_parse_taps(options["taps"]), adapter_width=options["adapter_width"],
         adapter_layers=options["adapter_layers"], adapter_heads=options["adapter_heads"],
         mask_padding=options["mask_padding"], marker_style=options["marker_style"], lin_head=options["lin_head"],
+        arc_dim=options["arc_dim"],
         cache_features=options["cache_features"], cache_budget=options["cache_budget"],
     )
     summary = train_adapter(spec, train_config, resume=options["resume"], overwrite=options["overwrite"],

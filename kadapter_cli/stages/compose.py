@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from kadapter_cli.artifacts.cards import composition_card, write_card
 from kadapter_cli.artifacts.hub import describe_source
@@ -28,6 +28,9 @@ from kadapter_cli.modeling.backbone import (
 )
 from kadapter_cli.modeling.fusion import DEFAULT_FUSION, FUSION_MODES
 from kadapter_cli.modeling.kadapter import check_composable, check_fits_backbone, marker_style
+
+if TYPE_CHECKING:
+    import torch
 
 # ---------------------------------------------------------------- adapters and compositions
 
@@ -103,19 +106,20 @@ class MatchingBackbone:
 
 def load_matching_backbone(configs: Sequence[AdapterConfig], backbone: str | None = None,
                            allow_backbone_mismatch: bool = False,
-                           names: Sequence[str] | None = None) -> MatchingBackbone:
+                           names: Sequence[str] | None = None, dtype: "torch.dtype | None" = None) -> MatchingBackbone:
     """`backbone` (default: the one the first adapter was trained on, found on this machine;
     `DEFAULT_BACKBONE` without adapters) with its tokenizer and fingerprint; `BadInput` when an
     adapter does not fit it (width, depth) or was trained on other weights (its recorded
     fingerprint), unless `allow_backbone_mismatch`. `names`: the adapters' names for messages
-    (default: their configs')."""
+    (default: their configs'). `dtype`: the weights' dtype (a frozen backbone in a bf16/fp16 run's
+    compute dtype); None keeps the checkpoint's."""
     if backbone is None and configs:
         name = recorded_backbone(configs[0], (names or [configs[0].name])[0])
     else:
         name = str(backbone or DEFAULT_BACKBONE)
     try:
         tokenizer = load_tokenizer(name)
-        model = load_backbone(name)
+        model = load_backbone(name, dtype)
     except BadInput as e:
         if backbone is not None or not configs:
             raise

@@ -32,7 +32,7 @@ from kadapter_cli.artifacts.sources import model_folder
 from kadapter_cli.data.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
-from kadapter_cli.modeling.backbone import backbone_shape, load_tokenizer
+from kadapter_cli.modeling.backbone import backbone_shape, load_backbone, load_tokenizer
 from kadapter_cli.modeling.fusion import DEFAULT_FUSION
 from kadapter_cli.modeling.kadapter import KAdapterModel, marker_style
 from kadapter_cli.modeling.task_model import TaskModel
@@ -45,7 +45,7 @@ from kadapter_cli.training.config import TrainConfig
 from kadapter_cli.training.feature_cache import FEATURE_CACHE_DIR, attach_backbone_cache
 from kadapter_cli.training.loop import evaluate, predict, train
 from kadapter_cli.training.objectives import TaskObjective
-from kadapter_cli.training.setup import make_accelerator
+from kadapter_cli.training.setup import compute_dtype, make_accelerator
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -147,10 +147,15 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         task.check_labels(records, label_set, files[split])
 
     adapters, adapter_configs = load_adapters(spec.adapters, spec.allow_backbone_mismatch)
+    # A frozen backbone is loaded in the compute dtype of a bf16/fp16 run, not re-cast from fp32 at
+    # every forward (as train-adapter and train-probe load theirs); a trained one keeps its fp32 weights.
+    backbone_dtype = compute_dtype(config.precision, config.device) if spec.freeze_backbone else None
     matching = load_matching_backbone(adapter_configs, spec.backbone, spec.allow_backbone_mismatch,
-                                      spec.adapters.names)
+                                      spec.adapters.names, backbone_dtype)
     backbone_id, backbone, tokenizer, fingerprint = (matching.name, matching.model, matching.tokenizer,
                                                      matching.fingerprint)
+    backbone_source = matching.name_or_path  # where it was loaded from (read again for the artifact)
+    del matching  # the model holds the backbone: once the cache holds its states, nothing else keeps it alive
     if labels and is_main_process():
         info(label_set.describe())
         if label_set.notice() is not None:  # why this set, and how to choose the other
@@ -166,6 +171,7 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 
     torch.manual_seed(config.seed)  # fusion and head initial weights follow the seed
     model = build_task_model(task, labels, adapters, spec.adapters.fusion, backbone)
+    del backbone
     model.body.freeze_adapters(keep_dropout=spec.keep_adapter_dropout)
     if spec.freeze_backbone:
         model.body.freeze_backbone()
@@ -175,10 +181,16 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
 
     processes = make_accelerator(config)  # joins the other processes of `accelerate launch` / `torchrun`
     with training_output(spec.out, processes, overwrite=overwrite, resume=resume) as run_dir:
-        cached = None
+        cached, kept_backbone = None, None
         if spec.freeze_backbone:
             cached = attach_backbone_cache(model.body, encoded, pad_id, config, run_dir, processes.device,
                                            spec.cache_features, spec.cache_budget, pad_to)
+        if cached:  # every split's batches now carry their features: the backbone leaves the device
+            if backbone_dtype is None:  # its fp32 weights are the artifact's: kept in host memory
+                kept_backbone = model.body.backbone.to("cpu")
+            model.body.backbone = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # its memory handed back to the device, for the cache and the steps
         result = train(model, objective, encoded["train"], encoded["dev"], config, run_dir, resume=resume,
                        hparams=manifest_config)
         results: dict[str, dict] = {}
@@ -197,6 +209,14 @@ def finetune(spec: FinetuneSpec, config: TrainConfig, overwrite: bool = False, r
         remove_checkpoints(run_dir)
         (run_dir / "best.safetensors").unlink(missing_ok=True)
         shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
+        if spec.freeze_backbone:
+            # The artifact holds the frozen backbone's own fp32 weights, the ones its fingerprint names:
+            # read again when the run held them in bf16/fp16, else the ones kept when the cache freed it.
+            if backbone_dtype is not None:
+                model.body.backbone = load_backbone(backbone_source)
+            elif kept_backbone is not None:
+                model.body.backbone = kept_backbone
+            model.body.freeze_backbone()
         save_finetuned(run_dir, model, tokenizer, task, labels, spec, backbone_id, adapter_configs, fingerprint)
         write_json(run_dir / "metrics.json", results)
         stats = {"best_step": result.best_step, "steps": result.steps, "batch_split": result.batch_split,

@@ -60,6 +60,9 @@ class AdapterTrainingSpec:
     mask_padding: bool = True
     marker_style: str = SPACED_MARKERS  # fac: how "@"/"#" become ids (kadapter_cli.data.encoding)
     lin_head: str = "pointer"
+    # lin pointer head: width of its dependent/head MLPs and biaffine (None: min(500, hidden), Dozat &
+    # Manning's 500; 512 is a multiple of 64 for a GPU's tensor cores); recorded in the adapter's head config
+    arc_dim: int | None = None
     cache_features: str = "auto"
     cache_budget: float | None = None  # GiB
 
@@ -139,7 +142,10 @@ def head_spec(spec: AdapterTrainingSpec, relations: Sequence[str]) -> dict[str, 
         return {"type": "relation", "num_labels": len(relations), "com_dense": True}
     if spec.lin_head == "original":
         return {"type": "lin_original", "max_length": spec.max_length, "com_dense": True}
-    return {"type": "lin_pointer", "com_dense": True}
+    head = {"type": "lin_pointer", "com_dense": True}
+    if spec.arc_dim is not None:  # the default stays implicit: configs without it load as they always did
+        head["arc_dim"] = spec.arc_dim
+    return head
 
 
 # ---------------------------------------------------------------- the stage
@@ -151,6 +157,12 @@ def train_adapter(spec: AdapterTrainingSpec, config: TrainConfig, resume: bool =
     kind_defaults(spec.kind)  # a kind that is not one is refused
     if spec.lin_head not in LIN_HEADS:
         raise BadParameter("{lin_head} must be one of {heads}, got {value!r}", spec.lin_head, heads=", ".join(LIN_HEADS))
+    if spec.arc_dim is not None:
+        if spec.kind != "lin" or spec.lin_head != "pointer":
+            raise BadParameter("{arc_dim} applies to the lin adapter's pointer head only ({kind:lin} with "
+                               "{lin_head:pointer})", spec.arc_dim)
+        if isinstance(spec.arc_dim, bool) or not isinstance(spec.arc_dim, int) or spec.arc_dim < 1:
+            raise BadParameter("{arc_dim} must be a positive whole number, got {value!r}", spec.arc_dim)
     try:
         check_marker_style(spec.marker_style)
     except ValueError as e:

@@ -27,7 +27,11 @@ from typing import Any, Callable, Iterator
 #     (no bf16 or tf32: Volta has neither; fp16 is the tensor-core peak)
 #   L4: NVIDIA L4 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/l4/
 #   L40S: NVIDIA L40S GPU datasheet, https://www.nvidia.com/en-us/data-center/l40s/
-# H800 and B200 are left out: their names as torch reports them could not be checked here.
+#   H800 (SXM, reported as "NVIDIA H800"): NVIDIA's H800 datasheet gives the H100 SXM's tensor-core
+#     compute (its FP64 and NVLink are what differ), so the H100 SXM's peaks
+#   B200 (reported as "NVIDIA B200"): NVIDIA HGX B200 datasheet, https://www.nvidia.com/en-us/data-center/hgx/
+#     per GPU: FP16/BF16 4.5 PFLOPS and TF32 2.2 PFLOPS with sparsity, i.e. 2.25 and 1.1 PFLOPS dense;
+#     no fp32 entry (the datasheet gives none per GPU), so an fp32 run without TF32 gets no MFU there
 _A100 = {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}
 _H100_SXM = {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0}
 _H100_PCIE = {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.0}
@@ -42,6 +46,8 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "NVIDIA H100 NVL": _NVL,
     "NVIDIA H200": _H100_SXM,  # the H200 SXM has the H100 SXM's compute, with more and faster memory
     "NVIDIA H200 NVL": _NVL,
+    "NVIDIA H800": _H100_SXM,  # the H800 SXM: the H100 SXM's compute
+    "NVIDIA B200": {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1100.0},
     "Tesla V100-SXM2-16GB": {"fp16": 125.0, "fp32": 15.7},
     "Tesla V100-SXM2-32GB": {"fp16": 125.0, "fp32": 15.7},
     "Tesla V100-PCIE-16GB": {"fp16": 112.0, "fp32": 14.0},

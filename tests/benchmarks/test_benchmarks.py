@@ -69,12 +69,17 @@ def test_floors_bound_each_cpu_ratio(toy_report):
     step = floors["adapter_step_vs_full_finetune"]
     assert step["parts_sum"] == pytest.approx(step["backbone_forward_share"] + step["adapter_training_share"], abs=2e-4)
     assert 0 < step["backbone_forward_share"] < step["parts_sum"]
-    assert 0 < floors["cached_epoch_vs_uncached"]["floor"]
+    cached = floors["cached_epoch_vs_uncached"]
+    assert 0 < cached["floor"]
+    # what a cached step adds to its training: the rows gathered from the feature cache, collated
+    assert cached["gather_and_collate_ms"] > 0 and cached["gather_and_collate"]["repeats"] >= 1
+    assert 0 < cached["gather_and_collate_share_of_cached_step"] < 1
     bucket = floors["bucketed_vs_padded"]
     assert 0 < bucket["token_ratio"] < 1 and bucket["floor"] > 0
     assert floors["composed_inference_vs_backbone"]["floor"] > 1  # adapters and fusion add work
     mfu = floors["mfu"]
     assert 0 < mfu["matmul_time_share"] < 1 and mfu["tokens"] > 0
+    assert 0 < mfu["bernoulli_time_share"] < 1 - mfu["matmul_time_share"]  # dropout's masks, beside the matmuls
     assert mfu["ceiling"] == pytest.approx(mfu["gemm_rate_ceiling"] * mfu["matmul_time_share"], abs=2e-4)
 
 

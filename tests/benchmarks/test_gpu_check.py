@@ -38,13 +38,20 @@ def test_a_missing_package_loses_one_section_and_the_report_keeps_the_rest(tmp_p
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "gpu.json").read_text())
     assert json.loads(done.stdout) == report
-    for section in ("fac_pretraining", "full_finetune", "feature_cache", "matmul_bf16", "compile"):
+    for section in ("fac_pretraining", "full_finetune", "feature_cache", "matmul_bf16", "compile", "lin_arc_dim",
+                    "deterministic"):
         assert section in report, section
     assert "qa_eval" not in report
+    assert set(report["errors"]) == {"qa_eval"}  # every other section ran
     assert report["errors"]["qa_eval"]["error"].startswith("ModuleNotFoundError")
     assert "benchmarks.qa_bench" in report["errors"]["qa_eval"]["error"]
     assert set(report["section_s"]) == {"fac_pretraining", "full_finetune", "feature_cache", "matmul_bf16", "qa_eval",
-                                        "compile"}
+                                        "compile", "lin_arc_dim", "deterministic"}
+    # The lin head at 500 against 512 wide, and --deterministic's kernels against the default ones.
+    assert report["lin_arc_dim"]["widths"] == [500, 512]
+    assert report["lin_arc_dim"]["arc_512_vs_500_step"] > 0 and report["lin_arc_dim"]["arc_512_vs_500_head"] > 0
+    assert report["deterministic"]["deterministic_vs_default_step"] > 0
+    assert report["deterministic"]["deterministic_step"]["median_s"] > 0
     cache = report["feature_cache"]  # the cache on the device, from pinned host memory, and none
     assert cache["cached_vs_uncached_epoch"] > 0 and cache["host_cached_vs_uncached_epoch"] > 0
     assert cache["host_cached_epoch"]["median_s"] > 0
@@ -52,6 +59,47 @@ def test_a_missing_package_loses_one_section_and_the_report_keeps_the_rest(tmp_p
     imported = done.stderr.split("IMPORTED", 1)[1]
     for package in NOT_ON_THE_DEVICE:
         assert f"'{package}'" not in imported, package
+
+
+def test_the_qa_section_alone_reports_the_ratio_to_the_hf_pipeline(tmp_path):
+    out = tmp_path / "out"
+    done = run_check(tmp_path, """
+        import json, os
+        from benchmarks import gpu
+        gpu.main(json.loads(os.environ["ARGS"]))
+    """, "--tiny", "--device", "cpu", "--section", "qa_eval", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "gpu.json").read_text())
+    assert "errors" not in report and set(report["section_s"]) == {"qa_eval"}
+    ratio = report["qa_eval"]["qa_eval_vs_hf_pipeline"]
+    assert ratio["value"] > 0 and ratio["detail"]["windows"] > 0
+    assert report["qa_eval"]["qa_composed_eval_vs_base"]["value"] > 0
+
+
+def test_deterministic_section_leaves_the_process_as_it_found_it(monkeypatch):
+    """The section switches the mode on and off step by step: afterwards nothing of it stays on."""
+    import torch
+
+    from benchmarks import gpu
+    from benchmarks.workloads import build_backbone
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    ctx = {"shape": gpu.TINY, "device": torch.device("cpu"), "seed": 0, "repeats": 1, "warmup": 0,
+           "backbone": build_backbone(gpu.TINY)}
+    seen = []
+    from kadapter_cli.training import setup
+
+    set_deterministic = setup.set_deterministic
+
+    def recording(on):
+        set_deterministic(on)
+        seen.append((on, torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+
+    monkeypatch.setattr(setup, "set_deterministic", recording)
+    result = gpu.deterministic(ctx, gpu.Budget(None, {}))["deterministic"]
+    assert result["deterministic_step"]["repeats"] == result["default_step"]["repeats"] == 1
+    assert (True, True, ":4096:8") in seen and (False, False, ":4096:8") in seen  # both modes ran
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
 
 
 def test_the_report_on_disk_survives_a_crash_after_two_sections(tmp_path):

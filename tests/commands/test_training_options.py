@@ -66,3 +66,29 @@ def test_lin_word_counts_print_as_whole_numbers(cli, shared_data, tiny_backbone,
     words = json.loads((cli.workdir / "adapters" / "lin" / "metrics.json").read_text())["dev"]["words"]
     assert isinstance(words, int)
     assert re.search(rf"│\s+{words:,}\s+│", result.stdout) and ".0000" not in result.stdout
+
+
+def test_arc_dim_sets_the_lin_pointer_head_s_width_and_is_recorded_so_the_head_loads(cli, shared_data, tiny_backbone,
+                                                                                      tmp_path, make_trex_rc):
+    from kadapter_cli.modeling.adapter import load_adapter
+    from kadapter_cli.modeling.heads import build_head
+
+    conllu = shared_data / "ud-english-ewt" / "en_ewt-ud-dev.first1006.conllu"
+    assert cli("parse", "--parser", "conllu", conllu, "--limit", "24").exit_code == 0
+    result = cli("train-adapter", "--kind", "lin", "--backbone", tiny_backbone, *FAST, "--cache-features", "off",
+                 "--arc-dim", "48")
+    assert result.exit_code == 0, result.stderr
+    adapter, config, head_state = load_adapter(cli.workdir / "adapters" / "lin")
+    assert config.head["arc_dim"] == 48
+    head = build_head(config.head, config.backbone_hidden_size)  # what loading the adapter with its head builds
+    head.load_state_dict(head_state)
+    assert head.inner.arc_weight.shape == (48, 48)
+    # Without it, the head config is what it always was: the width stays implicit (min(500, hidden)).
+    default = cli("train-adapter", "--kind", "lin", "--name", "lin-default", "--backbone", tiny_backbone, *FAST,
+                  "--cache-features", "off")
+    assert default.exit_code == 0, default.stderr
+    assert "arc_dim" not in load_adapter(cli.workdir / "adapters" / "lin-default")[1].head
+    refused = cli("train-adapter", "--kind", "fac", "--data", make_trex_rc(tmp_path / "trex-rc", 8, 4),
+                  "--backbone", tiny_backbone, *FAST, "--arc-dim", "48")
+    assert refused.exit_code == 2
+    assert "--arc-dim applies to the lin adapter's pointer head only (--kind lin with --lin-head pointer)" in refused.stderr

@@ -77,6 +77,23 @@ def test_train_adapter_offers_compile(cli):
     assert "--compile" in text and "multiple of 16 tokens" in text
 
 
+def test_train_adapter_compile_compiles_the_adapter_and_head(cli, compiled, tiny_backbone, make_trex_rc, tmp_path):
+    """`kadapter train-adapter --compile` reaches the loop: the adapter and its head are compiled, and the
+    artifact is written under the usual names; without the flag nothing is compiled."""
+    from kadapter_cli.modeling.adapter import load_adapter
+
+    data = make_trex_rc(tmp_path / "trex-rc", 8, 4)
+    args = ("train-adapter", "--kind", "fac", "--data", data, "--backbone", tiny_backbone, "--max-steps", "1",
+            "--batch-size", "4", "--max-length", "24", "--device", "cpu", "--adapter-width", "16",
+            "--adapter-layers", "1", "--adapter-heads", "2")
+    result = cli(*args, "--compile")
+    assert result.exit_code == 0, result.output
+    assert compiled == ["KnowledgeAdapter", "PretrainingHead"]
+    load_adapter(cli.workdir / "adapters" / "fac")  # names unchanged: the artifact loads
+    compiled.clear()
+    assert cli(*args, "--overwrite").exit_code == 0 and compiled == []
+
+
 def test_the_refusal_names_what_compile_is_for():
     with pytest.raises(BadParameter) as caught:
         compile_trainable(torch.nn.Linear(2, 2), object())

@@ -224,6 +224,11 @@ def test_peaks_are_looked_up_by_exact_device_name_and_precision():
     assert flops.peak_flops("Tesla V100-SXM2-32GB", "fp16") == 125e12
     assert flops.peak_flops("Tesla V100-SXM2-32GB", "bf16") is None  # Volta has no bf16
     assert flops.peak_flops("NVIDIA L4", "bf16") == 121e12
+    assert flops.peak_flops("NVIDIA H800", "bf16") == 989.5e12  # the H100 SXM's compute
+    assert flops.peak_flops("NVIDIA H800", "tf32") == 494.5e12
+    assert flops.peak_flops("NVIDIA B200", "bf16") == 2250e12  # 4.5 PFLOPS with sparsity, halved
+    assert flops.peak_flops("NVIDIA B200", "tf32") == 1100e12
+    assert flops.peak_flops("NVIDIA B200", "fp32") is None  # no per-GPU fp32 figure in the datasheet
     # Not a substring match: an unknown card, or a known one's name inside another, gets nothing.
     assert flops.peak_flops("NVIDIA H100", "bf16") is None
     assert flops.peak_flops("NVIDIA GeForce RTX 4090", "bf16") is None
@@ -243,6 +248,8 @@ def test_device_peak_on_cuda_follows_the_precision_and_says_why_there_is_none(mo
         assert flops.device_peak(cuda, "fp32")[0] == 51e12
     finally:
         matmul.fp32_precision = was
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA B200")
+    assert flops.device_peak(cuda, "bf16") == (2250e12, "NVIDIA B200, dense bf16 2250 TFLOP/s")
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Future GPU")
     peak, why = flops.device_peak(cuda, "bf16")
     assert peak is None and "'NVIDIA Future GPU'" in why and "not in kadapter's table" in why

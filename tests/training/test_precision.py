@@ -217,3 +217,75 @@ def test_work_outside_the_loop_autocasts_to_the_precision_s_dtype(precision, dty
     context = autocast(precision, torch.device("cpu"))
     assert isinstance(context, torch.autocast) and context.fast_dtype is dtype and context.device == "cpu"
     assert not isinstance(autocast("fp32", torch.device("cpu")), torch.autocast)
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("auto", None)])
+def test_finetune_loads_a_frozen_backbone_in_the_compute_dtype_frees_it_once_cached_and_saves_its_weights(
+        cli, monkeypatch, tiny_backbone, shared_data, precision, dtype):
+    """`finetune --freeze-backbone` as train-adapter: the frozen backbone in the run's compute dtype,
+    gone once the cache holds every split, and the artifact still holds its own fp32 weights."""
+    from safetensors.torch import load_file
+
+    from kadapter_cli.modeling.backbone import load_backbone
+    from kadapter_cli.stages import compose, finetune
+
+    loaded = []
+    load = compose.load_backbone
+
+    def recording_load(name, dtype=None):
+        model = load(name, dtype)
+        loaded.append((dtype, weakref.ref(model)))
+        return model
+
+    alive_at_training = []
+    train = finetune.train
+
+    def recording_train(model, *args, **kwargs):
+        gc.collect()
+        alive_at_training.append((model.body.backbone, loaded[-1][1]() is not None))
+        return train(model, *args, **kwargs)
+
+    monkeypatch.setattr(compose, "load_backbone", recording_load)
+    monkeypatch.setattr(finetune, "train", recording_train)
+    result = cli("finetune", "--task", "openentity", "--data", shared_data / "openentity" / "ernie-format",
+                 "--backbone", tiny_backbone, "--freeze-backbone", "--cache-features", "on", "--precision", precision,
+                 "--device", "cpu", "--limit", "8", "--max-steps", "1", "--batch-size", "4", "--max-length", "32")
+    assert result.exit_code == 0, result.output
+    assert [d for d, _ in loaded] == [dtype]
+    # Every split is cached: the model trains without the backbone, and in bf16 nothing keeps it alive.
+    assert alive_at_training == [(None, dtype is None)]  # fp32: kept in host memory, for the artifact
+    saved = load_file(cli.workdir / "finetuned" / "openentity-base" / "model.safetensors")
+    original = load_backbone(str(tiny_backbone)).state_dict()
+    for key, value in original.items():
+        if f"body.backbone.{key}" in saved:
+            assert saved[f"body.backbone.{key}"].dtype == torch.float32 and saved[f"body.backbone.{key}"].equal(value)
+
+
+def test_evaluate_and_predict_on_cuda_run_in_bf16_as_training_does(cli, monkeypatch, fake_cuda, tiny_backbone,
+                                                                   shared_data):
+    """`evaluate` and `predict` take the default precision (`auto`): bf16 autocast on a GPU that
+    computes it natively, as `finetune` does; on the CPU fp32."""
+    import accelerate
+
+    data = shared_data / "openentity" / "ernie-format"
+    trained = cli("finetune", "--task", "openentity", "--data", data, "--backbone", tiny_backbone, "--device", "cpu",
+                  "--limit", "4", "--max-steps", "1", "--batch-size", "4", "--max-length", "32")
+    assert trained.exit_code == 0, trained.output
+    run = cli.workdir / "finetuned" / "openentity-base"
+    made: list[dict] = []
+
+    class Made(Exception):
+        pass
+
+    class Accelerator:  # records how it was asked for, then stops the command: there is no GPU here
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            raise Made
+
+    monkeypatch.setattr(accelerate, "Accelerator", Accelerator)
+    fake_cuda((9, 0))
+    for command in (("evaluate", run, "--data", data, "--split", "dev", "--no-save"),
+                    ("predict", run, data / "dev.json")):
+        stopped = cli(*command)
+        assert stopped.exit_code != 0 and "Made" in stopped.output, stopped.output
+    assert made == [{"cpu": False, "mixed_precision": "bf16", "log_with": None}] * 2
