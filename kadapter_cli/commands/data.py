@@ -37,10 +37,10 @@ MAX_RETRIES_HELP = "With --engine ray: times the work of a worker that died is r
 VERBOSE_HELP = "With --engine ray: show Ray's own per-operator progress bars and worker logs."
 
 
-def ray_options(ray_address: Optional[str], num_gpus_per_worker: float, max_retries: int, verbose: bool):
+def ray_options(address: Optional[str], num_gpus_per_worker: float, max_retries: int, verbose: bool):
     from kadapter_cli.data.ray_engine import RayOptions
 
-    return RayOptions(address=ray_address, num_gpus_per_worker=num_gpus_per_worker, max_retries=max_retries,
+    return RayOptions(address=address, num_gpus_per_worker=num_gpus_per_worker, max_retries=max_retries,
                       verbose=verbose)
 
 
@@ -67,7 +67,7 @@ def prepare_trex_cli(
         1, "--workers", help="Processes reading files in parallel (one file each at a time); with --engine ray, "
                              "Ray tasks."),
     engine: str = typer.Option("local", "--engine", metavar="local|ray", help=ENGINE_HELP),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     max_retries: int = typer.Option(3, "--max-retries", help=MAX_RETRIES_HELP),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
     shard: Optional[str] = typer.Option(
@@ -111,7 +111,7 @@ def prepare_trex_cli(
         manifest = prepare_trex(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio, seed=seed,
                                 entities_only=entities_only, workers=workers, shard=shard_spec, skip_bad=skip_bad,
                                 overwrite=overwrite, limit=limit, allow_empty=allow_empty, engine=engine,
-                                ray_options=ray_options(ray_address, 0.0, max_retries, verbose))
+                                ray_options=ray_options(address, 0.0, max_retries, verbose))
     stats = manifest["stats"]
     bad = stats["bad_documents"] + stats["bad_files"]
     skipped = f"; skipped {stats['bad_documents']} bad documents, {stats['bad_files']} bad files" if bad else ""
@@ -158,7 +158,7 @@ def parse_cli(
         1, "--workers", help="Processes parsing chunks of lines in parallel (each loads its own model); with "
                              "--engine ray, the size of the pool of parser actors."),
     engine: str = typer.Option("local", "--engine", metavar="local|ray", help=ENGINE_HELP),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     num_gpus_per_worker: float = typer.Option(
         0.0, "--num-gpus-per-worker", help="With --engine ray: GPUs each parser actor reserves (0.5: two actors "
                                            "share a GPU); add --device cuda."),
@@ -193,7 +193,7 @@ def parse_cli(
             depparse_batch_size=depparse_batch_size, batch_size=batch_size, n_process=n_process)
         manifest = parse(inputs, target, spec=spec, max_words=max_words, dev_ratio=dev_ratio, seed=seed,
                          workers=workers, shard=shard_spec, skip_bad=skip_bad, overwrite=overwrite, limit=limit,
-                         engine=engine, ray_options=ray_options(ray_address, num_gpus_per_worker, max_retries, verbose))
+                         engine=engine, ray_options=ray_options(address, num_gpus_per_worker, max_retries, verbose))
     stats = manifest["stats"]
     dropped = sum(stats["dropped"].values())
     info(f"{stats['sentences']:,} sentences, {stats['words']:,} words ({stats['train']:,} train, "

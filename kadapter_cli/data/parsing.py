@@ -733,8 +733,8 @@ def parse(
     files = input_files(inputs)
     kinds = sorted({"conllu" if _is_conllu(f, spec.kind) else spec.kind for f in files})
     if engine == "ray" and ray_options.num_gpus_per_worker and spec.device == "cpu" and kinds != ["conllu"]:
-        raise BadInput(f"--num-gpus-per-worker {ray_options.num_gpus_per_worker:g} reserves GPUs, but the parser "
-                       "runs on the CPU: add --device cuda (or auto)")
+        raise BadParameter("{num_gpus_per_worker:{value:g}} reserves GPUs, but the parser runs on the CPU: "
+                           "add {device:cuda} (or auto)", ray_options.num_gpus_per_worker)
 
     dropped: Counter = Counter()
     counts: Counter = Counter()

@@ -24,7 +24,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from kadapter_cli.errors import BadInput, ParamText
+from kadapter_cli.errors import BadInput, BadParameter, ParamText
 
 ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install 'kadapter[ray]'"
@@ -44,28 +44,28 @@ class RayOptions:
 
 
 def check_engine(engine: str, options: RayOptions | None, shard: tuple[int, int] | None) -> RayOptions:
-    """The Ray options to use; `BadInput` for an unknown engine or Ray options without `--engine ray`."""
+    """The Ray options to use; `BadParameter` for an unknown engine or Ray options without `engine="ray"`."""
     if engine not in ENGINES:
-        raise BadInput(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        raise BadParameter("{engine} must be one of {engines}, got {value!r}", engine, engines=", ".join(ENGINES))
     options = options or RayOptions()
     if engine != "ray":
         if options.address is not None:
-            raise BadInput("--ray-address needs --engine ray")
+            raise BadParameter("{address} needs {engine:ray}", options.address)
         if options.num_gpus_per_worker:
-            raise BadInput("--num-gpus-per-worker needs --engine ray")
+            raise BadParameter("{num_gpus_per_worker} needs {engine:ray}", options.num_gpus_per_worker)
         return options
     _import_ray()
     if shard is not None:
-        raise BadInput("--shard splits a job into runs you start yourself; --engine ray runs it whole: "
-                       "use one or the other")
+        raise BadParameter("{shard} splits a job into runs you start yourself; {engine:ray} runs it whole: "
+                           "use one or the other", shard)
     if (options.address or "").startswith("ray://"):  # Ray Data's executor needs a driver on a node of the cluster
-        raise BadInput(ParamText(
-            "{ray_address:{address}}: Ray Data does not run through Ray Client (ray://): run this on a node of the "
-            "cluster with {ray_address:auto} (by hand, or as a Ray job: ray job submit)", address=options.address))
+        raise BadParameter(
+            "{address:{value}}: Ray Data does not run through Ray Client (ray://): run this on a node of the "
+            "cluster with {address:auto} (by hand, or as a Ray job: ray job submit)", options.address)
     if options.num_gpus_per_worker < 0:
-        raise BadInput(f"--num-gpus-per-worker must be 0 or more, got {options.num_gpus_per_worker}")
+        raise BadParameter("{num_gpus_per_worker} must be 0 or more, got {value}", options.num_gpus_per_worker)
     if options.max_retries < 0:
-        raise BadInput(f"--max-retries must be 0 or more, got {options.max_retries}")
+        raise BadParameter("{max_retries} must be 0 or more, got {value}", options.max_retries)
     return options
 
 
@@ -74,7 +74,7 @@ def _import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise BadInput(f"--engine ray: the ray package is not installed; {INSTALL_HINT}") from None
+        raise BadInput(ParamText("{engine:ray}: the ray package is not installed; {hint}", hint=INSTALL_HINT)) from None
     return ray
 
 
@@ -95,8 +95,9 @@ def ray_session(options: RayOptions) -> Iterator[dict[str, Any]]:
             ray.init(address=options.address or "local", **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as e:
             if options.address is None:
-                raise BadInput(f"--engine ray: cannot start a local Ray instance ({e})") from None
-            raise BadInput(f"--ray-address {options.address}: cannot connect to a Ray cluster ({e})") from None
+                raise BadInput(ParamText("{engine:ray}: cannot start a local Ray instance ({error})", error=e)) from None
+            raise BadParameter("{address:{value}}: cannot connect to a Ray cluster ({error})", options.address,
+                               error=e) from None
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars, context.enable_operator_progress_bars
     data_logger = logging.getLogger("ray.data")

@@ -773,7 +773,8 @@ def prepare_trex(
     _check_options(drop, min_count, dev_ratio)
     ray_options = check_engine(engine, ray_options, shard)
     if engine == "ray" and limit is not None:
-        raise BadInput("--limit reads the first documents in one process; it cannot be combined with --engine ray")
+        raise BadParameter("{limit} reads the first documents in one process; it cannot be combined with {engine:ray}",
+                           limit)
     if workers < 1:
         raise BadParameter("{workers} must be 1 or more, got {value}", workers)
     if limit is not None and limit < 1:

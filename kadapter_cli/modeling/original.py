@@ -25,7 +25,7 @@ from kadapter_cli.artifacts.io import read_json, sha256_inputs
 from kadapter_cli.artifacts.manifest import write_manifest
 from kadapter_cli.artifacts.output import atomic_output, check_output
 from kadapter_cli.data.encoding import ORIGINAL_MARKERS
-from kadapter_cli.errors import BadInput, ParamText
+from kadapter_cli.errors import BadInput, ParamText, shown
 from kadapter_cli.modeling.adapter import (
     AdapterConfig,
     KnowledgeAdapter,
@@ -240,7 +240,9 @@ def _manifest_config(config: AdapterConfig, source: Path, relations: Path | None
     if config.kind == "fac":
         notes.append("Entity markers: the bare '@'/'#' ids the original fac adapter learned (marker_style original).")
     if config.kind == "fac" and relations is None:
-        notes.append("The checkpoint has no relation ids; labels are rel_0..rel_{n-1} (pass --relations to name them).")
+        # The note names the parameter as whoever runs the import spells it (the CLI: its flag).
+        notes.append(shown(ParamText("The checkpoint has no relation ids; labels are rel_0..rel_{{n-1}} "
+                                     "(pass {relations} to name them).")))
     return {
         "source": "microsoft/K-Adapter",
         "checkpoint": str(source),

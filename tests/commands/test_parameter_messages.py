@@ -6,6 +6,10 @@ failure through `kadapter` names the command's flag (`--lr must be positive, got
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+
 import pytest
 
 from kadapter_cli.errors import BadInput, BadParameter, OutputExists, ParamText
@@ -99,3 +103,57 @@ def test_a_message_keeps_its_parameters_when_it_is_moved_to_another_file():
     moved = BadInput(error.message, "<stdin>", error.record)
     assert str(moved) == "<stdin>, stage 'probe': top_k must be at least 1, got 0"
     assert moved.render(lambda name, setting: "--top-k") == "<stdin>, stage 'probe': --top-k must be at least 1, got 0"
+
+
+# ---------------------------------------------------------------- no flags in library messages
+
+PACKAGE = Path(__file__).resolve().parents[2] / "kadapter_cli"
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+# Library modules whose strings may spell flags, and why. Everything else names parameters
+# (`ParamText`, `BadParameter`) and leaves the flags to the command layer.
+FLAGS_ALLOWED = {
+    "artifacts/cards.py": "model cards show shell commands a reader runs (`kadapter finetune --task ...`)",
+    "workflow/pipeline.py": "`kadapter run` builds and describes command lines (`--resume`, `--overwrite`, `--only`)",
+}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def _flags_in_strings(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = _docstrings(tree)
+    return [f"{path.relative_to(PACKAGE)}:{node.lineno}: {flag}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            for flag in FLAG.findall(node.value)]
+
+
+def test_library_messages_name_parameters_not_flags():
+    modules = [p for p in sorted(PACKAGE.rglob("*.py"))
+               if p.relative_to(PACKAGE).parts[0] not in ("commands", "cli.py")]
+    assert len(modules) > 50
+    found = [hit for p in modules if str(p.relative_to(PACKAGE)) not in FLAGS_ALLOWED for hit in _flags_in_strings(p)]
+    assert not found, "library strings that spell CLI flags (use ParamText/BadParameter fields):\n" + "\n".join(found)
+    for allowed in FLAGS_ALLOWED:  # an exception that no longer spells a flag goes
+        assert _flags_in_strings(PACKAGE / allowed), allowed
+
+
+def test_engine_errors_name_parameters_from_python(cli, tmp_path):
+    from kadapter_cli.data.ray_engine import RayOptions, check_engine
+
+    for engine, options, message in (("spark", None, "engine must be one of local, ray, got 'spark'"),
+                                     ("local", RayOptions(address="auto"), "address needs engine=ray"),
+                                     ("local", RayOptions(num_gpus_per_worker=1), "num_gpus_per_worker needs engine=ray")):
+        with pytest.raises(BadParameter) as caught:
+            check_engine(engine, options, None)
+        assert str(caught.value) == message
+    # through the CLI, the same failure names the flag (`address` is `--ray-address`)
+    result = cli("parse", tmp_path / "a.conllu", "--ray-address", "auto", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and result.stderr.strip() == "error: --ray-address needs --engine ray"
