@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+from kadapter_cli.api.options import ENCODE_BATCH_SIZE
 from kadapter_cli.data.padding import pad_ids
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.modeling.pooling import check_pooling, pool_features
@@ -76,7 +77,7 @@ class EncodesText:
     # ------------------------------------------------------------ features
 
     def iter_features(self, sequences: Sequence[Sequence[int]], pool: str | None = None, parts: bool = False,
-                      batch_size: int = 32) -> Iterator[tuple[dict[str, "torch.Tensor"] | "torch.Tensor", list[int]]]:
+                      batch_size: int = ENCODE_BATCH_SIZE) -> Iterator[tuple[dict[str, "torch.Tensor"] | "torch.Tensor", list[int]]]:
         """Per batch of `batch_size` sequences, in input order: `(features, lengths)` on the CPU.
         `features` is (b, L_batch, D) per token (L_batch = the batch's longest sequence; padded
         positions zero) or (b, D) pooled; with `parts`, a dict of them by part name."""
@@ -101,7 +102,7 @@ class EncodesText:
             yield (out if parts else self._joined(out)), lengths
 
     def encode(self, inputs: Texts | Mapping[str, Any], pool: str | None = None, parts: bool = False,
-               batch_size: int = 32) -> "torch.Tensor | dict[str, torch.Tensor]":
+               batch_size: int = ENCODE_BATCH_SIZE) -> "torch.Tensor | dict[str, torch.Tensor]":
         """Features of `inputs` (a text, a list of N texts, or a tokenized batch of N), on the CPU.
 
         - per token (`pool=None`): (N, L, D), L = the longest input in tokens; positions past a

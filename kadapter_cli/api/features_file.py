@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 
 from kadapter_cli import __version__
 from kadapter_cli.api.features import EncodesText
+from kadapter_cli.api.options import ENCODE_BATCH_SIZE, ENCODE_POOL
 from kadapter_cli.artifacts.io import iter_json_list, iter_text_lines
 from kadapter_cli.artifacts.manifest import read_manifest
 from kadapter_cli.artifacts.sources import model_folder
@@ -84,7 +85,7 @@ def iter_texts(path: str | Path) -> Iterator[tuple[Any, str]]:
 
 
 def encode_file(model: str | Path | Sequence[str | Path], texts: str | Path, out: str | Path,
-                pool: str | None = "cls", batch_size: int = 32, device: str = "auto", backbone: str | None = None,
+                pool: str | None = ENCODE_POOL, batch_size: int = ENCODE_BATCH_SIZE, device: str = "auto", backbone: str | None = None,
                 overwrite: bool = False) -> dict[str, Any]:
     """Writes the features of every text in `texts` to `out` (`.safetensors`, or `.npy` when pooled;
     the module docstring gives the keys). `model`: a finetuned folder, a composition, an adapter

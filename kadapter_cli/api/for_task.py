@@ -42,6 +42,7 @@ from kadapter_cli.stages.finetune import (
     task_model_from_config,
     write_finetuned,
 )
+from kadapter_cli.stages.options import EVAL_BATCH_SIZE
 from kadapter_cli.tasks import get_task
 
 try:  # transformers 5 spells it PreTrainedConfig; PretrainedConfig is the older name
@@ -180,7 +181,8 @@ class KAdapterForTask(EncodesText, PreTrainedModel):
 
     # ------------------------------------------------------------ using it
 
-    def predict(self, records: Sequence[dict], scores: bool | str = False, batch_size: int = 32) -> list[dict]:
+    def predict(self, records: Sequence[dict], scores: bool | str = False,
+                batch_size: int = EVAL_BATCH_SIZE) -> list[dict]:
         """One prediction dict per record, in input order: exactly what `kadapter predict` prints
         for a file holding the same records (a JSON list), at any `batch_size`.
 

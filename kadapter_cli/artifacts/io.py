@@ -167,6 +167,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 # ---------------------------------------------------------------- train/dev split
 
+DEV_RATIO = 0.1  # the data stages' default share of records that go to dev
+SPLIT_SEED = 42  # and the default seed of their split
+
 
 def in_dev_split(record_id: str, seed: int, dev_ratio: float) -> bool:
     """Whether the record with this id goes to dev: a seeded sha256 of the id, so the split is

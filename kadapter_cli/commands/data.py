@@ -2,6 +2,7 @@
 
 Thin typer functions: they parse options and call `kadapter_cli.data.trex` / `kadapter_cli.data.parsing`.
 Parsers (Stanza, spaCy) are imported inside the library functions so `kadapter --help` stays fast.
+Every flag's default is the library's (`default_of`: the signature of the function it sets).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Optional
 import typer
 
 from kadapter_cli.commands import app
-from kadapter_cli.commands.common import echo_json, get_workdir
+from kadapter_cli.commands.common import default_of, echo_json, get_workdir
+from kadapter_cli.data.parsing import ParserSpec, parse
+from kadapter_cli.data.ray_engine import RayOptions
+from kadapter_cli.data.trex import prepare_trex
 from kadapter_cli.errors import BadInput
 from kadapter_cli.progress import info
 
@@ -38,8 +42,6 @@ VERBOSE_HELP = "With --engine ray: show Ray's own per-operator progress bars and
 
 
 def ray_options(address: Optional[str], num_gpus_per_worker: float, max_retries: int, verbose: bool):
-    from kadapter_cli.data.ray_engine import RayOptions
-
     return RayOptions(address=address, num_gpus_per_worker=num_gpus_per_worker, max_retries=max_retries,
                       verbose=verbose)
 
@@ -54,21 +56,21 @@ def prepare_trex_cli(
         None, "--out", help="Output folder (default: <workdir>/trex-rc; with --shard I/N: "
                             "<workdir>/trex-shards/shard-I-of-N)."),
     drop: list[str] = typer.Option(
-        ["P31"], "--drop", help="Relation to leave out (repeatable). Default P31 (instance of), as K-Adapter; "
+        list(default_of(prepare_trex, "drop")), "--drop", help="Relation to leave out (repeatable). Default P31 (instance of), as K-Adapter; "
                                 "--drop '' keeps every relation."),
     min_count: int = typer.Option(
-        50, "--min-count", help="Leave out relations with fewer examples than this (train and dev together)."),
-    dev_ratio: float = typer.Option(0.1, "--dev-ratio", help="Share of examples that go to dev.jsonl."),
-    seed: int = typer.Option(42, "--seed", help="Seed of the train/dev split (a hash of each example id)."),
+        default_of(prepare_trex, "min_count"), "--min-count", help="Leave out relations with fewer examples than this (train and dev together)."),
+    dev_ratio: float = typer.Option(default_of(prepare_trex, "dev_ratio"), "--dev-ratio", help="Share of examples that go to dev.jsonl."),
+    seed: int = typer.Option(default_of(prepare_trex, "seed"), "--seed", help="Seed of the train/dev split (a hash of each example id)."),
     entities_only: bool = typer.Option(
         False, "--entities-only", help="Leave out triples whose object is a literal (a date such as P569 date of "
                                        "birth, a quantity). By default they are kept, obj_label holding the value."),
     workers: int = typer.Option(
-        1, "--workers", help="Processes reading files in parallel (one file each at a time); with --engine ray, "
+        default_of(prepare_trex, "workers"), "--workers", help="Processes reading files in parallel (one file each at a time); with --engine ray, "
                              "Ray tasks."),
-    engine: str = typer.Option("local", "--engine", metavar="local|ray", help=ENGINE_HELP),
+    engine: str = typer.Option(default_of(prepare_trex, "engine"), "--engine", metavar="local|ray", help=ENGINE_HELP),
     address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
-    max_retries: int = typer.Option(3, "--max-retries", help=MAX_RETRIES_HELP),
+    max_retries: int = typer.Option(default_of(RayOptions, "max_retries"), "--max-retries", help=MAX_RETRIES_HELP),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: read only every N-th input file starting at the I-th, and write an unfiltered "
@@ -94,7 +96,7 @@ def prepare_trex_cli(
     relations and splits train/dev by a seeded hash of each example id.
     """
     from kadapter_cli.artifacts.layout import trex_rc_dir, trex_shard_dir
-    from kadapter_cli.data.trex import merge_trex_shards, prepare_trex
+    from kadapter_cli.data.trex import merge_trex_shards
 
     workdir = get_workdir(ctx)
     relations = [r for r in drop if r.strip()]
@@ -111,7 +113,7 @@ def prepare_trex_cli(
         manifest = prepare_trex(inputs, target, drop=relations, min_count=min_count, dev_ratio=dev_ratio, seed=seed,
                                 entities_only=entities_only, workers=workers, shard=shard_spec, skip_bad=skip_bad,
                                 overwrite=overwrite, limit=limit, allow_empty=allow_empty, engine=engine,
-                                ray_options=ray_options(address, 0.0, max_retries, verbose))
+                                ray_options=ray_options(address, default_of(RayOptions, "num_gpus_per_worker"), max_retries, verbose))
     stats = manifest["stats"]
     bad = stats["bad_documents"] + stats["bad_files"]
     skipped = f"; skipped {stats['bad_documents']} bad documents, {stats['bad_files']} bad files" if bad else ""
@@ -133,36 +135,36 @@ def parse_cli(
                   "(.conllu: read as gold trees), or folders of them (walked in sorted order)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/parsed)."),
     kind: str = typer.Option(
-        "stanza", "--parser", metavar="stanza|spacy|conllu", help="Parser (conllu: gold trees from CoNLL-U files)."),
-    lang: str = typer.Option("en", "--lang", help="Stanza language code."),
+        default_of(ParserSpec, "kind"), "--parser", metavar="stanza|spacy|conllu", help="Parser (conllu: gold trees from CoNLL-U files)."),
+    lang: str = typer.Option(default_of(ParserSpec, "lang"), "--lang", help="Stanza language code."),
     model_dir: Optional[Path] = typer.Option(
         None, "--model-dir", help="Models folder: Stanza's resources (default: Stanza's own); for spaCy, a folder "
                                   "holding the --model pipeline (saved with nlp.to_disk). On a cluster, one every "
                                   "node can read. Nothing is downloaded."),
     model: Optional[str] = typer.Option(
         None, "--model", help="spaCy pipeline name or path (default: en_core_web_sm)."),
-    device: str = typer.Option("cpu", "--device", metavar="cpu|cuda|auto", help="Where the parser runs (auto: cuda when available)."),
+    device: str = typer.Option(default_of(ParserSpec, "device"), "--device", metavar="cpu|cuda|auto", help="Where the parser runs (auto: cuda when available)."),
     pretokenized: bool = typer.Option(
         False, "--pretokenized", help="Lines are already tokenised: split on whitespace, one sentence per line."),
-    tokenize_batch_size: int = typer.Option(32, "--tokenize-batch-size", help="Stanza tokenizer batch size."),
-    pos_batch_size: int = typer.Option(5000, "--pos-batch-size", help="Stanza POS tagger batch size (words)."),
+    tokenize_batch_size: int = typer.Option(default_of(ParserSpec, "tokenize_batch_size"), "--tokenize-batch-size", help="Stanza tokenizer batch size."),
+    pos_batch_size: int = typer.Option(default_of(ParserSpec, "pos_batch_size"), "--pos-batch-size", help="Stanza POS tagger batch size (words)."),
     depparse_batch_size: int = typer.Option(
-        5000, "--depparse-batch-size", help="Stanza dependency parser batch size (words)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="spaCy nlp.pipe batch size (texts)."),
-    n_process: int = typer.Option(1, "--n-process", help="spaCy nlp.pipe processes."),
+        default_of(ParserSpec, "depparse_batch_size"), "--depparse-batch-size", help="Stanza dependency parser batch size (words)."),
+    batch_size: int = typer.Option(default_of(ParserSpec, "batch_size"), "--batch-size", help="spaCy nlp.pipe batch size (texts)."),
+    n_process: int = typer.Option(default_of(ParserSpec, "n_process"), "--n-process", help="spaCy nlp.pipe processes."),
     max_words: Optional[int] = typer.Option(
         None, "--max-words", help="Drop sentences with more words than this (counted in the manifest)."),
-    dev_ratio: float = typer.Option(0.1, "--dev-ratio", help="Share of sentences that go to dev.jsonl."),
-    seed: int = typer.Option(42, "--seed", help="Seed of the train/dev split (a hash of each sentence id)."),
+    dev_ratio: float = typer.Option(default_of(parse, "dev_ratio"), "--dev-ratio", help="Share of sentences that go to dev.jsonl."),
+    seed: int = typer.Option(default_of(parse, "seed"), "--seed", help="Seed of the train/dev split (a hash of each sentence id)."),
     workers: int = typer.Option(
-        1, "--workers", help="Processes parsing chunks of lines in parallel (each loads its own model); with "
+        default_of(parse, "workers"), "--workers", help="Processes parsing chunks of lines in parallel (each loads its own model); with "
                              "--engine ray, the size of the pool of parser actors."),
-    engine: str = typer.Option("local", "--engine", metavar="local|ray", help=ENGINE_HELP),
+    engine: str = typer.Option(default_of(parse, "engine"), "--engine", metavar="local|ray", help=ENGINE_HELP),
     address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     num_gpus_per_worker: float = typer.Option(
-        0.0, "--num-gpus-per-worker", help="With --engine ray: GPUs each parser actor reserves (0.5: two actors "
+        default_of(RayOptions, "num_gpus_per_worker"), "--num-gpus-per-worker", help="With --engine ray: GPUs each parser actor reserves (0.5: two actors "
                                            "share a GPU); add --device cuda."),
-    max_retries: int = typer.Option(3, "--max-retries", help=MAX_RETRIES_HELP),
+    max_retries: int = typer.Option(default_of(RayOptions, "max_retries"), "--max-retries", help=MAX_RETRIES_HELP),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: parse only every N-th input unit (line or CoNLL-U sentence) starting at the "
@@ -178,7 +180,7 @@ def parse_cli(
 ) -> None:
     """Dependency-parse text (Stanza or spaCy) or read gold CoNLL-U trees into parsed/ for the lin adapter."""
     from kadapter_cli.artifacts.layout import parsed_dir
-    from kadapter_cli.data.parsing import ParserSpec, merge_parsed_shards, parse
+    from kadapter_cli.data.parsing import merge_parsed_shards
 
     target = out or parsed_dir(get_workdir(ctx))
     shard_spec = parse_shard(shard)

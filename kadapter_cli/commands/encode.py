@@ -7,8 +7,10 @@ from typing import Optional
 
 import typer
 
+from kadapter_cli.api.options import ENCODE_BATCH_SIZE, ENCODE_POOL
 from kadapter_cli.commands import app
 from kadapter_cli.progress import info
+from kadapter_cli.training.config import TrainConfig
 
 
 @app.command("encode")
@@ -24,13 +26,13 @@ def encode_cli(
     out: Path = typer.Option(..., "--out", help=(
         "Output file: .safetensors (keys features, offsets with --pool none; metadata ids, parts) or .npy "
         "(pooled only).")),
-    pool: str = typer.Option("cls", "--pool", metavar="cls|mean|none", help=(
+    pool: str = typer.Option(ENCODE_POOL, "--pool", metavar="cls|mean|none", help=(
         "One vector per text: the first token's (cls: <s> / [CLS]) or the mean over its tokens; none: every "
         "token's.")),
     backbone: Optional[str] = typer.Option(None, "--backbone", help=(
         "Backbone for adapters (default: the one they were trained on).")),
-    batch_size: int = typer.Option(32, "--batch-size", help="Texts per batch (the features do not depend on it)."),
-    device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="Where to run (auto: cuda when available)."),
+    batch_size: int = typer.Option(ENCODE_BATCH_SIZE, "--batch-size", help="Texts per batch (the features do not depend on it)."),
+    device: str = typer.Option(TrainConfig.device, "--device", metavar="auto|cpu|cuda", help="Where to run (auto: cuda when available)."),
     threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help=(
         "CPU threads (default: OMP_NUM_THREADS if set, else the cores that are idle now).")),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),

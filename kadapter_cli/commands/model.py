@@ -14,6 +14,7 @@ import typer
 from kadapter_cli.commands import app
 from kadapter_cli.commands.common import default_of
 from kadapter_cli.errors import BadInput
+from kadapter_cli.modeling.options import ORIGINAL_NAMES, ORIGINAL_TAPS
 from kadapter_cli.modeling.tiny_backbone import make_tiny_backbone
 from kadapter_cli.progress import info
 
@@ -55,15 +56,15 @@ def import_original_cli(
     ctx: typer.Context,
     fac: Optional[Path] = typer.Option(None, "--fac", help="The original fac-adapter pytorch_model.bin."),
     lin: Optional[Path] = typer.Option(None, "--lin", help="The original lin-adapter pytorch_model.bin."),
-    name_fac: str = typer.Option("fac", "--name-fac", help="Adapter name for the fac checkpoint (<workdir>/adapters/<name>)."),
-    name_lin: str = typer.Option("lin", "--name-lin", help="Adapter name for the lin checkpoint (<workdir>/adapters/<name>)."),
+    name_fac: str = typer.Option(ORIGINAL_NAMES["fac"], "--name-fac", help="Adapter name for the fac checkpoint (<workdir>/adapters/<name>)."),
+    name_lin: str = typer.Option(ORIGINAL_NAMES["lin"], "--name-lin", help="Adapter name for the lin checkpoint (<workdir>/adapters/<name>)."),
     relations: Optional[Path] = typer.Option(
         None, "--relations",
         help="Relation ids of the fac head in label order (JSON list, e.g. trex-rc/relations.json, or one per line); "
         "default rel_0..rel_{n-1}.",
     ),
     taps: str = typer.Option(
-        "0,11,22", "--taps",
+        ",".join(map(str, ORIGINAL_TAPS)), "--taps",
         help="Backbone layers the adapter layers read (not stored in the checkpoints; the released scripts used 0,11,22).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing adapter folders."),

@@ -36,6 +36,7 @@ from kadapter_cli.commands.train import (
 )
 from kadapter_cli.errors import BadInput
 from kadapter_cli.processes import is_main_process, process_count
+from kadapter_cli.stages.options import LAMA_BATCH_SIZE, LAMA_TOP_K
 from kadapter_cli.training.config import PROBE_DEFAULTS
 
 
@@ -106,8 +107,8 @@ def probe_cli(
         help="Byte-level BPE (RoBERTa): encode the query's first word after a space, as the probe's training corpus lines "
              "are encoded (default: without one, as LAMA does)."),
     template: list[str] = typer.Option([], "--template", metavar="REL=TEMPLATE", help="Add or replace a T-REx template, e.g. 'P17=[X] is located in [Y] .' (repeatable)."),
-    top_k: int = typer.Option(10, "--top-k", help="Predicted tokens kept per fact in the predictions files."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Queries per batch."),
+    top_k: int = typer.Option(LAMA_TOP_K, "--top-k", help="Predicted tokens kept per fact in the predictions files."),
+    batch_size: int = typer.Option(LAMA_BATCH_SIZE, "--batch-size", help="Queries per batch."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <workdir>/probe-results/<probes joined by +>[-uhn])."),
     device: str = DEVICE,
     precision: str = PRECISION,

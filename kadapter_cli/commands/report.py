@@ -9,15 +9,16 @@ from typing import Optional
 import typer
 
 from kadapter_cli.commands import app
-from kadapter_cli.commands.common import echo_json, get_workdir
+from kadapter_cli.commands.common import default_of, echo_json, get_workdir
 from kadapter_cli.errors import BadInput
+from kadapter_cli.stages.report import build_report
 
 
 @app.command("report")
 def report_cli(
     ctx: typer.Context,
     folders: Optional[list[Path]] = typer.Argument(None, help="Folders to search for finetuned runs and adapters (default: the workdir)."),
-    split: str = typer.Option("test", "--split", help="The split of the finetuned runs' metrics: test (as the paper) or dev."),
+    split: str = typer.Option(default_of(build_report, "split"), "--split", help="The split of the finetuned runs' metrics: test (as the paper) or dev."),
     paper: bool = typer.Option(False, "--paper", help="Put the paper's numbers (RoBERTa-large, Findings of ACL 2021) beside."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
     csv_out: bool = typer.Option(False, "--csv", help="Print the paper-style table as CSV (scores as fractions)."),
@@ -25,7 +26,7 @@ def report_cli(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write PNG figures here: loss and dev metric per step, headline bars."),
 ) -> None:
     """Collect every finetuned run and adapter into one table: rows adapter sets, columns each task's headline metrics."""
-    from kadapter_cli.stages.report import build_report, collect, print_tables, to_csv
+    from kadapter_cli.stages.report import collect, print_tables, to_csv
     from kadapter_cli.stages.report import markdown as to_markdown
     from kadapter_cli.stages.report import plot as write_plots
 

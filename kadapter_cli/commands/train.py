@@ -11,11 +11,21 @@ import typer
 
 from kadapter_cli.commands import app
 from kadapter_cli.commands.common import echo_json, get_workdir, jsonable, merged_config, stdin_as_file
+from kadapter_cli.data.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput
 from kadapter_cli.modeling.backbone import DEFAULT_BACKBONE
+from kadapter_cli.modeling.options import DEFAULT_FUSION, MASK_PADDING
 from kadapter_cli.processes import is_main_process
+from kadapter_cli.stages.options import DEFAULT_LIN_HEAD, EVAL_BATCH_SIZE, EVAL_SPLIT
 from kadapter_cli.tasks import TASKS, parse_task_options, task_class, task_options_help
-from kadapter_cli.training.config import KIND_DEFAULTS, PRECISION_HELP, TrainConfig, kind_defaults
+from kadapter_cli.training.config import (
+    CACHE_MODES,
+    DEFAULT_CACHE_FEATURES,
+    KIND_DEFAULTS,
+    PRECISION_HELP,
+    TrainConfig,
+    kind_defaults,
+)
 from kadapter_cli.training.setup import set_threads
 
 # ---------------------------------------------------------------- shared training options
@@ -104,7 +114,7 @@ DETERMINISTIC = typer.Option(_loop_default("deterministic"), "--deterministic", 
     "cuDNN deterministic): a resumed GPU run then equals an uninterrupted one bit for bit; slower (docs: Speed). "
     "The CPU is deterministic without it."))
 LIMIT = typer.Option(None, "--limit", help="Use only the first N examples of each split.")
-CACHE = typer.Option("auto", "--cache-features", metavar="auto|on|off",
+CACHE = typer.Option(DEFAULT_CACHE_FEATURES, "--cache-features", metavar="auto|on|off",
                      help="Cache the frozen backbone's states across epochs: auto (when within budget), on, off.")
 CACHE_BUDGET = typer.Option(None, "--cache-budget", help="Feature cache budget in GiB for this machine, shared by its processes (default: a share of RAM).")
 CONFIG = typer.Option(None, "--config", help="YAML file of options (long names with _); flags override it.")
@@ -181,12 +191,12 @@ def train_adapter_cli(
     adapter_width: Optional[int] = typer.Option(None, "--adapter-width", help="Adapter hidden size (default: 3/4 of the backbone's, multiple of 64)."),
     adapter_layers: Optional[int] = typer.Option(None, "--adapter-layers", help="Transformer layers per adapter layer (default 2)."),
     adapter_heads: Optional[int] = typer.Option(None, "--adapter-heads", help="Attention heads in the adapter (default width/64)."),
-    mask_padding: bool = typer.Option(True, "--mask-padding/--attend-padding",
+    mask_padding: bool = typer.Option(MASK_PADDING, "--mask-padding/--attend-padding",
                                       help="Mask padded positions in the adapter (--attend-padding reproduces the original code)."),
-    marker_style: str = typer.Option("spaced", "--marker-style", metavar="spaced|original",
+    marker_style: str = typer.Option(SPACED_MARKERS, "--marker-style", metavar="spaced|original",
                                      help="fac only: entity markers as words with their leading space (spaced, kadapter's) "
                                           "or the bare '@'/'#' ids (original, as the released fac adapter)."),
-    lin_head: str = typer.Option("pointer", "--lin-head", metavar="pointer|original", help="lin only: pointer (biaffine, default) or original (classification over positions)."),
+    lin_head: str = typer.Option(DEFAULT_LIN_HEAD, "--lin-head", metavar="pointer|original", help="lin only: pointer (biaffine, default) or original (classification over positions)."),
     arc_dim: Optional[int] = typer.Option(None, "--arc-dim", metavar="N", help=(
         "lin pointer head only: width of its dependent/head MLPs and biaffine (default: min(500, backbone width), "
         "Dozat & Manning's 500; 512 suits a GPU's tensor cores, docs: Speed). Recorded in the adapter's config.")),
@@ -218,7 +228,7 @@ def train_adapter_cli(
     workdir = get_workdir(ctx)
     train_config, resolved = _train_config(options, kind_defaults(kind))
     name = options["name"] or kind
-    if options["cache_features"] not in ("auto", "on", "off"):
+    if options["cache_features"] not in CACHE_MODES:
         raise BadInput(f"--cache-features must be auto, on or off, got {options['cache_features']!r}")
     spec = AdapterTrainingSpec(
         kind=kind, name=name,
@@ -250,7 +260,7 @@ def compose_cli(
     adapters: list[str] = typer.Argument(..., help=(
         "Adapter names (under <workdir>/adapters), folders or Hugging Face Hub repository ids (org/name or org/name@revision), "
         "e.g. fac lin.")),
-    fusion: str = typer.Option("concat", "--fusion", metavar="concat|add|gated", help="concat (the paper's), add, or gated (learned per-token weights)."),
+    fusion: str = typer.Option(DEFAULT_FUSION, "--fusion", metavar="concat|add|gated", help="concat (the paper's), add, or gated (learned per-token weights)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <workdir>/compositions/<a>+<b>)."),
     overwrite: bool = OVERWRITE,
     allow_backbone_mismatch: bool = ALLOW_MISMATCH,
@@ -395,9 +405,9 @@ def evaluate_cli(
     model_dir: Path = typer.Argument(..., help=(
         "A finetuned model folder, or its Hugging Face Hub repository id (org/name or org/name@revision).")),
     data: Optional[Path] = typer.Option(None, "--data", help="Task data folder (default <workdir>/tasks/<task>)."),
-    split: str = typer.Option("test", "--split", metavar="train|dev|test", help="The split to evaluate."),
+    split: str = typer.Option(EVAL_SPLIT, "--split", metavar="train|dev|test", help="The split to evaluate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write predictions and metrics (default <workdir>/evaluations/<run>-<split>)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Examples per batch."),
+    batch_size: int = typer.Option(EVAL_BATCH_SIZE, "--batch-size", help="Examples per batch."),
     device: str = DEVICE,
     threads: Optional[int] = THREADS,
     overwrite: bool = OVERWRITE,
@@ -441,7 +451,7 @@ def predict_cli(
     input_path: Path = typer.Argument(..., metavar="INPUT",
                                       help="Records in the task's format (JSON list or JSON Lines); - reads stdin."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write JSONL predictions here (default: stdout)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Examples per batch."),
+    batch_size: int = typer.Option(EVAL_BATCH_SIZE, "--batch-size", help="Examples per batch."),
     device: str = DEVICE,
     threads: Optional[int] = THREADS,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),

@@ -25,10 +25,11 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
-from kadapter_cli.artifacts.io import in_dev_split, iter_text_line_offsets, sha256_inputs
+from kadapter_cli.artifacts.io import DEV_RATIO, SPLIT_SEED, in_dev_split, iter_text_line_offsets, sha256_inputs
 from kadapter_cli.artifacts.io import input_files as artifacts_input_files
 from kadapter_cli.artifacts.manifest import find_artifacts, read_manifest, verify_files, write_manifest
 from kadapter_cli.artifacts.output import atomic_output
+from kadapter_cli.data.ray_engine import DEFAULT_ENGINE
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
 
 if TYPE_CHECKING:
@@ -695,14 +696,14 @@ def parse(
     *,
     spec: ParserSpec | None = None,
     max_words: int | None = None,
-    dev_ratio: float = 0.1,
-    seed: int = 42,
+    dev_ratio: float = DEV_RATIO,
+    seed: int = SPLIT_SEED,
     workers: int = 1,
     shard: tuple[int, int] | None = None,
     skip_bad: bool = False,
     overwrite: bool = False,
     limit: int | None = None,
-    engine: str = "local",
+    engine: str = DEFAULT_ENGINE,
     ray_options: "RayOptions | None" = None,
 ) -> dict:
     """Text or CoNLL-U files (or folders) → a `parsed/` artifact at `out`; returns its manifest.

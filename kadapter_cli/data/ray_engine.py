@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
 
 ENGINES = ("local", "ray")
+DEFAULT_ENGINE = "local"
 INSTALL_HINT = "pip install 'kadapter[ray]'"
 # Testing hook: a worker kills its own process (SIGKILL) right after its first output, once for the
 # whole job (the first worker to create this marker file): how the tests kill a worker mid-run.

@@ -39,10 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-from kadapter_cli.artifacts.io import in_dev_split, sha256_inputs, write_json
+from kadapter_cli.artifacts.io import DEV_RATIO, SPLIT_SEED, in_dev_split, sha256_inputs, write_json
 from kadapter_cli.artifacts.io import input_files as artifacts_input_files
 from kadapter_cli.artifacts.manifest import find_artifacts, read_manifest, verify_files, write_manifest
 from kadapter_cli.artifacts.output import atomic_output
+from kadapter_cli.data.ray_engine import DEFAULT_ENGINE
 from kadapter_cli.errors import BadInput, BadParameter, ParamText
 from kadapter_cli.progress import info
 
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 TREX_KIND = "trex-rc"
 SHARD_KIND = "trex-shard"
 SHARD_EXAMPLES = "examples.jsonl"
+DEFAULT_DROP = ("P31",)  # instance of, left out as K-Adapter did
+DEFAULT_MIN_COUNT = 50  # relations with fewer examples are left out
 
 # Why an example is not emitted; these are the keys of `stats["dropped"]`.
 NOT_WIKIDATA_PROPERTY = "not_wikidata_property"  # the predicate is not a P-id
@@ -745,10 +748,10 @@ def prepare_trex(
     inputs: Sequence[str | Path],
     out: str | Path,
     *,
-    drop: Sequence[str] = ("P31",),
-    min_count: int = 50,
-    dev_ratio: float = 0.1,
-    seed: int = 42,
+    drop: Sequence[str] = DEFAULT_DROP,
+    min_count: int = DEFAULT_MIN_COUNT,
+    dev_ratio: float = DEV_RATIO,
+    seed: int = SPLIT_SEED,
     entities_only: bool = False,
     workers: int = 1,
     shard: tuple[int, int] | None = None,
@@ -756,7 +759,7 @@ def prepare_trex(
     overwrite: bool = False,
     limit: int | None = None,
     allow_empty: bool = False,
-    engine: str = "local",
+    engine: str = DEFAULT_ENGINE,
     ray_options: "RayOptions | None" = None,
 ) -> dict:
     """T-REx dumps (files or folders) → a `trex-rc/` artifact at `out`; returns its manifest.
@@ -820,10 +823,10 @@ def merge_trex_shards(
     shards: Sequence[str | Path],
     out: str | Path,
     *,
-    drop: Sequence[str] = ("P31",),
-    min_count: int = 50,
-    dev_ratio: float = 0.1,
-    seed: int = 42,
+    drop: Sequence[str] = DEFAULT_DROP,
+    min_count: int = DEFAULT_MIN_COUNT,
+    dev_ratio: float = DEV_RATIO,
+    seed: int = SPLIT_SEED,
     entities_only: bool = False,
     overwrite: bool = False,
     allow_empty: bool = False,

@@ -33,6 +33,7 @@ from kadapter_cli.artifacts.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_
 from kadapter_cli.data.encoding import MARKER_STYLES, SPACED_MARKERS
 from kadapter_cli.errors import BadInput
 from kadapter_cli.modeling.backbone import BackboneShape
+from kadapter_cli.modeling.options import MASK_PADDING
 
 # Tap points of the released adapters on a 24-layer backbone (0, 11, 22), as relative depths.
 _DEFAULT_TAP_FRACTIONS = (0 / 24, 11 / 24, 22 / 24)
@@ -65,7 +66,7 @@ class AdapterConfig:
     dropout: float = 0.1
     layer_norm_eps: float = 1e-5
     init_std: float = 0.0002
-    mask_padding: bool = True
+    mask_padding: bool = MASK_PADDING
     labels: list[str] = field(default_factory=list)
     head: dict[str, Any] = field(default_factory=dict)
     max_length: int = 256

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from kadapter_cli.errors import BadInput
+from kadapter_cli.modeling.options import DEFAULT_FUSION, FUSION_MODES
 
-FUSION_MODES = ("concat", "add", "gated")
-DEFAULT_FUSION = "concat"  # the paper's
+__all__ = ["DEFAULT_FUSION", "FUSION_MODES"]  # re-exported: kadapter_cli.modeling.options holds them
 
 
 class ConcatFusion(nn.Module):

@@ -35,10 +35,10 @@ from kadapter_cli.modeling.adapter import (
 )
 from kadapter_cli.modeling.backbone import BackboneShape
 from kadapter_cli.modeling.heads import build_head
+from kadapter_cli.modeling.options import ORIGINAL_NAMES, ORIGINAL_TAPS
 
 # The original adapters were trained on RoBERTa-large only.
 ROBERTA_LARGE = BackboneShape(model_type="roberta", hidden_size=1024, num_layers=24, num_heads=16, name_or_path="roberta-large")
-ORIGINAL_TAPS = (0, 11, 22)
 TAPS_NOTE = (
     "The original checkpoints do not store their tap layers; 0,11,22 are those of the released "
     "pretraining and fine-tuning scripts (the paper says 0,11,23)."
@@ -196,8 +196,8 @@ def import_original(
     out_root: Path,
     overwrite: bool = False,
     *,
-    name_fac: str = "fac",
-    name_lin: str = "lin",
+    name_fac: str = ORIGINAL_NAMES["fac"],
+    name_lin: str = ORIGINAL_NAMES["lin"],
     relations: Path | None = None,
     tap_layers: Sequence[int] = ORIGINAL_TAPS,
     command: list[str] | None = None,

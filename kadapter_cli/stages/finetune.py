@@ -39,9 +39,10 @@ from kadapter_cli.modeling.task_model import TaskModel
 from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import info, progress, waiting
 from kadapter_cli.stages.compose import AdapterSet, load_adapters, load_matching_backbone
+from kadapter_cli.stages.options import EVAL_BATCH_SIZE
 from kadapter_cli.tasks import Task, get_task
 from kadapter_cli.tasks.base import IN_MEMORY, LabelSet, located, where_of
-from kadapter_cli.training.config import TrainConfig
+from kadapter_cli.training.config import DEFAULT_CACHE_FEATURES, TrainConfig
 from kadapter_cli.training.feature_cache import FEATURE_CACHE_DIR, attach_backbone_cache
 from kadapter_cli.training.loop import evaluate, predict, train
 from kadapter_cli.training.objectives import TaskObjective
@@ -72,7 +73,7 @@ class FinetuneSpec:
     backbone: str | None = None
     freeze_backbone: bool = False
     max_length: int = 256
-    cache_features: str = "auto"
+    cache_features: str = DEFAULT_CACHE_FEATURES
     cache_budget: float | None = None  # GiB
     allow_backbone_mismatch: bool = False
     keep_adapter_dropout: bool = False  # the original code: frozen adapters stay in train mode
@@ -371,7 +372,7 @@ def _rebuild_buffer(model: nn.Module, name: str, backbone_config) -> None:
 
 
 def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: Path | None,
-                       batch_size: int = 32, device: str = "auto", overwrite: bool = False,
+                       batch_size: int = EVAL_BATCH_SIZE, device: str = "auto", overwrite: bool = False,
                        scores: str = "none", task_options: dict[str, Any] | None = None,
                        config: dict | None = None) -> dict[str, Any]:
     """Recomputes a split's metrics from a saved model; writes predictions (+ metrics, + `scores`:
@@ -411,7 +412,7 @@ def evaluate_finetuned(model_dir: Path, data_dir: Path | None, split: str, out: 
     return {"task": task.name, "split": split, "metrics": metrics, "headline": list(task.headline_metrics)}
 
 
-def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, device: str = "auto",
+def predict_records(model_dir: Path, input_path: Path, batch_size: int = EVAL_BATCH_SIZE, device: str = "auto",
                     scores: str = "none", task_options: dict[str, Any] | None = None,
                     config: dict | None = None) -> list[dict]:
     """Labels the records of a file in the task's format (`predict_loaded` on them); `task_options`:
@@ -421,7 +422,7 @@ def predict_records(model_dir: Path, input_path: Path, batch_size: int = 32, dev
     return predict_loaded(loaded, records, batch_size, device, scores, input_path)
 
 
-def predict_loaded(loaded: Finetuned, records: Sequence[dict], batch_size: int = 32, device: str = "auto",
+def predict_loaded(loaded: Finetuned, records: Sequence[dict], batch_size: int = EVAL_BATCH_SIZE, device: str = "auto",
                    scores: str = "none", source: str | Path = IN_MEMORY) -> list[dict]:
     """One prediction line per record (read and validated by the task: `Task.read`, `Task.read_records`),
     in input order, as `kadapter predict` prints them. Gold labels are optional, and ones the model

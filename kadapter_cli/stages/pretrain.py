@@ -31,16 +31,16 @@ from kadapter_cli.modeling.backbone import (
     load_tokenizer,
 )
 from kadapter_cli.modeling.heads import build_head
+from kadapter_cli.modeling.options import MASK_PADDING
 from kadapter_cli.modeling.pretrainer import AdapterPretrainer
 from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import progress
-from kadapter_cli.training.config import TrainConfig, kind_defaults
+from kadapter_cli.stages.options import DEFAULT_LIN_HEAD, LIN_HEADS
+from kadapter_cli.training.config import DEFAULT_CACHE_FEATURES, TrainConfig, kind_defaults
 from kadapter_cli.training.feature_cache import FEATURE_CACHE_DIR, attach_backbone_cache
 from kadapter_cli.training.loop import train
 from kadapter_cli.training.objectives import DependencyObjective, RelationObjective
 from kadapter_cli.training.setup import compute_dtype, make_accelerator
-
-LIN_HEADS = ("pointer", "original")
 
 
 @dataclass
@@ -57,13 +57,13 @@ class AdapterTrainingSpec:
     adapter_width: int | None = None
     adapter_layers: int | None = None
     adapter_heads: int | None = None
-    mask_padding: bool = True
+    mask_padding: bool = MASK_PADDING
     marker_style: str = SPACED_MARKERS  # fac: how "@"/"#" become ids (kadapter_cli.data.encoding)
-    lin_head: str = "pointer"
+    lin_head: str = DEFAULT_LIN_HEAD
     # lin pointer head: width of its dependent/head MLPs and biaffine (None: min(500, hidden), Dozat &
     # Manning's 500; 512 is a multiple of 64 for a GPU's tensor cores); recorded in the adapter's head config
     arc_dim: int | None = None
-    cache_features: str = "auto"
+    cache_features: str = DEFAULT_CACHE_FEATURES
     cache_budget: float | None = None  # GiB
 
 

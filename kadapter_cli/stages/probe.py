@@ -48,6 +48,7 @@ from kadapter_cli.modeling.probe_model import ProbeModel, load_lm_head
 from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import progress
 from kadapter_cli.stages.compose import AdapterSet, load_adapters, recorded_backbone
+from kadapter_cli.stages.options import LAMA_BATCH_SIZE, LAMA_TOP_K
 from kadapter_cli.tasks import metrics
 from kadapter_cli.training.config import PROBE_DEFAULTS, TrainConfig
 from kadapter_cli.training.loop import train
@@ -219,8 +220,8 @@ class LamaSpec:
     common_vocab: Path | None = None
     uhn: bool = False
     templates: dict[str, str] = field(default_factory=dict)
-    top_k: int = 10
-    batch_size: int = 64
+    top_k: int = LAMA_TOP_K
+    batch_size: int = LAMA_BATCH_SIZE
     query_prefix_space: bool = False  # byte-level BPE: encode the query's first word after a space
 
 

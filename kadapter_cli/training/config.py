@@ -21,6 +21,9 @@ TRAJECTORY_OPTIONS = (
     "deterministic",
 )
 CLIP_MODES = ("joint", "separate")
+# The frozen backbone's feature cache (training/feature_cache.py): auto (when within budget), on, off.
+CACHE_MODES = ("auto", "on", "off")
+DEFAULT_CACHE_FEATURES = "auto"
 # auto: bf16 autocast on a CUDA GPU that computes bf16 natively (compute capability 8.0 or more:
 # A100, H100, RTX 30xx and later), fp32 everywhere else (a CPU, a V100 or T4, whose bf16 is emulated).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

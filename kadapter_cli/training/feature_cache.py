@@ -38,6 +38,7 @@ from kadapter_cli.errors import BadParameter
 from kadapter_cli.processes import is_main_process, process_count, process_index
 from kadapter_cli.progress import progress
 from kadapter_cli.training.batching import sequential_batches
+from kadapter_cli.training.config import CACHE_MODES
 
 if TYPE_CHECKING:
     import torch
@@ -238,7 +239,7 @@ def decide_cache(mode: str, n_bytes: int, budget_bytes: int | None = None, folde
     `free_bytes`: this process's share of the free space under `folder` (default: all of it);
     `processes` > 1 says, in the refusal, that the budget and the disk are shares (`cache_limits`).
     """
-    if mode not in ("auto", "on", "off"):
+    if mode not in CACHE_MODES:
         raise BadParameter("{cache_features} must be auto, on or off, got {value!r}", mode)
     if mode == "off":
         return None

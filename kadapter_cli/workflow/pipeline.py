@@ -62,6 +62,7 @@ from kadapter_cli.artifacts.layout import DEMO_DATA
 from kadapter_cli.artifacts.manifest import MANIFEST
 from kadapter_cli.artifacts.sources import hub_commit, hub_file, source_name
 from kadapter_cli.errors import BadInput, BadParameter, KadapterError
+from kadapter_cli.stages.options import EVAL_SPLIT
 
 DEMO_PIPELINE = DEMO_DATA / "demo.yaml"  # a copy of pipelines/demo.yaml shipped in the package
 DEMO_THREADS = 1  # torch threads of `kadapter demo`: its table is bit-for-bit the same for one thread count
@@ -371,7 +372,7 @@ def command_io(stage: Stage, workdir: Path) -> tuple[list[str], list[str]]:
             _run_data_name(task, opts.get("data"), opts.get("labels"), workdir), _adapter_set_names(adapters))
         return reads, [_artifact(workdir, layout.FINETUNED, str(output or run))]
     if cmd == "evaluate" and stage.inputs and not opts.get("no-save"):
-        split = opts.get("split", "test")
+        split = opts.get("split", EVAL_SPLIT)
         return [], out(layout.evaluation_dir(workdir, source_name(stage.inputs[0]), split))
     if cmd == "train-probe":
         adapters = _adapter_names(opts.get("adapters"))
