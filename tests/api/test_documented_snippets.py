@@ -1,4 +1,4 @@
-"""The Python the docs show, run as a user would (issue 23): the README's "Use from Python" section,
+"""The Python the docs show, run as a user would: the README's "Use from Python" section,
 the Python API page and every model card's snippet, against models the commands trained
 (`trained_work`: the README's folder names, on the packaged MiniLM)."""
 

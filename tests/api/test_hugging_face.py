@@ -1,4 +1,4 @@
-"""A finetuned folder through Hugging Face transformers (issue 23): `import kadapter` registers the
+"""A finetuned folder through Hugging Face transformers (docs/python-api.md): `import kadapter` registers the
 model type, `AutoConfig`/`AutoModel`/`AutoTokenizer` and the feature-extraction pipeline read the
 folder, outputs equal kadapter's, and a save → load round trip restores every tensor (transformers 5
 builds models on the meta device and has been seen re-initialising weights after loading)."""

@@ -1,4 +1,4 @@
-"""How kadapter installs and imports (issue 23): dependency ranges that leave a user's torch alone, the
+"""How kadapter installs and imports (docs/python-api.md): dependency ranges that leave a user's torch alone, the
 `kadapter` package in the distribution, a lazy public face, and a command line that never imports
 torch for `--help`."""
 

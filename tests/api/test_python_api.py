@@ -1,4 +1,4 @@
-"""`KAdapterModel` and `KAdapterForTask` from Python (issue 23): predictions equal `kadapter predict`'s,
+"""`KAdapterModel` and `KAdapterForTask` from Python (docs/python-api.md): predictions equal `kadapter predict`'s,
 features are the same on every call and in any batch, padding never leaks, every loader returns
 eval mode, mistakes are one-line `BadInput`s."""
 

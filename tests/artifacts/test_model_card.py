@@ -1,4 +1,4 @@
-"""Model cards (issue 15): every adapter and finetuned artifact has a README.md with Hub front
+"""Model cards (docs/tracking.md): every adapter and finetuned artifact has a README.md with Hub front
 matter, listed in its manifest like any other file."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`kadapter encode MODEL TEXTS --out FILE` (issue 23): the features the Python API gives, in input
+"""`kadapter encode MODEL TEXTS --out FILE` (docs/python-api.md): the features the Python API gives, in input
 order, in a file read with one call, written batch by batch."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The whole chain from the command line on the real samples, with the tiny backbone (issue 4).
+"""The whole chain from the command line on the real samples, with the tiny backbone.
 
 prepare-trex → parse (CoNLL-U) → train fac and lin → compose → finetune openentity, figer (raw
 sample) and tacred → evaluate → predict. Small limits keep it to a minute or two on 2 cores; what

@@ -1,4 +1,4 @@
-"""`finetune --freeze-backbone` freezes the backbone (issue 16): after a CLI run the backbone's
+"""`finetune --freeze-backbone` freezes the backbone (docs/commands.md): after a CLI run the backbone's
 weights in the saved model are the original backbone's, and none of its parameters was trainable.
 
 Run with the feature cache off (the backbone then runs in every step, so an unfrozen backbone would

@@ -1,4 +1,4 @@
-"""LAMA as facebookresearch/LAMA runs it (issue 25): Google-RE judgments other than "yes" count as
+"""LAMA as facebookresearch/LAMA runs it (docs/probing.md): Google-RE judgments other than "yes" count as
 "no", a gold object outside the model's vocabulary is never ranked first, and a RoBERTa query's
 first word is encoded without a leading space (`--query-prefix-space` for the other)."""
 

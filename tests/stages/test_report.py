@@ -1,4 +1,4 @@
-"""`kadapter report` and the end of `kadapter demo` (issue 15), on real artifacts: the demo's own
+"""`kadapter report` and the end of `kadapter demo` (docs/tracking.md), on real artifacts: the demo's own
 pipeline cut to a few steps on the tiny backbone, plus a second seed of one row."""
 
 from __future__ import annotations

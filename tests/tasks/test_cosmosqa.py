@@ -1,4 +1,4 @@
-"""CosmosQA through the task interface (issue 12): the readers on the real sample (JSON Lines and the
+"""CosmosQA through the task interface (docs/tasks.md, "CosmosQA"): the readers on the real sample (JSON Lines and the
 authors' CSV), the candidate layout from the tokenizer, bad input, and the whole chain from the
 command line — finetune (with and without adapters), evaluate, predict, the leaderboard file."""
 

@@ -188,7 +188,7 @@ def test_extractive_qa_skips_unanswerable_questions_anywhere_and_an_empty_list_i
     assert extractive_qa_metrics([["xxxx"]], [[]]) == {"em": 0.0, "f1": 0.0}
 
 
-# ---------------------------------------------------------------- Loose micro precision and recall of entity typing keep their own denominators (issue 16).
+# ---------------------------------------------------------------- Loose micro precision and recall of entity typing keep their own denominators (docs/mutation.md).
 #
 # P = Σ|p∩g| / Σ|p| and R = Σ|p∩g| / Σ|g| (OpenEntity's scorer). Every case here has Σ|p| ≠ Σ|g|, so a
 # swap of the two denominators changes P and R (F1 alone would not show it: it is symmetric).

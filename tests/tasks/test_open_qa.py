@@ -1,6 +1,6 @@
 """SearchQA and Quasar-T, fast: one tiny searchqa model (a few steps on the real SearchQA sample,
 no adapters) reused by every chain test, plus the task's options, files and answer choice checked
-directly (issue 16: `tasks/open_qa.py`'s mutation score; `test_qa_tasks.py` is `slow`).
+directly (`tasks/open_qa/`'s mutation score, docs/mutation.md; `test_open_qa_chains.py` is `slow`).
 
 What is asserted is what a user sees: the prediction lines (ids, gold, order), `answers-<split>.json`,
 the scores lines, metrics recomputed from the predictions file, the files the manifest hashes, and

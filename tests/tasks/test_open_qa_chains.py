@@ -1,5 +1,5 @@
 """SearchQA and Quasar-T from the command line: finetune → evaluate → predict with the tiny backbone,
-with and without adapters, in all four data formats (issue 13).
+with and without adapters, in all four data formats (docs/tasks.md).
 
 SearchQA runs on the real samples (original JSON, MRQA). The Quasar-T sample has real questions
 and answers but no passages (neither the official contexts nor OpenQA's files could be found), so

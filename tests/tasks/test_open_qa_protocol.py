@@ -1,4 +1,4 @@
-"""SearchQA / Quasar-T scored as the protocols score them, decoded as the model was trained (issue 25).
+"""SearchQA / Quasar-T scored as the protocols score them, decoded as the model was trained (docs/tasks.md).
 
 - `--no-answer cls`: span probabilities under the training softmax (with `<s>`), so a window's
   no-answer mass lowers its spans;

@@ -1,4 +1,4 @@
-"""`Task.read_records`: records given in memory are read as a file holding them is (issue 23), so
+"""`Task.read_records`: records given in memory are read as a file holding them is (docs/python-api.md), so
 `KAdapterForTask.predict(records)` and `kadapter predict FILE` see the same records."""
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ def test_decide_cache_on_refuses_when_nothing_fits(tmp_path, monkeypatch):
         decide_cache("always", 1, 2 * GiB, tmp_path)
 
 
-# ---------------------------------------------------------------- The feature cache gives every example its own states (issue 16), seen from where they are used:
+# ---------------------------------------------------------------- The feature cache gives every example its own states, seen from where they are used:
 # examples with the cache attached collate into batches whose features are those examples' backbone
 # states, and training with the cache follows the run without it (library and `--cache-features`).
 #

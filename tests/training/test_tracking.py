@@ -1,4 +1,4 @@
-"""Experiment tracking (`--report-to`, issue 15): what the trackers receive, read back from their own
+"""Experiment tracking (`--report-to`, docs/tracking.md): what the trackers receive, read back from their own
 files with their own readers; tracking changes nothing a run computes, and resumes cleanly."""
 
 from __future__ import annotations
