@@ -19,9 +19,7 @@ import torch
 from torch import nn
 
 from kadapter_cli.errors import BadInput
-from kadapter_cli.modeling.options import DEFAULT_FUSION, FUSION_MODES
-
-__all__ = ["DEFAULT_FUSION", "FUSION_MODES"]  # re-exported: kadapter_cli.modeling.options holds them
+from kadapter_cli.modeling.options import FUSION_MODES
 
 
 class ConcatFusion(nn.Module):

@@ -26,8 +26,8 @@ from kadapter_cli.modeling.backbone import (
     load_tokenizer,
     locate_backbone,
 )
-from kadapter_cli.modeling.fusion import DEFAULT_FUSION, FUSION_MODES
 from kadapter_cli.modeling.kadapter import check_composable, check_fits_backbone, marker_style
+from kadapter_cli.modeling.options import DEFAULT_FUSION, FUSION_MODES
 
 if TYPE_CHECKING:
     import torch

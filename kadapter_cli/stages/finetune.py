@@ -33,8 +33,8 @@ from kadapter_cli.data.encoding import SPACED_MARKERS
 from kadapter_cli.errors import BadInput, BadParameter
 from kadapter_cli.modeling.adapter import AdapterConfig, KnowledgeAdapter, read_safetensors
 from kadapter_cli.modeling.backbone import backbone_shape, load_backbone, load_tokenizer
-from kadapter_cli.modeling.fusion import DEFAULT_FUSION
 from kadapter_cli.modeling.kadapter import KAdapterModel, marker_style
+from kadapter_cli.modeling.options import DEFAULT_FUSION
 from kadapter_cli.modeling.task_model import TaskModel
 from kadapter_cli.processes import is_main_process
 from kadapter_cli.progress import info, progress, waiting
