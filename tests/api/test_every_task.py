@@ -1,4 +1,4 @@
-"""Every task from Python and through Hugging Face (issue 23), not entity typing alone: one tiny model
+"""Every task from Python and through Hugging Face (docs/python-api.md), not entity typing alone: one tiny model
 per task (a few steps on the tiny backbone with a fac adapter, on the real samples), then
 `KAdapterForTask.predict` equals `kadapter predict` at two batch sizes, `AutoModel` gives the
 model's logits, and the finetuned card's snippet (the task's `example_records`) runs.
