@@ -169,35 +169,40 @@ def test_lama_scoring_runs_under_the_precision_s_autocast(tiny_backbone, monkeyp
         assert seen == [expected]
 
 
-def test_a_frozen_backbone_is_loaded_in_the_compute_dtype_and_freed_once_cached(tmp_path, monkeypatch, tiny_backbone,
-                                                                                make_trex_rc):
-    from kadapter_cli.stages import pretrain
-
-    loaded = []
-    load = pretrain.load_backbone
+def record_backbone_loads(monkeypatch, loading_module, training_module, look=lambda model: None) -> tuple[list, list]:
+    """Records each `load_backbone` call of `loading_module` as (dtype, weak reference to the model),
+    and each `train` call of `training_module` as (`look(the model trained)` when training starts,
+    whether the last loaded backbone is still alive then, after a garbage collection)."""
+    loaded, at_training = [], []
+    load, train = loading_module.load_backbone, training_module.train
 
     def recording_load(name, dtype=None):
         model = load(name, dtype)
         loaded.append((dtype, weakref.ref(model)))
         return model
 
-    alive_at_training = []
-    train = pretrain.train
-
     def recording_train(model, *args, **kwargs):
         gc.collect()
-        alive_at_training.append(loaded[-1][1]() is not None)
+        at_training.append((look(model), loaded[-1][1]() is not None))
         return train(model, *args, **kwargs)
 
-    monkeypatch.setattr(pretrain, "load_backbone", recording_load)
-    monkeypatch.setattr(pretrain, "train", recording_train)
+    monkeypatch.setattr(loading_module, "load_backbone", recording_load)
+    monkeypatch.setattr(training_module, "train", recording_train)
+    return loaded, at_training
+
+
+def test_a_frozen_backbone_is_loaded_in_the_compute_dtype_and_freed_once_cached(tmp_path, monkeypatch, tiny_backbone,
+                                                                                make_trex_rc):
+    from kadapter_cli.stages import pretrain
+
+    loaded, at_training = record_backbone_loads(monkeypatch, pretrain, pretrain)
     data = make_trex_rc(tmp_path / "trex-rc", train=8, dev=4)
     spec = pretrain.AdapterTrainingSpec(kind="fac", name="fac", data=data, out=tmp_path / "fac",
                                         backbone=str(tiny_backbone), max_length=32, adapter_width=16,
                                         adapter_layers=1, adapter_heads=2, cache_features="on")
     pretrain.train_adapter(spec, TrainConfig(precision="bf16", device="cpu", max_steps=1, batch_size=4))
     assert loaded[0][0] is torch.bfloat16
-    assert alive_at_training == [False]  # the cache holds its states: the backbone is gone
+    assert [alive for _, alive in at_training] == [False]  # the cache holds its states: the backbone is gone
     pretrain.train_adapter(spec, TrainConfig(device="cpu", max_steps=1, batch_size=4), overwrite=True)
     assert loaded[1][0] is None  # the default CPU run: fp32, as it always was
 
@@ -229,31 +234,16 @@ def test_finetune_loads_a_frozen_backbone_in_the_compute_dtype_frees_it_once_cac
     from kadapter_cli.modeling.backbone import load_backbone
     from kadapter_cli.stages import compose, finetune
 
-    loaded = []
-    load = compose.load_backbone
-
-    def recording_load(name, dtype=None):
-        model = load(name, dtype)
-        loaded.append((dtype, weakref.ref(model)))
-        return model
-
-    alive_at_training = []
-    train = finetune.train
-
-    def recording_train(model, *args, **kwargs):
-        gc.collect()
-        alive_at_training.append((model.body.backbone, loaded[-1][1]() is not None))
-        return train(model, *args, **kwargs)
-
-    monkeypatch.setattr(compose, "load_backbone", recording_load)
-    monkeypatch.setattr(finetune, "train", recording_train)
+    loaded, at_training = record_backbone_loads(monkeypatch, compose, finetune,
+                                                   look=lambda model: model.body.backbone)
     result = cli("finetune", "--task", "openentity", "--data", shared_data / "openentity" / "ernie-format",
                  "--backbone", tiny_backbone, "--freeze-backbone", "--cache-features", "on", "--precision", precision,
                  "--device", "cpu", "--limit", "8", "--max-steps", "1", "--batch-size", "4", "--max-length", "32")
     assert result.exit_code == 0, result.output
     assert [d for d, _ in loaded] == [dtype]
     # Every split is cached: the model trains without the backbone, and in bf16 nothing keeps it alive.
-    assert alive_at_training == [(None, dtype is None)]  # fp32: kept in host memory, for the artifact
+    # fp32: kept in host memory, for the artifact
+    assert at_training == [(None, dtype is None)]
     saved = load_file(cli.workdir / "finetuned" / "openentity-base" / "model.safetensors")
     original = load_backbone(str(tiny_backbone)).state_dict()
     for key, value in original.items():
