@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers.launching import free_port
 
+from kadapter_cli.processes import end_processes
 from kadapter_cli.training import feature_cache
 from kadapter_cli.training.feature_cache import DEVICE_CACHE_SHARE, FeatureCache, attach_cache, fits_on_device
 
@@ -161,7 +162,7 @@ def _sharded_build(rank: int, world: int, port: int, out: str) -> None:
     shard = feature_cache.build_shard("memory")
     cache = FeatureCache.build(counting, IDS, pad_id=0, batch_size=2, shard=shard)
     torch.save({"shard": shard, "calls": calls, "states": cache._states}, f"{out}/{rank}.pt")
-    dist.destroy_process_group()
+    end_processes()  # a barrier, then the group ended: no process tears it down while another talks
 
 
 def _spawn_two(worker, out) -> None:
@@ -188,7 +189,7 @@ def _agreement(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     got = feature_cache._all_agree(rank == 0, torch.device("cuda"))  # gloo: the flags meet on the CPU
     torch.save(got, f"{out}/agree-{rank}.pt")
-    dist.destroy_process_group()
+    end_processes()  # a barrier, then the group ended: no process tears it down while another talks
 
 
 def test_processes_agree_on_keeping_the_cache_on_their_devices(tmp_path):
